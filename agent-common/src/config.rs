@@ -1,0 +1,50 @@
+//! Load-time configuration written by the loader into read-only globals.
+//!
+//! Rust eBPF has no CO-RE relocations, so the offsets of the kernel struct fields
+//! the programs read are resolved in userspace from the running kernel's BTF
+//! (`/sys/kernel/btf/vmlinux`) and passed in here. The verifier sees them as
+//! constants. Nothing is frozen to the build machine's kernel.
+
+/// Name of the global holding [`KernelOffsets`].
+pub const OFFSETS_GLOBAL: &str = "OFFSETS";
+
+/// Byte offsets of kernel struct fields, resolved from the running kernel's BTF.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    /// `task_struct.pid`
+    pub task_pid: u32,
+    /// `task_struct.tgid`
+    pub task_tgid: u32,
+    /// `task_struct.real_parent`
+    pub task_real_parent: u32,
+    /// `task_struct.exit_code`
+    pub task_exit_code: u32,
+    /// `linux_binprm.file`
+    pub bprm_file: u32,
+    /// `linux_binprm.filename`
+    pub bprm_filename: u32,
+    /// `file.f_inode`
+    pub file_inode: u32,
+    /// `inode.i_ino`
+    pub inode_ino: u32,
+    /// `inode.i_sb`
+    pub inode_sb: u32,
+    /// `super_block.s_dev`
+    pub sb_dev: u32,
+    /// `cgroup.kn`
+    pub cgroup_kn: u32,
+    /// `kernfs_node.id`
+    pub kn_id: u32,
+    /// `kernfs_node.parent` (renamed `__parent` in 6.15)
+    pub kn_parent: u32,
+    /// Non-zero once the loader filled the struct; programs emit nothing while zero.
+    pub valid: u32,
+}
+crate::assert_layout!(KernelOffsets, size = 56, task_pid @ 0, kn_parent @ 48, valid @ 52);
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: `#[repr(C)]` u32s only; every bit pattern is valid.
+    unsafe impl aya::Pod for super::KernelOffsets {}
+}

@@ -1,0 +1,5 @@
+//! Kernel hooks, by attachment type.
+pub mod cgroup;
+pub mod lsm;
+pub mod probe;
+pub mod sched;

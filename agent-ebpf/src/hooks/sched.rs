@@ -1,0 +1,133 @@
+//! Process lifecycle from BTF tracepoints (`tp_btf`): fork, exec, exit.
+//!
+//! BTF tracepoints, not syscall tracepoints: an enabled `syscalls:*` tracepoint
+//! puts every task's syscalls on the slow path. These fire once per lifecycle
+//! event, and an unwatched task pays one `WATCHED` lookup.
+use agent_common::abi::{ExecRecord, ExitRecord, ForkRecord, flags, kind};
+use aya_ebpf::{
+    helpers::bpf_probe_read_kernel_str_bytes, macros::btf_tracepoint, programs::BtfTracePointContext,
+};
+
+use crate::{
+    emit::{current_proc, header, reserve},
+    maps::{count, current_sandbox},
+    offsets::{OFFSETS, read},
+};
+use agent_common::maps::stat;
+
+/// `sched_process_exec(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)`
+#[btf_tracepoint(function = "sched_process_exec")]
+pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
+    let off = OFFSETS.load();
+    if off.valid == 0 {
+        return 0;
+    }
+    let Some((cgroup_id, sandbox)) = current_sandbox() else {
+        return 0;
+    };
+    let Some(mut entry) = reserve::<ExecRecord>(&sandbox, kind::EXEC) else {
+        return 0;
+    };
+    let rec = entry.as_mut_ptr();
+    // SAFETY: `rec` points at a reserved, exclusively owned ExecRecord.
+    let rec = unsafe { &mut *rec };
+    header(&mut rec.hdr, kind::EXEC, size_of::<ExecRecord>(), cgroup_id, &sandbox);
+    current_proc(&mut rec.proc, off.task_tgid, off.task_real_parent);
+    let old_pid: i32 = ctx.arg(1);
+    rec.old_pid = old_pid as u32;
+    let bprm: *const u8 = ctx.arg(2);
+    rec.dev = 0;
+    rec.ino = 0;
+    let mut ok = false;
+    if let Ok(file) = read::<*const u8>(bprm, off.bprm_file)
+        && let Ok(inode) = read::<*const u8>(file, off.file_inode)
+        && let Ok(ino) = read::<u64>(inode, off.inode_ino)
+        && let Ok(sb) = read::<*const u8>(inode, off.inode_sb)
+        && let Ok(dev) = read::<u32>(sb, off.sb_dev)
+    {
+        rec.ino = ino;
+        rec.dev = dev;
+        ok = true;
+    }
+    if !ok {
+        count(stat::READ_FAILED);
+    }
+    rec.path[0] = 0;
+    match read::<*const u8>(bprm, off.bprm_filename) {
+        // SAFETY: the helper bounds the copy to the destination slice.
+        Ok(name) => match unsafe { bpf_probe_read_kernel_str_bytes(name, &mut rec.path) } {
+            Ok(s) => {
+                if s.len() + 1 >= rec.path.len() {
+                    rec.hdr.flags |= flags::PATH_TRUNCATED;
+                }
+            }
+            Err(_) => rec.hdr.flags |= flags::PATH_UNREADABLE,
+        },
+        Err(_) => rec.hdr.flags |= flags::PATH_UNREADABLE,
+    }
+    entry.submit(0);
+    0
+}
+
+/// `sched_process_fork(struct task_struct *parent, struct task_struct *child)`.
+/// Threads (child pid != child tgid) are not reported.
+#[btf_tracepoint(function = "sched_process_fork")]
+pub fn sched_process_fork(ctx: BtfTracePointContext) -> i32 {
+    let off = OFFSETS.load();
+    if off.valid == 0 {
+        return 0;
+    }
+    let Some((cgroup_id, sandbox)) = current_sandbox() else {
+        return 0;
+    };
+    let child: *const u8 = ctx.arg(1);
+    let (Ok(child_pid), Ok(child_tgid)) =
+        (read::<u32>(child, off.task_pid), read::<u32>(child, off.task_tgid))
+    else {
+        count(stat::READ_FAILED);
+        return 0;
+    };
+    if child_pid != child_tgid {
+        return 0;
+    }
+    let Some(mut entry) = reserve::<ForkRecord>(&sandbox, kind::FORK) else {
+        return 0;
+    };
+    // SAFETY: reserved, exclusively owned record.
+    let rec = unsafe { &mut *entry.as_mut_ptr() };
+    header(&mut rec.hdr, kind::FORK, size_of::<ForkRecord>(), cgroup_id, &sandbox);
+    current_proc(&mut rec.proc, off.task_tgid, off.task_real_parent);
+    rec.child_pid = child_pid;
+    rec.child_tgid = child_tgid;
+    entry.submit(0);
+    0
+}
+
+/// `sched_process_exit(struct task_struct *p, ...)`: reported for thread-group leaders.
+#[btf_tracepoint(function = "sched_process_exit")]
+pub fn sched_process_exit(_ctx: BtfTracePointContext) -> i32 {
+    let off = OFFSETS.load();
+    if off.valid == 0 {
+        return 0;
+    }
+    let Some((cgroup_id, sandbox)) = current_sandbox() else {
+        return 0;
+    };
+    let pid_tgid = aya_ebpf::helpers::bpf_get_current_pid_tgid();
+    if pid_tgid as u32 != (pid_tgid >> 32) as u32 {
+        return 0;
+    }
+    let Some(mut entry) = reserve::<ExitRecord>(&sandbox, kind::EXIT) else {
+        return 0;
+    };
+    // SAFETY: reserved, exclusively owned record.
+    let rec = unsafe { &mut *entry.as_mut_ptr() };
+    header(&mut rec.hdr, kind::EXIT, size_of::<ExitRecord>(), cgroup_id, &sandbox);
+    current_proc(&mut rec.proc, off.task_tgid, off.task_real_parent);
+    // SAFETY: helper without arguments.
+    let task = unsafe { aya_ebpf::helpers::bpf_get_current_task() } as *const u8;
+    rec.exit_code = read::<u32>(task, off.task_exit_code).unwrap_or(0);
+    rec._pad0 = 0;
+    entry.submit(0);
+    0
+}

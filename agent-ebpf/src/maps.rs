@@ -1,0 +1,53 @@
+//! Every map the kernel programs use. Sizes here are defaults: the loader sets
+//! the real ones at load time (`EbpfLoader::map_max_entries`).
+use agent_common::maps::{
+    DEFAULT_MAX_CGROUPS, DEFAULT_MAX_TASKS, DEFAULT_RING_BYTES, DropCounters, Sandbox, stat,
+};
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, PerCpuArray, RingBuf},
+};
+
+/// All records, in reservation order. Size set at load (default 4 MiB).
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
+
+/// cgroup v2 id → sandbox. Userspace inserts a sandbox's own cgroup (and any child cgroups
+/// that exist when it binds one); `cgroup_mkdir` adds children created later, so a task in
+/// a child cgroup of a sandbox belongs to that sandbox with a single lookup per event.
+#[map]
+pub static WATCHED: HashMap<u64, Sandbox> = HashMap::with_max_entries(DEFAULT_MAX_CGROUPS, 0);
+
+/// Per-CPU, per-sandbox-slot counters of records lost to a full ring buffer.
+#[map]
+pub static DROPS: PerCpuArray<DropCounters> = PerCpuArray::with_max_entries(DEFAULT_MAX_TASKS, 0);
+
+/// Per-CPU global counters, indexed by `agent_common::maps::stat`.
+#[map]
+pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
+
+/// Executables (sandbox slot, dev, ino) an LSM `bprm_check_security` refuses. Filled by
+/// userspace; used by the BPF LSM engine.
+#[map]
+pub static EXEC_DENY: HashMap<agent_common::maps::ExecKey, u32> =
+    HashMap::with_max_entries(DEFAULT_MAX_CGROUPS, 0);
+
+/// Adds one to a global counter.
+#[inline(always)]
+pub fn count(index: u32) {
+    if let Some(c) = STATS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU while the program runs.
+        unsafe { *c += 1 };
+    }
+}
+
+/// The sandbox the current task belongs to, if any. This is the only work an
+/// unwatched task pays for.
+#[inline(always)]
+pub fn current_sandbox() -> Option<(u64, Sandbox)> {
+    // SAFETY: helper without arguments.
+    let cgroup_id = unsafe { aya_ebpf::helpers::bpf_get_current_cgroup_id() };
+    // SAFETY: value is Copy and read immediately.
+    let sandbox = unsafe { WATCHED.get(&cgroup_id) }.copied()?;
+    Some((cgroup_id, sandbox))
+}

@@ -1,0 +1,29 @@
+//! Kernel struct field offsets and checked reads through them.
+use agent_common::config::KernelOffsets;
+use aya_ebpf::{Global, helpers::bpf_probe_read_kernel};
+
+/// Offsets resolved by the loader from the running kernel's BTF.
+#[unsafe(no_mangle)]
+pub static OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
+    task_pid: 0,
+    task_tgid: 0,
+    task_real_parent: 0,
+    task_exit_code: 0,
+    bprm_file: 0,
+    bprm_filename: 0,
+    file_inode: 0,
+    inode_ino: 0,
+    inode_sb: 0,
+    sb_dev: 0,
+    cgroup_kn: 0,
+    kn_id: 0,
+    kn_parent: 0,
+    valid: 0,
+});
+
+/// Reads a `T` at `base + off` from kernel memory.
+#[inline(always)]
+pub fn read<T>(base: *const u8, off: u32) -> Result<T, i64> {
+    // SAFETY: bpf_probe_read_kernel never faults; it returns an error for bad addresses.
+    unsafe { bpf_probe_read_kernel(base.wrapping_add(off as usize) as *const T) }.map_err(|e| e as i64)
+}

@@ -1,0 +1,142 @@
+//! The audit record: one JSON object per line. See `docs/events.md`.
+use serde::Serialize;
+
+/// Version of the audit record schema (`v`). Bump rules: `docs/events.md`.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// The decision recorded for an action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Decision {
+    /// Permitted by the scope (or not restricted).
+    Allow,
+    /// Refused.
+    Deny,
+    /// Would have been refused; the task runs in audit mode.
+    Audit,
+}
+
+/// One audit record. Optional fields are omitted when absent.
+#[derive(Debug, Clone, PartialEq, Serialize, Default)]
+pub struct AuditRecord {
+    /// Schema version.
+    pub v: u32,
+    /// Sequence number within the log, from 1, without gaps.
+    pub seq: u64,
+    /// When it happened: RFC 3339, UTC, nanoseconds.
+    pub time: String,
+    /// Task id.
+    pub task: String,
+    /// `task_start`, `task_end`, `exec`, `fork`, `exit`, ...
+    pub kind: &'static str,
+    pub decision: Option<Decision>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ppid: Option<u32>,
+    /// Executable of the process (after exec, the new image).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exe: Option<String>,
+    /// File path (exec, file events).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Network address (network events).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub addr: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub comm: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup_id: Option<u64>,
+    /// Executed file identity: userspace `st_dev` encoding.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dev: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ino: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path_truncated: Option<bool>,
+    /// fork: the new process.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub child_pid: Option<u32>,
+    /// exit / task_end: exit status when the process exited normally.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_status: Option<i32>,
+    /// exit / task_end: the signal that ended the process.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    /// task_start: scope file, command and sandbox.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cmd: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<&'static str>,
+    /// task_end: why the task ended.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// task_end: records the kernel could not deliver for this task (ring buffer full).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drops: Option<u64>,
+    /// task_end: records that arrived but failed to decode.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decode_errors: Option<u64>,
+    /// task_end: processes still in the sandbox when it was ended, killed by Warden.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub killed: Option<u64>,
+}
+
+/// Converts a kernel `dev_t` (`major << 20 | minor`) to the userspace `st_dev` encoding
+/// glibc's `makedev` uses.
+pub fn kernel_dev_to_user(dev: u32) -> u64 {
+    let major = u64::from(dev >> 20);
+    let minor = u64::from(dev & 0xfffff);
+    ((major & 0xffff_f000) << 32) | ((major & 0xfff) << 8) | ((minor & 0xffff_ff00) << 12) | (minor & 0xff)
+}
+
+/// Splits a wait(2) status into (exit status, terminating signal).
+pub fn wait_status(status: u32) -> (Option<i32>, Option<i32>) {
+    let sig = (status & 0x7f) as i32;
+    if sig == 0 { (Some(((status >> 8) & 0xff) as i32), None) } else { (None, Some(sig)) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dev_conversion_matches_libc_makedev() {
+        for (maj, min) in [(0u32, 0u32), (8, 1), (253, 3), (0, 0x1234), (259, 70000)] {
+            let kdev = (maj << 20) | min;
+            assert_eq!(kernel_dev_to_user(kdev), libc::makedev(maj, min), "{maj}:{min}");
+        }
+    }
+
+    #[test]
+    fn wait_status_split() {
+        assert_eq!(wait_status(3 << 8), (Some(3), None));
+        assert_eq!(wait_status(9), (None, Some(9)));
+    }
+
+    #[test]
+    fn serializes_required_fields_and_omits_absent_ones() {
+        let r = AuditRecord {
+            v: SCHEMA_VERSION,
+            seq: 1,
+            time: "t".into(),
+            task: "x".into(),
+            kind: "exec",
+            decision: Some(Decision::Allow),
+            pid: Some(5),
+            ..Default::default()
+        };
+        let j: serde_json::Value = serde_json::to_value(&r).unwrap();
+        assert_eq!(j["v"], 1);
+        assert_eq!(j["decision"], "allow");
+        assert!(j.get("addr").is_none());
+        let keys: Vec<_> = j.as_object().unwrap().keys().cloned().collect();
+        assert_eq!(keys, ["v", "seq", "time", "task", "kind", "decision", "pid"]);
+    }
+}

@@ -1,0 +1,48 @@
+//! Audit sinks: where records go. Producers write to the [`AuditSink`] trait so
+//! formats and destinations plug in.
+use std::io::{self, Write};
+
+use super::AuditRecord;
+
+/// A destination for audit records.
+pub trait AuditSink: Send {
+    fn write(&mut self, record: &AuditRecord) -> io::Result<()>;
+    fn flush(&mut self) -> io::Result<()>;
+}
+
+/// JSON Lines: one record per line.
+pub struct JsonlSink<W: Write + Send> {
+    out: io::BufWriter<W>,
+}
+
+impl<W: Write + Send> JsonlSink<W> {
+    pub fn new(out: W) -> Self {
+        Self { out: io::BufWriter::new(out) }
+    }
+}
+
+impl<W: Write + Send> AuditSink for JsonlSink<W> {
+    fn write(&mut self, record: &AuditRecord) -> io::Result<()> {
+        serde_json::to_writer(&mut self.out, record)?;
+        self.out.write_all(b"\n")
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+/// Keeps records in memory (tests, in-process consumers).
+#[derive(Default)]
+pub struct MemorySink {
+    pub records: Vec<AuditRecord>,
+}
+
+impl AuditSink for MemorySink {
+    fn write(&mut self, record: &AuditRecord) -> io::Result<()> {
+        self.records.push(record.clone());
+        Ok(())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,80 @@
+//! The `warden` command line (clap derive). Raw arguments here; each verb turns
+//! them into resolved settings and runs.
+mod probe;
+mod run;
+
+use clap::{Parser, Subcommand};
+
+pub use run::RunArgs;
+
+/// Warden: binds AI agent tasks to a declared scope and enforces it in the kernel.
+#[derive(Debug, Parser)]
+#[command(name = "warden", version, about, propagate_version = true)]
+pub struct Cli {
+    /// More logging on stderr (-v info, -vv debug). `WARDEN_LOG` overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Report what this kernel allows and which engine enforces what.
+    Probe(probe::ProbeArgs),
+    /// Run a command as a task in a fresh sandbox, streaming its audit records.
+    Run(RunArgs),
+}
+
+/// How a verb failed.
+#[derive(Debug)]
+pub enum Failure {
+    /// Bad arguments or configuration: exit 2, nothing was started.
+    Usage(anyhow::Error),
+    /// Something failed while running: exit 1.
+    Runtime(anyhow::Error),
+}
+
+impl Failure {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Failure::Usage(_) => 2,
+            Failure::Runtime(_) => 1,
+        }
+    }
+}
+
+/// Parses arguments, runs the verb, returns the process exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { 2 } else { 0 };
+        }
+    };
+    init_tracing(cli.verbose);
+    let result = match cli.command {
+        Command::Probe(a) => probe::run(a),
+        Command::Run(a) => run::run(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(f) => {
+            let (Failure::Usage(e) | Failure::Runtime(e)) = &f;
+            eprintln!("warden: error: {e:#}");
+            f.exit_code()
+        }
+    }
+}
+
+fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WARDEN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}

@@ -1,0 +1,164 @@
+//! Correlate: the process table (pid → parent, executable), seeded from `/proc`
+//! for processes that existed before Warden started and kept current from
+//! fork/exec/exit events.
+use std::{collections::HashMap, fs, path::Path};
+
+use crate::decode::Event;
+
+/// What Warden knows about a live process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcEntry {
+    pub ppid: u32,
+    pub exe: Option<String>,
+}
+
+/// Context the table adds to an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Context {
+    pub pid: u32,
+    pub ppid: u32,
+    pub exe: Option<String>,
+}
+
+/// pid (thread-group id) → process.
+#[derive(Debug, Default)]
+pub struct ProcessTable {
+    procs: HashMap<u32, ProcEntry>,
+}
+
+impl ProcessTable {
+    /// Seeds the table from a procfs root (normally `/proc`). Processes that vanish while
+    /// being read are skipped.
+    pub fn seed_from(proc_root: &Path) -> Self {
+        let mut procs = HashMap::new();
+        if let Ok(rd) = fs::read_dir(proc_root) {
+            for e in rd.flatten() {
+                let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                    continue;
+                };
+                let Ok(stat) = fs::read_to_string(e.path().join("stat")) else { continue };
+                let Some(ppid) = parse_stat_ppid(&stat) else { continue };
+                let exe = fs::read_link(e.path().join("exe")).ok().map(|p| p.to_string_lossy().into_owned());
+                procs.insert(pid, ProcEntry { ppid, exe });
+            }
+        }
+        Self { procs }
+    }
+
+    pub fn get(&self, pid: u32) -> Option<&ProcEntry> {
+        self.procs.get(&pid)
+    }
+
+    pub fn len(&self) -> usize {
+        self.procs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.procs.is_empty()
+    }
+
+    /// Updates the table with `ev` and returns the process context for its record.
+    pub fn apply(&mut self, ev: &Event) -> Context {
+        let p = ev.proc();
+        match ev {
+            Event::Fork { child_tgid, .. } => {
+                let parent_exe = self.procs.get(&p.tgid).and_then(|e| e.exe.clone());
+                self.procs.insert(*child_tgid, ProcEntry { ppid: p.tgid, exe: parent_exe.clone() });
+                Context { pid: p.tgid, ppid: p.ppid, exe: parent_exe }
+            }
+            Event::Exec { path, .. } => {
+                self.procs.insert(p.tgid, ProcEntry { ppid: p.ppid, exe: Some(path.clone()) });
+                Context { pid: p.tgid, ppid: p.ppid, exe: Some(path.clone()) }
+            }
+            Event::Exit { .. } => {
+                let exe = self.procs.remove(&p.tgid).and_then(|e| e.exe);
+                Context { pid: p.tgid, ppid: p.ppid, exe }
+            }
+        }
+    }
+
+    /// The chain of ancestors of `pid`, nearest first, bounded and loop-safe.
+    pub fn ancestry(&self, pid: u32) -> Vec<u32> {
+        let mut out = Vec::new();
+        let mut cur = pid;
+        while let Some(e) = self.procs.get(&cur) {
+            if e.ppid == 0 || out.len() >= 64 || out.contains(&e.ppid) {
+                break;
+            }
+            out.push(e.ppid);
+            cur = e.ppid;
+        }
+        out
+    }
+}
+
+/// The parent pid from `/proc/<pid>/stat`. The command name may contain spaces and
+/// parentheses, so fields are counted after the last `)`.
+pub fn parse_stat_ppid(stat: &str) -> Option<u32> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut it = rest.split_whitespace();
+    let _state = it.next()?;
+    it.next()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::{Event, Meta, Proc};
+
+    fn meta() -> Meta {
+        Meta { ktime_ns: 0, cgroup_id: 1, slot: 0, flags: 0 }
+    }
+    fn proc(pid: u32, ppid: u32) -> Proc {
+        Proc { pid, tgid: pid, ppid, uid: 0, gid: 0, comm: "x".into() }
+    }
+
+    #[test]
+    fn parses_stat_with_hostile_comm() {
+        assert_eq!(parse_stat_ppid("42 (a) b) c) S 7 42 42 0"), Some(7));
+        assert_eq!(parse_stat_ppid("1 (init) S 0 1 1"), Some(0));
+        assert_eq!(parse_stat_ppid("garbage"), None);
+    }
+
+    #[test]
+    fn tracks_fork_exec_exit() {
+        let mut t = ProcessTable::default();
+        let exec = Event::Exec { meta: meta(), proc: proc(10, 1), old_pid: 10, dev: 0, ino: 0, path: "/bin/sh".into(), path_truncated: false };
+        assert_eq!(t.apply(&exec).exe.as_deref(), Some("/bin/sh"));
+        let fork = Event::Fork { meta: meta(), proc: proc(10, 1), child_pid: 11, child_tgid: 11 };
+        t.apply(&fork);
+        assert_eq!(t.get(11), Some(&ProcEntry { ppid: 10, exe: Some("/bin/sh".into()) }));
+        assert_eq!(t.ancestry(11), vec![10, 1]);
+        let exit = Event::Exit { meta: meta(), proc: proc(11, 10), exit_code: 0 };
+        assert_eq!(t.apply(&exit).exe.as_deref(), Some("/bin/sh"));
+        assert!(t.get(11).is_none());
+    }
+
+    #[test]
+    fn ancestry_is_loop_safe() {
+        let mut t = ProcessTable::default();
+        t.procs.insert(2, ProcEntry { ppid: 3, exe: None });
+        t.procs.insert(3, ProcEntry { ppid: 2, exe: None });
+        assert_eq!(t.ancestry(2), vec![3]);
+    }
+
+    #[test]
+    fn seeds_from_a_procfs_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("55");
+        fs::create_dir(&p).unwrap();
+        fs::write(p.join("stat"), "55 (my (proc)) S 9 55 55").unwrap();
+        std::os::unix::fs::symlink("/usr/bin/true", p.join("exe")).unwrap();
+        fs::create_dir(dir.path().join("self")).unwrap();
+        let t = ProcessTable::seed_from(dir.path());
+        assert_eq!(t.get(55), Some(&ProcEntry { ppid: 9, exe: Some("/usr/bin/true".into()) }));
+        assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn seeds_from_real_proc() {
+        let t = ProcessTable::seed_from(Path::new("/proc"));
+        let me = std::process::id();
+        assert!(t.get(me).is_some(), "own process must be in the seeded table");
+    }
+}

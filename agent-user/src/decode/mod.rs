@@ -1,0 +1,269 @@
+//! Decode: ring-buffer bytes → typed events.
+//!
+//! Kernel-provided bytes are never trusted: every record is length-checked
+//! against its header and its kind's fixed size, strings are cut at the first
+//! NUL inside their buffer, and unknown kinds or versions are errors. The
+//! decoder never panics; [`DecodeStats`] counts what failed so the pipeline can
+//! report it as an evidence gap.
+use agent_common::abi::{
+    ABI_VERSION, COMM_LEN, EventHeader, ExecRecord, ExitRecord, ForkRecord, PATH_LEN, ProcIds, flags, kind,
+};
+
+/// Why a record could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("record of {len} bytes is shorter than the {need}-byte header")]
+    ShortHeader { len: usize, need: usize },
+    #[error("record header says {header} bytes but {len} bytes arrived")]
+    SizeMismatch { header: u32, len: usize },
+    #[error("record kind {kind} must be {expected} bytes, got {len}")]
+    WrongSize { kind: u16, expected: usize, len: usize },
+    #[error("unknown record kind {0}")]
+    UnknownKind(u16),
+    #[error("record ABI version {0} is not supported (this build speaks {ABI_VERSION})")]
+    Version(u16),
+}
+
+/// Fields every event has.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Meta {
+    pub ktime_ns: u64,
+    pub cgroup_id: u64,
+    pub slot: u32,
+    pub flags: u16,
+}
+
+/// The process an event is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Proc {
+    pub pid: u32,
+    pub tgid: u32,
+    pub ppid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub comm: String,
+}
+
+/// A decoded kernel event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Exec { meta: Meta, proc: Proc, old_pid: u32, dev: u32, ino: u64, path: String, path_truncated: bool },
+    Fork { meta: Meta, proc: Proc, child_pid: u32, child_tgid: u32 },
+    Exit { meta: Meta, proc: Proc, exit_code: u32 },
+}
+
+impl Event {
+    pub fn meta(&self) -> &Meta {
+        match self {
+            Event::Exec { meta, .. } | Event::Fork { meta, .. } | Event::Exit { meta, .. } => meta,
+        }
+    }
+    pub fn proc(&self) -> &Proc {
+        match self {
+            Event::Exec { proc, .. } | Event::Fork { proc, .. } | Event::Exit { proc, .. } => proc,
+        }
+    }
+    /// The audit `kind` name.
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Event::Exec { .. } => "exec",
+            Event::Fork { .. } => "fork",
+            Event::Exit { .. } => "exit",
+        }
+    }
+}
+
+/// Counts of decoded and failed records.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct DecodeStats {
+    pub decoded: u64,
+    pub failed: u64,
+}
+
+/// Decoder with failure accounting.
+#[derive(Debug, Default)]
+pub struct Decoder {
+    pub stats: DecodeStats,
+}
+
+impl Decoder {
+    /// Decodes one record, counting the outcome.
+    pub fn decode(&mut self, bytes: &[u8]) -> Result<Event, DecodeError> {
+        let r = decode(bytes);
+        match r {
+            Ok(_) => self.stats.decoded += 1,
+            Err(_) => self.stats.failed += 1,
+        }
+        r
+    }
+}
+
+/// Reads a plain-old-data record from `bytes`, which must be exactly its size.
+fn read_pod<T: Copy>(bytes: &[u8]) -> T {
+    assert!(bytes.len() >= size_of::<T>());
+    // SAFETY: length checked above; T is one of the agent_common `#[repr(C)]` records made of
+    // integers and byte arrays, for which every bit pattern is valid; read_unaligned needs no
+    // alignment.
+    unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) }
+}
+
+/// Decodes one record. Pure: no state, no panics on any input.
+pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
+    let need = size_of::<EventHeader>();
+    if bytes.len() < need {
+        return Err(DecodeError::ShortHeader { len: bytes.len(), need });
+    }
+    let hdr: EventHeader = read_pod(bytes);
+    if hdr.size as usize != bytes.len() {
+        return Err(DecodeError::SizeMismatch { header: hdr.size, len: bytes.len() });
+    }
+    if hdr.abi != ABI_VERSION {
+        return Err(DecodeError::Version(hdr.abi));
+    }
+    let expect = |expected: usize| {
+        if bytes.len() == expected {
+            Ok(())
+        } else {
+            Err(DecodeError::WrongSize { kind: hdr.kind, expected, len: bytes.len() })
+        }
+    };
+    let meta = Meta { ktime_ns: hdr.ktime_ns, cgroup_id: hdr.cgroup_id, slot: hdr.slot, flags: hdr.flags };
+    match hdr.kind {
+        kind::EXEC => {
+            expect(size_of::<ExecRecord>())?;
+            let r: ExecRecord = read_pod(bytes);
+            Ok(Event::Exec {
+                proc: proc(&r.proc),
+                old_pid: r.old_pid,
+                dev: r.dev,
+                ino: r.ino,
+                path: c_string(&r.path[..PATH_LEN]),
+                path_truncated: hdr.flags & flags::PATH_TRUNCATED != 0,
+                meta,
+            })
+        }
+        kind::FORK => {
+            expect(size_of::<ForkRecord>())?;
+            let r: ForkRecord = read_pod(bytes);
+            Ok(Event::Fork { proc: proc(&r.proc), child_pid: r.child_pid, child_tgid: r.child_tgid, meta })
+        }
+        kind::EXIT => {
+            expect(size_of::<ExitRecord>())?;
+            let r: ExitRecord = read_pod(bytes);
+            Ok(Event::Exit { proc: proc(&r.proc), exit_code: r.exit_code, meta })
+        }
+        other => Err(DecodeError::UnknownKind(other)),
+    }
+}
+
+fn proc(p: &ProcIds) -> Proc {
+    Proc { pid: p.pid, tgid: p.tgid, ppid: p.ppid, uid: p.uid, gid: p.gid, comm: c_string(&p.comm[..COMM_LEN]) }
+}
+
+/// The bytes before the first NUL (or all of them), as UTF-8 with replacement characters.
+pub fn c_string(buf: &[u8]) -> String {
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    pub fn as_bytes<T>(v: &T) -> Vec<u8> {
+        // SAFETY: test helper over #[repr(C)] POD records.
+        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }.to_vec()
+    }
+
+    pub fn header(kind: u16, size: usize) -> EventHeader {
+        EventHeader { kind, flags: 0, size: size as u32, ktime_ns: 5, cgroup_id: 77, slot: 3, abi: ABI_VERSION, _pad0: 0 }
+    }
+
+    pub fn ids(pid: u32, ppid: u32, comm: &str) -> ProcIds {
+        let mut c = [0u8; COMM_LEN];
+        c[..comm.len()].copy_from_slice(comm.as_bytes());
+        ProcIds { pid, tgid: pid, ppid, uid: 1000, gid: 1000, _pad0: 0, comm: c }
+    }
+
+    pub fn exec_bytes(pid: u32, ppid: u32, path: &str) -> Vec<u8> {
+        let mut p = [0u8; PATH_LEN];
+        p[..path.len()].copy_from_slice(path.as_bytes());
+        as_bytes(&ExecRecord {
+            hdr: header(kind::EXEC, size_of::<ExecRecord>()),
+            proc: ids(pid, ppid, "sh"),
+            dev: 0x0080_0001,
+            old_pid: pid,
+            ino: 42,
+            path: p,
+        })
+    }
+
+    #[test]
+    fn decodes_exec() {
+        let ev = decode(&exec_bytes(10, 1, "/usr/bin/ls")).unwrap();
+        let Event::Exec { meta, proc, dev, ino, path, path_truncated, .. } = ev else { panic!("not exec") };
+        assert_eq!((meta.cgroup_id, meta.slot, meta.ktime_ns), (77, 3, 5));
+        assert_eq!((proc.pid, proc.ppid, proc.comm.as_str()), (10, 1, "sh"));
+        assert_eq!((dev, ino, path.as_str(), path_truncated), (0x0080_0001, 42, "/usr/bin/ls", false));
+    }
+
+    #[test]
+    fn decodes_fork_and_exit() {
+        let f = ForkRecord { hdr: header(kind::FORK, 80), proc: ids(10, 1, "sh"), child_pid: 11, child_tgid: 11 };
+        assert!(matches!(decode(&as_bytes(&f)).unwrap(), Event::Fork { child_tgid: 11, .. }));
+        let e = ExitRecord { hdr: header(kind::EXIT, 80), proc: ids(11, 10, "ls"), exit_code: 3 << 8, _pad0: 0 };
+        assert!(matches!(decode(&as_bytes(&e)).unwrap(), Event::Exit { exit_code: 768, .. }));
+    }
+
+    #[test]
+    fn rejects_bad_records() {
+        let good = exec_bytes(1, 0, "/x");
+        assert!(matches!(decode(&good[..10]), Err(DecodeError::ShortHeader { .. })));
+        assert!(matches!(decode(&good[..100]), Err(DecodeError::SizeMismatch { .. })));
+        let mut bad_kind = good.clone();
+        bad_kind[0] = 99;
+        assert_eq!(decode(&bad_kind), Err(DecodeError::UnknownKind(99)));
+        let mut bad_ver = good.clone();
+        bad_ver[28] = 0xff;
+        assert!(matches!(decode(&bad_ver), Err(DecodeError::Version(_))));
+        // A fork header on an exec-sized record.
+        let mut wrong = good;
+        wrong[0] = kind::FORK as u8;
+        assert!(matches!(decode(&wrong), Err(DecodeError::WrongSize { .. })));
+    }
+
+    #[test]
+    fn unterminated_and_invalid_strings_are_bounded() {
+        let mut bytes = exec_bytes(1, 0, "");
+        let path_off = std::mem::offset_of!(ExecRecord, path);
+        for b in &mut bytes[path_off..path_off + PATH_LEN] {
+            *b = 0xff; // no NUL, not UTF-8
+        }
+        let Event::Exec { path, .. } = decode(&bytes).unwrap() else { panic!() };
+        assert_eq!(path.chars().count(), PATH_LEN);
+    }
+
+    #[test]
+    fn decoder_counts_outcomes() {
+        let mut d = Decoder::default();
+        d.decode(&exec_bytes(1, 0, "/a")).unwrap();
+        d.decode(&[1, 2, 3]).unwrap_err();
+        assert_eq!(d.stats, DecodeStats { decoded: 1, failed: 1 });
+    }
+
+    proptest! {
+        #[test]
+        fn never_panics_on_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode(&bytes);
+        }
+
+        #[test]
+        fn never_panics_on_mutated_valid_records(idx in 0usize..344, val in any::<u8>(), cut in 0usize..344) {
+            let mut b = exec_bytes(7, 1, "/bin/true");
+            b[idx] = val;
+            let _ = decode(&b);
+            let _ = decode(&b[..cut]);
+        }
+    }
+}

@@ -1,0 +1,18 @@
+//! Warden userspace.
+//!
+//! Data flow, one module per stage:
+//! kernel hook (`agent-ebpf`) → ring buffer ([`source`]) → [`decode`] →
+//! [`correlate`] (process tree, task) → enforce/rules → [`audit`] sinks.
+//! [`loader`] loads the kernel side, [`sandbox`] makes the cgroups tasks run in,
+//! [`scope`] reads task scopes, [`pipeline`] wires the stages together and
+//! [`cli`] is the `warden` command line.
+pub mod audit;
+pub mod cli;
+pub mod correlate;
+pub mod decode;
+pub mod loader;
+pub mod pipeline;
+pub mod sandbox;
+pub mod scope;
+pub mod source;
+pub mod task;

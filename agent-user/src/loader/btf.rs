@@ -1,0 +1,308 @@
+//! Kernel struct field offsets, resolved from the running kernel's BTF.
+//!
+//! Rust eBPF has no CO-RE relocations, so the programs read kernel structs
+//! through offsets resolved here and written into a read-only global. Fields
+//! reached through anonymous structs/unions are found by searching them, and a
+//! field may be given under several names (renames across kernel versions).
+use std::path::Path;
+
+use agent_common::config::KernelOffsets;
+use btf_rs::{Btf, Type};
+
+/// Where the running kernel publishes its BTF.
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+/// Errors while resolving offsets.
+#[derive(Debug, thiserror::Error)]
+pub enum BtfError {
+    #[error("cannot read kernel BTF {path}: {message}")]
+    Read { path: String, message: String },
+    #[error("kernel BTF has no struct `{0}`")]
+    NoStruct(String),
+    #[error("struct `{strukt}` has no field `{field}` in this kernel's BTF")]
+    NoField { strukt: String, field: String },
+    #[error("`{strukt}.{field}` is a bitfield; only byte-aligned fields can be read")]
+    Bitfield { strukt: String, field: String },
+    #[error("BTF is malformed: {0}")]
+    Malformed(String),
+}
+
+/// A parsed BTF with field-offset lookups.
+pub struct KernelBtf {
+    btf: Btf,
+}
+
+impl KernelBtf {
+    /// Parses the running kernel's BTF.
+    pub fn from_sys() -> Result<Self, BtfError> {
+        Self::from_file(Path::new(VMLINUX_BTF))
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self, BtfError> {
+        let btf = Btf::from_file(path)
+            .map_err(|e| BtfError::Read { path: path.display().to_string(), message: format!("{e:#}") })?;
+        Ok(Self { btf })
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, BtfError> {
+        let btf = Btf::from_bytes(bytes)
+            .map_err(|e| BtfError::Read { path: "<bytes>".into(), message: format!("{e:#}") })?;
+        Ok(Self { btf })
+    }
+
+    /// Byte offset of `field` (first name that exists, in order) in `struct strukt`.
+    pub fn offset(&self, strukt: &str, field: &[&str]) -> Result<u32, BtfError> {
+        let s = self.find_struct(strukt)?;
+        for name in field {
+            if let Some(bits) = self.member_bits(&s, name, 0)? {
+                if bits % 8 != 0 {
+                    return Err(BtfError::Bitfield { strukt: strukt.into(), field: (*name).into() });
+                }
+                return Ok(bits / 8);
+            }
+        }
+        Err(BtfError::NoField { strukt: strukt.into(), field: field.join("|") })
+    }
+
+    fn find_struct(&self, name: &str) -> Result<btf_rs::Struct, BtfError> {
+        let types = self.btf.resolve_types_by_name(name).unwrap_or_default();
+        types
+            .into_iter()
+            .find_map(|t| match t {
+                Type::Struct(s) if !s.members.is_empty() => Some(s),
+                _ => None,
+            })
+            .ok_or_else(|| BtfError::NoStruct(name.into()))
+    }
+
+    /// Bit offset of `name` in `s`, searching anonymous struct/union members.
+    fn member_bits(&self, s: &btf_rs::Struct, name: &str, base: u32) -> Result<Option<u32>, BtfError> {
+        for m in &s.members {
+            let mname = self.btf.resolve_name(m).unwrap_or_default();
+            if mname == name {
+                if m.bitfield_size().is_some_and(|b| b != 0) {
+                    return Ok(Some(base + m.bit_offset() + 1)); // forces the bitfield error
+                }
+                return Ok(Some(base + m.bit_offset()));
+            }
+            if mname.is_empty() {
+                let inner = self
+                    .btf
+                    .resolve_chained_type(m)
+                    .map_err(|e| BtfError::Malformed(e.to_string()))?;
+                let inner = self.strip_modifiers(inner)?;
+                if let Type::Struct(inner) | Type::Union(inner) = inner
+                    && let Some(bits) = self.member_bits(&inner, name, base + m.bit_offset())?
+                {
+                    return Ok(Some(bits));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    fn strip_modifiers(&self, mut t: Type) -> Result<Type, BtfError> {
+        for _ in 0..16 {
+            let next = match &t {
+                Type::Const(c) => self.btf.resolve_chained_type(c),
+                Type::Volatile(v) => self.btf.resolve_chained_type(v),
+                Type::Typedef(td) => self.btf.resolve_chained_type(td),
+                Type::TypeTag(tt) => self.btf.resolve_chained_type(tt),
+                _ => return Ok(t),
+            };
+            t = next.map_err(|e| BtfError::Malformed(e.to_string()))?;
+        }
+        Err(BtfError::Malformed("modifier chain too long".into()))
+    }
+
+    /// Whether the kernel has a BTF function (e.g. an LSM hook's `bpf_lsm_<hook>`).
+    pub fn has_func(&self, name: &str) -> bool {
+        self.btf
+            .resolve_types_by_name(name)
+            .map(|ts| ts.iter().any(|t| matches!(t, Type::Func(_))))
+            .unwrap_or(false)
+    }
+
+    /// Resolves every offset the kernel programs need.
+    pub fn kernel_offsets(&self) -> Result<KernelOffsets, BtfError> {
+        Ok(KernelOffsets {
+            task_pid: self.offset("task_struct", &["pid"])?,
+            task_tgid: self.offset("task_struct", &["tgid"])?,
+            task_real_parent: self.offset("task_struct", &["real_parent"])?,
+            task_exit_code: self.offset("task_struct", &["exit_code"])?,
+            bprm_file: self.offset("linux_binprm", &["file"])?,
+            bprm_filename: self.offset("linux_binprm", &["filename"])?,
+            file_inode: self.offset("file", &["f_inode"])?,
+            inode_ino: self.offset("inode", &["i_ino"])?,
+            inode_sb: self.offset("inode", &["i_sb"])?,
+            sb_dev: self.offset("super_block", &["s_dev"])?,
+            cgroup_kn: self.offset("cgroup", &["kn"])?,
+            kn_id: self.offset("kernfs_node", &["id"])?,
+            kn_parent: self.offset("kernfs_node", &["__parent", "parent"])?,
+            valid: 1,
+        })
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    //! A tiny BTF writer for synthetic blobs (ints, pointers, structs, unions).
+    #[derive(Default)]
+    pub struct BtfBuilder {
+        types: Vec<u8>,
+        strings: Vec<u8>,
+        next_id: u32,
+    }
+
+    pub struct Member<'a> {
+        pub name: &'a str,
+        pub ty: u32,
+        pub bit_offset: u32,
+    }
+
+    impl BtfBuilder {
+        pub fn new() -> Self {
+            Self { types: Vec::new(), strings: vec![0], next_id: 1 }
+        }
+        fn string(&mut self, s: &str) -> u32 {
+            if s.is_empty() {
+                return 0;
+            }
+            let off = self.strings.len() as u32;
+            self.strings.extend_from_slice(s.as_bytes());
+            self.strings.push(0);
+            off
+        }
+        fn push(&mut self, name: &str, kind: u32, vlen: u32, kind_flag: bool, size_or_type: u32) -> u32 {
+            let name_off = self.string(name);
+            let info = (u32::from(kind_flag) << 31) | (kind << 24) | vlen;
+            for w in [name_off, info, size_or_type] {
+                self.types.extend_from_slice(&w.to_le_bytes());
+            }
+            let id = self.next_id;
+            self.next_id += 1;
+            id
+        }
+        pub fn int(&mut self, name: &str, bytes: u32) -> u32 {
+            let id = self.push(name, 1, 0, false, bytes);
+            self.types.extend_from_slice(&(bytes * 8).to_le_bytes());
+            id
+        }
+        pub fn ptr(&mut self, to: u32) -> u32 {
+            self.push("", 2, 0, false, to)
+        }
+        pub fn composite(&mut self, union: bool, name: &str, size: u32, members: &[Member<'_>], bitfields: bool) -> u32 {
+            let kind = if union { 5 } else { 4 };
+            let id = self.push(name, kind, members.len() as u32, bitfields, size);
+            for m in members {
+                let n = self.string(m.name);
+                for w in [n, m.ty, m.bit_offset] {
+                    self.types.extend_from_slice(&w.to_le_bytes());
+                }
+            }
+            id
+        }
+        pub fn build(&self) -> Vec<u8> {
+            let mut out = Vec::new();
+            out.extend_from_slice(&0xeb9f_u16.to_le_bytes());
+            out.push(1);
+            out.push(0);
+            let hdr_len = 24u32;
+            let type_len = self.types.len() as u32;
+            for w in [hdr_len, 0, type_len, type_len, self.strings.len() as u32] {
+                out.extend_from_slice(&w.to_le_bytes());
+            }
+            out.extend_from_slice(&self.types);
+            out.extend_from_slice(&self.strings);
+            out
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{BtfBuilder, Member};
+    use super::*;
+
+    fn synthetic() -> KernelBtf {
+        let mut b = BtfBuilder::new();
+        let int = b.int("int", 4);
+        let long = b.int("long", 8);
+        let p = b.ptr(int);
+        // struct inner_anon { long a; int wanted; } (anonymous)
+        let anon = b.composite(false, "", 16, &[
+            Member { name: "a", ty: long, bit_offset: 0 },
+            Member { name: "wanted", ty: int, bit_offset: 64 },
+        ], false);
+        // union { int u1; struct anon; } (anonymous)
+        let un = b.composite(true, "", 16, &[
+            Member { name: "u1", ty: int, bit_offset: 0 },
+            Member { name: "", ty: anon, bit_offset: 0 },
+        ], false);
+        b.composite(false, "outer", 64, &[
+            Member { name: "first", ty: long, bit_offset: 0 },
+            Member { name: "ptr", ty: p, bit_offset: 64 },
+            Member { name: "", ty: un, bit_offset: 128 },
+            Member { name: "__parent", ty: p, bit_offset: 256 },
+        ], false);
+        // A bitfield struct: kind_flag set, offset = size << 24 | bit offset.
+        b.composite(false, "bits", 8, &[
+            Member { name: "whole", ty: int, bit_offset: 0 },
+            Member { name: "flag", ty: int, bit_offset: (1 << 24) | 35 },
+        ], true);
+        KernelBtf::from_bytes(&b.build()).expect("synthetic BTF parses")
+    }
+
+    #[test]
+    fn direct_members() {
+        let btf = synthetic();
+        assert_eq!(btf.offset("outer", &["first"]).unwrap(), 0);
+        assert_eq!(btf.offset("outer", &["ptr"]).unwrap(), 8);
+    }
+
+    #[test]
+    fn members_inside_anonymous_struct_in_anonymous_union() {
+        let btf = synthetic();
+        // union at byte 16, struct inside at 0, field at byte 8 of it.
+        assert_eq!(btf.offset("outer", &["wanted"]).unwrap(), 24);
+        assert_eq!(btf.offset("outer", &["u1"]).unwrap(), 16);
+    }
+
+    #[test]
+    fn renamed_field_falls_back_in_order() {
+        let btf = synthetic();
+        assert_eq!(btf.offset("outer", &["parent", "__parent"]).unwrap(), 32);
+        assert_eq!(btf.offset("outer", &["__parent", "parent"]).unwrap(), 32);
+    }
+
+    #[test]
+    fn missing_struct_field_and_bitfields_are_errors() {
+        let btf = synthetic();
+        assert!(matches!(btf.offset("nope", &["x"]), Err(BtfError::NoStruct(_))));
+        assert!(matches!(btf.offset("outer", &["x", "y"]), Err(BtfError::NoField { .. })));
+        assert!(matches!(btf.offset("bits", &["flag"]), Err(BtfError::Bitfield { .. })));
+        assert_eq!(btf.offset("bits", &["whole"]).unwrap(), 0);
+    }
+
+    /// The captured BTF of this project's CI kernel (Linux 6.18): the resolver must find
+    /// every field the programs read, with `kernfs_node.__parent` (renamed in 6.15).
+    #[test]
+    fn captured_kernel_btf_resolves_every_offset() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/btf/vmlinux-6.18.btf.zst");
+        let compressed = std::fs::read(path).expect("fixture present");
+        let mut raw = Vec::new();
+        let mut dec = ruzstd::decoding::StreamingDecoder::new(compressed.as_slice()).expect("zstd");
+        std::io::Read::read_to_end(&mut dec, &mut raw).expect("decompress");
+        let btf = KernelBtf::from_bytes(&raw).expect("parse captured BTF");
+        let off = btf.kernel_offsets().expect("all offsets resolve");
+        assert_eq!(off.valid, 1);
+        // Independent facts about 6.18's layout: pid and tgid are adjacent pid_t's,
+        // kernfs_node.id is a u64 and __parent exists, linux_binprm.file follows mm/p.
+        assert_eq!(off.task_tgid, off.task_pid + 4);
+        assert!(btf.offset("kernfs_node", &["parent"]).is_err(), "6.18 renamed parent");
+        assert_eq!(off.kn_parent, btf.offset("kernfs_node", &["__parent"]).unwrap());
+        assert!(off.task_real_parent > off.task_tgid);
+        assert!(btf.has_func("bpf_lsm_bprm_check_security"));
+        assert!(!btf.has_func("bpf_lsm_definitely_not_a_hook"));
+    }
+}

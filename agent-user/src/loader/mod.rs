@@ -1,0 +1,178 @@
+//! Loader: BTF offsets, loading and attaching the kernel programs as one unit
+//! (a *sensor*), and the maps userspace drives.
+pub mod btf;
+pub mod probe;
+
+use agent_common::{
+    config::{KernelOffsets, OFFSETS_GLOBAL},
+    maps::{self, DropCounters, Sandbox},
+};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    programs::BtfTracePoint,
+};
+
+pub use self::btf::KernelBtf;
+
+/// The eBPF object built by `build.rs` from `agent-ebpf`.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-ebpf"));
+
+/// Errors from loading or driving the kernel side.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Btf(#[from] btf::BtfError),
+    #[error("cannot parse kernel BTF for aya: {0}")]
+    AyaBtf(#[from] aya::BtfError),
+    #[error("cannot load the eBPF object: {0} (are you root, with CAP_BPF and CAP_PERFMON?)")]
+    Load(#[from] aya::EbpfError),
+    #[error("program `{name}`: {source}")]
+    Program { name: &'static str, source: aya::programs::ProgramError },
+    #[error("map `{name}`: {source}")]
+    Map { name: &'static str, source: aya::maps::MapError },
+    #[error("cannot count possible CPUs: {0}")]
+    Cpus(std::io::Error),
+    #[error("map or program `{0}` is missing from the eBPF object")]
+    MissingMap(&'static str),
+}
+
+/// Sizes chosen at load time.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadOptions {
+    /// Ring buffer bytes (a power-of-two multiple of the page size).
+    pub ring_bytes: u32,
+    /// Sandbox slots.
+    pub max_tasks: u32,
+    /// cgroups that may belong to sandboxes.
+    pub max_cgroups: u32,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            ring_bytes: maps::DEFAULT_RING_BYTES,
+            max_tasks: maps::DEFAULT_MAX_TASKS,
+            max_cgroups: maps::DEFAULT_MAX_CGROUPS,
+        }
+    }
+}
+
+/// The process-lifecycle tracepoints every sensor attaches.
+pub const SCHED_PROGRAMS: [&str; 5] =
+    ["sched_process_exec", "sched_process_fork", "sched_process_exit", "cgroup_mkdir", "cgroup_rmdir"];
+
+/// Loads the object with the running kernel's offsets and the given sizes. Programs are
+/// not loaded into the kernel yet.
+pub fn load_object(offsets: &KernelOffsets, opts: &LoadOptions, aya_btf: &aya::Btf) -> Result<Ebpf, LoadError> {
+    Ok(EbpfLoader::new()
+        .btf(Some(aya_btf))
+        .override_global(OFFSETS_GLOBAL, offsets, true)
+        .map_max_entries(maps::EVENTS, opts.ring_bytes)
+        .map_max_entries(maps::WATCHED, opts.max_cgroups)
+        .map_max_entries(maps::DROPS, opts.max_tasks)
+        .map_max_entries("EXEC_DENY", opts.max_cgroups)
+        .load(EBPF_OBJECT)?)
+}
+
+/// Loaded and attached programs plus their maps. Dropping it detaches everything.
+pub struct Sensor {
+    ebpf: Ebpf,
+    ring: Option<RingBuf<MapData>>,
+    pub offsets: KernelOffsets,
+}
+
+impl Sensor {
+    /// Resolves offsets from the running kernel, loads, and attaches the lifecycle programs.
+    pub fn load(opts: &LoadOptions) -> Result<Self, LoadError> {
+        let kbtf = KernelBtf::from_sys()?;
+        let offsets = kbtf.kernel_offsets()?;
+        let aya_btf = aya::Btf::from_sys_fs()?;
+        let mut ebpf = load_object(&offsets, opts, &aya_btf)?;
+        for name in SCHED_PROGRAMS {
+            let prog: &mut BtfTracePoint = ebpf
+                .program_mut(name)
+                .ok_or(LoadError::MissingMap(name))?
+                .try_into()
+                .map_err(|source| LoadError::Program { name, source })?;
+            prog.load(name, &aya_btf).map_err(|source| LoadError::Program { name, source })?;
+            prog.attach().map_err(|source| LoadError::Program { name, source })?;
+        }
+        let ring = ebpf.take_map(maps::EVENTS).ok_or(LoadError::MissingMap(maps::EVENTS))?;
+        let ring = RingBuf::try_from(ring).map_err(|source| LoadError::Map { name: maps::EVENTS, source })?;
+        Ok(Self { ebpf, ring: Some(ring), offsets })
+    }
+
+    /// The ring buffer; can be taken once.
+    pub fn take_ring(&mut self) -> Option<RingBuf<MapData>> {
+        self.ring.take()
+    }
+
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
+    fn watched(&mut self) -> Result<HashMap<&mut MapData, u64, Sandbox>, LoadError> {
+        let m = self.ebpf.map_mut(maps::WATCHED).ok_or(LoadError::MissingMap(maps::WATCHED))?;
+        HashMap::try_from(m).map_err(|source| LoadError::Map { name: maps::WATCHED, source })
+    }
+
+    /// Marks cgroups as belonging to the sandbox in `slot`.
+    pub fn watch(&mut self, cgroup_ids: &[u64], slot: u32) -> Result<(), LoadError> {
+        let mut w = self.watched()?;
+        for id in cgroup_ids {
+            w.insert(id, Sandbox { slot, flags: 0 }, 0)
+                .map_err(|source| LoadError::Map { name: maps::WATCHED, source })?;
+        }
+        Ok(())
+    }
+
+    /// Removes every cgroup bound to `slot` (including children the kernel added).
+    pub fn unwatch_slot(&mut self, slot: u32) -> Result<usize, LoadError> {
+        let mut w = self.watched()?;
+        let ids: Vec<u64> = w.iter().filter_map(Result::ok).filter(|(_, s)| s.slot == slot).map(|(k, _)| k).collect();
+        for id in &ids {
+            let _ = w.remove(id);
+        }
+        Ok(ids.len())
+    }
+
+    /// Records lost to a full ring buffer for `slot`, summed over CPUs.
+    pub fn drops(&self, slot: u32) -> Result<DropCounters, LoadError> {
+        let m = self.ebpf.map(maps::DROPS).ok_or(LoadError::MissingMap(maps::DROPS))?;
+        let a: PerCpuArray<&MapData, DropCounters> =
+            PerCpuArray::try_from(m).map_err(|source| LoadError::Map { name: maps::DROPS, source })?;
+        let per_cpu = a.get(&slot, 0).map_err(|source| LoadError::Map { name: maps::DROPS, source })?;
+        Ok(per_cpu.iter().fold(DropCounters::default(), |acc, d| DropCounters {
+            total: acc.total + d.total,
+            exec: acc.exec + d.exec,
+            fork: acc.fork + d.fork,
+            exit: acc.exit + d.exit,
+        }))
+    }
+
+    /// Zeroes the drop counters of `slot` (before reusing it).
+    pub fn reset_drops(&mut self, slot: u32) -> Result<(), LoadError> {
+        let m = self.ebpf.map_mut(maps::DROPS).ok_or(LoadError::MissingMap(maps::DROPS))?;
+        let mut a: PerCpuArray<&mut MapData, DropCounters> =
+            PerCpuArray::try_from(m).map_err(|source| LoadError::Map { name: maps::DROPS, source })?;
+        let n = aya::util::nr_cpus().map_err(|(_, e)| LoadError::Cpus(e))?;
+        let zeros = aya::maps::PerCpuValues::try_from(vec![DropCounters::default(); n])
+            .map_err(LoadError::Cpus)?;
+        a.set(slot, zeros, 0).map_err(|source| LoadError::Map { name: maps::DROPS, source })
+    }
+
+    /// Global kernel counters (`agent_common::maps::stat`), summed over CPUs.
+    pub fn stats(&self) -> Result<Vec<u64>, LoadError> {
+        let m = self.ebpf.map(maps::STATS).ok_or(LoadError::MissingMap(maps::STATS))?;
+        let a: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(m).map_err(|source| LoadError::Map { name: maps::STATS, source })?;
+        (0..maps::stat::COUNT)
+            .map(|i| {
+                a.get(&i, 0)
+                    .map(|v| v.iter().sum())
+                    .map_err(|source| LoadError::Map { name: maps::STATS, source })
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,75 @@
+//! Event sources: where raw records come from. The live ring buffer and
+//! in-memory input share one trait, so the pipeline cannot tell them apart.
+use std::io;
+
+use aya::maps::{MapData, RingBuf};
+use tokio::io::unix::AsyncFd;
+
+/// A source of raw kernel records.
+#[allow(async_fn_in_trait)]
+pub trait EventSource {
+    /// Waits until records may be available. `Ok(false)`: a finite source has ended.
+    /// Readiness is consumed here, so call [`EventSource::drain`] after every wake-up.
+    async fn wait(&mut self) -> io::Result<bool>;
+    /// Hands every record available now to `f`, without waiting; returns how many.
+    fn drain(&mut self, f: &mut dyn FnMut(&[u8])) -> usize;
+}
+
+/// The live BPF ring buffer.
+pub struct RingBufSource {
+    fd: AsyncFd<RingBuf<MapData>>,
+}
+
+impl RingBufSource {
+    pub fn new(ring: RingBuf<MapData>) -> io::Result<Self> {
+        // SAFETY: the AsyncFd owns the RingBuf, which owns the fd, so the fd stays open for
+        // as long as it is registered.
+        let fd = unsafe { AsyncFd::register(ring) }.map_err(|e| e.into_parts().1)?;
+        Ok(Self { fd })
+    }
+}
+
+impl EventSource for RingBufSource {
+    async fn wait(&mut self) -> io::Result<bool> {
+        let mut guard = self.fd.readable_mut().await?;
+        // Cleared before draining: data arriving later raises readiness again.
+        guard.clear_ready();
+        Ok(true)
+    }
+
+    fn drain(&mut self, f: &mut dyn FnMut(&[u8])) -> usize {
+        let ring = self.fd.get_mut();
+        let mut n = 0;
+        while let Some(item) = ring.next() {
+            f(&item);
+            n += 1;
+        }
+        n
+    }
+}
+
+/// Records held in memory (tests and replays of raw captures).
+#[derive(Default)]
+pub struct MemorySource {
+    records: std::collections::VecDeque<Vec<u8>>,
+}
+
+impl MemorySource {
+    pub fn new(records: impl IntoIterator<Item = Vec<u8>>) -> Self {
+        Self { records: records.into_iter().collect() }
+    }
+}
+
+impl EventSource for MemorySource {
+    async fn wait(&mut self) -> io::Result<bool> {
+        Ok(!self.records.is_empty())
+    }
+
+    fn drain(&mut self, f: &mut dyn FnMut(&[u8])) -> usize {
+        let n = self.records.len();
+        for r in self.records.drain(..) {
+            f(&r);
+        }
+        n
+    }
+}
