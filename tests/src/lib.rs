@@ -1,1 +1,138 @@
+//! Helpers for Warden's privileged integration tests.
+//!
+//! Tests load real programs into the running kernel and create throwaway
+//! cgroups. Every deny is scoped to a cgroup the test itself created, and
+//! [`TestCgroup`] kills and removes it on drop, also when the test panics.
+//!
+//! A test that needs a kernel feature calls [`require`]: when the feature is
+//! missing it prints `SKIP <test>: <reason>` and the test returns early; when
+//! `WARDEN_REQUIRE` lists the feature (the VM tier sets it), a missing feature
+//! fails the test instead, so a skip can never be the normal state there.
+use std::{
+    path::{Path, PathBuf},
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
 
+use agent_user::{
+    loader::probe::{ProbeReport, probe},
+    sandbox::{Cgroup, cgroup2_mount},
+};
+
+/// Cached capability probe.
+pub fn probe_report() -> &'static ProbeReport {
+    static REPORT: OnceLock<ProbeReport> = OnceLock::new();
+    REPORT.get_or_init(probe)
+}
+
+/// Whether the calling test may run: root and `feature` (a `warden probe` name, or "root")
+/// available. Prints a skip reason otherwise, or panics if `WARDEN_REQUIRE` demands it.
+pub fn require(test: &str, feature: &str) -> bool {
+    // SAFETY: trivial syscall.
+    let root = unsafe { libc::geteuid() } == 0;
+    let reason = if !root {
+        Some("needs root (loads BPF programs, creates cgroups)".to_string())
+    } else if feature == "root" {
+        None
+    } else {
+        let r = probe_report();
+        match r.features.iter().find(|f| f.name == feature) {
+            Some(f) if f.available => None,
+            Some(f) => Some(format!("{feature} unavailable on {}: {}", r.kernel, f.detail)),
+            None => Some(format!("unknown feature {feature}")),
+        }
+    };
+    let Some(reason) = reason else { return true };
+    let required = std::env::var("WARDEN_REQUIRE").unwrap_or_default();
+    if required.split(',').any(|f| f == feature || f == "all") {
+        panic!("{test}: required feature missing: {reason}");
+    }
+    println!("SKIP {test}: {reason}");
+    false
+}
+
+/// A cgroup created for one test under `<cgroup2>/warden-test/<name>-<pid>-<n>`. Dropping it
+/// kills every process inside and removes it (and the shared parent once empty).
+pub struct TestCgroup {
+    pub cg: Cgroup,
+    parent: PathBuf,
+}
+
+impl TestCgroup {
+    pub fn new(name: &str) -> Self {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let parent = cgroup2_mount().expect("cgroup2 mounted").join("warden-test");
+        let cg = Cgroup::create(&parent, &format!("{name}-{}-{n}", std::process::id())).expect("create test cgroup");
+        Self { cg, parent }
+    }
+
+    /// A child cgroup inside this one (removed with it).
+    pub fn child(&self, name: &str) -> Cgroup {
+        Cgroup::create(self.cg.path(), name).expect("create child cgroup")
+    }
+
+    pub fn path(&self) -> &Path {
+        self.cg.path()
+    }
+
+    pub fn id(&self) -> u64 {
+        self.cg.id()
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        let _ = self.cg.kill_all(Duration::from_secs(10));
+        let _ = self.cg.remove();
+        let _ = std::fs::remove_dir(&self.parent);
+    }
+}
+
+/// A `std::process::Command` that moves itself into `cg` before exec.
+pub fn command_in(cg: &Cgroup, program: &str, args: &[&str]) -> std::process::Command {
+    use std::os::unix::process::CommandExt;
+    let procs = std::ffi::CString::new(cg.procs_file().to_str().expect("utf-8 path")).expect("no NUL");
+    let mut c = std::process::Command::new(program);
+    c.args(args);
+    // SAFETY: only raw syscalls on memory prepared before fork.
+    unsafe {
+        c.pre_exec(move || {
+            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let ok = libc::write(fd, b"0".as_ptr().cast(), 1) == 1;
+            libc::close(fd);
+            if ok { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+        });
+    }
+    c
+}
+
+/// Polls `f` until it returns `Some` or `timeout` passes.
+pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if start.elapsed() > timeout {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The `warden` binary under test: `WARDEN_BIN` (set by `cargo xtask test`), else the debug
+/// build next to this test binary.
+pub fn warden_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("WARDEN_BIN") {
+        return PathBuf::from(p);
+    }
+    // target/<profile>/deps/<test-binary> → target/<profile>/warden
+    let exe = std::env::current_exe().expect("current exe");
+    let p = exe.parent().and_then(Path::parent).expect("target dir").join("warden");
+    assert!(p.exists(), "warden binary not found at {}; run `cargo xtask test` or set WARDEN_BIN", p.display());
+    p
+}

@@ -10,7 +10,7 @@ use agent_common::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
-    programs::BtfTracePoint,
+    programs::{BtfTracePoint, Lsm},
 };
 
 pub use self::btf::KernelBtf;
@@ -79,6 +79,7 @@ pub fn load_object(offsets: &KernelOffsets, opts: &LoadOptions, aya_btf: &aya::B
 pub struct Sensor {
     ebpf: Ebpf,
     ring: Option<RingBuf<MapData>>,
+    aya_btf: aya::Btf,
     pub offsets: KernelOffsets,
 }
 
@@ -100,7 +101,33 @@ impl Sensor {
         }
         let ring = ebpf.take_map(maps::EVENTS).ok_or(LoadError::MissingMap(maps::EVENTS))?;
         let ring = RingBuf::try_from(ring).map_err(|source| LoadError::Map { name: maps::EVENTS, source })?;
-        Ok(Self { ebpf, ring: Some(ring), offsets })
+        Ok(Self { ebpf, ring: Some(ring), aya_btf, offsets })
+    }
+
+    /// Loads and attaches the BPF LSM `bprm_check_security` program, which refuses (EPERM)
+    /// executables listed in `EXEC_DENY` for the caller's sandbox. Fails on kernels without
+    /// BPF LSM (see `warden probe`).
+    pub fn attach_lsm_exec(&mut self) -> Result<(), LoadError> {
+        const NAME: &str = "lsm_bprm_check";
+        let prog: &mut Lsm = self
+            .ebpf
+            .program_mut(NAME)
+            .ok_or(LoadError::MissingMap(NAME))?
+            .try_into()
+            .map_err(|source| LoadError::Program { name: NAME, source })?;
+        prog.load("bprm_check_security", &self.aya_btf).map_err(|source| LoadError::Program { name: NAME, source })?;
+        prog.attach().map_err(|source| LoadError::Program { name: NAME, source })?;
+        Ok(())
+    }
+
+    /// Refuses the file (kernel `dev_t`, inode) to sandbox `slot` at exec (LSM engine).
+    pub fn deny_exec(&mut self, slot: u32, kernel_dev: u32, ino: u64) -> Result<(), LoadError> {
+        const NAME: &str = "EXEC_DENY";
+        let m = self.ebpf.map_mut(NAME).ok_or(LoadError::MissingMap(NAME))?;
+        let mut map: HashMap<&mut MapData, maps::ExecKey, u32> =
+            HashMap::try_from(m).map_err(|source| LoadError::Map { name: NAME, source })?;
+        map.insert(maps::ExecKey { slot, dev: kernel_dev, ino }, 1, 0)
+            .map_err(|source| LoadError::Map { name: NAME, source })
     }
 
     /// The ring buffer; can be taken once.
@@ -175,4 +202,11 @@ impl Sensor {
             })
             .collect()
     }
+}
+
+/// Converts a userspace `st_dev` to the kernel's internal `dev_t` (`major << 20 | minor`).
+pub fn user_dev_to_kernel(st_dev: u64) -> u32 {
+    let major = libc::major(st_dev);
+    let minor = libc::minor(st_dev);
+    (major << 20) | (minor & 0xfffff)
 }

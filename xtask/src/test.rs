@@ -1,0 +1,35 @@
+//! `cargo xtask test`: the unit tier, the host tier (privileged, this kernel) and
+//! the VM tier (stock kernels with BPF LSM under qemu).
+use anyhow::bail;
+
+use crate::util::{self, build_warden, cargo, is_root};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Tier {
+    /// Pure logic: parsers, decoders, compilers (no privileges).
+    Unit,
+    /// Real programs on this machine's kernel, in throwaway cgroups (root).
+    Host,
+    /// BPF LSM on stock Debian kernels under qemu.
+    Vm,
+}
+
+pub fn run(tiers: &[Tier]) -> anyhow::Result<()> {
+    let all = tiers.is_empty();
+    let want = |t| all || tiers.contains(&t);
+    if want(Tier::Unit) {
+        util::run(cargo().args(["test", "--workspace", "--exclude", "agent-ebpf", "--exclude", "warden-tests"]))?;
+    }
+    if want(Tier::Host) {
+        if !is_root() {
+            bail!("the host tier loads BPF programs and creates cgroups: run it as root");
+        }
+        let warden = build_warden(false)?;
+        util::run(cargo().args(["test", "--package", "warden-tests"]).env("WARDEN_BIN", &warden))?;
+    }
+    if want(Tier::Vm) {
+        crate::vm::run(crate::vm::VmArgs::default())?;
+    }
+    Ok(())
+}
+
