@@ -52,7 +52,16 @@ pub struct Pipeline {
 
 impl Pipeline {
     pub fn new(table: ProcessTable, clock: Clock, sink: Box<dyn AuditSink>) -> Self {
-        Self { decoder: Decoder::default(), table, clock, seq: 0, tasks: HashMap::new(), sink, unattributed: 0, io_error: None }
+        Self {
+            decoder: Decoder::default(),
+            table,
+            clock,
+            seq: 0,
+            tasks: HashMap::new(),
+            sink,
+            unattributed: 0,
+            io_error: None,
+        }
     }
 
     pub fn register(&mut self, slot: u32, task: TaskCtx) {
@@ -171,9 +180,11 @@ mod tests {
     #[tokio::test]
     async fn memory_source_flows_to_audit_records_with_task_and_seq() {
         let mem = Arc::new(Mutex::new(MemorySink::default()));
-        let mut p = Pipeline::new(ProcessTable::default(), Clock::with_offset(0), Box::new(Shared(mem.clone())));
+        let mut p =
+            Pipeline::new(ProcessTable::default(), Clock::with_offset(0), Box::new(Shared(mem.clone())));
         p.register(3, TaskCtx { id: "t-1".into(), mode: Mode::Enforce });
-        let mut src = MemorySource::new([exec_bytes(10, 1, "/bin/sh"), vec![0u8; 7], exec_bytes(11, 10, "/bin/ls")]);
+        let mut src =
+            MemorySource::new([exec_bytes(10, 1, "/bin/sh"), vec![0u8; 7], exec_bytes(11, 10, "/bin/ls")]);
         assert!(src.wait().await.unwrap());
         assert_eq!(src.drain(&mut |b| p.ingest(b)), 3);
         assert!(!src.wait().await.unwrap(), "memory source ends when drained");
@@ -191,7 +202,8 @@ mod tests {
     #[tokio::test]
     async fn records_of_unknown_slots_are_counted_not_written() {
         let mem = Arc::new(Mutex::new(MemorySink::default()));
-        let mut p = Pipeline::new(ProcessTable::default(), Clock::with_offset(0), Box::new(Shared(mem.clone())));
+        let mut p =
+            Pipeline::new(ProcessTable::default(), Clock::with_offset(0), Box::new(Shared(mem.clone())));
         p.handle_raw(&exec_bytes(10, 1, "/bin/sh")).unwrap();
         assert_eq!(p.unattributed, 1);
         assert!(mem.lock().unwrap().records.is_empty());

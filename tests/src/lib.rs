@@ -63,7 +63,8 @@ impl TestCgroup {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let parent = cgroup2_mount().expect("cgroup2 mounted").join("warden-test");
-        let cg = Cgroup::create(&parent, &format!("{name}-{}-{n}", std::process::id())).expect("create test cgroup");
+        let cg = Cgroup::create(&parent, &format!("{name}-{}-{n}", std::process::id()))
+            .expect("create test cgroup");
         Self { cg, parent }
     }
 
@@ -133,6 +134,10 @@ pub fn warden_bin() -> PathBuf {
     // target/<profile>/deps/<test-binary> → target/<profile>/warden
     let exe = std::env::current_exe().expect("current exe");
     let p = exe.parent().and_then(Path::parent).expect("target dir").join("warden");
-    assert!(p.exists(), "warden binary not found at {}; run `cargo xtask test` or set WARDEN_BIN", p.display());
+    assert!(
+        p.exists(),
+        "warden binary not found at {}; run `cargo xtask test` or set WARDEN_BIN",
+        p.display()
+    );
     p
 }

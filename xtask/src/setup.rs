@@ -63,7 +63,13 @@ fn ensure_toolchain() -> anyhow::Result<()> {
 }
 
 fn sysroot() -> anyhow::Result<PathBuf> {
-    Ok(PathBuf::from(output(Command::new("rustup").args(["run", EBPF_TOOLCHAIN, "rustc", "--print", "sysroot"]))?))
+    Ok(PathBuf::from(output(Command::new("rustup").args([
+        "run",
+        EBPF_TOOLCHAIN,
+        "rustc",
+        "--print",
+        "sysroot",
+    ]))?))
 }
 
 /// Returns true when it had to install rust-src.
@@ -83,7 +89,11 @@ fn toolchain_libllvm() -> anyhow::Result<PathBuf> {
         .with_context(|| format!("reading {}", lib.display()))?
         .flatten()
         .map(|e| e.path())
-        .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libLLVM.so.") && n.contains("-rust-")));
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libLLVM.so.") && n.contains("-rust-"))
+        });
     found.with_context(|| format!("no libLLVM.so.*-rust-* in {}", lib.display()))
 }
 
@@ -139,11 +149,21 @@ fn which_bpf_linker() -> anyhow::Result<PathBuf> {
 }
 
 fn install_bpf_linker() -> anyhow::Result<()> {
-    eprintln!("setup: building bpf-linker {BPF_LINKER_VERSION} against the eBPF toolchain's libLLVM (about 3 minutes)");
+    eprintln!(
+        "setup: building bpf-linker {BPF_LINKER_VERSION} against the eBPF toolchain's libLLVM (about 3 minutes)"
+    );
     let major = llvm_major(&toolchain_libllvm()?)?;
     run_cmd(
         Command::new("cargo")
-            .args(["+stable", "install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--locked", "--force"])
+            .args([
+                "+stable",
+                "install",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--locked",
+                "--force",
+            ])
             .args(["--no-default-features", "--features", &format!("llvm-{major}")])
             .env("LLVM_PREFIX", LLVM_PREFIX)
             .current_dir(std::env::temp_dir()),

@@ -18,7 +18,14 @@ pub fn run(tiers: &[Tier]) -> anyhow::Result<()> {
     let all = tiers.is_empty();
     let want = |t| all || tiers.contains(&t);
     if want(Tier::Unit) {
-        util::run(cargo().args(["test", "--workspace", "--exclude", "agent-ebpf", "--exclude", "warden-tests"]))?;
+        util::run(cargo().args([
+            "test",
+            "--workspace",
+            "--exclude",
+            "agent-ebpf",
+            "--exclude",
+            "warden-tests",
+        ]))?;
     }
     if want(Tier::Host) {
         if !is_root() {
@@ -32,4 +39,3 @@ pub fn run(tiers: &[Tier]) -> anyhow::Result<()> {
     }
     Ok(())
 }
-

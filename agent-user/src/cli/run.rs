@@ -1,10 +1,5 @@
 //! `warden run`: one task, one fresh sandbox, from the first instruction to the last process.
-use std::{
-    fs::File,
-    path::PathBuf,
-    process::ExitStatus,
-    time::Duration,
-};
+use std::{fs::File, path::PathBuf, process::ExitStatus, time::Duration};
 
 use anyhow::{Context as _, anyhow};
 use tokio::signal::unix::{SignalKind, signal};
@@ -40,12 +35,29 @@ pub struct RunArgs {
     /// Ring buffer size in bytes (a power of two, at least one page).
     #[arg(long, default_value_t = agent_common::maps::DEFAULT_RING_BYTES, value_parser = parse_ring_bytes)]
     pub ring_bytes: u32,
+    /// After CMD exits, how long processes it left behind keep running (still watched and
+    /// enforced) before the sandbox is frozen and killed, e.g. `250ms`, `2s`.
+    #[arg(long, default_value = "250ms", value_parser = parse_duration)]
+    pub grace: Duration,
     /// Parent directory for the sandbox cgroup, relative to the cgroup2 mount.
     #[arg(long, default_value = "warden")]
     pub cgroup_parent: String,
     /// The command and its arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub cmd: Vec<String>,
+}
+
+/// Parses `<n>ms`, `<n>s` or `<n>m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s.find(|c: char| !c.is_ascii_digit()).map(|i| s.split_at(i)).unwrap_or((s, "s"));
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration like 250ms, 2s or 5m"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        _ => Err(format!("{s:?}: unknown unit {unit:?}; use ms, s, m or h")),
+    }
 }
 
 fn parse_ring_bytes(s: &str) -> Result<u32, String> {
@@ -58,7 +70,7 @@ fn parse_ring_bytes(s: &str) -> Result<u32, String> {
 
 pub fn run(args: RunArgs) -> Result<i32, Failure> {
     let scope = Scope::load(&args.scope).map_err(|e| Failure::Usage(e.into()))?;
-    if args.cgroup_parent.split('/').any(|c| c == ".." ) || args.cgroup_parent.starts_with('/') {
+    if args.cgroup_parent.split('/').any(|c| c == "..") || args.cgroup_parent.starts_with('/') {
         return Err(Failure::Usage(anyhow!("--cgroup-parent must be a relative path without `..`")));
     }
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -84,9 +96,10 @@ async fn run_task(args: RunArgs, scope: Scope) -> Result<i32, Failure> {
     let mut sensor = Sensor::load(&LoadOptions { ring_bytes: args.ring_bytes, ..Default::default() })
         .context("loading kernel programs")
         .map_err(runtime)?;
-    let mut source = RingBufSource::new(sensor.take_ring().ok_or_else(|| anyhow!("ring buffer taken")).map_err(runtime)?)
-        .context("polling the ring buffer")
-        .map_err(runtime)?;
+    let mut source =
+        RingBufSource::new(sensor.take_ring().ok_or_else(|| anyhow!("ring buffer taken")).map_err(runtime)?)
+            .context("polling the ring buffer")
+            .map_err(runtime)?;
 
     let task_id = new_task_id(&scope.task).context("task id").map_err(runtime)?;
     let mount = cgroup2_mount().map_err(|e| runtime(e.into()))?;
@@ -163,7 +176,20 @@ async fn run_task(args: RunArgs, scope: Scope) -> Result<i32, Failure> {
         }
     };
 
-    // End of task: kill what is left, collect the last records, then record the end.
+    // End of task: give leftovers the grace period (events keep flowing), then kill what is
+    // left, collect the last records, and record the end.
+    if status.is_some() {
+        let deadline = tokio::time::Instant::now() + args.grace;
+        while cgroup.populated().unwrap_or(false) && tokio::time::Instant::now() < deadline {
+            tokio::select! {
+                r = source.wait() => {
+                    r.map_err(|e| runtime(e.into()))?;
+                    source.drain(&mut |b| pipeline.ingest(b));
+                }
+                _ = tokio::time::sleep(Duration::from_millis(5)) => {}
+            }
+        }
+    }
     let left = cgroup.pids().map(|p| p.len() as u64).unwrap_or(0);
     let killed = cgroup.kill_all(KILL_TIMEOUT);
     let status = match status {
@@ -262,5 +288,27 @@ impl Drop for SandboxGuard {
         if let Err(e) = self.finish() {
             tracing::error!(error = %e, "sandbox cleanup failed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert!(parse_duration("5x").is_err());
+        assert!(parse_duration("ms").is_err());
+    }
+
+    #[test]
+    fn ring_sizes_must_be_page_multiples_of_two() {
+        assert_eq!(parse_ring_bytes("4096"), Ok(4096));
+        assert!(parse_ring_bytes("5000").is_err());
+        assert!(parse_ring_bytes("1024").is_err());
     }
 }

@@ -123,7 +123,15 @@ mod tests {
     #[test]
     fn tracks_fork_exec_exit() {
         let mut t = ProcessTable::default();
-        let exec = Event::Exec { meta: meta(), proc: proc(10, 1), old_pid: 10, dev: 0, ino: 0, path: "/bin/sh".into(), path_truncated: false };
+        let exec = Event::Exec {
+            meta: meta(),
+            proc: proc(10, 1),
+            old_pid: 10,
+            dev: 0,
+            ino: 0,
+            path: "/bin/sh".into(),
+            path_truncated: false,
+        };
         assert_eq!(t.apply(&exec).exe.as_deref(), Some("/bin/sh"));
         let fork = Event::Fork { meta: meta(), proc: proc(10, 1), child_pid: 11, child_tgid: 11 };
         t.apply(&fork);

@@ -157,7 +157,14 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
 }
 
 fn proc(p: &ProcIds) -> Proc {
-    Proc { pid: p.pid, tgid: p.tgid, ppid: p.ppid, uid: p.uid, gid: p.gid, comm: c_string(&p.comm[..COMM_LEN]) }
+    Proc {
+        pid: p.pid,
+        tgid: p.tgid,
+        ppid: p.ppid,
+        uid: p.uid,
+        gid: p.gid,
+        comm: c_string(&p.comm[..COMM_LEN]),
+    }
 }
 
 /// The bytes before the first NUL (or all of them), as UTF-8 with replacement characters.
@@ -177,7 +184,16 @@ pub(crate) mod tests {
     }
 
     pub fn header(kind: u16, size: usize) -> EventHeader {
-        EventHeader { kind, flags: 0, size: size as u32, ktime_ns: 5, cgroup_id: 77, slot: 3, abi: ABI_VERSION, _pad0: 0 }
+        EventHeader {
+            kind,
+            flags: 0,
+            size: size as u32,
+            ktime_ns: 5,
+            cgroup_id: 77,
+            slot: 3,
+            abi: ABI_VERSION,
+            _pad0: 0,
+        }
     }
 
     pub fn ids(pid: u32, ppid: u32, comm: &str) -> ProcIds {
@@ -210,9 +226,11 @@ pub(crate) mod tests {
 
     #[test]
     fn decodes_fork_and_exit() {
-        let f = ForkRecord { hdr: header(kind::FORK, 80), proc: ids(10, 1, "sh"), child_pid: 11, child_tgid: 11 };
+        let f =
+            ForkRecord { hdr: header(kind::FORK, 80), proc: ids(10, 1, "sh"), child_pid: 11, child_tgid: 11 };
         assert!(matches!(decode(&as_bytes(&f)).unwrap(), Event::Fork { child_tgid: 11, .. }));
-        let e = ExitRecord { hdr: header(kind::EXIT, 80), proc: ids(11, 10, "ls"), exit_code: 3 << 8, _pad0: 0 };
+        let e =
+            ExitRecord { hdr: header(kind::EXIT, 80), proc: ids(11, 10, "ls"), exit_code: 3 << 8, _pad0: 0 };
         assert!(matches!(decode(&as_bytes(&e)).unwrap(), Event::Exit { exit_code: 768, .. }));
     }
 

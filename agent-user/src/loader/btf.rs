@@ -86,10 +86,8 @@ impl KernelBtf {
                 return Ok(Some(base + m.bit_offset()));
             }
             if mname.is_empty() {
-                let inner = self
-                    .btf
-                    .resolve_chained_type(m)
-                    .map_err(|e| BtfError::Malformed(e.to_string()))?;
+                let inner =
+                    self.btf.resolve_chained_type(m).map_err(|e| BtfError::Malformed(e.to_string()))?;
                 let inner = self.strip_modifiers(inner)?;
                 if let Type::Struct(inner) | Type::Union(inner) = inner
                     && let Some(bits) = self.member_bits(&inner, name, base + m.bit_offset())?
@@ -191,7 +189,14 @@ pub(crate) mod testing {
         pub fn ptr(&mut self, to: u32) -> u32 {
             self.push("", 2, 0, false, to)
         }
-        pub fn composite(&mut self, union: bool, name: &str, size: u32, members: &[Member<'_>], bitfields: bool) -> u32 {
+        pub fn composite(
+            &mut self,
+            union: bool,
+            name: &str,
+            size: u32,
+            members: &[Member<'_>],
+            bitfields: bool,
+        ) -> u32 {
             let kind = if union { 5 } else { 4 };
             let id = self.push(name, kind, members.len() as u32, bitfields, size);
             for m in members {
@@ -230,26 +235,47 @@ mod tests {
         let long = b.int("long", 8);
         let p = b.ptr(int);
         // struct inner_anon { long a; int wanted; } (anonymous)
-        let anon = b.composite(false, "", 16, &[
-            Member { name: "a", ty: long, bit_offset: 0 },
-            Member { name: "wanted", ty: int, bit_offset: 64 },
-        ], false);
+        let anon = b.composite(
+            false,
+            "",
+            16,
+            &[
+                Member { name: "a", ty: long, bit_offset: 0 },
+                Member { name: "wanted", ty: int, bit_offset: 64 },
+            ],
+            false,
+        );
         // union { int u1; struct anon; } (anonymous)
-        let un = b.composite(true, "", 16, &[
-            Member { name: "u1", ty: int, bit_offset: 0 },
-            Member { name: "", ty: anon, bit_offset: 0 },
-        ], false);
-        b.composite(false, "outer", 64, &[
-            Member { name: "first", ty: long, bit_offset: 0 },
-            Member { name: "ptr", ty: p, bit_offset: 64 },
-            Member { name: "", ty: un, bit_offset: 128 },
-            Member { name: "__parent", ty: p, bit_offset: 256 },
-        ], false);
+        let un = b.composite(
+            true,
+            "",
+            16,
+            &[Member { name: "u1", ty: int, bit_offset: 0 }, Member { name: "", ty: anon, bit_offset: 0 }],
+            false,
+        );
+        b.composite(
+            false,
+            "outer",
+            64,
+            &[
+                Member { name: "first", ty: long, bit_offset: 0 },
+                Member { name: "ptr", ty: p, bit_offset: 64 },
+                Member { name: "", ty: un, bit_offset: 128 },
+                Member { name: "__parent", ty: p, bit_offset: 256 },
+            ],
+            false,
+        );
         // A bitfield struct: kind_flag set, offset = size << 24 | bit offset.
-        b.composite(false, "bits", 8, &[
-            Member { name: "whole", ty: int, bit_offset: 0 },
-            Member { name: "flag", ty: int, bit_offset: (1 << 24) | 35 },
-        ], true);
+        b.composite(
+            false,
+            "bits",
+            8,
+            &[
+                Member { name: "whole", ty: int, bit_offset: 0 },
+                Member { name: "flag", ty: int, bit_offset: (1 << 24) | 35 },
+            ],
+            true,
+        );
         KernelBtf::from_bytes(&b.build()).expect("synthetic BTF parses")
     }
 

@@ -64,7 +64,11 @@ pub const SCHED_PROGRAMS: [&str; 5] =
 
 /// Loads the object with the running kernel's offsets and the given sizes. Programs are
 /// not loaded into the kernel yet.
-pub fn load_object(offsets: &KernelOffsets, opts: &LoadOptions, aya_btf: &aya::Btf) -> Result<Ebpf, LoadError> {
+pub fn load_object(
+    offsets: &KernelOffsets,
+    opts: &LoadOptions,
+    aya_btf: &aya::Btf,
+) -> Result<Ebpf, LoadError> {
     Ok(EbpfLoader::new()
         .btf(Some(aya_btf))
         .override_global(OFFSETS_GLOBAL, offsets, true)
@@ -115,7 +119,8 @@ impl Sensor {
             .ok_or(LoadError::MissingMap(NAME))?
             .try_into()
             .map_err(|source| LoadError::Program { name: NAME, source })?;
-        prog.load("bprm_check_security", &self.aya_btf).map_err(|source| LoadError::Program { name: NAME, source })?;
+        prog.load("bprm_check_security", &self.aya_btf)
+            .map_err(|source| LoadError::Program { name: NAME, source })?;
         prog.attach().map_err(|source| LoadError::Program { name: NAME, source })?;
         Ok(())
     }
@@ -157,7 +162,8 @@ impl Sensor {
     /// Removes every cgroup bound to `slot` (including children the kernel added).
     pub fn unwatch_slot(&mut self, slot: u32) -> Result<usize, LoadError> {
         let mut w = self.watched()?;
-        let ids: Vec<u64> = w.iter().filter_map(Result::ok).filter(|(_, s)| s.slot == slot).map(|(k, _)| k).collect();
+        let ids: Vec<u64> =
+            w.iter().filter_map(Result::ok).filter(|(_, s)| s.slot == slot).map(|(k, _)| k).collect();
         for id in &ids {
             let _ = w.remove(id);
         }
@@ -184,8 +190,8 @@ impl Sensor {
         let mut a: PerCpuArray<&mut MapData, DropCounters> =
             PerCpuArray::try_from(m).map_err(|source| LoadError::Map { name: maps::DROPS, source })?;
         let n = aya::util::nr_cpus().map_err(|(_, e)| LoadError::Cpus(e))?;
-        let zeros = aya::maps::PerCpuValues::try_from(vec![DropCounters::default(); n])
-            .map_err(LoadError::Cpus)?;
+        let zeros =
+            aya::maps::PerCpuValues::try_from(vec![DropCounters::default(); n]).map_err(LoadError::Cpus)?;
         a.set(slot, zeros, 0).map_err(|source| LoadError::Map { name: maps::DROPS, source })
     }
 

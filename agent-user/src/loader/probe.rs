@@ -125,7 +125,8 @@ pub fn probe() -> ProbeReport {
     features.push(feature("landlock", landlock_abi().map(|v| format!("ABI {v}"))));
     features.push(feature("io_uring", io_uring()));
 
-    let mut report = ProbeReport { kernel, features, engine: Engines { primary: "fallback", notes: Vec::new() } };
+    let mut report =
+        ProbeReport { kernel, features, engine: Engines { primary: "fallback", notes: Vec::new() } };
     let lsm = report.available("bpf_lsm");
     let landlock = report.available("landlock");
     let sock_addr = report.available("cgroup_sock_addr");
@@ -133,7 +134,9 @@ pub fn probe() -> ProbeReport {
     report.engine.primary = if lsm { "bpf-lsm" } else { "fallback" };
     let notes = &mut report.engine.notes;
     if lsm {
-        notes.push("exec, file, network, signal and ptrace decisions at BPF LSM hooks (deny with EPERM)".into());
+        notes.push(
+            "exec, file, network, signal and ptrace decisions at BPF LSM hooks (deny with EPERM)".into(),
+        );
     } else {
         notes.push("BPF LSM unavailable: exec identity checked at sched_process_exec (kill before the first instruction)".into());
         if landlock {
@@ -216,7 +219,8 @@ pub fn landlock_abi() -> Result<i64, String> {
 }
 
 fn io_uring() -> Result<String, String> {
-    let disabled = fs::read_to_string("/proc/sys/kernel/io_uring_disabled").ok().map(|s| s.trim().to_string());
+    let disabled =
+        fs::read_to_string("/proc/sys/kernel/io_uring_disabled").ok().map(|s| s.trim().to_string());
     let mut params = [0u8; 120]; // struct io_uring_params
     // SAFETY: params is a zeroed io_uring_params-sized buffer; the fd is closed below.
     let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, 1u32, params.as_mut_ptr()) };

@@ -10,7 +10,9 @@ use std::{
 /// Errors from cgroup operations.
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
-    #[error("no cgroup2 filesystem is mounted (looked in {0}); mount one with `mount -t cgroup2 none /sys/fs/cgroup`")]
+    #[error(
+        "no cgroup2 filesystem is mounted (looked in {0}); mount one with `mount -t cgroup2 none /sys/fs/cgroup`"
+    )]
     NoCgroup2(String),
     #[error("cannot read {path}: {source}")]
     Io { path: PathBuf, source: io::Error },

@@ -56,7 +56,10 @@ impl Scope {
             return Err(ScopeError::Invalid {
                 path: path.to_path_buf(),
                 field: "version",
-                message: format!("version {} is not supported; write `version: {SCOPE_VERSION}`", raw.version),
+                message: format!(
+                    "version {} is not supported; write `version: {SCOPE_VERSION}`",
+                    raw.version
+                ),
             });
         }
         let valid_name = !raw.task.is_empty()

@@ -1,0 +1,189 @@
+//! Host tier: `warden run` end to end, through the real binary.
+use std::{
+    path::Path,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use serde_json::Value;
+use warden_tests::{require, wait_for, warden_bin};
+
+fn records(log: &Path) -> Vec<Value> {
+    std::fs::read_to_string(log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+        .collect()
+}
+
+fn scope(dir: &Path, name: &str) -> std::path::PathBuf {
+    let p = dir.join("scope.yaml");
+    std::fs::write(&p, format!("version: 1\ntask: {name}\n")).unwrap();
+    p
+}
+
+/// Pids of live processes whose cgroup path contains `needle`.
+fn procs_in_cgroup(needle: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        if let Ok(cg) = std::fs::read_to_string(e.path().join("cgroup"))
+            && cg.contains(needle)
+        {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+#[test]
+fn run_records_the_tree_kills_orphans_and_returns_the_status() {
+    if !require("run_records_the_tree_kills_orphans_and_returns_the_status", "tp_btf") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("l.jsonl");
+    let out = Command::new(warden_bin())
+        .args(["run", "--scope"])
+        .arg(scope(dir.path(), "orphans"))
+        .arg("--log")
+        .arg(&log)
+        .args(["--", "sh", "-c", "ls >/dev/null; (sleep 300 &) ; (setsid sleep 301 &); exit 3"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+
+    let recs = records(&log);
+    let task = recs[0]["task"].as_str().unwrap().to_string();
+    assert!(task.starts_with("orphans-"));
+    // Nothing of the task survives: no process is left in its cgroup.
+    assert!(procs_in_cgroup(&task).is_empty(), "processes left in {task}");
+
+    let kinds: Vec<&str> = recs.iter().map(|r| r["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds.first(), Some(&"task_start"));
+    assert_eq!(kinds.last(), Some(&"task_end"));
+    for (i, r) in recs.iter().enumerate() {
+        assert_eq!(r["v"], 1);
+        assert_eq!(r["seq"], (i + 1) as u64, "gap-free sequence");
+        assert_eq!(r["task"], task.as_str());
+        for k in ["time", "kind", "decision"] {
+            assert!(r.get(k).is_some(), "record {i} lacks {k}: {r}");
+        }
+    }
+    let exec_paths: Vec<&str> =
+        recs.iter().filter(|r| r["kind"] == "exec").map(|r| r["path"].as_str().unwrap()).collect();
+    for want in ["sh", "ls", "sleep", "setsid"] {
+        assert!(
+            exec_paths.iter().any(|p| p.ends_with(&format!("/{want}"))),
+            "no exec of {want}: {exec_paths:?}"
+        );
+    }
+    assert_eq!(exec_paths.iter().filter(|p| p.ends_with("/sleep")).count(), 2);
+    // Each sleep that was killed at task end has its exit record with SIGKILL.
+    let killed: Vec<&Value> = recs.iter().filter(|r| r["kind"] == "exit" && r["signal"] == 9).collect();
+    assert_eq!(killed.len(), 2, "both sleeps killed: {killed:?}");
+    assert!(killed.iter().all(|r| r["comm"] == "sleep"));
+    // Every exec/fork/exit has pid, ppid and exe.
+    for r in recs.iter().filter(|r| ["exec", "fork", "exit"].contains(&r["kind"].as_str().unwrap())) {
+        assert!(r["pid"].is_u64() && r["ppid"].is_u64() && r["exe"].is_string(), "{r}");
+    }
+    let end = recs.last().unwrap();
+    assert_eq!(end["exit_status"], 3);
+    assert_eq!(end["drops"], 0);
+    assert_eq!(end["killed"], 2);
+    assert_eq!(end["reason"], "exited");
+}
+
+#[test]
+fn sigterm_ends_the_task_the_same_way() {
+    if !require("sigterm_ends_the_task_the_same_way", "tp_btf") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("l.jsonl");
+    let mut child = Command::new(warden_bin())
+        .args(["run", "--scope"])
+        .arg(scope(dir.path(), "sigterm"))
+        .arg("--log")
+        .arg(&log)
+        .args(["--", "sh", "-c", "(sleep 300 &); exec sleep 299"])
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until both sleeps have exec'd, then ask warden to stop.
+    let ready = wait_for(Duration::from_secs(10), || {
+        let n = std::fs::read_to_string(&log)
+            .ok()?
+            .lines()
+            .filter(|l| l.contains("\"kind\":\"exec\"") && l.contains("/sleep"))
+            .count();
+        (n >= 2).then_some(())
+    });
+    assert!(ready.is_some(), "sleeps never started");
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let st = child.wait().unwrap();
+    assert_eq!(st.code(), Some(128 + 9), "the command was killed (SIGKILL), warden reports 128+9");
+    let recs = records(&log);
+    let task = recs[0]["task"].as_str().unwrap();
+    assert!(procs_in_cgroup(task).is_empty());
+    let end = recs.last().unwrap();
+    assert_eq!(end["kind"], "task_end");
+    assert_eq!(end["reason"], "signal SIGTERM");
+    assert_eq!(end["signal"], 9);
+}
+
+#[test]
+fn bad_input_exits_2_and_starts_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("l.jsonl");
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "version: 1\ntask: x\nbogus: 1\n").unwrap();
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec![
+                "run".into(),
+                "--scope".into(),
+                bad.display().to_string(),
+                "--log".into(),
+                log.display().to_string(),
+                "--".into(),
+                "true".into(),
+            ],
+            "bogus",
+        ),
+        (
+            vec![
+                "run".into(),
+                "--scope".into(),
+                "/nonexistent.yaml".into(),
+                "--log".into(),
+                log.display().to_string(),
+                "--".into(),
+                "true".into(),
+            ],
+            "nonexistent",
+        ),
+        (
+            vec!["run".into(), "--log".into(), log.display().to_string(), "--".into(), "true".into()],
+            "--scope",
+        ),
+        (
+            vec![
+                "run".into(),
+                "--scope".into(),
+                bad.display().to_string(),
+                "--log".into(),
+                log.display().to_string(),
+            ],
+            "CMD",
+        ),
+    ];
+    for (args, needle) in cases {
+        let out = Command::new(warden_bin()).args(&args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: message should mention {needle}: {err}");
+        assert!(!log.exists(), "{args:?}: nothing may be started or written");
+    }
+}
