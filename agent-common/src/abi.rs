@@ -6,7 +6,8 @@
 //! constant-size reservations, which the verifier requires.
 
 /// Version of the kernel/user record ABI. Bump on any layout change.
-pub const ABI_VERSION: u16 = 1;
+/// 1: first slice (never released). 2: decision/action/rule in the header, connect records.
+pub const ABI_VERSION: u16 = 2;
 
 /// Record kinds (`EventHeader::kind`).
 pub mod kind {
@@ -16,7 +17,47 @@ pub mod kind {
     pub const FORK: u16 = 2;
     /// A process (thread-group leader) exited (`sched_process_exit`).
     pub const EXIT: u16 = 3;
-    // 4..=63 are reserved for scope-enforcement records (open, connect, ...).
+    /// An outbound connection or datagram was judged (cgroup sock_addr / LSM socket hooks).
+    pub const CONNECT: u16 = 4;
+    // 5..=63 are reserved for further scope-enforcement records (open, signal, ptrace, ...).
+}
+
+/// What was decided (`EventHeader::decision`).
+pub mod decision {
+    /// Allowed by the scope, or not restricted.
+    pub const ALLOW: u8 = 0;
+    /// Refused (or killed, see `action`).
+    pub const DENY: u8 = 1;
+    /// Would have been refused; the sandbox is in audit mode.
+    pub const AUDIT: u8 = 2;
+}
+
+/// What the kernel did about a denial (`EventHeader::action`).
+pub mod action {
+    /// Nothing (allowed or audited).
+    pub const NONE: u8 = 0;
+    /// The request failed with an error (EPERM) before it took effect.
+    pub const REFUSE: u8 = 1;
+    /// The process was killed (SIGKILL) before it could act on the request.
+    pub const KILL: u8 = 2;
+}
+
+/// Which part of the scope decided (`EventHeader::rule`).
+pub mod rule {
+    /// No rule: not restricted.
+    pub const NONE: u16 = 0;
+    /// `exec.allow` (the executed file, or a script's interpreter, is not listed).
+    pub const EXEC_ALLOW: u16 = 1;
+    /// `network.egress`.
+    pub const NETWORK_EGRESS: u16 = 2;
+}
+
+/// Connection operations (`ConnectRecord::op`).
+pub mod op {
+    pub const CONNECT4: u8 = 1;
+    pub const CONNECT6: u8 = 2;
+    pub const SENDMSG4: u8 = 3;
+    pub const SENDMSG6: u8 = 4;
 }
 
 /// Header flags (`EventHeader::flags`).
@@ -50,10 +91,17 @@ pub struct EventHeader {
     pub slot: u32,
     /// [`ABI_VERSION`] of the program that wrote the record.
     pub abi: u16,
+    /// One of [`decision`].
+    pub decision: u8,
+    /// One of [`action`].
+    pub action: u8,
+    /// One of [`rule`].
+    pub rule: u16,
     pub _pad0: u16,
+    pub _pad1: u32,
 }
-crate::assert_layout!(EventHeader, size = 32, kind @ 0, flags @ 2, size @ 4, ktime_ns @ 8,
-    cgroup_id @ 16, slot @ 24, abi @ 28);
+crate::assert_layout!(EventHeader, size = 40, kind @ 0, flags @ 2, size @ 4, ktime_ns @ 8,
+    cgroup_id @ 16, slot @ 24, abi @ 28, decision @ 30, action @ 31, rule @ 32);
 
 /// Identity of the process an event is about.
 #[repr(C)]
@@ -72,6 +120,9 @@ pub struct ProcIds {
 }
 crate::assert_layout!(ProcIds, size = 40, pid @ 0, tgid @ 4, ppid @ 8, uid @ 12, gid @ 16, comm @ 24);
 
+/// Flag in `ExecRecord::script`: the image is a script; `script_*` identify the script file.
+pub const EXEC_IS_SCRIPT: u32 = 1;
+
 /// `kind::EXEC`: the process now runs the file identified by (`dev`, `ino`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -82,13 +133,19 @@ pub struct ExecRecord {
     pub dev: u32,
     /// Pid before exec (differs from `proc.pid` when a non-leader thread execs).
     pub old_pid: u32,
-    /// Inode number of the executed file.
+    /// Inode number of the executed file (for a script: its interpreter).
     pub ino: u64,
+    /// [`EXEC_IS_SCRIPT`] when `linux_binprm::executable` (the script) differs from the file.
+    pub script: u32,
+    /// Kernel `dev_t` of the script file.
+    pub script_dev: u32,
+    /// Inode of the script file.
+    pub script_ino: u64,
     /// `linux_binprm::filename`, NUL-terminated.
     pub path: [u8; PATH_LEN],
 }
-crate::assert_layout!(ExecRecord, size = 344, hdr @ 0, proc @ 32, dev @ 72, old_pid @ 76, ino @ 80,
-    path @ 88);
+crate::assert_layout!(ExecRecord, size = 368, hdr @ 0, proc @ 40, dev @ 80, old_pid @ 84, ino @ 88,
+    script @ 96, script_dev @ 100, script_ino @ 104, path @ 112);
 
 /// `kind::FORK`: `parent` created the process `child_tgid`.
 #[repr(C)]
@@ -100,7 +157,7 @@ pub struct ForkRecord {
     pub child_pid: u32,
     pub child_tgid: u32,
 }
-crate::assert_layout!(ForkRecord, size = 80, hdr @ 0, proc @ 32, child_pid @ 72, child_tgid @ 76);
+crate::assert_layout!(ForkRecord, size = 88, hdr @ 0, proc @ 40, child_pid @ 80, child_tgid @ 84);
 
 /// `kind::EXIT`: the process exited.
 #[repr(C)]
@@ -112,7 +169,26 @@ pub struct ExitRecord {
     pub exit_code: u32,
     pub _pad0: u32,
 }
-crate::assert_layout!(ExitRecord, size = 80, hdr @ 0, proc @ 32, exit_code @ 72);
+crate::assert_layout!(ExitRecord, size = 88, hdr @ 0, proc @ 40, exit_code @ 80);
+
+/// `kind::CONNECT`: an outbound TCP connect or UDP send, and what was decided.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectRecord {
+    pub hdr: EventHeader,
+    pub proc: ProcIds,
+    /// Destination address; IPv4 as IPv4-mapped IPv6 (`::ffff:a.b.c.d`).
+    pub addr: [u8; 16],
+    /// Destination port, host byte order.
+    pub port: u16,
+    /// `IPPROTO_TCP` (6) or `IPPROTO_UDP` (17), as the socket says.
+    pub protocol: u8,
+    /// One of [`op`].
+    pub op: u8,
+    pub _pad0: u32,
+}
+crate::assert_layout!(ConnectRecord, size = 104, hdr @ 0, proc @ 40, addr @ 80, port @ 96, protocol @ 98,
+    op @ 99);
 
 #[cfg(feature = "user")]
 mod pod {

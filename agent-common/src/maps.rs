@@ -16,13 +16,23 @@ pub const DEFAULT_MAX_TASKS: u32 = 1024;
 /// Default number of cgroups that may map to sandboxes (sandboxes and their children).
 pub const DEFAULT_MAX_CGROUPS: u32 = 8192;
 
+/// Bits of [`Sandbox::flags`].
+pub mod sandbox_flags {
+    /// Only files in `EXEC_ALLOW` may be executed.
+    pub const EXEC_RESTRICTED: u32 = 1 << 0;
+    /// Only destinations in `EGRESS` may be connected to / sent to.
+    pub const NET_RESTRICTED: u32 = 1 << 1;
+    /// Audit mode: record would-be denials as "audit", refuse nothing.
+    pub const AUDIT: u32 = 1 << 2;
+}
+
 /// Value of the `WATCHED` map: which sandbox a cgroup belongs to.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Sandbox {
     /// Index into per-slot maps (`DROPS`, later the scope maps); `< max_tasks`.
     pub slot: u32,
-    /// Reserved bit set (mode bits land here); zero today.
+    /// Bit set of [`sandbox_flags`].
     pub flags: u32,
 }
 crate::assert_layout!(Sandbox, size = 8, slot @ 0, flags @ 4);
@@ -37,8 +47,12 @@ pub struct DropCounters {
     pub exec: u64,
     pub fork: u64,
     pub exit: u64,
+    pub connect: u64,
+    /// Denials whose record was lost (the denial itself still happened).
+    pub denials: u64,
 }
-crate::assert_layout!(DropCounters, size = 32, total @ 0, exec @ 8, fork @ 16, exit @ 24);
+crate::assert_layout!(DropCounters, size = 48, total @ 0, exec @ 8, fork @ 16, exit @ 24, connect @ 32,
+    denials @ 40);
 
 /// Indices into the per-CPU `STATS` array of `u64` counters.
 pub mod stat {
@@ -57,7 +71,61 @@ mod pod {
     // SAFETY: `#[repr(C)]` integers only, explicitly padded; every bit pattern is valid.
     unsafe impl aya::Pod for super::Sandbox {}
     unsafe impl aya::Pod for super::DropCounters {}
+    unsafe impl aya::Pod for super::EgressAddr {}
+    unsafe impl aya::Pod for super::PortRule {}
+    unsafe impl aya::Pod for super::EgressRules {}
 }
+
+/// Name of the exec allowlist map (key [`ExecKey`], value `u32` reserved).
+pub const EXEC_ALLOW: &str = "EXEC_ALLOW";
+/// Name of the egress LPM trie (key: prefix length + [`EgressAddr`], value [`EgressRules`]).
+pub const EGRESS: &str = "EGRESS";
+/// Default number of egress prefixes over all sandboxes.
+pub const DEFAULT_MAX_EGRESS: u32 = 16384;
+/// Default number of allowed executables over all sandboxes.
+pub const DEFAULT_MAX_EXEC: u32 = 65536;
+
+/// Data part of an `EGRESS` LPM trie key (the trie key is `{prefix_len: u32, data}`). The
+/// prefix counts the 32 bits of `slot_be` (always matched in full) followed by bits of
+/// `addr` (IPv6; IPv4 as IPv4-mapped IPv6, so `a.b.c.d/n` is `::ffff:a.b.c.d/(96+n)` and a
+/// v4-mapped v6 destination is judged as its IPv4 address).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EgressAddr {
+    /// Sandbox slot, big-endian so it forms the leading bits.
+    pub slot_be: [u8; 4],
+    pub addr: [u8; 16],
+}
+crate::assert_layout!(EgressAddr, size = 20, slot_be @ 0, addr @ 4);
+/// Prefix length that covers a slot and a full address (a lookup key).
+pub const EGRESS_FULL_PREFIX: u32 = 32 + 128;
+
+/// Port rules carried per prefix.
+pub const EGRESS_PORT_RULES: usize = 16;
+
+/// One allowed (protocol, port range). `protocol` 0 = any, else IPPROTO_TCP/UDP.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortRule {
+    pub lo: u16,
+    pub hi: u16,
+    pub protocol: u8,
+    pub _pad0: [u8; 3],
+}
+crate::assert_layout!(PortRule, size = 8, lo @ 0, hi @ 2, protocol @ 4);
+
+/// Value of the `EGRESS` trie: the port rules of every scope rule whose network contains the
+/// matched prefix (userspace folds shorter prefixes into longer ones, so the longest match
+/// alone decides).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EgressRules {
+    /// Valid entries in `rules`.
+    pub count: u32,
+    pub _pad0: u32,
+    pub rules: [PortRule; EGRESS_PORT_RULES],
+}
+crate::assert_layout!(EgressRules, size = 136, count @ 0, rules @ 8);
 
 /// Key of the `EXEC_DENY` map: an executable (kernel dev_t, inode) for one sandbox slot.
 #[repr(C)]

@@ -1,8 +1,8 @@
 //! Record construction: constant-size ring-buffer reservations, header filling,
 //! and per-sandbox drop counting when the ring is full.
 use agent_common::{
-    abi::{ABI_VERSION, COMM_LEN, EventHeader, ProcIds, kind},
-    maps::Sandbox,
+    abi::{ABI_VERSION, COMM_LEN, EventHeader, ProcIds, action, decision, kind, rule},
+    maps::{Sandbox, sandbox_flags},
 };
 use aya_ebpf::{
     helpers::{bpf_get_current_comm, bpf_get_current_task, bpf_get_current_uid_gid, bpf_ktime_get_boot_ns},
@@ -27,11 +27,50 @@ pub fn reserve<T: 'static>(sandbox: &Sandbox, record_kind: u16) -> Option<RingBu
             match record_kind {
                 kind::EXEC => (*d).exec += 1,
                 kind::FORK => (*d).fork += 1,
+                kind::CONNECT => (*d).connect += 1,
                 _ => (*d).exit += 1,
             }
         }
     }
     entry
+}
+
+/// Counts a denial whose record could not be reserved (the denial itself still happens).
+#[inline(always)]
+pub fn count_lost_denial(sandbox: &Sandbox) {
+    if let Some(d) = DROPS.get_ptr_mut(sandbox.slot) {
+        // SAFETY: per-CPU value.
+        unsafe { (*d).denials += 1 };
+    }
+}
+
+/// A verdict: what was decided, what was done, which rule.
+#[derive(Clone, Copy)]
+pub struct Verdict {
+    pub decision: u8,
+    pub action: u8,
+    pub rule: u16,
+}
+
+impl Verdict {
+    pub const ALLOW: Verdict = Verdict { decision: decision::ALLOW, action: action::NONE, rule: rule::NONE };
+
+    /// A denial under `rule`: in audit mode recorded as "audit" and not acted on, else
+    /// `enforce_action` (refuse or kill).
+    #[inline(always)]
+    pub fn deny(sandbox: &Sandbox, rule_id: u16, enforce_action: u8) -> Verdict {
+        if sandbox.flags & sandbox_flags::AUDIT != 0 {
+            Verdict { decision: decision::AUDIT, action: action::NONE, rule: rule_id }
+        } else {
+            Verdict { decision: decision::DENY, action: enforce_action, rule: rule_id }
+        }
+    }
+
+    /// Whether the request must be stopped.
+    #[inline(always)]
+    pub fn enforced(&self) -> bool {
+        self.decision == decision::DENY
+    }
 }
 
 /// Fills a record header.
@@ -45,7 +84,19 @@ pub fn header(hdr: &mut EventHeader, record_kind: u16, size: usize, cgroup_id: u
     hdr.cgroup_id = cgroup_id;
     hdr.slot = sandbox.slot;
     hdr.abi = ABI_VERSION;
+    hdr.decision = decision::ALLOW;
+    hdr.action = action::NONE;
+    hdr.rule = rule::NONE;
     hdr._pad0 = 0;
+    hdr._pad1 = 0;
+}
+
+/// Writes a verdict into a header.
+#[inline(always)]
+pub fn set_verdict(hdr: &mut EventHeader, v: Verdict) {
+    hdr.decision = v.decision;
+    hdr.action = v.action;
+    hdr.rule = v.rule;
 }
 
 /// Fills the identity of the current task. `real_parent` and `tgid` are read

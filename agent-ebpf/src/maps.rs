@@ -1,11 +1,12 @@
 //! Every map the kernel programs use. Sizes here are defaults: the loader sets
 //! the real ones at load time (`EbpfLoader::map_max_entries`).
 use agent_common::maps::{
-    DEFAULT_MAX_CGROUPS, DEFAULT_MAX_TASKS, DEFAULT_RING_BYTES, DropCounters, Sandbox, stat,
+    DEFAULT_MAX_CGROUPS, DEFAULT_MAX_EGRESS, DEFAULT_MAX_EXEC, DEFAULT_MAX_TASKS, DEFAULT_RING_BYTES,
+    DropCounters, EgressAddr, EgressRules, ExecKey, Sandbox, stat,
 };
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, LpmTrie, PerCpuArray, RingBuf},
 };
 
 /// All records, in reservation order. Size set at load (default 4 MiB).
@@ -31,6 +32,15 @@ pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 
 #[map]
 pub static EXEC_DENY: HashMap<agent_common::maps::ExecKey, u32> =
     HashMap::with_max_entries(DEFAULT_MAX_CGROUPS, 0);
+
+/// Executables (sandbox slot, kernel dev_t, inode) a sandbox with `EXEC_RESTRICTED` may run.
+#[map]
+pub static EXEC_ALLOW: HashMap<ExecKey, u32> = HashMap::with_max_entries(DEFAULT_MAX_EXEC, 0);
+
+/// Allowed egress per sandbox: longest-prefix match on (slot, destination), value = the port
+/// rules that apply there. `BPF_F_NO_PREALLOC` is mandatory for LPM tries.
+#[map]
+pub static EGRESS: LpmTrie<EgressAddr, EgressRules> = LpmTrie::with_max_entries(DEFAULT_MAX_EGRESS, 1);
 
 /// Adds one to a global counter.
 #[inline(always)]

@@ -18,6 +18,7 @@ pub static OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
     cgroup_kn: 0,
     kn_id: 0,
     kn_parent: 0,
+    bprm_executable: 0,
     valid: 0,
 });
 

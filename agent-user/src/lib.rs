@@ -16,3 +16,4 @@ pub mod sandbox;
 pub mod scope;
 pub mod source;
 pub mod task;
+pub mod util;

@@ -8,7 +8,7 @@ use std::{collections::HashMap, io};
 use crate::{
     audit::{AuditRecord, AuditSink, Decision, SCHEMA_VERSION, clock::Clock, record},
     correlate::ProcessTable,
-    decode::{Decoder, Event},
+    decode::{Decoder, Event, KAction, KDecision},
 };
 
 /// Enforcement mode of a task.
@@ -128,11 +128,25 @@ impl Pipeline {
             return Ok(());
         };
         let p = ev.proc();
+        let meta = ev.meta();
+        let decision = match meta.decision {
+            KDecision::Allow => Decision::Allow,
+            KDecision::Deny => Decision::Deny,
+            KDecision::Audit => Decision::Audit,
+        };
+        let judged = decision != Decision::Allow;
         let mut rec = AuditRecord {
-            time: self.clock.format(ev.meta().ktime_ns),
+            time: self.clock.format(meta.ktime_ns),
             task: task.id.clone(),
             kind: ev.kind_name(),
-            decision: Some(Decision::Allow),
+            decision: Some(decision),
+            action: match meta.action {
+                KAction::None => None,
+                KAction::Refuse => Some("refuse"),
+                KAction::Kill => Some("kill"),
+            },
+            rule: if judged { meta.rule.as_str() } else { None },
+            ancestry: judged.then(|| self.table.ancestry(ctx.pid)),
             pid: Some(ctx.pid),
             ppid: Some(ctx.ppid),
             exe: ctx.exe,
@@ -142,11 +156,24 @@ impl Pipeline {
             ..Default::default()
         };
         match ev {
-            Event::Exec { dev, ino, path, path_truncated, .. } => {
+            Event::Exec { dev, ino, path, path_truncated, script, .. } => {
                 rec.path = Some(path.clone());
                 rec.dev = Some(record::kernel_dev_to_user(*dev));
                 rec.ino = Some(*ino);
                 rec.path_truncated = path_truncated.then_some(true);
+                if let Some((sdev, sino)) = script {
+                    rec.script_dev = Some(record::kernel_dev_to_user(*sdev));
+                    rec.script_ino = Some(*sino);
+                }
+            }
+            Event::Connect { addr, port, protocol, .. } => {
+                rec.addr = Some(addr.to_string());
+                rec.port = Some(*port);
+                rec.protocol = Some(match protocol {
+                    6 => "tcp".to_string(),
+                    17 => "udp".to_string(),
+                    n => n.to_string(),
+                });
             }
             Event::Fork { child_tgid, .. } => rec.child_pid = Some(*child_tgid),
             Event::Exit { exit_code, .. } => {

@@ -1,9 +1,9 @@
 //! BPF LSM engine: decisions at the LSM hook, from map lookups, denying with -EPERM.
-use agent_common::maps::ExecKey;
+use agent_common::maps::{ExecKey, sandbox_flags};
 use aya_ebpf::{macros::lsm, programs::LsmContext};
 
 use crate::{
-    maps::{EXEC_DENY, current_sandbox},
+    maps::{EXEC_ALLOW, EXEC_DENY, current_sandbox},
     offsets::{OFFSETS, read},
 };
 
@@ -38,6 +38,12 @@ pub fn lsm_bprm_check(ctx: LsmContext) -> i32 {
     };
     let key = ExecKey { slot: sandbox.slot, dev, ino };
     if EXEC_DENY.get_ptr(&key).is_some() {
+        return -EPERM;
+    }
+    if sandbox.flags & sandbox_flags::EXEC_RESTRICTED != 0
+        && sandbox.flags & sandbox_flags::AUDIT == 0
+        && EXEC_ALLOW.get_ptr(&key).is_none()
+    {
         return -EPERM;
     }
     0

@@ -3,3 +3,4 @@ pub mod cgroup;
 pub mod lsm;
 pub mod probe;
 pub mod sched;
+pub mod sockaddr;

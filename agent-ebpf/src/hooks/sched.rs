@@ -3,19 +3,48 @@
 //! BTF tracepoints, not syscall tracepoints: an enabled `syscalls:*` tracepoint
 //! puts every task's syscalls on the slow path. These fire once per lifecycle
 //! event, and an unwatched task pays one `WATCHED` lookup.
-use agent_common::abi::{ExecRecord, ExitRecord, ForkRecord, flags, kind};
+use agent_common::{
+    abi::{EXEC_IS_SCRIPT, ExecRecord, ExitRecord, ForkRecord, action, flags, kind, rule},
+    maps::{ExecKey, Sandbox, sandbox_flags},
+};
 use aya_ebpf::{
     helpers::bpf_probe_read_kernel_str_bytes, macros::btf_tracepoint, programs::BtfTracePointContext,
 };
 
 use crate::{
-    emit::{current_proc, header, reserve},
-    maps::{count, current_sandbox},
+    emit::{Verdict, count_lost_denial, current_proc, header, reserve, set_verdict},
+    maps::{EXEC_ALLOW, count, current_sandbox},
     offsets::{OFFSETS, read},
 };
 use agent_common::maps::stat;
 
+/// SIGKILL.
+const SIGKILL: u32 = 9;
+
+/// (kernel dev_t, inode) of a `struct file *`.
+#[inline(always)]
+fn file_id(file: *const u8, file_inode: u32, inode_ino: u32, inode_sb: u32, sb_dev: u32) -> Option<(u32, u64)> {
+    let inode = read::<*const u8>(file, file_inode).ok()?;
+    let ino = read::<u64>(inode, inode_ino).ok()?;
+    let sb = read::<*const u8>(inode, inode_sb).ok()?;
+    let dev = read::<u32>(sb, sb_dev).ok()?;
+    Some((dev, ino))
+}
+
+#[inline(always)]
+fn exec_allowed(sandbox: &Sandbox, id: Option<(u32, u64)>) -> bool {
+    match id {
+        Some((dev, ino)) => EXEC_ALLOW.get_ptr(&ExecKey { slot: sandbox.slot, dev, ino }).is_some(),
+        // An unreadable identity is not an allowed one.
+        None => false,
+    }
+}
+
 /// `sched_process_exec(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)`
+///
+/// Fallback engine for exec identity: the new image is in place but has not run a single
+/// instruction; if it (or, for a script, the script file) is not in `EXEC_ALLOW`, the task
+/// gets SIGKILL, delivered before the return to user space.
 #[btf_tracepoint(function = "sched_process_exec")]
 pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
     let off = OFFSETS.load();
@@ -25,32 +54,62 @@ pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
     let Some((cgroup_id, sandbox)) = current_sandbox() else {
         return 0;
     };
+    let bprm: *const u8 = ctx.arg(2);
+    let file = read::<*const u8>(bprm, off.bprm_file).unwrap_or(core::ptr::null());
+    let id = file_id(file, off.file_inode, off.inode_ino, off.inode_sb, off.sb_dev);
+    let mut script: Option<(u32, u64)> = None;
+    if off.bprm_executable != 0
+        && let Ok(exe) = read::<*const u8>(bprm, off.bprm_executable)
+        && !exe.is_null()
+        && exe != file
+    {
+        script = file_id(exe, off.file_inode, off.inode_ino, off.inode_sb, off.sb_dev);
+    }
+    let mut verdict = Verdict::ALLOW;
+    if sandbox.flags & sandbox_flags::EXEC_RESTRICTED != 0
+        && (!exec_allowed(&sandbox, id) || (script.is_some() && !exec_allowed(&sandbox, script)))
+    {
+        verdict = Verdict::deny(&sandbox, rule::EXEC_ALLOW, action::KILL);
+        if verdict.enforced() {
+            // SAFETY: signals the current task, which is in process context here.
+            unsafe { aya_ebpf::helpers::bpf_send_signal(SIGKILL) };
+        }
+    }
     let Some(mut entry) = reserve::<ExecRecord>(&sandbox, kind::EXEC) else {
+        if verdict.decision != 0 {
+            count_lost_denial(&sandbox);
+        }
         return 0;
     };
-    let rec = entry.as_mut_ptr();
-    // SAFETY: `rec` points at a reserved, exclusively owned ExecRecord.
-    let rec = unsafe { &mut *rec };
+    // SAFETY: `entry` is a reserved, exclusively owned ExecRecord.
+    let rec = unsafe { &mut *entry.as_mut_ptr() };
     header(&mut rec.hdr, kind::EXEC, size_of::<ExecRecord>(), cgroup_id, &sandbox);
+    set_verdict(&mut rec.hdr, verdict);
     current_proc(&mut rec.proc, off.task_tgid, off.task_real_parent);
     let old_pid: i32 = ctx.arg(1);
     rec.old_pid = old_pid as u32;
-    let bprm: *const u8 = ctx.arg(2);
-    rec.dev = 0;
-    rec.ino = 0;
-    let mut ok = false;
-    if let Ok(file) = read::<*const u8>(bprm, off.bprm_file)
-        && let Ok(inode) = read::<*const u8>(file, off.file_inode)
-        && let Ok(ino) = read::<u64>(inode, off.inode_ino)
-        && let Ok(sb) = read::<*const u8>(inode, off.inode_sb)
-        && let Ok(dev) = read::<u32>(sb, off.sb_dev)
-    {
-        rec.ino = ino;
-        rec.dev = dev;
-        ok = true;
+    match id {
+        Some((dev, ino)) => {
+            rec.dev = dev;
+            rec.ino = ino;
+        }
+        None => {
+            rec.dev = 0;
+            rec.ino = 0;
+            count(stat::READ_FAILED);
+        }
     }
-    if !ok {
-        count(stat::READ_FAILED);
+    match script {
+        Some((dev, ino)) => {
+            rec.script = EXEC_IS_SCRIPT;
+            rec.script_dev = dev;
+            rec.script_ino = ino;
+        }
+        None => {
+            rec.script = 0;
+            rec.script_dev = 0;
+            rec.script_ino = 0;
+        }
     }
     rec.path[0] = 0;
     match read::<*const u8>(bprm, off.bprm_filename) {

@@ -37,18 +37,39 @@ pub struct AuditRecord {
     /// Executable of the process (after exec, the new image).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exe: Option<String>,
+    /// deny: what was done about it: `refuse` (the call failed with an error) or `kill`
+    /// (the process was killed before it could act).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub action: Option<&'static str>,
+    /// deny/audit: the scope field that decided, e.g. `exec.allow`, `network.egress`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<&'static str>,
+    /// deny/audit: the process's ancestors, nearest first (pids).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ancestry: Option<Vec<u32>>,
     /// File path (exec, file events).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
-    /// Network address (network events).
+    /// Network address (network events): IP address, IPv4-mapped IPv6 shown as IPv4.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub addr: Option<String>,
+    /// Destination port (network events).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// `tcp`, `udp` or the IP protocol number (network events).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub comm: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub uid: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cgroup_id: Option<u64>,
+    /// exec of a script: the script file's identity (`dev`/`ino` are then the interpreter's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub script_dev: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub script_ino: Option<u64>,
     /// Executed file identity: userspace `st_dev` encoding.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dev: Option<u64>,
@@ -74,6 +95,12 @@ pub struct AuditRecord {
     pub cgroup: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mode: Option<&'static str>,
+    /// task_start: the enforcement engine (`bpf-lsm` or `fallback`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub engine: Option<&'static str>,
+    /// task_start: controls of the scope this engine cannot enforce (see `docs/coverage.md`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unenforced: Option<Vec<String>>,
     /// task_end: why the task ended.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -132,11 +159,7 @@ mod tests {
             pid: Some(5),
             ..Default::default()
         };
-        let j: serde_json::Value = serde_json::to_value(&r).unwrap();
-        assert_eq!(j["v"], 1);
-        assert_eq!(j["decision"], "allow");
-        assert!(j.get("addr").is_none());
-        let keys: Vec<_> = j.as_object().unwrap().keys().cloned().collect();
-        assert_eq!(keys, ["v", "seq", "time", "task", "kind", "decision", "pid"]);
+        let s = serde_json::to_string(&r).unwrap();
+        assert_eq!(s, r#"{"v":1,"seq":1,"time":"t","task":"x","kind":"exec","decision":"allow","pid":5}"#);
     }
 }

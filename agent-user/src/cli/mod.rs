@@ -2,6 +2,7 @@
 //! them into resolved settings and runs.
 mod probe;
 mod run;
+mod scope;
 
 use clap::{Parser, Subcommand};
 
@@ -24,6 +25,9 @@ pub enum Command {
     Probe(probe::ProbeArgs),
     /// Run a command as a task in a fresh sandbox, streaming its audit records.
     Run(RunArgs),
+    /// Work with scope files.
+    #[command(subcommand)]
+    Scope(scope::ScopeCmd),
 }
 
 /// How a verb failed.
@@ -57,6 +61,7 @@ pub fn main() -> i32 {
     let result = match cli.command {
         Command::Probe(a) => probe::run(a),
         Command::Run(a) => run::run(a),
+        Command::Scope(c) => scope::run(c),
     };
     match result {
         Ok(code) => code,

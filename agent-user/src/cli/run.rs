@@ -6,12 +6,12 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use super::Failure;
 use crate::{
-    audit::{AuditRecord, Decision, JsonlSink, clock::Clock},
+    audit::{AuditRecord, AuditSink, Decision, JsonlSink, clock::Clock},
     correlate::ProcessTable,
     loader::{LoadOptions, Sensor},
     pipeline::{Mode, Pipeline, TaskCtx},
-    sandbox::{Cgroup, cgroup2_mount, launch::spawn_into_cgroup},
-    scope::Scope,
+    sandbox::{Cgroup, cgroup2_mount, confine::Confinement, launch::spawn_into_cgroup, limits::PidsLimit},
+    scope::{Scope, compile::CompiledScope},
     source::{EventSource, RingBufSource},
     task::new_task_id,
 };
@@ -30,14 +30,15 @@ pub struct RunArgs {
     #[arg(long, value_name = "EVENTS.jsonl")]
     pub log: PathBuf,
     /// enforce: refuse out-of-scope actions; audit: record them as "audit" and allow.
-    #[arg(long, value_enum, default_value = "enforce")]
-    pub mode: Mode,
+    /// Overrides the scope's `mode`.
+    #[arg(long, value_enum)]
+    pub mode: Option<Mode>,
     /// Ring buffer size in bytes (a power of two, at least one page).
     #[arg(long, default_value_t = agent_common::maps::DEFAULT_RING_BYTES, value_parser = parse_ring_bytes)]
     pub ring_bytes: u32,
     /// After CMD exits, how long processes it left behind keep running (still watched and
     /// enforced) before the sandbox is frozen and killed, e.g. `250ms`, `2s`.
-    #[arg(long, default_value = "250ms", value_parser = parse_duration)]
+    #[arg(long, default_value = "250ms", value_parser = crate::util::parse_duration)]
     pub grace: Duration,
     /// Parent directory for the sandbox cgroup, relative to the cgroup2 mount.
     #[arg(long, default_value = "warden")]
@@ -45,19 +46,6 @@ pub struct RunArgs {
     /// The command and its arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub cmd: Vec<String>,
-}
-
-/// Parses `<n>ms`, `<n>s` or `<n>m`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, unit) = s.find(|c: char| !c.is_ascii_digit()).map(|i| s.split_at(i)).unwrap_or((s, "s"));
-    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration like 250ms, 2s or 5m"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        "h" => Ok(Duration::from_secs(n * 3600)),
-        _ => Err(format!("{s:?}: unknown unit {unit:?}; use ms, s, m or h")),
-    }
 }
 
 fn parse_ring_bytes(s: &str) -> Result<u32, String> {
@@ -69,7 +57,11 @@ fn parse_ring_bytes(s: &str) -> Result<u32, String> {
 }
 
 pub fn run(args: RunArgs) -> Result<i32, Failure> {
-    let scope = Scope::load(&args.scope).map_err(|e| Failure::Usage(e.into()))?;
+    let mut scope = Scope::load(&args.scope).map_err(|e| Failure::Usage(e.into()))?;
+    if let Some(m) = args.mode {
+        scope.mode = m;
+    }
+    let compiled = CompiledScope::compile(&scope).map_err(|e| Failure::Usage(e.into()))?;
     if args.cgroup_parent.split('/').any(|c| c == "..") || args.cgroup_parent.starts_with('/') {
         return Err(Failure::Usage(anyhow!("--cgroup-parent must be a relative path without `..`")));
     }
@@ -77,39 +69,60 @@ pub fn run(args: RunArgs) -> Result<i32, Failure> {
         .enable_all()
         .build()
         .map_err(|e| Failure::Runtime(e.into()))?;
-    rt.block_on(run_task(args, scope))
+    rt.block_on(run_task(args, compiled))
 }
 
-async fn run_task(args: RunArgs, scope: Scope) -> Result<i32, Failure> {
-    let usage = |e: anyhow::Error| Failure::Usage(e);
-    let runtime = |e: anyhow::Error| Failure::Runtime(e);
+fn runtime(e: impl Into<anyhow::Error>) -> Failure {
+    Failure::Runtime(e.into())
+}
 
-    let sink: Box<dyn crate::audit::AuditSink> = if args.log.as_os_str() == "-" {
+async fn run_task(args: RunArgs, compiled: CompiledScope) -> Result<i32, Failure> {
+    let scope = &compiled.scope;
+    let enforce = scope.mode == Mode::Enforce;
+
+    let sink: Box<dyn AuditSink> = if args.log.as_os_str() == "-" {
         Box::new(JsonlSink::new(std::io::stdout()))
     } else {
         let f = File::create(&args.log)
             .with_context(|| format!("cannot create log file {}", args.log.display()))
-            .map_err(usage)?;
+            .map_err(Failure::Usage)?;
         Box::new(JsonlSink::new(f))
     };
 
     let mut sensor = Sensor::load(&LoadOptions { ring_bytes: args.ring_bytes, ..Default::default() })
         .context("loading kernel programs")
         .map_err(runtime)?;
-    let mut source =
-        RingBufSource::new(sensor.take_ring().ok_or_else(|| anyhow!("ring buffer taken")).map_err(runtime)?)
-            .context("polling the ring buffer")
-            .map_err(runtime)?;
+    let ring = sensor.take_ring().ok_or_else(|| anyhow!("ring buffer taken")).map_err(runtime)?;
+    let mut source = RingBufSource::new(ring).context("polling the ring buffer").map_err(runtime)?;
 
     let task_id = new_task_id(&scope.task).context("task id").map_err(runtime)?;
-    let mount = cgroup2_mount().map_err(|e| runtime(e.into()))?;
+    let mount = cgroup2_mount().map_err(runtime)?;
     let parent = mount.join(&args.cgroup_parent);
-    let cgroup = Cgroup::create(&parent, &task_id).map_err(|e| runtime(e.into()))?;
-    let mut guard = SandboxGuard { cgroup: Some(cgroup.clone()), parent: parent.clone() };
-    sensor.watch(&[cgroup.id()], SLOT).map_err(|e| runtime(e.into()))?;
+    let cgroup = Cgroup::create(&parent, &task_id).map_err(runtime)?;
+    let mut guard = SandboxGuard {
+        cgroup: Some(cgroup.clone()),
+        parent: parent.clone(),
+        pids: None,
+        parent_rel: args.cgroup_parent.clone(),
+    };
+    // Refusing confinement exists only in enforce mode; audit mode records what the kernel
+    // hooks judge and refuses nothing.
+    let confine = if enforce { Some(Confinement::prepare(&compiled).map_err(runtime)?) } else { None };
+    if enforce && let Some(max) = scope.process_limit {
+        guard.pids = Some(PidsLimit::apply(&cgroup, &args.cgroup_parent, &task_id, max).map_err(runtime)?);
+    }
+    let mut procs_files = vec![cgroup.procs_file()];
+    procs_files.extend(guard.pids.as_ref().and_then(PidsLimit::procs_file));
+    sensor.attach_egress(&cgroup).map_err(runtime)?;
+    sensor.bind(SLOT, &[cgroup.id()], &compiled).map_err(runtime)?;
+    let mut unenforced = Vec::new();
+    if enforce && !compiled.secrets.is_empty() {
+        tracing::warn!("the fallback engine cannot tell tools apart: secrets are readable by every process of the task");
+        unenforced.push("secrets-by-tool".to_string());
+    }
 
     let mut pipeline = Pipeline::new(ProcessTable::seed_from("/proc".as_ref()), Clock::new(), sink);
-    pipeline.register(SLOT, TaskCtx { id: task_id.clone(), mode: args.mode });
+    pipeline.register(SLOT, TaskCtx { id: task_id.clone(), mode: scope.mode });
     let clock = *pipeline.clock();
     let now = || clock.format(Clock::boot_now_ns());
 
@@ -119,7 +132,7 @@ async fn run_task(args: RunArgs, scope: Scope) -> Result<i32, Failure> {
     let start_time = now();
     let mut cmd = tokio::process::Command::new(&args.cmd[0]);
     cmd.args(&args.cmd[1..]);
-    spawn_into_cgroup(&mut cmd, &cgroup.procs_file()).map_err(|e| runtime(e.into()))?;
+    spawn_into_cgroup(&mut cmd, &procs_files, confine).map_err(runtime)?;
     let spawned = cmd.spawn();
 
     let mut start = AuditRecord {
@@ -133,13 +146,15 @@ async fn run_task(args: RunArgs, scope: Scope) -> Result<i32, Failure> {
         cmd: Some(args.cmd.clone()),
         cgroup: Some(cgroup.path().display().to_string()),
         cgroup_id: Some(cgroup.id()),
-        mode: Some(args.mode.as_str()),
+        mode: Some(scope.mode.as_str()),
+        engine: Some("fallback"),
+        unenforced: (!unenforced.is_empty()).then_some(unenforced),
         ..Default::default()
     };
     let mut child = match spawned {
         Ok(c) => c,
         Err(e) => {
-            pipeline.emit(start).map_err(|e| runtime(e.into()))?;
+            pipeline.emit(start).map_err(runtime)?;
             let end = AuditRecord {
                 time: now(),
                 task: task_id.clone(),
@@ -148,31 +163,38 @@ async fn run_task(args: RunArgs, scope: Scope) -> Result<i32, Failure> {
                 reason: Some(format!("spawn failed: {e}")),
                 ..Default::default()
             };
-            pipeline.emit(end).and_then(|_| pipeline.flush()).map_err(|e| runtime(e.into()))?;
-            guard.finish().map_err(runtime)?;
+            pipeline.emit(end).and_then(|_| pipeline.flush()).map_err(runtime)?;
+            sensor.unbind(SLOT, &compiled).map_err(runtime)?;
+            guard.finish().map_err(Failure::Runtime)?;
             eprintln!("warden: cannot start {}: {e}", args.cmd[0]);
             return Ok(if e.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 });
         }
     };
     start.pid = child.id();
-    pipeline.emit(start).map_err(|e| runtime(e.into()))?;
+    pipeline.emit(start).map_err(runtime)?;
     tracing::info!(task = %task_id, cgroup = %cgroup.path().display(), pid = ?child.id(), "task started");
 
-    let mut sigint = signal(SignalKind::interrupt()).map_err(|e| runtime(e.into()))?;
-    let mut sigterm = signal(SignalKind::terminate()).map_err(|e| runtime(e.into()))?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(runtime)?;
+    let mut sigterm = signal(SignalKind::terminate()).map_err(runtime)?;
+    let ttl = scope.ttl;
+    let expiry = async move {
+        match ttl {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(expiry);
     let (status, reason): (Option<ExitStatus>, String) = loop {
         tokio::select! {
             r = source.wait() => {
-                r.map_err(|e| runtime(e.into()))?;
+                r.map_err(runtime)?;
                 source.drain(&mut |b| pipeline.ingest(b));
-                pipeline.flush().map_err(|e| runtime(e.into()))?;
+                pipeline.flush().map_err(runtime)?;
             }
-            s = child.wait() => {
-                let s = s.map_err(|e| runtime(e.into()))?;
-                break (Some(s), "exited".to_string());
-            }
+            s = child.wait() => break (Some(s.map_err(runtime)?), "exited".to_string()),
             _ = sigint.recv() => break (None, "signal SIGINT".to_string()),
             _ = sigterm.recv() => break (None, "signal SIGTERM".to_string()),
+            _ = &mut expiry => break (None, "ttl expired".to_string()),
         }
     };
 
@@ -183,7 +205,7 @@ async fn run_task(args: RunArgs, scope: Scope) -> Result<i32, Failure> {
         while cgroup.populated().unwrap_or(false) && tokio::time::Instant::now() < deadline {
             tokio::select! {
                 r = source.wait() => {
-                    r.map_err(|e| runtime(e.into()))?;
+                    r.map_err(runtime)?;
                     source.drain(&mut |b| pipeline.ingest(b));
                 }
                 _ = tokio::time::sleep(Duration::from_millis(5)) => {}
@@ -194,11 +216,11 @@ async fn run_task(args: RunArgs, scope: Scope) -> Result<i32, Failure> {
     let killed = cgroup.kill_all(KILL_TIMEOUT);
     let status = match status {
         Some(s) => s,
-        None => child.wait().await.map_err(|e| runtime(e.into()))?,
+        None => child.wait().await.map_err(runtime)?,
     };
     source.drain(&mut |b| pipeline.ingest(b));
-    let drops = sensor.drops(SLOT).map_err(|e| runtime(e.into()))?;
-    sensor.unwatch_slot(SLOT).map_err(|e| runtime(e.into()))?;
+    let drops = sensor.drops(SLOT).map_err(runtime)?;
+    sensor.unbind(SLOT, &compiled).map_err(runtime)?;
     let code = exit_code(status, &reason);
     reap_orphans();
     let end = AuditRecord {
@@ -206,7 +228,7 @@ async fn run_task(args: RunArgs, scope: Scope) -> Result<i32, Failure> {
         task: task_id.clone(),
         kind: "task_end",
         decision: Some(Decision::Allow),
-        pid: start_pid(&child),
+        pid: child.id(),
         ppid: Some(std::process::id()),
         exit_status: status.code(),
         signal: std::os::unix::process::ExitStatusExt::signal(&status),
@@ -216,17 +238,13 @@ async fn run_task(args: RunArgs, scope: Scope) -> Result<i32, Failure> {
         killed: Some(left),
         ..Default::default()
     };
-    pipeline.emit(end).and_then(|_| pipeline.flush()).map_err(|e| runtime(e.into()))?;
+    pipeline.emit(end).and_then(|_| pipeline.flush()).map_err(runtime)?;
     if let Some(e) = pipeline.take_io_error() {
         return Err(runtime(anyhow!(e).context("writing audit records")));
     }
-    killed.map_err(|e| runtime(e.into()))?;
-    guard.finish().map_err(runtime)?;
+    killed.map_err(runtime)?;
+    guard.finish().map_err(Failure::Runtime)?;
     Ok(code)
-}
-
-fn start_pid(child: &tokio::process::Child) -> Option<u32> {
-    child.id()
 }
 
 /// Reaps every exited child (orphans that re-parented to us as subreaper). Called only after
@@ -262,13 +280,19 @@ fn exit_code(status: ExitStatus, reason: &str) -> i32 {
     if let Some(s) = status.signal() {
         return 128 + s;
     }
-    if reason.contains("SIGINT") { 130 } else { 143 }
+    match reason {
+        r if r.contains("SIGINT") => 130,
+        r if r.contains("SIGTERM") => 143,
+        _ => 124, // ttl expired, as timeout(1) reports
+    }
 }
 
-/// Removes the sandbox cgroup on every exit path, killing what is left in it.
+/// Removes the sandbox (and its pids twin) on every exit path, killing what is left in it.
 struct SandboxGuard {
     cgroup: Option<Cgroup>,
     parent: PathBuf,
+    pids: Option<PidsLimit>,
+    parent_rel: String,
 }
 
 impl SandboxGuard {
@@ -276,6 +300,9 @@ impl SandboxGuard {
         if let Some(cg) = self.cgroup.take() {
             cg.kill_all(KILL_TIMEOUT)?;
             cg.remove()?;
+            if let Some(p) = self.pids.take() {
+                p.remove(&self.parent_rel);
+            }
             // The shared parent goes too once no other task uses it.
             let _ = std::fs::remove_dir(&self.parent);
         }
@@ -294,16 +321,6 @@ impl Drop for SandboxGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_parse_with_units() {
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
-        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
-        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
-        assert!(parse_duration("5x").is_err());
-        assert!(parse_duration("ms").is_err());
-    }
 
     #[test]
     fn ring_sizes_must_be_page_multiples_of_two() {

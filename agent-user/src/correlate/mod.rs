@@ -74,6 +74,10 @@ impl ProcessTable {
                 let exe = self.procs.remove(&p.tgid).and_then(|e| e.exe);
                 Context { pid: p.tgid, ppid: p.ppid, exe }
             }
+            Event::Connect { .. } => {
+                let exe = self.procs.get(&p.tgid).and_then(|e| e.exe.clone());
+                Context { pid: p.tgid, ppid: p.ppid, exe }
+            }
         }
     }
 
@@ -82,7 +86,7 @@ impl ProcessTable {
         let mut out = Vec::new();
         let mut cur = pid;
         while let Some(e) = self.procs.get(&cur) {
-            if e.ppid == 0 || out.len() >= 64 || out.contains(&e.ppid) {
+            if e.ppid == 0 || e.ppid == pid || out.len() >= 64 || out.contains(&e.ppid) {
                 break;
             }
             out.push(e.ppid);
@@ -107,7 +111,16 @@ mod tests {
     use crate::decode::{Event, Meta, Proc};
 
     fn meta() -> Meta {
-        Meta { ktime_ns: 0, cgroup_id: 1, slot: 0, flags: 0 }
+        use crate::decode::{KAction, KDecision, KRule};
+        Meta {
+            ktime_ns: 0,
+            cgroup_id: 1,
+            slot: 0,
+            flags: 0,
+            decision: KDecision::Allow,
+            action: KAction::None,
+            rule: KRule::None,
+        }
     }
     fn proc(pid: u32, ppid: u32) -> Proc {
         Proc { pid, tgid: pid, ppid, uid: 0, gid: 0, comm: "x".into() }
@@ -129,6 +142,7 @@ mod tests {
             old_pid: 10,
             dev: 0,
             ino: 0,
+            script: None,
             path: "/bin/sh".into(),
             path_truncated: false,
         };

@@ -5,8 +5,11 @@
 //! NUL inside their buffer, and unknown kinds or versions are errors. The
 //! decoder never panics; [`DecodeStats`] counts what failed so the pipeline can
 //! report it as an evidence gap.
+use std::net::{IpAddr, Ipv6Addr};
+
 use agent_common::abi::{
-    ABI_VERSION, COMM_LEN, EventHeader, ExecRecord, ExitRecord, ForkRecord, PATH_LEN, ProcIds, flags, kind,
+    ABI_VERSION, COMM_LEN, ConnectRecord, EXEC_IS_SCRIPT, EventHeader, ExecRecord, ExitRecord, ForkRecord,
+    PATH_LEN, ProcIds, action, decision, flags, kind, op, rule,
 };
 
 /// Why a record could not be decoded.
@@ -22,6 +25,50 @@ pub enum DecodeError {
     UnknownKind(u16),
     #[error("record ABI version {0} is not supported (this build speaks {ABI_VERSION})")]
     Version(u16),
+    #[error("record field {field} has unknown value {value}")]
+    BadValue { field: &'static str, value: u32 },
+}
+
+/// What the kernel decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KDecision {
+    Allow,
+    Deny,
+    Audit,
+}
+
+/// What the kernel did about a denial.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KAction {
+    None,
+    Refuse,
+    Kill,
+}
+
+/// Which scope rule decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KRule {
+    None,
+    ExecAllow,
+    NetworkEgress,
+}
+
+impl KRule {
+    /// The scope field that decided, as written in audit records.
+    pub fn as_str(self) -> Option<&'static str> {
+        match self {
+            KRule::None => None,
+            KRule::ExecAllow => Some("exec.allow"),
+            KRule::NetworkEgress => Some("network.egress"),
+        }
+    }
+}
+
+/// Outbound operation of a connect record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectOp {
+    Connect,
+    Sendmsg,
 }
 
 /// Fields every event has.
@@ -31,6 +78,9 @@ pub struct Meta {
     pub cgroup_id: u64,
     pub slot: u32,
     pub flags: u16,
+    pub decision: KDecision,
+    pub action: KAction,
+    pub rule: KRule,
 }
 
 /// The process an event is about.
@@ -47,20 +97,55 @@ pub struct Proc {
 /// A decoded kernel event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    Exec { meta: Meta, proc: Proc, old_pid: u32, dev: u32, ino: u64, path: String, path_truncated: bool },
-    Fork { meta: Meta, proc: Proc, child_pid: u32, child_tgid: u32 },
-    Exit { meta: Meta, proc: Proc, exit_code: u32 },
+    Exec {
+        meta: Meta,
+        proc: Proc,
+        old_pid: u32,
+        dev: u32,
+        ino: u64,
+        /// For a script: the script file's (kernel dev_t, inode); `dev`/`ino` are then the
+        /// interpreter's.
+        script: Option<(u32, u64)>,
+        path: String,
+        path_truncated: bool,
+    },
+    Fork {
+        meta: Meta,
+        proc: Proc,
+        child_pid: u32,
+        child_tgid: u32,
+    },
+    Exit {
+        meta: Meta,
+        proc: Proc,
+        exit_code: u32,
+    },
+    Connect {
+        meta: Meta,
+        proc: Proc,
+        /// Destination; an IPv4-mapped IPv6 address is reported as IPv4.
+        addr: IpAddr,
+        port: u16,
+        protocol: u8,
+        op: ConnectOp,
+    },
 }
 
 impl Event {
     pub fn meta(&self) -> &Meta {
         match self {
-            Event::Exec { meta, .. } | Event::Fork { meta, .. } | Event::Exit { meta, .. } => meta,
+            Event::Exec { meta, .. }
+            | Event::Fork { meta, .. }
+            | Event::Exit { meta, .. }
+            | Event::Connect { meta, .. } => meta,
         }
     }
     pub fn proc(&self) -> &Proc {
         match self {
-            Event::Exec { proc, .. } | Event::Fork { proc, .. } | Event::Exit { proc, .. } => proc,
+            Event::Exec { proc, .. }
+            | Event::Fork { proc, .. }
+            | Event::Exit { proc, .. }
+            | Event::Connect { proc, .. } => proc,
         }
     }
     /// The audit `kind` name.
@@ -69,6 +154,8 @@ impl Event {
             Event::Exec { .. } => "exec",
             Event::Fork { .. } => "fork",
             Event::Exit { .. } => "exit",
+            Event::Connect { op: ConnectOp::Connect, .. } => "connect",
+            Event::Connect { op: ConnectOp::Sendmsg, .. } => "sendmsg",
         }
     }
 }
@@ -127,7 +214,31 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
             Err(DecodeError::WrongSize { kind: hdr.kind, expected, len: bytes.len() })
         }
     };
-    let meta = Meta { ktime_ns: hdr.ktime_ns, cgroup_id: hdr.cgroup_id, slot: hdr.slot, flags: hdr.flags };
+    let bad = |field: &'static str, value: u32| DecodeError::BadValue { field, value };
+    let meta = Meta {
+        ktime_ns: hdr.ktime_ns,
+        cgroup_id: hdr.cgroup_id,
+        slot: hdr.slot,
+        flags: hdr.flags,
+        decision: match hdr.decision {
+            decision::ALLOW => KDecision::Allow,
+            decision::DENY => KDecision::Deny,
+            decision::AUDIT => KDecision::Audit,
+            v => return Err(bad("decision", v.into())),
+        },
+        action: match hdr.action {
+            action::NONE => KAction::None,
+            action::REFUSE => KAction::Refuse,
+            action::KILL => KAction::Kill,
+            v => return Err(bad("action", v.into())),
+        },
+        rule: match hdr.rule {
+            rule::NONE => KRule::None,
+            rule::EXEC_ALLOW => KRule::ExecAllow,
+            rule::NETWORK_EGRESS => KRule::NetworkEgress,
+            v => return Err(bad("rule", v.into())),
+        },
+    };
     match hdr.kind {
         kind::EXEC => {
             expect(size_of::<ExecRecord>())?;
@@ -137,6 +248,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 old_pid: r.old_pid,
                 dev: r.dev,
                 ino: r.ino,
+                script: (r.script & EXEC_IS_SCRIPT != 0).then_some((r.script_dev, r.script_ino)),
                 path: c_string(&r.path[..PATH_LEN]),
                 path_truncated: hdr.flags & flags::PATH_TRUNCATED != 0,
                 meta,
@@ -151,6 +263,21 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
             expect(size_of::<ExitRecord>())?;
             let r: ExitRecord = read_pod(bytes);
             Ok(Event::Exit { proc: proc(&r.proc), exit_code: r.exit_code, meta })
+        }
+        kind::CONNECT => {
+            expect(size_of::<ConnectRecord>())?;
+            let r: ConnectRecord = read_pod(bytes);
+            let v6 = Ipv6Addr::from(r.addr);
+            let addr = match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => IpAddr::V6(v6),
+            };
+            let op = match r.op {
+                op::CONNECT4 | op::CONNECT6 => ConnectOp::Connect,
+                op::SENDMSG4 | op::SENDMSG6 => ConnectOp::Sendmsg,
+                v => return Err(bad("op", v.into())),
+            };
+            Ok(Event::Connect { proc: proc(&r.proc), addr, port: r.port, protocol: r.protocol, op, meta })
         }
         other => Err(DecodeError::UnknownKind(other)),
     }
@@ -192,7 +319,11 @@ pub(crate) mod tests {
             cgroup_id: 77,
             slot: 3,
             abi: ABI_VERSION,
+            decision: 0,
+            action: 0,
+            rule: 0,
             _pad0: 0,
+            _pad1: 0,
         }
     }
 
@@ -211,6 +342,9 @@ pub(crate) mod tests {
             dev: 0x0080_0001,
             old_pid: pid,
             ino: 42,
+            script: 0,
+            script_dev: 0,
+            script_ino: 0,
             path: p,
         })
     }
@@ -227,10 +361,10 @@ pub(crate) mod tests {
     #[test]
     fn decodes_fork_and_exit() {
         let f =
-            ForkRecord { hdr: header(kind::FORK, 80), proc: ids(10, 1, "sh"), child_pid: 11, child_tgid: 11 };
+            ForkRecord { hdr: header(kind::FORK, size_of::<ForkRecord>()), proc: ids(10, 1, "sh"), child_pid: 11, child_tgid: 11 };
         assert!(matches!(decode(&as_bytes(&f)).unwrap(), Event::Fork { child_tgid: 11, .. }));
         let e =
-            ExitRecord { hdr: header(kind::EXIT, 80), proc: ids(11, 10, "ls"), exit_code: 3 << 8, _pad0: 0 };
+            ExitRecord { hdr: header(kind::EXIT, size_of::<ExitRecord>()), proc: ids(11, 10, "ls"), exit_code: 3 << 8, _pad0: 0 };
         assert!(matches!(decode(&as_bytes(&e)).unwrap(), Event::Exit { exit_code: 768, .. }));
     }
 
@@ -244,11 +378,38 @@ pub(crate) mod tests {
         assert_eq!(decode(&bad_kind), Err(DecodeError::UnknownKind(99)));
         let mut bad_ver = good.clone();
         bad_ver[28] = 0xff;
+        let mut bad_decision = exec_bytes(1, 0, "/x");
+        bad_decision[30] = 9;
+        assert_eq!(decode(&bad_decision), Err(DecodeError::BadValue { field: "decision", value: 9 }));
         assert!(matches!(decode(&bad_ver), Err(DecodeError::Version(_))));
         // A fork header on an exec-sized record.
         let mut wrong = good;
         wrong[0] = kind::FORK as u8;
         assert!(matches!(decode(&wrong), Err(DecodeError::WrongSize { .. })));
+    }
+
+    pub fn connect_bytes(addr: [u8; 16], port: u16, op_code: u8, decision_code: u8) -> Vec<u8> {
+        let mut hdr = header(kind::CONNECT, size_of::<ConnectRecord>());
+        hdr.decision = decision_code;
+        hdr.action = if decision_code == decision::DENY { action::REFUSE } else { action::NONE };
+        hdr.rule = if decision_code == decision::ALLOW { rule::NONE } else { rule::NETWORK_EGRESS };
+        as_bytes(&ConnectRecord { hdr, proc: ids(5, 1, "curl"), addr, port, protocol: 6, op: op_code, _pad0: 0 })
+    }
+
+    #[test]
+    fn decodes_connect_with_mapped_v4_as_v4() {
+        let mapped = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 1, 2, 3];
+        let ev = decode(&connect_bytes(mapped, 443, op::CONNECT6, decision::DENY)).unwrap();
+        let Event::Connect { addr, port, op, meta, .. } = ev else { panic!() };
+        assert_eq!(addr, "10.1.2.3".parse::<IpAddr>().unwrap());
+        assert_eq!((port, op), (443, ConnectOp::Connect));
+        assert_eq!((meta.decision, meta.action, meta.rule), (KDecision::Deny, KAction::Refuse, KRule::NetworkEgress));
+        let v6: [u8; 16] = "2001:db8::1".parse::<Ipv6Addr>().unwrap().octets();
+        let ev = decode(&connect_bytes(v6, 53, op::SENDMSG6, decision::ALLOW)).unwrap();
+        assert_eq!(ev.kind_name(), "sendmsg");
+        let mut bad_op = connect_bytes(v6, 53, 9, decision::ALLOW);
+        bad_op[99] = 9;
+        assert!(matches!(decode(&bad_op), Err(DecodeError::BadValue { field: "op", .. })));
     }
 
     #[test]
@@ -277,7 +438,7 @@ pub(crate) mod tests {
         }
 
         #[test]
-        fn never_panics_on_mutated_valid_records(idx in 0usize..344, val in any::<u8>(), cut in 0usize..344) {
+        fn never_panics_on_mutated_valid_records(idx in 0usize..368, val in any::<u8>(), cut in 0usize..368) {
             let mut b = exec_bytes(7, 1, "/bin/true");
             b[idx] = val;
             let _ = decode(&b);

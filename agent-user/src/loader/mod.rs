@@ -9,9 +9,11 @@ use agent_common::{
 };
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, Lsm},
+    maps::{HashMap, LpmTrie, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
+    programs::{BtfTracePoint, CgroupAttachMode, CgroupSockAddr, Lsm},
 };
+
+use crate::scope::compile::CompiledScope;
 
 pub use self::btf::KernelBtf;
 
@@ -31,6 +33,8 @@ pub enum LoadError {
     Program { name: &'static str, source: aya::programs::ProgramError },
     #[error("map `{name}`: {source}")]
     Map { name: &'static str, source: aya::maps::MapError },
+    #[error("cannot open cgroup {0}: {1}")]
+    Cgroup(String, std::io::Error),
     #[error("cannot count possible CPUs: {0}")]
     Cpus(std::io::Error),
     #[error("map or program `{0}` is missing from the eBPF object")]
@@ -58,6 +62,9 @@ impl Default for LoadOptions {
     }
 }
 
+/// The cgroup sock_addr programs that judge egress, attached to each sandbox cgroup.
+pub const EGRESS_PROGRAMS: [&str; 4] = ["egress_connect4", "egress_connect6", "egress_sendmsg4", "egress_sendmsg6"];
+
 /// The process-lifecycle tracepoints every sensor attaches.
 pub const SCHED_PROGRAMS: [&str; 5] =
     ["sched_process_exec", "sched_process_fork", "sched_process_exit", "cgroup_mkdir", "cgroup_rmdir"];
@@ -76,11 +83,15 @@ pub fn load_object(
         .map_max_entries(maps::WATCHED, opts.max_cgroups)
         .map_max_entries(maps::DROPS, opts.max_tasks)
         .map_max_entries("EXEC_DENY", opts.max_cgroups)
+        .map_max_entries(maps::EXEC_ALLOW, maps::DEFAULT_MAX_EXEC)
+        .map_max_entries(maps::EGRESS, maps::DEFAULT_MAX_EGRESS)
         .load(EBPF_OBJECT)?)
 }
 
 /// Loaded and attached programs plus their maps. Dropping it detaches everything.
 pub struct Sensor {
+    /// Egress program attachments (declared before `ebpf` so they are released first).
+    egress_links: Vec<aya::programs::cgroup_sock_addr::CgroupSockAddrLink>,
     ebpf: Ebpf,
     ring: Option<RingBuf<MapData>>,
     aya_btf: aya::Btf,
@@ -103,9 +114,17 @@ impl Sensor {
             prog.load(name, &aya_btf).map_err(|source| LoadError::Program { name, source })?;
             prog.attach().map_err(|source| LoadError::Program { name, source })?;
         }
+        for name in EGRESS_PROGRAMS {
+            let prog: &mut CgroupSockAddr = ebpf
+                .program_mut(name)
+                .ok_or(LoadError::MissingMap(name))?
+                .try_into()
+                .map_err(|source| LoadError::Program { name, source })?;
+            prog.load().map_err(|source| LoadError::Program { name, source })?;
+        }
         let ring = ebpf.take_map(maps::EVENTS).ok_or(LoadError::MissingMap(maps::EVENTS))?;
         let ring = RingBuf::try_from(ring).map_err(|source| LoadError::Map { name: maps::EVENTS, source })?;
-        Ok(Self { ebpf, ring: Some(ring), aya_btf, offsets })
+        Ok(Self { egress_links: Vec::new(), ebpf, ring: Some(ring), aya_btf, offsets })
     }
 
     /// Loads and attaches the BPF LSM `bprm_check_security` program, which refuses (EPERM)
@@ -122,6 +141,79 @@ impl Sensor {
         prog.load("bprm_check_security", &self.aya_btf)
             .map_err(|source| LoadError::Program { name: NAME, source })?;
         prog.attach().map_err(|source| LoadError::Program { name: NAME, source })?;
+        Ok(())
+    }
+
+    /// Attaches the egress programs to a sandbox cgroup (descendants inherit them). The links
+    /// go away with the cgroup or with the sensor.
+    pub fn attach_egress(&mut self, cgroup: &crate::sandbox::Cgroup) -> Result<(), LoadError> {
+        let dir = std::fs::File::open(cgroup.path())
+            .map_err(|e| LoadError::Cgroup(cgroup.path().display().to_string(), e))?;
+        for name in EGRESS_PROGRAMS {
+            let prog: &mut CgroupSockAddr = self
+                .ebpf
+                .program_mut(name)
+                .ok_or(LoadError::MissingMap(name))?
+                .try_into()
+                .map_err(|source| LoadError::Program { name, source })?;
+            let link = prog.attach(&dir, CgroupAttachMode::Single).map_err(|source| LoadError::Program { name, source })?;
+            // Keep the attachment for the cgroup's lifetime, not the program object's.
+            let owned = prog.take_link(link).map_err(|source| LoadError::Program { name, source })?;
+            self.egress_links.push(owned);
+        }
+        Ok(())
+    }
+
+    /// Writes a compiled scope's kernel state for `slot` and then marks `cgroup_ids` as that
+    /// sandbox (the watch entry goes last, so no check ever sees half a scope).
+    pub fn bind(&mut self, slot: u32, cgroup_ids: &[u64], scope: &CompiledScope) -> Result<(), LoadError> {
+        if let Some(exec) = &scope.exec {
+            let m = self.ebpf.map_mut(maps::EXEC_ALLOW).ok_or(LoadError::MissingMap(maps::EXEC_ALLOW))?;
+            let mut allow: HashMap<&mut MapData, maps::ExecKey, u32> =
+                HashMap::try_from(m).map_err(|source| LoadError::Map { name: maps::EXEC_ALLOW, source })?;
+            for f in exec {
+                let key = maps::ExecKey { slot, dev: user_dev_to_kernel(f.dev), ino: f.ino };
+                allow.insert(key, 1, 0).map_err(|source| LoadError::Map { name: maps::EXEC_ALLOW, source })?;
+            }
+        }
+        if let Some(entries) = &scope.egress {
+            let m = self.ebpf.map_mut(maps::EGRESS).ok_or(LoadError::MissingMap(maps::EGRESS))?;
+            let mut trie: LpmTrie<&mut MapData, maps::EgressAddr, maps::EgressRules> =
+                LpmTrie::try_from(m).map_err(|source| LoadError::Map { name: maps::EGRESS, source })?;
+            for e in entries {
+                let key = Key::new(e.prefix_len, maps::EgressAddr { slot_be: slot.to_be_bytes(), addr: e.addr });
+                trie.insert(&key, e.rules, 0).map_err(|source| LoadError::Map { name: maps::EGRESS, source })?;
+            }
+        }
+        let mut w = self.watched()?;
+        for id in cgroup_ids {
+            w.insert(id, Sandbox { slot, flags: scope.flags }, 0)
+                .map_err(|source| LoadError::Map { name: maps::WATCHED, source })?;
+        }
+        Ok(())
+    }
+
+    /// Removes everything `bind` wrote for `slot`: the watch entries first (checks stop
+    /// applying to the sandbox at once), then the scope tables.
+    pub fn unbind(&mut self, slot: u32, scope: &CompiledScope) -> Result<(), LoadError> {
+        self.unwatch_slot(slot)?;
+        if let Some(exec) = &scope.exec {
+            let m = self.ebpf.map_mut(maps::EXEC_ALLOW).ok_or(LoadError::MissingMap(maps::EXEC_ALLOW))?;
+            let mut allow: HashMap<&mut MapData, maps::ExecKey, u32> =
+                HashMap::try_from(m).map_err(|source| LoadError::Map { name: maps::EXEC_ALLOW, source })?;
+            for f in exec {
+                let _ = allow.remove(&maps::ExecKey { slot, dev: user_dev_to_kernel(f.dev), ino: f.ino });
+            }
+        }
+        if let Some(entries) = &scope.egress {
+            let m = self.ebpf.map_mut(maps::EGRESS).ok_or(LoadError::MissingMap(maps::EGRESS))?;
+            let mut trie: LpmTrie<&mut MapData, maps::EgressAddr, maps::EgressRules> =
+                LpmTrie::try_from(m).map_err(|source| LoadError::Map { name: maps::EGRESS, source })?;
+            for e in entries {
+                let key = Key::new(e.prefix_len, maps::EgressAddr { slot_be: slot.to_be_bytes(), addr: e.addr });
+                let _ = trie.remove(&key);
+            }
+        }
         Ok(())
     }
 
@@ -181,6 +273,8 @@ impl Sensor {
             exec: acc.exec + d.exec,
             fork: acc.fork + d.fork,
             exit: acc.exit + d.exit,
+            connect: acc.connect + d.connect,
+            denials: acc.denials + d.denials,
         }))
     }
 

@@ -16,6 +16,8 @@ pub enum CgroupError {
     NoCgroup2(String),
     #[error("cannot read {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
+    #[error("cannot limit processes: {0}")]
+    NoPids(String),
     #[error("cgroup {path} still has processes after {waited:?}")]
     NotEmpty { path: PathBuf, waited: Duration },
 }

@@ -1,41 +1,75 @@
-//! Task scopes: the YAML file a task is bound to.
+//! Task scopes: raw YAML ([`raw`]) → validated [`Scope`] → compiled kernel and sandbox
+//! state ([`compile`]).
 //!
-//! Raw file → validated [`Scope`]. Unknown keys are rejected; errors name the
-//! file, line and field and say how to fix them.
-use std::path::{Path, PathBuf};
+//! Errors name the file, the line and column, the field and a fix; `warden scope check` and
+//! `warden run` exit 2 on them.
+pub mod compile;
+pub mod raw;
 
-use serde::Deserialize;
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use ipnet::IpNet;
+
+use self::raw::{Grant, PortRange, Protocol, RawMode, RawScope};
+use crate::pipeline::Mode;
 
 /// The scope file format version this build reads.
 pub const SCOPE_VERSION: u32 = 1;
-
-/// A scope file as written by the user.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct RawScope {
-    /// Must be 1.
-    pub version: u32,
-    /// Name of the task; each run gets a unique task id derived from it.
-    pub task: String,
-}
-
-/// A validated scope.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Scope {
-    pub task: String,
-    /// Where it was read from (for messages and records).
-    pub source: PathBuf,
-}
 
 /// Errors reading or validating a scope file.
 #[derive(Debug, thiserror::Error)]
 pub enum ScopeError {
     #[error("{path}: cannot read scope file: {source}")]
     Read { path: PathBuf, source: std::io::Error },
-    #[error("{path}:{line}:{column}: {message}")]
-    Parse { path: PathBuf, line: usize, column: usize, message: String },
-    #[error("{path}: {field}: {message}")]
-    Invalid { path: PathBuf, field: &'static str, message: String },
+    #[error("{path}:{line}:{column}: {field}: {message}")]
+    Parse { path: PathBuf, line: usize, column: usize, field: String, message: String },
+    #[error("{path}:{line}: {field}: {message}")]
+    Invalid { path: PathBuf, line: usize, field: String, message: String },
+}
+
+/// One egress rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EgressRule {
+    pub net: IpNet,
+    /// Empty = all ports.
+    pub ports: Vec<PortRange>,
+    pub protocol: Protocol,
+}
+
+/// A secret and the executables that may open it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Secret {
+    pub path: PathBuf,
+    pub tools: Vec<PathBuf>,
+}
+
+/// A validated scope. `None` sections are not restricted (protected defaults still apply).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scope {
+    pub task: String,
+    /// Where it was read from.
+    pub source: PathBuf,
+    pub mode: Mode,
+    pub ttl: Option<Duration>,
+    pub exec_allow: Option<Vec<PathBuf>>,
+    pub read: Option<Vec<PathBuf>>,
+    pub write: Option<Vec<PathBuf>>,
+    pub deny: Vec<PathBuf>,
+    pub secrets: Vec<Secret>,
+    pub egress: Option<Vec<EgressRule>>,
+    pub process_limit: Option<u32>,
+    pub grants: BTreeSet<Grant>,
+    /// The text it was parsed from (for locating errors found later, e.g. at compile time).
+    pub text: String,
+}
+
+/// The 1-based line of the first occurrence of `needle` in `text` (0 if absent).
+pub fn line_of(text: &str, needle: &str) -> usize {
+    text.lines().position(|l| l.contains(needle)).map_or(0, |i| i + 1)
 }
 
 impl Scope {
@@ -46,36 +80,116 @@ impl Scope {
         Self::parse(&text, path)
     }
 
-    /// Parses and validates scope text; `path` is only used in messages.
+    /// Parses and validates scope text; `path` is used in messages.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ScopeError> {
-        let raw: RawScope = serde_norway::from_str(text).map_err(|e| {
-            let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((0, 0));
-            ScopeError::Parse { path: path.to_path_buf(), line, column, message: e.to_string() }
+        let de = serde_norway::Deserializer::from_str(text);
+        let raw: RawScope = serde_path_to_error::deserialize(de).map_err(|e| {
+            let field = e.path().to_string();
+            let inner = e.into_inner();
+            let (line, column) = inner.location().map(|l| (l.line(), l.column())).unwrap_or((0, 0));
+            // serde_norway prefixes its own location; keep the message itself.
+            let mut message = inner.to_string();
+            if let Some(i) = message.find(" at line ") {
+                message.truncate(i);
+            }
+            ScopeError::Parse { path: path.to_path_buf(), line, column, field, message }
         })?;
+        let invalid = |needle: &str, field: &str, message: String| ScopeError::Invalid {
+            path: path.to_path_buf(),
+            line: line_of(text, needle),
+            field: field.to_string(),
+            message,
+        };
         if raw.version != SCOPE_VERSION {
-            return Err(ScopeError::Invalid {
-                path: path.to_path_buf(),
-                field: "version",
-                message: format!(
-                    "version {} is not supported; write `version: {SCOPE_VERSION}`",
-                    raw.version
-                ),
-            });
+            return Err(invalid(
+                "version",
+                "version",
+                format!("version {} is not supported; write `version: {SCOPE_VERSION}`", raw.version),
+            ));
         }
-        let valid_name = !raw.task.is_empty()
-            && raw.task.len() <= 64
-            && raw.task.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
-        if !valid_name {
-            return Err(ScopeError::Invalid {
-                path: path.to_path_buf(),
-                field: "task",
-                message: format!(
-                    "task name {:?} must be 1-64 characters of letters, digits, '-', '_' or '.'",
-                    raw.task
-                ),
-            });
+        let exec_allow = raw.exec.map(|e| e.allow.into_iter().map(|p| p.0).collect::<Vec<_>>());
+        if let Some(allow) = &exec_allow {
+            for p in allow {
+                let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+                if name.starts_with("ld-linux") || name.starts_with("ld.so") || name.starts_with("ld-musl") {
+                    return Err(invalid(
+                        &p.display().to_string(),
+                        "exec.allow",
+                        format!(
+                            "{} is the dynamic loader: allowing it would let `{} PROGRAM` run any readable file; \
+                             remove it (allowed programs load it without being granted it)",
+                            p.display(),
+                            p.display()
+                        ),
+                    ));
+                }
+            }
         }
-        Ok(Scope { task: raw.task, source: path.to_path_buf() })
+        let secrets: Vec<Secret> = raw
+            .secrets
+            .into_iter()
+            .map(|s| Secret { path: s.path.0, tools: s.tools.into_iter().map(|t| t.0).collect() })
+            .collect();
+        for (i, s) in secrets.iter().enumerate() {
+            if s.tools.is_empty() {
+                return Err(invalid(
+                    &s.path.display().to_string(),
+                    &format!("secrets[{i}].tools"),
+                    "list at least one executable that may open this secret".into(),
+                ));
+            }
+            if let Some(allow) = &exec_allow {
+                for t in &s.tools {
+                    if !allow.contains(t) {
+                        return Err(invalid(
+                            &t.display().to_string(),
+                            &format!("secrets[{i}].tools"),
+                            format!("{} may not run (it is not in exec.allow); add it there", t.display()),
+                        ));
+                    }
+                }
+            }
+        }
+        let egress = raw.network.map(|n| {
+            n.egress
+                .into_iter()
+                .map(|e| EgressRule { net: e.to.0, ports: e.ports, protocol: e.protocol })
+                .collect::<Vec<_>>()
+        });
+        if let Some(rules) = &egress
+            && let Err(e) = compile::egress_entries(rules, 0)
+        {
+            return Err(invalid("egress", "network.egress", e));
+        }
+        let files = raw.files;
+        Ok(Scope {
+            task: raw.task.0,
+            source: path.to_path_buf(),
+            mode: match raw.mode {
+                Some(RawMode::Audit) => Mode::Audit,
+                Some(RawMode::Enforce) | None => Mode::Enforce,
+            },
+            ttl: raw.ttl.map(|t| t.0),
+            exec_allow,
+            read: files.as_ref().and_then(|f| f.read.clone()).map(|v| v.into_iter().map(|p| p.0).collect()),
+            write: files.as_ref().and_then(|f| f.write.clone()).map(|v| v.into_iter().map(|p| p.0).collect()),
+            deny: files.map(|f| f.deny.into_iter().map(|p| p.0).collect()).unwrap_or_default(),
+            secrets,
+            egress,
+            process_limit: raw.limits.and_then(|l| l.processes).map(|p| p.0),
+            grants: raw.grant.into_iter().collect(),
+            text: text.to_string(),
+        })
+    }
+
+    /// An error about this scope at the line where `needle` appears.
+    pub fn error(&self, needle: &str, field: &str, message: String) -> ScopeError {
+        ScopeError::Invalid {
+            path: self.source.clone(),
+            line: line_of(&self.text, needle),
+            field: field.to_string(),
+            message,
+        }
     }
 }
 
@@ -87,22 +201,104 @@ mod tests {
         Scope::parse(t, Path::new("s.yaml"))
     }
 
+    const FULL: &str = "\
+version: 1
+task: build-report
+mode: enforce
+ttl: 15m
+exec:
+  allow: [/usr/bin/python3, /usr/bin/git, /bin/sh]
+files:
+  read:  [/workspace, /usr, /lib, /etc]
+  write: [/workspace/out, /dev/null]
+  deny:  [/run/secrets, /home/agent/.aws]
+secrets:
+  - path: /run/secrets/gh-token
+    tools: [/usr/bin/git]
+network:
+  egress:
+    - to: 10.0.0.0/8
+      ports: [443, \"8000-8100\"]
+      protocol: tcp
+limits:
+  processes: 64
+grant: [io-uring]
+";
+
     #[test]
-    fn accepts_minimal_scope() {
-        assert_eq!(parse("version: 1\ntask: build-report\n").unwrap().task, "build-report");
+    fn accepts_the_documented_example() {
+        let s = parse(FULL).unwrap();
+        assert_eq!(s.task, "build-report");
+        assert_eq!(s.mode, Mode::Enforce);
+        assert_eq!(s.ttl, Some(Duration::from_secs(900)));
+        assert_eq!(s.exec_allow.as_ref().unwrap().len(), 3);
+        assert_eq!(s.write.as_ref().unwrap()[1], PathBuf::from("/dev/null"));
+        assert_eq!(s.secrets[0].tools, [PathBuf::from("/usr/bin/git")]);
+        let e = &s.egress.as_ref().unwrap()[0];
+        assert_eq!(e.ports, [PortRange { lo: 443, hi: 443 }, PortRange { lo: 8000, hi: 8100 }]);
+        assert_eq!(e.protocol, Protocol::Tcp);
+        assert_eq!(s.process_limit, Some(64));
+        assert!(s.grants.contains(&Grant::IoUring));
     }
 
     #[test]
-    fn rejects_unknown_keys_with_line() {
-        let e = parse("version: 1\ntask: a\nexecc: []\n").unwrap_err().to_string();
+    fn accepts_minimal_scope_with_everything_unrestricted() {
+        let s = parse("version: 1\ntask: t\n").unwrap();
+        assert!(s.exec_allow.is_none() && s.read.is_none() && s.write.is_none() && s.egress.is_none());
+        assert_eq!(s.mode, Mode::Enforce);
+    }
+
+    fn err(t: &str) -> String {
+        parse(t).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_line_and_field() {
+        let e = err("version: 1\ntask: a\nexecc: []\n");
         assert!(e.starts_with("s.yaml:3:"), "{e}");
         assert!(e.contains("execc"), "{e}");
+        let e = err("version: 1\ntask: a\nnetwork:\n  egress:\n    - to: 10.0.0.0/8\n      prots: [1]\n");
+        assert!(e.starts_with("s.yaml:6:"), "{e}");
+        assert!(e.contains("network.egress[0]"), "{e}");
     }
 
     #[test]
-    fn rejects_bad_version_and_names() {
-        assert!(parse("version: 2\ntask: a\n").unwrap_err().to_string().contains("version"));
-        assert!(parse("version: 1\ntask: \"a b\"\n").unwrap_err().to_string().contains("task"));
-        assert!(parse("version: 1\n").unwrap_err().to_string().contains("task"));
+    fn bad_values_point_at_the_value() {
+        let e = err("version: 1\ntask: a\nnetwork:\n  egress:\n    - to: 10.0.0.0/33\n");
+        assert!(e.starts_with("s.yaml:5:"), "{e}");
+        assert!(e.contains("network.egress[0].to"), "{e}");
+        let e = err("version: 1\ntask: a\nnetwork:\n  egress:\n    - to: 10.0.0.1/8\n");
+        assert!(e.contains("did you mean 10.0.0.0/8"), "{e}");
+        let e = err("version: 1\ntask: a\nnetwork:\n  egress:\n    - to: ::1\n      ports: [\"9-3\"]\n");
+        assert!(e.contains("reversed"), "{e}");
+        let e = err("version: 1\ntask: a\nnetwork:\n  egress:\n    - to: ::1\n      ports: [0]\n");
+        assert!(e.contains("1 to 65535"), "{e}");
+        let e = err("version: 1\ntask: a\nexec:\n  allow: [usr/bin/git]\n");
+        assert!(e.starts_with("s.yaml:4:") && e.contains("absolute"), "{e}");
+        let e = err("version: 1\ntask: a\nttl: 5 minutes\n");
+        assert!(e.contains("ttl"), "{e}");
+        let e = err("version: 1\ntask: a\nmode: permissive\n");
+        assert!(e.contains("mode"), "{e}");
+        let e = err("version: 1\ntask: a\ngrant: [root]\n");
+        assert!(e.contains("grant"), "{e}");
+    }
+
+    #[test]
+    fn semantic_errors_name_line_and_fix() {
+        let e = err("version: 2\ntask: a\n");
+        assert_eq!(e, "s.yaml:1: version: version 2 is not supported; write `version: 1`");
+        let e = err("version: 1\ntask: a\nexec:\n  allow: [/bin/sh, /lib64/ld-linux-x86-64.so.2]\n");
+        assert!(e.starts_with("s.yaml:4: exec.allow:") && e.contains("dynamic loader"), "{e}");
+        let e = err("version: 1\ntask: a\nexec:\n  allow: [/bin/sh]\nsecrets:\n  - path: /run/s\n    tools: [/usr/bin/git]\n");
+        assert!(e.starts_with("s.yaml:7: secrets[0].tools:") && e.contains("exec.allow"), "{e}");
+    }
+
+    #[test]
+    fn too_many_overlapping_port_rules_is_an_error() {
+        let mut t = String::from("version: 1\ntask: a\nnetwork:\n  egress:\n");
+        for p in 1..=17 {
+            t.push_str(&format!("    - to: 10.0.0.0/8\n      ports: [{p}]\n"));
+        }
+        assert!(err(&t).contains("network.egress"));
     }
 }

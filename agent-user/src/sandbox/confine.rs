@@ -1,0 +1,92 @@
+//! The fallback engine's in-process confinement, prepared in the parent and applied in the
+//! child between fork and exec: a Landlock domain (files by hierarchy, execute, signal and
+//! abstract-socket scoping, ptrace of processes outside the sandbox) and a seccomp filter
+//! for the syscalls the scope forbids.
+use landlock::{
+    ABI, Access, AccessFs, CompatLevel, Compatible, PathBeneath, PathFd, Ruleset, RulesetAttr, RulesetCreated,
+    RulesetCreatedAttr, RulesetStatus, Scope as LlScope,
+};
+use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
+
+use crate::scope::compile::CompiledScope;
+
+/// Errors preparing confinement.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfineError {
+    #[error("Landlock is not available on this kernel ({0}); file rules cannot be enforced")]
+    NoLandlock(String),
+    #[error("building the Landlock ruleset: {0}")]
+    Landlock(#[from] landlock::RulesetError),
+    #[error("building the seccomp filter: {0}")]
+    Seccomp(String),
+}
+
+/// The highest Landlock ABI this build asks for (best effort below it).
+const LANDLOCK_ABI: ABI = ABI::V6;
+
+/// What to apply in the child.
+pub struct Confinement {
+    ruleset: Option<RulesetCreated>,
+    seccomp: Option<BpfProgram>,
+}
+
+fn read_access() -> landlock::BitFlags<AccessFs> {
+    AccessFs::ReadFile | AccessFs::ReadDir
+}
+
+fn write_access() -> landlock::BitFlags<AccessFs> {
+    AccessFs::from_write(LANDLOCK_ABI) & !(AccessFs::MakeChar | AccessFs::MakeBlock)
+}
+
+impl Confinement {
+    /// Prepares the Landlock ruleset and seccomp program for `c` (in the parent: this opens
+    /// files and allocates; the child only makes syscalls).
+    pub fn prepare(c: &CompiledScope) -> Result<Self, ConfineError> {
+        let abi = crate::loader::probe::landlock_abi().map_err(ConfineError::NoLandlock)?;
+        tracing::debug!(abi, "landlock");
+        // Execute is not handled here: exec identity is judged at `sched_process_exec`, where a
+        // denial is recorded (a Landlock refusal would leave no audit record).
+        let mut rs = Ruleset::default()
+            .set_compatibility(CompatLevel::BestEffort)
+            .handle_access(AccessFs::from_all(LANDLOCK_ABI) & !AccessFs::Execute)?
+            .scope(LlScope::from_all(LANDLOCK_ABI))?
+            .create()?;
+        let rules = [(&c.landlock.read, read_access()), (&c.landlock.write, write_access())];
+        for (paths, access) in rules {
+            for p in paths {
+                // Paths vanish (tmp files) between compile and now: skip those.
+                let Ok(fd) = PathFd::new(p) else { continue };
+                rs = rs.add_rule(PathBeneath::new(fd, access))?;
+            }
+        }
+        let seccomp = if c.seccomp_deny.is_empty() {
+            None
+        } else {
+            let rules = c.seccomp_deny.iter().map(|(_, nr)| (*nr, vec![])).collect();
+            let filter = SeccompFilter::new(
+                rules,
+                SeccompAction::Allow,
+                SeccompAction::Errno(libc::EPERM as u32),
+                TargetArch::x86_64,
+            )
+            .map_err(|e| ConfineError::Seccomp(e.to_string()))?;
+            Some(filter.try_into().map_err(|e: seccompiler::BackendError| ConfineError::Seccomp(e.to_string()))?)
+        };
+        Ok(Self { ruleset: Some(rs), seccomp })
+    }
+
+    /// Applies the confinement to the calling process. Meant for the child between fork and
+    /// exec: only syscalls, no allocation. Fails if Landlock did not enforce anything.
+    pub fn apply(&mut self) -> std::io::Result<()> {
+        if let Some(rs) = self.ruleset.take() {
+            let status = rs.restrict_self().map_err(|_| std::io::Error::last_os_error())?;
+            if status.ruleset == RulesetStatus::NotEnforced {
+                return Err(std::io::Error::from_raw_os_error(libc::ENOSYS));
+            }
+        }
+        if let Some(prog) = &self.seccomp {
+            seccompiler::apply_filter(prog).map_err(|_| std::io::Error::last_os_error())?;
+        }
+        Ok(())
+    }
+}

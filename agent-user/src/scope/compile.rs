@@ -1,0 +1,606 @@
+//! Compilation: a validated [`Scope`] → what the kernel and the sandbox need.
+//!
+//! - exec: the (dev, inode) of every allowed file, symlinks resolved now — identity, not name;
+//! - egress: LPM trie entries (slot, prefix) → port rules, with the rules of every containing
+//!   network folded in, so the longest-prefix match alone decides;
+//! - files: a Landlock plan; denied subtrees inside granted ones are carved out by granting
+//!   the siblings along the path instead (Landlock only adds access), so anything created
+//!   later next to a denied path is denied too (fail closed);
+//! - syscalls: the seccomp deny list.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs,
+    io::Read,
+    net::IpAddr,
+    os::unix::fs::{MetadataExt, PermissionsExt},
+    path::{Path, PathBuf},
+};
+
+use agent_common::maps::{EGRESS_PORT_RULES, EgressRules, PortRule, sandbox_flags};
+
+use super::{EgressRule, Scope, ScopeError, raw::Grant, raw::Protocol};
+use crate::pipeline::Mode;
+
+/// A file identified by what it is, not what it is called.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileId {
+    /// Userspace `st_dev`.
+    pub dev: u64,
+    pub ino: u64,
+    /// The canonical path it was resolved to.
+    pub path: PathBuf,
+}
+
+impl FileId {
+    pub fn of(path: &Path) -> std::io::Result<FileId> {
+        let canon = fs::canonicalize(path)?;
+        let md = fs::metadata(&canon)?;
+        Ok(FileId { dev: md.dev(), ino: md.ino(), path: canon })
+    }
+}
+
+/// One entry of the egress trie for a sandbox: `prefix_len` counts the 32 slot bits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EgressEntry {
+    pub prefix_len: u32,
+    pub addr: [u8; 16],
+    pub rules: EgressRules,
+}
+
+/// What the Landlock domain grants; every other read or write is refused. (Execution is
+/// judged by exec identity in the kernel, where refusals are recorded.)
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LandlockPlan {
+    pub read: Vec<PathBuf>,
+    pub write: Vec<PathBuf>,
+}
+
+/// A secret with the identities of its tools.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompiledSecret {
+    pub file: FileId,
+    pub tools: Vec<FileId>,
+}
+
+/// Everything a task's sandbox is built from.
+#[derive(Debug, Clone)]
+pub struct CompiledScope {
+    pub scope: Scope,
+    /// `None`: any executable may run.
+    pub exec: Option<Vec<FileId>>,
+    pub secrets: Vec<CompiledSecret>,
+    /// `None`: egress not restricted.
+    pub egress: Option<Vec<EgressEntry>>,
+    pub landlock: LandlockPlan,
+    /// Syscalls refused with EPERM: (name, number).
+    pub seccomp_deny: Vec<(&'static str, i64)>,
+    /// `agent_common::maps::sandbox_flags` for the kernel.
+    pub flags: u32,
+}
+
+/// Credential locations protected unless the scope grants `credentials`.
+fn credential_paths() -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = [
+        "/etc/shadow",
+        "/etc/gshadow",
+        "/var/run/secrets/kubernetes.io",
+        "/run/secrets/kubernetes.io",
+        "/root/.ssh",
+        "/root/.aws",
+        "/root/.kube",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .collect();
+    if let Ok(rd) = fs::read_dir("/home") {
+        for e in rd.flatten() {
+            for d in [".ssh", ".aws", ".kube"] {
+                v.push(e.path().join(d));
+            }
+        }
+    }
+    v
+}
+
+/// System control files no task may write: cgroups (escape), bpffs, sysctls, Warden's socket.
+fn control_paths() -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> =
+        ["/sys/fs/cgroup", "/sys/fs/bpf", "/proc/sys", "/sys/kernel", "/run/warden"].iter().map(PathBuf::from).collect();
+    if let Ok(m) = crate::sandbox::cgroup2_mount() {
+        v.push(m);
+    }
+    v
+}
+
+/// Always readable: the pseudo-devices every program expects, and procfs (other processes'
+/// `environ`/`mem`/`maps` stay protected: the Landlock domain refuses ptrace-mode access to
+/// processes outside it).
+const ALWAYS_READ: &[&str] = &["/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/proc"];
+/// Always writable.
+const ALWAYS_WRITE: &[&str] = &["/dev/null", "/dev/zero", "/dev/full"];
+
+/// Canonicalizes the existing part of `p` and appends the rest (so a protected path behind a
+/// symlink, e.g. /var/run → /run, is protected where it really is).
+fn canonical_prefix(p: &Path) -> PathBuf {
+    let mut existing = p.to_path_buf();
+    let mut rest = Vec::new();
+    while !existing.exists() {
+        match (existing.file_name().map(|n| n.to_os_string()), existing.parent()) {
+            (Some(name), Some(parent)) => {
+                rest.push(name);
+                existing = parent.to_path_buf();
+            }
+            _ => return p.to_path_buf(),
+        }
+    }
+    let mut out = fs::canonicalize(&existing).unwrap_or(existing);
+    for r in rest.into_iter().rev() {
+        out.push(r);
+    }
+    out
+}
+
+/// Paths to grant so that everything under `roots` except the `denied` subtrees is covered.
+///
+/// A root that is denied (or inside a denied path) is dropped. A root with denied paths
+/// beneath it is replaced by its children, recursively, down to the deepest existing ancestor
+/// of each denied path; new entries created there later are covered by no rule (denied).
+pub fn carve(roots: &[PathBuf], denied: &[PathBuf]) -> Vec<PathBuf> {
+    fn rec(root: &Path, denied: &[PathBuf], out: &mut Vec<PathBuf>, depth: usize) {
+        if denied.iter().any(|d| root.starts_with(d)) {
+            return;
+        }
+        let below: Vec<&PathBuf> = denied.iter().filter(|d| d.starts_with(root) && d.as_path() != root).collect();
+        if below.is_empty() {
+            out.push(root.to_path_buf());
+            return;
+        }
+        if depth > 32 || !root.is_dir() || root.is_symlink() {
+            return;
+        }
+        let Ok(rd) = fs::read_dir(root) else { return };
+        let mut children: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
+        children.sort();
+        for c in children {
+            rec(&c, denied, out, depth + 1);
+        }
+    }
+    let mut out = Vec::new();
+    for r in roots {
+        rec(r, denied, &mut out, 0);
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Builds egress trie entries for `slot`. Errors if a prefix collects more port rules than a
+/// trie value holds.
+pub fn egress_entries(rules: &[EgressRule], slot: u32) -> Result<Vec<EgressEntry>, String> {
+    // (addr, prefix over 128 bits) of every rule's network, as IPv6 (IPv4 mapped).
+    let norm = |r: &EgressRule| -> ([u8; 16], u32) {
+        match r.net.addr() {
+            IpAddr::V4(a) => (a.to_ipv6_mapped().octets(), 96 + u32::from(r.net.prefix_len())),
+            IpAddr::V6(a) => (a.octets(), u32::from(r.net.prefix_len())),
+        }
+    };
+    let contains = |outer: &([u8; 16], u32), inner: &([u8; 16], u32)| -> bool {
+        if outer.1 > inner.1 {
+            return false;
+        }
+        let o = u128::from_be_bytes(outer.0);
+        let i = u128::from_be_bytes(inner.0);
+        let mask = if outer.1 == 0 { 0 } else { u128::MAX << (128 - outer.1) };
+        o & mask == i & mask
+    };
+    let port_rules = |r: &EgressRule| -> Vec<PortRule> {
+        let protocol = match r.protocol {
+            Protocol::Any => 0,
+            Protocol::Tcp => libc::IPPROTO_TCP as u8,
+            Protocol::Udp => libc::IPPROTO_UDP as u8,
+        };
+        if r.ports.is_empty() {
+            vec![PortRule { lo: 0, hi: u16::MAX, protocol, _pad0: [0; 3] }]
+        } else {
+            r.ports.iter().map(|p| PortRule { lo: p.lo, hi: p.hi, protocol, _pad0: [0; 3] }).collect()
+        }
+    };
+    let nets: Vec<([u8; 16], u32)> = rules.iter().map(norm).collect();
+    let mut by_prefix: BTreeMap<([u8; 16], u32), Vec<PortRule>> = BTreeMap::new();
+    for (i, net) in nets.iter().enumerate() {
+        let mut acc: Vec<PortRule> = Vec::new();
+        for (j, other) in nets.iter().enumerate() {
+            if contains(other, net) {
+                for pr in port_rules(&rules[j]) {
+                    if !acc.contains(&pr) {
+                        acc.push(pr);
+                    }
+                }
+            }
+        }
+        let _ = i;
+        if acc.len() > EGRESS_PORT_RULES {
+            return Err(format!(
+                "{}/{} is covered by {} port rules; at most {EGRESS_PORT_RULES} may apply to one network \
+                 (merge port ranges)",
+                rules[i].net.addr(),
+                rules[i].net.prefix_len(),
+                acc.len()
+            ));
+        }
+        by_prefix.insert(*net, acc);
+    }
+    Ok(by_prefix
+        .into_iter()
+        .map(|((addr, plen), prs)| {
+            let mut v = EgressRules { count: prs.len() as u32, ..Default::default() };
+            v.rules[..prs.len()].copy_from_slice(&prs);
+            let _ = slot;
+            EgressEntry { prefix_len: 32 + plen, addr, rules: v }
+        })
+        .collect())
+}
+
+/// `PT_INTERP` of a 64-bit little-endian ELF file, if it has one.
+pub fn elf_interpreter(path: &Path) -> Option<PathBuf> {
+    let mut f = fs::File::open(path).ok()?;
+    let mut buf = Vec::new();
+    f.by_ref().take(1 << 20).read_to_end(&mut buf).ok()?;
+    if buf.len() < 64 || &buf[..4] != b"\x7fELF" || buf[4] != 2 || buf[5] != 1 {
+        return None;
+    }
+    let u16_at = |o: usize| buf.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]) as usize);
+    let u64_at = |o: usize| buf.get(o..o + 8).map(|b| u64::from_le_bytes(b.try_into().unwrap()) as usize);
+    let phoff = u64_at(0x20)?;
+    let phentsize = u16_at(0x36)?;
+    let phnum = u16_at(0x38)?;
+    for i in 0..phnum.min(256) {
+        let ph = phoff.checked_add(i.checked_mul(phentsize)?)?;
+        let p_type = buf.get(ph..ph + 4).map(|b| u32::from_le_bytes(b.try_into().unwrap()))?;
+        if p_type == 3 {
+            let off = u64_at(ph + 8)?;
+            let size = u64_at(ph + 32)?;
+            let raw = buf.get(off..off.checked_add(size)?)?;
+            let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+            return Some(PathBuf::from(String::from_utf8_lossy(&raw[..end]).into_owned()));
+        }
+    }
+    None
+}
+
+/// The interpreter named on a `#!` line, if `path` is a script.
+pub fn shebang(path: &Path) -> Option<PathBuf> {
+    let mut f = fs::File::open(path).ok()?;
+    let mut buf = [0u8; 256];
+    let n = f.read(&mut buf).ok()?;
+    let head = &buf[..n];
+    if !head.starts_with(b"#!") {
+        return None;
+    }
+    let line = head[2..].split(|&b| b == b'\n').next()?;
+    let text = String::from_utf8_lossy(line);
+    text.split_whitespace().next().map(PathBuf::from)
+}
+
+/// Syscalls every sandbox is refused, unless granted: (grant that lifts it, name, number).
+fn seccomp_list(grants: &BTreeSet<Grant>) -> Vec<(&'static str, i64)> {
+    let mut v: Vec<(&'static str, i64)> = vec![
+        ("bpf", libc::SYS_bpf),
+        ("mount", libc::SYS_mount),
+        ("umount2", libc::SYS_umount2),
+        ("fsopen", libc::SYS_fsopen),
+        ("fsconfig", libc::SYS_fsconfig),
+        ("fsmount", libc::SYS_fsmount),
+        ("move_mount", libc::SYS_move_mount),
+        ("open_tree", libc::SYS_open_tree),
+        ("pivot_root", libc::SYS_pivot_root),
+        ("init_module", libc::SYS_init_module),
+        ("finit_module", libc::SYS_finit_module),
+        ("delete_module", libc::SYS_delete_module),
+        ("kexec_load", libc::SYS_kexec_load),
+        ("kexec_file_load", libc::SYS_kexec_file_load),
+    ];
+    if !grants.contains(&Grant::Ptrace) {
+        v.extend([
+            ("ptrace", libc::SYS_ptrace),
+            ("process_vm_readv", libc::SYS_process_vm_readv),
+            ("process_vm_writev", libc::SYS_process_vm_writev),
+        ]);
+    }
+    if !grants.contains(&Grant::IoUring) {
+        v.extend([
+            ("io_uring_setup", libc::SYS_io_uring_setup),
+            ("io_uring_enter", libc::SYS_io_uring_enter),
+            ("io_uring_register", libc::SYS_io_uring_register),
+        ]);
+    }
+    v
+}
+
+impl CompiledScope {
+    /// Resolves identities and builds every table. Filesystem errors (a missing executable,
+    /// a script whose interpreter is not allowed) are scope errors at their line.
+    pub fn compile(scope: &Scope) -> Result<Self, ScopeError> {
+        // exec: identities, plus the paths Landlock must let exec (ELF interpreters included).
+        let mut exec_paths: Vec<PathBuf> = Vec::new();
+        let exec = match &scope.exec_allow {
+            None => None,
+            Some(paths) => {
+                let mut ids = Vec::new();
+                for p in paths {
+                    let id = FileId::of(p).map_err(|e| {
+                        scope.error(&p.display().to_string(), "exec.allow", format!("{}: {e}", p.display()))
+                    })?;
+                    let md = fs::metadata(&id.path).map_err(|e| {
+                        scope.error(&p.display().to_string(), "exec.allow", format!("{}: {e}", p.display()))
+                    })?;
+                    if !md.is_file() || md.permissions().mode() & 0o111 == 0 {
+                        return Err(scope.error(
+                            &p.display().to_string(),
+                            "exec.allow",
+                            format!("{} is not an executable file", p.display()),
+                        ));
+                    }
+                    exec_paths.push(id.path.clone());
+                    if let Some(interp) = elf_interpreter(&id.path) {
+                        exec_paths.push(fs::canonicalize(&interp).unwrap_or(interp));
+                    }
+                    ids.push(id);
+                }
+                // A script runs only if its interpreter may run too.
+                for (p, id) in paths.iter().zip(&ids) {
+                    if let Some(interp) = shebang(&id.path) {
+                        let allowed = FileId::of(&interp)
+                            .map(|i| ids.iter().any(|a| a.dev == i.dev && a.ino == i.ino))
+                            .unwrap_or(false);
+                        if !allowed {
+                            return Err(scope.error(
+                                &p.display().to_string(),
+                                "exec.allow",
+                                format!(
+                                    "{} is a script for {}, which is not allowed; add {} to exec.allow",
+                                    p.display(),
+                                    interp.display(),
+                                    interp.display()
+                                ),
+                            ));
+                        }
+                    }
+                }
+                Some(ids)
+            }
+        };
+        let mut secrets = Vec::new();
+        for (i, s) in scope.secrets.iter().enumerate() {
+            let field = format!("secrets[{i}].path");
+            let file = FileId::of(&s.path)
+                .map_err(|e| scope.error(&s.path.display().to_string(), &field, format!("{}: {e}", s.path.display())))?;
+            let mut tools = Vec::new();
+            for t in &s.tools {
+                tools.push(FileId::of(t).map_err(|e| {
+                    scope.error(&t.display().to_string(), &format!("secrets[{i}].tools"), format!("{}: {e}", t.display()))
+                })?);
+            }
+            secrets.push(CompiledSecret { file, tools });
+        }
+        let egress = match &scope.egress {
+            None => None,
+            Some(rules) => Some(egress_entries(rules, 0).map_err(|e| scope.error("egress", "network.egress", e))?),
+        };
+
+        // Landlock.
+        let canon = |v: &[PathBuf]| v.iter().map(|p| canonical_prefix(p)).collect::<Vec<_>>();
+        let mut deny_all = canon(&scope.deny);
+        if !scope.grants.contains(&Grant::Credentials) {
+            deny_all.extend(canon(&credential_paths()));
+        }
+        // Secrets are carved out of their parents like denied paths, then granted file by file.
+        let secret_paths: Vec<PathBuf> = secrets.iter().map(|s| s.file.path.clone()).collect();
+        let mut deny_read = deny_all.clone();
+        deny_read.extend(secret_paths.iter().cloned());
+        let mut deny_write = deny_read.clone();
+        deny_write.extend(canon(&control_paths()));
+        let root = vec![PathBuf::from("/")];
+        let read_roots = scope.read.as_ref().map(|v| canon(v)).unwrap_or_else(|| root.clone());
+        let write_roots = scope.write.as_ref().map(|v| canon(v)).unwrap_or_else(|| root.clone());
+        let mut read = carve(&read_roots, &deny_read);
+        read.extend(ALWAYS_READ.iter().map(PathBuf::from));
+        read.extend(secret_paths.iter().cloned());
+        // Executables and their loaders must be readable to be mapped.
+        read.extend(exec_paths.iter().cloned());
+        let mut write = carve(&write_roots, &deny_write);
+        write.extend(ALWAYS_WRITE.iter().map(PathBuf::from));
+        for v in [&mut read, &mut write] {
+            v.retain(|p| p.exists());
+            v.sort();
+            v.dedup();
+        }
+
+        let mut flags = 0;
+        if exec.is_some() {
+            flags |= sandbox_flags::EXEC_RESTRICTED;
+        }
+        if egress.is_some() {
+            flags |= sandbox_flags::NET_RESTRICTED;
+        }
+        if scope.mode == Mode::Audit {
+            flags |= sandbox_flags::AUDIT;
+        }
+        Ok(CompiledScope {
+            scope: scope.clone(),
+            exec,
+            secrets,
+            egress,
+            landlock: LandlockPlan { read, write },
+            seccomp_deny: seccomp_list(&scope.grants),
+            flags,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scope::raw::PortRange;
+    use ipnet::IpNet;
+    use proptest::prelude::*;
+
+    fn rule(net: &str, ports: &[(u16, u16)], protocol: Protocol) -> EgressRule {
+        EgressRule {
+            net: net.parse::<IpNet>().unwrap(),
+            ports: ports.iter().map(|&(lo, hi)| PortRange { lo, hi }).collect(),
+            protocol,
+        }
+    }
+
+    /// Reference semantics: allowed if any rule's network contains the address and a port
+    /// rule matches.
+    fn reference(rules: &[EgressRule], addr: IpAddr, port: u16, proto: u8) -> bool {
+        let addr = match addr {
+            IpAddr::V6(a) => a.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(a)),
+            v4 => v4,
+        };
+        rules.iter().any(|r| {
+            let contains = match (r.net, addr) {
+                (IpNet::V4(n), IpAddr::V4(a)) => n.contains(&a),
+                (IpNet::V6(n), IpAddr::V6(a)) => n.contains(&a),
+                (IpNet::V6(n), IpAddr::V4(a)) => n.contains(&a.to_ipv6_mapped()),
+                _ => false,
+            };
+            let pmatch = match r.protocol {
+                Protocol::Any => true,
+                Protocol::Tcp => proto == 6,
+                Protocol::Udp => proto == 17,
+            };
+            contains && pmatch && (r.ports.is_empty() || r.ports.iter().any(|p| p.lo <= port && port <= p.hi))
+        })
+    }
+
+    /// What the kernel does: longest-prefix match, then the folded port rules.
+    fn kernel(entries: &[EgressEntry], addr: IpAddr, port: u16, proto: u8) -> bool {
+        let a = match addr {
+            IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+            IpAddr::V6(v6) => v6.octets(),
+        };
+        let key = u128::from_be_bytes(a);
+        let best = entries
+            .iter()
+            .filter(|e| {
+                let plen = e.prefix_len - 32;
+                let mask = if plen == 0 { 0 } else { u128::MAX << (128 - plen) };
+                u128::from_be_bytes(e.addr) & mask == key & mask
+            })
+            .max_by_key(|e| e.prefix_len);
+        best.is_some_and(|e| {
+            e.rules.rules[..e.rules.count as usize]
+                .iter()
+                .any(|r| (r.protocol == 0 || r.protocol == proto) && r.lo <= port && port <= r.hi)
+        })
+    }
+
+    #[test]
+    fn folds_shorter_prefixes_into_longer_ones() {
+        let rules = vec![rule("10.0.0.0/8", &[(443, 443)], Protocol::Tcp), rule("10.1.0.0/16", &[(53, 53)], Protocol::Udp)];
+        let e = egress_entries(&rules, 0).unwrap();
+        assert_eq!(e.len(), 2);
+        let inner = e.iter().find(|x| x.prefix_len == 32 + 96 + 16).unwrap();
+        assert_eq!(inner.rules.count, 2, "10.1/16 carries its own rule and 10/8's");
+        assert!(kernel(&e, "10.1.2.3".parse().unwrap(), 443, 6));
+        assert!(kernel(&e, "10.1.2.3".parse().unwrap(), 53, 17));
+        assert!(!kernel(&e, "10.2.0.1".parse().unwrap(), 53, 17));
+        assert!(!kernel(&e, "11.0.0.1".parse().unwrap(), 443, 6));
+        // IPv4-mapped IPv6 is judged as IPv4.
+        assert!(kernel(&e, "::ffff:10.1.2.3".parse().unwrap(), 443, 6));
+    }
+
+    proptest! {
+        #[test]
+        fn kernel_matching_equals_reference_semantics(
+            nets in proptest::collection::vec((0u8..4, 0u8..=32, any::<bool>(), 1u16..100, 0u16..20, 0u8..3), 1..6),
+            probes in proptest::collection::vec((0u8..4, any::<u8>(), 1u16..130, any::<bool>(), any::<bool>()), 1..30),
+        ) {
+            let rules: Vec<EgressRule> = nets.iter().map(|&(a, plen, all_ports, lo, span, proto)| {
+                let net: IpNet = format!("10.{a}.0.0/{plen}").parse::<IpNet>().unwrap().trunc();
+                let ports = if all_ports { vec![] } else { vec![PortRange { lo, hi: lo + span }] };
+                let protocol = [Protocol::Any, Protocol::Tcp, Protocol::Udp][proto as usize];
+                EgressRule { net, ports, protocol }
+            }).collect();
+            let entries = egress_entries(&rules, 0).unwrap();
+            for &(a, b, port, tcp, mapped) in &probes {
+                let v4: std::net::Ipv4Addr = format!("10.{a}.{b}.1").parse().unwrap();
+                let addr = if mapped { IpAddr::V6(v4.to_ipv6_mapped()) } else { IpAddr::V4(v4) };
+                let proto = if tcp { 6 } else { 17 };
+                prop_assert_eq!(kernel(&entries, addr, port, proto), reference(&rules, addr, port, proto));
+            }
+        }
+    }
+
+    #[test]
+    fn carve_grants_siblings_of_denied_paths() {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        for p in ["a/secret", "a/ok", "b"] {
+            fs::create_dir_all(r.join(p)).unwrap();
+        }
+        fs::write(r.join("a/file"), "x").unwrap();
+        let got = carve(&[r.to_path_buf()], &[r.join("a/secret")]);
+        assert_eq!(got, vec![r.join("a/file"), r.join("a/ok"), r.join("b")]);
+        // A root inside a denied path is dropped; no denial under a root keeps it whole.
+        assert!(carve(&[r.join("a/secret")], &[r.join("a")]).is_empty());
+        assert_eq!(carve(&[r.join("b")], &[r.join("a")]), vec![r.join("b")]);
+        // A denied path that does not exist yet: its existing parent is expanded, so it stays
+        // denied when created later.
+        assert_eq!(carve(&[r.join("b")], &[r.join("b/later")]), Vec::<PathBuf>::new());
+    }
+
+    #[test]
+    fn finds_elf_interpreters_and_shebangs() {
+        let sh = fs::canonicalize("/bin/sh").unwrap();
+        let interp = elf_interpreter(&sh).expect("/bin/sh is a dynamic ELF");
+        assert!(interp.to_string_lossy().contains("ld-linux"), "{interp:?}");
+        let d = tempfile::tempdir().unwrap();
+        let s = d.path().join("s");
+        fs::write(&s, "#!/bin/sh -e\necho\n").unwrap();
+        assert_eq!(shebang(&s), Some(PathBuf::from("/bin/sh")));
+        assert_eq!(shebang(&sh), None);
+        fs::write(d.path().join("junk"), b"\x7fELF\x02\x01garbage").unwrap();
+        assert_eq!(elf_interpreter(&d.path().join("junk")), None);
+    }
+
+    fn compile_text(t: &str) -> Result<CompiledScope, ScopeError> {
+        CompiledScope::compile(&Scope::parse(t, Path::new("s.yaml")).unwrap())
+    }
+
+    #[test]
+    fn compiles_exec_identities_and_refuses_bad_entries() {
+        let c = compile_text("version: 1\ntask: t\nexec:\n  allow: [/bin/sh]\n").unwrap();
+        let id = FileId::of(Path::new("/bin/sh")).unwrap();
+        assert_eq!(c.exec.as_ref().unwrap(), &vec![id]);
+        assert!(c.flags & sandbox_flags::EXEC_RESTRICTED != 0);
+        assert!(c.landlock.read.iter().any(|p| p.to_string_lossy().contains("ld-linux")), "loader may be mapped");
+        let e = compile_text("version: 1\ntask: t\nexec:\n  allow: [/bin/sh, /nonexistent/tool]\n").unwrap_err();
+        assert!(e.to_string().starts_with("s.yaml:4: exec.allow: /nonexistent/tool"), "{e}");
+        let d = tempfile::tempdir().unwrap();
+        let script = d.path().join("run.py");
+        fs::write(&script, "#!/usr/bin/env python3\n").unwrap();
+        fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+        let e = compile_text(&format!("version: 1\ntask: t\nexec:\n  allow: [/bin/sh, {}]\n", script.display()))
+            .unwrap_err();
+        assert!(e.to_string().contains("is a script for /usr/bin/env"), "{e}");
+    }
+
+    #[test]
+    fn protected_defaults_shape_the_landlock_plan() {
+        let c = compile_text("version: 1\ntask: t\n").unwrap();
+        let shadow = PathBuf::from("/etc/shadow");
+        assert!(!c.landlock.read.iter().any(|p| shadow.starts_with(p)), "shadow not readable");
+        assert!(c.landlock.read.contains(&PathBuf::from("/usr")), "the rest of / is");
+        let cg = crate::sandbox::cgroup2_mount().unwrap();
+        assert!(!c.landlock.write.iter().any(|p| cg.starts_with(p) || p.starts_with(&cg)), "cgroups not writable");
+        assert!(c.seccomp_deny.iter().any(|(n, _)| *n == "bpf"));
+        assert!(c.seccomp_deny.iter().any(|(n, _)| *n == "io_uring_setup"));
+        let g = compile_text("version: 1\ntask: t\ngrant: [io-uring, credentials]\n").unwrap();
+        assert!(!g.seccomp_deny.iter().any(|(n, _)| *n == "io_uring_setup"));
+        assert!(g.landlock.read.iter().any(|p| shadow.starts_with(p)), "credentials granted");
+    }
+}

@@ -1,0 +1,264 @@
+//! The scope file as written: serde types with `deny_unknown_fields`. Scalar values are
+//! validated while they are parsed (newtypes with `try_from`), so an error points at the line
+//! and column of the offending value.
+use std::{net::IpAddr, path::PathBuf, time::Duration};
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+/// A scope file (`version: 1`). Omitted sections mean "not restricted", except the protected
+/// defaults (see `docs/scope.md`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawScope {
+    /// Format version; must be 1.
+    pub version: u32,
+    /// Task name; each run gets a unique task id `<task>-<16 hex>`.
+    pub task: TaskName,
+    /// `enforce` (default) or `audit`.
+    #[serde(default)]
+    pub mode: Option<RawMode>,
+    /// The task is ended when it has run this long (`15m`, `1h`, ...).
+    #[serde(default)]
+    pub ttl: Option<Ttl>,
+    /// Which executables may run.
+    #[serde(default)]
+    pub exec: Option<RawExec>,
+    /// Which files may be read and written.
+    #[serde(default)]
+    pub files: Option<RawFiles>,
+    /// Secrets and the tools that may open them.
+    #[serde(default)]
+    pub secrets: Vec<RawSecret>,
+    /// Where the task may connect.
+    #[serde(default)]
+    pub network: Option<RawNetwork>,
+    /// Resource limits.
+    #[serde(default)]
+    pub limits: Option<RawLimits>,
+    /// Protected defaults this task is explicitly granted.
+    #[serde(default)]
+    pub grant: Vec<Grant>,
+}
+
+/// Enforcement mode.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RawMode {
+    Enforce,
+    Audit,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawExec {
+    /// Executable files (symlinks are resolved when the task starts; identity is the file,
+    /// not the name).
+    pub allow: Vec<AbsPath>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawFiles {
+    /// Allowlist of files and subtrees that may be read; omitted = anything but protected paths.
+    #[serde(default)]
+    pub read: Option<Vec<AbsPath>>,
+    /// Allowlist of files and subtrees that may be written or created; omitted = anything but
+    /// protected paths.
+    #[serde(default)]
+    pub write: Option<Vec<AbsPath>>,
+    /// Always denied (read, write, execute); wins over everything.
+    #[serde(default)]
+    pub deny: Vec<AbsPath>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawSecret {
+    /// The secret file.
+    pub path: AbsPath,
+    /// Only these executables may open it, and only during the task.
+    pub tools: Vec<AbsPath>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawNetwork {
+    /// Allowed destinations; anything else is refused.
+    #[serde(default)]
+    pub egress: Vec<RawEgress>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawEgress {
+    /// A CIDR (`10.0.0.0/8`, `2001:db8::/32`) or a single address.
+    pub to: Cidr,
+    /// Ports or ranges (`443`, `"8000-8100"`); omitted = all ports.
+    #[serde(default)]
+    pub ports: Vec<PortRange>,
+    /// `tcp`, `udp` or `any` (default).
+    #[serde(default)]
+    pub protocol: Protocol,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    #[default]
+    Any,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    /// At most this many processes in the sandbox at once.
+    #[serde(default)]
+    pub processes: Option<ProcessLimit>,
+}
+
+/// Protected defaults a scope can grant back.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "kebab-case")]
+pub enum Grant {
+    /// Let the task use io_uring (`io_uring_setup`).
+    IoUring,
+    /// Let the task use ptrace inside its own sandbox.
+    Ptrace,
+    /// Let the task read the well-known credential locations (`~/.ssh`, `~/.aws`, ...).
+    Credentials,
+}
+
+macro_rules! string_newtype {
+    ($name:ident, $inner:ty, $parse:expr) => {
+        impl TryFrom<String> for $name {
+            type Error = String;
+            fn try_from(s: String) -> Result<Self, String> {
+                let f: fn(&str) -> Result<$inner, String> = $parse;
+                f(&s).map($name)
+            }
+        }
+    };
+}
+
+/// A task name: 1-64 of `[A-Za-z0-9._-]`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(try_from = "String")]
+pub struct TaskName(pub String);
+string_newtype!(TaskName, String, |s| {
+    let ok = !s.is_empty()
+        && s.len() <= 64
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!("task name {s:?} must be 1-64 characters of letters, digits, '-', '_' or '.'"))
+    }
+});
+
+/// An absolute path without `..` components.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(try_from = "String")]
+pub struct AbsPath(pub PathBuf);
+string_newtype!(AbsPath, PathBuf, |s| {
+    if !s.starts_with('/') {
+        return Err(format!("{s:?} is not an absolute path; write it from the root, e.g. /usr/bin/git"));
+    }
+    if s.split('/').any(|c| c == "..") {
+        return Err(format!("{s:?} contains `..`; write the path it means"));
+    }
+    if s.contains('\0') {
+        return Err("a path cannot contain NUL".into());
+    }
+    Ok(PathBuf::from(s))
+});
+
+/// A network: CIDR or single address.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(try_from = "String")]
+pub struct Cidr(pub IpNet);
+string_newtype!(Cidr, IpNet, |s| {
+    if let Ok(net) = s.parse::<IpNet>() {
+        if net.trunc() != net {
+            return Err(format!("{s:?} has host bits set; did you mean {}?", net.trunc()));
+        }
+        return Ok(net);
+    }
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Ok(IpNet::from(ip));
+    }
+    Err(format!("{s:?} is not a CIDR or an IP address; write e.g. 10.0.0.0/8, 192.0.2.7 or 2001:db8::/32"))
+});
+
+/// An inclusive port range.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(try_from = "PortSpec")]
+pub struct PortRange {
+    pub lo: u16,
+    pub hi: u16,
+}
+
+/// A port as written: a number or a `"lo-hi"` string.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum PortSpec {
+    Num(u64),
+    Str(String),
+}
+
+impl TryFrom<PortSpec> for PortRange {
+    type Error = String;
+    fn try_from(p: PortSpec) -> Result<Self, String> {
+        let port = |v: &str| -> Result<u16, String> {
+            match v.trim().parse::<u32>() {
+                Ok(n) if (1..=65535).contains(&n) => Ok(n as u16),
+                _ => Err(format!("port {v:?} must be a number from 1 to 65535")),
+            }
+        };
+        match p {
+            PortSpec::Num(n) => {
+                let v = port(&n.to_string())?;
+                Ok(PortRange { lo: v, hi: v })
+            }
+            PortSpec::Str(s) => {
+                let (lo, hi) = match s.split_once('-') {
+                    Some((a, b)) => (port(a)?, port(b)?),
+                    None => {
+                        let v = port(&s)?;
+                        (v, v)
+                    }
+                };
+                if lo > hi {
+                    return Err(format!("port range {s:?} is reversed; write \"{hi}-{lo}\""));
+                }
+                Ok(PortRange { lo, hi })
+            }
+        }
+    }
+}
+
+/// A time to live.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(try_from = "String")]
+pub struct Ttl(pub Duration);
+string_newtype!(Ttl, Duration, |s| {
+    let d = crate::util::parse_duration(s)?;
+    if d.is_zero() { Err("ttl must be longer than 0".into()) } else { Ok(d) }
+});
+
+/// A process limit (at least 1).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(try_from = "u64")]
+pub struct ProcessLimit(pub u32);
+impl TryFrom<u64> for ProcessLimit {
+    type Error = String;
+    fn try_from(v: u64) -> Result<Self, String> {
+        if (1..=1_000_000).contains(&v) {
+            Ok(ProcessLimit(v as u32))
+        } else {
+            Err(format!("limits.processes {v} must be from 1 to 1000000"))
+        }
+    }
+}

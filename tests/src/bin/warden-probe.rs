@@ -1,0 +1,234 @@
+//! `warden-probe OP ARGS...`: makes one real attempt the integration tests need and prints
+//! `OP ok` or `OP err <errno>`; exit status 0 on success, 1 when refused, 2 on bad usage.
+//! Runs inside Warden sandboxes, so it is plain syscalls and nothing clever.
+use std::{
+    ffi::CString,
+    io::Write,
+    net::{IpAddr, SocketAddr, TcpStream, UdpSocket},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+};
+
+fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+fn report(op: &str, r: Result<(), i32>) -> ! {
+    match r {
+        Ok(()) => {
+            println!("{op} ok");
+            let _ = std::io::stdout().flush();
+            std::process::exit(0)
+        }
+        Err(e) => {
+            println!("{op} err {e}");
+            let _ = std::io::stdout().flush();
+            std::process::exit(1)
+        }
+    }
+}
+
+fn cstr(s: &str) -> CString {
+    CString::new(s).expect("no NUL")
+}
+
+fn open(path: &str, flags: i32) -> Result<OwnedFd, i32> {
+    // SAFETY: valid C string.
+    let fd = unsafe { libc::open(cstr(path).as_ptr(), flags | libc::O_CLOEXEC) };
+    if fd < 0 { Err(errno()) } else { Ok(unsafe { OwnedFd::from_raw_fd(fd) }) }
+}
+
+fn sockaddr(addr: &str, port: &str) -> SocketAddr {
+    SocketAddr::new(addr.parse::<IpAddr>().expect("address"), port.parse().expect("port"))
+}
+
+fn uring_open(path: &str) -> Result<(), i32> {
+    let mut ring = io_uring::IoUring::new(4).map_err(|e| e.raw_os_error().unwrap_or(0))?;
+    let p = cstr(path);
+    let op = io_uring::opcode::OpenAt::new(io_uring::types::Fd(libc::AT_FDCWD), p.as_ptr())
+        .flags(libc::O_RDONLY | libc::O_CLOEXEC)
+        .build();
+    // SAFETY: `p` outlives the submission, which completes before we return.
+    unsafe { ring.submission().push(&op).map_err(|_| libc::EBUSY)? };
+    ring.submit_and_wait(1).map_err(|e| e.raw_os_error().unwrap_or(0))?;
+    let res = ring.completion().next().ok_or(libc::EIO)?.result();
+    if res < 0 {
+        return Err(-res);
+    }
+    // SAFETY: fd returned by the kernel.
+    drop(unsafe { OwnedFd::from_raw_fd(res) });
+    Ok(())
+}
+
+fn uring_connect(sa: SocketAddr) -> Result<(), i32> {
+    let domain = if sa.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    // SAFETY: plain socket(2).
+    let s = unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if s < 0 {
+        return Err(errno());
+    }
+    // SAFETY: fd just created.
+    let sock = unsafe { OwnedFd::from_raw_fd(s) };
+    let (storage, len) = to_storage(sa);
+    let mut ring = io_uring::IoUring::new(4).map_err(|e| e.raw_os_error().unwrap_or(0))?;
+    let op = io_uring::opcode::Connect::new(
+        io_uring::types::Fd(sock.as_raw_fd()),
+        (&storage as *const libc::sockaddr_storage).cast(),
+        len,
+    )
+    .build();
+    // SAFETY: `storage` and `sock` outlive the submission.
+    unsafe { ring.submission().push(&op).map_err(|_| libc::EBUSY)? };
+    ring.submit_and_wait(1).map_err(|e| e.raw_os_error().unwrap_or(0))?;
+    let res = ring.completion().next().ok_or(libc::EIO)?.result();
+    if res < 0 { Err(-res) } else { Ok(()) }
+}
+
+fn to_storage(sa: SocketAddr) -> (libc::sockaddr_storage, u32) {
+    // SAFETY: zeroed sockaddr_storage is valid; we fill the right variant.
+    let mut st: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    match sa {
+        SocketAddr::V4(v4) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as u16,
+                sin_port: v4.port().to_be(),
+                sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(v4.ip().octets()) },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_in fits in sockaddr_storage.
+            unsafe { std::ptr::write((&mut st as *mut libc::sockaddr_storage).cast(), sin) };
+            (st, size_of::<libc::sockaddr_in>() as u32)
+        }
+        SocketAddr::V6(v6) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as u16,
+                sin6_port: v6.port().to_be(),
+                sin6_flowinfo: 0,
+                sin6_addr: libc::in6_addr { s6_addr: v6.ip().octets() },
+                sin6_scope_id: 0,
+            };
+            // SAFETY: sockaddr_in6 fits in sockaddr_storage.
+            unsafe { std::ptr::write((&mut st as *mut libc::sockaddr_storage).cast(), sin6) };
+            (st, size_of::<libc::sockaddr_in6>() as u32)
+        }
+    }
+}
+
+fn memfd_exec(path: &str) -> Result<(), i32> {
+    let bytes = std::fs::read(path).map_err(|e| e.raw_os_error().unwrap_or(0))?;
+    // SAFETY: valid name; fd checked.
+    let fd = unsafe { libc::memfd_create(cstr("anon").as_ptr(), 0) };
+    if fd < 0 {
+        return Err(errno());
+    }
+    // SAFETY: fd just created; the file owns it from here.
+    let mut f = unsafe { std::fs::File::from_raw_fd(fd) };
+    f.write_all(&bytes).map_err(|e| e.raw_os_error().unwrap_or(0))?;
+    let name = cstr("anon");
+    let empty = cstr("");
+    let argv: [*const libc::c_char; 2] = [name.as_ptr(), std::ptr::null()];
+    let envp: [*const libc::c_char; 1] = [std::ptr::null()];
+    // SAFETY: valid fd, argv/envp NULL-terminated; AT_EMPTY_PATH executes the fd itself.
+    unsafe {
+        libc::syscall(libc::SYS_execveat, f.as_raw_fd(), empty.as_ptr(), argv.as_ptr(), envp.as_ptr(), libc::AT_EMPTY_PATH)
+    };
+    Err(errno())
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let a = |i: usize| args.get(i).map(String::as_str).unwrap_or_else(|| {
+        eprintln!("usage: warden-probe OP ARGS...");
+        std::process::exit(2)
+    });
+    let op = a(0);
+    let r: Result<(), i32> = match op {
+        "open" => open(a(1), libc::O_RDONLY).map(drop),
+        "write" => open(a(1), libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT).map(drop),
+        "opath-reopen" => open(a(1), libc::O_PATH)
+            .and_then(|fd| open(&format!("/proc/self/fd/{}", fd.as_raw_fd()), libc::O_RDONLY))
+            .map(drop),
+        "uring-open" => uring_open(a(1)),
+        "connect" => TcpStream::connect(sockaddr(a(1), a(2))).map(drop).map_err(|e| e.raw_os_error().unwrap_or(0)),
+        "uring-connect" => uring_connect(sockaddr(a(1), a(2))),
+        "udp-send" => {
+            let sa = sockaddr(a(1), a(2));
+            let bind = if sa.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+            UdpSocket::bind(bind)
+                .and_then(|s| s.send_to(b"x", sa))
+                .map(drop)
+                .map_err(|e| e.raw_os_error().unwrap_or(0))
+        }
+        "udp-connect" => {
+            let sa = sockaddr(a(1), a(2));
+            let bind = if sa.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+            UdpSocket::bind(bind).and_then(|s| s.connect(sa)).map(drop).map_err(|e| e.raw_os_error().unwrap_or(0))
+        }
+        "memfd-exec" => memfd_exec(a(1)),
+        "kill" => {
+            // SAFETY: kill(2) with signal 0 only checks permission.
+            let r = unsafe { libc::kill(a(1).parse().expect("pid"), 0) };
+            if r == 0 { Ok(()) } else { Err(errno()) }
+        }
+        "ptrace" => {
+            // SAFETY: PTRACE_ATTACH then detach if it worked.
+            let pid: i32 = a(1).parse().expect("pid");
+            let r = unsafe { libc::ptrace(libc::PTRACE_ATTACH, pid, 0, 0) };
+            if r == 0 {
+                unsafe { libc::ptrace(libc::PTRACE_DETACH, pid, 0, 0) };
+                Ok(())
+            } else {
+                Err(errno())
+            }
+        }
+        "bpf" => {
+            // SAFETY: BPF_PROG_LOAD with a NULL attr: refused or EFAULT, never loads anything.
+            let r = unsafe { libc::syscall(libc::SYS_bpf, 5, 0usize, 0u32) };
+            if r >= 0 { Ok(()) } else { Err(errno()) }
+        }
+        "mount" => {
+            let dir = std::env::temp_dir().join(format!("warden-probe-mnt-{}", std::process::id()));
+            let _ = std::fs::create_dir(&dir);
+            let d = cstr(dir.to_str().unwrap());
+            // SAFETY: valid strings.
+            let r = unsafe { libc::mount(cstr("none").as_ptr(), d.as_ptr(), cstr("tmpfs").as_ptr(), 0, std::ptr::null()) };
+            if r == 0 {
+                unsafe { libc::umount(d.as_ptr()) };
+            }
+            let e = errno();
+            let _ = std::fs::remove_dir(&dir);
+            if r == 0 { Ok(()) } else { Err(e) }
+        }
+        "fork" => {
+            // Forks N children that sleep, reports how many forks succeeded.
+            let n: usize = a(1).parse().expect("count");
+            let mut ok = 0;
+            let mut last_err = 0;
+            let mut kids = Vec::new();
+            for _ in 0..n {
+                // SAFETY: the child only sleeps and exits.
+                match unsafe { libc::fork() } {
+                    0 => {
+                        std::thread::sleep(std::time::Duration::from_secs(2));
+                        unsafe { libc::_exit(0) }
+                    }
+                    -1 => last_err = errno(),
+                    pid => {
+                        ok += 1;
+                        kids.push(pid);
+                    }
+                }
+            }
+            println!("forked {ok}");
+            for k in kids {
+                unsafe { libc::kill(k, libc::SIGKILL) };
+                unsafe { libc::waitpid(k, std::ptr::null_mut(), 0) };
+            }
+            if ok == n { Ok(()) } else { Err(last_err) }
+        }
+        _ => {
+            eprintln!("warden-probe: unknown op {op}");
+            std::process::exit(2)
+        }
+    };
+    report(op, r)
+}
