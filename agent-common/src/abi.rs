@@ -120,9 +120,6 @@ pub struct ProcIds {
 }
 crate::assert_layout!(ProcIds, size = 40, pid @ 0, tgid @ 4, ppid @ 8, uid @ 12, gid @ 16, comm @ 24);
 
-/// Flag in `ExecRecord::script`: the image is a script; `script_*` identify the script file.
-pub const EXEC_IS_SCRIPT: u32 = 1;
-
 /// `kind::EXEC`: the process now runs the file identified by (`dev`, `ino`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -133,19 +130,13 @@ pub struct ExecRecord {
     pub dev: u32,
     /// Pid before exec (differs from `proc.pid` when a non-leader thread execs).
     pub old_pid: u32,
-    /// Inode number of the executed file (for a script: its interpreter).
+    /// Inode number of the executed file (for a script: its interpreter, the image that runs).
     pub ino: u64,
-    /// [`EXEC_IS_SCRIPT`] when `linux_binprm::executable` (the script) differs from the file.
-    pub script: u32,
-    /// Kernel `dev_t` of the script file.
-    pub script_dev: u32,
-    /// Inode of the script file.
-    pub script_ino: u64,
-    /// `linux_binprm::filename`, NUL-terminated.
+    /// `linux_binprm::filename` (for a script: the script's path), NUL-terminated.
     pub path: [u8; PATH_LEN],
 }
-crate::assert_layout!(ExecRecord, size = 368, hdr @ 0, proc @ 40, dev @ 80, old_pid @ 84, ino @ 88,
-    script @ 96, script_dev @ 100, script_ino @ 104, path @ 112);
+crate::assert_layout!(ExecRecord, size = 352, hdr @ 0, proc @ 40, dev @ 80, old_pid @ 84, ino @ 88,
+    path @ 96);
 
 /// `kind::FORK`: `parent` created the process `child_tgid`.
 #[repr(C)]

@@ -38,12 +38,12 @@ pub struct KernelOffsets {
     pub kn_id: u32,
     /// `kernfs_node.parent` (renamed `__parent` in 6.15)
     pub kn_parent: u32,
-    /// `linux_binprm.executable` (the script file when an interpreter runs it); 0 if absent.
-    pub bprm_executable: u32,
+    /// `linux_binprm.buf` (the first bytes of the file being checked; `#!` for scripts).
+    pub bprm_buf: u32,
     /// Non-zero once the loader filled the struct; programs emit nothing while zero.
     pub valid: u32,
 }
-crate::assert_layout!(KernelOffsets, size = 60, task_pid @ 0, kn_parent @ 48, bprm_executable @ 52,
+crate::assert_layout!(KernelOffsets, size = 60, task_pid @ 0, kn_parent @ 48, bprm_buf @ 52,
     valid @ 56);
 
 #[cfg(feature = "user")]

@@ -18,7 +18,7 @@ pub static OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
     cgroup_kn: 0,
     kn_id: 0,
     kn_parent: 0,
-    bprm_executable: 0,
+    bprm_buf: 0,
     valid: 0,
 });
 

@@ -156,15 +156,11 @@ impl Pipeline {
             ..Default::default()
         };
         match ev {
-            Event::Exec { dev, ino, path, path_truncated, script, .. } => {
+            Event::Exec { dev, ino, path, path_truncated, .. } => {
                 rec.path = Some(path.clone());
                 rec.dev = Some(record::kernel_dev_to_user(*dev));
                 rec.ino = Some(*ino);
                 rec.path_truncated = path_truncated.then_some(true);
-                if let Some((sdev, sino)) = script {
-                    rec.script_dev = Some(record::kernel_dev_to_user(*sdev));
-                    rec.script_ino = Some(*sino);
-                }
             }
             Event::Connect { addr, port, protocol, .. } => {
                 rec.addr = Some(addr.to_string());

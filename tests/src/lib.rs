@@ -141,3 +141,82 @@ pub fn warden_bin() -> PathBuf {
     );
     p
 }
+
+/// What one `warden run` produced.
+pub struct RunOutcome {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    pub records: Vec<serde_json::Value>,
+}
+
+impl RunOutcome {
+    /// The result of a probe line `NAME RESULT...` printed by the task's script.
+    pub fn result(&self, name: &str) -> String {
+        self.stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| {
+                panic!("no result for {name} in stdout:\n{}\nstderr:\n{}", self.stdout, self.stderr)
+            })
+            .to_string()
+    }
+
+    /// Records with the given kind and decision.
+    pub fn records_of(&self, kind: &str, decision: &str) -> Vec<&serde_json::Value> {
+        self.records.iter().filter(|r| r["kind"] == kind && r["decision"] == decision).collect()
+    }
+
+    /// Every record with decision "deny" or "audit".
+    pub fn judged(&self) -> Vec<&serde_json::Value> {
+        self.records.iter().filter(|r| r["decision"] == "deny" || r["decision"] == "audit").collect()
+    }
+}
+
+/// Runs `warden run` with `scope` (YAML text) and `sh -c script`, in a temp dir.
+pub fn run_warden(scope: &str, script: &str, extra: &[&str]) -> RunOutcome {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sp = dir.path().join("scope.yaml");
+    std::fs::write(&sp, scope).expect("write scope");
+    let log = dir.path().join("events.jsonl");
+    let out = std::process::Command::new(warden_bin())
+        .arg("run")
+        .arg("--scope")
+        .arg(&sp)
+        .arg("--log")
+        .arg(&log)
+        .args(extra)
+        .args(["--", "/bin/sh", "-c", script])
+        .output()
+        .expect("run warden");
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let records = text.lines().map(|l| serde_json::from_str(l).expect("record is JSON")).collect();
+    RunOutcome {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        records,
+    }
+}
+
+/// The engine `warden run` enforces with on this kernel.
+pub fn engine() -> &'static str {
+    probe_report().engine.primary
+}
+
+/// Notes an observed coverage cell (control × path on this engine) for `docs/coverage.md`.
+/// Written as a JSON line to `$WARDEN_COVERAGE_OUT` when set (`cargo xtask test` sets it).
+pub fn coverage(control: &str, path: &str, outcome: &str) {
+    let Some(out) = std::env::var_os("WARDEN_COVERAGE_OUT") else { return };
+    let line = serde_json::json!({
+        "engine": engine(),
+        "kernel": probe_report().kernel,
+        "control": control,
+        "path": path,
+        "outcome": outcome,
+    });
+    use std::io::Write;
+    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(out) {
+        let _ = writeln!(f, "{line}");
+    }
+}

@@ -40,6 +40,13 @@ pub fn lsm_bprm_check(ctx: LsmContext) -> i32 {
     if EXEC_DENY.get_ptr(&key).is_some() {
         return -EPERM;
     }
+    // A script is judged through its interpreter, which the kernel checks on the next round
+    // (as the fallback engine does at sched_process_exec).
+    if let Ok(magic) = read::<[u8; 2]>(bprm, off.bprm_buf)
+        && magic == *b"#!"
+    {
+        return 0;
+    }
     if sandbox.flags & sandbox_flags::EXEC_RESTRICTED != 0
         && sandbox.flags & sandbox_flags::AUDIT == 0
         && EXEC_ALLOW.get_ptr(&key).is_none()

@@ -4,7 +4,7 @@
 //! puts every task's syscalls on the slow path. These fire once per lifecycle
 //! event, and an unwatched task pays one `WATCHED` lookup.
 use agent_common::{
-    abi::{EXEC_IS_SCRIPT, ExecRecord, ExitRecord, ForkRecord, action, flags, kind, rule},
+    abi::{ExecRecord, ExitRecord, ForkRecord, action, flags, kind, rule},
     maps::{ExecKey, Sandbox, sandbox_flags},
 };
 use aya_ebpf::{
@@ -23,7 +23,13 @@ const SIGKILL: u32 = 9;
 
 /// (kernel dev_t, inode) of a `struct file *`.
 #[inline(always)]
-fn file_id(file: *const u8, file_inode: u32, inode_ino: u32, inode_sb: u32, sb_dev: u32) -> Option<(u32, u64)> {
+fn file_id(
+    file: *const u8,
+    file_inode: u32,
+    inode_ino: u32,
+    inode_sb: u32,
+    sb_dev: u32,
+) -> Option<(u32, u64)> {
     let inode = read::<*const u8>(file, file_inode).ok()?;
     let ino = read::<u64>(inode, inode_ino).ok()?;
     let sb = read::<*const u8>(inode, inode_sb).ok()?;
@@ -43,8 +49,9 @@ fn exec_allowed(sandbox: &Sandbox, id: Option<(u32, u64)>) -> bool {
 /// `sched_process_exec(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)`
 ///
 /// Fallback engine for exec identity: the new image is in place but has not run a single
-/// instruction; if it (or, for a script, the script file) is not in `EXEC_ALLOW`, the task
-/// gets SIGKILL, delivered before the return to user space.
+/// instruction; if it is not in `EXEC_ALLOW`, the task gets SIGKILL, delivered before the
+/// return to user space. For a script the image is its interpreter (the script is data the
+/// interpreter reads, as with `sh script`), so a script whose interpreter is not allowed dies.
 #[btf_tracepoint(function = "sched_process_exec")]
 pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
     let off = OFFSETS.load();
@@ -57,18 +64,8 @@ pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
     let bprm: *const u8 = ctx.arg(2);
     let file = read::<*const u8>(bprm, off.bprm_file).unwrap_or(core::ptr::null());
     let id = file_id(file, off.file_inode, off.inode_ino, off.inode_sb, off.sb_dev);
-    let mut script: Option<(u32, u64)> = None;
-    if off.bprm_executable != 0
-        && let Ok(exe) = read::<*const u8>(bprm, off.bprm_executable)
-        && !exe.is_null()
-        && exe != file
-    {
-        script = file_id(exe, off.file_inode, off.inode_ino, off.inode_sb, off.sb_dev);
-    }
     let mut verdict = Verdict::ALLOW;
-    if sandbox.flags & sandbox_flags::EXEC_RESTRICTED != 0
-        && (!exec_allowed(&sandbox, id) || (script.is_some() && !exec_allowed(&sandbox, script)))
-    {
+    if sandbox.flags & sandbox_flags::EXEC_RESTRICTED != 0 && !exec_allowed(&sandbox, id) {
         verdict = Verdict::deny(&sandbox, rule::EXEC_ALLOW, action::KILL);
         if verdict.enforced() {
             // SAFETY: signals the current task, which is in process context here.
@@ -97,18 +94,6 @@ pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
             rec.dev = 0;
             rec.ino = 0;
             count(stat::READ_FAILED);
-        }
-    }
-    match script {
-        Some((dev, ino)) => {
-            rec.script = EXEC_IS_SCRIPT;
-            rec.script_dev = dev;
-            rec.script_ino = ino;
-        }
-        None => {
-            rec.script = 0;
-            rec.script_dev = 0;
-            rec.script_ino = 0;
         }
     }
     rec.path[0] = 0;

@@ -65,11 +65,6 @@ pub struct AuditRecord {
     pub uid: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cgroup_id: Option<u64>,
-    /// exec of a script: the script file's identity (`dev`/`ino` are then the interpreter's).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub script_dev: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub script_ino: Option<u64>,
     /// Executed file identity: userspace `st_dev` encoding.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dev: Option<u64>,

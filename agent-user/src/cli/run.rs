@@ -117,7 +117,9 @@ async fn run_task(args: RunArgs, compiled: CompiledScope) -> Result<i32, Failure
     sensor.bind(SLOT, &[cgroup.id()], &compiled).map_err(runtime)?;
     let mut unenforced = Vec::new();
     if enforce && !compiled.secrets.is_empty() {
-        tracing::warn!("the fallback engine cannot tell tools apart: secrets are readable by every process of the task");
+        tracing::warn!(
+            "the fallback engine cannot tell tools apart: secrets are readable by every process of the task"
+        );
         unenforced.push("secrets-by-tool".to_string());
     }
 
@@ -271,19 +273,15 @@ fn which_exe(cmd: &str) -> Option<String> {
         .map(|p| p.display().to_string())
 }
 
-/// Exit code of `warden run`: the command's, or 128+signal (shell convention).
+/// Exit code of `warden run`: when Warden ended the task, 130 (SIGINT), 143 (SIGTERM) or 124
+/// (ttl expired, as timeout(1) reports); otherwise the command's status, or 128+signal.
 fn exit_code(status: ExitStatus, reason: &str) -> i32 {
     use std::os::unix::process::ExitStatusExt;
-    if let Some(c) = status.code() {
-        return c;
-    }
-    if let Some(s) = status.signal() {
-        return 128 + s;
-    }
     match reason {
         r if r.contains("SIGINT") => 130,
         r if r.contains("SIGTERM") => 143,
-        _ => 124, // ttl expired, as timeout(1) reports
+        r if r.contains("ttl") => 124,
+        _ => status.code().or_else(|| status.signal().map(|s| 128 + s)).unwrap_or(1),
     }
 }
 

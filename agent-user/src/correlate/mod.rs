@@ -142,7 +142,6 @@ mod tests {
             old_pid: 10,
             dev: 0,
             ino: 0,
-            script: None,
             path: "/bin/sh".into(),
             path_truncated: false,
         };

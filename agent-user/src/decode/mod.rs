@@ -8,8 +8,8 @@
 use std::net::{IpAddr, Ipv6Addr};
 
 use agent_common::abi::{
-    ABI_VERSION, COMM_LEN, ConnectRecord, EXEC_IS_SCRIPT, EventHeader, ExecRecord, ExitRecord, ForkRecord,
-    PATH_LEN, ProcIds, action, decision, flags, kind, op, rule,
+    ABI_VERSION, COMM_LEN, ConnectRecord, EventHeader, ExecRecord, ExitRecord, ForkRecord, PATH_LEN, ProcIds,
+    action, decision, flags, kind, op, rule,
 };
 
 /// Why a record could not be decoded.
@@ -103,9 +103,6 @@ pub enum Event {
         old_pid: u32,
         dev: u32,
         ino: u64,
-        /// For a script: the script file's (kernel dev_t, inode); `dev`/`ino` are then the
-        /// interpreter's.
-        script: Option<(u32, u64)>,
         path: String,
         path_truncated: bool,
     },
@@ -248,7 +245,6 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 old_pid: r.old_pid,
                 dev: r.dev,
                 ino: r.ino,
-                script: (r.script & EXEC_IS_SCRIPT != 0).then_some((r.script_dev, r.script_ino)),
                 path: c_string(&r.path[..PATH_LEN]),
                 path_truncated: hdr.flags & flags::PATH_TRUNCATED != 0,
                 meta,
@@ -342,9 +338,6 @@ pub(crate) mod tests {
             dev: 0x0080_0001,
             old_pid: pid,
             ino: 42,
-            script: 0,
-            script_dev: 0,
-            script_ino: 0,
             path: p,
         })
     }
@@ -360,11 +353,19 @@ pub(crate) mod tests {
 
     #[test]
     fn decodes_fork_and_exit() {
-        let f =
-            ForkRecord { hdr: header(kind::FORK, size_of::<ForkRecord>()), proc: ids(10, 1, "sh"), child_pid: 11, child_tgid: 11 };
+        let f = ForkRecord {
+            hdr: header(kind::FORK, size_of::<ForkRecord>()),
+            proc: ids(10, 1, "sh"),
+            child_pid: 11,
+            child_tgid: 11,
+        };
         assert!(matches!(decode(&as_bytes(&f)).unwrap(), Event::Fork { child_tgid: 11, .. }));
-        let e =
-            ExitRecord { hdr: header(kind::EXIT, size_of::<ExitRecord>()), proc: ids(11, 10, "ls"), exit_code: 3 << 8, _pad0: 0 };
+        let e = ExitRecord {
+            hdr: header(kind::EXIT, size_of::<ExitRecord>()),
+            proc: ids(11, 10, "ls"),
+            exit_code: 3 << 8,
+            _pad0: 0,
+        };
         assert!(matches!(decode(&as_bytes(&e)).unwrap(), Event::Exit { exit_code: 768, .. }));
     }
 
@@ -393,7 +394,15 @@ pub(crate) mod tests {
         hdr.decision = decision_code;
         hdr.action = if decision_code == decision::DENY { action::REFUSE } else { action::NONE };
         hdr.rule = if decision_code == decision::ALLOW { rule::NONE } else { rule::NETWORK_EGRESS };
-        as_bytes(&ConnectRecord { hdr, proc: ids(5, 1, "curl"), addr, port, protocol: 6, op: op_code, _pad0: 0 })
+        as_bytes(&ConnectRecord {
+            hdr,
+            proc: ids(5, 1, "curl"),
+            addr,
+            port,
+            protocol: 6,
+            op: op_code,
+            _pad0: 0,
+        })
     }
 
     #[test]
@@ -403,7 +412,10 @@ pub(crate) mod tests {
         let Event::Connect { addr, port, op, meta, .. } = ev else { panic!() };
         assert_eq!(addr, "10.1.2.3".parse::<IpAddr>().unwrap());
         assert_eq!((port, op), (443, ConnectOp::Connect));
-        assert_eq!((meta.decision, meta.action, meta.rule), (KDecision::Deny, KAction::Refuse, KRule::NetworkEgress));
+        assert_eq!(
+            (meta.decision, meta.action, meta.rule),
+            (KDecision::Deny, KAction::Refuse, KRule::NetworkEgress)
+        );
         let v6: [u8; 16] = "2001:db8::1".parse::<Ipv6Addr>().unwrap().octets();
         let ev = decode(&connect_bytes(v6, 53, op::SENDMSG6, decision::ALLOW)).unwrap();
         assert_eq!(ev.kind_name(), "sendmsg");
@@ -438,7 +450,7 @@ pub(crate) mod tests {
         }
 
         #[test]
-        fn never_panics_on_mutated_valid_records(idx in 0usize..368, val in any::<u8>(), cut in 0usize..368) {
+        fn never_panics_on_mutated_valid_records(idx in 0usize..352, val in any::<u8>(), cut in 0usize..352) {
             let mut b = exec_bytes(7, 1, "/bin/true");
             b[idx] = val;
             let _ = decode(&b);

@@ -137,9 +137,7 @@ impl KernelBtf {
             cgroup_kn: self.offset("cgroup", &["kn"])?,
             kn_id: self.offset("kernfs_node", &["id"])?,
             kn_parent: self.offset("kernfs_node", &["__parent", "parent"])?,
-            // Optional: older kernels have no `executable`; scripts then go unchecked by the
-            // fallback engine's exec identity check (the interpreter still is).
-            bprm_executable: self.offset("linux_binprm", &["executable"]).unwrap_or(0),
+            bprm_buf: self.offset("linux_binprm", &["buf"])?,
             valid: 1,
         })
     }

@@ -63,7 +63,8 @@ impl Default for LoadOptions {
 }
 
 /// The cgroup sock_addr programs that judge egress, attached to each sandbox cgroup.
-pub const EGRESS_PROGRAMS: [&str; 4] = ["egress_connect4", "egress_connect6", "egress_sendmsg4", "egress_sendmsg6"];
+pub const EGRESS_PROGRAMS: [&str; 4] =
+    ["egress_connect4", "egress_connect6", "egress_sendmsg4", "egress_sendmsg6"];
 
 /// The process-lifecycle tracepoints every sensor attaches.
 pub const SCHED_PROGRAMS: [&str; 5] =
@@ -156,7 +157,9 @@ impl Sensor {
                 .ok_or(LoadError::MissingMap(name))?
                 .try_into()
                 .map_err(|source| LoadError::Program { name, source })?;
-            let link = prog.attach(&dir, CgroupAttachMode::Single).map_err(|source| LoadError::Program { name, source })?;
+            let link = prog
+                .attach(&dir, CgroupAttachMode::Single)
+                .map_err(|source| LoadError::Program { name, source })?;
             // Keep the attachment for the cgroup's lifetime, not the program object's.
             let owned = prog.take_link(link).map_err(|source| LoadError::Program { name, source })?;
             self.egress_links.push(owned);
@@ -173,7 +176,9 @@ impl Sensor {
                 HashMap::try_from(m).map_err(|source| LoadError::Map { name: maps::EXEC_ALLOW, source })?;
             for f in exec {
                 let key = maps::ExecKey { slot, dev: user_dev_to_kernel(f.dev), ino: f.ino };
-                allow.insert(key, 1, 0).map_err(|source| LoadError::Map { name: maps::EXEC_ALLOW, source })?;
+                allow
+                    .insert(key, 1, 0)
+                    .map_err(|source| LoadError::Map { name: maps::EXEC_ALLOW, source })?;
             }
         }
         if let Some(entries) = &scope.egress {
@@ -181,8 +186,10 @@ impl Sensor {
             let mut trie: LpmTrie<&mut MapData, maps::EgressAddr, maps::EgressRules> =
                 LpmTrie::try_from(m).map_err(|source| LoadError::Map { name: maps::EGRESS, source })?;
             for e in entries {
-                let key = Key::new(e.prefix_len, maps::EgressAddr { slot_be: slot.to_be_bytes(), addr: e.addr });
-                trie.insert(&key, e.rules, 0).map_err(|source| LoadError::Map { name: maps::EGRESS, source })?;
+                let key =
+                    Key::new(e.prefix_len, maps::EgressAddr { slot_be: slot.to_be_bytes(), addr: e.addr });
+                trie.insert(&key, e.rules, 0)
+                    .map_err(|source| LoadError::Map { name: maps::EGRESS, source })?;
             }
         }
         let mut w = self.watched()?;
@@ -210,7 +217,8 @@ impl Sensor {
             let mut trie: LpmTrie<&mut MapData, maps::EgressAddr, maps::EgressRules> =
                 LpmTrie::try_from(m).map_err(|source| LoadError::Map { name: maps::EGRESS, source })?;
             for e in entries {
-                let key = Key::new(e.prefix_len, maps::EgressAddr { slot_be: slot.to_be_bytes(), addr: e.addr });
+                let key =
+                    Key::new(e.prefix_len, maps::EgressAddr { slot_be: slot.to_be_bytes(), addr: e.addr });
                 let _ = trie.remove(&key);
             }
         }

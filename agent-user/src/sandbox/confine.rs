@@ -3,8 +3,8 @@
 //! abstract-socket scoping, ptrace of processes outside the sandbox) and a seccomp filter
 //! for the syscalls the scope forbids.
 use landlock::{
-    ABI, Access, AccessFs, CompatLevel, Compatible, PathBeneath, PathFd, Ruleset, RulesetAttr, RulesetCreated,
-    RulesetCreatedAttr, RulesetStatus, Scope as LlScope,
+    ABI, Access, AccessFs, CompatLevel, Compatible, PathBeneath, PathFd, Ruleset, RulesetAttr,
+    RulesetCreated, RulesetCreatedAttr, RulesetStatus, Scope as LlScope,
 };
 use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
 
@@ -70,7 +70,11 @@ impl Confinement {
                 TargetArch::x86_64,
             )
             .map_err(|e| ConfineError::Seccomp(e.to_string()))?;
-            Some(filter.try_into().map_err(|e: seccompiler::BackendError| ConfineError::Seccomp(e.to_string()))?)
+            Some(
+                filter
+                    .try_into()
+                    .map_err(|e: seccompiler::BackendError| ConfineError::Seccomp(e.to_string()))?,
+            )
         };
         Ok(Self { ruleset: Some(rs), seccomp })
     }

@@ -30,7 +30,9 @@ pub fn v1_pids_mount_in(mountinfo: &str) -> Option<PathBuf> {
             return None;
         }
         let opts = it.nth(1)?;
-        opts.split(',').any(|o| o == "pids").then(|| PathBuf::from(pre.split_whitespace().nth(4).unwrap_or("/")))
+        opts.split(',')
+            .any(|o| o == "pids")
+            .then(|| PathBuf::from(pre.split_whitespace().nth(4).unwrap_or("/")))
     })
 }
 
@@ -56,8 +58,9 @@ impl PidsLimit {
         }
         let mi = Path::new("/proc/self/mountinfo");
         let text = fs::read_to_string(mi).map_err(io(mi))?;
-        let v1 = v1_pids_mount_in(&text)
-            .ok_or_else(|| CgroupError::NoPids("neither cgroup v2 nor a v1 hierarchy offers `pids`".into()))?;
+        let v1 = v1_pids_mount_in(&text).ok_or_else(|| {
+            CgroupError::NoPids("neither cgroup v2 nor a v1 hierarchy offers `pids`".into())
+        })?;
         let twin = Cgroup::create(&v1.join(parent_rel), name)?;
         let f = twin.path().join("pids.max");
         fs::write(&f, max.to_string()).map_err(io(&f))?;

@@ -104,8 +104,10 @@ fn credential_paths() -> Vec<PathBuf> {
 
 /// System control files no task may write: cgroups (escape), bpffs, sysctls, Warden's socket.
 fn control_paths() -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> =
-        ["/sys/fs/cgroup", "/sys/fs/bpf", "/proc/sys", "/sys/kernel", "/run/warden"].iter().map(PathBuf::from).collect();
+    let mut v: Vec<PathBuf> = ["/sys/fs/cgroup", "/sys/fs/bpf", "/proc/sys", "/sys/kernel", "/run/warden"]
+        .iter()
+        .map(PathBuf::from)
+        .collect();
     if let Ok(m) = crate::sandbox::cgroup2_mount() {
         v.push(m);
     }
@@ -147,10 +149,13 @@ fn canonical_prefix(p: &Path) -> PathBuf {
 /// of each denied path; new entries created there later are covered by no rule (denied).
 pub fn carve(roots: &[PathBuf], denied: &[PathBuf]) -> Vec<PathBuf> {
     fn rec(root: &Path, denied: &[PathBuf], out: &mut Vec<PathBuf>, depth: usize) {
-        if denied.iter().any(|d| root.starts_with(d)) {
+        // A rule is placed on what a path resolves to: granting a symlink would grant its
+        // target (possibly a denied file). Targets are judged on their own.
+        if denied.iter().any(|d| root.starts_with(d)) || (depth > 0 && root.is_symlink()) {
             return;
         }
-        let below: Vec<&PathBuf> = denied.iter().filter(|d| d.starts_with(root) && d.as_path() != root).collect();
+        let below: Vec<&PathBuf> =
+            denied.iter().filter(|d| d.starts_with(root) && d.as_path() != root).collect();
         if below.is_empty() {
             out.push(root.to_path_buf());
             return;
@@ -373,19 +378,26 @@ impl CompiledScope {
         let mut secrets = Vec::new();
         for (i, s) in scope.secrets.iter().enumerate() {
             let field = format!("secrets[{i}].path");
-            let file = FileId::of(&s.path)
-                .map_err(|e| scope.error(&s.path.display().to_string(), &field, format!("{}: {e}", s.path.display())))?;
+            let file = FileId::of(&s.path).map_err(|e| {
+                scope.error(&s.path.display().to_string(), &field, format!("{}: {e}", s.path.display()))
+            })?;
             let mut tools = Vec::new();
             for t in &s.tools {
                 tools.push(FileId::of(t).map_err(|e| {
-                    scope.error(&t.display().to_string(), &format!("secrets[{i}].tools"), format!("{}: {e}", t.display()))
+                    scope.error(
+                        &t.display().to_string(),
+                        &format!("secrets[{i}].tools"),
+                        format!("{}: {e}", t.display()),
+                    )
                 })?);
             }
             secrets.push(CompiledSecret { file, tools });
         }
         let egress = match &scope.egress {
             None => None,
-            Some(rules) => Some(egress_entries(rules, 0).map_err(|e| scope.error("egress", "network.egress", e))?),
+            Some(rules) => {
+                Some(egress_entries(rules, 0).map_err(|e| scope.error("egress", "network.egress", e))?)
+            }
         };
 
         // Landlock.
@@ -444,6 +456,7 @@ mod tests {
     use crate::scope::raw::PortRange;
     use ipnet::IpNet;
     use proptest::prelude::*;
+    use std::os::unix::fs::symlink;
 
     fn rule(net: &str, ports: &[(u16, u16)], protocol: Protocol) -> EgressRule {
         EgressRule {
@@ -500,7 +513,10 @@ mod tests {
 
     #[test]
     fn folds_shorter_prefixes_into_longer_ones() {
-        let rules = vec![rule("10.0.0.0/8", &[(443, 443)], Protocol::Tcp), rule("10.1.0.0/16", &[(53, 53)], Protocol::Udp)];
+        let rules = vec![
+            rule("10.0.0.0/8", &[(443, 443)], Protocol::Tcp),
+            rule("10.1.0.0/16", &[(53, 53)], Protocol::Udp),
+        ];
         let e = egress_entries(&rules, 0).unwrap();
         assert_eq!(e.len(), 2);
         let inner = e.iter().find(|x| x.prefix_len == 32 + 96 + 16).unwrap();
@@ -543,6 +559,7 @@ mod tests {
             fs::create_dir_all(r.join(p)).unwrap();
         }
         fs::write(r.join("a/file"), "x").unwrap();
+        symlink(r.join("a/secret"), r.join("a/link")).unwrap();
         let got = carve(&[r.to_path_buf()], &[r.join("a/secret")]);
         assert_eq!(got, vec![r.join("a/file"), r.join("a/ok"), r.join("b")]);
         // A root inside a denied path is dropped; no denial under a root keeps it whole.
@@ -577,15 +594,20 @@ mod tests {
         let id = FileId::of(Path::new("/bin/sh")).unwrap();
         assert_eq!(c.exec.as_ref().unwrap(), &vec![id]);
         assert!(c.flags & sandbox_flags::EXEC_RESTRICTED != 0);
-        assert!(c.landlock.read.iter().any(|p| p.to_string_lossy().contains("ld-linux")), "loader may be mapped");
-        let e = compile_text("version: 1\ntask: t\nexec:\n  allow: [/bin/sh, /nonexistent/tool]\n").unwrap_err();
+        assert!(
+            c.landlock.read.iter().any(|p| p.to_string_lossy().contains("ld-linux")),
+            "loader may be mapped"
+        );
+        let e =
+            compile_text("version: 1\ntask: t\nexec:\n  allow: [/bin/sh, /nonexistent/tool]\n").unwrap_err();
         assert!(e.to_string().starts_with("s.yaml:4: exec.allow: /nonexistent/tool"), "{e}");
         let d = tempfile::tempdir().unwrap();
         let script = d.path().join("run.py");
         fs::write(&script, "#!/usr/bin/env python3\n").unwrap();
         fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
-        let e = compile_text(&format!("version: 1\ntask: t\nexec:\n  allow: [/bin/sh, {}]\n", script.display()))
-            .unwrap_err();
+        let e =
+            compile_text(&format!("version: 1\ntask: t\nexec:\n  allow: [/bin/sh, {}]\n", script.display()))
+                .unwrap_err();
         assert!(e.to_string().contains("is a script for /usr/bin/env"), "{e}");
     }
 
@@ -596,7 +618,10 @@ mod tests {
         assert!(!c.landlock.read.iter().any(|p| shadow.starts_with(p)), "shadow not readable");
         assert!(c.landlock.read.contains(&PathBuf::from("/usr")), "the rest of / is");
         let cg = crate::sandbox::cgroup2_mount().unwrap();
-        assert!(!c.landlock.write.iter().any(|p| cg.starts_with(p) || p.starts_with(&cg)), "cgroups not writable");
+        assert!(
+            !c.landlock.write.iter().any(|p| cg.starts_with(p) || p.starts_with(&cg)),
+            "cgroups not writable"
+        );
         assert!(c.seccomp_deny.iter().any(|(n, _)| *n == "bpf"));
         assert!(c.seccomp_deny.iter().any(|(n, _)| *n == "io_uring_setup"));
         let g = compile_text("version: 1\ntask: t\ngrant: [io-uring, credentials]\n").unwrap();

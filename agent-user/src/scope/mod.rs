@@ -289,7 +289,9 @@ grant: [io-uring]
         assert_eq!(e, "s.yaml:1: version: version 2 is not supported; write `version: 1`");
         let e = err("version: 1\ntask: a\nexec:\n  allow: [/bin/sh, /lib64/ld-linux-x86-64.so.2]\n");
         assert!(e.starts_with("s.yaml:4: exec.allow:") && e.contains("dynamic loader"), "{e}");
-        let e = err("version: 1\ntask: a\nexec:\n  allow: [/bin/sh]\nsecrets:\n  - path: /run/s\n    tools: [/usr/bin/git]\n");
+        let e = err(
+            "version: 1\ntask: a\nexec:\n  allow: [/bin/sh]\nsecrets:\n  - path: /run/s\n    tools: [/usr/bin/git]\n",
+        );
         assert!(e.starts_with("s.yaml:7: secrets[0].tools:") && e.contains("exec.allow"), "{e}");
     }
 

@@ -129,17 +129,26 @@ fn memfd_exec(path: &str) -> Result<(), i32> {
     let envp: [*const libc::c_char; 1] = [std::ptr::null()];
     // SAFETY: valid fd, argv/envp NULL-terminated; AT_EMPTY_PATH executes the fd itself.
     unsafe {
-        libc::syscall(libc::SYS_execveat, f.as_raw_fd(), empty.as_ptr(), argv.as_ptr(), envp.as_ptr(), libc::AT_EMPTY_PATH)
+        libc::syscall(
+            libc::SYS_execveat,
+            f.as_raw_fd(),
+            empty.as_ptr(),
+            argv.as_ptr(),
+            envp.as_ptr(),
+            libc::AT_EMPTY_PATH,
+        )
     };
     Err(errno())
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let a = |i: usize| args.get(i).map(String::as_str).unwrap_or_else(|| {
-        eprintln!("usage: warden-probe OP ARGS...");
-        std::process::exit(2)
-    });
+    let a = |i: usize| {
+        args.get(i).map(String::as_str).unwrap_or_else(|| {
+            eprintln!("usage: warden-probe OP ARGS...");
+            std::process::exit(2)
+        })
+    };
     let op = a(0);
     let r: Result<(), i32> = match op {
         "open" => open(a(1), libc::O_RDONLY).map(drop),
@@ -148,7 +157,9 @@ fn main() {
             .and_then(|fd| open(&format!("/proc/self/fd/{}", fd.as_raw_fd()), libc::O_RDONLY))
             .map(drop),
         "uring-open" => uring_open(a(1)),
-        "connect" => TcpStream::connect(sockaddr(a(1), a(2))).map(drop).map_err(|e| e.raw_os_error().unwrap_or(0)),
+        "connect" => {
+            TcpStream::connect(sockaddr(a(1), a(2))).map(drop).map_err(|e| e.raw_os_error().unwrap_or(0))
+        }
         "uring-connect" => uring_connect(sockaddr(a(1), a(2))),
         "udp-send" => {
             let sa = sockaddr(a(1), a(2));
@@ -161,9 +172,14 @@ fn main() {
         "udp-connect" => {
             let sa = sockaddr(a(1), a(2));
             let bind = if sa.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
-            UdpSocket::bind(bind).and_then(|s| s.connect(sa)).map(drop).map_err(|e| e.raw_os_error().unwrap_or(0))
+            UdpSocket::bind(bind)
+                .and_then(|s| s.connect(sa))
+                .map(drop)
+                .map_err(|e| e.raw_os_error().unwrap_or(0))
         }
         "memfd-exec" => memfd_exec(a(1)),
+        "link" => std::fs::hard_link(a(1), a(2)).map_err(|e| e.raw_os_error().unwrap_or(0)),
+        "rename" => std::fs::rename(a(1), a(2)).map_err(|e| e.raw_os_error().unwrap_or(0)),
         "kill" => {
             // SAFETY: kill(2) with signal 0 only checks permission.
             let r = unsafe { libc::kill(a(1).parse().expect("pid"), 0) };
@@ -190,7 +206,9 @@ fn main() {
             let _ = std::fs::create_dir(&dir);
             let d = cstr(dir.to_str().unwrap());
             // SAFETY: valid strings.
-            let r = unsafe { libc::mount(cstr("none").as_ptr(), d.as_ptr(), cstr("tmpfs").as_ptr(), 0, std::ptr::null()) };
+            let r = unsafe {
+                libc::mount(cstr("none").as_ptr(), d.as_ptr(), cstr("tmpfs").as_ptr(), 0, std::ptr::null())
+            };
             if r == 0 {
                 unsafe { libc::umount(d.as_ptr()) };
             }
