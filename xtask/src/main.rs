@@ -2,6 +2,7 @@
 //!
 //! Every command runs `setup` first, so a fresh machine needs no hand steps.
 mod bench;
+mod coverage;
 mod setup;
 mod test;
 mod util;

@@ -1,5 +1,6 @@
 //! `cargo xtask test`: the unit tier, the host tier (privileged, this kernel) and
-//! the VM tier (stock kernels with BPF LSM under qemu).
+//! the VM tier (stock kernels with BPF LSM under qemu); then the coverage matrix is
+//! regenerated from what the privileged tiers observed.
 use anyhow::bail;
 
 use crate::util::{self, build_warden, cargo, is_root};
@@ -32,10 +33,23 @@ pub fn run(tiers: &[Tier]) -> anyhow::Result<()> {
             bail!("the host tier loads BPF programs and creates cgroups: run it as root");
         }
         let warden = build_warden(false)?;
-        util::run(cargo().args(["test", "--package", "warden-tests"]).env("WARDEN_BIN", &warden))?;
+        let cells = crate::coverage::cells_dir(&util::workspace_root());
+        std::fs::create_dir_all(&cells)?;
+        let out = cells.join("host.jsonl");
+        let _ = std::fs::remove_file(&out);
+        util::run(
+            cargo()
+                .args(["test", "--package", "warden-tests"])
+                .env("WARDEN_BIN", &warden)
+                .env("WARDEN_COVERAGE_OUT", &out),
+        )?;
     }
     if want(Tier::Vm) {
         crate::vm::run(crate::vm::VmArgs::default())?;
+    }
+    if want(Tier::Host) || want(Tier::Vm) {
+        let n = crate::coverage::generate(&util::workspace_root())?;
+        eprintln!("coverage: {n} cells observed; docs/coverage.md regenerated");
     }
     Ok(())
 }
