@@ -104,7 +104,9 @@ fn run_shell(mut cmd: Command) -> std::io::Result<ExitStatus> {
     // thread still holds the copy's write descriptor; that is not what is tested here.
     for _ in 0..50 {
         match cmd.status() {
-            Err(e) if e.kind() == ErrorKind::ExecutableFileBusy => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) if e.kind() == ErrorKind::ExecutableFileBusy => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
             other => return other,
         }
     }
@@ -117,7 +119,9 @@ fn in_cgroup(cg: &TestCgroup, program: &Path) -> Command {
 
 fn assert_denied(result: std::io::Result<ExitStatus>, what: &str) {
     match result {
-        Err(e) => assert_eq!(e.raw_os_error(), Some(libc::EPERM), "{what}: exec failed, but not with EPERM: {e}"),
+        Err(e) => {
+            assert_eq!(e.raw_os_error(), Some(libc::EPERM), "{what}: exec failed, but not with EPERM: {e}")
+        }
         Ok(status) => panic!("{what}: exec was not refused, the program ran and exited with {status}"),
     }
 }
