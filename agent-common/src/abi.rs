@@ -19,7 +19,23 @@ pub mod kind {
     pub const EXIT: u16 = 3;
     /// An outbound connection or datagram was judged (cgroup sock_addr / LSM socket hooks).
     pub const CONNECT: u16 = 4;
-    // 5..=63 are reserved for further scope-enforcement records (open, signal, ptrace, ...).
+    /// A file open was refused or audited (LSM `file_open`). Allowed opens are not recorded.
+    pub const OPEN: u16 = 5;
+    /// A signal to a process outside the sandbox (LSM `task_kill`).
+    pub const SIGNAL: u16 = 6;
+    /// ptrace-mode access to a process outside the sandbox (LSM `ptrace_access_check`; also
+    /// reading its `/proc/<pid>/environ`, `mem`, `maps`).
+    pub const PTRACE: u16 = 7;
+    /// The `bpf()` syscall (LSM `bpf`).
+    pub const BPF: u16 = 8;
+    /// Mounting (LSM `sb_mount`, `move_mount`).
+    pub const MOUNT: u16 = 9;
+    /// An executable mapping of a file the task may write, or of an anonymous file
+    /// (LSM `mmap_file`, `file_mprotect`).
+    pub const MMAP: u16 = 10;
+    /// Loading a kernel module (LSM `kernel_read_file`, `kernel_load_data`).
+    pub const MODULE: u16 = 11;
+    // 12..=63 are reserved for further scope-enforcement records.
 }
 
 /// What was decided (`EventHeader::decision`).
@@ -50,6 +66,26 @@ pub mod rule {
     pub const EXEC_ALLOW: u16 = 1;
     /// `network.egress`.
     pub const NETWORK_EGRESS: u16 = 2;
+    /// `files.deny` (or a protected credential path).
+    pub const FILES_DENY: u16 = 3;
+    /// `files.read` (not in the allowlist).
+    pub const FILES_READ: u16 = 4;
+    /// `files.write` (not in the allowlist).
+    pub const FILES_WRITE: u16 = 5;
+    /// `secrets` (opened by a binary that is not one of the secret's tools).
+    pub const SECRETS: u16 = 6;
+    /// Protected default: signals / ptrace outside the sandbox.
+    pub const PROTECTED_PROCESS: u16 = 7;
+    /// Protected default: `bpf()`.
+    pub const PROTECTED_BPF: u16 = 8;
+    /// Protected default: mounting.
+    pub const PROTECTED_MOUNT: u16 = 9;
+    /// Protected default: kernel modules.
+    pub const PROTECTED_MODULE: u16 = 10;
+    /// Protected default: system control files (cgroups, bpffs, sysctls).
+    pub const PROTECTED_CONTROL: u16 = 11;
+    /// `exec.allow` applied to executable mappings.
+    pub const EXEC_MMAP: u16 = 12;
 }
 
 /// Connection operations (`ConnectRecord::op`).
@@ -180,6 +216,26 @@ pub struct ConnectRecord {
 }
 crate::assert_layout!(ConnectRecord, size = 104, hdr @ 0, proc @ 40, addr @ 80, port @ 96, protocol @ 98,
     op @ 99);
+
+/// `kind::OPEN`, `SIGNAL`, `PTRACE`, `BPF`, `MOUNT`, `MMAP`, `MODULE`: a BPF LSM verdict.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct LsmRecord {
+    pub hdr: EventHeader,
+    pub proc: ProcIds,
+    /// SIGNAL/PTRACE: the target process.
+    pub target_pid: u32,
+    /// OPEN: `f_mode`; SIGNAL: the signal; PTRACE: the mode; BPF: the command; MMAP: `prot`.
+    pub arg: u32,
+    /// OPEN/MMAP/MODULE: the file's kernel `dev_t` and inode.
+    pub dev: u32,
+    pub _pad0: u32,
+    pub ino: u64,
+    /// OPEN/MMAP: the file's path (`bpf_d_path`), NUL-terminated.
+    pub path: [u8; PATH_LEN],
+}
+crate::assert_layout!(LsmRecord, size = 360, hdr @ 0, proc @ 40, target_pid @ 80, arg @ 84, dev @ 88,
+    ino @ 96, path @ 104);
 
 #[cfg(feature = "user")]
 mod pod {

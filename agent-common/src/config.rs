@@ -40,11 +40,44 @@ pub struct KernelOffsets {
     pub kn_parent: u32,
     /// `linux_binprm.buf` (the first bytes of the file being checked; `#!` for scripts).
     pub bprm_buf: u32,
+    /// `file.f_path` (a `struct path`)
+    pub file_path: u32,
+    /// `path.mnt`
+    pub path_mnt: u32,
+    /// `path.dentry`
+    pub path_dentry: u32,
+    /// `file.f_mode`
+    pub file_mode: u32,
+    /// `dentry.d_parent`
+    pub dentry_parent: u32,
+    /// `dentry.d_inode`
+    pub dentry_inode: u32,
+    /// `mount.mnt` (the embedded `struct vfsmount`)
+    pub mount_mnt: u32,
+    /// `mount.mnt_parent`
+    pub mount_parent: u32,
+    /// `mount.mnt_mountpoint`
+    pub mount_mountpoint: u32,
+    /// `task_struct.mm`
+    pub task_mm: u32,
+    /// `mm_struct.exe_file`
+    pub mm_exe_file: u32,
+    /// `task_struct.cgroups` (a `struct css_set *`)
+    pub task_cgroups: u32,
+    /// `css_set.dfl_cgrp`
+    pub css_set_dfl_cgrp: u32,
+    /// `super_block.s_flags`
+    pub sb_flags: u32,
+    /// `vm_area_struct.vm_file`
+    pub vma_file: u32,
+    /// Argument index of `ret` in the `bpf` LSM hook (3, or 4 where the hook has `kernel`).
+    pub lsm_bpf_ret: u32,
     /// Non-zero once the loader filled the struct; programs emit nothing while zero.
     pub valid: u32,
+    pub _pad0: u32,
 }
-crate::assert_layout!(KernelOffsets, size = 60, task_pid @ 0, kn_parent @ 48, bprm_buf @ 52,
-    valid @ 56);
+crate::assert_layout!(KernelOffsets, size = 128, task_pid @ 0, kn_parent @ 48, bprm_buf @ 52,
+    file_path @ 56, vma_file @ 112, lsm_bpf_ret @ 116, valid @ 120);
 
 #[cfg(feature = "user")]
 mod pod {

@@ -24,7 +24,52 @@ pub mod sandbox_flags {
     pub const NET_RESTRICTED: u32 = 1 << 1;
     /// Audit mode: record would-be denials as "audit", refuse nothing.
     pub const AUDIT: u32 = 1 << 2;
+    /// BPF LSM engine: the LSM programs judge this sandbox (files, processes, bpf, mount, ...).
+    pub const LSM: u32 = 1 << 3;
+    /// Only paths with a `READ` rule on them or an ancestor may be read.
+    pub const READ_RESTRICTED: u32 = 1 << 4;
+    /// Only paths with a `WRITE` rule on them or an ancestor may be written.
+    pub const WRITE_RESTRICTED: u32 = 1 << 5;
 }
+
+/// Name of the file rules map (key [`FileKey`], value bit set of [`file_rule`]).
+pub const FILE_RULES: &str = "FILE_RULES";
+/// Name of the secret-tools map (key [`SecretToolKey`], value `u32` reserved).
+pub const SECRET_TOOLS: &str = "SECRET_TOOLS";
+/// Default number of file rules over all sandboxes.
+pub const DEFAULT_MAX_FILE_RULES: u32 = 65536;
+
+/// Bits of a `FILE_RULES` value. A rule applies to the object and everything beneath it
+/// (the kernel walks from the opened file up through its ancestors, across mounts).
+pub mod file_rule {
+    /// May be read.
+    pub const READ: u32 = 1 << 0;
+    /// May be written.
+    pub const WRITE: u32 = 1 << 1;
+    /// Never opened (files.deny, credentials); wins over everything.
+    pub const DENY: u32 = 1 << 2;
+    /// Never written (system control files).
+    pub const DENY_WRITE: u32 = 1 << 3;
+    /// The object itself is a secret: only its tools may open it.
+    pub const SECRET: u32 = 1 << 4;
+}
+
+/// Key of `FILE_RULES`: an object (kernel dev_t, inode) for one sandbox slot.
+pub type FileKey = ExecKey;
+
+/// Key of `SECRET_TOOLS`: (slot, secret, tool executable) identities.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SecretToolKey {
+    pub slot: u32,
+    pub secret_dev: u32,
+    pub secret_ino: u64,
+    pub tool_dev: u32,
+    pub _pad0: u32,
+    pub tool_ino: u64,
+}
+crate::assert_layout!(SecretToolKey, size = 32, slot @ 0, secret_dev @ 4, secret_ino @ 8, tool_dev @ 16,
+    tool_ino @ 24);
 
 /// Value of the `WATCHED` map: which sandbox a cgroup belongs to.
 #[repr(C)]
@@ -74,6 +119,7 @@ mod pod {
     unsafe impl aya::Pod for super::EgressAddr {}
     unsafe impl aya::Pod for super::PortRule {}
     unsafe impl aya::Pod for super::EgressRules {}
+    unsafe impl aya::Pod for super::SecretToolKey {}
 }
 
 /// Name of the exec allowlist map (key [`ExecKey`], value `u32` reserved).

@@ -1,8 +1,9 @@
 //! Every map the kernel programs use. Sizes here are defaults: the loader sets
 //! the real ones at load time (`EbpfLoader::map_max_entries`).
 use agent_common::maps::{
-    DEFAULT_MAX_CGROUPS, DEFAULT_MAX_EGRESS, DEFAULT_MAX_EXEC, DEFAULT_MAX_TASKS, DEFAULT_RING_BYTES,
-    DropCounters, EgressAddr, EgressRules, ExecKey, Sandbox, stat,
+    DEFAULT_MAX_CGROUPS, DEFAULT_MAX_EGRESS, DEFAULT_MAX_EXEC, DEFAULT_MAX_FILE_RULES, DEFAULT_MAX_TASKS,
+    DEFAULT_RING_BYTES, DropCounters, EgressAddr, EgressRules, ExecKey, FileKey, Sandbox, SecretToolKey,
+    stat,
 };
 use aya_ebpf::{
     macros::map,
@@ -41,6 +42,15 @@ pub static EXEC_ALLOW: HashMap<ExecKey, u32> = HashMap::with_max_entries(DEFAULT
 /// rules that apply there. `BPF_F_NO_PREALLOC` is mandatory for LPM tries.
 #[map]
 pub static EGRESS: LpmTrie<EgressAddr, EgressRules> = LpmTrie::with_max_entries(DEFAULT_MAX_EGRESS, 1);
+
+/// Object rules per sandbox: (slot, dev, ino) → `agent_common::maps::file_rule` bits. A rule on a
+/// directory applies beneath it (BPF LSM engine).
+#[map]
+pub static FILE_RULES: HashMap<FileKey, u32> = HashMap::with_max_entries(DEFAULT_MAX_FILE_RULES, 0);
+
+/// (slot, secret, tool) triples: which executables may open which secret (BPF LSM engine).
+#[map]
+pub static SECRET_TOOLS: HashMap<SecretToolKey, u32> = HashMap::with_max_entries(DEFAULT_MAX_EXEC, 0);
 
 /// Adds one to a global counter.
 #[inline(always)]

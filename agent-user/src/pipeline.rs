@@ -8,7 +8,7 @@ use std::{collections::HashMap, io};
 use crate::{
     audit::{AuditRecord, AuditSink, Decision, SCHEMA_VERSION, clock::Clock, record},
     correlate::ProcessTable,
-    decode::{Decoder, Event, KAction, KDecision},
+    decode::{Decoder, Event, KAction, KDecision, LsmKind},
 };
 
 /// Enforcement mode of a task.
@@ -161,6 +161,26 @@ impl Pipeline {
                 rec.dev = Some(record::kernel_dev_to_user(*dev));
                 rec.ino = Some(*ino);
                 rec.path_truncated = path_truncated.then_some(true);
+            }
+            Event::Lsm { what, target_pid, arg, dev, ino, path, .. } => {
+                if !path.is_empty() {
+                    rec.path = Some(path.clone());
+                }
+                if *ino != 0 {
+                    rec.dev = Some(record::kernel_dev_to_user(*dev));
+                    rec.ino = Some(*ino);
+                }
+                match what {
+                    LsmKind::Signal => {
+                        rec.target_pid = Some(*target_pid);
+                        rec.signal = Some(*arg as i32);
+                    }
+                    LsmKind::Ptrace => {
+                        rec.target_pid = Some(*target_pid);
+                        rec.arg = Some(*arg);
+                    }
+                    _ => rec.arg = Some(*arg),
+                }
             }
             Event::Connect { addr, port, protocol, .. } => {
                 rec.addr = Some(addr.to_string());

@@ -23,7 +23,7 @@ const SIGKILL: u32 = 9;
 
 /// (kernel dev_t, inode) of a `struct file *`.
 #[inline(always)]
-fn file_id(
+pub fn file_id(
     file: *const u8,
     file_inode: u32,
     inode_ino: u32,
@@ -38,7 +38,7 @@ fn file_id(
 }
 
 #[inline(always)]
-fn exec_allowed(sandbox: &Sandbox, id: Option<(u32, u64)>) -> bool {
+pub fn exec_allowed(sandbox: &Sandbox, id: Option<(u32, u64)>) -> bool {
     match id {
         Some((dev, ino)) => EXEC_ALLOW.get_ptr(&ExecKey { slot: sandbox.slot, dev, ino }).is_some(),
         // An unreadable identity is not an allowed one.
@@ -65,7 +65,10 @@ pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
     let file = read::<*const u8>(bprm, off.bprm_file).unwrap_or(core::ptr::null());
     let id = file_id(file, off.file_inode, off.inode_ino, off.inode_sb, off.sb_dev);
     let mut verdict = Verdict::ALLOW;
-    if sandbox.flags & sandbox_flags::EXEC_RESTRICTED != 0 && !exec_allowed(&sandbox, id) {
+    // Under the BPF LSM engine, bprm_check_security already refused what is not allowed;
+    // audit mode is judged here by both engines, so each exec gets one record.
+    let lsm_judged = sandbox.flags & sandbox_flags::LSM != 0 && sandbox.flags & sandbox_flags::AUDIT == 0;
+    if sandbox.flags & sandbox_flags::EXEC_RESTRICTED != 0 && !lsm_judged && !exec_allowed(&sandbox, id) {
         verdict = Verdict::deny(&sandbox, rule::EXEC_ALLOW, action::KILL);
         if verdict.enforced() {
             // SAFETY: signals the current task, which is in process context here.

@@ -72,6 +72,13 @@ pub struct AuditRecord {
     pub ino: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub path_truncated: Option<bool>,
+    /// signal/ptrace: the process acted on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_pid: Option<u32>,
+    /// The hook's argument: open: `f_mode`; ptrace: mode; bpf: command; mmap: `prot`;
+    /// module: the kernel's load id. (Signals are in `signal`.)
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arg: Option<u32>,
     /// fork: the new process.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub child_pid: Option<u32>,

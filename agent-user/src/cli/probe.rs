@@ -18,14 +18,16 @@ pub struct ProbeArgs {
 
 pub fn run(args: ProbeArgs) -> Result<i32, Failure> {
     let report = probe();
-    let matrix: serde_json::Value =
-        serde_json::from_str(COVERAGE_JSON).map_err(|e| Failure::Runtime(anyhow::anyhow!("embedded coverage: {e}")))?;
+    let matrix: serde_json::Value = serde_json::from_str(COVERAGE_JSON)
+        .map_err(|e| Failure::Runtime(anyhow::anyhow!("embedded coverage: {e}")))?;
     let engine = report.engine.primary;
     let rows: Vec<serde_json::Value> = matrix["rows"]
         .as_array()
         .map(|rows| {
             rows.iter()
-                .map(|r| serde_json::json!({"control": r["control"], "path": r["path"], "outcome": r[engine]}))
+                .map(
+                    |r| serde_json::json!({"control": r["control"], "path": r["path"], "outcome": r[engine]}),
+                )
                 .collect()
         })
         .unwrap_or_default();

@@ -40,12 +40,24 @@ pub struct RunArgs {
     /// enforced) before the sandbox is frozen and killed, e.g. `250ms`, `2s`.
     #[arg(long, default_value = "250ms", value_parser = crate::util::parse_duration)]
     pub grace: Duration,
+    /// Enforcement engine: `auto` uses BPF LSM where the kernel loads it, else the fallback.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub engine: EngineChoice,
     /// Parent directory for the sandbox cgroup, relative to the cgroup2 mount.
     #[arg(long, default_value = "warden")]
     pub cgroup_parent: String,
     /// The command and its arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub cmd: Vec<String>,
+}
+
+/// `--engine`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EngineChoice {
+    Auto,
+    #[value(name = "bpf-lsm")]
+    BpfLsm,
+    Fallback,
 }
 
 fn parse_ring_bytes(s: &str) -> Result<u32, String> {
@@ -92,6 +104,21 @@ async fn run_task(args: RunArgs, compiled: CompiledScope) -> Result<i32, Failure
     let mut sensor = Sensor::load(&LoadOptions { ring_bytes: args.ring_bytes, ..Default::default() })
         .context("loading kernel programs")
         .map_err(runtime)?;
+    let lsm_engine = match args.engine {
+        EngineChoice::Fallback => false,
+        EngineChoice::BpfLsm => {
+            sensor.attach_lsm_engine().context("--engine bpf-lsm").map_err(runtime)?;
+            true
+        }
+        EngineChoice::Auto => match sensor.attach_lsm_engine() {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::info!(error = %e, "BPF LSM unavailable; using the fallback engine");
+                false
+            }
+        },
+    };
+    let engine = if lsm_engine { "bpf-lsm" } else { "fallback" };
     let ring = sensor.take_ring().ok_or_else(|| anyhow!("ring buffer taken")).map_err(runtime)?;
     let mut source = RingBufSource::new(ring).context("polling the ring buffer").map_err(runtime)?;
 
@@ -107,7 +134,8 @@ async fn run_task(args: RunArgs, compiled: CompiledScope) -> Result<i32, Failure
     };
     // Refusing confinement exists only in enforce mode; audit mode records what the kernel
     // hooks judge and refuses nothing.
-    let confine = if enforce { Some(Confinement::prepare(&compiled).map_err(runtime)?) } else { None };
+    let confine =
+        if enforce { Some(Confinement::prepare(&compiled, lsm_engine).map_err(runtime)?) } else { None };
     if enforce && let Some(max) = scope.process_limit {
         guard.pids = Some(PidsLimit::apply(&cgroup, &args.cgroup_parent, &task_id, max).map_err(runtime)?);
     }
@@ -116,7 +144,7 @@ async fn run_task(args: RunArgs, compiled: CompiledScope) -> Result<i32, Failure
     sensor.attach_egress(&cgroup).map_err(runtime)?;
     sensor.bind(SLOT, &[cgroup.id()], &compiled).map_err(runtime)?;
     let mut unenforced = Vec::new();
-    if enforce && !compiled.secrets.is_empty() {
+    if enforce && !lsm_engine && !compiled.secrets.is_empty() {
         tracing::warn!(
             "the fallback engine cannot tell tools apart: secrets are readable by every process of the task"
         );
@@ -149,7 +177,7 @@ async fn run_task(args: RunArgs, compiled: CompiledScope) -> Result<i32, Failure
         cgroup: Some(cgroup.path().display().to_string()),
         cgroup_id: Some(cgroup.id()),
         mode: Some(scope.mode.as_str()),
-        engine: Some("fallback"),
+        engine: Some(engine),
         unenforced: (!unenforced.is_empty()).then_some(unenforced),
         ..Default::default()
     };

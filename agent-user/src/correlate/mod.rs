@@ -74,7 +74,7 @@ impl ProcessTable {
                 let exe = self.procs.remove(&p.tgid).and_then(|e| e.exe);
                 Context { pid: p.tgid, ppid: p.ppid, exe }
             }
-            Event::Connect { .. } => {
+            Event::Connect { .. } | Event::Lsm { .. } => {
                 let exe = self.procs.get(&p.tgid).and_then(|e| e.exe.clone());
                 Context { pid: p.tgid, ppid: p.ppid, exe }
             }

@@ -8,8 +8,8 @@
 use std::net::{IpAddr, Ipv6Addr};
 
 use agent_common::abi::{
-    ABI_VERSION, COMM_LEN, ConnectRecord, EventHeader, ExecRecord, ExitRecord, ForkRecord, PATH_LEN, ProcIds,
-    action, decision, flags, kind, op, rule,
+    ABI_VERSION, COMM_LEN, ConnectRecord, EventHeader, ExecRecord, ExitRecord, ForkRecord, LsmRecord,
+    PATH_LEN, ProcIds, action, decision, flags, kind, op, rule,
 };
 
 /// Why a record could not be decoded.
@@ -51,6 +51,16 @@ pub enum KRule {
     None,
     ExecAllow,
     NetworkEgress,
+    FilesDeny,
+    FilesRead,
+    FilesWrite,
+    Secrets,
+    ProtectedProcess,
+    ProtectedBpf,
+    ProtectedMount,
+    ProtectedModule,
+    ProtectedControl,
+    ExecMmap,
 }
 
 impl KRule {
@@ -60,6 +70,42 @@ impl KRule {
             KRule::None => None,
             KRule::ExecAllow => Some("exec.allow"),
             KRule::NetworkEgress => Some("network.egress"),
+            KRule::FilesDeny => Some("files.deny"),
+            KRule::FilesRead => Some("files.read"),
+            KRule::FilesWrite => Some("files.write"),
+            KRule::Secrets => Some("secrets"),
+            KRule::ProtectedProcess => Some("protected.process"),
+            KRule::ProtectedBpf => Some("protected.bpf"),
+            KRule::ProtectedMount => Some("protected.mount"),
+            KRule::ProtectedModule => Some("protected.modules"),
+            KRule::ProtectedControl => Some("protected.control"),
+            KRule::ExecMmap => Some("exec.allow"),
+        }
+    }
+}
+
+/// What a BPF LSM record is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LsmKind {
+    Open,
+    Signal,
+    Ptrace,
+    Bpf,
+    Mount,
+    Mmap,
+    Module,
+}
+
+impl LsmKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LsmKind::Open => "open",
+            LsmKind::Signal => "signal",
+            LsmKind::Ptrace => "ptrace",
+            LsmKind::Bpf => "bpf",
+            LsmKind::Mount => "mount",
+            LsmKind::Mmap => "mmap",
+            LsmKind::Module => "module",
         }
     }
 }
@@ -126,6 +172,19 @@ pub enum Event {
         protocol: u8,
         op: ConnectOp,
     },
+    /// A verdict of the BPF LSM engine.
+    Lsm {
+        meta: Meta,
+        proc: Proc,
+        what: LsmKind,
+        /// SIGNAL/PTRACE: the target process.
+        target_pid: u32,
+        /// OPEN: f_mode; SIGNAL: signal; PTRACE: mode; BPF: command; MMAP: prot.
+        arg: u32,
+        dev: u32,
+        ino: u64,
+        path: String,
+    },
 }
 
 impl Event {
@@ -134,7 +193,8 @@ impl Event {
             Event::Exec { meta, .. }
             | Event::Fork { meta, .. }
             | Event::Exit { meta, .. }
-            | Event::Connect { meta, .. } => meta,
+            | Event::Connect { meta, .. }
+            | Event::Lsm { meta, .. } => meta,
         }
     }
     pub fn proc(&self) -> &Proc {
@@ -142,7 +202,8 @@ impl Event {
             Event::Exec { proc, .. }
             | Event::Fork { proc, .. }
             | Event::Exit { proc, .. }
-            | Event::Connect { proc, .. } => proc,
+            | Event::Connect { proc, .. }
+            | Event::Lsm { proc, .. } => proc,
         }
     }
     /// The audit `kind` name.
@@ -153,6 +214,7 @@ impl Event {
             Event::Exit { .. } => "exit",
             Event::Connect { op: ConnectOp::Connect, .. } => "connect",
             Event::Connect { op: ConnectOp::Sendmsg, .. } => "sendmsg",
+            Event::Lsm { what, .. } => what.as_str(),
         }
     }
 }
@@ -233,6 +295,16 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
             rule::NONE => KRule::None,
             rule::EXEC_ALLOW => KRule::ExecAllow,
             rule::NETWORK_EGRESS => KRule::NetworkEgress,
+            rule::FILES_DENY => KRule::FilesDeny,
+            rule::FILES_READ => KRule::FilesRead,
+            rule::FILES_WRITE => KRule::FilesWrite,
+            rule::SECRETS => KRule::Secrets,
+            rule::PROTECTED_PROCESS => KRule::ProtectedProcess,
+            rule::PROTECTED_BPF => KRule::ProtectedBpf,
+            rule::PROTECTED_MOUNT => KRule::ProtectedMount,
+            rule::PROTECTED_MODULE => KRule::ProtectedModule,
+            rule::PROTECTED_CONTROL => KRule::ProtectedControl,
+            rule::EXEC_MMAP => KRule::ExecMmap,
             v => return Err(bad("rule", v.into())),
         },
     };
@@ -274,6 +346,29 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 v => return Err(bad("op", v.into())),
             };
             Ok(Event::Connect { proc: proc(&r.proc), addr, port: r.port, protocol: r.protocol, op, meta })
+        }
+        kind::OPEN | kind::SIGNAL | kind::PTRACE | kind::BPF | kind::MOUNT | kind::MMAP | kind::MODULE => {
+            expect(size_of::<LsmRecord>())?;
+            let r: LsmRecord = read_pod(bytes);
+            let what = match hdr.kind {
+                kind::OPEN => LsmKind::Open,
+                kind::SIGNAL => LsmKind::Signal,
+                kind::PTRACE => LsmKind::Ptrace,
+                kind::BPF => LsmKind::Bpf,
+                kind::MOUNT => LsmKind::Mount,
+                kind::MMAP => LsmKind::Mmap,
+                _ => LsmKind::Module,
+            };
+            Ok(Event::Lsm {
+                proc: proc(&r.proc),
+                what,
+                target_pid: r.target_pid,
+                arg: r.arg,
+                dev: r.dev,
+                ino: r.ino,
+                path: c_string(&r.path[..PATH_LEN]),
+                meta,
+            })
         }
         other => Err(DecodeError::UnknownKind(other)),
     }
@@ -422,6 +517,26 @@ pub(crate) mod tests {
         let mut bad_op = connect_bytes(v6, 53, 9, decision::ALLOW);
         bad_op[99] = 9;
         assert!(matches!(decode(&bad_op), Err(DecodeError::BadValue { field: "op", .. })));
+    }
+
+    #[test]
+    fn decodes_lsm_records() {
+        let mut hdr = header(kind::SIGNAL, size_of::<LsmRecord>());
+        hdr.decision = decision::DENY;
+        hdr.action = action::REFUSE;
+        hdr.rule = rule::PROTECTED_PROCESS;
+        let mut path = [0u8; PATH_LEN];
+        path[..4].copy_from_slice(b"/etc");
+        let r =
+            LsmRecord { hdr, proc: ids(9, 1, "sh"), target_pid: 1, arg: 15, dev: 3, _pad0: 0, ino: 4, path };
+        let ev = decode(&as_bytes(&r)).unwrap();
+        assert_eq!(ev.kind_name(), "signal");
+        let Event::Lsm { target_pid, arg, meta, path, .. } = ev else { panic!() };
+        assert_eq!((target_pid, arg, path.as_str()), (1, 15, "/etc"));
+        assert_eq!(meta.rule.as_str(), Some("protected.process"));
+        let mut bad = as_bytes(&r);
+        bad[32] = 200; // rule
+        assert!(matches!(decode(&bad), Err(DecodeError::BadValue { field: "rule", .. })));
     }
 
     #[test]

@@ -121,8 +121,24 @@ impl KernelBtf {
             .unwrap_or(false)
     }
 
+    /// Number of parameters of a BTF function (e.g. an LSM hook's `bpf_lsm_<hook>`).
+    pub fn func_params(&self, name: &str) -> Option<usize> {
+        let types = self.btf.resolve_types_by_name(name).ok()?;
+        types.iter().find_map(|t| match t {
+            Type::Func(f) => match self.btf.resolve_chained_type(f).ok()? {
+                Type::FuncProto(p) => Some(p.parameters.len()),
+                _ => None,
+            },
+            _ => None,
+        })
+    }
+
     /// Resolves every offset the kernel programs need.
     pub fn kernel_offsets(&self) -> Result<KernelOffsets, BtfError> {
+        // The LSM engine's path walk reads `vfsmount.mnt_root` at offset 0.
+        if self.offset("vfsmount", &["mnt_root"])? != 0 {
+            return Err(BtfError::Malformed("vfsmount.mnt_root is not the first field".into()));
+        }
         Ok(KernelOffsets {
             task_pid: self.offset("task_struct", &["pid"])?,
             task_tgid: self.offset("task_struct", &["tgid"])?,
@@ -138,7 +154,25 @@ impl KernelBtf {
             kn_id: self.offset("kernfs_node", &["id"])?,
             kn_parent: self.offset("kernfs_node", &["__parent", "parent"])?,
             bprm_buf: self.offset("linux_binprm", &["buf"])?,
+            file_path: self.offset("file", &["f_path"])?,
+            path_mnt: self.offset("path", &["mnt"])?,
+            path_dentry: self.offset("path", &["dentry"])?,
+            file_mode: self.offset("file", &["f_mode"])?,
+            dentry_parent: self.offset("dentry", &["d_parent"])?,
+            dentry_inode: self.offset("dentry", &["d_inode"])?,
+            mount_mnt: self.offset("mount", &["mnt"])?,
+            mount_parent: self.offset("mount", &["mnt_parent"])?,
+            mount_mountpoint: self.offset("mount", &["mnt_mountpoint"])?,
+            task_mm: self.offset("task_struct", &["mm"])?,
+            mm_exe_file: self.offset("mm_struct", &["exe_file"])?,
+            task_cgroups: self.offset("task_struct", &["cgroups"])?,
+            css_set_dfl_cgrp: self.offset("css_set", &["dfl_cgrp"])?,
+            sb_flags: self.offset("super_block", &["s_flags"])?,
+            vma_file: self.offset("vm_area_struct", &["vm_file"])?,
+            // `ret` follows the hook's own parameters.
+            lsm_bpf_ret: self.func_params("bpf_lsm_bpf").map_or(3, |n| n as u32),
             valid: 1,
+            _pad0: 0,
         })
     }
 }
@@ -323,6 +357,11 @@ mod tests {
         let btf = KernelBtf::from_bytes(&raw).expect("parse captured BTF");
         let off = btf.kernel_offsets().expect("all offsets resolve");
         assert_eq!(off.valid, 1);
+        // The walk reads `vfsmount.mnt_root` at offset 0 of the embedded vfsmount.
+        assert_eq!(btf.offset("vfsmount", &["mnt_root"]).unwrap(), 0);
+        // 6.18's bpf hook is (cmd, attr, size, kernel): ret is argument 4.
+        assert_eq!(off.lsm_bpf_ret, 4);
+        assert_eq!(btf.func_params("bpf_lsm_file_open"), Some(1));
         // Independent facts about 6.18's layout: pid and tgid are adjacent pid_t's,
         // kernfs_node.id is a u64 and __parent exists, linux_binprm.file follows mm/p.
         assert_eq!(off.task_tgid, off.task_pid + 4);

@@ -66,6 +66,21 @@ impl Default for LoadOptions {
 pub const EGRESS_PROGRAMS: [&str; 4] =
     ["egress_connect4", "egress_connect6", "egress_sendmsg4", "egress_sendmsg6"];
 
+/// The BPF LSM engine's programs: (program, hook).
+pub const LSM_PROGRAMS: [(&str, &str); 11] = [
+    ("lsm_bprm_check", "bprm_check_security"),
+    ("lsm_file_open", "file_open"),
+    ("lsm_mmap_file", "mmap_file"),
+    ("lsm_file_mprotect", "file_mprotect"),
+    ("lsm_task_kill", "task_kill"),
+    ("lsm_ptrace", "ptrace_access_check"),
+    ("lsm_bpf", "bpf"),
+    ("lsm_sb_mount", "sb_mount"),
+    ("lsm_move_mount", "move_mount"),
+    ("lsm_kernel_read_file", "kernel_read_file"),
+    ("lsm_kernel_load_data", "kernel_load_data"),
+];
+
 /// The process-lifecycle tracepoints every sensor attaches.
 pub const SCHED_PROGRAMS: [&str; 5] =
     ["sched_process_exec", "sched_process_fork", "sched_process_exit", "cgroup_mkdir", "cgroup_rmdir"];
@@ -86,6 +101,8 @@ pub fn load_object(
         .map_max_entries("EXEC_DENY", opts.max_cgroups)
         .map_max_entries(maps::EXEC_ALLOW, maps::DEFAULT_MAX_EXEC)
         .map_max_entries(maps::EGRESS, maps::DEFAULT_MAX_EGRESS)
+        .map_max_entries(maps::FILE_RULES, maps::DEFAULT_MAX_FILE_RULES)
+        .map_max_entries(maps::SECRET_TOOLS, maps::DEFAULT_MAX_EXEC)
         .load(EBPF_OBJECT)?)
 }
 
@@ -93,6 +110,7 @@ pub fn load_object(
 pub struct Sensor {
     /// Egress program attachments (declared before `ebpf` so they are released first).
     egress_links: Vec<aya::programs::cgroup_sock_addr::CgroupSockAddrLink>,
+    lsm_engine: bool,
     ebpf: Ebpf,
     ring: Option<RingBuf<MapData>>,
     aya_btf: aya::Btf,
@@ -125,7 +143,7 @@ impl Sensor {
         }
         let ring = ebpf.take_map(maps::EVENTS).ok_or(LoadError::MissingMap(maps::EVENTS))?;
         let ring = RingBuf::try_from(ring).map_err(|source| LoadError::Map { name: maps::EVENTS, source })?;
-        Ok(Self { egress_links: Vec::new(), ebpf, ring: Some(ring), aya_btf, offsets })
+        Ok(Self { egress_links: Vec::new(), lsm_engine: false, ebpf, ring: Some(ring), aya_btf, offsets })
     }
 
     /// Loads and attaches the BPF LSM `bprm_check_security` program, which refuses (EPERM)
@@ -192,10 +210,55 @@ impl Sensor {
                     .map_err(|source| LoadError::Map { name: maps::EGRESS, source })?;
             }
         }
+        let mut flags = scope.flags;
+        if self.lsm_engine {
+            flags |= maps::sandbox_flags::LSM;
+            self.write_file_rules(slot, scope, true)?;
+        }
         let mut w = self.watched()?;
         for id in cgroup_ids {
-            w.insert(id, Sandbox { slot, flags: scope.flags }, 0)
+            w.insert(id, Sandbox { slot, flags }, 0)
                 .map_err(|source| LoadError::Map { name: maps::WATCHED, source })?;
+        }
+        Ok(())
+    }
+
+    /// Inserts (or removes) the LSM engine's file and secret rules of `scope` for `slot`.
+    fn write_file_rules(&mut self, slot: u32, scope: &CompiledScope, insert: bool) -> Result<(), LoadError> {
+        let m = self.ebpf.map_mut(maps::FILE_RULES).ok_or(LoadError::MissingMap(maps::FILE_RULES))?;
+        let mut rules: HashMap<&mut MapData, maps::FileKey, u32> =
+            HashMap::try_from(m).map_err(|source| LoadError::Map { name: maps::FILE_RULES, source })?;
+        for r in &scope.file_rules {
+            let key = maps::FileKey { slot, dev: user_dev_to_kernel(r.id.dev), ino: r.id.ino };
+            if insert {
+                rules
+                    .insert(key, r.bits, 0)
+                    .map_err(|source| LoadError::Map { name: maps::FILE_RULES, source })?;
+            } else {
+                let _ = rules.remove(&key);
+            }
+        }
+        let m = self.ebpf.map_mut(maps::SECRET_TOOLS).ok_or(LoadError::MissingMap(maps::SECRET_TOOLS))?;
+        let mut tools: HashMap<&mut MapData, maps::SecretToolKey, u32> =
+            HashMap::try_from(m).map_err(|source| LoadError::Map { name: maps::SECRET_TOOLS, source })?;
+        for s in &scope.secrets {
+            for t in &s.tools {
+                let key = maps::SecretToolKey {
+                    slot,
+                    secret_dev: user_dev_to_kernel(s.file.dev),
+                    secret_ino: s.file.ino,
+                    tool_dev: user_dev_to_kernel(t.dev),
+                    _pad0: 0,
+                    tool_ino: t.ino,
+                };
+                if insert {
+                    tools
+                        .insert(key, 1, 0)
+                        .map_err(|source| LoadError::Map { name: maps::SECRET_TOOLS, source })?;
+                } else {
+                    let _ = tools.remove(&key);
+                }
+            }
         }
         Ok(())
     }
@@ -204,6 +267,9 @@ impl Sensor {
     /// applying to the sandbox at once), then the scope tables.
     pub fn unbind(&mut self, slot: u32, scope: &CompiledScope) -> Result<(), LoadError> {
         self.unwatch_slot(slot)?;
+        if self.lsm_engine {
+            self.write_file_rules(slot, scope, false)?;
+        }
         if let Some(exec) = &scope.exec {
             let m = self.ebpf.map_mut(maps::EXEC_ALLOW).ok_or(LoadError::MissingMap(maps::EXEC_ALLOW))?;
             let mut allow: HashMap<&mut MapData, maps::ExecKey, u32> =
@@ -223,6 +289,43 @@ impl Sensor {
             }
         }
         Ok(())
+    }
+
+    /// Loads and attaches every program of the BPF LSM engine. Fails (and leaves nothing
+    /// attached) on kernels that refuse BPF LSM; callers fall back to the fallback engine.
+    pub fn attach_lsm_engine(&mut self) -> Result<(), LoadError> {
+        let mut attached = Vec::new();
+        for (name, hook) in LSM_PROGRAMS {
+            let r = (|| {
+                let prog: &mut Lsm = self
+                    .ebpf
+                    .program_mut(name)
+                    .ok_or(LoadError::MissingMap(name))?
+                    .try_into()
+                    .map_err(|source| LoadError::Program { name, source })?;
+                prog.load(hook, &self.aya_btf).map_err(|source| LoadError::Program { name, source })?;
+                let link = prog.attach().map_err(|source| LoadError::Program { name, source })?;
+                Ok::<_, LoadError>(link)
+            })();
+            match r {
+                Ok(link) => attached.push((name, link)),
+                Err(e) => {
+                    for (n, link) in attached {
+                        if let Some(Ok(p)) = self.ebpf.program_mut(n).map(<&mut Lsm>::try_from) {
+                            let _ = p.detach(link);
+                        }
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        self.lsm_engine = true;
+        Ok(())
+    }
+
+    /// Whether the BPF LSM engine is attached.
+    pub fn lsm_engine(&self) -> bool {
+        self.lsm_engine
     }
 
     /// Refuses the file (kernel `dev_t`, inode) to sandbox `slot` at exec (LSM engine).

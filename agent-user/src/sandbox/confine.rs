@@ -39,9 +39,26 @@ fn write_access() -> landlock::BitFlags<AccessFs> {
 }
 
 impl Confinement {
-    /// Prepares the Landlock ruleset and seccomp program for `c` (in the parent: this opens
-    /// files and allocates; the child only makes syscalls).
-    pub fn prepare(c: &CompiledScope) -> Result<Self, ConfineError> {
+    /// Syscalls the BPF LSM engine judges (and records) at its hooks instead of seccomp.
+    pub const LSM_JUDGED: &[&str] = &[
+        "bpf",
+        "mount",
+        "move_mount",
+        "init_module",
+        "finit_module",
+        "ptrace",
+        "process_vm_readv",
+        "process_vm_writev",
+    ];
+
+    /// Prepares what the child applies: for the fallback engine the Landlock ruleset and the
+    /// seccomp program; for the BPF LSM engine only the seccomp program for what no LSM hook
+    /// judges (io_uring setup, kexec, ...). In the parent: this opens files and allocates.
+    pub fn prepare(c: &CompiledScope, lsm_engine: bool) -> Result<Self, ConfineError> {
+        let seccomp = Self::seccomp(c, lsm_engine)?;
+        if lsm_engine {
+            return Ok(Self { ruleset: None, seccomp });
+        }
         let abi = crate::loader::probe::landlock_abi().map_err(ConfineError::NoLandlock)?;
         tracing::debug!(abi, "landlock");
         // Execute is not handled here: exec identity is judged at `sched_process_exec`, where a
@@ -59,10 +76,20 @@ impl Confinement {
                 rs = rs.add_rule(PathBeneath::new(fd, access))?;
             }
         }
-        let seccomp = if c.seccomp_deny.is_empty() {
+        Ok(Self { ruleset: Some(rs), seccomp })
+    }
+
+    fn seccomp(c: &CompiledScope, lsm_engine: bool) -> Result<Option<BpfProgram>, ConfineError> {
+        let deny: Vec<i64> = c
+            .seccomp_deny
+            .iter()
+            .filter(|(name, _)| !(lsm_engine && Self::LSM_JUDGED.contains(name)))
+            .map(|(_, nr)| *nr)
+            .collect();
+        Ok(if deny.is_empty() {
             None
         } else {
-            let rules = c.seccomp_deny.iter().map(|(_, nr)| (*nr, vec![])).collect();
+            let rules = deny.into_iter().map(|nr| (nr, vec![])).collect();
             let filter = SeccompFilter::new(
                 rules,
                 SeccompAction::Allow,
@@ -75,8 +102,7 @@ impl Confinement {
                     .try_into()
                     .map_err(|e: seccompiler::BackendError| ConfineError::Seccomp(e.to_string()))?,
             )
-        };
-        Ok(Self { ruleset: Some(rs), seccomp })
+        })
     }
 
     /// Applies the confinement to the calling process. Meant for the child between fork and

@@ -16,7 +16,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use agent_common::maps::{EGRESS_PORT_RULES, EgressRules, PortRule, sandbox_flags};
+use agent_common::maps::{EGRESS_PORT_RULES, EgressRules, PortRule, file_rule, sandbox_flags};
 
 use super::{EgressRule, Scope, ScopeError, raw::Grant, raw::Protocol};
 use crate::pipeline::Mode;
@@ -55,6 +55,18 @@ pub struct LandlockPlan {
     pub write: Vec<PathBuf>,
 }
 
+/// An object rule for the BPF LSM engine: `bits` of `agent_common::maps::file_rule` on the
+/// object (and, for directories, everything beneath it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileRule {
+    pub id: FileId,
+    pub bits: u32,
+}
+
+/// Regular files enumerated beneath one denied directory (so a hard link to one of them
+/// elsewhere is still refused); beyond this only the directory walk protects them.
+const DENY_ENUM_LIMIT: usize = 4096;
+
 /// A secret with the identities of its tools.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CompiledSecret {
@@ -72,6 +84,8 @@ pub struct CompiledScope {
     /// `None`: egress not restricted.
     pub egress: Option<Vec<EgressEntry>>,
     pub landlock: LandlockPlan,
+    /// Object rules for the BPF LSM engine.
+    pub file_rules: Vec<FileRule>,
     /// Syscalls refused with EPERM: (name, number).
     pub seccomp_deny: Vec<(&'static str, i64)>,
     /// `agent_common::maps::sandbox_flags` for the kernel.
@@ -244,6 +258,65 @@ pub fn egress_entries(rules: &[EgressRule], slot: u32) -> Result<Vec<EgressEntry
             EgressEntry { prefix_len: 32 + plen, addr, rules: v }
         })
         .collect())
+}
+
+/// Object rules for the BPF LSM engine: grants on the roots themselves (the kernel walks up
+/// from each opened file), denials on denied objects and on the regular files beneath them.
+fn lsm_file_rules(
+    scope: &Scope,
+    deny_all: &[PathBuf],
+    secret_paths: &[PathBuf],
+    exec_paths: &[PathBuf],
+) -> Vec<FileRule> {
+    let mut by_id: BTreeMap<(u64, u64), FileRule> = BTreeMap::new();
+    let mut add = |p: &Path, bits: u32| {
+        if let Ok(id) = FileId::of(p) {
+            by_id.entry((id.dev, id.ino)).or_insert(FileRule { id, bits: 0 }).bits |= bits;
+        }
+    };
+    for p in scope.read.iter().flatten().chain(exec_paths) {
+        add(p, file_rule::READ);
+    }
+    for p in ALWAYS_READ {
+        add(Path::new(p), file_rule::READ);
+    }
+    for p in scope.write.iter().flatten() {
+        add(p, file_rule::WRITE);
+    }
+    for p in ALWAYS_WRITE {
+        add(Path::new(p), file_rule::WRITE);
+    }
+    for p in control_paths() {
+        add(&p, file_rule::DENY_WRITE);
+    }
+    for d in deny_all {
+        if secret_paths.iter().any(|s| s == d) {
+            continue;
+        }
+        add(d, file_rule::DENY);
+        let mut n = 0;
+        let mut stack = vec![d.clone()];
+        while let Some(dir) = stack.pop() {
+            let Ok(rd) = fs::read_dir(&dir) else { continue };
+            for e in rd.flatten() {
+                let Ok(ft) = e.file_type() else { continue };
+                let p = e.path();
+                if secret_paths.contains(&p) {
+                    continue;
+                }
+                if ft.is_dir() {
+                    stack.push(p);
+                } else if ft.is_file() && n < DENY_ENUM_LIMIT {
+                    add(&p, file_rule::DENY);
+                    n += 1;
+                }
+            }
+        }
+    }
+    for s in secret_paths {
+        add(s, file_rule::SECRET);
+    }
+    by_id.into_values().collect()
 }
 
 /// `PT_INTERP` of a 64-bit little-endian ELF file, if it has one.
@@ -428,7 +501,14 @@ impl CompiledScope {
             v.dedup();
         }
 
+        let file_rules = lsm_file_rules(scope, &deny_all, &secret_paths, &exec_paths);
         let mut flags = 0;
+        if scope.read.is_some() {
+            flags |= sandbox_flags::READ_RESTRICTED;
+        }
+        if scope.write.is_some() {
+            flags |= sandbox_flags::WRITE_RESTRICTED;
+        }
         if exec.is_some() {
             flags |= sandbox_flags::EXEC_RESTRICTED;
         }
@@ -444,6 +524,7 @@ impl CompiledScope {
             secrets,
             egress,
             landlock: LandlockPlan { read, write },
+            file_rules,
             seccomp_deny: seccomp_list(&scope.grants),
             flags,
         })
@@ -609,6 +690,42 @@ mod tests {
             compile_text(&format!("version: 1\ntask: t\nexec:\n  allow: [/bin/sh, {}]\n", script.display()))
                 .unwrap_err();
         assert!(e.to_string().contains("is a script for /usr/bin/env"), "{e}");
+    }
+
+    #[test]
+    fn lsm_file_rules_bind_objects() {
+        let d = tempfile::tempdir().unwrap();
+        let r = fs::canonicalize(d.path()).unwrap();
+        fs::create_dir_all(r.join("deny/sub")).unwrap();
+        fs::write(r.join("deny/sub/f"), "x").unwrap();
+        fs::write(r.join("deny/token"), "t").unwrap();
+        let text = format!(
+            "version: 1\ntask: t\nexec:\n  allow: [/usr/bin/cat]\nfiles:\n  read: [{r}]\n  deny: [{r}/deny]\nsecrets:\n  - path: {r}/deny/token\n    tools: [/usr/bin/cat]\n",
+            r = r.display()
+        );
+        let c = compile_text(&text).unwrap();
+        let bits = |p: &Path| {
+            let id = FileId::of(p).unwrap();
+            c.file_rules.iter().find(|f| f.id.dev == id.dev && f.id.ino == id.ino).map(|f| f.bits)
+        };
+        assert_eq!(bits(&r), Some(file_rule::READ));
+        assert_eq!(bits(&r.join("deny")), Some(file_rule::DENY));
+        assert_eq!(
+            bits(&r.join("deny/sub/f")),
+            Some(file_rule::DENY),
+            "files beneath are denied by identity"
+        );
+        assert_eq!(
+            bits(&r.join("deny/token")),
+            Some(file_rule::SECRET),
+            "a secret is not denied, it is guarded"
+        );
+        assert_eq!(bits(Path::new("/dev/null")).map(|b| b & file_rule::WRITE), Some(file_rule::WRITE));
+        let cg = crate::sandbox::cgroup2_mount().unwrap();
+        assert_eq!(bits(&cg).map(|b| b & file_rule::DENY_WRITE), Some(file_rule::DENY_WRITE));
+        assert!(
+            c.flags & sandbox_flags::READ_RESTRICTED != 0 && c.flags & sandbox_flags::WRITE_RESTRICTED == 0
+        );
     }
 
     #[test]
