@@ -2,11 +2,17 @@
 //!
 //! Raw records come from any [`crate::source::EventSource`]; each is decoded
 //! (failures counted), correlated with the process table and its task, and
-//! written to the audit sink with a gap-free sequence number.
+//! written to the audit sink with a gap-free per-task sequence number, chained and sealed
+//! (see [`crate::audit::chain`]).
 use std::{collections::HashMap, io};
 
 use crate::{
-    audit::{AuditRecord, AuditSink, Decision, SCHEMA_VERSION, clock::Clock, record},
+    audit::{
+        AuditRecord, AuditSink, Decision, SCHEMA_VERSION,
+        chain::{self, NodeKey},
+        clock::Clock,
+        record,
+    },
     correlate::ProcessTable,
     decode::{Decoder, Event, KAction, KDecision, LsmKind},
 };
@@ -41,13 +47,22 @@ pub struct Pipeline {
     decoder: Decoder,
     table: ProcessTable,
     clock: Clock,
-    seq: u64,
     tasks: HashMap<u32, TaskCtx>,
     sink: Box<dyn AuditSink>,
     /// Records for slots no task is registered for.
     pub unattributed: u64,
     /// First sink error from [`Pipeline::ingest`], kept until taken.
     io_error: Option<io::Error>,
+    /// Per-task hash chains.
+    chains: HashMap<String, TaskChain>,
+    signer: Option<NodeKey>,
+}
+
+/// Where a task's chain stands.
+struct TaskChain {
+    seq: u64,
+    head: String,
+    since_checkpoint: u64,
 }
 
 impl Pipeline {
@@ -56,11 +71,12 @@ impl Pipeline {
             decoder: Decoder::default(),
             table,
             clock,
-            seq: 0,
             tasks: HashMap::new(),
             sink,
             unattributed: 0,
             io_error: None,
+            chains: HashMap::new(),
+            signer: None,
         }
     }
 
@@ -84,12 +100,49 @@ impl Pipeline {
         &self.table
     }
 
-    /// Writes a record, assigning schema version and sequence number.
+    /// Signs checkpoints with this key (without one, no checkpoints are written and logs
+    /// cannot be verified end to end).
+    pub fn set_signer(&mut self, key: NodeKey) {
+        self.signer = Some(key);
+    }
+
+    /// Writes a record: assigns schema version, the task's next sequence number and `prev`,
+    /// seals the line with its hash, and signs a checkpoint every `CHECKPOINT_EVERY` records.
     pub fn emit(&mut self, mut rec: AuditRecord) -> io::Result<()> {
-        self.seq += 1;
+        let chain = self.chains.entry(rec.task.clone()).or_insert_with(|| TaskChain {
+            seq: 0,
+            head: chain::GENESIS.to_string(),
+            since_checkpoint: 0,
+        });
+        chain.seq += 1;
         rec.v = SCHEMA_VERSION;
-        rec.seq = self.seq;
-        self.sink.write(&rec)
+        rec.seq = chain.seq;
+        rec.prev = Some(chain.head.clone());
+        let mut line = serde_json::to_string(&rec)?;
+        chain.head = chain::seal(&mut line);
+        chain.since_checkpoint = if rec.kind == "checkpoint" { 0 } else { chain.since_checkpoint + 1 };
+        let due = chain.since_checkpoint >= chain::CHECKPOINT_EVERY;
+        self.sink.write(&rec, &line)?;
+        if due {
+            self.checkpoint(&rec.task)?;
+        }
+        Ok(())
+    }
+
+    /// Writes a signed checkpoint over the task's chain head (no-op without a signer).
+    pub fn checkpoint(&mut self, task: &str) -> io::Result<()> {
+        let Some(key) = &self.signer else { return Ok(()) };
+        let Some(c) = self.chains.get(task) else { return Ok(()) };
+        let sig = key.sign(&chain::checkpoint_message(task, c.seq + 1, &c.head));
+        let rec = AuditRecord {
+            time: self.clock.format(Clock::boot_now_ns()),
+            task: task.to_string(),
+            kind: "checkpoint",
+            key: Some(key.public_hex()),
+            sig: Some(sig),
+            ..Default::default()
+        };
+        self.emit(rec)
     }
 
     pub fn flush(&mut self) -> io::Result<()> {
@@ -212,8 +265,8 @@ mod tests {
 
     struct Shared(Arc<Mutex<MemorySink>>);
     impl AuditSink for Shared {
-        fn write(&mut self, r: &AuditRecord) -> io::Result<()> {
-            self.0.lock().unwrap().write(r)
+        fn write(&mut self, r: &AuditRecord, line: &str) -> io::Result<()> {
+            self.0.lock().unwrap().write(r, line)
         }
         fn flush(&mut self) -> io::Result<()> {
             Ok(())

@@ -181,6 +181,8 @@ pub fn run_warden(scope: &str, script: &str, extra: &[&str]) -> RunOutcome {
     let log = dir.path().join("events.jsonl");
     let out = std::process::Command::new(warden_bin())
         .arg("run")
+        .arg("--key")
+        .arg(dir.path().join("node.key"))
         .arg("--scope")
         .arg(&sp)
         .arg("--log")

@@ -44,7 +44,9 @@ fn run_records_the_tree_kills_orphans_and_returns_the_status() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("l.jsonl");
     let out = Command::new(warden_bin())
-        .args(["run", "--scope"])
+        .args(["run", "--key"])
+        .arg(dir.path().join("node.key"))
+        .arg("--scope")
         .arg(scope(dir.path(), "orphans"))
         .arg("--log")
         .arg(&log)
@@ -61,13 +63,17 @@ fn run_records_the_tree_kills_orphans_and_returns_the_status() {
 
     let kinds: Vec<&str> = recs.iter().map(|r| r["kind"].as_str().unwrap()).collect();
     assert_eq!(kinds.first(), Some(&"task_start"));
-    assert_eq!(kinds.last(), Some(&"task_end"));
+    assert_eq!(&kinds[kinds.len() - 2..], ["task_end", "checkpoint"], "the end is signed");
     for (i, r) in recs.iter().enumerate() {
-        assert_eq!(r["v"], 1);
+        assert_eq!(r["v"], 2);
         assert_eq!(r["seq"], (i + 1) as u64, "gap-free sequence");
         assert_eq!(r["task"], task.as_str());
-        for k in ["time", "kind", "decision"] {
+        assert!(r["prev"].is_string() && r["hash"].is_string(), "chained: {r}");
+        for k in ["time", "kind"] {
             assert!(r.get(k).is_some(), "record {i} lacks {k}: {r}");
+        }
+        if r["kind"] != "checkpoint" {
+            assert!(r.get("decision").is_some(), "record {i} lacks decision: {r}");
         }
     }
     let exec_paths: Vec<&str> =
@@ -87,7 +93,7 @@ fn run_records_the_tree_kills_orphans_and_returns_the_status() {
     for r in recs.iter().filter(|r| ["exec", "fork", "exit"].contains(&r["kind"].as_str().unwrap())) {
         assert!(r["pid"].is_u64() && r["ppid"].is_u64() && r["exe"].is_string(), "{r}");
     }
-    let end = recs.last().unwrap();
+    let end = &recs[recs.len() - 2];
     assert_eq!(end["exit_status"], 3);
     assert_eq!(end["drops"], 0);
     assert_eq!(end["killed"], 2);
@@ -102,7 +108,9 @@ fn sigterm_ends_the_task_the_same_way() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("l.jsonl");
     let mut child = Command::new(warden_bin())
-        .args(["run", "--scope"])
+        .args(["run", "--key"])
+        .arg(dir.path().join("node.key"))
+        .arg("--scope")
         .arg(scope(dir.path(), "sigterm"))
         .arg("--log")
         .arg(&log)
@@ -127,7 +135,7 @@ fn sigterm_ends_the_task_the_same_way() {
     let recs = records(&log);
     let task = recs[0]["task"].as_str().unwrap();
     assert!(procs_in_cgroup(task).is_empty());
-    let end = recs.last().unwrap();
+    let end = &recs[recs.len() - 2];
     assert_eq!(end["kind"], "task_end");
     assert_eq!(end["reason"], "signal SIGTERM");
     assert_eq!(end["signal"], 9);
@@ -186,4 +194,62 @@ fn bad_input_exits_2_and_starts_nothing() {
         assert!(err.contains(needle), "{args:?}: message should mention {needle}: {err}");
         assert!(!log.exists(), "{args:?}: nothing may be started or written");
     }
+}
+
+fn verify(log: &Path) -> (Option<i32>, String) {
+    let out = Command::new(warden_bin()).arg("verify").arg(log).output().unwrap();
+    (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[test]
+fn verify_accepts_an_intact_log_and_finds_each_tampering() {
+    if !require("verify_accepts_an_intact_log_and_finds_each_tampering", "tp_btf") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("l.jsonl");
+    let out = Command::new(warden_bin())
+        .args(["run", "--key"])
+        .arg(dir.path().join("node.key"))
+        .arg("--scope")
+        .arg(scope(dir.path(), "evidence"))
+        .arg("--log")
+        .arg(&log)
+        .args(["--", "sh", "-c", "ls >/dev/null; true; exit 0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let (code, msg) = verify(&log);
+    assert_eq!(code, Some(0), "{msg}");
+    assert!(msg.contains("intact"), "{msg}");
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.len() >= 6);
+    let write = |name: &str, content: String| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, content).unwrap();
+        p
+    };
+    let join = |ls: &[&str]| ls.iter().map(|l| format!("{l}\n")).collect::<String>();
+    // A byte flip in line 3.
+    let mut flipped = lines.clone();
+    let l3 = lines[2].replacen("\"pid\":", "\"pid\":1", 1);
+    flipped[2] = &l3;
+    let (code, msg) = verify(&write("flip.jsonl", join(&flipped)));
+    assert_eq!(code, Some(1));
+    assert!(msg.contains(":3: hash mismatch"), "{msg}");
+    // Line 4 deleted.
+    let mut deleted = lines.clone();
+    deleted.remove(3);
+    let (code, msg) = verify(&write("deleted.jsonl", join(&deleted)));
+    assert_eq!(code, Some(1));
+    assert!(msg.contains(":4: sequence"), "{msg}");
+    // The tail (task_end and its checkpoint) cut off.
+    let (code, msg) = verify(&write("truncated.jsonl", join(&lines[..lines.len() - 2])));
+    assert_eq!(code, Some(1));
+    assert!(msg.contains(&format!(":{}:", lines.len() - 2)) && msg.contains("truncated"), "{msg}");
+    // Half a line missing at the end.
+    let (code, msg) = verify(&write("cut.jsonl", text[..text.len() - 20].to_string()));
+    assert_eq!(code, Some(1));
+    assert!(msg.contains(&format!(":{}: truncated", lines.len())), "{msg}");
 }

@@ -400,7 +400,7 @@ fn ttl_ends_the_task() {
     let out = run_warden("version: 1\ntask: ttl\nttl: 1s\n", "sleep 30", &[]);
     assert!(started.elapsed() < std::time::Duration::from_secs(15));
     assert_eq!(out.code, Some(124), "{}", out.stderr);
-    let end = out.records.last().unwrap();
+    let end = &out.records[out.records.len() - 2];
     assert_eq!(end["kind"], "task_end");
     assert_eq!(end["reason"], "ttl expired");
     assert_eq!(end["killed"], 2, "sh and sleep were killed");

@@ -1,7 +1,11 @@
-//! Audit evidence: the record schema (`docs/events.md`) and sinks.
+//! Audit evidence: the record schema (`docs/events.md`), hash chains and signed heads,
+//! verification, schema upgrades, and sinks.
+pub mod chain;
 pub mod clock;
 pub mod record;
+pub mod schema;
 pub mod sink;
+pub mod verify;
 
 pub use record::{AuditRecord, Decision, SCHEMA_VERSION};
 pub use sink::{AuditSink, JsonlSink};

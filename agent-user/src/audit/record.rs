@@ -2,7 +2,8 @@
 use serde::Serialize;
 
 /// Version of the audit record schema (`v`). Bump rules: `docs/events.md`.
-pub const SCHEMA_VERSION: u32 = 1;
+/// 1: first release. 2: hash chain (`prev`, `hash`), `checkpoint` and `gap` records.
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// The decision recorded for an action.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -29,6 +30,7 @@ pub struct AuditRecord {
     pub task: String,
     /// `task_start`, `task_end`, `exec`, `fork`, `exit`, ...
     pub kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub decision: Option<Decision>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
@@ -115,6 +117,16 @@ pub struct AuditRecord {
     /// task_end: processes still in the sandbox when it was ended, killed by Warden.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub killed: Option<u64>,
+    /// checkpoint: the signer's ed25519 public key (hex).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// checkpoint: base64 ed25519 signature of "warden-checkpoint-v1\n{task}\n{seq}\n{prev}".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sig: Option<String>,
+    /// The `hash` of the previous record of this task (64 zeros for the first). Always last
+    /// before `hash`, which the pipeline appends when it seals the line.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prev: Option<String>,
 }
 
 /// Converts a kernel `dev_t` (`major << 20 | minor`) to the userspace `st_dev` encoding
@@ -162,6 +174,6 @@ mod tests {
             ..Default::default()
         };
         let s = serde_json::to_string(&r).unwrap();
-        assert_eq!(s, r#"{"v":1,"seq":1,"time":"t","task":"x","kind":"exec","decision":"allow","pid":5}"#);
+        assert_eq!(s, r#"{"v":2,"seq":1,"time":"t","task":"x","kind":"exec","decision":"allow","pid":5}"#);
     }
 }

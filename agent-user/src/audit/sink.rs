@@ -4,9 +4,10 @@ use std::io::{self, Write};
 
 use super::AuditRecord;
 
-/// A destination for audit records.
+/// A destination for audit records. `line` is the sealed JSON line (no newline) the chain was
+/// computed over; sinks that store evidence must write it byte for byte.
 pub trait AuditSink: Send {
-    fn write(&mut self, record: &AuditRecord) -> io::Result<()>;
+    fn write(&mut self, record: &AuditRecord, line: &str) -> io::Result<()>;
     fn flush(&mut self) -> io::Result<()>;
 }
 
@@ -22,8 +23,8 @@ impl<W: Write + Send> JsonlSink<W> {
 }
 
 impl<W: Write + Send> AuditSink for JsonlSink<W> {
-    fn write(&mut self, record: &AuditRecord) -> io::Result<()> {
-        serde_json::to_writer(&mut self.out, record)?;
+    fn write(&mut self, _record: &AuditRecord, line: &str) -> io::Result<()> {
+        self.out.write_all(line.as_bytes())?;
         self.out.write_all(b"\n")
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -35,11 +36,13 @@ impl<W: Write + Send> AuditSink for JsonlSink<W> {
 #[derive(Default)]
 pub struct MemorySink {
     pub records: Vec<AuditRecord>,
+    pub lines: Vec<String>,
 }
 
 impl AuditSink for MemorySink {
-    fn write(&mut self, record: &AuditRecord) -> io::Result<()> {
+    fn write(&mut self, record: &AuditRecord, line: &str) -> io::Result<()> {
         self.records.push(record.clone());
+        self.lines.push(line.to_string());
         Ok(())
     }
     fn flush(&mut self) -> io::Result<()> {

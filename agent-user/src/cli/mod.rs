@@ -3,6 +3,7 @@
 mod probe;
 mod run;
 mod scope;
+mod verify;
 
 use clap::{Parser, Subcommand};
 
@@ -28,6 +29,8 @@ pub enum Command {
     /// Work with scope files.
     #[command(subcommand)]
     Scope(scope::ScopeCmd),
+    /// Check a log's hash chains and signatures; exit 0 only if intact.
+    Verify(verify::VerifyArgs),
 }
 
 /// How a verb failed.
@@ -62,6 +65,7 @@ pub fn main() -> i32 {
         Command::Probe(a) => probe::run(a),
         Command::Run(a) => run::run(a),
         Command::Scope(c) => scope::run(c),
+        Command::Verify(a) => verify::run(a),
     };
     match result {
         Ok(code) => code,

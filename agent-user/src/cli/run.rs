@@ -6,12 +6,12 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use super::Failure;
 use crate::{
-    audit::{AuditRecord, AuditSink, Decision, JsonlSink, clock::Clock},
+    audit::{AuditRecord, AuditSink, Decision, JsonlSink, chain::NodeKey, clock::Clock},
     correlate::ProcessTable,
     loader::{LoadOptions, Sensor},
     pipeline::{Mode, Pipeline, TaskCtx},
     sandbox::{Cgroup, cgroup2_mount, confine::Confinement, launch::spawn_into_cgroup, limits::PidsLimit},
-    scope::{Scope, compile::CompiledScope},
+    scope::{Scope, compile::CompiledScope, raw::OnGap},
     source::{EventSource, RingBufSource},
     task::new_task_id,
 };
@@ -43,6 +43,9 @@ pub struct RunArgs {
     /// Enforcement engine: `auto` uses BPF LSM where the kernel loads it, else the fallback.
     #[arg(long, value_enum, default_value = "auto")]
     pub engine: EngineChoice,
+    /// The node's ed25519 key that signs the log's checkpoints (created 0600 on first use).
+    #[arg(long, value_name = "PATH", default_value = crate::audit::chain::DEFAULT_KEY_PATH)]
+    pub key: PathBuf,
     /// Parent directory for the sandbox cgroup, relative to the cgroup2 mount.
     #[arg(long, default_value = "warden")]
     pub cgroup_parent: String,
@@ -151,7 +154,9 @@ async fn run_task(args: RunArgs, compiled: CompiledScope) -> Result<i32, Failure
         unenforced.push("secrets-by-tool".to_string());
     }
 
+    let key = NodeKey::load_or_create(&args.key).map_err(runtime)?;
     let mut pipeline = Pipeline::new(ProcessTable::seed_from("/proc".as_ref()), Clock::new(), sink);
+    pipeline.set_signer(key);
     pipeline.register(SLOT, TaskCtx { id: task_id.clone(), mode: scope.mode });
     let clock = *pipeline.clock();
     let now = || clock.format(Clock::boot_now_ns());
@@ -200,7 +205,8 @@ async fn run_task(args: RunArgs, compiled: CompiledScope) -> Result<i32, Failure
             return Ok(if e.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 });
         }
     };
-    start.pid = child.id();
+    let child_pid = child.id();
+    start.pid = child_pid;
     pipeline.emit(start).map_err(runtime)?;
     tracing::info!(task = %task_id, cgroup = %cgroup.path().display(), pid = ?child.id(), "task started");
 
@@ -214,6 +220,10 @@ async fn run_task(args: RunArgs, compiled: CompiledScope) -> Result<i32, Failure
         }
     };
     tokio::pin!(expiry);
+    // Evidence gaps (records lost in the kernel, undecodable records) are checked every
+    // second and become `gap` records; a scope may ask to end the task on the first one.
+    let mut gap_tick = tokio::time::interval(Duration::from_secs(1));
+    let mut gaps = GapTracker::default();
     let (status, reason): (Option<ExitStatus>, String) = loop {
         tokio::select! {
             r = source.wait() => {
@@ -225,6 +235,13 @@ async fn run_task(args: RunArgs, compiled: CompiledScope) -> Result<i32, Failure
             _ = sigint.recv() => break (None, "signal SIGINT".to_string()),
             _ = sigterm.recv() => break (None, "signal SIGTERM".to_string()),
             _ = &mut expiry => break (None, "ttl expired".to_string()),
+            _ = gap_tick.tick() => {
+                let drops = sensor.drops(SLOT).map_err(runtime)?;
+                let gap = gaps.record(&mut pipeline, &task_id, drops.total).map_err(runtime)?;
+                if gap && scope.on_gap == OnGap::End {
+                    break (None, "evidence gap".to_string());
+                }
+            }
         }
     };
 
@@ -253,12 +270,13 @@ async fn run_task(args: RunArgs, compiled: CompiledScope) -> Result<i32, Failure
     sensor.unbind(SLOT, &compiled).map_err(runtime)?;
     let code = exit_code(status, &reason);
     reap_orphans();
+    gaps.record(&mut pipeline, &task_id, drops.total).map_err(runtime)?;
     let end = AuditRecord {
         time: now(),
         task: task_id.clone(),
         kind: "task_end",
         decision: Some(Decision::Allow),
-        pid: child.id(),
+        pid: child_pid,
         ppid: Some(std::process::id()),
         exit_status: status.code(),
         signal: std::os::unix::process::ExitStatusExt::signal(&status),
@@ -268,13 +286,49 @@ async fn run_task(args: RunArgs, compiled: CompiledScope) -> Result<i32, Failure
         killed: Some(left),
         ..Default::default()
     };
-    pipeline.emit(end).and_then(|_| pipeline.flush()).map_err(runtime)?;
+    pipeline
+        .emit(end)
+        .and_then(|_| pipeline.checkpoint(&task_id))
+        .and_then(|_| pipeline.flush())
+        .map_err(runtime)?;
     if let Some(e) = pipeline.take_io_error() {
         return Err(runtime(anyhow!(e).context("writing audit records")));
     }
     killed.map_err(runtime)?;
     guard.finish().map_err(Failure::Runtime)?;
     Ok(code)
+}
+
+/// Turns growth of the loss counters into `gap` records.
+#[derive(Default)]
+struct GapTracker {
+    drops: u64,
+    decode_errors: u64,
+}
+
+impl GapTracker {
+    /// Writes a `gap` record if records were lost since the last call; returns whether it did.
+    fn record(&mut self, p: &mut Pipeline, task: &str, drops: u64) -> std::io::Result<bool> {
+        let decode_errors = p.decode_failures();
+        if drops == self.drops && decode_errors == self.decode_errors {
+            return Ok(false);
+        }
+        let rec = AuditRecord {
+            time: p.clock().format(Clock::boot_now_ns()),
+            task: task.to_string(),
+            kind: "gap",
+            drops: Some(drops - self.drops),
+            decode_errors: Some(decode_errors - self.decode_errors),
+            reason: Some(
+                "records lost before they could be written (kernel ring buffer full or undecodable)".into(),
+            ),
+            ..Default::default()
+        };
+        self.drops = drops;
+        self.decode_errors = decode_errors;
+        p.emit(rec)?;
+        Ok(true)
+    }
 }
 
 /// Reaps every exited child (orphans that re-parented to us as subreaper). Called only after
@@ -309,6 +363,7 @@ fn exit_code(status: ExitStatus, reason: &str) -> i32 {
         r if r.contains("SIGINT") => 130,
         r if r.contains("SIGTERM") => 143,
         r if r.contains("ttl") => 124,
+        r if r.contains("evidence gap") => 125,
         _ => status.code().or_else(|| status.signal().map(|s| 128 + s)).unwrap_or(1),
     }
 }

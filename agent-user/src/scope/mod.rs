@@ -14,7 +14,7 @@ use std::{
 
 use ipnet::IpNet;
 
-use self::raw::{Grant, PortRange, Protocol, RawMode, RawScope};
+use self::raw::{Grant, OnGap, PortRange, Protocol, RawMode, RawScope};
 use crate::pipeline::Mode;
 
 /// The scope file format version this build reads.
@@ -63,6 +63,8 @@ pub struct Scope {
     pub egress: Option<Vec<EgressRule>>,
     pub process_limit: Option<u32>,
     pub grants: BTreeSet<Grant>,
+    /// Fail closed on evidence gaps.
+    pub on_gap: OnGap,
     /// The text it was parsed from (for locating errors found later, e.g. at compile time).
     pub text: String,
 }
@@ -178,6 +180,7 @@ impl Scope {
             egress,
             process_limit: raw.limits.and_then(|l| l.processes).map(|p| p.0),
             grants: raw.grant.into_iter().collect(),
+            on_gap: raw.evidence.map(|e| e.on_gap).unwrap_or_default(),
             text: text.to_string(),
         })
     }

@@ -39,6 +39,26 @@ pub struct RawScope {
     /// Protected defaults this task is explicitly granted.
     #[serde(default)]
     pub grant: Vec<Grant>,
+    /// What to do when the task's evidence has a gap.
+    #[serde(default)]
+    pub evidence: Option<RawEvidence>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawEvidence {
+    /// `continue` (default: record a `gap` and go on) or `end` (fail closed: end the task).
+    #[serde(default)]
+    pub on_gap: OnGap,
+}
+
+/// Policy for evidence gaps.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OnGap {
+    #[default]
+    Continue,
+    End,
 }
 
 /// Enforcement mode.
