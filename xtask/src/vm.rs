@@ -29,7 +29,7 @@ use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
 
 use self::report::KernelReport;
-use crate::util::{build_warden, cargo, is_root, target_dir, workspace_root};
+use crate::util::{self, cargo, is_root, target_dir, workspace_root};
 
 /// Test binaries (`tests/tests/<name>.rs`) that run in the VM by default: `lsm` needs what
 /// this host's kernel refuses; `lifecycle` and `drops` give every kernel of the matrix the
@@ -114,7 +114,7 @@ pub fn run(args: VmArgs) -> anyhow::Result<()> {
     let prepared = t0.elapsed();
 
     // Optimized binaries: in the guest, userspace BTF parsing is 12-18x slower than here.
-    let warden = build_warden(true)?;
+    let warden = build_release_warden()?;
     let built = build_test_binaries(&tests)?;
     let out = target_dir().join("vm");
     let initramfs = out.join("initramfs.cpio");
@@ -227,6 +227,18 @@ pub fn run(args: VmArgs) -> anyhow::Result<()> {
         bail!("the VM tier failed on {}", bad.join(", "));
     }
     Ok(())
+}
+
+/// `cargo build --release -p agent-user --bin warden`, with `warden-tests` selected too: then
+/// cargo unifies features as in the test build, and agent-user is compiled once for both
+/// instead of being rebuilt by each build in turn.
+fn build_release_warden() -> anyhow::Result<PathBuf> {
+    util::run(
+        cargo()
+            .args(["build", "--release", "--package", "agent-user", "--bin", "warden"])
+            .args(["--package", "warden-tests"]),
+    )?;
+    Ok(target_dir().join("release/warden"))
 }
 
 /// The optimized test binaries to run, and the crate's own programs they call.
