@@ -74,15 +74,18 @@ fn demo() -> anyhow::Result<()> {
         let v: serde_json::Value = serde_json::from_str(line)?;
         let s = |k: &str| v.get(k).map(|x| x.to_string().trim_matches('"').to_string()).unwrap_or_default();
         println!(
-            "{:>3} {:<10} {:<6} pid={:<7} ppid={:<7} {}",
+            "{:>3} {:<10} {:<6} {:<7} pid={:<7} ppid={:<7} {}",
             s("seq"),
             s("kind"),
             s("decision"),
+            s("action"),
             s("pid"),
             s("ppid"),
-            [s("path"), s("exe"), s("reason")].into_iter().find(|x| !x.is_empty()).unwrap_or_default()
+            [s("path"), s("addr"), s("exe"), s("reason")].into_iter().find(|x| !x.is_empty()).unwrap_or_default()
         );
     }
     anyhow::ensure!(status.code() == Some(0), "demo agent failed: {status}");
+    println!("\n== warden verify {}", log.display());
+    util::run(std::process::Command::new(&warden).arg("verify").arg(&log))?;
     Ok(())
 }
