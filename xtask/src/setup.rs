@@ -18,7 +18,10 @@ use crate::util::{output, run as run_cmd};
 pub const EBPF_TOOLCHAIN: &str = "nightly";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// The fake LLVM prefix bpf-linker is built against; its RUNPATH points here.
-const LLVM_PREFIX: &str = "/opt/llvm-rust";
+/// `WARDEN_LLVM_PREFIX` overrides it (used to rehearse a fresh machine).
+fn llvm_prefix() -> PathBuf {
+    std::env::var_os("WARDEN_LLVM_PREFIX").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/opt/llvm-rust"))
+}
 
 pub fn run() -> anyhow::Result<()> {
     let t0 = Instant::now();
@@ -110,7 +113,7 @@ fn llvm_major(libllvm: &Path) -> anyhow::Result<String> {
 
 /// A fake LLVM prefix: llvm-sys only asks `llvm-config` for the version and links `libLLVM.so`.
 fn ensure_llvm_prefix(libllvm: &Path) -> anyhow::Result<bool> {
-    let prefix = Path::new(LLVM_PREFIX);
+    let prefix = &llvm_prefix();
     let name = libllvm.file_name().context("libLLVM file name")?;
     let major = llvm_major(libllvm)?;
     let config_text = format!("#!/bin/sh\necho {major}.1.0\n");
@@ -165,7 +168,7 @@ fn install_bpf_linker() -> anyhow::Result<()> {
                 "--force",
             ])
             .args(["--no-default-features", "--features", &format!("llvm-{major}")])
-            .env("LLVM_PREFIX", LLVM_PREFIX)
+            .env("LLVM_PREFIX", llvm_prefix())
             .current_dir(std::env::temp_dir()),
     )
 }

@@ -1,6 +1,7 @@
 //! The `warden` command line (clap derive). Raw arguments here; each verb turns
 //! them into resolved settings and runs.
 mod probe;
+mod rules;
 mod run;
 mod scope;
 mod verify;
@@ -31,6 +32,11 @@ pub enum Command {
     Scope(scope::ScopeCmd),
     /// Check a log's hash chains and signatures; exit 0 only if intact.
     Verify(verify::VerifyArgs),
+    /// Re-run rules (and optionally a different scope) over recorded logs, deterministically.
+    Replay(rules::ReplayArgs),
+    /// Work with scope-drift rules.
+    #[command(subcommand)]
+    Rules(rules::RulesCmd),
 }
 
 /// How a verb failed.
@@ -66,6 +72,8 @@ pub fn main() -> i32 {
         Command::Run(a) => run::run(a),
         Command::Scope(c) => scope::run(c),
         Command::Verify(a) => verify::run(a),
+        Command::Replay(a) => rules::replay(a),
+        Command::Rules(c) => rules::rules(c),
     };
     match result {
         Ok(code) => code,

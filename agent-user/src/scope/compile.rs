@@ -319,6 +319,29 @@ fn lsm_file_rules(
     by_id.into_values().collect()
 }
 
+/// What the kernel's egress programs decide for these trie entries: the longest matching
+/// prefix, then its port rules (used to re-judge recordings against a scope).
+pub fn egress_allows(entries: &[EgressEntry], addr: IpAddr, port: u16, protocol: u8) -> bool {
+    let a = match addr {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    };
+    let key = u128::from_be_bytes(a);
+    let best = entries
+        .iter()
+        .filter(|e| {
+            let plen = e.prefix_len - 32;
+            let mask = if plen == 0 { 0 } else { u128::MAX << (128 - plen) };
+            u128::from_be_bytes(e.addr) & mask == key & mask
+        })
+        .max_by_key(|e| e.prefix_len);
+    best.is_some_and(|e| {
+        e.rules.rules[..e.rules.count as usize]
+            .iter()
+            .any(|r| (r.protocol == 0 || r.protocol == protocol) && r.lo <= port && port <= r.hi)
+    })
+}
+
 /// `PT_INTERP` of a 64-bit little-endian ELF file, if it has one.
 pub fn elf_interpreter(path: &Path) -> Option<PathBuf> {
     let mut f = fs::File::open(path).ok()?;
@@ -570,26 +593,8 @@ mod tests {
         })
     }
 
-    /// What the kernel does: longest-prefix match, then the folded port rules.
     fn kernel(entries: &[EgressEntry], addr: IpAddr, port: u16, proto: u8) -> bool {
-        let a = match addr {
-            IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
-            IpAddr::V6(v6) => v6.octets(),
-        };
-        let key = u128::from_be_bytes(a);
-        let best = entries
-            .iter()
-            .filter(|e| {
-                let plen = e.prefix_len - 32;
-                let mask = if plen == 0 { 0 } else { u128::MAX << (128 - plen) };
-                u128::from_be_bytes(e.addr) & mask == key & mask
-            })
-            .max_by_key(|e| e.prefix_len);
-        best.is_some_and(|e| {
-            e.rules.rules[..e.rules.count as usize]
-                .iter()
-                .any(|r| (r.protocol == 0 || r.protocol == proto) && r.lo <= port && port <= r.hi)
-        })
+        egress_allows(entries, addr, port, proto)
     }
 
     #[test]

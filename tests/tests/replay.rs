@@ -1,0 +1,68 @@
+//! Host tier: a recorded live session replays to identical findings; corrupt input is
+//! reported by line, or skipped and counted with --keep-going.
+use std::{path::Path, process::Command};
+
+use warden_tests::{require, run_warden, warden_bin};
+
+fn replay(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(warden_bin()).arg("replay").args(args).output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_recorded_session_replays_to_identical_findings() {
+    if !require("a_recorded_session_replays_to_identical_findings", "tp_btf") {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let payload = t.path().join("payload");
+    std::fs::copy("/usr/bin/true", &payload).unwrap();
+    let scope = format!(
+        "version: 1\ntask: drift\nexec:\n  allow: [/bin/sh, /usr/bin/true, {}]\nnetwork:\n  egress:\n    - to: 127.0.0.1\n      ports: [9]\n",
+        payload.display()
+    );
+    // Five refusals in a row (a burst) and a program run from /tmp.
+    let script =
+        format!("for i in 1 2 3 4 5; do /usr/bin/id >/dev/null 2>&1; done; {}; exit 0", payload.display());
+    let out = run_warden(&scope, &script, &[]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let log = t.path().join("session.jsonl");
+    let text: String = out.records.iter().map(|r| format!("{r}\n")).collect();
+    std::fs::write(&log, &text).unwrap();
+    let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("../rules/starter");
+    let args = ["--rules", rules.to_str().unwrap(), "--format", "json", log.to_str().unwrap()];
+    let (c1, f1, e1) = replay(&args);
+    let (c2, f2, _) = replay(&args);
+    assert_eq!((c1, c2), (Some(0), Some(0)), "{e1}");
+    assert_eq!(f1, f2, "replay is deterministic");
+    let ids: Vec<String> = f1
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["rule"].as_str().unwrap().to_string())
+        .collect();
+    assert!(ids.contains(&"denial-burst".to_string()), "{f1}");
+    if payload.starts_with("/tmp") {
+        assert!(ids.contains(&"exec-from-writable-temp".to_string()), "{f1}");
+    }
+    // A different scope re-judges the same recording.
+    let strict = t.path().join("strict.yaml");
+    std::fs::write(&strict, "version: 1\ntask: strict\nexec:\n  allow: [/bin/sh]\n").unwrap();
+    let (c, f, e) = replay(&["--scope", strict.to_str().unwrap(), log.to_str().unwrap()]);
+    assert_eq!(c, Some(0), "{e}");
+    assert!(f.contains(&format!("would have refused: exec of {}", payload.display())), "{f}");
+    assert_eq!(f.lines().count(), 6, "five refused ids and the payload: {f}");
+    // Corrupt input: stop with the line, or skip and count.
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines[2] = "{not json";
+    let bad = t.path().join("bad.jsonl");
+    std::fs::write(&bad, lines.join("\n") + "\n").unwrap();
+    let (c, _, e) = replay(&["--rules", rules.to_str().unwrap(), bad.to_str().unwrap()]);
+    assert_eq!(c, Some(1));
+    assert!(e.contains("bad.jsonl:3:"), "{e}");
+    let (c, _, e) = replay(&["--rules", rules.to_str().unwrap(), "--keep-going", bad.to_str().unwrap()]);
+    assert_eq!(c, Some(0));
+    assert!(e.contains("1 lines skipped"), "{e}");
+}
