@@ -192,7 +192,18 @@ pub fn run_warden(scope: &str, script: &str, extra: &[&str]) -> RunOutcome {
         .output()
         .expect("run warden");
     let text = std::fs::read_to_string(&log).unwrap_or_default();
-    let records = text.lines().map(|l| serde_json::from_str(l).expect("record is JSON")).collect();
+    let records: Vec<serde_json::Value> =
+        text.lines().map(|l| serde_json::from_str(l).expect("record is JSON")).collect();
+    // `warden run --engine auto` falls back when BPF LSM programs fail to load; a test must not
+    // pass on the fallback while the kernel offers BPF LSM.
+    if let Some(start) = records.first() {
+        assert_eq!(
+            start["engine"].as_str(),
+            Some(engine()),
+            "warden run used another engine than this kernel offers; stderr:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     RunOutcome {
         code: out.status.code(),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -117,7 +117,15 @@ pub fn generate(root: &Path) -> anyhow::Result<usize> {
         md.push_str(&format!("- {engine}: {}\n", ks.iter().cloned().collect::<Vec<_>>().join(", ")));
     }
     let doc = json!({ "engines": ENGINES, "kernels": kernels, "rows": json_rows });
-    fs::write(root.join("docs/coverage.md"), md)?;
-    fs::write(root.join("docs/coverage.json"), serde_json::to_string_pretty(&doc)? + "\n")?;
+    // Written only when changed: `warden` embeds coverage.json, so a rewrite rebuilds it.
+    write_if_changed(&root.join("docs/coverage.md"), &md)?;
+    write_if_changed(&root.join("docs/coverage.json"), &(serde_json::to_string_pretty(&doc)? + "\n"))?;
     Ok(cells.len())
+}
+
+fn write_if_changed(path: &Path, content: &str) -> anyhow::Result<()> {
+    if fs::read_to_string(path).ok().as_deref() != Some(content) {
+        fs::write(path, content)?;
+    }
+    Ok(())
 }

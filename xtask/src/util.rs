@@ -45,7 +45,9 @@ pub fn target_dir() -> PathBuf {
 /// Builds the `warden` binary and returns its path.
 pub fn build_warden(release: bool) -> anyhow::Result<PathBuf> {
     let mut c = cargo();
-    c.args(["build", "--package", "agent-user", "--bin", "warden"]);
+    // Selecting warden-tests too gives the same feature resolution as `cargo test -p
+    // warden-tests`, so agent-user is not rebuilt between the two.
+    c.args(["build", "--package", "agent-user", "--package", "warden-tests", "--bin", "warden"]);
     if release {
         c.arg("--release");
     }

@@ -432,15 +432,27 @@ fn refuse_all(record_kind: u16, rule_id: u16, arg: u32) -> i32 {
     ret(v)
 }
 
-/// `bpf(int cmd, union bpf_attr *attr, unsigned int size[, bool kernel], int ret)`: the
-/// position of `ret` differs across kernels; the loader passes it.
+/// `bpf(int cmd, union bpf_attr *attr, unsigned int size, int ret)` (kernels before 6.14).
+/// One program per prototype: a context read at a computed offset is refused by the
+/// verifier, so the loader picks the program whose `ret` position matches the kernel.
 #[lsm(hook = "bpf")]
 pub fn lsm_bpf(ctx: LsmContext) -> i32 {
-    let cmd: i32 = ctx.arg(0);
-    let prev: i32 = if OFFSETS.load().lsm_bpf_ret == 4 { ctx.arg(4) } else { ctx.arg(3) };
+    let prev: i32 = ctx.arg(3);
     if prev != 0 {
         return prev;
     }
+    let cmd: i32 = ctx.arg(0);
+    refuse_all(kind::BPF, rule::PROTECTED_BPF, cmd as u32)
+}
+
+/// `bpf(int cmd, union bpf_attr *attr, unsigned int size, bool kernel, int ret)` (6.14+).
+#[lsm(hook = "bpf")]
+pub fn lsm_bpf_k(ctx: LsmContext) -> i32 {
+    let prev: i32 = ctx.arg(4);
+    if prev != 0 {
+        return prev;
+    }
+    let cmd: i32 = ctx.arg(0);
     refuse_all(kind::BPF, rule::PROTECTED_BPF, cmd as u32)
 }
 

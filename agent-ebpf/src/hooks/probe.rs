@@ -5,7 +5,8 @@ use aya_ebpf::{
     programs::{FEntryContext, SockAddrContext},
 };
 
-/// Loads only where trampolines (fentry/fexit/fmod_ret, BPF LSM) are allowed.
+/// Loads only where trampolines (fentry/fexit/fmod_ret, BPF LSM) are allowed. The loader
+/// picks the attach target from the kernel's BTF; the section name is only a default.
 #[fentry(function = "do_unlinkat")]
 pub fn probe_fentry(_ctx: FEntryContext) -> u32 {
     0

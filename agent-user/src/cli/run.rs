@@ -116,7 +116,14 @@ async fn run_task(args: RunArgs, compiled: CompiledScope) -> Result<i32, Failure
         EngineChoice::Auto => match sensor.attach_lsm_engine() {
             Ok(()) => true,
             Err(e) => {
-                tracing::info!(error = %e, "BPF LSM unavailable; using the fallback engine");
+                // EPERM at load is a kernel that refuses BPF LSM; anything else (a verifier
+                // rejection, a missing hook) is worth seeing.
+                let msg = format!("{e:#}");
+                if msg.contains("Operation not permitted") {
+                    tracing::info!(error = %msg, "BPF LSM unavailable; using the fallback engine");
+                } else {
+                    tracing::warn!(error = %msg, "BPF LSM engine failed to attach; using the fallback engine");
+                }
                 false
             }
         },

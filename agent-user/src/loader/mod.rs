@@ -295,7 +295,10 @@ impl Sensor {
     /// attached) on kernels that refuse BPF LSM; callers fall back to the fallback engine.
     pub fn attach_lsm_engine(&mut self) -> Result<(), LoadError> {
         let mut attached = Vec::new();
+        // The `bpf` hook gained a parameter in 6.14: one program per prototype.
+        let bpf_prog = if self.offsets.lsm_bpf_ret == 4 { "lsm_bpf_k" } else { "lsm_bpf" };
         for (name, hook) in LSM_PROGRAMS {
+            let name = if name == "lsm_bpf" { bpf_prog } else { name };
             let r = (|| {
                 let prog: &mut Lsm = self
                     .ebpf

@@ -113,7 +113,16 @@ pub fn probe() -> ProbeReport {
             features.push(feature("ring_buffer", Ok("BPF_MAP_TYPE_RINGBUF created".into())));
             features.push(feature("tp_btf", try_tp_btf(&mut ebpf, &btf)));
             features.push(feature("bpf_lsm", try_lsm(&mut ebpf, &btf)));
-            features.push(feature("fentry", try_fentry(&mut ebpf, &btf)));
+            let target = ["do_unlinkat", "vfs_unlink", "security_inode_unlink", "vfs_read"]
+                .into_iter()
+                .find(|f| kbtf.as_ref().is_ok_and(|k| k.has_func(f)));
+            features.push(feature(
+                "fentry",
+                match target {
+                    Some(t) => try_fentry(&mut ebpf, &btf, t),
+                    None => Err("no known fentry probe target in this kernel's BTF".into()),
+                },
+            ));
             features.push(feature("cgroup_sock_addr", try_sock_addr(&mut ebpf)));
         }
         Err(e) => {
@@ -178,16 +187,16 @@ fn try_lsm(ebpf: &mut aya::Ebpf, btf: &aya::Btf) -> Result<String, String> {
     Ok("bprm_check_security loaded and attached".into())
 }
 
-fn try_fentry(ebpf: &mut aya::Ebpf, btf: &aya::Btf) -> Result<String, String> {
+fn try_fentry(ebpf: &mut aya::Ebpf, btf: &aya::Btf, target: &str) -> Result<String, String> {
     let p: &mut FEntry = ebpf
         .program_mut("probe_fentry")
         .ok_or("program missing")?
         .try_into()
         .map_err(|e: aya::programs::ProgramError| e.to_string())?;
-    p.load("do_unlinkat", btf).map_err(|e| format!("load: {}", err_chain(&e)))?;
+    p.load(target, btf).map_err(|e| format!("load: {}", err_chain(&e)))?;
     let link = p.attach().map_err(|e| format!("attach: {}", err_chain(&e)))?;
     p.detach(link).map_err(|e| format!("detach: {}", err_chain(&e)))?;
-    Ok("fentry on do_unlinkat loaded and attached".into())
+    Ok(format!("fentry on {target} loaded and attached"))
 }
 
 fn try_sock_addr(ebpf: &mut aya::Ebpf) -> Result<String, String> {
