@@ -91,9 +91,7 @@ fn exec_is_judged_by_identity_not_name() {
     );
     // Exactly the attempts above were judged; the allowed ones were not.
     assert_eq!(out.records_of("exec", "deny").len(), 8, "{:#?}", out.judged());
-    for path in ["syscall"] {
-        coverage("exec identity", path, exec_outcome());
-    }
+    coverage("exec identity", "syscall", exec_outcome());
     coverage("exec identity", "io_uring", "n/a (no io_uring exec)");
 }
 

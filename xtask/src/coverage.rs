@@ -37,11 +37,12 @@ pub fn cells_dir(root: &Path) -> std::path::PathBuf {
     root.join("target/coverage")
 }
 
-/// Reads every cell; returns (engine, control, path) → outcome → kernels.
-fn read_cells(
-    dir: &Path,
-) -> anyhow::Result<BTreeMap<(String, String, String), BTreeMap<String, BTreeSet<String>>>> {
-    let mut cells: BTreeMap<(String, String, String), BTreeMap<String, BTreeSet<String>>> = BTreeMap::new();
+/// (engine, control, path) → outcome → kernels it was observed on.
+type Cells = BTreeMap<(String, String, String), BTreeMap<String, BTreeSet<String>>>;
+
+/// Reads every cell the tests wrote.
+fn read_cells(dir: &Path) -> anyhow::Result<Cells> {
+    let mut cells = Cells::new();
     let Ok(rd) = fs::read_dir(dir) else { return Ok(cells) };
     for e in rd.flatten() {
         let text = fs::read_to_string(e.path())?;

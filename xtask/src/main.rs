@@ -81,7 +81,10 @@ fn demo() -> anyhow::Result<()> {
             s("action"),
             s("pid"),
             s("ppid"),
-            [s("path"), s("addr"), s("exe"), s("reason")].into_iter().find(|x| !x.is_empty()).unwrap_or_default()
+            [s("path"), s("addr"), s("exe"), s("reason")]
+                .into_iter()
+                .find(|x| !x.is_empty())
+                .unwrap_or_default()
         );
     }
     anyhow::ensure!(status.code() == Some(0), "demo agent failed: {status}");

@@ -20,7 +20,9 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// The fake LLVM prefix bpf-linker is built against; its RUNPATH points here.
 /// `WARDEN_LLVM_PREFIX` overrides it (used to rehearse a fresh machine).
 fn llvm_prefix() -> PathBuf {
-    std::env::var_os("WARDEN_LLVM_PREFIX").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/opt/llvm-rust"))
+    std::env::var_os("WARDEN_LLVM_PREFIX")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/opt/llvm-rust"))
 }
 
 pub fn run() -> anyhow::Result<()> {

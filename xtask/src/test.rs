@@ -19,6 +19,13 @@ pub fn run(tiers: &[Tier]) -> anyhow::Result<()> {
     let all = tiers.is_empty();
     let want = |t| all || tiers.contains(&t);
     if want(Tier::Unit) {
+        // Lint first: formatting, then clippy (the eBPF crate cannot be linted for the host).
+        util::run(cargo().args(["fmt", "--all", "--check"]))?;
+        util::run(
+            cargo()
+                .args(["clippy", "--workspace", "--exclude", "agent-ebpf", "--all-targets"])
+                .args(["--", "-D", "warnings"]),
+        )?;
         util::run(cargo().args([
             "test",
             "--workspace",
