@@ -3,6 +3,7 @@
 //! Every command runs `setup` first, so a fresh machine needs no hand steps.
 mod bench;
 mod coverage;
+mod fuzz;
 mod setup;
 mod test;
 mod util;
@@ -38,6 +39,8 @@ enum Cmd {
     Demo,
     /// The VM test tier alone, with options.
     Vm(vm::VmArgs),
+    /// Run the fuzz targets (decoder, scope parser, rule parser, verifier).
+    Fuzz(fuzz::FuzzArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -50,6 +53,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Bench(args) => bench::run(args),
         Cmd::Demo => demo(),
         Cmd::Vm(args) => vm::run(args),
+        Cmd::Fuzz(args) => fuzz::run_fuzz(args),
     }
 }
 

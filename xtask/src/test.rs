@@ -39,6 +39,8 @@ pub fn run(tiers: &[Tier]) -> anyhow::Result<()> {
         if !is_root() {
             bail!("the host tier loads BPF programs and creates cgroups: run it as root");
         }
+        // The NATS sink test needs a real server.
+        util::ensure_apt("/usr/sbin/nats-server", "nats-server")?;
         let warden = build_warden(false)?;
         let cells = crate::coverage::cells_dir(&util::workspace_root());
         std::fs::create_dir_all(&cells)?;

@@ -65,3 +65,22 @@ unsafe extern "C" {
     #[link_name = "geteuid"]
     fn libc_geteuid() -> u32;
 }
+
+/// Installs Debian `package` when `binary` is missing (`apt-get update` first if the install
+/// fails on stale lists). Idempotent: does nothing when the binary exists.
+pub fn ensure_apt(binary: &str, package: &str) -> anyhow::Result<()> {
+    if Path::new(binary).exists() {
+        return Ok(());
+    }
+    eprintln!("setup: installing {package} (for {binary})");
+    let install =
+        || Command::new("apt-get").args(["install", "-y", "--no-install-recommends", package]).status();
+    if !install().map(|s| s.success()).unwrap_or(false) {
+        run(Command::new("apt-get").arg("update"))?;
+        run(Command::new("apt-get").args(["install", "-y", "--no-install-recommends", package]))?;
+    }
+    if !Path::new(binary).exists() {
+        bail!("{package} installed but {binary} is missing");
+    }
+    Ok(())
+}

@@ -2,6 +2,8 @@
 //! verification, schema upgrades, and sinks.
 pub mod chain;
 pub mod clock;
+pub mod nats;
+pub mod ocsf;
 pub mod record;
 pub mod schema;
 pub mod sink;

@@ -49,3 +49,15 @@ impl AuditSink for MemorySink {
         Ok(())
     }
 }
+
+/// Writes every record to several sinks, in order; the first error wins.
+pub struct TeeSink(pub Vec<Box<dyn AuditSink>>);
+
+impl AuditSink for TeeSink {
+    fn write(&mut self, record: &AuditRecord, line: &str) -> io::Result<()> {
+        self.0.iter_mut().try_for_each(|s| s.write(record, line))
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.iter_mut().try_for_each(|s| s.flush())
+    }
+}

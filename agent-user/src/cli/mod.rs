@@ -1,6 +1,8 @@
 //! The `warden` command line (clap derive). Raw arguments here; each verb turns
 //! them into resolved settings and runs.
+mod nats;
 mod probe;
+mod report;
 mod rules;
 mod run;
 mod scope;
@@ -37,6 +39,11 @@ pub enum Command {
     /// Work with scope-drift rules.
     #[command(subcommand)]
     Rules(rules::RulesCmd),
+    /// NATS JetStream spools.
+    #[command(subcommand)]
+    Nats(nats::NatsCmd),
+    /// Write an incident report of a recorded log: one self-contained HTML page.
+    Report(report::ReportArgs),
 }
 
 /// How a verb failed.
@@ -74,6 +81,8 @@ pub fn main() -> i32 {
         Command::Verify(a) => verify::run(a),
         Command::Replay(a) => rules::replay(a),
         Command::Rules(c) => rules::rules(c),
+        Command::Nats(c) => nats::run(c),
+        Command::Report(a) => report::run(a),
     };
     match result {
         Ok(code) => code,

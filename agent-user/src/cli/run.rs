@@ -6,7 +6,10 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use super::Failure;
 use crate::{
-    audit::{AuditRecord, AuditSink, Decision, JsonlSink, chain::NodeKey, clock::Clock},
+    audit::{
+        AuditRecord, AuditSink, Decision, JsonlSink, chain::NodeKey, clock::Clock, nats::NatsSink,
+        sink::TeeSink,
+    },
     correlate::ProcessTable,
     loader::{LoadOptions, Sensor},
     pipeline::{Mode, Pipeline, TaskCtx},
@@ -46,6 +49,16 @@ pub struct RunArgs {
     /// The node's ed25519 key that signs the log's checkpoints (created 0600 on first use).
     #[arg(long, value_name = "PATH", default_value = crate::audit::chain::DEFAULT_KEY_PATH)]
     pub key: PathBuf,
+    /// Also publish the records to this NATS JetStream server (stream WARDEN, subject
+    /// warden.events.<node>.<task>), at least once, spooled to disk while it is unreachable.
+    #[arg(long, value_name = "URL")]
+    pub nats: Option<String>,
+    /// The spool for --nats (default /var/lib/warden/spool/<task>.jsonl).
+    #[arg(long, value_name = "PATH")]
+    pub nats_spool: Option<PathBuf>,
+    /// How long to wait at task end for the server to acknowledge everything.
+    #[arg(long, default_value = "30s", value_parser = crate::util::parse_duration)]
+    pub nats_wait: Duration,
     /// Parent directory for the sandbox cgroup, relative to the cgroup2 mount.
     #[arg(long, default_value = "warden")]
     pub cgroup_parent: String,
@@ -133,6 +146,21 @@ async fn run_task(args: RunArgs, compiled: CompiledScope) -> Result<i32, Failure
     let mut source = RingBufSource::new(ring).context("polling the ring buffer").map_err(runtime)?;
 
     let task_id = new_task_id(&scope.task).context("task id").map_err(runtime)?;
+    let (sink, nats) = match &args.nats {
+        None => (sink, None),
+        Some(url) => {
+            let spool = args
+                .nats_spool
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(format!("/var/lib/warden/spool/{task_id}.jsonl")));
+            let node =
+                nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
+            let (nats_sink, handle) = NatsSink::start(url, &node, &spool)
+                .with_context(|| format!("nats spool {}", spool.display()))
+                .map_err(Failure::Usage)?;
+            (Box::new(TeeSink(vec![sink, Box::new(nats_sink)])) as Box<dyn AuditSink>, Some((handle, spool)))
+        }
+    };
     let mount = cgroup2_mount().map_err(runtime)?;
     let parent = mount.join(&args.cgroup_parent);
     let cgroup = Cgroup::create(&parent, &task_id).map_err(runtime)?;
@@ -303,6 +331,20 @@ async fn run_task(args: RunArgs, compiled: CompiledScope) -> Result<i32, Failure
     }
     killed.map_err(runtime)?;
     guard.finish().map_err(Failure::Runtime)?;
+    if let Some((handle, spool)) = nats {
+        let st = handle.close(args.nats_wait).map_err(runtime)?;
+        if st.pending > 0 {
+            eprintln!(
+                "warden: NATS did not acknowledge everything within {:?}; unsent records stay in {} \
+                 (publish them with `warden nats flush {} --url URL`)",
+                args.nats_wait,
+                spool.display(),
+                spool.display()
+            );
+        } else {
+            tracing::info!(published = st.published, "all records acknowledged by NATS");
+        }
+    }
     Ok(code)
 }
 
