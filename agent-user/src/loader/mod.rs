@@ -188,32 +188,10 @@ impl Sensor {
     /// Writes a compiled scope's kernel state for `slot` and then marks `cgroup_ids` as that
     /// sandbox (the watch entry goes last, so no check ever sees half a scope).
     pub fn bind(&mut self, slot: u32, cgroup_ids: &[u64], scope: &CompiledScope) -> Result<(), LoadError> {
-        if let Some(exec) = &scope.exec {
-            let m = self.ebpf.map_mut(maps::EXEC_ALLOW).ok_or(LoadError::MissingMap(maps::EXEC_ALLOW))?;
-            let mut allow: HashMap<&mut MapData, maps::ExecKey, u32> =
-                HashMap::try_from(m).map_err(|source| LoadError::Map { name: maps::EXEC_ALLOW, source })?;
-            for f in exec {
-                let key = maps::ExecKey { slot, dev: user_dev_to_kernel(f.dev), ino: f.ino };
-                allow
-                    .insert(key, 1, 0)
-                    .map_err(|source| LoadError::Map { name: maps::EXEC_ALLOW, source })?;
-            }
-        }
-        if let Some(entries) = &scope.egress {
-            let m = self.ebpf.map_mut(maps::EGRESS).ok_or(LoadError::MissingMap(maps::EGRESS))?;
-            let mut trie: LpmTrie<&mut MapData, maps::EgressAddr, maps::EgressRules> =
-                LpmTrie::try_from(m).map_err(|source| LoadError::Map { name: maps::EGRESS, source })?;
-            for e in entries {
-                let key =
-                    Key::new(e.prefix_len, maps::EgressAddr { slot_be: slot.to_be_bytes(), addr: e.addr });
-                trie.insert(&key, e.rules, 0)
-                    .map_err(|source| LoadError::Map { name: maps::EGRESS, source })?;
-            }
-        }
+        self.write_scope_tables(slot, scope, true)?;
         let mut flags = scope.flags;
         if self.lsm_engine {
             flags |= maps::sandbox_flags::LSM;
-            self.write_file_rules(slot, scope, true)?;
         }
         let mut w = self.watched()?;
         for id in cgroup_ids {
@@ -223,24 +201,75 @@ impl Sensor {
         Ok(())
     }
 
-    /// Inserts (or removes) the LSM engine's file and secret rules of `scope` for `slot`.
-    fn write_file_rules(&mut self, slot: u32, scope: &CompiledScope, insert: bool) -> Result<(), LoadError> {
-        let m = self.ebpf.map_mut(maps::FILE_RULES).ok_or(LoadError::MissingMap(maps::FILE_RULES))?;
-        let mut rules: HashMap<&mut MapData, maps::FileKey, u32> =
-            HashMap::try_from(m).map_err(|source| LoadError::Map { name: maps::FILE_RULES, source })?;
-        for r in &scope.file_rules {
-            let key = maps::FileKey { slot, dev: user_dev_to_kernel(r.id.dev), ino: r.id.ino };
+    /// Removes everything `bind` wrote for `slot`: the watch entries first (checks stop
+    /// applying to the sandbox at once), then the scope tables.
+    pub fn unbind(&mut self, slot: u32, scope: &CompiledScope) -> Result<(), LoadError> {
+        self.unwatch_slot(slot)?;
+        self.write_scope_tables(slot, scope, false)
+    }
+
+    fn hash_map<K: aya::Pod, V: aya::Pod>(
+        &mut self,
+        name: &'static str,
+    ) -> Result<HashMap<&mut MapData, K, V>, LoadError> {
+        let m = self.ebpf.map_mut(name).ok_or(LoadError::MissingMap(name))?;
+        HashMap::try_from(m).map_err(|source| LoadError::Map { name, source })
+    }
+
+    /// Inserts (or removes) every table entry of `scope` for `slot`: the exec allowlist, the
+    /// egress trie and, under the BPF LSM engine, the file and secret rules. Removal ignores
+    /// entries that are already gone.
+    fn write_scope_tables(
+        &mut self,
+        slot: u32,
+        scope: &CompiledScope,
+        insert: bool,
+    ) -> Result<(), LoadError> {
+        fn set<K: aya::Pod, V: aya::Pod>(
+            m: &mut HashMap<&mut MapData, K, V>,
+            name: &'static str,
+            key: K,
+            value: V,
+            insert: bool,
+        ) -> Result<(), LoadError> {
             if insert {
-                rules
-                    .insert(key, r.bits, 0)
-                    .map_err(|source| LoadError::Map { name: maps::FILE_RULES, source })?;
+                m.insert(key, value, 0).map_err(|source| LoadError::Map { name, source })
             } else {
-                let _ = rules.remove(&key);
+                let _ = m.remove(&key);
+                Ok(())
             }
         }
-        let m = self.ebpf.map_mut(maps::SECRET_TOOLS).ok_or(LoadError::MissingMap(maps::SECRET_TOOLS))?;
-        let mut tools: HashMap<&mut MapData, maps::SecretToolKey, u32> =
-            HashMap::try_from(m).map_err(|source| LoadError::Map { name: maps::SECRET_TOOLS, source })?;
+        if let Some(exec) = &scope.exec {
+            let mut m = self.hash_map::<maps::ExecKey, u32>(maps::EXEC_ALLOW)?;
+            for f in exec {
+                let key = maps::ExecKey { slot, dev: user_dev_to_kernel(f.dev), ino: f.ino };
+                set(&mut m, maps::EXEC_ALLOW, key, 1, insert)?;
+            }
+        }
+        if let Some(entries) = &scope.egress {
+            let m = self.ebpf.map_mut(maps::EGRESS).ok_or(LoadError::MissingMap(maps::EGRESS))?;
+            let mut trie: LpmTrie<&mut MapData, maps::EgressAddr, maps::EgressRules> =
+                LpmTrie::try_from(m).map_err(|source| LoadError::Map { name: maps::EGRESS, source })?;
+            for e in entries {
+                let key =
+                    Key::new(e.prefix_len, maps::EgressAddr { slot_be: slot.to_be_bytes(), addr: e.addr });
+                if insert {
+                    trie.insert(&key, e.rules, 0)
+                        .map_err(|source| LoadError::Map { name: maps::EGRESS, source })?;
+                } else {
+                    let _ = trie.remove(&key);
+                }
+            }
+        }
+        if !self.lsm_engine {
+            return Ok(());
+        }
+        let mut rules = self.hash_map::<maps::FileKey, u32>(maps::FILE_RULES)?;
+        for r in &scope.file_rules {
+            let key = maps::FileKey { slot, dev: user_dev_to_kernel(r.id.dev), ino: r.id.ino };
+            set(&mut rules, maps::FILE_RULES, key, r.bits, insert)?;
+        }
+        let mut tools = self.hash_map::<maps::SecretToolKey, u32>(maps::SECRET_TOOLS)?;
         for s in &scope.secrets {
             for t in &s.tools {
                 let key = maps::SecretToolKey {
@@ -251,41 +280,7 @@ impl Sensor {
                     _pad0: 0,
                     tool_ino: t.ino,
                 };
-                if insert {
-                    tools
-                        .insert(key, 1, 0)
-                        .map_err(|source| LoadError::Map { name: maps::SECRET_TOOLS, source })?;
-                } else {
-                    let _ = tools.remove(&key);
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Removes everything `bind` wrote for `slot`: the watch entries first (checks stop
-    /// applying to the sandbox at once), then the scope tables.
-    pub fn unbind(&mut self, slot: u32, scope: &CompiledScope) -> Result<(), LoadError> {
-        self.unwatch_slot(slot)?;
-        if self.lsm_engine {
-            self.write_file_rules(slot, scope, false)?;
-        }
-        if let Some(exec) = &scope.exec {
-            let m = self.ebpf.map_mut(maps::EXEC_ALLOW).ok_or(LoadError::MissingMap(maps::EXEC_ALLOW))?;
-            let mut allow: HashMap<&mut MapData, maps::ExecKey, u32> =
-                HashMap::try_from(m).map_err(|source| LoadError::Map { name: maps::EXEC_ALLOW, source })?;
-            for f in exec {
-                let _ = allow.remove(&maps::ExecKey { slot, dev: user_dev_to_kernel(f.dev), ino: f.ino });
-            }
-        }
-        if let Some(entries) = &scope.egress {
-            let m = self.ebpf.map_mut(maps::EGRESS).ok_or(LoadError::MissingMap(maps::EGRESS))?;
-            let mut trie: LpmTrie<&mut MapData, maps::EgressAddr, maps::EgressRules> =
-                LpmTrie::try_from(m).map_err(|source| LoadError::Map { name: maps::EGRESS, source })?;
-            for e in entries {
-                let key =
-                    Key::new(e.prefix_len, maps::EgressAddr { slot_be: slot.to_be_bytes(), addr: e.addr });
-                let _ = trie.remove(&key);
+                set(&mut tools, maps::SECRET_TOOLS, key, 1, insert)?;
             }
         }
         Ok(())
@@ -334,9 +329,7 @@ impl Sensor {
     /// Refuses the file (kernel `dev_t`, inode) to sandbox `slot` at exec (LSM engine).
     pub fn deny_exec(&mut self, slot: u32, kernel_dev: u32, ino: u64) -> Result<(), LoadError> {
         const NAME: &str = "EXEC_DENY";
-        let m = self.ebpf.map_mut(NAME).ok_or(LoadError::MissingMap(NAME))?;
-        let mut map: HashMap<&mut MapData, maps::ExecKey, u32> =
-            HashMap::try_from(m).map_err(|source| LoadError::Map { name: NAME, source })?;
+        let mut map = self.hash_map::<maps::ExecKey, u32>(NAME)?;
         map.insert(maps::ExecKey { slot, dev: kernel_dev, ino }, 1, 0)
             .map_err(|source| LoadError::Map { name: NAME, source })
     }
@@ -351,8 +344,7 @@ impl Sensor {
     }
 
     fn watched(&mut self) -> Result<HashMap<&mut MapData, u64, Sandbox>, LoadError> {
-        let m = self.ebpf.map_mut(maps::WATCHED).ok_or(LoadError::MissingMap(maps::WATCHED))?;
-        HashMap::try_from(m).map_err(|source| LoadError::Map { name: maps::WATCHED, source })
+        self.hash_map(maps::WATCHED)
     }
 
     /// Marks cgroups as belonging to the sandbox in `slot`.

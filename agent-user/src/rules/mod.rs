@@ -208,15 +208,8 @@ impl RuleSet {
     /// Parses, validates and compiles one rule file into the set.
     pub fn add(&mut self, text: &str, path: &Path) -> Result<(), RuleError> {
         // Stage 1: parse.
-        let de = serde_norway::Deserializer::from_str(text);
-        let raw: RawFile = serde_path_to_error::deserialize(de).map_err(|e| {
-            let field = e.path().to_string();
-            let inner = e.into_inner();
-            let (line, column) = inner.location().map(|l| (l.line(), l.column())).unwrap_or((0, 0));
-            let mut message = inner.to_string();
-            if let Some(i) = message.find(" at line ") {
-                message.truncate(i);
-            }
+        let raw: RawFile = crate::util::from_yaml(text).map_err(|e| {
+            let crate::util::YamlError { line, column, field, mut message } = e;
             if message.contains("did not match any variant") {
                 message = "expected a list of rules, or a mapping with `lists`, `macros` and `rules` \
                            (each rule: id, description, severity, match or sequence; unknown keys are errors)"

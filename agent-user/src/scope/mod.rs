@@ -84,17 +84,12 @@ impl Scope {
 
     /// Parses and validates scope text; `path` is used in messages.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ScopeError> {
-        let de = serde_norway::Deserializer::from_str(text);
-        let raw: RawScope = serde_path_to_error::deserialize(de).map_err(|e| {
-            let field = e.path().to_string();
-            let inner = e.into_inner();
-            let (line, column) = inner.location().map(|l| (l.line(), l.column())).unwrap_or((0, 0));
-            // serde_norway prefixes its own location; keep the message itself.
-            let mut message = inner.to_string();
-            if let Some(i) = message.find(" at line ") {
-                message.truncate(i);
-            }
-            ScopeError::Parse { path: path.to_path_buf(), line, column, field, message }
+        let raw: RawScope = crate::util::from_yaml(text).map_err(|e| ScopeError::Parse {
+            path: path.to_path_buf(),
+            line: e.line,
+            column: e.column,
+            field: e.field,
+            message: e.message,
         })?;
         let invalid = |needle: &str, field: &str, message: String| ScopeError::Invalid {
             path: path.to_path_buf(),

@@ -29,3 +29,29 @@ mod tests {
         assert!(parse_duration("ms").is_err());
     }
 }
+
+/// Where and why strict YAML did not deserialize.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct YamlError {
+    pub line: usize,
+    pub column: usize,
+    /// The field path, e.g. `network.egress[0].to`.
+    pub field: String,
+    pub message: String,
+}
+
+/// Deserializes YAML text into `T`, reporting the field path, line and column of the first
+/// error (the message without serde_norway's own location suffix).
+pub fn from_yaml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, YamlError> {
+    let de = serde_norway::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let field = e.path().to_string();
+        let inner = e.into_inner();
+        let (line, column) = inner.location().map(|l| (l.line(), l.column())).unwrap_or((0, 0));
+        let mut message = inner.to_string();
+        if let Some(i) = message.find(" at line ") {
+            message.truncate(i);
+        }
+        YamlError { line, column, field, message }
+    })
+}
