@@ -84,7 +84,7 @@ pub fn main() -> i32 {
         Ok(code) => code,
         Err(f) => {
             let (Failure::Usage(e) | Failure::Runtime(e)) = &f;
-            eprintln!("warden: error: {e:#}");
+            eprintln!("warden: error: {}", chain(e.as_ref()));
             f.exit_code()
         }
     }
@@ -99,4 +99,31 @@ fn init_tracing(verbose: u8) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("WARDEN_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+/// An error and its causes, each cause once: a cause already quoted in the message above it
+/// is not repeated.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        let t = s.to_string();
+        if !msg.contains(&t) {
+            msg.push_str(": ");
+            msg.push_str(&t);
+        }
+        src = s.source();
+    }
+    msg
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn causes_are_printed_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let e = anyhow::Error::new(crate::scope::ScopeError::Read { path: "s.yaml".into(), source: io })
+            .context("loading");
+        assert_eq!(super::chain(e.as_ref()), "loading: s.yaml: cannot read scope file: no such file");
+    }
 }

@@ -52,6 +52,13 @@ pub fn from_yaml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, YamlEr
         if let Some(i) = message.find(" at line ") {
             message.truncate(i);
         }
+        // serde_norway may prefix the (outer) path itself; the field is reported separately.
+        if let Some((head, rest)) = message.split_once(": ")
+            && !head.contains(' ')
+            && field.starts_with(head)
+        {
+            message = rest.to_string();
+        }
         YamlError { line, column, field, message }
     })
 }
