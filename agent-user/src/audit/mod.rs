@@ -3,6 +3,7 @@
 pub mod chain;
 pub mod clock;
 pub mod nats;
+pub mod ocsf;
 pub mod record;
 pub mod schema;
 pub mod sink;

@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use super::Failure;
 use crate::{
-    audit::schema,
+    audit::{ocsf, schema},
     loader::user_dev_to_kernel,
     rules::{
         RuleSet, Severity,
@@ -55,8 +55,13 @@ pub fn rules(cmd: RulesCmd) -> Result<i32, Failure> {
 /// Output format of replay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ReplayFormat {
+    /// One finding per line, for people.
     Text,
+    /// One finding per line, as JSON.
     Json,
+    /// Every record mapped to an OCSF 1.x event, one per line, findings as Detection Findings
+    /// (docs/ocsf.md). Needs neither --rules nor --scope.
+    Ocsf,
 }
 
 #[derive(Debug, clap::Args)]
@@ -78,6 +83,9 @@ pub struct ReplayArgs {
     /// Skip (and count) corrupt lines instead of stopping at the first one.
     #[arg(long)]
     pub keep_going: bool,
+    /// --format ocsf: `device.hostname`, the host the log was recorded on (default: this host).
+    #[arg(long, value_name = "NAME")]
+    pub host: Option<String>,
 }
 
 /// Re-judges exec and egress records against a compiled scope.
@@ -106,8 +114,17 @@ fn rejudge(rec: &Value, scope: &CompiledScope) -> Option<String> {
     }
 }
 
-fn print(f: &Finding, format: ReplayFormat, out: &mut impl Write) -> std::io::Result<()> {
+fn print(
+    f: &Finding,
+    format: ReplayFormat,
+    ctx: &ocsf::Context,
+    out: &mut impl Write,
+) -> std::io::Result<()> {
     match format {
+        ReplayFormat::Ocsf => {
+            serde_json::to_writer(&mut *out, &ocsf::finding(f, ctx))?;
+            writeln!(out)
+        }
         ReplayFormat::Json => {
             serde_json::to_writer(&mut *out, f)?;
             writeln!(out)
@@ -138,13 +155,16 @@ pub fn replay(args: ReplayArgs) -> Result<i32, Failure> {
         ),
         None => None,
     };
-    if set.rules.is_empty() && scope.is_none() {
+    if set.rules.is_empty() && scope.is_none() && args.format != ReplayFormat::Ocsf {
         return Err(usage(anyhow!("give --rules DIR, --scope FILE, or both")));
     }
     let total: u64 = args.files.iter().filter_map(|f| std::fs::metadata(f).ok()).map(|m| m.len()).sum();
     let bar = (total > 64 << 20 && std::io::stderr().is_terminal())
         .then(|| indicatif::ProgressBar::new(total).with_style(indicatif::ProgressStyle::default_bar()));
     let mut engine = Engine::new(&set);
+    let ctx = ocsf::Context {
+        hostname: args.host.clone().or_else(|| nix::unistd::gethostname().ok()?.into_string().ok()),
+    };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let (mut records, mut findings, mut skipped) = (0u64, 0u64, 0u64);
@@ -184,6 +204,13 @@ pub fn replay(args: ReplayArgs) -> Result<i32, Failure> {
                 continue;
             }
             records += 1;
+            if args.format == ReplayFormat::Ocsf
+                && let Some(event) = ocsf::record(&rec, &ctx)
+            {
+                serde_json::to_writer(&mut out, &event)
+                    .and_then(|()| writeln!(out).map_err(serde_json::Error::io))
+                    .map_err(|e| Failure::Runtime(e.into()))?;
+            }
             let mut found = engine.observe(&rec);
             if let Some(s) = &scope
                 && let Some(what) = rejudge(&rec, s)
@@ -199,7 +226,7 @@ pub fn replay(args: ReplayArgs) -> Result<i32, Failure> {
                 });
             }
             for f in &found {
-                print(f, args.format, &mut out).map_err(|e| Failure::Runtime(e.into()))?;
+                print(f, args.format, &ctx, &mut out).map_err(|e| Failure::Runtime(e.into()))?;
             }
             findings += found.len() as u64;
         }
