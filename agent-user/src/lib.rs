@@ -12,6 +12,7 @@ pub mod correlate;
 pub mod decode;
 pub mod loader;
 pub mod pipeline;
+pub mod report;
 pub mod rules;
 pub mod sandbox;
 pub mod scope;

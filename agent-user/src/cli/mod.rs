@@ -2,6 +2,7 @@
 //! them into resolved settings and runs.
 mod nats;
 mod probe;
+mod report;
 mod rules;
 mod run;
 mod scope;
@@ -41,6 +42,8 @@ pub enum Command {
     /// NATS JetStream spools.
     #[command(subcommand)]
     Nats(nats::NatsCmd),
+    /// Write an incident report of a recorded log: one self-contained HTML page.
+    Report(report::ReportArgs),
 }
 
 /// How a verb failed.
@@ -79,6 +82,7 @@ pub fn main() -> i32 {
         Command::Replay(a) => rules::replay(a),
         Command::Rules(c) => rules::rules(c),
         Command::Nats(c) => nats::run(c),
+        Command::Report(a) => report::run(a),
     };
     match result {
         Ok(code) => code,

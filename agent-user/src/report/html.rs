@@ -1,0 +1,749 @@
+//! The report as one HTML page: inline CSS and JS only, no network (a Content-Security-Policy
+//! with `default-src 'none'` and hashes of the page's own style and script says so to the
+//! browser). Every string taken from the log goes through [`Esc`].
+use std::fmt::{self, Write as _};
+
+use base64::Engine as _;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use super::{
+    Integrity, Report,
+    tree::{ProcNode, ProcessTree},
+    usage::{Grant, Use},
+};
+use crate::rules::{Severity, engine::Finding};
+
+/// Background of refused (`deny`) rows and exec entries: white text on this red.
+pub const DENY_COLOUR: &str = "#d32f2f";
+/// Background of `audit` (would have been refused) rows and exec entries.
+pub const AUDIT_COLOUR: &str = "#ffb300";
+/// Background of the process tree's container.
+pub const TREE_COLOUR: &str = "#e6f0fa";
+
+/// Allowed records shown in the timeline at most (refusals and audits are always shown).
+pub const MAX_TIMELINE_ALLOWED: usize = 20_000;
+/// Processes drawn in the tree at most.
+pub const MAX_TREE_NODES: usize = 5_000;
+
+/// HTML-escapes text for element content and quoted attribute values.
+pub struct Esc<'a>(pub &'a str);
+
+impl fmt::Display for Esc<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut last = 0;
+        for (i, c) in self.0.char_indices() {
+            let rep = match c {
+                '&' => "&amp;",
+                '<' => "&lt;",
+                '>' => "&gt;",
+                '"' => "&quot;",
+                '\'' => "&#39;",
+                // Control characters (a NUL, an escape sequence) are shown, not passed on.
+                c if c.is_control() && c != '\n' && c != '\t' => "\u{fffd}",
+                _ => continue,
+            };
+            f.write_str(&self.0[last..i])?;
+            f.write_str(rep)?;
+            last = i + c.len_utf8();
+        }
+        f.write_str(&self.0[last..])
+    }
+}
+
+/// Escapes `s` into a new string.
+pub fn escape(s: &str) -> String {
+    Esc(s).to_string()
+}
+
+const STYLE: &str = r#"
+:root{--deny:#d32f2f;--audit:#ffb300;--tree:#e6f0fa}
+*{box-sizing:border-box}
+body{margin:0;font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1d232a;background:#f7f8fa}
+header{background:#263238;color:#fff;padding:14px 24px}
+header h1{margin:0;font-size:20px}
+header p{margin:4px 0 0;color:#cfd8dc}
+main{padding:4px 24px 48px}
+section{margin:20px 0}
+h2{font-size:17px;margin:0 0 8px;padding-bottom:4px;border-bottom:2px solid #cfd8dc}
+table{border-collapse:collapse;width:100%;background:#fff}
+th,td{text-align:left;padding:3px 8px;border-bottom:1px solid #e3e6ea;vertical-align:top}
+th{background:#eceff1;font-weight:600}
+.mono,code,td.detail,td.exe{font-family:ui-monospace,"DejaVu Sans Mono",Menlo,monospace;font-size:12.5px;word-break:break-all}
+td.exe{min-width:15em}
+tr.deny td{background:var(--deny);color:#fff}
+tr.audit td{background:var(--audit);color:#000}
+tr.deny a{color:#fff}
+.banner{padding:8px 12px;border-left:5px solid;background:#fff}
+.banner.ok{border-color:#2e7d32;background:#edf7ee}
+.banner.bad{border-color:#b71c1c;background:#fdecea}
+.banner.warn{border-color:#8d6e00;background:#fff8e1}
+.tree{background:var(--tree);padding:10px 14px;border-radius:6px}
+.tree ul{list-style:none;margin:0;padding-left:22px;border-left:1px dashed #90a4ae}
+.tree>ul{border-left:none;padding-left:0}
+.tree li{margin:3px 0}
+.tree .pid{display:inline-block;min-width:56px;font-weight:700;cursor:pointer;text-decoration:underline dotted}
+.tree .exe{font-family:ui-monospace,"DejaVu Sans Mono",Menlo,monospace}
+.tree .cmd{color:#37474f}
+.tree .exit{margin-left:6px;padding:0 5px;border-radius:3px;background:#cfd8dc;font-size:12px}
+.tree .exit.bad{background:#546e7a;color:#fff}
+.tree .execs{margin-left:60px;font-size:12.5px}
+.exec{display:inline-block;margin:1px 4px 1px 0;padding:0 5px;border-radius:3px;background:#fff;font-family:ui-monospace,"DejaVu Sans Mono",Menlo,monospace}
+.exec.deny{background:var(--deny);color:#fff}
+.exec.audit{background:var(--audit);color:#000}
+.badge{display:inline-block;padding:0 6px;border-radius:3px;font-size:12px;font-weight:600;background:#cfd8dc}
+.sev-high,.sev-critical{background:#4a148c;color:#fff}
+.sev-medium{background:#7b1fa2;color:#fff}
+.used{color:#1b5e20;font-weight:600}
+tr.unused td{background:#fff8e1}
+.hint{color:#6d4c00}
+.controls{margin:6px 0;display:flex;gap:16px;align-items:center}
+.controls input[type=search]{width:320px;padding:3px 6px}
+#pid-filter{cursor:pointer;color:#0d47a1}
+.muted{color:#607d8b}
+"#;
+
+const SCRIPT: &str = r#"
+(function () {
+  var rows = Array.prototype.slice.call(document.querySelectorAll('#timeline tbody tr'));
+  var only = document.getElementById('only-judged');
+  var q = document.getElementById('q');
+  var shown = document.getElementById('shown');
+  var label = document.getElementById('pid-filter');
+  var proc = null;
+  function apply() {
+    var text = q.value.toLowerCase(), n = 0;
+    rows.forEach(function (r) {
+      var judged = r.classList.contains('deny') || r.classList.contains('audit');
+      var show = (!only.checked || judged) &&
+        (!text || r.textContent.toLowerCase().indexOf(text) >= 0) &&
+        (proc === null || r.getAttribute('data-proc') === proc);
+      r.hidden = !show;
+      if (show) n++;
+    });
+    shown.textContent = n;
+    label.textContent = proc === null ? '' : 'only process ' + proc.split(':')[1] + ' (click to show all)';
+  }
+  only.addEventListener('change', apply);
+  q.addEventListener('input', apply);
+  label.addEventListener('click', function () { proc = null; apply(); });
+  Array.prototype.forEach.call(document.querySelectorAll('.tree .pid'), function (e) {
+    e.addEventListener('click', function () {
+      proc = e.parentNode.getAttribute('data-proc');
+      apply();
+      document.getElementById('timeline').scrollIntoView();
+    });
+  });
+  apply();
+  document.documentElement.setAttribute('data-ready', '1');
+})();
+"#;
+
+fn csp_hash(s: &str) -> String {
+    format!("'sha256-{}'", base64::engine::general_purpose::STANDARD.encode(Sha256::digest(s.as_bytes())))
+}
+
+fn str_of<'a>(r: &'a Value, k: &str) -> &'a str {
+    r.get(k).and_then(Value::as_str).unwrap_or("")
+}
+
+fn int_of(r: &Value, k: &str) -> Option<i64> {
+    r.get(k).and_then(Value::as_i64)
+}
+
+/// `14:57:36.190` of an RFC 3339 time (the whole string if it is not one).
+fn clock(t: &str) -> &str {
+    t.find('T').and_then(|i| t.get(i + 1..i + 13)).unwrap_or(t)
+}
+
+/// Task ids in order of appearance; their index names rows and processes in element ids.
+fn tasks(records: &[Value]) -> Vec<&str> {
+    let mut v: Vec<&str> = Vec::new();
+    for r in records {
+        let t = str_of(r, "task");
+        if !v.contains(&t) {
+            v.push(t);
+        }
+    }
+    v
+}
+
+/// The one-line detail of a record, by kind (unescaped).
+fn detail(r: &Value) -> String {
+    let n = |k| int_of(r, k).map_or("?".to_string(), |v| v.to_string());
+    match str_of(r, "kind") {
+        "exec" | "open" | "mmap" | "mount" | "module" => {
+            let mut s = str_of(r, "path").to_string();
+            if let Some(a) = int_of(r, "arg") {
+                let _ = write!(s, " (arg {a})");
+            }
+            s
+        }
+        "fork" => format!("child {}", n("child_pid")),
+        "exit" => match (int_of(r, "exit_status"), int_of(r, "signal")) {
+            (_, Some(sig)) => format!("killed by signal {sig}"),
+            (Some(st), _) => format!("exit status {st}"),
+            _ => "ended".into(),
+        },
+        "connect" | "sendmsg" => {
+            format!("{} port {} {}", str_of(r, "addr"), n("port"), str_of(r, "protocol"))
+        }
+        "signal" => format!("signal {} to {}", n("signal"), n("target_pid")),
+        "ptrace" => format!("access to {} (mode {})", n("target_pid"), n("arg")),
+        "bpf" => format!("command {}", n("arg")),
+        "task_start" => {
+            let cmd: Vec<&str> = r
+                .get("cmd")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            format!("{} (scope {}, {} mode)", cmd.join(" "), str_of(r, "scope"), str_of(r, "mode"))
+        }
+        "task_end" => {
+            let how = match (int_of(r, "exit_status"), int_of(r, "signal")) {
+                (_, Some(sig)) => format!("signal {sig}"),
+                (Some(st), _) => format!("exit status {st}"),
+                _ => "?".into(),
+            };
+            format!("{}: {how}; killed {}, drops {}", str_of(r, "reason"), n("killed"), n("drops"))
+        }
+        "gap" => format!("{} dropped, {} malformed", n("drops"), n("decode_errors")),
+        "checkpoint" => "signed chain head".into(),
+        _ => String::new(),
+    }
+}
+
+fn decision_class(r: &Value) -> &'static str {
+    match str_of(r, "decision") {
+        "deny" => "deny",
+        "audit" => "audit",
+        _ => "",
+    }
+}
+
+fn row(out: &mut String, r: &Value, task_ix: usize, multi: bool, anchor: bool) {
+    let seq = int_of(r, "seq").unwrap_or(0);
+    let pid = int_of(r, "pid");
+    let class = decision_class(r);
+    out.push_str("<tr");
+    if anchor {
+        let _ = write!(out, " id=\"r-{task_ix}-{seq}\"");
+    }
+    if !class.is_empty() {
+        let _ = write!(out, " class=\"{class}\"");
+    }
+    if let Some(p) = pid {
+        let _ = write!(out, " data-proc=\"{task_ix}:{p}\"");
+    }
+    let time = str_of(r, "time");
+    let _ = write!(out, "><td>{seq}</td><td title=\"{}\">{}</td>", Esc(time), Esc(clock(time)));
+    if multi {
+        let _ = write!(out, "<td class=\"mono\">{}</td>", Esc(str_of(r, "task")));
+    }
+    let decision = str_of(r, "decision");
+    let verdict = match (decision, str_of(r, "action")) {
+        ("deny", "") => "deny".to_string(),
+        ("deny", a) => format!("deny ({a})"),
+        (d, _) => d.to_string(),
+    };
+    let who = match (str_of(r, "comm"), str_of(r, "exe")) {
+        ("", e) => e.to_string(),
+        (c, "") => c.to_string(),
+        (c, e) => format!("{c} {e}"),
+    };
+    let _ = write!(
+        out,
+        "<td>{}</td><td>{}</td><td>{}</td><td class=\"exe\">{}</td><td class=\"detail\">{}</td><td>{}</td></tr>",
+        Esc(str_of(r, "kind")),
+        Esc(&verdict),
+        pid.map_or(String::new(), |p| p.to_string()),
+        Esc(&who),
+        Esc(&detail(r)),
+        Esc(str_of(r, "rule")),
+    );
+}
+
+fn table_head(out: &mut String, multi: bool) {
+    out.push_str("<table><thead><tr><th>seq</th><th>time</th>");
+    if multi {
+        out.push_str("<th>task</th>");
+    }
+    out.push_str(
+        "<th>kind</th><th>decision</th><th>pid</th><th>process</th><th>detail</th><th>rule</th></tr></thead><tbody>",
+    );
+}
+
+fn integrity(out: &mut String, report: &Report) {
+    match &report.integrity {
+        Integrity::Intact(v) => {
+            let keys: Vec<&str> = v.keys.iter().map(String::as_str).collect();
+            let _ = write!(
+                out,
+                "<section id=\"integrity\" class=\"banner ok\"><b>Log intact.</b> {} records of {} task(s); hash \
+                 chains unbroken; {} signed checkpoint(s) verify{}.</section>",
+                v.records,
+                v.tasks.len(),
+                v.checkpoints,
+                if keys.is_empty() { String::new() } else { format!(" (key {})", Esc(&keys.join(", "))) }
+            );
+        }
+        Integrity::Broken(e) => {
+            let _ = write!(
+                out,
+                "<section id=\"integrity\" class=\"banner bad\"><b>Log NOT intact</b> — line {}: {}. What follows \
+                 is what the log says; do not take it as evidence without checking <code>warden verify</code>.</section>",
+                e.line,
+                Esc(&e.reason)
+            );
+        }
+    }
+    if !report.skipped.is_empty() {
+        let _ = write!(
+            out,
+            "<section class=\"banner warn\"><b>{} line(s) could not be read and are left out.</b><ul>",
+            report.skipped.len()
+        );
+        for (line, why) in report.skipped.iter().take(20) {
+            let _ = write!(out, "<li>line {line}: {}</li>", Esc(why));
+        }
+        out.push_str("</ul></section>");
+    }
+}
+
+fn summary(out: &mut String, report: &Report, task_ids: &[&str]) {
+    out.push_str(
+        "<section id=\"summary\"><h2>Tasks</h2><table><thead><tr><th>task</th><th>command</th><th>scope</th>\
+         <th>mode / engine</th><th>started</th><th>ended</th><th>records</th><th>refused</th><th>audit</th></tr>\
+         </thead><tbody>",
+    );
+    for t in task_ids {
+        let of_task = || report.records.iter().filter(move |r| str_of(r, "task") == *t);
+        let start = of_task().find(|r| str_of(r, "kind") == "task_start");
+        let end = of_task().find(|r| str_of(r, "kind") == "task_end");
+        let count = |d: &str| of_task().filter(|r| str_of(r, "decision") == d).count();
+        let cmd = start.map(detail).unwrap_or_default();
+        let cmd = cmd.split(" (scope ").next().unwrap_or("");
+        let mode = start.map_or(String::new(), |s| {
+            let mut m = format!("{} / {}", str_of(s, "mode"), str_of(s, "engine"));
+            if let Some(u) = s.get("unenforced").and_then(Value::as_array)
+                && !u.is_empty()
+            {
+                let names: Vec<&str> = u.iter().filter_map(Value::as_str).collect();
+                let _ = write!(m, " (not enforced here: {})", names.join(", "));
+            }
+            m
+        });
+        let ended = end.map_or("not ended (log still open or cut)".to_string(), |e| {
+            format!("{} — {}", clock(str_of(e, "time")), detail(e))
+        });
+        let _ = write!(
+            out,
+            "<tr><td class=\"mono\">{}</td><td class=\"mono\">{}</td><td class=\"mono\">{}</td><td>{}</td>\
+             <td title=\"{}\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            Esc(t),
+            Esc(cmd),
+            Esc(start.map_or("", |s| str_of(s, "scope"))),
+            Esc(&mode),
+            Esc(start.map_or("", |s| str_of(s, "time"))),
+            Esc(start.map_or("", |s| clock(str_of(s, "time")))),
+            Esc(&ended),
+            of_task().count(),
+            count("deny"),
+            count("audit"),
+        );
+    }
+    out.push_str("</tbody></table></section>");
+}
+
+fn denials(out: &mut String, report: &Report, task_ids: &[&str]) {
+    let judged: Vec<&Value> =
+        report.records.iter().filter(|r| matches!(str_of(r, "decision"), "deny" | "audit")).collect();
+    let _ =
+        write!(out, "<section id=\"denials\"><h2>Refusals and audit-mode violations ({})</h2>", judged.len());
+    if judged.is_empty() {
+        out.push_str("<p class=\"muted\">None: everything the task did was within its scope.</p></section>");
+        return;
+    }
+    let multi = task_ids.len() > 1;
+    table_head(out, multi);
+    for r in judged {
+        let ix = task_ids.iter().position(|t| *t == str_of(r, "task")).unwrap_or(0);
+        row(out, r, ix, multi, false);
+    }
+    out.push_str("</tbody></table></section>");
+}
+
+fn node_line(out: &mut String, n: &ProcNode, task_ix: usize) {
+    let _ = write!(
+        out,
+        "<li class=\"proc\" data-proc=\"{task_ix}:{}\" data-pid=\"{}\"><span class=\"pid\" title=\"show only this \
+         process in the timeline\">{}</span> <span class=\"exe\">{}</span>",
+        n.pid,
+        n.pid,
+        n.pid,
+        Esc(n.exe.as_deref().or(n.comm.as_deref()).unwrap_or("?")),
+    );
+    if let Some(cmd) = &n.cmd {
+        let _ = write!(out, " <span class=\"cmd\">— {}</span>", Esc(&cmd.join(" ")));
+    }
+    match n.exit {
+        Some(e) => {
+            let (text, bad) = match (e.status, e.signal) {
+                (_, Some(sig)) => (format!("killed by signal {sig}"), true),
+                (Some(s), _) => (format!("exit {s}"), s != 0),
+                _ => ("ended".to_string(), false),
+            };
+            let _ = write!(out, "<span class=\"exit{}\">{text}</span>", if bad { " bad" } else { "" });
+        }
+        None => out.push_str("<span class=\"exit\">no exit recorded</span>"),
+    }
+    if n.judged > 0 {
+        let _ = write!(out, " <span class=\"badge sev-high\">{} refused/audited</span>", n.judged);
+    }
+    if !n.execs.is_empty() {
+        out.push_str("<div class=\"execs\">");
+        for x in &n.execs {
+            let class = match x.decision.as_str() {
+                "deny" => " deny",
+                "audit" => " audit",
+                _ => "",
+            };
+            let verdict = match (x.decision.as_str(), x.action.as_deref()) {
+                ("deny", Some("kill")) => " — killed",
+                ("deny", _) => " — refused",
+                ("audit", _) => " — audit: would be refused",
+                _ => "",
+            };
+            let rule = x.rule.as_deref().map(|r| format!(" ({r})")).unwrap_or_default();
+            let _ = write!(
+                out,
+                "<a class=\"exec{class}\" href=\"#r-{task_ix}-{}\">exec {}{verdict}{}</a>",
+                x.seq,
+                Esc(&x.path),
+                Esc(&rule)
+            );
+        }
+        out.push_str("</div>");
+    }
+}
+
+fn process_tree(out: &mut String, tree: &ProcessTree, task_ids: &[&str]) {
+    let _ = write!(
+        out,
+        "<section id=\"processes\"><h2>Process tree ({} processes)</h2><div class=\"tree\" id=\"tree\">",
+        tree.nodes.len()
+    );
+    if tree.nodes.is_empty() {
+        out.push_str("<p class=\"muted\">No process records.</p></div></section>");
+        return;
+    }
+    out.push_str("<ul>");
+    let mut open = 0usize;
+    let walk = tree.walk();
+    for &(i, depth) in walk.iter().take(MAX_TREE_NODES) {
+        while open > depth {
+            out.push_str("</ul></li>");
+            open -= 1;
+        }
+        let n = &tree.nodes[i];
+        let ix = task_ids.iter().position(|t| *t == n.task).unwrap_or(0);
+        node_line(out, n, ix);
+        if n.children.is_empty() {
+            out.push_str("</li>");
+        } else {
+            out.push_str("<ul>");
+            open += 1;
+        }
+    }
+    while open > 0 {
+        out.push_str("</ul></li>");
+        open -= 1;
+    }
+    out.push_str("</ul>");
+    if walk.len() > MAX_TREE_NODES {
+        let _ =
+            write!(out, "<p class=\"hint\">{} more processes not drawn.</p>", walk.len() - MAX_TREE_NODES);
+    }
+    out.push_str("</div></section>");
+}
+
+fn severity_label(s: Severity) -> &'static str {
+    match s {
+        Severity::Info => "info",
+        Severity::Low => "low",
+        Severity::Medium => "medium",
+        Severity::High => "high",
+        Severity::Critical => "critical",
+    }
+}
+
+fn findings(out: &mut String, found: &[Finding], task_ids: &[&str]) {
+    let _ = write!(out, "<section id=\"findings\"><h2>Findings ({})</h2>", found.len());
+    if found.is_empty() {
+        out.push_str("<p class=\"muted\">No rule fired.</p></section>");
+        return;
+    }
+    out.push_str(
+        "<table><thead><tr><th>severity</th><th>rule</th><th>what</th><th>task</th><th>records</th><th>time</th>\
+         </tr></thead><tbody>",
+    );
+    for f in found {
+        let ix = task_ids.iter().position(|t| *t == f.task).unwrap_or(0);
+        let sev = severity_label(f.severity);
+        let links: Vec<String> = f.seqs.iter().map(|s| format!("<a href=\"#r-{ix}-{s}\">{s}</a>")).collect();
+        let _ = write!(
+            out,
+            "<tr class=\"finding\"><td><span class=\"badge sev-{sev}\">{sev}</span></td><td class=\"mono\">{}</td>\
+             <td>{}</td><td class=\"mono\">{}</td><td>{}</td><td title=\"{}\">{}</td></tr>",
+            Esc(&f.rule),
+            Esc(&f.description),
+            Esc(&f.task),
+            links.join(" "),
+            Esc(&f.time),
+            Esc(clock(&f.time)),
+        );
+    }
+    out.push_str("</tbody></table></section>");
+}
+
+fn scope_usage(out: &mut String, path: &str, grants: &[Grant]) {
+    let unused = grants.iter().filter(|g| !matches!(g.used, Use::Used(_))).count();
+    let _ = write!(
+        out,
+        "<section id=\"scope\"><h2>Scope beside use</h2><p>Scope <code>{}</code>: {} grant(s), {} without a \
+         recorded use. Exec and network use is recorded every time, so an unused one there can be removed; \
+         allowed file opens are not recorded, so for files and secrets check before narrowing.</p>",
+        Esc(path),
+        grants.len(),
+        unused
+    );
+    if grants.is_empty() {
+        out.push_str("<p class=\"muted\">The scope restricts nothing that can be marked.</p></section>");
+        return;
+    }
+    out.push_str(
+        "<table><thead><tr><th>field</th><th>grant</th><th>use</th><th>refused attempts</th></tr></thead><tbody>",
+    );
+    for g in grants {
+        let (class, status) = match g.used {
+            Use::Used(n) => ("used", format!("<span class=\"used\">used ({n} record{})</span>", if n == 1 { "" } else { "s" })),
+            Use::Unused => (
+                "unused",
+                "<span class=\"hint\">unused — least privilege: remove this grant</span>".to_string(),
+            ),
+            Use::NoRecordedUse => (
+                "unused",
+                "<span class=\"hint\">no recorded use — candidate for removal (allowed uses are not recorded)</span>"
+                    .to_string(),
+            ),
+        };
+        let _ = write!(
+            out,
+            "<tr class=\"{class}\" data-section=\"{}\"><td class=\"mono\">{}</td><td class=\"mono\">{}</td><td>{status}</td><td>{}</td></tr>",
+            Esc(g.section),
+            Esc(g.section),
+            Esc(&g.entry),
+            g.refused
+        );
+    }
+    out.push_str("</tbody></table></section>");
+}
+
+fn timeline(out: &mut String, report: &Report, task_ids: &[&str]) {
+    let multi = task_ids.len() > 1;
+    let total = report.records.len();
+    let _ = write!(
+        out,
+        "<section id=\"timeline\"><h2>Timeline ({total} records)</h2><div class=\"controls\">\
+         <label><input type=\"checkbox\" id=\"only-judged\"> only refusals and audits</label>\
+         <input type=\"search\" id=\"q\" placeholder=\"filter: path, address, kind…\">\
+         <span><span id=\"shown\">{total}</span> shown</span><span id=\"pid-filter\"></span></div>"
+    );
+    table_head(out, multi);
+    let mut allowed = 0usize;
+    let mut left_out = 0usize;
+    for r in &report.records {
+        if decision_class(r).is_empty() {
+            allowed += 1;
+            if allowed > MAX_TIMELINE_ALLOWED {
+                left_out += 1;
+                continue;
+            }
+        }
+        let ix = task_ids.iter().position(|t| *t == str_of(r, "task")).unwrap_or(0);
+        row(out, r, ix, multi, true);
+    }
+    out.push_str("</tbody></table>");
+    if left_out > 0 {
+        let _ = write!(
+            out,
+            "<p class=\"hint\">{left_out} later allowed records are not shown (every refusal and audit is); \
+             use <code>warden replay</code> or the log itself for the rest.</p>"
+        );
+    }
+    out.push_str("</section>");
+}
+
+/// Renders the whole page.
+pub fn render(report: &Report) -> String {
+    let task_ids = tasks(&report.records);
+    let mut out = String::with_capacity(4096 + report.records.len() * 400);
+    let title = match task_ids.as_slice() {
+        [one] => format!("Warden report: {one}"),
+        _ => format!("Warden report: {}", report.source),
+    };
+    let _ = write!(
+        out,
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src {}; script-src {}\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{}</title><style>{STYLE}</style>\
+         </head><body><header><h1>{}</h1><p>log <code>{}</code> · {} records · {} task(s) · Warden {}</p></header><main>",
+        csp_hash(STYLE),
+        csp_hash(SCRIPT),
+        Esc(&title),
+        Esc(&title),
+        Esc(&report.source),
+        report.records.len(),
+        task_ids.len(),
+        env!("CARGO_PKG_VERSION"),
+    );
+    integrity(&mut out, report);
+    summary(&mut out, report, &task_ids);
+    denials(&mut out, report, &task_ids);
+    process_tree(&mut out, &report.tree, &task_ids);
+    if let Some(f) = &report.findings {
+        findings(&mut out, f, &task_ids);
+    }
+    if let Some((path, grants)) = &report.scope {
+        scope_usage(&mut out, path, grants);
+    }
+    timeline(&mut out, report, &task_ids);
+    let _ = writeln!(out, "</main><script>{SCRIPT}</script></body></html>");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        audit::verify::VerifyError,
+        report::{Report, usage::Resolve},
+    };
+    use serde_json::json;
+    use std::path::{Path, PathBuf};
+
+    struct NoFs;
+    impl Resolve for NoFs {
+        fn identity(&self, _: &Path) -> Option<(u64, u64)> {
+            None
+        }
+        fn canonical(&self, _: &Path) -> Option<PathBuf> {
+            None
+        }
+    }
+
+    #[test]
+    fn escapes_markup_quotes_and_control_characters() {
+        assert_eq!(escape(r#"<a href="x">'&'</a>"#), "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;");
+        assert_eq!(escape("plain /usr/bin/ü"), "plain /usr/bin/ü");
+        assert_eq!(escape("a\u{0}b\u{1b}[31m"), "a\u{fffd}b\u{fffd}[31m");
+        assert_eq!(escape(""), "");
+    }
+
+    const EVIL: &str = "/tmp/<script>alert(1)</script>\"'><img src=x onerror=alert(2)>";
+
+    fn report(records: Vec<Value>, findings: Option<Vec<Finding>>) -> Report {
+        Report::build(
+            "ev<il>.jsonl".into(),
+            records,
+            vec![(3, "not a JSON record: <bogus>".into())],
+            Integrity::Broken(VerifyError { line: 3, reason: "hash mismatch <x>".into() }),
+            None,
+            findings,
+            &NoFs,
+        )
+    }
+
+    #[test]
+    fn log_text_is_escaped_everywhere_it_appears() {
+        let records = vec![
+            json!({"v": 2, "seq": 1, "time": "2026-01-01T00:00:00.000000000Z", "task": "t<1>", "kind": "task_start", "decision": "allow", "pid": 10, "ppid": 1, "exe": EVIL, "cmd": [EVIL, "-c", "</li></ul>"], "scope": EVIL, "mode": "enforce", "engine": "fallback"}),
+            json!({"v": 2, "seq": 2, "time": "2026-01-01T00:00:01.000000000Z", "task": "t<1>", "kind": "exec", "decision": "deny", "action": "kill", "rule": "exec.allow", "pid": 10, "ppid": 1, "path": EVIL, "exe": EVIL, "comm": "<b>x</b>"}),
+            json!({"v": 2, "seq": 3, "time": "<time>", "task": "t<1>", "kind": "connect", "decision": "allow", "pid": 10, "addr": "<addr>", "port": 1, "protocol": "'tcp'"}),
+        ];
+        let f = Finding {
+            rule: "r<1>".into(),
+            severity: Severity::High,
+            description: EVIL.into(),
+            task: "t<1>".into(),
+            pid: None,
+            seqs: vec![2],
+            time: "<t>".into(),
+        };
+        let html = render(&report(records, Some(vec![f])));
+        for bad in [
+            "<script>alert",
+            "<img",
+            "<b>x",
+            "<bogus>",
+            "'tcp'",
+            "<addr>",
+            "<time>",
+            "<x>",
+            "t<1>",
+            "r<1>",
+            "ev<il>",
+        ] {
+            assert!(!html.contains(bad), "unescaped {bad:?} in the page");
+        }
+        assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;&quot;&#39;&gt;&lt;img"));
+        // Exactly the page's own script element.
+        assert_eq!(html.matches("<script>").count(), 1);
+        assert!(html.contains("default-src 'none'"));
+    }
+
+    #[test]
+    fn page_has_tree_denials_findings_and_timeline() {
+        let records = vec![
+            json!({"v": 2, "seq": 1, "time": "2026-01-01T00:00:00.000000000Z", "task": "t", "kind": "task_start", "decision": "allow", "pid": 10, "ppid": 1, "exe": "/bin/sh", "cmd": ["/bin/sh", "-c", "x"]}),
+            json!({"v": 2, "seq": 2, "time": "2026-01-01T00:00:01.000000000Z", "task": "t", "kind": "fork", "decision": "allow", "pid": 10, "ppid": 1, "child_pid": 11}),
+            json!({"v": 2, "seq": 3, "time": "2026-01-01T00:00:02.000000000Z", "task": "t", "kind": "exec", "decision": "deny", "action": "kill", "rule": "exec.allow", "pid": 11, "ppid": 10, "path": "/usr/bin/id"}),
+            json!({"v": 2, "seq": 4, "time": "2026-01-01T00:00:03.000000000Z", "task": "t", "kind": "exit", "decision": "allow", "pid": 11, "ppid": 10, "signal": 9}),
+            json!({"v": 2, "seq": 5, "time": "2026-01-01T00:00:04.000000000Z", "task": "t", "kind": "connect", "decision": "audit", "rule": "network.egress", "pid": 10, "ppid": 1, "addr": "10.0.0.1", "port": 443, "protocol": "tcp"}),
+        ];
+        let html = render(&report(records, Some(Vec::new())));
+        assert!(html.contains(
+            "<div class=\"tree\" id=\"tree\"><ul><li class=\"proc\" data-proc=\"0:10\" data-pid=\"10\">"
+        ));
+        assert!(html.contains("data-pid=\"11\""));
+        assert!(
+            html.contains(
+                "<a class=\"exec deny\" href=\"#r-0-3\">exec /usr/bin/id — killed (exec.allow)</a>"
+            )
+        );
+        assert!(html.contains("killed by signal 9"));
+        assert!(html.contains("<tr id=\"r-0-3\" class=\"deny\" data-proc=\"0:11\">"));
+        assert!(html.contains("<tr id=\"r-0-5\" class=\"audit\" data-proc=\"0:10\">"));
+        assert!(html.contains("Refusals and audit-mode violations (2)"));
+        assert!(html.contains("No rule fired."));
+        assert!(html.contains("Log NOT intact"));
+        assert!(html.contains("1 line(s) could not be read"));
+        assert!(STYLE.contains(DENY_COLOUR) && STYLE.contains(AUDIT_COLOUR) && STYLE.contains(TREE_COLOUR));
+        // Balanced tree markup.
+        let tree = &html[html.find("id=\"tree\"").unwrap()..html.find("id=\"findings\"").unwrap()];
+        assert_eq!(tree.matches("<ul>").count(), tree.matches("</ul>").count());
+        assert_eq!(tree.matches("<li ").count(), tree.matches("</li>").count());
+    }
+
+    #[test]
+    fn csp_hashes_are_of_the_inline_style_and_script() {
+        let html = render(&report(Vec::new(), None));
+        assert!(html.contains(&csp_hash(SCRIPT)) && html.contains(&csp_hash(STYLE)));
+        assert!(html.contains(&format!("<script>{SCRIPT}</script>")));
+        assert!(html.contains(&format!("<style>{STYLE}</style>")));
+        assert_eq!(clock("2026-11-22T14:57:36.190211562Z"), "14:57:36.190");
+        assert_eq!(clock("x"), "x");
+        let odd = "Ta\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}";
+        assert_eq!(clock(odd), odd, "no panic off a char boundary");
+    }
+}
