@@ -41,6 +41,8 @@ pub fn run(tiers: &[Tier]) -> anyhow::Result<()> {
         }
         // The NATS sink test needs a real server.
         util::ensure_apt("/usr/sbin/nats-server", "nats-server")?;
+        // The report test renders pages in headless Chromium.
+        util::ensure_apt("/usr/bin/chromium", "chromium")?;
         let warden = build_warden(false)?;
         let cells = crate::coverage::cells_dir(&util::workspace_root());
         std::fs::create_dir_all(&cells)?;
