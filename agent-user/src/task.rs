@@ -1,5 +1,9 @@
-//! Task identity and the standalone task session used by `warden run`.
+//! Task identity: unique ids and signed workload-identity documents.
 use std::io;
+
+use serde::{Deserialize, Serialize};
+
+use crate::audit::chain::{NodeKey, sha256_hex, verify_sig};
 
 /// A unique task id: `<name>-<16 hex digits from the kernel CSPRNG>`.
 pub fn new_task_id(name: &str) -> io::Result<String> {
@@ -12,13 +16,112 @@ pub fn new_task_id(name: &str) -> io::Result<String> {
     Ok(format!("{name}-{:016x}", u64::from_le_bytes(b)))
 }
 
+/// The workload identity of one task, signed by the node key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityDoc {
+    /// Document format version (1).
+    pub v: u32,
+    pub task: String,
+    /// SHA-256 (hex) of the scope file the task is bound to.
+    pub scope_hash: String,
+    pub cgroup_id: u64,
+    /// The node's host name.
+    pub node: String,
+    /// RFC 3339.
+    pub started: String,
+    /// RFC 3339, when the scope has a ttl.
+    pub expires: Option<String>,
+    /// The signer's ed25519 public key (hex).
+    pub key: String,
+    /// base64 ed25519 signature over the document's JSON with `sig` empty.
+    pub sig: String,
+}
+
+/// Why an identity document does not verify.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum IdentityError {
+    #[error("not an identity document: {0}")]
+    Malformed(String),
+    #[error("identity document version {0} is not supported")]
+    Version(u32),
+    #[error("signature does not verify: the document was altered or not signed by {0}")]
+    Signature(String),
+    #[error("signed by {found}, not by the trusted key {trusted}")]
+    Untrusted { found: String, trusted: String },
+}
+
+impl IdentityDoc {
+    fn signed_bytes(&self) -> Vec<u8> {
+        let unsigned = IdentityDoc { sig: String::new(), ..self.clone() };
+        serde_json::to_vec(&unsigned).expect("plain struct serializes")
+    }
+
+    /// Fills `key` and `sig`.
+    pub fn sign(mut self, key: &NodeKey) -> Self {
+        self.key = key.public_hex();
+        self.sig = String::new();
+        self.sig = key.sign(&self.signed_bytes());
+        self
+    }
+
+    /// Parses and checks a document; `trusted` pins the signer.
+    pub fn verify(text: &str, trusted: Option<&str>) -> Result<Self, IdentityError> {
+        let doc: IdentityDoc =
+            serde_json::from_str(text).map_err(|e| IdentityError::Malformed(e.to_string()))?;
+        if doc.v != 1 {
+            return Err(IdentityError::Version(doc.v));
+        }
+        if let Some(t) = trusted
+            && t != doc.key
+        {
+            return Err(IdentityError::Untrusted { found: doc.key.clone(), trusted: t.to_string() });
+        }
+        if !verify_sig(&doc.key, &doc.signed_bytes(), &doc.sig) {
+            return Err(IdentityError::Signature(doc.key.clone()));
+        }
+        Ok(doc)
+    }
+}
+
+/// SHA-256 (hex) of a scope's text, as identity documents and `task_start` carry it.
+pub fn scope_hash(text: &str) -> String {
+    sha256_hex(text.as_bytes())
+}
+
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn ids_are_unique_and_named() {
-        let a = super::new_task_id("t").unwrap();
-        let b = super::new_task_id("t").unwrap();
+        let a = new_task_id("t").unwrap();
+        let b = new_task_id("t").unwrap();
         assert!(a.starts_with("t-") && a.len() == 18);
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn identity_documents_verify_and_tampering_fails() {
+        let d = tempfile::tempdir().unwrap();
+        let key = NodeKey::load_or_create(&d.path().join("k")).unwrap();
+        let doc = IdentityDoc {
+            v: 1,
+            task: "t-1".into(),
+            scope_hash: scope_hash("version: 1\ntask: t\n"),
+            cgroup_id: 7,
+            node: "n".into(),
+            started: "2026-01-01T00:00:00.000000000Z".into(),
+            expires: None,
+            key: String::new(),
+            sig: String::new(),
+        }
+        .sign(&key);
+        let text = serde_json::to_string(&doc).unwrap();
+        assert_eq!(IdentityDoc::verify(&text, Some(&key.public_hex())).unwrap(), doc);
+        let tampered = text.replace("\"cgroup_id\":7", "\"cgroup_id\":8");
+        assert!(matches!(IdentityDoc::verify(&tampered, None), Err(IdentityError::Signature(_))));
+        assert!(matches!(IdentityDoc::verify(&text, Some("00")), Err(IdentityError::Untrusted { .. })));
+        assert!(matches!(IdentityDoc::verify("{}", None), Err(IdentityError::Malformed(_))));
     }
 }

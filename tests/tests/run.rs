@@ -215,6 +215,8 @@ fn verify_accepts_an_intact_log_and_finds_each_tampering() {
         .arg(scope(dir.path(), "evidence"))
         .arg("--log")
         .arg(&log)
+        .arg("--identity")
+        .arg(dir.path().join("identity.json"))
         .args(["--", "sh", "-c", "ls >/dev/null; true; exit 0"])
         .output()
         .unwrap();
@@ -222,6 +224,22 @@ fn verify_accepts_an_intact_log_and_finds_each_tampering() {
     let (code, msg) = verify(&log);
     assert_eq!(code, Some(0), "{msg}");
     assert!(msg.contains("intact"), "{msg}");
+    // The task's identity document verifies; a tampered copy does not.
+    let doc = dir.path().join("identity.json");
+    let id = |p: &Path| Command::new(warden_bin()).args(["identity", "verify"]).arg(p).output().unwrap();
+    let ok = id(&doc);
+    assert_eq!(ok.status.code(), Some(0), "{}", String::from_utf8_lossy(&ok.stdout));
+    let text = std::fs::read_to_string(&doc).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let task = v["task"].as_str().unwrap().to_string();
+    let start: serde_json::Value =
+        serde_json::from_str(std::fs::read_to_string(&log).unwrap().lines().next().unwrap()).unwrap();
+    assert_eq!(start["task"], task.as_str(), "the records carry the identity's task id");
+    assert_eq!(start["scope_hash"], v["scope_hash"]);
+    let forged = dir.path().join("forged.json");
+    std::fs::write(&forged, text.replace(&task, "someone-else")).unwrap();
+    let bad = id(&forged);
+    assert_eq!(bad.status.code(), Some(1), "{}", String::from_utf8_lossy(&bad.stdout));
     let text = std::fs::read_to_string(&log).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     assert!(lines.len() >= 6);

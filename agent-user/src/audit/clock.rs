@@ -28,6 +28,11 @@ impl Clock {
         Self { offset_ns }
     }
 
+    /// Realtime minus boot time, in ns.
+    pub fn offset_ns(&self) -> i128 {
+        self.offset_ns
+    }
+
     /// Current `CLOCK_BOOTTIME` in ns (the kernel's event timebase).
     pub fn boot_now_ns() -> u64 {
         now(libc::CLOCK_BOOTTIME) as u64

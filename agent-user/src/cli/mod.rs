@@ -1,5 +1,6 @@
 //! The `warden` command line (clap derive). Raw arguments here; each verb turns
 //! them into resolved settings and runs.
+mod identity;
 mod nats;
 mod probe;
 mod report;
@@ -42,6 +43,9 @@ pub enum Command {
     /// NATS JetStream spools.
     #[command(subcommand)]
     Nats(nats::NatsCmd),
+    /// Workload identity documents.
+    #[command(subcommand)]
+    Identity(identity::IdentityCmd),
     /// Write an incident report of a recorded log: one self-contained HTML page.
     Report(report::ReportArgs),
 }
@@ -82,6 +86,7 @@ pub fn main() -> i32 {
         Command::Replay(a) => rules::replay(a),
         Command::Rules(c) => rules::rules(c),
         Command::Nats(c) => nats::run(c),
+        Command::Identity(c) => identity::run(c),
         Command::Report(a) => report::run(a),
     };
     match result {

@@ -16,7 +16,7 @@ use crate::{
     sandbox::{Cgroup, cgroup2_mount, confine::Confinement, launch::spawn_into_cgroup, limits::PidsLimit},
     scope::{Scope, compile::CompiledScope, raw::OnGap},
     source::{EventSource, RingBufSource},
-    task::new_task_id,
+    task::{IdentityDoc, new_task_id, scope_hash},
 };
 
 /// The slot a standalone `warden run` uses in its own sensor.
@@ -59,6 +59,9 @@ pub struct RunArgs {
     /// How long to wait at task end for the server to acknowledge everything.
     #[arg(long, default_value = "30s", value_parser = crate::util::parse_duration)]
     pub nats_wait: Duration,
+    /// Write the task's signed workload-identity document here (`warden identity verify`).
+    #[arg(long, value_name = "PATH")]
+    pub identity: Option<PathBuf>,
     /// Parent directory for the sandbox cgroup, relative to the cgroup2 mount.
     #[arg(long, default_value = "warden")]
     pub cgroup_parent: String,
@@ -190,6 +193,29 @@ async fn run_task(args: RunArgs, compiled: CompiledScope) -> Result<i32, Failure
     }
 
     let key = NodeKey::load_or_create(&args.key).map_err(runtime)?;
+    let node = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
+    let started_ns = Clock::new().format(Clock::boot_now_ns());
+    if let Some(path) = &args.identity {
+        let doc = IdentityDoc {
+            v: 1,
+            task: task_id.clone(),
+            scope_hash: scope_hash(&scope.text),
+            cgroup_id: cgroup.id(),
+            node: node.clone(),
+            started: started_ns.clone(),
+            expires: scope.ttl.map(|t| {
+                crate::audit::clock::format_wall(
+                    i128::from(Clock::boot_now_ns()) + Clock::new().offset_ns() + t.as_nanos() as i128,
+                )
+            }),
+            key: String::new(),
+            sig: String::new(),
+        }
+        .sign(&key);
+        std::fs::write(path, serde_json::to_string_pretty(&doc).map_err(runtime)? + "\n")
+            .with_context(|| format!("writing identity document {}", path.display()))
+            .map_err(runtime)?;
+    }
     let mut pipeline = Pipeline::new(ProcessTable::seed_from("/proc".as_ref()), Clock::new(), sink);
     pipeline.set_signer(key);
     pipeline.register(SLOT, TaskCtx { id: task_id.clone(), mode: scope.mode });
@@ -217,6 +243,7 @@ async fn run_task(args: RunArgs, compiled: CompiledScope) -> Result<i32, Failure
         cgroup: Some(cgroup.path().display().to_string()),
         cgroup_id: Some(cgroup.id()),
         mode: Some(scope.mode.as_str()),
+        scope_hash: Some(scope_hash(&scope.text)),
         engine: Some(engine),
         unenforced: (!unenforced.is_empty()).then_some(unenforced),
         ..Default::default()
