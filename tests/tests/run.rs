@@ -271,3 +271,32 @@ fn verify_accepts_an_intact_log_and_finds_each_tampering() {
     assert_eq!(code, Some(1));
     assert!(msg.contains(&format!(":{}: truncated", lines.len())), "{msg}");
 }
+
+#[test]
+fn evidence_gaps_are_records_and_can_end_the_task() {
+    if !require("evidence_gaps_are_records_and_can_end_the_task", "tp_btf") {
+        return;
+    }
+    // Eight loops at once produce events faster than one consumer drains a one-page ring.
+    let busy = "for j in 1 2 3 4 5 6 7 8; do (i=0; while [ $i -lt 300 ]; do /bin/true; i=$((i+1)); done) & done; wait; sleep 3";
+    // A one-page ring cannot hold the burst: the loss becomes a gap record, and the task goes on.
+    let out = warden_tests::run_warden("version: 1\ntask: gaps\n", busy, &["--ring-bytes", "4096"]);
+    let gaps: Vec<&Value> = out.records.iter().filter(|r| r["kind"] == "gap").collect();
+    assert!(!gaps.is_empty(), "a gap record: {}", out.stderr);
+    assert!(
+        gaps.iter().all(|g| g["drops"].as_u64().unwrap() > 0 || g["decode_errors"].as_u64().unwrap() > 0)
+    );
+    let end = &out.records[out.records.len() - 2];
+    assert_eq!(end["reason"], "exited");
+    let lost: u64 = gaps.iter().map(|g| g["drops"].as_u64().unwrap()).sum();
+    assert_eq!(end["drops"], lost, "gap records account for every lost record");
+    // Failing closed: the same task ends at the first gap.
+    let out = warden_tests::run_warden(
+        "version: 1\ntask: gaps\nevidence:\n  on_gap: end\n",
+        busy,
+        &["--ring-bytes", "4096"],
+    );
+    assert_eq!(out.code, Some(125), "{}", out.stderr);
+    let end = &out.records[out.records.len() - 2];
+    assert_eq!(end["reason"], "evidence gap");
+}
