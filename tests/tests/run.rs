@@ -300,3 +300,37 @@ fn evidence_gaps_are_records_and_can_end_the_task() {
     let end = &out.records[out.records.len() - 2];
     assert_eq!(end["reason"], "evidence gap");
 }
+
+#[test]
+fn a_rotated_log_verifies_as_one_chain() {
+    if !require("a_rotated_log_verifies_as_one_chain", "tp_btf") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("r.jsonl");
+    let out = Command::new(warden_bin())
+        .args(["run", "--key"])
+        .arg(dir.path().join("node.key"))
+        .arg("--scope")
+        .arg(scope(dir.path(), "rotate"))
+        .arg("--log")
+        .arg(&log)
+        .args(["--log-max-bytes", "1500", "--", "sh", "-c", "ls >/dev/null; ls >/dev/null; ls >/dev/null"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut files: Vec<std::path::PathBuf> =
+        (1..100).map(|n| dir.path().join(format!("r.jsonl.{n}"))).take_while(|p| p.exists()).collect();
+    assert!(files.len() >= 2, "the log rotated");
+    files.reverse();
+    files.push(log.clone());
+    let run_verify =
+        |fs: &[std::path::PathBuf]| Command::new(warden_bin()).arg("verify").args(fs).output().unwrap();
+    let ok = run_verify(&files);
+    assert_eq!(ok.status.code(), Some(0), "{}", String::from_utf8_lossy(&ok.stdout));
+    // Without the oldest file the chain does not start at the beginning.
+    let bad = run_verify(&files[1..]);
+    assert_eq!(bad.status.code(), Some(1));
+    let msg = String::from_utf8_lossy(&bad.stdout);
+    assert!(msg.starts_with(&format!("{}:1:", files[1].display())), "{msg}");
+}

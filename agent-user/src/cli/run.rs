@@ -7,8 +7,11 @@ use tokio::signal::unix::{SignalKind, signal};
 use super::Failure;
 use crate::{
     audit::{
-        AuditRecord, AuditSink, Decision, JsonlSink, chain::NodeKey, clock::Clock, nats::NatsSink,
-        sink::TeeSink,
+        AuditRecord, AuditSink, Decision, JsonlSink,
+        chain::NodeKey,
+        clock::Clock,
+        nats::NatsSink,
+        sink::{RotatingJsonlSink, TeeSink},
     },
     correlate::ProcessTable,
     loader::{LoadOptions, Sensor},
@@ -36,6 +39,13 @@ pub struct RunArgs {
     /// Overrides the scope's `mode`.
     #[arg(long, value_enum)]
     pub mode: Option<Mode>,
+    /// Rotate the log when it would grow past this many bytes: FILE → FILE.1 → FILE.2 ...
+    #[arg(long, value_name = "BYTES")]
+    pub log_max_bytes: Option<u64>,
+    /// With --log-max-bytes: keep at most this many rotated files (default: all, so the whole
+    /// chain stays verifiable).
+    #[arg(long, value_name = "N", requires = "log_max_bytes")]
+    pub log_keep: Option<usize>,
     /// Ring buffer size in bytes (a power of two, at least one page).
     #[arg(long, default_value_t = agent_common::maps::DEFAULT_RING_BYTES, value_parser = parse_ring_bytes)]
     pub ring_bytes: u32,
@@ -113,6 +123,12 @@ async fn run_task(args: RunArgs, compiled: CompiledScope) -> Result<i32, Failure
 
     let sink: Box<dyn AuditSink> = if args.log.as_os_str() == "-" {
         Box::new(JsonlSink::new(std::io::stdout()))
+    } else if let Some(max) = args.log_max_bytes {
+        Box::new(
+            RotatingJsonlSink::create(&args.log, max, args.log_keep)
+                .with_context(|| format!("cannot create log file {}", args.log.display()))
+                .map_err(Failure::Usage)?,
+        )
     } else {
         let f = File::create(&args.log)
             .with_context(|| format!("cannot create log file {}", args.log.display()))
