@@ -148,6 +148,8 @@ pub struct RunOutcome {
     pub stdout: String,
     pub stderr: String,
     pub records: Vec<serde_json::Value>,
+    /// The log exactly as written (the sealed lines the hash chain covers).
+    pub log: String,
 }
 
 impl RunOutcome {
@@ -209,6 +211,7 @@ pub fn run_warden(scope: &str, script: &str, extra: &[&str]) -> RunOutcome {
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         records,
+        log: text,
     }
 }
 

@@ -31,7 +31,7 @@ fn a_recorded_session_replays_to_identical_findings() {
     let out = run_warden(&scope, &script, &[]);
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     let log = t.path().join("session.jsonl");
-    let text: String = out.records.iter().map(|r| format!("{r}\n")).collect();
+    let text = out.log.clone();
     std::fs::write(&log, &text).unwrap();
     let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("../rules/starter");
     let args = ["--rules", rules.to_str().unwrap(), "--format", "json", log.to_str().unwrap()];

@@ -99,6 +99,9 @@ pub struct AuditRecord {
     pub cgroup: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mode: Option<&'static str>,
+    /// task_start: the node (host name) the task runs on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
     /// task_start: SHA-256 (hex) of the scope file's text.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scope_hash: Option<String>,

@@ -260,6 +260,7 @@ async fn run_task(args: RunArgs, compiled: CompiledScope) -> Result<i32, Failure
         cgroup_id: Some(cgroup.id()),
         mode: Some(scope.mode.as_str()),
         scope_hash: Some(scope_hash(&scope.text)),
+        node: Some(node.clone()),
         engine: Some(engine),
         unenforced: (!unenforced.is_empty()).then_some(unenforced),
         ..Default::default()
