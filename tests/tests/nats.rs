@@ -108,5 +108,25 @@ fn nats_sink_survives_a_server_restart_without_loss() {
     let got = stream_messages(port);
     assert_eq!(got.len(), logged.len(), "every record exactly once (duplicates dropped by Nats-Msg-Id)");
     assert_eq!(got, logged, "same records, same order, byte for byte");
+    // Replaying the stream gives what replaying the file gives.
+    let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("../rules/starter");
+    let replay = |extra: &[&str]| {
+        let out = Command::new(warden_bin())
+            .args(["replay", "--rules", rules.to_str().unwrap(), "--format", "json"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+        (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let url = format!("nats://127.0.0.1:{port}");
+    let strict = dir.path().join("strict.yaml");
+    std::fs::write(&strict, "version: 1\ntask: strict\nexec:\n  allow: [/bin/sh]\n").unwrap();
+    let strict = strict.to_str().unwrap();
+    let (from_file, _) = replay(&["--scope", strict, log.to_str().unwrap()]);
+    let (from_stream, summary) = replay(&["--scope", strict, "--nats", &url]);
+    assert!(from_file.lines().count() >= 30, "every /bin/true exec is re-judged: {from_file}");
+    assert_eq!(from_stream, from_file);
+    assert!(summary.contains(&format!("replay: {} records", logged.len())), "{summary}");
     drop(server);
 }

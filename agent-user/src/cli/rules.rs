@@ -67,8 +67,14 @@ pub enum ReplayFormat {
 #[derive(Debug, clap::Args)]
 pub struct ReplayArgs {
     /// Recorded logs (JSON Lines), in order.
-    #[arg(required = true)]
+    #[arg(required_unless_present = "nats")]
     pub files: Vec<PathBuf>,
+    /// Also replay a NATS JetStream stream (after the files), e.g. nats://127.0.0.1:4222.
+    #[arg(long, value_name = "URL")]
+    pub nats: Option<String>,
+    /// The JetStream stream to replay.
+    #[arg(long, default_value = crate::audit::nats::STREAM)]
+    pub stream: String,
     /// Rule directory to run over the recording.
     #[arg(long)]
     pub rules: Option<PathBuf>,
@@ -161,23 +167,29 @@ pub fn replay(args: ReplayArgs) -> Result<i32, Failure> {
     let total: u64 = args.files.iter().filter_map(|f| std::fs::metadata(f).ok()).map(|m| m.len()).sum();
     let bar = (total > 64 << 20 && std::io::stderr().is_terminal())
         .then(|| indicatif::ProgressBar::new(total).with_style(indicatif::ProgressStyle::default_bar()));
-    let mut engine = Engine::new(&set);
     let ctx = ocsf::Context {
         hostname: args.host.clone().or_else(|| nix::unistd::gethostname().ok()?.into_string().ok()),
     };
     let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::new(stdout.lock());
-    let (mut records, mut findings, mut skipped) = (0u64, 0u64, 0u64);
+    let mut r = Replayer {
+        engine: Engine::new(&set),
+        scope: scope.as_ref(),
+        ctx,
+        out: std::io::BufWriter::new(stdout.lock()),
+        args: &args,
+        records: 0,
+        findings: 0,
+        skipped: 0,
+    };
     for path in &args.files {
         let f = File::open(path).map_err(|e| usage(anyhow!("cannot open {}: {e}", path.display())))?;
         let mut reader = BufReader::new(f);
         let mut line = String::new();
         let mut n = 0usize;
+        let source = path.display().to_string();
         loop {
             line.clear();
-            let read = reader
-                .read_line(&mut line)
-                .map_err(|e| Failure::Runtime(anyhow!("{}: {e}", path.display())))?;
+            let read = reader.read_line(&mut line).map_err(|e| Failure::Runtime(anyhow!("{source}: {e}")))?;
             if read == 0 {
                 break;
             }
@@ -185,59 +197,135 @@ pub fn replay(args: ReplayArgs) -> Result<i32, Failure> {
             if let Some(b) = &bar {
                 b.inc(read as u64);
             }
-            let parsed = serde_json::from_str::<Value>(line.trim_end_matches('\n'))
-                .map_err(|e| format!("not a JSON record: {e}"))
-                .and_then(|v| schema::upgrade(v).map_err(|e| e.to_string()));
-            let rec = match parsed {
-                Ok(r) => r,
-                Err(e) if args.keep_going => {
-                    skipped += 1;
-                    tracing::warn!(file = %path.display(), line = n, error = %e, "skipped");
-                    continue;
-                }
-                Err(e) => {
-                    eprintln!("warden: {}:{n}: {e} (use --keep-going to skip bad lines)", path.display());
-                    return Ok(1);
-                }
-            };
-            if args.task.as_deref().is_some_and(|t| rec["task"].as_str() != Some(t)) {
-                continue;
+            if !r.line(&source, n, line.trim_end_matches('\n'))? {
+                return Ok(1);
             }
-            records += 1;
-            if args.format == ReplayFormat::Ocsf
-                && let Some(event) = ocsf::record(&rec, &ctx)
-            {
-                serde_json::to_writer(&mut out, &event)
-                    .and_then(|()| writeln!(out).map_err(serde_json::Error::io))
-                    .map_err(|e| Failure::Runtime(e.into()))?;
-            }
-            let mut found = engine.observe(&rec);
-            if let Some(s) = &scope
-                && let Some(what) = rejudge(&rec, s)
-            {
-                found.push(Finding {
-                    rule: "scope".into(),
-                    severity: Severity::Medium,
-                    description: format!("this scope would have refused: {what}"),
-                    task: rec["task"].as_str().unwrap_or("").to_string(),
-                    pid: rec["pid"].as_u64(),
-                    seqs: vec![rec["seq"].as_u64().unwrap_or(0)],
-                    time: rec["time"].as_str().unwrap_or("").to_string(),
-                });
-            }
-            for f in &found {
-                print(f, args.format, &ctx, &mut out).map_err(|e| Failure::Runtime(e.into()))?;
-            }
-            findings += found.len() as u64;
         }
     }
-    out.flush().map_err(|e| Failure::Runtime(e.into()))?;
+    if let Some(url) = &args.nats {
+        let ok = replay_stream(url, &args.stream, &mut r)?;
+        if !ok {
+            return Ok(1);
+        }
+    }
+    r.out.flush().map_err(|e| Failure::Runtime(e.into()))?;
     if let Some(b) = bar {
         b.finish_and_clear();
     }
     eprintln!(
-        "replay: {records} records, {findings} findings, {skipped} lines skipped, {} expressions failed to evaluate",
-        engine.eval_errors
+        "replay: {} records, {} findings, {} lines skipped, {} expressions failed to evaluate",
+        r.records, r.findings, r.skipped, r.engine.eval_errors
     );
     Ok(0)
+}
+
+/// Replays one record at a time, whatever it is read from.
+struct Replayer<'a, W: Write> {
+    engine: Engine<'a>,
+    scope: Option<&'a CompiledScope>,
+    ctx: ocsf::Context,
+    out: W,
+    args: &'a ReplayArgs,
+    records: u64,
+    findings: u64,
+    skipped: u64,
+}
+
+impl<W: Write> Replayer<'_, W> {
+    /// Handles one line from `source` (line `n`); `Ok(false)` means stop: a corrupt line
+    /// without --keep-going (the error is printed).
+    fn line(&mut self, source: &str, n: usize, line: &str) -> Result<bool, Failure> {
+        let parsed = serde_json::from_str::<Value>(line)
+            .map_err(|e| format!("not a JSON record: {e}"))
+            .and_then(|v| schema::upgrade(v).map_err(|e| e.to_string()));
+        let rec = match parsed {
+            Ok(r) => r,
+            Err(e) if self.args.keep_going => {
+                self.skipped += 1;
+                tracing::warn!(source, line = n, error = %e, "skipped");
+                return Ok(true);
+            }
+            Err(e) => {
+                eprintln!("warden: {source}:{n}: {e} (use --keep-going to skip bad lines)");
+                return Ok(false);
+            }
+        };
+        if self.args.task.as_deref().is_some_and(|t| rec["task"].as_str() != Some(t)) {
+            return Ok(true);
+        }
+        self.records += 1;
+        if self.args.format == ReplayFormat::Ocsf
+            && let Some(event) = ocsf::record(&rec, &self.ctx)
+        {
+            serde_json::to_writer(&mut self.out, &event)
+                .and_then(|()| writeln!(self.out).map_err(serde_json::Error::io))
+                .map_err(|e| Failure::Runtime(e.into()))?;
+        }
+        let mut found = self.engine.observe(&rec);
+        if let Some(s) = self.scope
+            && let Some(what) = rejudge(&rec, s)
+        {
+            found.push(Finding {
+                rule: "scope".into(),
+                severity: Severity::Medium,
+                description: format!("this scope would have refused: {what}"),
+                task: rec["task"].as_str().unwrap_or("").to_string(),
+                pid: rec["pid"].as_u64(),
+                seqs: vec![rec["seq"].as_u64().unwrap_or(0)],
+                time: rec["time"].as_str().unwrap_or("").to_string(),
+            });
+        }
+        for f in &found {
+            print(f, self.args.format, &self.ctx, &mut self.out).map_err(|e| Failure::Runtime(e.into()))?;
+        }
+        self.findings += found.len() as u64;
+        Ok(true)
+    }
+}
+
+/// Replays every message of a JetStream stream, in stream order, batch by batch.
+fn replay_stream<W: Write>(url: &str, stream: &str, r: &mut Replayer<'_, W>) -> Result<bool, Failure> {
+    use futures_util::StreamExt;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Runtime(e.into()))?;
+    rt.block_on(async {
+        let client = async_nats::connect(url)
+            .await
+            .map_err(|e| Failure::Usage(anyhow!("cannot reach NATS at {url}: {e}")))?;
+        let js = async_nats::jetstream::new(client);
+        let s = js.get_stream(stream).await.map_err(|e| Failure::Usage(anyhow!("stream {stream}: {e}")))?;
+        let consumer = s
+            .create_consumer(async_nats::jetstream::consumer::pull::Config {
+                deliver_policy: async_nats::jetstream::consumer::DeliverPolicy::All,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Failure::Runtime(anyhow!("stream {stream}: {e}")))?;
+        let source = format!("{url}/{stream}");
+        let mut n = 0usize;
+        loop {
+            let mut batch = consumer
+                .fetch()
+                .max_messages(1000)
+                .expires(std::time::Duration::from_secs(1))
+                .messages()
+                .await
+                .map_err(|e| Failure::Runtime(anyhow!("{source}: {e}")))?;
+            let mut got = 0;
+            while let Some(m) = batch.next().await {
+                let m = m.map_err(|e| Failure::Runtime(anyhow!("{source}: {e}")))?;
+                n += 1;
+                got += 1;
+                let line = String::from_utf8_lossy(&m.payload).into_owned();
+                if !r.line(&source, n, &line)? {
+                    return Ok(false);
+                }
+            }
+            if got == 0 {
+                return Ok(true);
+            }
+        }
+    })
 }
