@@ -15,6 +15,7 @@ use crate::{
     },
     correlate::ProcessTable,
     decode::{Decoder, Event, KAction, KDecision, LsmKind},
+    rules::{RuleSet, engine::Engine},
 };
 
 /// Enforcement mode of a task.
@@ -56,6 +57,8 @@ pub struct Pipeline {
     /// Per-task hash chains.
     chains: HashMap<String, TaskChain>,
     signer: Option<NodeKey>,
+    /// Scope-drift rules evaluated live over every record written.
+    rules: Option<Engine<'static>>,
 }
 
 /// Where a task's chain stands.
@@ -77,6 +80,7 @@ impl Pipeline {
             io_error: None,
             chains: HashMap::new(),
             signer: None,
+            rules: None,
         }
     }
 
@@ -106,6 +110,13 @@ impl Pipeline {
         self.signer = Some(key);
     }
 
+    /// Evaluates `set` live: every record written is fed to the rule engine and each finding
+    /// is written as a `finding` record right after the record that completed it.
+    pub fn set_rules(&mut self, set: RuleSet) {
+        let set: &'static RuleSet = Box::leak(Box::new(set));
+        self.rules = Some(Engine::new(set));
+    }
+
     /// Writes a record: assigns schema version, the task's next sequence number and `prev`,
     /// seals the line with its hash, and signs a checkpoint every `CHECKPOINT_EVERY` records.
     pub fn emit(&mut self, mut rec: AuditRecord) -> io::Result<()> {
@@ -123,6 +134,24 @@ impl Pipeline {
         chain.since_checkpoint = if rec.kind == "checkpoint" { 0 } else { chain.since_checkpoint + 1 };
         let due = chain.since_checkpoint >= chain::CHECKPOINT_EVERY;
         self.sink.write(&rec, &line)?;
+        if let Some(engine) = self.rules.as_mut()
+            && let Ok(value) = serde_json::from_str::<serde_json::Value>(&line)
+        {
+            let found = engine.observe(&value);
+            for f in found {
+                self.emit(AuditRecord {
+                    time: f.time,
+                    task: f.task,
+                    kind: "finding",
+                    pid: f.pid.map(|p| p as u32),
+                    rule_id: Some(f.rule),
+                    severity: Some(format!("{:?}", f.severity).to_lowercase()),
+                    description: Some(f.description),
+                    records: Some(f.seqs),
+                    ..Default::default()
+                })?;
+            }
+        }
         if due {
             self.checkpoint(&rec.task)?;
         }

@@ -28,12 +28,12 @@ fn a_recorded_session_replays_to_identical_findings() {
     // Five refusals in a row (a burst) and a program run from /tmp.
     let script =
         format!("for i in 1 2 3 4 5; do /usr/bin/id >/dev/null 2>&1; done; {}; exit 0", payload.display());
-    let out = run_warden(&scope, &script, &[]);
+    let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("../rules/starter");
+    let out = run_warden(&scope, &script, &["--rules", rules.to_str().unwrap()]);
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     let log = t.path().join("session.jsonl");
     let text = out.log.clone();
     std::fs::write(&log, &text).unwrap();
-    let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("../rules/starter");
     let args = ["--rules", rules.to_str().unwrap(), "--format", "json", log.to_str().unwrap()];
     let (c1, f1, e1) = replay(&args);
     let (c2, f2, _) = replay(&args);
@@ -44,6 +44,19 @@ fn a_recorded_session_replays_to_identical_findings() {
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["rule"].as_str().unwrap().to_string())
         .collect();
     assert!(ids.contains(&"denial-burst".to_string()), "{f1}");
+    // The same engine ran live: its finding records name the same rules and records.
+    let live: Vec<(String, serde_json::Value)> = out
+        .records
+        .iter()
+        .filter(|r| r["kind"] == "finding")
+        .map(|r| (r["rule_id"].as_str().unwrap().to_string(), r["records"].clone()))
+        .collect();
+    let replayed: Vec<(String, serde_json::Value)> = f1
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|v| (v["rule"].as_str().unwrap().to_string(), v["seqs"].clone()))
+        .collect();
+    assert_eq!(live, replayed, "live findings equal replayed findings");
     if payload.starts_with("/tmp") {
         assert!(ids.contains(&"exec-from-writable-temp".to_string()), "{f1}");
     }

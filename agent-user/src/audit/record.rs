@@ -123,6 +123,16 @@ pub struct AuditRecord {
     /// task_end: processes still in the sandbox when it was ended, killed by Warden.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub killed: Option<u64>,
+    /// finding: the rule that fired, its severity and description, and the `seq`s of the
+    /// records that made it fire.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub severity: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub records: Option<Vec<u64>>,
     /// checkpoint: the signer's ed25519 public key (hex).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,

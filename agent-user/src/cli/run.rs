@@ -69,6 +69,9 @@ pub struct RunArgs {
     /// How long to wait at task end for the server to acknowledge everything.
     #[arg(long, default_value = "30s", value_parser = crate::util::parse_duration)]
     pub nats_wait: Duration,
+    /// Evaluate these scope-drift rules live; findings become `finding` records.
+    #[arg(long, value_name = "DIR")]
+    pub rules: Option<PathBuf>,
     /// Write the task's signed workload-identity document here (`warden identity verify`).
     #[arg(long, value_name = "PATH")]
     pub identity: Option<PathBuf>,
@@ -103,6 +106,10 @@ pub fn run(args: RunArgs) -> Result<i32, Failure> {
         scope.mode = m;
     }
     let compiled = CompiledScope::compile(&scope).map_err(|e| Failure::Usage(e.into()))?;
+    let rules = match &args.rules {
+        Some(dir) => Some(crate::rules::RuleSet::load_dir(dir).map_err(|e| Failure::Usage(e.into()))?),
+        None => None,
+    };
     if args.cgroup_parent.split('/').any(|c| c == "..") || args.cgroup_parent.starts_with('/') {
         return Err(Failure::Usage(anyhow!("--cgroup-parent must be a relative path without `..`")));
     }
@@ -110,14 +117,18 @@ pub fn run(args: RunArgs) -> Result<i32, Failure> {
         .enable_all()
         .build()
         .map_err(|e| Failure::Runtime(e.into()))?;
-    rt.block_on(run_task(args, compiled))
+    rt.block_on(run_task(args, compiled, rules))
 }
 
 fn runtime(e: impl Into<anyhow::Error>) -> Failure {
     Failure::Runtime(e.into())
 }
 
-async fn run_task(args: RunArgs, compiled: CompiledScope) -> Result<i32, Failure> {
+async fn run_task(
+    args: RunArgs,
+    compiled: CompiledScope,
+    rules: Option<crate::rules::RuleSet>,
+) -> Result<i32, Failure> {
     let scope = &compiled.scope;
     let enforce = scope.mode == Mode::Enforce;
 
@@ -234,6 +245,9 @@ async fn run_task(args: RunArgs, compiled: CompiledScope) -> Result<i32, Failure
     }
     let mut pipeline = Pipeline::new(ProcessTable::seed_from("/proc".as_ref()), Clock::new(), sink);
     pipeline.set_signer(key);
+    if let Some(set) = rules {
+        pipeline.set_rules(set);
+    }
     pipeline.register(SLOT, TaskCtx { id: task_id.clone(), mode: scope.mode });
     let clock = *pipeline.clock();
     let now = || clock.format(Clock::boot_now_ns());

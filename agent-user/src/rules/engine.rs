@@ -112,8 +112,13 @@ impl<'a> Engine<'a> {
         }
     }
 
-    /// Feeds one record; returns the findings it completes.
+    /// Feeds one record; returns the findings it completes. Records Warden writes about its
+    /// own evidence (`finding`, `checkpoint`) are not events and are skipped, so live and
+    /// replayed evaluation see the same stream.
     pub fn observe(&mut self, rec: &Value) -> Vec<Finding> {
+        if matches!(rec["kind"].as_str(), Some("finding" | "checkpoint")) {
+            return Vec::new();
+        }
         let ctx = context(rec, &self.set.lists);
         let ns = time_ns(rec);
         let seq = rec["seq"].as_u64().unwrap_or(0);
