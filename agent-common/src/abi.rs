@@ -35,7 +35,28 @@ pub mod kind {
     pub const MMAP: u16 = 10;
     /// Loading a kernel module (LSM `kernel_read_file`, `kernel_load_data`).
     pub const MODULE: u16 = 11;
-    // 12..=63 are reserved for further scope-enforcement records.
+    /// A change to the file tree was refused or audited (LSM `path_*` hooks): creating,
+    /// linking, renaming, removing or truncating a file. `arg` is one of [`super::file_op`].
+    pub const FILE: u16 = 12;
+    // 13..=63 are reserved for further scope-enforcement records.
+}
+
+/// File-tree operations (`LsmRecord::arg` of `kind::FILE`).
+pub mod file_op {
+    /// A new file (`open(O_CREAT)`, `mknod`).
+    pub const CREATE: u32 = 1;
+    pub const MKDIR: u32 = 2;
+    pub const SYMLINK: u32 = 3;
+    /// A new name for an existing file (`link`); the record's path is the existing one.
+    pub const LINK: u32 = 4;
+    /// `rename`; the record's path is the file being moved.
+    pub const RENAME: u32 = 5;
+    pub const UNLINK: u32 = 6;
+    pub const RMDIR: u32 = 7;
+    /// `truncate` by path.
+    pub const TRUNCATE: u32 = 8;
+    /// `rename(RENAME_EXCHANGE)`.
+    pub const EXCHANGE: u32 = 9;
 }
 
 /// What was decided (`EventHeader::decision`).
@@ -217,7 +238,7 @@ pub struct ConnectRecord {
 crate::assert_layout!(ConnectRecord, size = 104, hdr @ 0, proc @ 40, addr @ 80, port @ 96, protocol @ 98,
     op @ 99);
 
-/// `kind::OPEN`, `SIGNAL`, `PTRACE`, `BPF`, `MOUNT`, `MMAP`, `MODULE`: a BPF LSM verdict.
+/// `kind::OPEN`, `SIGNAL`, `PTRACE`, `BPF`, `MOUNT`, `MMAP`, `MODULE`, `FILE`: a BPF LSM verdict.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct LsmRecord {
@@ -225,13 +246,15 @@ pub struct LsmRecord {
     pub proc: ProcIds,
     /// SIGNAL/PTRACE: the target process.
     pub target_pid: u32,
-    /// OPEN: `f_mode`; SIGNAL: the signal; PTRACE: the mode; BPF: the command; MMAP: `prot`.
+    /// OPEN: `f_mode`; SIGNAL: the signal; PTRACE: the mode; BPF: the command; MMAP: `prot`;
+    /// FILE: one of [`file_op`].
     pub arg: u32,
-    /// OPEN/MMAP/MODULE: the file's kernel `dev_t` and inode.
+    /// OPEN/MMAP/MODULE/FILE: the file's kernel `dev_t` and inode (FILE: 0 for a new name).
     pub dev: u32,
     pub _pad0: u32,
     pub ino: u64,
-    /// OPEN/MMAP: the file's path (`bpf_d_path`), NUL-terminated.
+    /// OPEN/MMAP: the file's path (`bpf_d_path`); FILE: the path built from the names on the
+    /// way to the root (cut to its last components when too long). NUL-terminated.
     pub path: [u8; PATH_LEN],
 }
 crate::assert_layout!(LsmRecord, size = 360, hdr @ 0, proc @ 40, target_pid @ 80, arg @ 84, dev @ 88,

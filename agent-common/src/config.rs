@@ -70,14 +70,31 @@ pub struct KernelOffsets {
     pub sb_flags: u32,
     /// `vm_area_struct.vm_file`
     pub vma_file: u32,
+    /// `dentry.d_name` (a `struct qstr`)
+    pub dentry_name: u32,
+    /// `qstr.len`
+    pub qstr_len: u32,
+    /// `qstr.name`
+    pub qstr_name: u32,
+    /// `super_block.s_magic`
+    pub sb_magic: u32,
+    /// `proc_inode.pid` (a `struct pid *`)
+    pub proc_inode_pid: u32,
+    /// `proc_inode.vfs_inode` (the embedded `struct inode`)
+    pub proc_inode_vfs_inode: u32,
+    /// `pid.tasks` (`struct hlist_head[PIDTYPE_MAX]`; `PIDTYPE_PID` first)
+    pub pid_tasks: u32,
+    /// `task_struct.pid_links` (`struct hlist_node[PIDTYPE_MAX]`; `PIDTYPE_PID` first)
+    pub task_pid_links: u32,
     /// Argument index of `ret` in the `bpf` LSM hook (3, or 4 where the hook has `kernel`).
     pub lsm_bpf_ret: u32,
     /// Non-zero once the loader filled the struct; programs emit nothing while zero.
     pub valid: u32,
     pub _pad0: u32,
 }
-crate::assert_layout!(KernelOffsets, size = 128, task_pid @ 0, kn_parent @ 48, bprm_buf @ 52,
-    file_path @ 56, vma_file @ 112, lsm_bpf_ret @ 116, valid @ 120);
+crate::assert_layout!(KernelOffsets, size = 160, task_pid @ 0, kn_parent @ 48, bprm_buf @ 52,
+    file_path @ 56, vma_file @ 112, dentry_name @ 116, qstr_len @ 120, qstr_name @ 124, sb_magic @ 128,
+    task_pid_links @ 144, lsm_bpf_ret @ 148, valid @ 152);
 
 #[cfg(feature = "user")]
 mod pod {

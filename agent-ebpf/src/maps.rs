@@ -52,6 +52,27 @@ pub static FILE_RULES: HashMap<FileKey, u32> = HashMap::with_max_entries(DEFAULT
 #[map]
 pub static SECRET_TOOLS: HashMap<SecretToolKey, u32> = HashMap::with_max_entries(DEFAULT_MAX_EXEC, 0);
 
+/// A path being built from dentry names, back to front: it is `buf[pos..PATH_LEN]`.
+#[repr(C)]
+pub struct PathScratch {
+    /// Kept here rather than on the stack, so the verifier sees an unknown value and the walk
+    /// callback's states converge instead of being re-checked once per possible length.
+    pub pos: u32,
+    /// Always zero: read where a value the verifier cannot know is wanted (see `lsm.rs`).
+    pub zero: u32,
+    /// Written and read back to hide a value from the verifier (see `lsm.rs`).
+    pub tmp: u32,
+    pub _pad0: u32,
+    /// Twice `PATH_LEN`: a name of up to `PATH_LEN - 1` bytes copied at any offset below
+    /// `PATH_LEN` stays inside it (what the verifier checks).
+    pub buf: [u8; 2 * agent_common::abi::PATH_LEN],
+}
+
+/// Per-CPU scratch where the BPF LSM engine builds a path from dentry names (hooks where
+/// `bpf_d_path` is not allowed).
+#[map]
+pub static PATH_SCRATCH: PerCpuArray<PathScratch> = PerCpuArray::with_max_entries(1, 0);
+
 /// Adds one to a global counter.
 #[inline(always)]
 pub fn count(index: u32) {
@@ -68,6 +89,6 @@ pub fn current_sandbox() -> Option<(u64, Sandbox)> {
     // SAFETY: helper without arguments.
     let cgroup_id = unsafe { aya_ebpf::helpers::bpf_get_current_cgroup_id() };
     // SAFETY: value is Copy and read immediately.
-    let sandbox = unsafe { WATCHED.get(&cgroup_id) }.copied()?;
+    let sandbox = unsafe { WATCHED.get(cgroup_id) }.copied()?;
     Some((cgroup_id, sandbox))
 }

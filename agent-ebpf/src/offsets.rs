@@ -34,10 +34,30 @@ pub static OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
     css_set_dfl_cgrp: 0,
     sb_flags: 0,
     vma_file: 0,
+    dentry_name: 0,
+    qstr_len: 0,
+    qstr_name: 0,
+    sb_magic: 0,
+    proc_inode_pid: 0,
+    proc_inode_vfs_inode: 0,
+    pid_tasks: 0,
+    task_pid_links: 0,
     lsm_bpf_ret: 3,
     valid: 0,
     _pad0: 0,
 });
+
+/// The offsets, to read field by field: each load is from the frozen, read-only map behind
+/// the global, so the verifier knows its value, and nothing is copied to the stack (unlike
+/// `OFFSETS.load()`, a volatile copy of the whole struct).
+#[inline(always)]
+pub fn offsets() -> &'static KernelOffsets {
+    let p = &OFFSETS as *const Global<KernelOffsets> as *const KernelOffsets;
+    // SAFETY: `Global` is `repr(transparent)` over the struct, which the loader fills before
+    // any program loads. Reading the pointer back volatile keeps the compiler from folding
+    // field loads to the initial zeros of the static.
+    unsafe { &*core::ptr::read_volatile(&p) }
+}
 
 /// Reads a `T` at `base + off` from kernel memory.
 #[inline(always)]

@@ -244,10 +244,12 @@ impl Pipeline {
                 rec.ino = Some(*ino);
                 rec.path_truncated = path_truncated.then_some(true);
             }
-            Event::Lsm { what, target_pid, arg, dev, ino, path, .. } => {
+            Event::Lsm { what, target_pid, arg, dev, ino, path, meta, .. } => {
                 if !path.is_empty() {
                     rec.path = Some(path.clone());
                 }
+                rec.path_truncated =
+                    (meta.flags & agent_common::abi::flags::PATH_TRUNCATED != 0).then_some(true);
                 if *ino != 0 {
                     rec.dev = Some(record::kernel_dev_to_user(*dev));
                     rec.ino = Some(*ino);

@@ -1,12 +1,15 @@
-//! BPF LSM engine: decisions at LSM hooks from map lookups, refusing with -EPERM and recording
-//! every refusal. Programs act only on sandboxes bound with the `LSM` flag, and honour an
-//! earlier program's verdict. In audit mode they record "audit" and refuse nothing.
+//! BPF LSM engine: decisions at LSM hooks from map lookups, refusing and recording every
+//! refusal: files with `-EACCES` (as Landlock, the fallback engine, does), everything else with
+//! `-EPERM`. Programs act only on sandboxes bound with the `LSM` flag, and honour an earlier
+//! program's verdict. In audit mode they record "audit" and refuse nothing.
+use core::ffi::c_void;
+
 use agent_common::{
-    abi::{ExecRecord, LsmRecord, action, flags, kind, rule},
+    abi::{ExecRecord, LsmRecord, PATH_LEN, action, file_op, flags, kind, rule},
     maps::{ExecKey, FileKey, Sandbox, SecretToolKey, file_rule, sandbox_flags},
 };
 use aya_ebpf::{
-    helpers::{bpf_d_path, bpf_get_current_task, bpf_probe_read_kernel_str_bytes},
+    helpers::{bpf_d_path, bpf_get_current_task, bpf_probe_read_kernel_str_bytes, generated},
     macros::lsm,
     programs::LsmContext,
 };
@@ -14,15 +17,44 @@ use aya_ebpf::{
 use super::sched::{exec_allowed, file_id};
 use crate::{
     emit::{Verdict, count_lost_denial, current_proc, header, reserve, set_verdict},
-    maps::{EXEC_DENY, FILE_RULES, SECRET_TOOLS, WATCHED, current_sandbox},
-    offsets::{OFFSETS, read},
+    maps::{EXEC_DENY, FILE_RULES, PATH_SCRATCH, SECRET_TOOLS, WATCHED, current_sandbox},
+    offsets::{offsets, read},
 };
 use agent_common::config::KernelOffsets;
 
 const EPERM: i32 = 1;
+const EACCES: i32 = 13;
 const FMODE_READ: u32 = 0x1;
 const FMODE_WRITE: u32 = 0x2;
 const PROT_EXEC: u64 = 0x4;
+/// `RENAME_EXCHANGE`: both names swap objects.
+const RENAME_EXCHANGE: u32 = 1 << 1;
+/// `PROC_SUPER_MAGIC`: procfs.
+const PROC_SUPER_MAGIC: u64 = 0x9fa0;
+/// Per-process files of procfs that expose another process's memory or environment: the
+/// kernel opens them through `mm_access`, whose ptrace check (the `ptrace_access_check`
+/// hook) 7.x kernels skip for readers with `CAP_PERFMON`. Names NUL-padded to 16 bytes.
+const GUARDED_PROC_FILES: [[u8; 16]; 8] = [
+    name16(b"environ"),
+    name16(b"mem"),
+    name16(b"auxv"),
+    name16(b"maps"),
+    name16(b"smaps"),
+    name16(b"smaps_rollup"),
+    name16(b"numa_maps"),
+    name16(b"pagemap"),
+];
+
+const fn name16(s: &[u8]) -> [u8; 16] {
+    let mut a = [0u8; 16];
+    let mut i = 0;
+    while i < s.len() {
+        a[i] = s[i];
+        i += 1;
+    }
+    a
+}
+
 /// `SB_KERNMOUNT`: an internal mount (memfd, pipes): no path a scope could name.
 const SB_KERNMOUNT: u64 = 1 << 22;
 /// Ancestors looked at per file; deeper files are judged as not granted.
@@ -30,26 +62,38 @@ const MAX_DEPTH: u32 = 48;
 
 /// The sandbox of the current task, if the LSM engine judges it.
 #[inline(always)]
-fn lsm_sandbox() -> Option<(u64, Sandbox, KernelOffsets)> {
-    let off = OFFSETS.load();
-    if off.valid == 0 {
-        return None;
-    }
+fn lsm_sandbox() -> Option<(u64, Sandbox, &'static KernelOffsets)> {
     let (cg, sb) = current_sandbox()?;
     if sb.flags & sandbox_flags::LSM == 0 {
+        return None;
+    }
+    let off = offsets();
+    if off.valid == 0 {
         return None;
     }
     Some((cg, sb, off))
 }
 
-/// Result of a judgement: the verdict, and how to return from the hook.
+/// How to return from the hook: `-errno` when the verdict is enforced, else 0.
 #[inline(always)]
-fn ret(v: Verdict) -> i32 {
-    if v.enforced() { -EPERM } else { 0 }
+fn ret(v: Verdict, errno: i32) -> i32 {
+    if v.enforced() { -errno } else { 0 }
 }
 
-/// Emits an `LsmRecord`. `path` is a `struct path *` inside a trusted kernel object (for
-/// `bpf_d_path`), or null.
+/// Where a record's path comes from.
+#[derive(Clone, Copy)]
+enum RecordPath {
+    None,
+    /// A `struct path *` inside a trusted kernel object, for `bpf_d_path` (sleepable hooks).
+    Kernel(*mut aya_ebpf::bindings::path),
+    /// Built from the names of `dentry` and its ancestors; `vfsmnt` is its mount.
+    Names {
+        dentry: *const u8,
+        vfsmnt: *const u8,
+    },
+}
+
+/// Emits an `LsmRecord`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn emit(
@@ -61,7 +105,7 @@ fn emit(
     target_pid: u32,
     arg: u32,
     id: Option<(u32, u64)>,
-    path: *mut aya_ebpf::bindings::path,
+    path: RecordPath,
 ) {
     let Some(mut entry) = reserve::<LsmRecord>(sandbox, record_kind) else {
         count_lost_denial(sandbox);
@@ -79,15 +123,53 @@ fn emit(
     rec._pad0 = 0;
     rec.ino = ino;
     rec.path[0] = 0;
-    if !path.is_null() {
-        // SAFETY: `path` points into a kernel object the hook received; the helper bounds
-        // the write to the buffer.
-        let n = unsafe { bpf_d_path(path, rec.path.as_mut_ptr().cast(), rec.path.len() as u32) };
-        if n < 0 {
-            rec.hdr.flags |= flags::PATH_UNREADABLE;
+    match path {
+        RecordPath::None => {}
+        RecordPath::Kernel(p) => {
+            // SAFETY: `p` points into a kernel object the hook received; the helper bounds
+            // the write to the buffer.
+            let n = unsafe { bpf_d_path(p, rec.path.as_mut_ptr().cast(), rec.path.len() as u32) };
+            if n < 0 {
+                rec.hdr.flags |= flags::PATH_UNREADABLE;
+            }
+        }
+        RecordPath::Names { dentry, vfsmnt } => {
+            if build_path(dentry, vfsmnt, off) {
+                rec.hdr.flags |= flags::PATH_TRUNCATED;
+            }
+            copy_built_path(&mut rec.path);
         }
     }
     entry.submit(0);
+}
+
+/// Copies the path built in `PATH_SCRATCH` (`buf[pos..PATH_LEN]`, at most PATH_LEN - 1
+/// bytes) into `dst` and terminates it; an empty path is the root.
+#[inline(always)]
+fn copy_built_path(dst: &mut [u8; PATH_LEN]) {
+    dst[0] = 0;
+    let Some(scratch) = PATH_SCRATCH.get_ptr_mut(0) else { return };
+    // SAFETY: per-CPU value, nothing else uses it on this CPU while the program runs.
+    let scratch = unsafe { &*scratch };
+    let pos = scratch.pos;
+    if pos == 0 || pos > PATH_LEN as u32 {
+        return;
+    }
+    let mask = PATH_LEN as u32 - 1;
+    let len = (PATH_LEN as u32 - pos) & mask;
+    if len == 0 {
+        dst[0] = b'/';
+        dst[1] = 0;
+        return;
+    }
+    let src = scratch.buf.as_ptr().wrapping_add((pos & mask) as usize);
+    // SAFETY: the offset and the length are masked below PATH_LEN; the scratch is twice
+    // that long and `dst` PATH_LEN long.
+    if unsafe { bpf_probe_read_kernel_buf(dst.as_mut_ptr(), len, src) } != 0 {
+        dst[0] = 0;
+        return;
+    }
+    dst[(len & mask) as usize] = 0;
 }
 
 /// The sandbox slot of another task, if it is in a watched cgroup.
@@ -98,7 +180,36 @@ fn task_slot(task: *const u8, off: &KernelOffsets) -> Option<u32> {
     let kn = read::<*const u8>(cgrp, off.cgroup_kn).ok()?;
     let id = read::<u64>(kn, off.kn_id).ok()?;
     // SAFETY: value is Copy and read immediately.
-    unsafe { WATCHED.get(&id) }.map(|s| s.slot)
+    unsafe { WATCHED.get(id) }.map(|s| s.slot)
+}
+
+/// The process a guarded `/proc/<pid>/...` file (see [`GUARDED_PROC_FILES`]) belongs to,
+/// if `dentry`/`inode` is one: the task behind the procfs inode's `struct pid`.
+#[inline(always)]
+fn guarded_proc_task(dentry: *const u8, inode: *const u8, off: &KernelOffsets) -> Option<*const u8> {
+    let sb = read::<*const u8>(inode, off.inode_sb).ok()?;
+    if read::<u64>(sb, off.sb_magic).ok()? != PROC_SUPER_MAGIC {
+        return None;
+    }
+    let name_ptr = read::<*const u8>(dentry, off.dentry_name + off.qstr_name).ok()?;
+    let mut name = [0u8; 16];
+    // SAFETY: bounded by the destination; a longer name is cut and matches nothing below.
+    unsafe { bpf_probe_read_kernel_str_bytes(name_ptr, &mut name) }.ok()?;
+    let word = |b: &[u8; 16], i: usize| {
+        u64::from_ne_bytes([b[i], b[i + 1], b[i + 2], b[i + 3], b[i + 4], b[i + 5], b[i + 6], b[i + 7]])
+    };
+    let (lo, hi) = (word(&name, 0), word(&name, 8));
+    if !GUARDED_PROC_FILES.iter().any(|g| word(g, 0) == lo && word(g, 8) == hi) {
+        return None;
+    }
+    // `struct proc_inode` embeds the inode; its `pid` leads to the task.
+    let pid =
+        read::<*const u8>(inode.wrapping_sub(off.proc_inode_vfs_inode as usize), off.proc_inode_pid).ok()?;
+    let node = read::<*const u8>(pid, off.pid_tasks).ok()?;
+    if node.is_null() {
+        return None;
+    }
+    Some(node.wrapping_sub(off.task_pid_links as usize))
 }
 
 #[inline(always)]
@@ -112,57 +223,262 @@ fn inode_id(inode: *const u8, off: &KernelOffsets) -> Option<(u32, u64)> {
 #[inline(always)]
 fn rules_of(slot: u32, id: (u32, u64)) -> u32 {
     // SAFETY: value is Copy and read immediately.
-    unsafe { FILE_RULES.get(&FileKey { slot, dev: id.0, ino: id.1 }) }.copied().unwrap_or(0)
+    unsafe { FILE_RULES.get(FileKey { slot, dev: id.0, ino: id.1 }) }.copied().unwrap_or(0)
 }
 
-/// What the walk from an object up to the root found.
+/// Rule bits the walk from an object up to the root collected.
+#[derive(Clone, Copy)]
 struct Walk {
-    /// A DENY rule on the way (wins).
-    deny: bool,
-    deny_write: bool,
-    read: bool,
-    write: bool,
-    /// Reached the root within MAX_DEPTH.
+    /// Rules on the object itself.
+    own: u32,
+    /// Rules on its ancestors (across mount points).
+    above: u32,
+    /// Reached the root within MAX_DEPTH (otherwise nothing beyond `own`/`above` is known).
     complete: bool,
 }
 
-/// Walks `dentry` and its ancestors (crossing mount points up to the namespace root),
-/// collecting the sandbox's rules on each object.
+impl Walk {
+    fn all(&self) -> u32 {
+        self.own | self.above
+    }
+}
+
+/// What a walk found, as its callback leaves it in [`WalkCtx`]. Both fields start as
+/// [`unknown_zero`] and only change to values the verifier cannot know either.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct WalkOut {
+    above: u32,
+    /// Non-zero once the namespace root was reached.
+    complete: u32,
+}
+
+/// State of one walk, shared with its `bpf_loop` callback: the loop body is verified a few
+/// times (until its states converge) instead of once per level.
+#[repr(C)]
+struct WalkCtx {
+    out: WalkOut,
+    dentry: *const u8,
+    /// The `struct mount` `dentry` is in.
+    mnt: *const u8,
+    slot: u32,
+    _pad0: u32,
+}
+
+/// Where the walk goes from `dentry` in `mnt` (a `struct mount *`): its parent, the mount
+/// point of its mount when it is a mount's root, or nowhere at the namespace root.
+enum Up {
+    Parent(*const u8),
+    MountPoint(*const u8, *const u8),
+    Root,
+    /// A read failed.
+    Lost,
+}
+
+#[inline(always)]
+fn up(dentry: *const u8, mnt: *const u8, off: &KernelOffsets) -> Up {
+    let Ok(parent) = read::<*const u8>(dentry, off.dentry_parent) else { return Up::Lost };
+    // `struct vfsmount` (whose first field is `mnt_root`) is embedded in `struct mount`.
+    let mnt_root =
+        read::<*const u8>(mnt.wrapping_add(off.mount_mnt as usize), 0).unwrap_or(core::ptr::null());
+    if parent != dentry && dentry != mnt_root {
+        return Up::Parent(parent);
+    }
+    let Ok(mnt_parent) = read::<*const u8>(mnt, off.mount_parent) else { return Up::Lost };
+    if mnt_parent == mnt {
+        return Up::Root;
+    }
+    match read::<*const u8>(mnt, off.mount_mountpoint) {
+        Ok(mp) => Up::MountPoint(mp, mnt_parent),
+        Err(_) => Up::Lost,
+    }
+}
+
+/// One level of the rules walk (`bpf_loop` callback): moves from `dentry` to the next
+/// ancestor and collects its rules. Returns 1 to stop.
+#[inline(never)]
+extern "C" fn walk_step(index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the `WalkCtx` on the caller's stack that `walk` hands to bpf_loop.
+    let c = unsafe { &mut *(ctx as *mut WalkCtx) };
+    let off = offsets();
+    match up(c.dentry, c.mnt, off) {
+        Up::Parent(p) => c.dentry = p,
+        Up::MountPoint(mp, m) => {
+            c.dentry = mp;
+            c.mnt = m;
+        }
+        Up::Root => {
+            c.out.complete = index as u32 | 1;
+            return 1;
+        }
+        Up::Lost => return 1,
+    }
+    let Ok(inode) = read::<*const u8>(c.dentry, off.dentry_inode) else { return 1 };
+    if let Some(id) = inode_id(inode, off) {
+        c.out.above |= rules_of(c.slot, id);
+    }
+    0
+}
+
+/// Zero, read from a map, so the verifier does not know it: a walk's results start as such
+/// values and change only to values it cannot know either (derived from the loop index or
+/// map lookups), so every way out of a walk leaves the same verifier state. Otherwise the
+/// code after a walk is checked once per combination of constants it could leave behind,
+/// and after two walks (link, rename) older verifiers (6.1) give up.
+#[inline(always)]
+fn unknown_zero() -> u32 {
+    match PATH_SCRATCH.get_ptr(0) {
+        // SAFETY: per-CPU value; `zero` is never written.
+        Some(s) => unsafe { (*s).zero },
+        None => 0,
+    }
+}
+
+/// `v`, passed through map memory so the verifier no longer knows it: the paths that reach
+/// a record with different constants (rule, operation) are checked once from here on.
+#[inline(always)]
+fn hidden(v: u32) -> u32 {
+    match PATH_SCRATCH.get_ptr_mut(0) {
+        // SAFETY: per-CPU value, nothing else uses it on this CPU while the program runs;
+        // volatile so the compiler keeps the round trip.
+        Some(s) => unsafe {
+            core::ptr::write_volatile(&mut (*s).tmp, v);
+            core::ptr::read_volatile(&(*s).tmp)
+        },
+        None => v,
+    }
+}
+
+/// Walks `dentry0` and its ancestors (crossing mount points up to the namespace root),
+/// collecting the sandbox's rules on each object. `vfsmnt` is the `struct vfsmount *` of a
+/// `struct path`. A negative dentry (a name being created) has no rules of its own.
 #[inline(always)]
 fn walk(slot: u32, dentry0: *const u8, vfsmnt: *const u8, off: &KernelOffsets) -> Walk {
-    let mut w = Walk { deny: false, deny_write: false, read: false, write: false, complete: false };
-    let mut dentry = dentry0;
-    // `struct vfsmount` is embedded in `struct mount`.
-    let mut mnt = vfsmnt.wrapping_sub(off.mount_mnt as usize);
-    let mut i = 0;
-    while i < MAX_DEPTH {
-        i += 1;
-        let Ok(inode) = read::<*const u8>(dentry, off.dentry_inode) else { break };
-        if let Some(id) = inode_id(inode, off) {
-            let bits = rules_of(slot, id);
-            w.deny |= bits & file_rule::DENY != 0;
-            w.deny_write |= bits & file_rule::DENY_WRITE != 0;
-            w.read |= bits & file_rule::READ != 0;
-            w.write |= bits & file_rule::WRITE != 0;
-        }
-        let Ok(parent) = read::<*const u8>(dentry, off.dentry_parent) else { break };
-        // The root of the mount: continue at its mount point in the parent mount.
-        let mnt_root =
-            read::<*const u8>(mnt.wrapping_add(off.mount_mnt as usize), 0).unwrap_or(core::ptr::null());
-        if parent == dentry || dentry == mnt_root {
-            let Ok(mnt_parent) = read::<*const u8>(mnt, off.mount_parent) else { break };
-            if mnt_parent == mnt {
-                w.complete = true;
-                break;
-            }
-            let Ok(mp) = read::<*const u8>(mnt, off.mount_mountpoint) else { break };
-            dentry = mp;
-            mnt = mnt_parent;
-            continue;
-        }
-        dentry = parent;
+    let own = read::<*const u8>(dentry0, off.dentry_inode)
+        .ok()
+        .filter(|i| !i.is_null())
+        .and_then(|i| inode_id(i, off))
+        .map(|id| rules_of(slot, id))
+        .unwrap_or(0);
+    let mut c = WalkCtx {
+        out: WalkOut { above: unknown_zero(), complete: unknown_zero() },
+        dentry: dentry0,
+        mnt: vfsmnt.wrapping_sub(off.mount_mnt as usize),
+        slot,
+        _pad0: 0,
+    };
+    // SAFETY: the callback is a static function of this object and `c` outlives the call.
+    unsafe {
+        generated::bpf_loop(
+            MAX_DEPTH,
+            walk_step as *const () as *mut c_void,
+            &mut c as *mut WalkCtx as *mut c_void,
+            0,
+        )
+    };
+    Walk { own, above: c.out.above, complete: c.out.complete != 0 }
+}
+
+/// State of the walk that builds a path from names (see [`build_path`]).
+#[repr(C)]
+struct NameCtx {
+    dentry: *const u8,
+    mnt: *const u8,
+    /// Non-zero once the root is reached (values unknown to the verifier, as in [`WalkOut`]).
+    root: u32,
+    /// Non-zero when a name did not fit or a read failed.
+    failed: u32,
+}
+
+/// Prepends `/<name of dentry>` to the path in `PATH_SCRATCH`; false if it does not fit.
+#[inline(always)]
+fn prepend_name(dentry: *const u8, off: &KernelOffsets) -> bool {
+    let Some(scratch) = PATH_SCRATCH.get_ptr_mut(0) else { return false };
+    // SAFETY: per-CPU value, nothing else uses it on this CPU while the program runs.
+    let scratch = unsafe { &mut *scratch };
+    let name = read::<*const u8>(dentry, off.dentry_name + off.qstr_name).unwrap_or(core::ptr::null());
+    let len = read::<u32>(dentry, off.dentry_name + off.qstr_len).unwrap_or(0);
+    let pos = scratch.pos;
+    // Keep one byte in front: the record needs room for the NUL after at most PATH_LEN - 1.
+    if name.is_null() || len == 0 || pos > PATH_LEN as u32 || len + 1 >= pos {
+        return false;
     }
-    w
+    let start = pos - len - 1;
+    let mask = PATH_LEN - 1;
+    scratch.buf[start as usize & mask] = b'/';
+    let dst = scratch.buf.as_mut_ptr().wrapping_add((start as usize + 1) & mask);
+    // SAFETY: the offset and the length are masked below PATH_LEN and the buffer is twice
+    // that long.
+    if unsafe { bpf_probe_read_kernel_buf(dst, len & mask as u32, name) } != 0 {
+        return false;
+    }
+    scratch.pos = start;
+    true
+}
+
+/// One level of the name walk (`bpf_loop` callback). Returns 1 to stop.
+#[inline(never)]
+extern "C" fn name_step(index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the `NameCtx` on the caller's stack that `build_path` hands to bpf_loop.
+    let c = unsafe { &mut *(ctx as *mut NameCtx) };
+    let dentry = c.dentry;
+    let off = offsets();
+    match up(dentry, c.mnt, off) {
+        Up::Parent(p) => {
+            if !prepend_name(dentry, off) {
+                c.failed = index as u32 | 1;
+                return 1;
+            }
+            c.dentry = p;
+            0
+        }
+        Up::MountPoint(mp, m) => {
+            c.dentry = mp;
+            c.mnt = m;
+            0
+        }
+        Up::Root => {
+            c.root = index as u32 | 1;
+            1
+        }
+        Up::Lost => {
+            c.failed = index as u32 | 1;
+            1
+        }
+    }
+}
+
+/// Builds the path of `dentry` (in the mount of `vfsmnt`) in `PATH_SCRATCH` from the names
+/// on the way to the root, for hooks where `bpf_d_path` is not allowed. Returns whether
+/// names were left out (too long, or deeper than MAX_DEPTH).
+#[inline(always)]
+fn build_path(dentry: *const u8, vfsmnt: *const u8, off: &KernelOffsets) -> bool {
+    let Some(scratch) = PATH_SCRATCH.get_ptr_mut(0) else { return true };
+    // SAFETY: per-CPU value, nothing else uses it on this CPU while the program runs.
+    unsafe { (*scratch).pos = PATH_LEN as u32 };
+    let mut c = NameCtx {
+        dentry,
+        mnt: vfsmnt.wrapping_sub(off.mount_mnt as usize),
+        root: unknown_zero(),
+        failed: unknown_zero(),
+    };
+    // SAFETY: as in `walk`.
+    unsafe {
+        generated::bpf_loop(
+            MAX_DEPTH,
+            name_step as *const () as *mut c_void,
+            &mut c as *mut NameCtx as *mut c_void,
+            0,
+        )
+    };
+    c.root == 0 || c.failed != 0
+}
+
+/// `bpf_probe_read_kernel` into a raw buffer; 0 on success.
+#[inline(always)]
+unsafe fn bpf_probe_read_kernel_buf(dst: *mut u8, len: u32, src: *const u8) -> i64 {
+    // SAFETY: the caller bounds `dst..dst+len`; the helper never faults on `src`.
+    unsafe { generated::bpf_probe_read_kernel(dst as *mut c_void, len, src as *const c_void) }
 }
 
 /// Identity of the current executable (`current->mm->exe_file`).
@@ -185,7 +501,7 @@ pub fn lsm_bprm_check(ctx: LsmContext) -> i32 {
     let Some((cgroup_id, sandbox)) = current_sandbox() else {
         return 0;
     };
-    let off = OFFSETS.load();
+    let off = offsets();
     if off.valid == 0 {
         return 0;
     }
@@ -196,7 +512,7 @@ pub fn lsm_bprm_check(ctx: LsmContext) -> i32 {
     let id = file_id(file, off.file_inode, off.inode_ino, off.inode_sb, off.sb_dev);
     // Test hook: an explicit deny list (used by the VM tier's basic LSM test).
     if let Some((dev, ino)) = id
-        && EXEC_DENY.get_ptr(&ExecKey { slot: sandbox.slot, dev, ino }).is_some()
+        && EXEC_DENY.get_ptr(ExecKey { slot: sandbox.slot, dev, ino }).is_some()
     {
         return -EPERM;
     }
@@ -240,7 +556,19 @@ pub fn lsm_bprm_check(ctx: LsmContext) -> i32 {
         }
         None => count_lost_denial(&sandbox),
     }
-    ret(v)
+    ret(v, EPERM)
+}
+
+/// Whether rule bits grant reading (or reading is not restricted).
+#[inline(always)]
+fn read_ok(sandbox: &Sandbox, bits: u32, complete: bool) -> bool {
+    sandbox.flags & sandbox_flags::READ_RESTRICTED == 0 || (bits & file_rule::READ != 0 && complete)
+}
+
+/// Whether rule bits grant writing (or writing is not restricted).
+#[inline(always)]
+fn write_ok(sandbox: &Sandbox, bits: u32, complete: bool) -> bool {
+    sandbox.flags & sandbox_flags::WRITE_RESTRICTED == 0 || (bits & file_rule::WRITE != 0 && complete)
 }
 
 /// `file_open(struct file *file, int ret)`: files by object.
@@ -263,15 +591,24 @@ pub fn lsm_file_open(ctx: LsmContext) -> i32 {
     let Ok(vfsmnt) = read::<*const u8>(file, off.file_path + off.path_mnt) else {
         return 0;
     };
-    let id = read::<*const u8>(dentry, off.dentry_inode).ok().and_then(|i| inode_id(i, &off));
+    let inode = read::<*const u8>(dentry, off.dentry_inode).unwrap_or(core::ptr::null());
+    if inode.is_null() {
+        return 0;
+    }
+    let id = inode_id(inode, off);
     let own = id.map(|i| rules_of(sandbox.slot, i)).unwrap_or(0);
     let mut rule_id = rule::NONE;
-    if own & file_rule::SECRET != 0 {
+    if let Some(task) = guarded_proc_task(dentry, inode, off)
+        && task_slot(task, off) != Some(sandbox.slot)
+    {
+        // Another process's memory or environment, however the kernel checks ptrace access.
+        rule_id = rule::PROTECTED_PROCESS;
+    } else if own & file_rule::SECRET != 0 {
         // A secret: its tools may open it (reading), nobody else.
-        let tool = current_exe(&off);
+        let tool = current_exe(off);
         let allowed = match (id, tool) {
             (Some((sdev, sino)), Some((tdev, tino))) => SECRET_TOOLS
-                .get_ptr(&SecretToolKey {
+                .get_ptr(SecretToolKey {
                     slot: sandbox.slot,
                     secret_dev: sdev,
                     secret_ino: sino,
@@ -286,26 +623,259 @@ pub fn lsm_file_open(ctx: LsmContext) -> i32 {
             rule_id = rule::SECRETS;
         }
     } else {
-        let w = walk(sandbox.slot, dentry, vfsmnt, &off);
-        let read_ok = sandbox.flags & sandbox_flags::READ_RESTRICTED == 0 || (w.read && w.complete);
-        let write_ok = sandbox.flags & sandbox_flags::WRITE_RESTRICTED == 0 || (w.write && w.complete);
-        if w.deny {
+        let w = walk(sandbox.slot, dentry, vfsmnt, off);
+        let bits = w.all();
+        if bits & file_rule::DENY != 0 {
             rule_id = rule::FILES_DENY;
-        } else if want_write && w.deny_write {
+        } else if want_write && bits & file_rule::DENY_WRITE != 0 {
             rule_id = rule::PROTECTED_CONTROL;
-        } else if want_write && !write_ok {
+        } else if want_write && !write_ok(&sandbox, bits, w.complete) {
             rule_id = rule::FILES_WRITE;
-        } else if want_read && !read_ok {
+        } else if want_read && !read_ok(&sandbox, bits, w.complete) {
             rule_id = rule::FILES_READ;
         }
     }
     if rule_id == rule::NONE {
         return 0;
     }
-    let v = Verdict::deny(&sandbox, rule_id, action::REFUSE);
+    let v = Verdict::deny(&sandbox, hidden(rule_id as u32) as u16, action::REFUSE);
     let path = (file as *mut u8).wrapping_add(off.file_path as usize) as *mut aya_ebpf::bindings::path;
-    emit(kind::OPEN, cgroup_id, &sandbox, &off, v, 0, mode, id, path);
-    ret(v)
+    emit(kind::OPEN, cgroup_id, &sandbox, off, v, 0, mode, id, RecordPath::Kernel(path));
+    ret(v, EACCES)
+}
+
+/// The rule that refuses adding or removing the name of `w`'s object in its directory
+/// (creating, unlinking, either end of a link or rename), or `rule::NONE`.
+#[inline(always)]
+fn name_change_rule(sandbox: &Sandbox, w: &Walk) -> u16 {
+    let bits = w.all();
+    if bits & file_rule::DENY != 0 {
+        rule::FILES_DENY
+    } else if bits & file_rule::DENY_WRITE != 0 {
+        rule::PROTECTED_CONTROL
+    } else if w.own & file_rule::SECRET != 0 {
+        // A secret keeps the one name it was granted under.
+        rule::SECRETS
+    } else if !write_ok(sandbox, w.above, w.complete) {
+        // The directory's rules decide (a rule on the file itself grants its contents only).
+        rule::FILES_WRITE
+    } else {
+        rule::NONE
+    }
+}
+
+/// Records and answers a file-tree verdict about `dentry` (in the mount of `vfsmnt`).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn tree_verdict(
+    cgroup_id: u64,
+    sandbox: &Sandbox,
+    off: &KernelOffsets,
+    rule_id: u16,
+    op: u32,
+    dentry: *const u8,
+    vfsmnt: *const u8,
+) -> i32 {
+    if rule_id == rule::NONE {
+        return 0;
+    }
+    let code = hidden(((rule_id as u32) << 16) | op);
+    let v = Verdict::deny(sandbox, (code >> 16) as u16, action::REFUSE);
+    let id = read::<*const u8>(dentry, off.dentry_inode)
+        .ok()
+        .filter(|i| !i.is_null())
+        .and_then(|i| inode_id(i, off));
+    emit(kind::FILE, cgroup_id, sandbox, off, v, 0, code & 0xffff, id, RecordPath::Names { dentry, vfsmnt });
+    ret(v, EACCES)
+}
+
+/// A new or removed name `dentry` in the directory `dir` (a `struct path *`).
+#[inline(always)]
+fn judge_name(dir: *const u8, dentry: *const u8, op: u32) -> i32 {
+    let Some((cgroup_id, sandbox, off)) = lsm_sandbox() else {
+        return 0;
+    };
+    let Ok(vfsmnt) = read::<*const u8>(dir, off.path_mnt) else {
+        return 0;
+    };
+    let w = walk(sandbox.slot, dentry, vfsmnt, off);
+    tree_verdict(cgroup_id, &sandbox, off, name_change_rule(&sandbox, &w), op, dentry, vfsmnt)
+}
+
+/// `path_mknod(const struct path *dir, struct dentry *dentry, umode_t mode, unsigned int dev, int ret)`:
+/// also every `open(O_CREAT)` that creates the file.
+#[lsm(hook = "path_mknod")]
+pub fn lsm_path_mknod(ctx: LsmContext) -> i32 {
+    let prev: i32 = ctx.arg(4);
+    if prev != 0 {
+        return prev;
+    }
+    judge_name(ctx.arg(0), ctx.arg(1), file_op::CREATE)
+}
+
+/// `path_mkdir(const struct path *dir, struct dentry *dentry, umode_t mode, int ret)`
+#[lsm(hook = "path_mkdir")]
+pub fn lsm_path_mkdir(ctx: LsmContext) -> i32 {
+    let prev: i32 = ctx.arg(3);
+    if prev != 0 {
+        return prev;
+    }
+    judge_name(ctx.arg(0), ctx.arg(1), file_op::MKDIR)
+}
+
+/// `path_symlink(const struct path *dir, struct dentry *dentry, const char *old_name, int ret)`
+#[lsm(hook = "path_symlink")]
+pub fn lsm_path_symlink(ctx: LsmContext) -> i32 {
+    let prev: i32 = ctx.arg(3);
+    if prev != 0 {
+        return prev;
+    }
+    judge_name(ctx.arg(0), ctx.arg(1), file_op::SYMLINK)
+}
+
+/// `path_unlink(const struct path *dir, struct dentry *dentry, int ret)`
+#[lsm(hook = "path_unlink")]
+pub fn lsm_path_unlink(ctx: LsmContext) -> i32 {
+    let prev: i32 = ctx.arg(2);
+    if prev != 0 {
+        return prev;
+    }
+    judge_name(ctx.arg(0), ctx.arg(1), file_op::UNLINK)
+}
+
+/// `path_rmdir(const struct path *dir, struct dentry *dentry, int ret)`
+#[lsm(hook = "path_rmdir")]
+pub fn lsm_path_rmdir(ctx: LsmContext) -> i32 {
+    let prev: i32 = ctx.arg(2);
+    if prev != 0 {
+        return prev;
+    }
+    judge_name(ctx.arg(0), ctx.arg(1), file_op::RMDIR)
+}
+
+/// `path_truncate(const struct path *path, int ret)`: `truncate(2)` by name (opening with
+/// `O_TRUNC` needs write access, judged at `file_open`).
+#[lsm(hook = "path_truncate")]
+pub fn lsm_path_truncate(ctx: LsmContext) -> i32 {
+    let prev: i32 = ctx.arg(1);
+    if prev != 0 {
+        return prev;
+    }
+    let Some((cgroup_id, sandbox, off)) = lsm_sandbox() else {
+        return 0;
+    };
+    let path: *const u8 = ctx.arg(0);
+    let (Ok(dentry), Ok(vfsmnt)) =
+        (read::<*const u8>(path, off.path_dentry), read::<*const u8>(path, off.path_mnt))
+    else {
+        return 0;
+    };
+    let w = walk(sandbox.slot, dentry, vfsmnt, off);
+    let bits = w.all();
+    let rule_id = if bits & file_rule::DENY != 0 {
+        rule::FILES_DENY
+    } else if bits & file_rule::DENY_WRITE != 0 {
+        rule::PROTECTED_CONTROL
+    } else if w.own & file_rule::SECRET != 0 {
+        rule::SECRETS
+    } else if !write_ok(&sandbox, bits, w.complete) {
+        rule::FILES_WRITE
+    } else {
+        rule::NONE
+    };
+    tree_verdict(cgroup_id, &sandbox, off, rule_id, file_op::TRUNCATE, dentry, vfsmnt)
+}
+
+/// The rule that refuses giving the object `src` walked the name `dst` walked (link, or one
+/// direction of a rename): both names must be changeable, and the new name may not grant
+/// more than the old one did (no read or write access gained by moving or linking a file).
+#[inline(always)]
+fn rename_rule(sandbox: &Sandbox, src: &Walk, dst: &Walk, src_removed: bool) -> u16 {
+    let d = name_change_rule(sandbox, dst);
+    if d != rule::NONE {
+        return d;
+    }
+    let s = if src_removed {
+        name_change_rule(sandbox, src)
+    } else {
+        let bits = src.all();
+        if bits & file_rule::DENY != 0 {
+            rule::FILES_DENY
+        } else if bits & file_rule::DENY_WRITE != 0 {
+            rule::PROTECTED_CONTROL
+        } else if src.own & file_rule::SECRET != 0 {
+            rule::SECRETS
+        } else {
+            rule::NONE
+        }
+    };
+    if s != rule::NONE {
+        return s;
+    }
+    // The object keeps its own rules; only what the names' ancestors grant changes.
+    let (src_bits, dst_bits) = (src.all(), dst.above | src.own);
+    if write_ok(sandbox, dst_bits, dst.complete) && !write_ok(sandbox, src_bits, src.complete) {
+        rule::FILES_WRITE
+    } else if read_ok(sandbox, dst_bits, dst.complete) && !read_ok(sandbox, src_bits, src.complete) {
+        rule::FILES_READ
+    } else {
+        rule::NONE
+    }
+}
+
+/// `path_link(struct dentry *old_dentry, const struct path *new_dir, struct dentry *new_dentry, int ret)`
+#[lsm(hook = "path_link")]
+pub fn lsm_path_link(ctx: LsmContext) -> i32 {
+    let prev: i32 = ctx.arg(3);
+    if prev != 0 {
+        return prev;
+    }
+    let Some((cgroup_id, sandbox, off)) = lsm_sandbox() else {
+        return 0;
+    };
+    let old: *const u8 = ctx.arg(0);
+    let new_dir: *const u8 = ctx.arg(1);
+    let new: *const u8 = ctx.arg(2);
+    // A link never crosses mounts: both names are in `new_dir`'s mount.
+    let Ok(vfsmnt) = read::<*const u8>(new_dir, off.path_mnt) else {
+        return 0;
+    };
+    let dst = walk(sandbox.slot, new, vfsmnt, off);
+    let src = walk(sandbox.slot, old, vfsmnt, off);
+    let rule_id = rename_rule(&sandbox, &src, &dst, false);
+    tree_verdict(cgroup_id, &sandbox, off, rule_id, file_op::LINK, old, vfsmnt)
+}
+
+/// `path_rename(const struct path *old_dir, struct dentry *old_dentry, const struct path *new_dir,
+/// struct dentry *new_dentry, unsigned int flags, int ret)`
+#[lsm(hook = "path_rename")]
+pub fn lsm_path_rename(ctx: LsmContext) -> i32 {
+    let prev: i32 = ctx.arg(5);
+    if prev != 0 {
+        return prev;
+    }
+    let Some((cgroup_id, sandbox, off)) = lsm_sandbox() else {
+        return 0;
+    };
+    let old_dir: *const u8 = ctx.arg(0);
+    let old: *const u8 = ctx.arg(1);
+    let new: *const u8 = ctx.arg(3);
+    let rename_flags: u32 = ctx.arg(4);
+    // A rename never crosses mounts either.
+    let Ok(vfsmnt) = read::<*const u8>(old_dir, off.path_mnt) else {
+        return 0;
+    };
+    let dst = walk(sandbox.slot, new, vfsmnt, off);
+    let src = walk(sandbox.slot, old, vfsmnt, off);
+    let mut rule_id = rename_rule(&sandbox, &src, &dst, true);
+    let mut op = file_op::RENAME;
+    if rename_flags & RENAME_EXCHANGE != 0 {
+        op = file_op::EXCHANGE;
+        if rule_id == rule::NONE {
+            rule_id = rename_rule(&sandbox, &dst, &src, true);
+        }
+    }
+    tree_verdict(cgroup_id, &sandbox, off, rule_id, op, old, vfsmnt)
 }
 
 /// Whether an executable mapping of `file` is refused: files the task may write (a
@@ -329,7 +899,7 @@ fn exec_map_refused(sandbox: &Sandbox, file: *const u8, off: &KernelOffsets) -> 
     let dentry = read::<*const u8>(file, off.file_path + off.path_dentry).ok()?;
     let vfsmnt = read::<*const u8>(file, off.file_path + off.path_mnt).ok()?;
     let w = walk(sandbox.slot, dentry, vfsmnt, off);
-    if w.write && sandbox.flags & sandbox_flags::WRITE_RESTRICTED != 0 {
+    if w.all() & file_rule::WRITE != 0 && sandbox.flags & sandbox_flags::WRITE_RESTRICTED != 0 {
         return Some(id.unwrap_or((0, 0)));
     }
     None
@@ -350,13 +920,13 @@ pub fn lsm_mmap_file(ctx: LsmContext) -> i32 {
         return 0;
     }
     let file: *const u8 = ctx.arg(0);
-    let Some(id) = exec_map_refused(&sandbox, file, &off) else {
+    let Some(id) = exec_map_refused(&sandbox, file, off) else {
         return 0;
     };
     let v = Verdict::deny(&sandbox, rule::EXEC_MMAP, action::REFUSE);
     let path = (file as *mut u8).wrapping_add(off.file_path as usize) as *mut aya_ebpf::bindings::path;
-    emit(kind::MMAP, cgroup_id, &sandbox, &off, v, 0, prot as u32, Some(id), path);
-    ret(v)
+    emit(kind::MMAP, cgroup_id, &sandbox, off, v, 0, prot as u32, Some(id), RecordPath::Kernel(path));
+    ret(v, EPERM)
 }
 
 /// `file_mprotect(struct vm_area_struct *vma, unsigned long reqprot, unsigned long prot, int ret)`
@@ -375,12 +945,12 @@ pub fn lsm_file_mprotect(ctx: LsmContext) -> i32 {
     }
     let vma: *const u8 = ctx.arg(0);
     let file = read::<*const u8>(vma, off.vma_file).unwrap_or(core::ptr::null());
-    let Some(id) = exec_map_refused(&sandbox, file, &off) else {
+    let Some(id) = exec_map_refused(&sandbox, file, off) else {
         return 0;
     };
     let v = Verdict::deny(&sandbox, rule::EXEC_MMAP, action::REFUSE);
-    emit(kind::MMAP, cgroup_id, &sandbox, &off, v, 0, prot as u32, Some(id), core::ptr::null_mut());
-    ret(v)
+    emit(kind::MMAP, cgroup_id, &sandbox, off, v, 0, prot as u32, Some(id), RecordPath::None);
+    ret(v, EPERM)
 }
 
 /// Judges an action on `target` (a task): allowed only inside the caller's own sandbox.
@@ -389,13 +959,13 @@ fn judge_task(record_kind: u16, target: *const u8, arg: u32) -> i32 {
     let Some((cgroup_id, sandbox, off)) = lsm_sandbox() else {
         return 0;
     };
-    if task_slot(target, &off) == Some(sandbox.slot) {
+    if task_slot(target, off) == Some(sandbox.slot) {
         return 0;
     }
     let v = Verdict::deny(&sandbox, rule::PROTECTED_PROCESS, action::REFUSE);
     let tgid = read::<u32>(target, off.task_tgid).unwrap_or(0);
-    emit(record_kind, cgroup_id, &sandbox, &off, v, tgid, arg, None, core::ptr::null_mut());
-    ret(v)
+    emit(record_kind, cgroup_id, &sandbox, off, v, tgid, arg, None, RecordPath::None);
+    ret(v, EPERM)
 }
 
 /// `task_kill(struct task_struct *p, struct kernel_siginfo *info, int sig, const struct cred *cred, int ret)`
@@ -428,8 +998,8 @@ fn refuse_all(record_kind: u16, rule_id: u16, arg: u32) -> i32 {
         return 0;
     };
     let v = Verdict::deny(&sandbox, rule_id, action::REFUSE);
-    emit(record_kind, cgroup_id, &sandbox, &off, v, 0, arg, None, core::ptr::null_mut());
-    ret(v)
+    emit(record_kind, cgroup_id, &sandbox, off, v, 0, arg, None, RecordPath::None);
+    ret(v, EPERM)
 }
 
 /// `bpf(int cmd, union bpf_attr *attr, unsigned int size, int ret)` (kernels before 6.14).

@@ -94,6 +94,8 @@ pub enum LsmKind {
     Mount,
     Mmap,
     Module,
+    /// A change to the file tree (create, link, rename, remove, truncate); `arg` says which.
+    File,
 }
 
 impl LsmKind {
@@ -106,6 +108,7 @@ impl LsmKind {
             LsmKind::Mount => "mount",
             LsmKind::Mmap => "mmap",
             LsmKind::Module => "module",
+            LsmKind::File => "file",
         }
     }
 }
@@ -347,7 +350,14 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
             };
             Ok(Event::Connect { proc: proc(&r.proc), addr, port: r.port, protocol: r.protocol, op, meta })
         }
-        kind::OPEN | kind::SIGNAL | kind::PTRACE | kind::BPF | kind::MOUNT | kind::MMAP | kind::MODULE => {
+        kind::OPEN
+        | kind::SIGNAL
+        | kind::PTRACE
+        | kind::BPF
+        | kind::MOUNT
+        | kind::MMAP
+        | kind::MODULE
+        | kind::FILE => {
             expect(size_of::<LsmRecord>())?;
             let r: LsmRecord = read_pod(bytes);
             let what = match hdr.kind {
@@ -357,6 +367,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 kind::BPF => LsmKind::Bpf,
                 kind::MOUNT => LsmKind::Mount,
                 kind::MMAP => LsmKind::Mmap,
+                kind::FILE => LsmKind::File,
                 _ => LsmKind::Module,
             };
             Ok(Event::Lsm {
@@ -537,6 +548,15 @@ pub(crate) mod tests {
         let mut bad = as_bytes(&r);
         bad[32] = 200; // rule
         assert!(matches!(decode(&bad), Err(DecodeError::BadValue { field: "rule", .. })));
+        // A refused change to the file tree: `arg` is the operation.
+        let mut file = r;
+        file.hdr.kind = kind::FILE;
+        file.hdr.rule = rule::FILES_DENY;
+        file.arg = agent_common::abi::file_op::RENAME;
+        let ev = decode(&as_bytes(&file)).unwrap();
+        assert_eq!(ev.kind_name(), "file");
+        let Event::Lsm { what, arg, meta, .. } = ev else { panic!() };
+        assert_eq!((what, arg, meta.rule.as_str()), (LsmKind::File, 5, Some("files.deny")));
     }
 
     #[test]

@@ -169,6 +169,14 @@ impl KernelBtf {
             css_set_dfl_cgrp: self.offset("css_set", &["dfl_cgrp"])?,
             sb_flags: self.offset("super_block", &["s_flags"])?,
             vma_file: self.offset("vm_area_struct", &["vm_file"])?,
+            dentry_name: self.offset("dentry", &["d_name"])?,
+            qstr_len: self.offset("qstr", &["len"])?,
+            qstr_name: self.offset("qstr", &["name"])?,
+            sb_magic: self.offset("super_block", &["s_magic"])?,
+            proc_inode_pid: self.offset("proc_inode", &["pid"])?,
+            proc_inode_vfs_inode: self.offset("proc_inode", &["vfs_inode"])?,
+            pid_tasks: self.offset("pid", &["tasks"])?,
+            task_pid_links: self.offset("task_struct", &["pid_links"])?,
             // `ret` follows the hook's own parameters.
             lsm_bpf_ret: self.func_params("bpf_lsm_bpf").map_or(3, |n| n as u32),
             valid: 1,
@@ -361,6 +369,8 @@ mod tests {
         assert_eq!(btf.offset("vfsmount", &["mnt_root"]).unwrap(), 0);
         // 6.18's bpf hook is (cmd, attr, size, kernel): ret is argument 4.
         assert_eq!(off.lsm_bpf_ret, 4);
+        // `qstr` is { union { struct { hash, len }; hash_len }; name }.
+        assert_eq!((off.qstr_len, off.qstr_name), (4, 8));
         assert_eq!(btf.func_params("bpf_lsm_file_open"), Some(1));
         // Independent facts about 6.18's layout: pid and tgid are adjacent pid_t's,
         // kernfs_node.id is a u64 and __parent exists, linux_binprm.file follows mm/p.

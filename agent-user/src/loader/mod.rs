@@ -39,6 +39,10 @@ pub enum LoadError {
     Cpus(std::io::Error),
     #[error("map or program `{0}` is missing from the eBPF object")]
     MissingMap(&'static str),
+    #[error(
+        "LSM hook `{hook}` takes {found:?} parameters on this kernel, `{name}` was written for {expected}"
+    )]
+    HookPrototype { name: &'static str, hook: &'static str, expected: usize, found: Option<usize> },
 }
 
 /// Sizes chosen at load time.
@@ -66,19 +70,30 @@ impl Default for LoadOptions {
 pub const EGRESS_PROGRAMS: [&str; 4] =
     ["egress_connect4", "egress_connect6", "egress_sendmsg4", "egress_sendmsg6"];
 
-/// The BPF LSM engine's programs: (program, hook).
-pub const LSM_PROGRAMS: [(&str, &str); 11] = [
-    ("lsm_bprm_check", "bprm_check_security"),
-    ("lsm_file_open", "file_open"),
-    ("lsm_mmap_file", "mmap_file"),
-    ("lsm_file_mprotect", "file_mprotect"),
-    ("lsm_task_kill", "task_kill"),
-    ("lsm_ptrace", "ptrace_access_check"),
-    ("lsm_bpf", "bpf"),
-    ("lsm_sb_mount", "sb_mount"),
-    ("lsm_move_mount", "move_mount"),
-    ("lsm_kernel_read_file", "kernel_read_file"),
-    ("lsm_kernel_load_data", "kernel_load_data"),
+/// The BPF LSM engine's programs: (program, hook, the hook's parameter count). A program
+/// reads the previous verdict (`ret`) right after the hook's own parameters, so a hook whose
+/// prototype differs on the running kernel is refused before loading (the `bpf` hook, which
+/// gained a parameter in 6.14, has one program per prototype).
+pub const LSM_PROGRAMS: [(&str, &str, usize); 19] = [
+    ("lsm_bprm_check", "bprm_check_security", 1),
+    ("lsm_file_open", "file_open", 1),
+    ("lsm_mmap_file", "mmap_file", 4),
+    ("lsm_file_mprotect", "file_mprotect", 3),
+    ("lsm_task_kill", "task_kill", 4),
+    ("lsm_ptrace", "ptrace_access_check", 2),
+    ("lsm_bpf", "bpf", 3),
+    ("lsm_sb_mount", "sb_mount", 5),
+    ("lsm_move_mount", "move_mount", 2),
+    ("lsm_kernel_read_file", "kernel_read_file", 3),
+    ("lsm_kernel_load_data", "kernel_load_data", 2),
+    ("lsm_path_mknod", "path_mknod", 4),
+    ("lsm_path_mkdir", "path_mkdir", 3),
+    ("lsm_path_symlink", "path_symlink", 3),
+    ("lsm_path_unlink", "path_unlink", 2),
+    ("lsm_path_rmdir", "path_rmdir", 2),
+    ("lsm_path_truncate", "path_truncate", 1),
+    ("lsm_path_link", "path_link", 3),
+    ("lsm_path_rename", "path_rename", 5),
 ];
 
 /// The process-lifecycle tracepoints every sensor attaches.
@@ -114,6 +129,8 @@ pub struct Sensor {
     ebpf: Ebpf,
     ring: Option<RingBuf<MapData>>,
     aya_btf: aya::Btf,
+    /// `bpf_lsm_<hook>` parameter counts of the running kernel, for the LSM programs.
+    lsm_hook_params: Vec<(&'static str, Option<usize>)>,
     pub offsets: KernelOffsets,
 }
 
@@ -122,6 +139,10 @@ impl Sensor {
     pub fn load(opts: &LoadOptions) -> Result<Self, LoadError> {
         let kbtf = KernelBtf::from_sys()?;
         let offsets = kbtf.kernel_offsets()?;
+        let lsm_hook_params = LSM_PROGRAMS
+            .iter()
+            .map(|(_, hook, _)| (*hook, kbtf.func_params(&format!("bpf_lsm_{hook}"))))
+            .collect();
         let aya_btf = aya::Btf::from_sys_fs()?;
         let mut ebpf = load_object(&offsets, opts, &aya_btf)?;
         for name in SCHED_PROGRAMS {
@@ -143,7 +164,15 @@ impl Sensor {
         }
         let ring = ebpf.take_map(maps::EVENTS).ok_or(LoadError::MissingMap(maps::EVENTS))?;
         let ring = RingBuf::try_from(ring).map_err(|source| LoadError::Map { name: maps::EVENTS, source })?;
-        Ok(Self { egress_links: Vec::new(), lsm_engine: false, ebpf, ring: Some(ring), aya_btf, offsets })
+        Ok(Self {
+            egress_links: Vec::new(),
+            lsm_engine: false,
+            ebpf,
+            ring: Some(ring),
+            aya_btf,
+            lsm_hook_params,
+            offsets,
+        })
     }
 
     /// Loads and attaches the BPF LSM `bprm_check_security` program, which refuses (EPERM)
@@ -292,9 +321,17 @@ impl Sensor {
         let mut attached = Vec::new();
         // The `bpf` hook gained a parameter in 6.14: one program per prototype.
         let bpf_prog = if self.offsets.lsm_bpf_ret == 4 { "lsm_bpf_k" } else { "lsm_bpf" };
-        for (name, hook) in LSM_PROGRAMS {
-            let name = if name == "lsm_bpf" { bpf_prog } else { name };
+        for (name, hook, params) in LSM_PROGRAMS {
+            let (name, params) = if name == "lsm_bpf" {
+                (bpf_prog, self.offsets.lsm_bpf_ret as usize)
+            } else {
+                (name, params)
+            };
+            let found = self.lsm_hook_params.iter().find(|(h, _)| *h == hook).and_then(|(_, n)| *n);
             let r = (|| {
+                if found != Some(params) {
+                    return Err(LoadError::HookPrototype { name, hook, expected: params, found });
+                }
                 let prog: &mut Lsm = self
                     .ebpf
                     .program_mut(name)
