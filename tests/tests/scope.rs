@@ -146,11 +146,19 @@ fn files_are_judged_by_object_not_string() {
     }
     assert!(fs::read_to_string(d.join("allowed/secret-dir/key")).unwrap() == "s3cr3t");
     assert!(!d.join("out/stolen").exists());
-    let recorded = !out.records_of("open", "deny").is_empty();
-    let outcome = if recorded { "enforced" } else { "enforced (no record)" };
-    coverage("file read", "syscall", outcome);
-    coverage("file read", "io_uring", outcome);
-    coverage("file write", "syscall", outcome);
+    // What was recorded: each refused open of the denied file (the io_uring one included),
+    // and the refused changes to the file tree (link, rename, a new file outside files.write).
+    let key = format!("{dp}/allowed/secret-dir/key");
+    let read_records = out.records_of("open", "deny").iter().filter(|r| r["path"] == key.as_str()).count();
+    let tree_records = out.records_of("file", "deny").len();
+    if engine() == "bpf-lsm" {
+        assert_eq!(read_records, 6, "every refused open is recorded: {:#?}", out.judged());
+        assert_eq!(tree_records, 3, "link, rename and the new file are recorded: {:#?}", out.judged());
+    }
+    let outcome = |n: usize| if n > 0 { "enforced" } else { "enforced (no record)" };
+    coverage("file read", "syscall", outcome(read_records));
+    coverage("file read", "io_uring", outcome(read_records));
+    coverage("file write", "syscall", outcome(tree_records));
 }
 
 struct Listeners {
@@ -303,12 +311,32 @@ fn protected_defaults_hold_without_any_scope_section() {
     ] {
         assert_eq!(out.result(name), want, "{name}");
     }
-    let no_record = "enforced (no record)";
-    coverage("environ", "syscall", no_record);
-    coverage("signals", "syscall", no_record);
-    coverage("ptrace", "syscall", no_record);
-    coverage("bpf", "syscall", no_record);
-    coverage("cgroup escape", "syscall", no_record);
+    // What each engine recorded of those refusals (the fallback's Landlock and seccomp record
+    // nothing; the BPF LSM engine records each).
+    let denied = |kind: &str, f: &dyn Fn(&serde_json::Value) -> bool| {
+        out.records_of(kind, "deny").into_iter().filter(|r| f(r)).count()
+    };
+    let cells = [
+        // Refused at file_open (or, on kernels that check it there, at ptrace_access_check).
+        (
+            "environ",
+            denied("open", &|r| r["path"] == "/proc/1/environ") + denied("ptrace", &|r| r["target_pid"] == 1),
+        ),
+        ("signals", denied("signal", &|_| true)),
+        // PTRACE_MODE_ATTACH (0x02), not the reads of /proc files.
+        ("ptrace", denied("ptrace", &|r| r["arg"].as_u64().is_some_and(|m| m & 0x02 != 0))),
+        ("bpf", denied("bpf", &|_| true)),
+        (
+            "cgroup escape",
+            denied("open", &|r| r["path"].as_str().is_some_and(|p| p.ends_with("/cgroup.procs"))),
+        ),
+    ];
+    for (control, records) in cells {
+        if engine() == "bpf-lsm" {
+            assert!(records > 0, "{control}: the refusal is recorded: {:#?}", out.judged());
+        }
+        coverage(control, "syscall", if records > 0 { "enforced" } else { "enforced (no record)" });
+    }
 }
 
 #[test]
@@ -429,7 +457,12 @@ fn secrets_open_only_for_their_tools_where_the_engine_can_tell() {
     assert_eq!(out.result("denied-neighbour"), "err 13", "the rest of the denied subtree stays denied");
     let start = &out.records[0];
     if engine() == "bpf-lsm" {
-        assert!(out.result("other-binary").starts_with("err"), "only the tool may open it");
+        assert_eq!(out.result("other-binary"), "err 13", "only the tool may open it");
+        assert!(
+            out.records_of("open", "deny").iter().any(|r| r["rule"] == "secrets"),
+            "the refusal is recorded: {:#?}",
+            out.judged()
+        );
         coverage("secrets-by-tool", "syscall", "enforced");
     } else {
         // The fallback engine cannot tell binaries apart: the gap is stated, not hidden.
@@ -460,6 +493,13 @@ fn executable_mappings_of_dropped_files() {
     assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
     if engine() == "bpf-lsm" {
         assert_ne!(out.result("dlopen"), "0", "mapping a file from a writable place executable is refused");
+        assert!(
+            out.records_of("mmap", "deny")
+                .iter()
+                .any(|r| r["path"].as_str().is_some_and(|p| p.ends_with("/dropped.so"))),
+            "the refusal is recorded: {:#?}",
+            out.judged()
+        );
         coverage("exec mmap", "syscall", "enforced");
     } else {
         assert_eq!(out.result("dlopen"), "0", "the fallback engine has no executable-mapping control");

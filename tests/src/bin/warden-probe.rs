@@ -1,5 +1,7 @@
 //! `warden-probe OP ARGS...`: makes one real attempt the integration tests need and prints
 //! `OP ok` or `OP err <errno>`; exit status 0 on success, 1 when refused, 2 on bad usage.
+//! `memfd-exec` exits 126 when the exec itself is refused, as a shell reports a command it
+//! cannot execute (a kill before the new image runs shows as 137 either way).
 //! Runs inside Warden sandboxes, so it is plain syscalls and nothing clever.
 use std::{
     ffi::CString,
@@ -113,16 +115,25 @@ fn to_storage(sa: SocketAddr) -> (libc::sockaddr_storage, u32) {
     }
 }
 
-fn memfd_exec(path: &str) -> Result<(), i32> {
-    let bytes = std::fs::read(path).map_err(|e| e.raw_os_error().unwrap_or(0))?;
+/// Why `memfd-exec` did not run the program.
+enum ExecError {
+    /// Preparing the anonymous file failed.
+    Setup(i32),
+    /// `execveat` itself failed.
+    Refused(i32),
+}
+
+fn memfd_exec(path: &str) -> Result<(), ExecError> {
+    let setup = |e: std::io::Error| ExecError::Setup(e.raw_os_error().unwrap_or(0));
+    let bytes = std::fs::read(path).map_err(setup)?;
     // SAFETY: valid name; fd checked.
     let fd = unsafe { libc::memfd_create(cstr("anon").as_ptr(), 0) };
     if fd < 0 {
-        return Err(errno());
+        return Err(ExecError::Setup(errno()));
     }
     // SAFETY: fd just created; the file owns it from here.
     let mut f = unsafe { std::fs::File::from_raw_fd(fd) };
-    f.write_all(&bytes).map_err(|e| e.raw_os_error().unwrap_or(0))?;
+    f.write_all(&bytes).map_err(setup)?;
     let name = cstr("anon");
     let empty = cstr("");
     let argv: [*const libc::c_char; 2] = [name.as_ptr(), std::ptr::null()];
@@ -138,7 +149,7 @@ fn memfd_exec(path: &str) -> Result<(), i32> {
             libc::AT_EMPTY_PATH,
         )
     };
-    Err(errno())
+    Err(ExecError::Refused(errno()))
 }
 
 fn main() {
@@ -177,7 +188,15 @@ fn main() {
                 .map(drop)
                 .map_err(|e| e.raw_os_error().unwrap_or(0))
         }
-        "memfd-exec" => memfd_exec(a(1)),
+        "memfd-exec" => match memfd_exec(a(1)) {
+            Err(ExecError::Refused(e)) => {
+                println!("{op} err {e}");
+                let _ = std::io::stdout().flush();
+                std::process::exit(126)
+            }
+            Err(ExecError::Setup(e)) => Err(e),
+            Ok(()) => Ok(()),
+        },
         "link" => std::fs::hard_link(a(1), a(2)).map_err(|e| e.raw_os_error().unwrap_or(0)),
         "rename" => std::fs::rename(a(1), a(2)).map_err(|e| e.raw_os_error().unwrap_or(0)),
         "kill" => {
