@@ -15,6 +15,7 @@ mod kernels;
 mod protocol;
 mod qemu;
 mod report;
+mod tree;
 
 use std::{
     fs,
@@ -33,9 +34,9 @@ use crate::util::{self, cargo, is_root, target_dir, workspace_root};
 
 /// Test binaries (`tests/tests/<name>.rs`) that run in the VM by default: `lsm` needs what
 /// this host's kernel refuses; `lifecycle` and `drops` give every kernel of the matrix the
-/// core event path. `run` stays on the host: it checks the exec records of a shell script,
-/// and busybox's sh runs `ls` and friends as its own applets (through /proc/self/exe).
-pub const VM_TESTS: &[&str] = &["lsm", "lifecycle", "drops"];
+/// core event path; `scope` runs the scope scenarios under the BPF LSM engine (the host tier
+/// runs them under the fallback), with the host programs the initramfs carries.
+pub const VM_TESTS: &[&str] = &["lsm", "lifecycle", "drops", "scope"];
 /// Features that must be available in every guest (`WARDEN_REQUIRE`): a skip for one of
 /// them fails the run.
 pub const REQUIRED_FEATURES: &[&str] = &["bpf_lsm"];
@@ -49,7 +50,8 @@ pub struct VmArgs {
     /// Kernel families to boot (repeat or comma-separate): 6.1, 6.12, newest. Default: all.
     #[arg(long = "kernel", value_name = "FAMILY")]
     pub kernels: Vec<String>,
-    /// Test binaries (tests/tests/<NAME>.rs) to run in the guest. Default: lsm.
+    /// Test binaries (tests/tests/<NAME>.rs) to run in the guest. Default: lsm, lifecycle,
+    /// drops, scope.
     #[arg(long = "test", value_name = "NAME")]
     pub tests: Vec<String>,
     /// Features the guest must have (WARDEN_REQUIRE, comma-separated). Default: bpf_lsm.

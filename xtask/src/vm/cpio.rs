@@ -11,6 +11,7 @@ const TRAILER: &str = "TRAILER!!!";
 const S_IFDIR: u32 = 0o040_000;
 const S_IFREG: u32 = 0o100_000;
 const S_IFCHR: u32 = 0o020_000;
+const S_IFLNK: u32 = 0o120_000;
 
 pub struct Writer<W: Write> {
     out: W,
@@ -24,26 +25,41 @@ impl<W: Write> Writer<W> {
     }
 
     pub fn dir(&mut self, name: &str, perm: u32) -> io::Result<()> {
-        self.entry(name, S_IFDIR | perm, 2, (0, 0), &[])
+        self.entry(name, S_IFDIR | perm, 2, (0, 0), 0, &[])
     }
 
-    pub fn file(&mut self, name: &str, perm: u32, data: &[u8]) -> io::Result<()> {
-        self.entry(name, S_IFREG | perm, 1, (0, 0), data)
+    /// A regular file. `mtime` (seconds since the epoch) matters to programs that compare
+    /// timestamps, e.g. python's check that a cached `.pyc` matches its source.
+    pub fn file(&mut self, name: &str, perm: u32, mtime: u32, data: &[u8]) -> io::Result<()> {
+        self.entry(name, S_IFREG | perm, 1, (0, 0), mtime, data)
+    }
+
+    /// A symbolic link to `target` (stored as the link's data, as newc does).
+    pub fn symlink(&mut self, name: &str, target: &str) -> io::Result<()> {
+        self.entry(name, S_IFLNK | 0o777, 1, (0, 0), 0, target.as_bytes())
     }
 
     pub fn char_device(&mut self, name: &str, perm: u32, major: u32, minor: u32) -> io::Result<()> {
-        self.entry(name, S_IFCHR | perm, 1, (major, minor), &[])
+        self.entry(name, S_IFCHR | perm, 1, (major, minor), 0, &[])
     }
 
     /// Writes the trailer and returns the underlying writer.
     pub fn finish(mut self) -> io::Result<W> {
-        self.entry(TRAILER, 0, 1, (0, 0), &[])?;
+        self.entry(TRAILER, 0, 1, (0, 0), 0, &[])?;
         self.out.flush()?;
         Ok(self.out)
     }
 
     /// `name` is relative to the archive root (no leading `/`).
-    fn entry(&mut self, name: &str, mode: u32, nlink: u32, rdev: (u32, u32), data: &[u8]) -> io::Result<()> {
+    fn entry(
+        &mut self,
+        name: &str,
+        mode: u32,
+        nlink: u32,
+        rdev: (u32, u32),
+        mtime: u32,
+        data: &[u8],
+    ) -> io::Result<()> {
         let name = name.trim_start_matches('/');
         let size =
             u32::try_from(data.len()).map_err(|_| io::Error::other(format!("{name}: too large for cpio")))?;
@@ -56,7 +72,7 @@ impl<W: Write> Writer<W> {
             0, // uid
             0, // gid
             nlink,
-            0, // mtime: fixed, so the archive is reproducible
+            mtime, // 0 except for copied host files: the archive is reproducible
             size,
             0, // devmajor
             0, // devminor
@@ -99,8 +115,9 @@ mod tests {
     fn entries_are_aligned_and_terminated() {
         let mut w = Writer::new(Vec::new());
         w.dir("bin", 0o755).unwrap();
-        w.file("/bin/x", 0o755, b"hello").unwrap();
+        w.file("/bin/x", 0o755, 0x1234, b"hello").unwrap();
         w.char_device("dev/console", 0o600, 5, 1).unwrap();
+        w.symlink("bin/sh", "dash").unwrap();
         let out = w.finish().unwrap();
         assert_eq!(out.len() % 4, 0);
         let text = String::from_utf8_lossy(&out);
@@ -108,11 +125,16 @@ mod tests {
         let x = text.find("bin/x\0").unwrap() - 110;
         assert_eq!(&text[x..x + 6], MAGIC);
         assert_eq!(&text[x + 6 + 8..x + 6 + 16], "000081ed");
+        assert_eq!(&text[x + 6 + 5 * 8..x + 6 + 6 * 8], "00001234", "mtime");
         assert_eq!(&text[x + 6 + 6 * 8..x + 6 + 7 * 8], "00000005");
         assert!(text.contains("hello"));
         // The console is char device 5:1.
         let c = text.find("dev/console\0").unwrap() - 110;
         assert_eq!(&text[c + 6 + 9 * 8..c + 6 + 11 * 8], "0000000500000001");
+        // The symlink: type 0120777, its target as data.
+        let l = text.find("bin/sh\0").unwrap() - 110;
+        assert_eq!(&text[l + 6 + 8..l + 6 + 16], "0000a1ff");
+        assert!(text[l..].contains("dash"));
         assert!(text.contains(TRAILER));
     }
 }

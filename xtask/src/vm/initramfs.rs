@@ -1,20 +1,71 @@
-//! The guest's initramfs: static busybox, the test binaries and `warden` with the shared
-//! libraries `ldd` lists for them, and an `/init` that runs them and powers off.
-use std::{
-    collections::BTreeMap,
-    fs,
-    io::BufWriter,
-    path::{Path, PathBuf},
-    process::Command,
+//! The guest's initramfs: static busybox (for `/init` itself), `warden` and the test
+//! binaries, a declared set of host programs and python3's standard library at their host
+//! paths (with the shared libraries `ldd` lists and every symbolic link on the way, see
+//! [`tree`]), and an `/init` that runs the tests and powers off.
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+
+use super::{
+    protocol,
+    tree::{Node, Tree},
 };
-
-use anyhow::{Context as _, bail};
-
-use super::{cpio, protocol};
 
 /// Where things go inside the guest.
 pub const GUEST_WARDEN: &str = "/bin/warden";
 pub const GUEST_TESTS_DIR: &str = "/tests";
+/// Busybox runs `/init` and its applets fill in what [`HOST_PROGRAMS`] leaves out. It is not
+/// `/bin/sh`: busybox applets are one inode, which exec-identity scenarios cannot tell apart.
+pub const GUEST_BUSYBOX: &str = "/bin/busybox";
+
+/// Host programs the tests run by absolute path, copied at their host paths: the shell
+/// (`/bin/sh` resolves to the host's dash, with the link kept) and the tools the scope
+/// scenarios call, each its own file as on the host.
+pub const HOST_PROGRAMS: &[&str] = &[
+    "/bin/sh",
+    "/usr/bin/cat",
+    "/usr/bin/ls",
+    "/usr/bin/sed",
+    "/usr/bin/sleep",
+    "/usr/bin/true",
+    "/usr/bin/wc",
+    "/usr/bin/id",
+    "/usr/bin/setsid",
+    "/usr/bin/uname",
+    "/usr/bin/head",
+    "/usr/bin/rm",
+    "/usr/bin/mktemp",
+    PYTHON,
+];
+/// The python3 whose standard library (`/usr/lib/<its real name>`) comes along.
+pub const PYTHON: &str = "/usr/bin/python3";
+/// Standard library directories no scenario imports.
+const STDLIB_SKIP_DIRS: &[&str] =
+    &["test", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3", "pydoc_data", "site-packages"];
+/// Extension modules (`lib-dynload/<name>.cpython-*.so`) left out, with the libraries only
+/// they need: CPython's own test modules, databases, terminals and audio.
+const STDLIB_SKIP_MODULES: &[&str] = &[
+    "_ctypes_test",
+    "_testbuffer",
+    "_testcapi",
+    "_testclinic",
+    "_testimportmultiple",
+    "_testinternalcapi",
+    "_testmultiphase",
+    "_xxsubinterpreters",
+    "_xxtestfuzz",
+    "xxlimited",
+    "xxlimited_35",
+    "_crypt",
+    "_curses",
+    "_curses_panel",
+    "_dbm",
+    "_sqlite3",
+    "audioop",
+    "nis",
+    "ossaudiodev",
+    "readline",
+];
 
 /// What the guest runs.
 pub struct Contents<'a> {
@@ -30,111 +81,67 @@ pub struct Contents<'a> {
     pub require: &'a str,
 }
 
-enum Node {
-    Dir,
-    File { perm: u32, source: PathBuf },
-    Text { perm: u32, text: String },
-    CharDev { major: u32, minor: u32 },
-}
-
 /// Writes the initramfs to `out` and returns its size in bytes.
 pub fn build(c: &Contents<'_>, out: &Path) -> anyhow::Result<u64> {
-    let mut tree: BTreeMap<String, Node> = BTreeMap::new();
-    for d in
-        ["bin", "sbin", "usr/bin", "usr/sbin", "dev", "proc", "sys", "tmp", "run", "root", "etc", "lib64"]
-    {
-        tree.insert(d.into(), Node::Dir);
+    let mut tree = Tree::new();
+    // Host paths first: their links (`/bin` -> `usr/bin` on merged-/usr hosts) decide where
+    // the fixed entries below land.
+    for p in HOST_PROGRAMS {
+        tree.copy_program(Path::new(p)).with_context(|| format!("copying {p} into the initramfs"))?;
+    }
+    add_python_stdlib(&mut tree)?;
+    for path in c.helpers {
+        tree.copy_program(path)?;
+    }
+
+    for d in ["bin", "sbin", "usr/bin", "usr/sbin", "dev", "proc", "sys", "tmp", "run", "root", "etc"] {
+        tree.insert(d, Node::Dir)?;
     }
     // The kernel opens /dev/console for init's stdio before anything is mounted.
-    tree.insert("dev/console".into(), Node::CharDev { major: 5, minor: 1 });
-    tree.insert("bin/busybox".into(), Node::File { perm: 0o755, source: c.busybox.to_path_buf() });
-    tree.insert("init".into(), Node::Text { perm: 0o755, text: init_script(c) });
-    tree.insert(
-        "etc/passwd".into(),
-        Node::Text { perm: 0o644, text: "root:x:0:0:root:/root:/bin/sh\n".into() },
-    );
-    tree.insert("etc/group".into(), Node::Text { perm: 0o644, text: "root:x:0:\n".into() });
+    tree.insert("dev/console", Node::CharDev { major: 5, minor: 1 })?;
+    tree.place_program(GUEST_BUSYBOX, c.busybox)?;
+    tree.insert("init", Node::Text { perm: 0o755, text: init_script(c) })?;
+    let text = |perm: u32, t: &str| Node::Text { perm, text: t.to_string() };
+    tree.insert("etc/passwd", text(0o644, "root:x:0:0:root:/root:/bin/sh\n"))?;
+    tree.insert("etc/group", text(0o644, "root:x:0:\n"))?;
+    tree.insert("etc/hostname", text(0o644, "warden-vm\n"))?;
+    // A credential file for the protected-defaults scenarios to be refused.
+    tree.insert("etc/shadow", text(0o640, "root:*:20000:0:99999:7:::\n"))?;
 
-    let mut executables = vec![(GUEST_WARDEN.to_string(), c.warden.to_path_buf())];
+    tree.place_program(GUEST_WARDEN, c.warden)?;
     for (name, path) in c.tests {
-        executables.push((format!("{GUEST_TESTS_DIR}/{name}"), path.clone()));
+        tree.place_program(&format!("{GUEST_TESTS_DIR}/{name}"), path)?;
     }
-    for path in c.helpers {
-        executables.push((path.to_string_lossy().into_owned(), path.clone()));
-    }
-    for (guest, host) in &executables {
-        for lib in shared_libraries(host)? {
-            let key = lib.to_string_lossy().trim_start_matches('/').to_string();
-            tree.insert(key, Node::File { perm: 0o755, source: lib });
-        }
-        tree.insert(guest.trim_start_matches('/').into(), Node::File { perm: 0o755, source: host.clone() });
-    }
+    tree.write(out)
+}
 
-    // Every parent directory, so the archive unpacks without relying on entry order.
-    let paths: Vec<String> = tree.keys().cloned().collect();
-    for p in paths {
-        let mut cur = Path::new(&p).parent();
-        while let Some(d) = cur.filter(|d| !d.as_os_str().is_empty()) {
-            tree.entry(d.to_string_lossy().into_owned()).or_insert(Node::Dir);
-            cur = d.parent();
-        }
-    }
-
-    if let Some(dir) = out.parent() {
-        fs::create_dir_all(dir)?;
-    }
-    let file = fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
-    let mut w = cpio::Writer::new(BufWriter::new(file));
-    for (name, node) in &tree {
-        match node {
-            Node::Dir => w.dir(name, 0o755)?,
-            Node::File { perm, source } => {
-                let data = fs::read(source).with_context(|| format!("reading {}", source.display()))?;
-                w.file(name, *perm, &data)?;
+/// python3's standard library, `__pycache__` included: the cached bytecode must be there
+/// (with the sources' host mtimes, which the archive keeps) or python would try to write it,
+/// and a scope that does not grant writing `/usr` would refuse (and record) that.
+fn add_python_stdlib(tree: &mut Tree) -> anyhow::Result<()> {
+    let python = std::fs::canonicalize(PYTHON).with_context(|| format!("{PYTHON} (python3 on the host)"))?;
+    let name = python.file_name().context("python3 has no file name")?;
+    let stdlib = Path::new("/usr/lib").join(name);
+    let dynload = stdlib.join("lib-dynload");
+    let skip = |p: &Path| {
+        let file = p.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+        match p.parent() {
+            Some(d) if d == stdlib => STDLIB_SKIP_DIRS.contains(&&*file) || file.starts_with("config-"),
+            Some(d) if d == dynload => {
+                let module = file.split('.').next().unwrap_or_default();
+                STDLIB_SKIP_MODULES.contains(&module)
             }
-            Node::Text { perm, text } => w.file(name, *perm, text.as_bytes())?,
-            Node::CharDev { major, minor } => w.char_device(name, 0o600, *major, *minor)?,
+            _ => false,
+        }
+    };
+    tree.copy_host_dir(&stdlib, &skip).with_context(|| format!("copying {}", stdlib.display()))?;
+    for e in std::fs::read_dir(&dynload)?.flatten() {
+        let p = e.path();
+        if !skip(&p) && p.extension().is_some_and(|x| x == "so") {
+            tree.copy_program(&p)?;
         }
     }
-    w.finish()?;
-    Ok(fs::metadata(out)?.len())
-}
-
-/// The shared libraries and the dynamic loader `ldd` lists for `binary` (none if static).
-fn shared_libraries(binary: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    let out = Command::new("ldd")
-        .arg(binary)
-        .output()
-        .with_context(|| format!("running ldd {}", binary.display()))?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() {
-        // ldd exits 1 with "not a dynamic executable" for static binaries.
-        let err = String::from_utf8_lossy(&out.stderr);
-        if text.contains("not a dynamic executable") || err.contains("not a dynamic executable") {
-            return Ok(Vec::new());
-        }
-        bail!("ldd {} failed: {err}", binary.display());
-    }
-    parse_ldd(&text).with_context(|| format!("ldd {}", binary.display()))
-}
-
-fn parse_ldd(text: &str) -> anyhow::Result<Vec<PathBuf>> {
-    let mut libs = Vec::new();
-    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
-        if line.contains("not found") {
-            bail!("missing shared library: {line}");
-        }
-        // `libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)` or `/lib64/ld-linux-x86-64.so.2 (0x...)`;
-        // `linux-vdso.so.1 (0x...)` is provided by the kernel.
-        let path = match line.split_once(" => ") {
-            Some((_, rest)) => rest.split_whitespace().next(),
-            None => line.split_whitespace().next().filter(|p| p.starts_with('/')),
-        };
-        if let Some(p) = path.filter(|p| p.starts_with('/')) {
-            libs.push(PathBuf::from(p));
-        }
-    }
-    Ok(libs)
+    Ok(())
 }
 
 /// The guest's `/init` (busybox sh). Everything it reports goes to the serial console as
@@ -203,22 +210,6 @@ fn shell_quote(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ldd_output_gives_libraries_and_loader() {
-        let text = "\tlinux-vdso.so.1 (0x00007ffd)\n\tlibgcc_s.so.1 => /lib/x86_64-linux-gnu/libgcc_s.so.1 (0x1)\n\
-                    \tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x2)\n\t/lib64/ld-linux-x86-64.so.2 (0x3)\n";
-        let libs = parse_ldd(text).unwrap();
-        assert_eq!(
-            libs,
-            [
-                PathBuf::from("/lib/x86_64-linux-gnu/libgcc_s.so.1"),
-                PathBuf::from("/lib/x86_64-linux-gnu/libc.so.6"),
-                PathBuf::from("/lib64/ld-linux-x86-64.so.2"),
-            ]
-        );
-        assert!(parse_ldd("\tlibfoo.so.1 => not found\n").is_err());
-    }
 
     #[test]
     fn init_runs_each_test_binary_with_the_required_features() {
