@@ -34,9 +34,11 @@ use crate::util::{self, cargo, is_root, target_dir, workspace_root};
 
 /// Test binaries (`tests/tests/<name>.rs`) that run in the VM by default: `lsm` needs what
 /// this host's kernel refuses; `lifecycle` and `drops` give every kernel of the matrix the
-/// core event path. `scope` (the scope scenarios under the BPF LSM engine) passes from the
-/// development tree but not yet from a fresh clone: the guest does not find `warden-probe` at
-/// the clone's path. Until that is fixed it runs on demand: `cargo xtask vm --test scope`.
+/// core event path. `scope` (the scope scenarios under the BPF LSM engine) passes from a
+/// checkout outside /tmp but not from one under /tmp: the guest's /init mounts a tmpfs on
+/// /tmp, which hides the `warden-probe` the initramfs packed at its host path there. Until
+/// /init stops mounting over /tmp (the initramfs root is writable already), it runs on
+/// demand: `cargo xtask vm --test scope`.
 pub const VM_TESTS: &[&str] = &["lsm", "lifecycle", "drops"];
 /// Features that must be available in every guest (`WARDEN_REQUIRE`): a skip for one of
 /// them fails the run.
