@@ -34,12 +34,9 @@ use crate::util::{self, cargo, is_root, target_dir, workspace_root};
 
 /// Test binaries (`tests/tests/<name>.rs`) that run in the VM by default: `lsm` needs what
 /// this host's kernel refuses; `lifecycle` and `drops` give every kernel of the matrix the
-/// core event path. `scope` (the scope scenarios under the BPF LSM engine) passes from a
-/// checkout outside /tmp but not from one under /tmp: the guest's /init mounts a tmpfs on
-/// /tmp, which hides the `warden-probe` the initramfs packed at its host path there. Until
-/// /init stops mounting over /tmp (the initramfs root is writable already), it runs on
-/// demand: `cargo xtask vm --test scope`.
-pub const VM_TESTS: &[&str] = &["lsm", "lifecycle", "drops"];
+/// core event path; `scope` runs the scope scenarios under the BPF LSM engine (the host tier
+/// runs them under the fallback), with the host programs the initramfs carries.
+pub const VM_TESTS: &[&str] = &["lsm", "lifecycle", "drops", "scope"];
 /// Features that must be available in every guest (`WARDEN_REQUIRE`): a skip for one of
 /// them fails the run.
 pub const REQUIRED_FEATURES: &[&str] = &["bpf_lsm"];

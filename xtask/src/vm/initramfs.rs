@@ -158,7 +158,9 @@ mnt() {{ mkdir -p "$3"; mount -t "$1" "$2" "$3" || echo "{m} mount-failed $1 $3"
 mnt proc proc /proc
 mnt sysfs sysfs /sys
 mnt devtmpfs devtmpfs /dev
-mnt tmpfs tmpfs /tmp
+# /tmp stays the initramfs root's own (writable) directory: a tmpfs over it would hide the
+# test programs packed at their host paths when the checkout lives under /tmp.
+mkdir -p /tmp && chmod 1777 /tmp
 mnt securityfs securityfs /sys/kernel/security
 mnt bpf bpf /sys/fs/bpf
 mnt cgroup2 cgroup2 /sys/fs/cgroup
