@@ -49,7 +49,8 @@ pub struct EventStats {
     /// All records drained during the run (warm-up, worker start and exit included).
     pub total: u64,
     pub undecodable: u64,
-    /// Failed ring-buffer reservations for the sandbox slot during the run.
+    /// Failed ring-buffer reservations for the sandbox slot during the run (repeated attempts
+    /// included).
     pub drops: u64,
     /// Delivery latency (kernel event → end of the drain that delivered it), in-window records.
     pub latency_p50_ns: u64,
@@ -57,8 +58,9 @@ pub struct EventStats {
     pub latency_max_ns: u64,
 }
 
-/// Run count and run time of one BPF program during a run (`--bpf-stats`), whole worker
-/// lifetime (warm-up included) and, in (b), every other process on the machine too.
+/// Run count and run time of one BPF program during a run (`--bpf-stats`): the whole worker
+/// lifetime (warm-up and repeated attempts included) and, in (b), every other process on the
+/// machine too.
 #[derive(Debug, Clone)]
 pub struct ProgramCost {
     pub name: String,
@@ -92,8 +94,14 @@ impl Run {
         if self.programs.is_empty() {
             return None;
         }
-        let total_ops = self.ops + warmup_ops(self.ops);
+        let total_ops = self.executed_ops();
         Some(self.programs.iter().map(|p| p.ns).sum::<u64>() as f64 / total_ops as f64)
+    }
+
+    /// Operations the worker executed, warm-up and repeated (disturbed) runs included: what the
+    /// program statistics, taken around the whole run, cover.
+    pub fn executed_ops(&self) -> u64 {
+        (self.ops + warmup_ops(self.ops)) * u64::from(self.attempts.max(1))
     }
 
     pub fn ops_per_sec(&self) -> f64 {
@@ -402,8 +410,7 @@ fn program_breakdown(runs: &[&Run]) -> Vec<(String, f64, f64)> {
     let mut names: Vec<&str> = runs.iter().flat_map(|r| r.programs.iter().map(|p| p.name.as_str())).collect();
     names.sort();
     names.dedup();
-    let total_ops: u64 =
-        runs.iter().filter(|r| !r.programs.is_empty()).map(|r| r.ops + warmup_ops(r.ops)).sum();
+    let total_ops: u64 = runs.iter().filter(|r| !r.programs.is_empty()).map(|r| r.executed_ops()).sum();
     names
         .into_iter()
         .map(|n| {
