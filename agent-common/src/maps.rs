@@ -52,6 +52,10 @@ pub mod file_rule {
     pub const DENY_WRITE: u32 = 1 << 3;
     /// The object itself is a secret: only its tools may open it.
     pub const SECRET: u32 = 1 << 4;
+    /// No new names directly in this directory: it holds a denied, secret or control path, or
+    /// is the deepest existing ancestor of one that does not exist yet, so what is created
+    /// there later is refused (fail closed, as the fallback engine's Landlock carve-out).
+    pub const NO_NEW: u32 = 1 << 5;
 }
 
 /// Key of `FILE_RULES`: an object (kernel dev_t, inode) for one sandbox slot.

@@ -280,8 +280,12 @@ fn protected_defaults_hold_without_any_scope_section() {
     }
     let cg = agent_user::sandbox::cgroup2_mount().unwrap();
     let p = PROBE;
+    // A new file next to the protected ~/.ssh, ~/.aws, ~/.kube of root (existing or not): refused,
+    // so nothing can be planted where those will be.
+    let planted = format!("/root/.warden-test-{}", std::process::id());
     let script = format!(
-        "{p} open /proc/1/environ | sed s/^open/environ/
+        "{p} write {planted} | sed s/^write/next-to-credentials/
+         {p} open /proc/1/environ | sed s/^open/environ/
          {p} open /proc/$PPID/mem | sed s/^open/mem/
          {p} kill 1 | sed s/^kill/signal-init/
          {p} kill $PPID | sed s/^kill/signal-daemon/
@@ -295,9 +299,13 @@ fn protected_defaults_hold_without_any_scope_section() {
         cg.display()
     );
     let out = run_warden("version: 1\ntask: defaults\n", &script, &[]);
+    let planted_exists = Path::new(&planted).exists();
+    let _ = fs::remove_file(&planted);
     assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
     assert_eq!(out.result("ordinary"), "ok");
+    assert!(!planted_exists, "{planted} must not be created");
     for (name, want) in [
+        ("next-to-credentials", "err 13"),
         ("environ", "err 13"),
         ("mem", "err 13"),
         ("signal-init", "err 1"),
@@ -331,6 +339,9 @@ fn protected_defaults_hold_without_any_scope_section() {
             denied("open", &|r| r["path"].as_str().is_some_and(|p| p.ends_with("/cgroup.procs"))),
         ),
     ];
+    if engine() == "bpf-lsm" {
+        assert_eq!(denied("file", &|r| r["path"] == planted.as_str()), 1, "{:#?}", out.judged());
+    }
     for (control, records) in cells {
         if engine() == "bpf-lsm" {
             assert!(records > 0, "{control}: the refusal is recorded: {:#?}", out.judged());

@@ -231,6 +231,8 @@ fn rules_of(slot: u32, id: (u32, u64)) -> u32 {
 struct Walk {
     /// Rules on the object itself.
     own: u32,
+    /// Rules on its directory (the first ancestor; also part of `above`).
+    parent: u32,
     /// Rules on its ancestors (across mount points).
     above: u32,
     /// Reached the root within MAX_DEPTH (otherwise nothing beyond `own`/`above` is known).
@@ -249,8 +251,10 @@ impl Walk {
 #[derive(Clone, Copy, Default)]
 struct WalkOut {
     above: u32,
+    parent: u32,
     /// Non-zero once the namespace root was reached.
     complete: u32,
+    _pad0: u32,
 }
 
 /// State of one walk, shared with its `bpf_loop` callback: the loop body is verified a few
@@ -315,7 +319,11 @@ extern "C" fn walk_step(index: u64, ctx: *mut c_void) -> i64 {
     }
     let Ok(inode) = read::<*const u8>(c.dentry, off.dentry_inode) else { return 1 };
     if let Some(id) = inode_id(inode, off) {
-        c.out.above |= rules_of(c.slot, id);
+        let bits = rules_of(c.slot, id);
+        c.out.above |= bits;
+        if index == 0 {
+            c.out.parent = bits;
+        }
     }
     0
 }
@@ -361,7 +369,7 @@ fn walk(slot: u32, dentry0: *const u8, vfsmnt: *const u8, off: &KernelOffsets) -
         .map(|id| rules_of(slot, id))
         .unwrap_or(0);
     let mut c = WalkCtx {
-        out: WalkOut { above: unknown_zero(), complete: unknown_zero() },
+        out: WalkOut { above: unknown_zero(), parent: unknown_zero(), complete: unknown_zero(), _pad0: 0 },
         dentry: dentry0,
         mnt: vfsmnt.wrapping_sub(off.mount_mnt as usize),
         slot,
@@ -376,7 +384,7 @@ fn walk(slot: u32, dentry0: *const u8, vfsmnt: *const u8, off: &KernelOffsets) -
             0,
         )
     };
-    Walk { own, above: c.out.above, complete: c.out.complete != 0 }
+    Walk { own, parent: c.out.parent, above: c.out.above, complete: c.out.complete != 0 }
 }
 
 /// State of the walk that builds a path from names (see [`build_path`]).
@@ -644,12 +652,12 @@ pub fn lsm_file_open(ctx: LsmContext) -> i32 {
     ret(v, EACCES)
 }
 
-/// The rule that refuses adding or removing the name of `w`'s object in its directory
-/// (creating, unlinking, either end of a link or rename), or `rule::NONE`.
+/// The rule that refuses adding (`adding`) or removing the name of `w`'s object in its
+/// directory (creating, unlinking, either end of a link or rename), or `rule::NONE`.
 #[inline(always)]
-fn name_change_rule(sandbox: &Sandbox, w: &Walk) -> u16 {
+fn name_change_rule(sandbox: &Sandbox, w: &Walk, adding: bool) -> u16 {
     let bits = w.all();
-    if bits & file_rule::DENY != 0 {
+    if bits & file_rule::DENY != 0 || (adding && w.parent & file_rule::NO_NEW != 0) {
         rule::FILES_DENY
     } else if bits & file_rule::DENY_WRITE != 0 {
         rule::PROTECTED_CONTROL
@@ -689,9 +697,9 @@ fn tree_verdict(
     ret(v, EACCES)
 }
 
-/// A new or removed name `dentry` in the directory `dir` (a `struct path *`).
+/// A new (`adding`) or removed name `dentry` in the directory `dir` (a `struct path *`).
 #[inline(always)]
-fn judge_name(dir: *const u8, dentry: *const u8, op: u32) -> i32 {
+fn judge_name(dir: *const u8, dentry: *const u8, op: u32, adding: bool) -> i32 {
     let Some((cgroup_id, sandbox, off)) = lsm_sandbox() else {
         return 0;
     };
@@ -699,7 +707,7 @@ fn judge_name(dir: *const u8, dentry: *const u8, op: u32) -> i32 {
         return 0;
     };
     let w = walk(sandbox.slot, dentry, vfsmnt, off);
-    tree_verdict(cgroup_id, &sandbox, off, name_change_rule(&sandbox, &w), op, dentry, vfsmnt)
+    tree_verdict(cgroup_id, &sandbox, off, name_change_rule(&sandbox, &w, adding), op, dentry, vfsmnt)
 }
 
 /// `path_mknod(const struct path *dir, struct dentry *dentry, umode_t mode, unsigned int dev, int ret)`:
@@ -710,7 +718,7 @@ pub fn lsm_path_mknod(ctx: LsmContext) -> i32 {
     if prev != 0 {
         return prev;
     }
-    judge_name(ctx.arg(0), ctx.arg(1), file_op::CREATE)
+    judge_name(ctx.arg(0), ctx.arg(1), file_op::CREATE, true)
 }
 
 /// `path_mkdir(const struct path *dir, struct dentry *dentry, umode_t mode, int ret)`
@@ -720,7 +728,7 @@ pub fn lsm_path_mkdir(ctx: LsmContext) -> i32 {
     if prev != 0 {
         return prev;
     }
-    judge_name(ctx.arg(0), ctx.arg(1), file_op::MKDIR)
+    judge_name(ctx.arg(0), ctx.arg(1), file_op::MKDIR, true)
 }
 
 /// `path_symlink(const struct path *dir, struct dentry *dentry, const char *old_name, int ret)`
@@ -730,7 +738,7 @@ pub fn lsm_path_symlink(ctx: LsmContext) -> i32 {
     if prev != 0 {
         return prev;
     }
-    judge_name(ctx.arg(0), ctx.arg(1), file_op::SYMLINK)
+    judge_name(ctx.arg(0), ctx.arg(1), file_op::SYMLINK, true)
 }
 
 /// `path_unlink(const struct path *dir, struct dentry *dentry, int ret)`
@@ -740,7 +748,7 @@ pub fn lsm_path_unlink(ctx: LsmContext) -> i32 {
     if prev != 0 {
         return prev;
     }
-    judge_name(ctx.arg(0), ctx.arg(1), file_op::UNLINK)
+    judge_name(ctx.arg(0), ctx.arg(1), file_op::UNLINK, false)
 }
 
 /// `path_rmdir(const struct path *dir, struct dentry *dentry, int ret)`
@@ -750,7 +758,7 @@ pub fn lsm_path_rmdir(ctx: LsmContext) -> i32 {
     if prev != 0 {
         return prev;
     }
-    judge_name(ctx.arg(0), ctx.arg(1), file_op::RMDIR)
+    judge_name(ctx.arg(0), ctx.arg(1), file_op::RMDIR, false)
 }
 
 /// `path_truncate(const struct path *path, int ret)`: `truncate(2)` by name (opening with
@@ -791,12 +799,12 @@ pub fn lsm_path_truncate(ctx: LsmContext) -> i32 {
 /// more than the old one did (no read or write access gained by moving or linking a file).
 #[inline(always)]
 fn rename_rule(sandbox: &Sandbox, src: &Walk, dst: &Walk, src_removed: bool) -> u16 {
-    let d = name_change_rule(sandbox, dst);
+    let d = name_change_rule(sandbox, dst, true);
     if d != rule::NONE {
         return d;
     }
     let s = if src_removed {
-        name_change_rule(sandbox, src)
+        name_change_rule(sandbox, src, false)
     } else {
         let bits = src.all();
         if bits & file_rule::DENY != 0 {

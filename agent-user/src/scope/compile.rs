@@ -260,13 +260,25 @@ pub fn egress_entries(rules: &[EgressRule], slot: u32) -> Result<Vec<EgressEntry
         .collect())
 }
 
+/// The directory where new names must be refused so that `p` stays denied (see
+/// `file_rule::NO_NEW`): its parent, or the deepest existing ancestor when `p` does not exist.
+fn no_new_dir(p: &Path) -> Option<PathBuf> {
+    let mut cur = if p.exists() { p.parent()? } else { p };
+    while !cur.exists() {
+        cur = cur.parent()?;
+    }
+    fs::canonicalize(cur).ok()
+}
+
 /// Object rules for the BPF LSM engine: grants on the roots themselves (the kernel walks up
-/// from each opened file), denials on denied objects and on the regular files beneath them.
+/// from each opened file), denials on denied objects and on the regular files beneath them,
+/// and no new names next to what is denied (where the fallback's carve-out refuses them too).
 fn lsm_file_rules(
     scope: &Scope,
     deny_all: &[PathBuf],
     secret_paths: &[PathBuf],
     exec_paths: &[PathBuf],
+    control: &[PathBuf],
 ) -> Vec<FileRule> {
     let mut by_id: BTreeMap<(u64, u64), FileRule> = BTreeMap::new();
     let mut add = |p: &Path, bits: u32| {
@@ -315,6 +327,11 @@ fn lsm_file_rules(
     }
     for s in secret_paths {
         add(s, file_rule::SECRET);
+    }
+    for p in deny_all.iter().chain(secret_paths).chain(control) {
+        if let Some(dir) = no_new_dir(p) {
+            add(&dir, file_rule::NO_NEW);
+        }
     }
     by_id.into_values().collect()
 }
@@ -524,7 +541,7 @@ impl CompiledScope {
             v.dedup();
         }
 
-        let file_rules = lsm_file_rules(scope, &deny_all, &secret_paths, &exec_paths);
+        let file_rules = lsm_file_rules(scope, &deny_all, &secret_paths, &exec_paths, &canon(&control_paths()));
         let mut flags = 0;
         if scope.read.is_some() {
             flags |= sandbox_flags::READ_RESTRICTED;
@@ -713,8 +730,8 @@ mod tests {
             let id = FileId::of(p).unwrap();
             c.file_rules.iter().find(|f| f.id.dev == id.dev && f.id.ino == id.ino).map(|f| f.bits)
         };
-        assert_eq!(bits(&r), Some(file_rule::READ));
-        assert_eq!(bits(&r.join("deny")), Some(file_rule::DENY));
+        assert_eq!(bits(&r).map(|b| b & !file_rule::NO_NEW), Some(file_rule::READ));
+        assert_eq!(bits(&r.join("deny")).map(|b| b & !file_rule::NO_NEW), Some(file_rule::DENY));
         assert_eq!(
             bits(&r.join("deny/sub/f")),
             Some(file_rule::DENY),
@@ -728,6 +745,11 @@ mod tests {
         assert_eq!(bits(Path::new("/dev/null")).map(|b| b & file_rule::WRITE), Some(file_rule::WRITE));
         let cg = crate::sandbox::cgroup2_mount().unwrap();
         assert_eq!(bits(&cg).map(|b| b & file_rule::DENY_WRITE), Some(file_rule::DENY_WRITE));
+        // Nothing new next to a denied path: its parent, or the deepest existing ancestor of
+        // one that does not exist yet (the fallback's carve-out refuses those names too).
+        assert_eq!(bits(&r).map(|b| b & file_rule::NO_NEW), Some(file_rule::NO_NEW));
+        assert_eq!(bits(&r.join("deny")).map(|b| b & file_rule::NO_NEW), Some(file_rule::NO_NEW));
+        assert_eq!(no_new_dir(&r.join("deny/not/yet")), Some(r.join("deny")));
         assert!(
             c.flags & sandbox_flags::READ_RESTRICTED != 0 && c.flags & sandbox_flags::WRITE_RESTRICTED == 0
         );
