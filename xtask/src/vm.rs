@@ -106,7 +106,7 @@ pub fn run(args: VmArgs) -> anyhow::Result<()> {
     let cache = cache_dir();
     fs::create_dir_all(&cache).with_context(|| format!("creating {}", cache.display()))?;
     let (tools, kernels) = {
-        let _lock = CacheLock::take(&cache)?;
+        let _lock = FileLock::take(&cache.join("lock"))?;
         let apt = apt::Apt::new(&cache)?;
         let lists_ok = apt.ensure_lists(args.refresh)?;
         let tools = host::ensure(&apt, lists_ok, &cache)?;
@@ -119,6 +119,10 @@ pub fn run(args: VmArgs) -> anyhow::Result<()> {
     let warden = build_release_warden()?;
     let built = build_test_binaries(&tests)?;
     let out = target_dir().join("vm");
+    fs::create_dir_all(&out)?;
+    // One run at a time per work tree: runs share the initramfs, the outputs and the coverage
+    // cells (and two guests on this machine's two cores would only slow each other down).
+    let _run_lock = FileLock::take(&out.join("lock"))?;
     let initramfs = out.join("initramfs.cpio");
     let size = initramfs::build(
         &initramfs::Contents {
@@ -319,16 +323,16 @@ fn artifact(msg: &Value) -> Option<Artifact> {
     })
 }
 
-/// An exclusive lock on the cache while packages are installed and kernels fetched, so
-/// two runs on one machine do not download into each other.
-struct CacheLock {
+/// An exclusive lock on a file, held while it lives: on the cache while packages are
+/// installed and kernels fetched (two runs on one machine do not download into each other),
+/// and on `target/vm` while a run uses it.
+struct FileLock {
     _file: fs::File,
 }
 
-impl CacheLock {
-    fn take(cache: &Path) -> anyhow::Result<Self> {
-        let path = cache.join("lock");
-        let f = fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
+impl FileLock {
+    fn take(path: &Path) -> anyhow::Result<Self> {
+        let f = fs::OpenOptions::new().create(true).truncate(false).write(true).open(path)?;
         // SAFETY: flock on a descriptor we own.
         if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             eprintln!("vm: waiting for another run to release {}", path.display());
