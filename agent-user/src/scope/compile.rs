@@ -541,7 +541,8 @@ impl CompiledScope {
             v.dedup();
         }
 
-        let file_rules = lsm_file_rules(scope, &deny_all, &secret_paths, &exec_paths, &canon(&control_paths()));
+        let file_rules =
+            lsm_file_rules(scope, &deny_all, &secret_paths, &exec_paths, &canon(&control_paths()));
         let mut flags = 0;
         if scope.read.is_some() {
             flags |= sandbox_flags::READ_RESTRICTED;
