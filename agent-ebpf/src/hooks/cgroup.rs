@@ -31,10 +31,10 @@ pub fn cgroup_mkdir(ctx: BtfTracePointContext) -> i32 {
         return 0;
     };
     // SAFETY: value is Copy and read immediately.
-    let Some(sandbox) = (unsafe { WATCHED.get(&parent_id) }).copied() else {
+    let Some(sandbox) = (unsafe { WATCHED.get(parent_id) }).copied() else {
         return 0;
     };
-    match WATCHED.insert(&id, &sandbox, 0) {
+    match WATCHED.insert(id, sandbox, 0) {
         Ok(()) => count(stat::CGROUP_INHERITED),
         Err(_) => count(stat::CGROUP_INHERIT_FAILED),
     }
@@ -46,7 +46,7 @@ pub fn cgroup_mkdir(ctx: BtfTracePointContext) -> i32 {
 #[btf_tracepoint(function = "cgroup_rmdir")]
 pub fn cgroup_rmdir(ctx: BtfTracePointContext) -> i32 {
     if let Some((id, _)) = ids(ctx.arg(0)) {
-        let _ = WATCHED.remove(&id);
+        let _ = WATCHED.remove(id);
     }
     0
 }

@@ -40,7 +40,7 @@ pub fn file_id(
 #[inline(always)]
 pub fn exec_allowed(sandbox: &Sandbox, id: Option<(u32, u64)>) -> bool {
     match id {
-        Some((dev, ino)) => EXEC_ALLOW.get_ptr(&ExecKey { slot: sandbox.slot, dev, ino }).is_some(),
+        Some((dev, ino)) => EXEC_ALLOW.get_ptr(ExecKey { slot: sandbox.slot, dev, ino }).is_some(),
         // An unreadable identity is not an allowed one.
         None => false,
     }
