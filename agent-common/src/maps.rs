@@ -111,6 +111,9 @@ pub mod stat {
     pub const CGROUP_INHERIT_FAILED: u32 = 1;
     /// Kernel reads (probe_read) that failed while building a record.
     pub const READ_FAILED: u32 = 2;
+    /// Ring-buffer fill (bytes waiting to be read) a program saw when it last submitted a
+    /// record on this CPU. A gauge, not a counter: take the maximum over CPUs, not the sum.
+    pub const RING_FILL: u32 = 3;
     /// Number of entries.
     pub const COUNT: u32 = 8;
 }

@@ -92,6 +92,23 @@ impl Pipeline {
         self.tasks.remove(&slot)
     }
 
+    /// Continues a task's chain from a record already written (`seq`, its `hash`): a
+    /// restarted daemon picks up where the log ends.
+    pub fn resume_chain(&mut self, task: &str, seq: u64, head: String) {
+        self.chains.insert(task.to_string(), TaskChain { seq, head, since_checkpoint: 0 });
+    }
+
+    /// Forgets an ended task's chain.
+    pub fn forget_chain(&mut self, task: &str) {
+        self.chains.remove(task);
+    }
+
+    /// Records written but not yet flushed stay in the sink; this says how many tasks have a
+    /// chain (for metrics and tests).
+    pub fn chains(&self) -> usize {
+        self.chains.len()
+    }
+
     pub fn decode_failures(&self) -> u64 {
         self.decoder.stats.failed
     }

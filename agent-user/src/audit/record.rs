@@ -123,6 +123,17 @@ pub struct AuditRecord {
     /// task_end: processes still in the sandbox when it was ended, killed by Warden.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub killed: Option<u64>,
+    /// gap: the evidence gap runs from `since` to `time` (RFC 3339), e.g. while the daemon
+    /// was down.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+    /// task_start: when the scope's ttl ends the task (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires: Option<String>,
+    /// task_start: the secrets issued to the task, by name, file and SHA-256 digest (never
+    /// the value).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secrets: Option<Vec<crate::sandbox::secrets::IssuedInfo>>,
     /// finding: the rule that fired, its severity and description, and the `seq`s of the
     /// records that made it fire.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -79,6 +79,14 @@ impl RotatingJsonlSink {
         Ok(Self { path: path.to_path_buf(), max_bytes, keep, out, written: 0 })
     }
 
+    /// Like [`RotatingJsonlSink::create`], but appends to an existing file (a restarted
+    /// daemon continues its log).
+    pub fn append(path: &std::path::Path, max_bytes: u64, keep: Option<usize>) -> io::Result<Self> {
+        let f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+        let written = f.metadata()?.len();
+        Ok(Self { path: path.to_path_buf(), max_bytes, keep, out: io::BufWriter::new(f), written })
+    }
+
     fn numbered(&self, n: usize) -> std::path::PathBuf {
         let mut p = self.path.as_os_str().to_owned();
         p.push(format!(".{n}"));

@@ -7,11 +7,12 @@ mod report;
 mod rules;
 mod run;
 mod scope;
+pub mod task;
 mod verify;
 
 use clap::{Parser, Subcommand};
 
-pub use run::RunArgs;
+pub use run::{EngineChoice, RunArgs};
 
 /// Warden: binds AI agent tasks to a declared scope and enforces it in the kernel.
 #[derive(Debug, Parser)]
@@ -48,6 +49,12 @@ pub enum Command {
     Identity(identity::IdentityCmd),
     /// Write an incident report of a recorded log: one self-contained HTML page.
     Report(report::ReportArgs),
+    /// Run the node daemon: pinned enforcement, the task API on a unix socket, metrics.
+    Daemon(task::DaemonArgs),
+    /// Drive tasks through the node daemon.
+    Task(task::TaskArgs),
+    /// Print the daemon's audit records (the node log), or follow them live.
+    Events(task::EventsArgs),
 }
 
 /// How a verb failed.
@@ -88,6 +95,9 @@ pub fn main() -> i32 {
         Command::Nats(c) => nats::run(c),
         Command::Identity(c) => identity::run(c),
         Command::Report(a) => report::run(a),
+        Command::Daemon(a) => task::daemon(a),
+        Command::Task(a) => task::task(a),
+        Command::Events(a) => task::events(a),
     };
     match result {
         Ok(code) => code,

@@ -78,6 +78,14 @@ pub struct RunArgs {
     /// Parent directory for the sandbox cgroup, relative to the cgroup2 mount.
     #[arg(long, default_value = "warden")]
     pub cgroup_parent: String,
+    /// Never use the node daemon, even when one is running: load a private sensor.
+    #[arg(long)]
+    pub no_daemon: bool,
+    /// The node daemon's API socket. When a daemon answers there (and no option it does not
+    /// take is given: --nats, --rules, --log-max-bytes, --engine, --log -), the task runs
+    /// through it.
+    #[arg(long, env = "WARDEN_SOCKET", default_value = super::task::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
     /// The command and its arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub cmd: Vec<String>,
@@ -117,7 +125,78 @@ pub fn run(args: RunArgs) -> Result<i32, Failure> {
         .enable_all()
         .build()
         .map_err(|e| Failure::Runtime(e.into()))?;
+    let daemon_capable = !args.no_daemon
+        && args.nats.is_none()
+        && args.rules.is_none()
+        && args.log_max_bytes.is_none()
+        && args.engine == EngineChoice::Auto
+        && args.log.as_os_str() != "-";
+    if daemon_capable {
+        let client = crate::daemon::api::Client::new(&args.socket);
+        if rt.block_on(client.is_up()) {
+            tracing::info!(socket = %args.socket.display(), "running the task through the node daemon");
+            return rt.block_on(run_via_daemon(args, client));
+        }
+    }
     rt.block_on(run_task(args, compiled, rules))
+}
+
+/// `warden run` through the node daemon: the daemon owns the sandbox, the kernel state and
+/// the records (it writes the task's whole chain to --log); this process starts CMD in the
+/// sandbox, waits, and asks the daemon to end the task.
+async fn run_via_daemon(args: RunArgs, client: crate::daemon::api::Client) -> Result<i32, Failure> {
+    let log = if args.log.is_absolute() {
+        args.log.clone()
+    } else {
+        std::env::current_dir().map_err(runtime)?.join(&args.log)
+    };
+    let req =
+        super::task::start_request(&args.scope, args.mode, None, Some(log), true, Some(args.cmd.clone()))?;
+    let fail = |e: crate::daemon::api::ClientError| {
+        if e.is_usage() { Failure::Usage(e.into()) } else { Failure::Runtime(e.into()) }
+    };
+    let info = client.start(&req).await.map_err(fail)?;
+    if let Some(path) = &args.identity {
+        std::fs::write(path, serde_json::to_string_pretty(&info.identity).map_err(runtime)? + "\n")
+            .with_context(|| format!("writing identity document {}", path.display()))
+            .map_err(runtime)?;
+    }
+    let mut child = match super::task::spawn_in_task(&info, &args.cmd) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = client.end(&info.id, Some("spawn failed".into())).await;
+            let (Failure::Usage(e) | Failure::Runtime(e)) = e;
+            eprintln!("warden: {e:#}");
+            return Ok(if format!("{e}").contains("not found") { 127 } else { 126 });
+        }
+    };
+    let mut sigint = signal(SignalKind::interrupt()).map_err(runtime)?;
+    let mut sigterm = signal(SignalKind::terminate()).map_err(runtime)?;
+    let (status, reason) = tokio::select! {
+        s = child.wait() => (Some(s.map_err(runtime)?), "exited".to_string()),
+        _ = sigint.recv() => (None, "signal SIGINT".to_string()),
+        _ = sigterm.recv() => (None, "signal SIGTERM".to_string()),
+    };
+    if status.is_some() {
+        // Leftovers get the grace period, still watched and enforced.
+        let deadline = tokio::time::Instant::now() + args.grace;
+        while tokio::time::Instant::now() < deadline {
+            match client.task(&info.id).await {
+                Ok(t) if t.processes > 0 => tokio::time::sleep(Duration::from_millis(20)).await,
+                _ => break,
+            }
+        }
+    }
+    let end = client.end(&info.id, Some(reason.clone())).await.map_err(fail)?;
+    let status = match status {
+        Some(s) => s,
+        None => child.wait().await.map_err(runtime)?,
+    };
+    for e in &end.errors {
+        eprintln!("warden: revocation step failed: {e}");
+    }
+    // The daemon may have ended the task first (ttl): its reason decides the exit code.
+    Ok(exit_code(status, if end.already { &end.reason } else { &reason }))
 }
 
 fn runtime(e: impl Into<anyhow::Error>) -> Failure {

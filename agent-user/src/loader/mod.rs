@@ -1,6 +1,7 @@
 //! Loader: BTF offsets, loading and attaching the kernel programs as one unit
 //! (a *sensor*), and the maps userspace drives.
 pub mod btf;
+pub mod pin;
 pub mod probe;
 
 use agent_common::{
@@ -10,12 +11,12 @@ use agent_common::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, LpmTrie, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
-    programs::{BtfTracePoint, CgroupAttachMode, CgroupSockAddr, Lsm},
+    programs::{BtfTracePoint, CgroupAttachMode, CgroupSockAddr, Lsm, links::FdLink},
 };
 
 use crate::scope::compile::CompiledScope;
 
-pub use self::btf::KernelBtf;
+pub use self::{btf::KernelBtf, pin::PinLayout};
 
 /// The eBPF object built by `build.rs` from `agent-ebpf`.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-ebpf"));
@@ -39,6 +40,12 @@ pub enum LoadError {
     Cpus(std::io::Error),
     #[error("map or program `{0}` is missing from the eBPF object")]
     MissingMap(&'static str),
+    #[error("pinning `{what}`: {source}")]
+    Pin { what: String, source: aya::pin::PinError },
+    #[error("program `{name}`: its attachment cannot be pinned: {source}")]
+    Link { name: &'static str, source: aya::programs::links::LinkError },
+    #[error("pinned state {path}: {source}")]
+    PinDir { path: String, source: std::io::Error },
     #[error(
         "LSM hook `{hook}` takes {found:?} parameters on this kernel, `{name}` was written for {expected}"
     )]
@@ -54,6 +61,12 @@ pub struct LoadOptions {
     pub max_tasks: u32,
     /// cgroups that may belong to sandboxes.
     pub max_cgroups: u32,
+    /// Allowed executables, over all sandboxes (also sizes the secret-tool table).
+    pub max_exec: u32,
+    /// Egress prefixes, over all sandboxes.
+    pub max_egress: u32,
+    /// File rules (BPF LSM engine), over all sandboxes.
+    pub max_file_rules: u32,
 }
 
 impl Default for LoadOptions {
@@ -62,6 +75,9 @@ impl Default for LoadOptions {
             ring_bytes: maps::DEFAULT_RING_BYTES,
             max_tasks: maps::DEFAULT_MAX_TASKS,
             max_cgroups: maps::DEFAULT_MAX_CGROUPS,
+            max_exec: maps::DEFAULT_MAX_EXEC,
+            max_egress: maps::DEFAULT_MAX_EGRESS,
+            max_file_rules: maps::DEFAULT_MAX_FILE_RULES,
         }
     }
 }
@@ -101,24 +117,32 @@ pub const SCHED_PROGRAMS: [&str; 5] =
     ["sched_process_exec", "sched_process_fork", "sched_process_exit", "cgroup_mkdir", "cgroup_rmdir"];
 
 /// Loads the object with the running kernel's offsets and the given sizes. Programs are
-/// not loaded into the kernel yet.
+/// not loaded into the kernel yet. With `pins`, the shared maps are the ones pinned there
+/// (re-adopted when present, created and pinned when not).
 pub fn load_object(
     offsets: &KernelOffsets,
     opts: &LoadOptions,
     aya_btf: &aya::Btf,
+    pins: Option<&PinLayout>,
 ) -> Result<Ebpf, LoadError> {
-    Ok(EbpfLoader::new()
+    let mut loader = EbpfLoader::new();
+    loader
         .btf(Some(aya_btf))
         .override_global(OFFSETS_GLOBAL, offsets, true)
         .map_max_entries(maps::EVENTS, opts.ring_bytes)
         .map_max_entries(maps::WATCHED, opts.max_cgroups)
         .map_max_entries(maps::DROPS, opts.max_tasks)
         .map_max_entries("EXEC_DENY", opts.max_cgroups)
-        .map_max_entries(maps::EXEC_ALLOW, maps::DEFAULT_MAX_EXEC)
-        .map_max_entries(maps::EGRESS, maps::DEFAULT_MAX_EGRESS)
-        .map_max_entries(maps::FILE_RULES, maps::DEFAULT_MAX_FILE_RULES)
-        .map_max_entries(maps::SECRET_TOOLS, maps::DEFAULT_MAX_EXEC)
-        .load(EBPF_OBJECT)?)
+        .map_max_entries(maps::EXEC_ALLOW, opts.max_exec)
+        .map_max_entries(maps::EGRESS, opts.max_egress)
+        .map_max_entries(maps::FILE_RULES, opts.max_file_rules)
+        .map_max_entries(maps::SECRET_TOOLS, opts.max_exec);
+    if let Some(p) = pins {
+        for name in pin::PINNED_MAPS {
+            loader.map_pin_path(name, p.map_path(name));
+        }
+    }
+    Ok(loader.load(EBPF_OBJECT)?)
 }
 
 /// Loaded and attached programs plus their maps. Dropping it detaches everything.
@@ -126,6 +150,10 @@ pub struct Sensor {
     /// Egress program attachments (declared before `ebpf` so they are released first).
     egress_links: Vec<aya::programs::cgroup_sock_addr::CgroupSockAddrLink>,
     lsm_engine: bool,
+    /// Where attachments and maps are pinned (node daemon), if anywhere.
+    pins: Option<PinLayout>,
+    /// Node-wide attachments that were already pinned and were kept instead of attached again.
+    adopted: Vec<&'static str>,
     ebpf: Ebpf,
     ring: Option<RingBuf<MapData>>,
     aya_btf: aya::Btf,
@@ -136,7 +164,20 @@ pub struct Sensor {
 
 impl Sensor {
     /// Resolves offsets from the running kernel, loads, and attaches the lifecycle programs.
+    /// Everything is released when the sensor is dropped.
     pub fn load(opts: &LoadOptions) -> Result<Self, LoadError> {
+        Self::load_with(opts, None)
+    }
+
+    /// Like [`Sensor::load`], but maps and attachments are pinned under `pins` and outlive
+    /// the process. Attachments already pinned there are re-adopted, not attached twice.
+    pub fn load_pinned(opts: &LoadOptions, pins: &PinLayout) -> Result<Self, LoadError> {
+        pins.create_dirs()
+            .map_err(|source| LoadError::PinDir { path: pins.dir().display().to_string(), source })?;
+        Self::load_with(opts, Some(pins))
+    }
+
+    fn load_with(opts: &LoadOptions, pins: Option<&PinLayout>) -> Result<Self, LoadError> {
         let kbtf = KernelBtf::from_sys()?;
         let offsets = kbtf.kernel_offsets()?;
         let lsm_hook_params = LSM_PROGRAMS
@@ -144,15 +185,27 @@ impl Sensor {
             .map(|(_, hook, _)| (*hook, kbtf.func_params(&format!("bpf_lsm_{hook}"))))
             .collect();
         let aya_btf = aya::Btf::from_sys_fs()?;
-        let mut ebpf = load_object(&offsets, opts, &aya_btf)?;
+        let mut ebpf = load_object(&offsets, opts, &aya_btf, pins)?;
+        let mut adopted = Vec::new();
         for name in SCHED_PROGRAMS {
+            let pin_path = pins.map(|p| p.link_path(name));
+            if pin_path.as_ref().is_some_and(|p| p.exists()) {
+                adopted.push(name);
+                continue;
+            }
             let prog: &mut BtfTracePoint = ebpf
                 .program_mut(name)
                 .ok_or(LoadError::MissingMap(name))?
                 .try_into()
                 .map_err(|source| LoadError::Program { name, source })?;
             prog.load(name, &aya_btf).map_err(|source| LoadError::Program { name, source })?;
-            prog.attach().map_err(|source| LoadError::Program { name, source })?;
+            let id = prog.attach().map_err(|source| LoadError::Program { name, source })?;
+            if let Some(path) = pin_path {
+                let link = prog.take_link(id).map_err(|source| LoadError::Program { name, source })?;
+                FdLink::from(link)
+                    .pin(&path)
+                    .map_err(|source| LoadError::Pin { what: path.display().to_string(), source })?;
+            }
         }
         for name in EGRESS_PROGRAMS {
             let prog: &mut CgroupSockAddr = ebpf
@@ -167,6 +220,8 @@ impl Sensor {
         Ok(Self {
             egress_links: Vec::new(),
             lsm_engine: false,
+            pins: pins.cloned(),
+            adopted,
             ebpf,
             ring: Some(ring),
             aya_btf,
@@ -195,23 +250,85 @@ impl Sensor {
     /// Attaches the egress programs to a sandbox cgroup (descendants inherit them). The links
     /// go away with the cgroup or with the sensor.
     pub fn attach_egress(&mut self, cgroup: &crate::sandbox::Cgroup) -> Result<(), LoadError> {
+        self.attach_egress_inner(cgroup, None)
+    }
+
+    /// Attaches the egress programs to the sandbox cgroup of `task` and pins the links under
+    /// the task's pin directory, so they outlive this process (a pinned sensor; otherwise as
+    /// [`Sensor::attach_egress`]). Links already pinned for the task are kept. Other links
+    /// on the cgroup stay: during a migration the old and the new version both judge.
+    pub fn attach_task_egress(
+        &mut self,
+        cgroup: &crate::sandbox::Cgroup,
+        task: &str,
+    ) -> Result<(), LoadError> {
+        self.attach_egress_inner(cgroup, Some(task))
+    }
+
+    fn attach_egress_inner(
+        &mut self,
+        cgroup: &crate::sandbox::Cgroup,
+        task: Option<&str>,
+    ) -> Result<(), LoadError> {
         let dir = std::fs::File::open(cgroup.path())
             .map_err(|e| LoadError::Cgroup(cgroup.path().display().to_string(), e))?;
+        let pin_dir = match (&self.pins, task) {
+            (Some(p), Some(t)) => {
+                let d = p.task_dir(t);
+                std::fs::create_dir_all(&d)
+                    .map_err(|source| LoadError::PinDir { path: d.display().to_string(), source })?;
+                Some(d)
+            }
+            _ => None,
+        };
         for name in EGRESS_PROGRAMS {
+            let pin_path = pin_dir.as_ref().map(|d| d.join(name));
+            if pin_path.as_ref().is_some_and(|p| p.exists()) {
+                continue;
+            }
             let prog: &mut CgroupSockAddr = self
                 .ebpf
                 .program_mut(name)
                 .ok_or(LoadError::MissingMap(name))?
                 .try_into()
                 .map_err(|source| LoadError::Program { name, source })?;
+            // Through a bpf_link (what aya uses where the kernel has them), "single" is the
+            // default mode, and links always coexist with other links on the cgroup.
             let link = prog
                 .attach(&dir, CgroupAttachMode::Single)
                 .map_err(|source| LoadError::Program { name, source })?;
             // Keep the attachment for the cgroup's lifetime, not the program object's.
             let owned = prog.take_link(link).map_err(|source| LoadError::Program { name, source })?;
-            self.egress_links.push(owned);
+            match pin_path {
+                Some(path) => {
+                    let fd = FdLink::try_from(owned).map_err(|source| LoadError::Link { name, source })?;
+                    fd.pin(&path)
+                        .map_err(|source| LoadError::Pin { what: path.display().to_string(), source })?;
+                }
+                None => self.egress_links.push(owned),
+            }
         }
         Ok(())
+    }
+
+    /// Detaches the pinned egress programs of `task` (their pins are removed).
+    pub fn detach_task_egress(&mut self, task: &str) -> Result<usize, LoadError> {
+        match &self.pins {
+            Some(p) => p
+                .remove_task(task)
+                .map_err(|source| LoadError::PinDir { path: p.task_dir(task).display().to_string(), source }),
+            None => Ok(0),
+        }
+    }
+
+    /// Node-wide attachments found pinned at load and kept (a restarted daemon re-adopting).
+    pub fn adopted(&self) -> &[&'static str] {
+        &self.adopted
+    }
+
+    /// The pin layout of a pinned sensor.
+    pub fn pins(&self) -> Option<&PinLayout> {
+        self.pins.as_ref()
     }
 
     /// Writes a compiled scope's kernel state for `slot` and then marks `cgroup_ids` as that
@@ -327,6 +444,10 @@ impl Sensor {
             } else {
                 (name, params)
             };
+            if self.pins.as_ref().is_some_and(|p| p.link_path(name).exists()) {
+                self.adopted.push(name);
+                continue;
+            }
             let found = self.lsm_hook_params.iter().find(|(h, _)| *h == hook).and_then(|(_, n)| *n);
             let r = (|| {
                 if found != Some(params) {
@@ -352,6 +473,22 @@ impl Sensor {
                     }
                     return Err(e);
                 }
+            }
+        }
+        // Pinned only once every hook is attached: a half engine is never left behind.
+        if let Some(pins) = self.pins.clone() {
+            for (name, id) in attached {
+                let prog: &mut Lsm = self
+                    .ebpf
+                    .program_mut(name)
+                    .ok_or(LoadError::MissingMap(name))?
+                    .try_into()
+                    .map_err(|source| LoadError::Program { name, source })?;
+                let link = prog.take_link(id).map_err(|source| LoadError::Program { name, source })?;
+                let path = pins.link_path(name);
+                FdLink::from(link)
+                    .pin(&path)
+                    .map_err(|source| LoadError::Pin { what: path.display().to_string(), source })?;
             }
         }
         self.lsm_engine = true;
@@ -444,6 +581,18 @@ impl Sensor {
                     .map_err(|source| LoadError::Map { name: maps::STATS, source })
             })
             .collect()
+    }
+
+    /// Ring-buffer fill in bytes: the most any CPU saw waiting when it last submitted a
+    /// record (`stat::RING_FILL`, a per-CPU gauge, so the maximum, not the sum).
+    pub fn ring_fill(&self) -> Result<u64, LoadError> {
+        let m = self.ebpf.map(maps::STATS).ok_or(LoadError::MissingMap(maps::STATS))?;
+        let a: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(m).map_err(|source| LoadError::Map { name: maps::STATS, source })?;
+        let per_cpu = a
+            .get(&maps::stat::RING_FILL, 0)
+            .map_err(|source| LoadError::Map { name: maps::STATS, source })?;
+        Ok(per_cpu.iter().copied().max().unwrap_or(0))
     }
 }
 

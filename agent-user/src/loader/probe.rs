@@ -104,8 +104,13 @@ pub fn probe() -> ProbeReport {
         .and_then(|k| k.kernel_offsets().map_err(|e| e.to_string()))
         .and_then(|off| {
             let btf = aya::Btf::from_sys_fs().map_err(|e| e.to_string())?;
-            let opts = LoadOptions { ring_bytes: 4096 * 16, max_tasks: 4, max_cgroups: 16 };
-            let ebpf = load_object(&off, &opts, &btf).map_err(|e| err_chain(&e))?;
+            let opts = LoadOptions {
+                ring_bytes: 4096 * 16,
+                max_tasks: 4,
+                max_cgroups: 16,
+                ..LoadOptions::default()
+            };
+            let ebpf = load_object(&off, &opts, &btf, None).map_err(|e| err_chain(&e))?;
             Ok((ebpf, btf))
         });
     match programs {

@@ -38,11 +38,12 @@ pub fn cgroup2_mount_in(mountinfo: &str) -> Option<PathBuf> {
             return None;
         }
         let mount_point = pre.split_whitespace().nth(4)?;
-        Some(PathBuf::from(unescape_octal(mount_point)))
+        Some(PathBuf::from(unescape_mountinfo(mount_point)))
     })
 }
 
-fn unescape_octal(s: &str) -> String {
+/// Decodes the octal escapes (`\040` for space) of a mountinfo field.
+pub fn unescape_mountinfo(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

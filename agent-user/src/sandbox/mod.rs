@@ -4,5 +4,6 @@ pub mod cgroup;
 pub mod confine;
 pub mod launch;
 pub mod limits;
+pub mod secrets;
 
-pub use cgroup::{Cgroup, CgroupError, cgroup2_mount};
+pub use cgroup::{Cgroup, CgroupError, cgroup2_mount, unescape_mountinfo};

@@ -491,6 +491,17 @@ impl CompiledScope {
         let mut secrets = Vec::new();
         for (i, s) in scope.secrets.iter().enumerate() {
             let field = format!("secrets[{i}].path");
+            if let Some(issue) = &s.issue
+                && s.path.as_os_str().is_empty()
+            {
+                return Err(scope.error(
+                    &issue.name,
+                    &format!("secrets[{i}].name"),
+                    "issued secrets are materialised when a task starts (warden run, warden task start); \
+                     they cannot be compiled on their own"
+                        .into(),
+                ));
+            }
             let file = FileId::of(&s.path).map_err(|e| {
                 scope.error(&s.path.display().to_string(), &field, format!("{}: {e}", s.path.display()))
             })?;

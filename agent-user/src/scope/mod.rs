@@ -43,8 +43,28 @@ pub struct EgressRule {
 /// A secret and the executables that may open it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Secret {
+    /// The guarded file. For an issued secret, empty until [`Scope::place_issued_secrets`].
     pub path: PathBuf,
     pub tools: Vec<PathBuf>,
+    /// Set when the secret is issued per task rather than guarded in place.
+    pub issue: Option<IssuedSecret>,
+}
+
+/// A secret the node daemon issues for each task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuedSecret {
+    pub name: String,
+    /// The file the value is copied from.
+    pub from: PathBuf,
+    /// The environment variable naming the issued file's path.
+    pub env: String,
+}
+
+/// The default environment variable of an issued secret: `WARDEN_SECRET_<NAME>`.
+pub fn default_secret_env(name: &str) -> String {
+    let up: String =
+        name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect();
+    format!("WARDEN_SECRET_{up}")
 }
 
 /// A validated scope. `None` sections are not restricted (protected defaults still apply).
@@ -122,11 +142,54 @@ impl Scope {
                 }
             }
         }
-        let secrets: Vec<Secret> = raw
-            .secrets
-            .into_iter()
-            .map(|s| Secret { path: s.path.0, tools: s.tools.into_iter().map(|t| t.0).collect() })
-            .collect();
+        let mut secrets: Vec<Secret> = Vec::new();
+        for (i, s) in raw.secrets.into_iter().enumerate() {
+            let tools: Vec<PathBuf> = s.tools.into_iter().map(|t| t.0).collect();
+            let needle = s.name.as_ref().map(|n| n.0.clone()).unwrap_or_else(|| "secrets".into());
+            let secret = match (s.path, s.name, s.from) {
+                (Some(p), None, None) => {
+                    if let Some(env) = &s.env {
+                        return Err(invalid(
+                            &env.0,
+                            &format!("secrets[{i}].env"),
+                            "`env` is for issued secrets (`name` + `from`); a guarded `path` is already known to the task".into(),
+                        ));
+                    }
+                    Secret { path: p.0, tools, issue: None }
+                }
+                (None, Some(name), Some(from)) => Secret {
+                    path: PathBuf::new(),
+                    tools,
+                    issue: Some(IssuedSecret {
+                        env: s.env.map(|e| e.0).unwrap_or_else(|| default_secret_env(&name.0)),
+                        name: name.0,
+                        from: from.0,
+                    }),
+                },
+                _ => {
+                    return Err(invalid(
+                        &needle,
+                        &format!("secrets[{i}]"),
+                        "write either `path:` (guard an existing file) or `name:` and `from: file:/...` \
+                         (issue a per-task copy), not both and not neither"
+                            .into(),
+                    ));
+                }
+            };
+            if secrets.iter().any(|o: &Secret| {
+                o.issue
+                    .as_ref()
+                    .zip(secret.issue.as_ref())
+                    .is_some_and(|(a, b)| a.name == b.name || a.env == b.env)
+            }) {
+                return Err(invalid(
+                    &needle,
+                    &format!("secrets[{i}].name"),
+                    "two issued secrets share a name or env variable; rename one".into(),
+                ));
+            }
+            secrets.push(secret);
+        }
         for (i, s) in secrets.iter().enumerate() {
             if s.tools.is_empty() {
                 return Err(invalid(
@@ -178,6 +241,20 @@ impl Scope {
             on_gap: raw.evidence.map(|e| e.on_gap).unwrap_or_default(),
             text: text.to_string(),
         })
+    }
+
+    /// Whether the scope asks for secrets issued per task.
+    pub fn has_issued_secrets(&self) -> bool {
+        self.secrets.iter().any(|s| s.issue.is_some())
+    }
+
+    /// Gives each issued secret its per-task path, `<dir>/<name>`.
+    pub fn place_issued_secrets(&mut self, dir: &Path) {
+        for s in &mut self.secrets {
+            if let Some(i) = &s.issue {
+                s.path = dir.join(&i.name);
+            }
+        }
     }
 
     /// An error about this scope at the line where `needle` appears.

@@ -95,8 +95,20 @@ pub struct RawFiles {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RawSecret {
-    /// The secret file.
-    pub path: AbsPath,
+    /// An existing secret file to guard. Either `path`, or `name` + `from` (issued).
+    #[serde(default)]
+    pub path: Option<AbsPath>,
+    /// Issue a per-task copy under this name (the node daemon materialises it on a per-task
+    /// tmpfs and destroys it at task end).
+    #[serde(default)]
+    pub name: Option<SecretName>,
+    /// Where an issued secret's value comes from: `file:/abs/path`.
+    #[serde(default)]
+    pub from: Option<SecretSource>,
+    /// The environment variable that tells the task where an issued secret is
+    /// (default `WARDEN_SECRET_<NAME>`, upper-cased, `-` and `.` as `_`).
+    #[serde(default)]
+    pub env: Option<EnvName>,
     /// Only these executables may open it, and only during the task.
     pub tools: Vec<AbsPath>,
 }
@@ -282,3 +294,50 @@ impl TryFrom<u64> for ProcessLimit {
         }
     }
 }
+
+/// A secret's name: 1-64 of `[A-Za-z0-9._-]`, not starting with `.`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(try_from = "String")]
+pub struct SecretName(pub String);
+string_newtype!(SecretName, String, |s| {
+    let ok = !s.is_empty()
+        && s.len() <= 64
+        && !s.starts_with('.')
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "secret name {s:?} must be 1-64 characters of letters, digits, '-', '_' or '.', not starting with '.'"
+        ))
+    }
+});
+
+/// Where an issued secret comes from.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(try_from = "String")]
+pub struct SecretSource(pub PathBuf);
+string_newtype!(SecretSource, PathBuf, |s| {
+    match s.strip_prefix("file:") {
+        Some(p) => AbsPath::try_from(p.to_string()).map(|a| a.0),
+        None => Err(format!(
+            "{s:?} is not a secret source; write file:/path/to/value (e.g. file:/etc/warden/vault/gh-token)"
+        )),
+    }
+});
+
+/// An environment variable name: `[A-Za-z_][A-Za-z0-9_]*`, at most 128 bytes.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(try_from = "String")]
+pub struct EnvName(pub String);
+string_newtype!(EnvName, String, |s| {
+    let ok = !s.is_empty()
+        && s.len() <= 128
+        && !s.as_bytes()[0].is_ascii_digit()
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!("{s:?} is not an environment variable name; use letters, digits and '_'"))
+    }
+});

@@ -1,0 +1,280 @@
+//! `warden daemon`, `warden task ...` and `warden events`: the node daemon and its clients.
+use std::path::{Path, PathBuf};
+
+use anyhow::anyhow;
+
+use super::Failure;
+use crate::{
+    daemon::{
+        DaemonConfig,
+        api::{Client, ClientError, StartRequest, TaskInfo},
+    },
+    pipeline::Mode,
+    sandbox::{confine::Confinement, launch::spawn_into_cgroup},
+    scope::{Scope, compile::CompiledScope},
+};
+
+/// Default API socket; `WARDEN_SOCKET` or `--socket` override it.
+pub const DEFAULT_SOCKET: &str = "/run/warden/warden.sock";
+
+#[derive(Debug, clap::Args)]
+pub struct DaemonArgs {
+    /// The daemon configuration (YAML, docs/daemon.md). Without it, every default applies.
+    #[arg(long, value_name = "warden.yaml")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args, Clone)]
+pub struct SocketArg {
+    /// The daemon's API socket.
+    #[arg(long, env = "WARDEN_SOCKET", default_value = DEFAULT_SOCKET, global = true)]
+    pub socket: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TaskArgs {
+    #[command(flatten)]
+    pub socket: SocketArg,
+    #[command(subcommand)]
+    pub cmd: TaskCmd,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum TaskCmd {
+    /// Start a task: a new sandbox (or an existing cgroup, bound) held to a scope. Prints
+    /// the task id.
+    Start {
+        #[arg(long, value_name = "SCOPE.yaml")]
+        scope: PathBuf,
+        /// Bind this existing cgroup (e.g. a container's) instead of creating a sandbox.
+        #[arg(long, value_name = "PATH")]
+        cgroup: Option<PathBuf>,
+        /// Overrides the scope's mode.
+        #[arg(long, value_enum)]
+        mode: Option<Mode>,
+        /// Also write the task's records (its whole hash chain) to this file.
+        #[arg(long, value_name = "EVENTS.jsonl")]
+        log: Option<PathBuf>,
+        /// Print the task as JSON instead of its id.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a command inside a task's sandbox, confined by its scope; exits with its status.
+    Exec {
+        id: String,
+        #[arg(last = true, required = true, value_name = "CMD")]
+        cmd: Vec<String>,
+    },
+    /// End a task: kill its processes, revoke its kernel state and secrets, remove its
+    /// sandbox, record `task_end`, all together.
+    End {
+        id: String,
+        /// Recorded as `task_end.reason`.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// List running tasks.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a task's signed identity document (check it with `warden identity verify`).
+    Identity { id: String },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct EventsArgs {
+    #[command(flatten)]
+    pub socket: SocketArg,
+    /// Stream records as they are written (until interrupted, or until the task ends with
+    /// --task).
+    #[arg(long)]
+    pub follow: bool,
+    /// Only this task's records.
+    #[arg(long, value_name = "ID")]
+    pub task: Option<String>,
+}
+
+fn rt() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| Failure::Runtime(e.into()))
+}
+
+fn client_failure(e: ClientError) -> Failure {
+    if e.is_usage() { Failure::Usage(e.into()) } else { Failure::Runtime(e.into()) }
+}
+
+pub fn daemon(args: DaemonArgs) -> Result<i32, Failure> {
+    let cfg = match &args.config {
+        Some(p) => DaemonConfig::load(p).map_err(|e| Failure::Usage(e.into()))?,
+        None => DaemonConfig::default(),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Runtime(e.into()))?;
+    rt.block_on(crate::daemon::run(cfg)).map_err(Failure::Runtime)?;
+    Ok(0)
+}
+
+pub fn task(args: TaskArgs) -> Result<i32, Failure> {
+    let client = Client::new(&args.socket.socket);
+    let rt = rt()?;
+    match args.cmd {
+        TaskCmd::Start { scope, cgroup, mode, log, json } => {
+            let req = start_request(&scope, mode, cgroup, log.map(absolute), false, None)?;
+            let info = rt.block_on(client.start(&req)).map_err(client_failure)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&info).map_err(|e| Failure::Runtime(e.into()))?);
+            } else {
+                println!("{}", info.id);
+            }
+            Ok(0)
+        }
+        TaskCmd::Exec { id, cmd } => {
+            let info = rt.block_on(client.task(&id)).map_err(client_failure)?;
+            rt.block_on(async {
+                let mut child = spawn_in_task(&info, &cmd)?;
+                let status = child.wait().await.map_err(|e| Failure::Runtime(e.into()))?;
+                use std::os::unix::process::ExitStatusExt;
+                Ok(status.code().or_else(|| status.signal().map(|s| 128 + s)).unwrap_or(1))
+            })
+        }
+        TaskCmd::End { id, reason } => {
+            let r = rt.block_on(client.end(&id, reason)).map_err(client_failure)?;
+            let when = if r.already { "had already ended" } else { "ended" };
+            println!("{} {when}: {} (killed {}, drops {})", r.id, r.reason, r.killed, r.drops);
+            for e in &r.errors {
+                eprintln!("warden: revocation step failed: {e}");
+            }
+            Ok(if r.errors.is_empty() { 0 } else { 1 })
+        }
+        TaskCmd::List { json } => {
+            let tasks = rt.block_on(client.list()).map_err(client_failure)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&tasks).map_err(|e| Failure::Runtime(e.into()))?);
+            } else {
+                println!("{:<28} {:>5} {:<8} {:<9} {:>6}  CGROUP", "TASK", "SLOT", "MODE", "ENGINE", "PROCS");
+                for t in tasks {
+                    println!(
+                        "{:<28} {:>5} {:<8} {:<9} {:>6}  {}",
+                        t.id,
+                        t.slot,
+                        t.mode,
+                        t.engine,
+                        t.processes,
+                        t.cgroup.display()
+                    );
+                }
+            }
+            Ok(0)
+        }
+        TaskCmd::Identity { id } => {
+            let doc = rt.block_on(client.identity(&id)).map_err(client_failure)?;
+            println!("{}", serde_json::to_string_pretty(&doc).map_err(|e| Failure::Runtime(e.into()))?);
+            Ok(0)
+        }
+    }
+}
+
+pub fn events(args: EventsArgs) -> Result<i32, Failure> {
+    let client = Client::new(&args.socket.socket);
+    let mut path = format!("/events?follow={}", args.follow);
+    if let Some(t) = &args.task {
+        if !t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.') {
+            return Err(Failure::Usage(anyhow!("--task {t:?} is not a task id")));
+        }
+        path.push_str(&format!("&task={t}"));
+    }
+    let until_end = args.follow && args.task.is_some();
+    let rt = rt()?;
+    let mut pending: Vec<u8> = Vec::new();
+    let mut saw_end = false;
+    rt.block_on(client.stream(&path, |chunk| {
+        use std::io::Write;
+        pending.extend_from_slice(chunk);
+        let mut out = std::io::stdout().lock();
+        while let Some(i) = pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=i).collect();
+            if out.write_all(&line).is_err() {
+                return false;
+            }
+            // Following one task ends with its last record: the checkpoint after task_end.
+            if until_end {
+                let kind = kind_of(&line);
+                if kind.as_deref() == Some("task_end") {
+                    saw_end = true;
+                } else if saw_end && kind.as_deref() == Some("checkpoint") {
+                    let _ = out.flush();
+                    return false;
+                }
+            }
+        }
+        out.flush().is_ok()
+    }))
+    .map_err(client_failure)?;
+    Ok(0)
+}
+
+fn kind_of(line: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(line).ok()?;
+    v.get("kind")?.as_str().map(str::to_string)
+}
+
+fn absolute(p: PathBuf) -> PathBuf {
+    if p.is_absolute() { p } else { std::env::current_dir().map(|d| d.join(&p)).unwrap_or(p) }
+}
+
+/// Reads and checks a scope file and builds the start request (nothing is sent).
+pub fn start_request(
+    scope: &Path,
+    mode: Option<Mode>,
+    cgroup: Option<PathBuf>,
+    log: Option<PathBuf>,
+    end_when_empty: bool,
+    cmd: Option<Vec<String>>,
+) -> Result<StartRequest, Failure> {
+    let parsed = Scope::load(scope).map_err(|e| Failure::Usage(e.into()))?;
+    Ok(StartRequest {
+        scope_text: parsed.text,
+        scope_path: absolute(scope.to_path_buf()),
+        mode: mode.map(|m| m.as_str().to_string()),
+        cgroup,
+        log,
+        end_when_empty,
+        cmd,
+    })
+}
+
+/// Starts `cmd` inside a task's sandbox: it joins the sandbox before its first instruction
+/// and, in enforce mode, carries the fallback engine's confinement compiled from the task's
+/// scope, exactly as `warden run` starts a task's first process. Issued secrets are named by
+/// their environment variables.
+pub fn spawn_in_task(info: &TaskInfo, cmd: &[String]) -> Result<tokio::process::Child, Failure> {
+    let mut scope =
+        Scope::parse(&info.scope_text, &info.scope_path).map_err(|e| Failure::Runtime(e.into()))?;
+    scope.mode = if info.mode == "audit" { Mode::Audit } else { Mode::Enforce };
+    if let Some(dir) = &info.secrets_dir {
+        scope.place_issued_secrets(dir);
+    }
+    let compiled = CompiledScope::compile(&scope).map_err(|e| Failure::Runtime(e.into()))?;
+    let confine = if scope.mode == Mode::Enforce {
+        Some(
+            Confinement::prepare(&compiled, info.engine == "bpf-lsm")
+                .map_err(|e| Failure::Runtime(e.into()))?,
+        )
+    } else {
+        None
+    };
+    let mut c = tokio::process::Command::new(&cmd[0]);
+    c.args(&cmd[1..]);
+    for s in &info.secrets {
+        c.env(&s.env, &s.path);
+    }
+    c.env("WARDEN_TASK", &info.id);
+    spawn_into_cgroup(&mut c, &info.procs_files, confine).map_err(|e| Failure::Runtime(e.into()))?;
+    c.spawn().map_err(|e| {
+        let code_hint = if e.kind() == std::io::ErrorKind::NotFound { " (not found)" } else { "" };
+        Failure::Runtime(anyhow!("cannot start {}{code_hint}: {e}", cmd[0]))
+    })
+}
