@@ -13,7 +13,7 @@
 //! | `audit` | 3 Observed | 15 Detected | 1 Success | 3 Medium |
 //!
 //! [OCSF]: https://schema.ocsf.io
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Map, Value, json};
 
@@ -22,11 +22,48 @@ use crate::rules::{Severity, engine::Finding};
 /// The OCSF schema version events are written against (`metadata.version`).
 pub const OCSF_VERSION: &str = "1.8.0";
 
-/// What the records do not carry but an OCSF event wants.
+/// What a single record does not carry but an OCSF event wants: `device.hostname`, which only
+/// a task's `task_start` names (`node`).
+///
+/// The host name of an event of task T is, in this order: [`Context::hostname`] (`--host`, an
+/// explicit override), the `node` of T's `task_start` (learnt by [`Context::learn`]), then
+/// [`Context::fallback_hostname`] (the host doing the conversion), else none.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Context {
-    /// `device.hostname`: the host the log was recorded on (records carry no host name).
+    /// Overrides `device.hostname` of every event, whatever the records say.
     pub hostname: Option<String>,
+    /// `device.hostname` of events whose task's node is unknown: logs from before `task_start`
+    /// named the node, or a replay that starts after the task's `task_start`.
+    pub fallback_hostname: Option<String>,
+    /// Task id → the node its `task_start` names.
+    nodes: BTreeMap<String, String>,
+}
+
+impl Context {
+    /// `hostname` overrides every event's host name; `fallback_hostname` names the host of tasks
+    /// whose node is unknown.
+    pub fn new(hostname: Option<String>, fallback_hostname: Option<String>) -> Self {
+        Self { hostname, fallback_hostname, nodes: BTreeMap::new() }
+    }
+
+    /// Notes what a record tells about the events after it: a `task_start`'s `node`. Call it for
+    /// every record, in log order, before mapping it.
+    pub fn learn(&mut self, rec: &Value) {
+        if rec["kind"] == "task_start"
+            && let (Some(task), Some(node)) = (rec["task"].as_str(), rec["node"].as_str())
+            && !node.is_empty()
+        {
+            self.nodes.insert(task.to_string(), node.to_string());
+        }
+    }
+
+    /// `device.hostname` of an event of `task`.
+    pub fn hostname_of(&self, task: &str) -> Option<&str> {
+        self.hostname
+            .as_deref()
+            .or_else(|| self.nodes.get(task).map(String::as_str))
+            .or(self.fallback_hostname.as_deref())
+    }
 }
 
 /// An OCSF event class.
@@ -128,10 +165,17 @@ fn file_type_name(id: i64) -> &'static str {
     match id {
         1 => "Regular File",
         2 => "Folder",
+        7 => "Symbolic Link",
         8 => "Executable File",
         _ => "Unknown",
     }
 }
+
+/// `file.type_id` 0: the record does not say (a `mknod` may create a device or a pipe).
+const UNKNOWN_FILE: i64 = 0;
+const REGULAR_FILE: i64 = 1;
+const FOLDER: i64 = 2;
+const SYMBOLIC_LINK: i64 = 7;
 
 /// `file.type_id` 8: a file that was executed or mapped executable.
 const EXECUTABLE_FILE: i64 = 8;
@@ -181,6 +225,8 @@ struct Control {
 }
 
 fn control(r: &mut Rec<'_>) -> Option<Control> {
+    // The BPF LSM engine refuses files with EACCES (as Landlock does), everything else with EPERM.
+    let errno = if matches!(r.peek_str("kind"), Some("open" | "file")) { "EACCES" } else { "EPERM" };
     let decision = r.str("decision")?;
     let rule = r.str("rule");
     let how = r.str("action");
@@ -208,7 +254,9 @@ fn control(r: &mut Rec<'_>) -> Option<Control> {
                     "killed (SIGKILL) before its first instruction: not allowed by the task scope's {}",
                     rule.unwrap_or("rules")
                 ),
-                _ => format!("refused (EPERM): not allowed by the task scope's {}", rule.unwrap_or("rules")),
+                _ => {
+                    format!("refused ({errno}): not allowed by the task scope's {}", rule.unwrap_or("rules"))
+                }
             }),
         },
         "audit" => Control {
@@ -265,6 +313,13 @@ fn base(
     let task = r.str("task").unwrap_or("");
     let seq = r.int("seq");
     let kind = r.str("kind").unwrap_or("");
+    // A task_start names its own node, learnt or not; `node` is consumed only when it is the
+    // host name given (an `--host` override keeps it in `unmapped`).
+    let own = if kind == "task_start" { r.peek_str("node").filter(|n| !n.is_empty()) } else { None };
+    let hostname = ctx.hostname.as_deref().or(own).or_else(|| ctx.hostname_of(task));
+    if own.is_some() && own == hostname {
+        r.used.insert("node");
+    }
     r.used.insert("v");
     let mut profiles = vec!["host"];
     let c = control(r);
@@ -285,7 +340,7 @@ fn base(
     md.insert("log_name".into(), "warden-audit".into());
     md.insert("log_version".into(), r.peek_int("v").unwrap_or(0).to_string().into());
     e.insert("metadata".into(), Value::Object(md));
-    e.insert("device".into(), device(ctx));
+    e.insert("device".into(), device(hostname));
     match c {
         Some(c) => {
             e.insert("action_id".into(), c.action_id.into());
@@ -324,12 +379,12 @@ fn product() -> Value {
     json!({ "name": "Warden", "vendor_name": "Warden", "version": env!("CARGO_PKG_VERSION") })
 }
 
-fn device(ctx: &Context) -> Value {
+fn device(hostname: Option<&str>) -> Value {
     let mut d = Map::new();
     d.insert("type_id".into(), 0.into());
     d.insert("type".into(), "Unknown".into());
-    if let Some(h) = &ctx.hostname {
-        d.insert("hostname".into(), h.clone().into());
+    if let Some(h) = hostname {
+        d.insert("hostname".into(), h.into());
     }
     Value::Object(d)
 }
@@ -500,6 +555,17 @@ pub fn record(rec: &Value, ctx: &Context) -> Option<Value> {
             e.insert("file".into(), file_obj(path, type_id, identity));
             finish(e, &r, format!("{kind} {}{out}", path.unwrap_or("?")))
         }
+        "file" => {
+            let (id, name, caption, type_id, verb) = file_change(r.peek_int("arg"));
+            let mut e = base(&mut r, FILE, id, name, caption, ctx);
+            let actor = process_obj(&mut r);
+            let path = r.str("path");
+            let identity = r.int("dev").zip(r.int("ino"));
+            // `arg` (the operation) stays in `unmapped`: several operations share an activity.
+            e.insert("actor".into(), json!({ "process": actor }));
+            e.insert("file".into(), file_obj(path, type_id, identity));
+            finish(e, &r, format!("{verb} {}{out}", path.unwrap_or("?")))
+        }
         "module" => {
             let mut e = base(&mut r, KEXT, 1, "Load", "Load", ctx);
             let actor = process_obj(&mut r);
@@ -540,6 +606,24 @@ pub fn record(rec: &Value, ctx: &Context) -> Option<Value> {
         }
         _ => return None,
     })
+}
+
+/// A `file` record's operation (`arg`, docs/events.md) → File System Activity `activity_id`,
+/// `activity_name`, type caption, `file.type_id` and the verb for `message`.
+fn file_change(op: Option<i64>) -> (i64, &'static str, &'static str, i64, &'static str) {
+    match op {
+        Some(1) => (1, "Create", "Create", UNKNOWN_FILE, "create"),
+        Some(2) => (1, "Create", "Create", FOLDER, "mkdir"),
+        Some(3) => (1, "Create", "Create", SYMBOLIC_LINK, "symlink"),
+        // The record names the existing file, not the new name: not a Create of that file.
+        Some(4) => (OTHER, "Link", "Other", UNKNOWN_FILE, "hard link to"),
+        Some(5) => (5, "Rename", "Rename", UNKNOWN_FILE, "rename"),
+        Some(6) => (4, "Delete", "Delete", UNKNOWN_FILE, "unlink"),
+        Some(7) => (4, "Delete", "Delete", FOLDER, "rmdir"),
+        Some(8) => (3, "Update", "Update", REGULAR_FILE, "truncate"),
+        Some(9) => (5, "Rename", "Rename", UNKNOWN_FILE, "rename (exchange)"),
+        _ => (OTHER, "File Change", "Other", UNKNOWN_FILE, "file change"),
+    }
 }
 
 /// connect/sendmsg: Network Activity, or DNS Activity when the destination port is 53.
@@ -666,7 +750,7 @@ pub fn finding(f: &Finding, ctx: &Context) -> Value {
             "related_events": related,
             "related_events_count": f.seqs.len(),
         },
-        "device": device(ctx),
+        "device": device(ctx.hostname_of(&f.task)),
     });
     if let Some(pid) = f.pid {
         let p = json!({ "pid": pid, "sandbox": f.task });
@@ -681,7 +765,7 @@ mod tests {
     use super::*;
 
     fn ctx() -> Context {
-        Context { hostname: Some("node-1".into()) }
+        Context { hostname: Some("node-1".into()), ..Default::default() }
     }
 
     fn rec(extra: Value) -> Value {
@@ -854,6 +938,124 @@ mod tests {
         .unwrap();
         assert_eq!(mt["type_uid"], 100112);
         assert_eq!(mt["file"]["name"], "unknown");
+    }
+
+    #[test]
+    fn file_tree_changes_are_file_system_activity() {
+        // A refused unlink (BPF LSM `path_unlink`): Delete, Denied/Blocked, EACCES.
+        let e = record(
+            &rec(json!({"kind": "file", "decision": "deny", "action": "refuse", "rule": "files.write", "path": "/etc/passwd", "dev": 2049, "ino": 12, "arg": 6, "ancestry": [99, 1]})),
+            &ctx(),
+        )
+        .unwrap();
+        assert_common(&e, 1001, 4);
+        assert_eq!(e["class_name"], "File System Activity");
+        assert_eq!(e["activity_name"], "Delete");
+        assert_eq!(e["type_name"], "File System Activity: Delete");
+        assert_eq!(e["file"]["path"], "/etc/passwd");
+        assert_eq!(e["file"]["name"], "passwd");
+        assert_eq!(e["file"]["type_id"], 0);
+        assert_eq!(e["file"]["uid"], "2049:12");
+        assert_eq!(e["actor"]["process"]["pid"], 100);
+        assert_eq!(e["actor"]["process"]["ancestry"], json!([{"pid": 99}, {"pid": 1}]));
+        assert_eq!((e["action_id"].clone(), e["action"].clone()), (json!(2), json!("Denied")));
+        assert_eq!((e["disposition_id"].clone(), e["disposition"].clone()), (json!(2), json!("Blocked")));
+        assert_eq!(e["status_id"], 2);
+        assert_eq!(e["is_alert"], true);
+        assert_eq!(
+            e["status_detail"], "refused (EACCES): not allowed by the task scope's files.write",
+            "files are refused with EACCES"
+        );
+        assert_eq!(
+            e["policy"],
+            json!({"name": "files.write", "type": "Warden task scope", "is_applied": true})
+        );
+        assert_eq!(e["message"], "unlink /etc/passwd (refused)");
+        assert_eq!(e["unmapped"]["arg"], 6, "the operation is kept verbatim");
+        assert!(e["unmapped"].get("path").is_none() && e["unmapped"].get("dev").is_none());
+        // Audit mode: Observed/Detected, the call went through.
+        let a = record(
+            &rec(json!({"kind": "file", "decision": "audit", "action": "refuse", "rule": "files.deny", "path": "/work/.git", "arg": 2, "path_truncated": true})),
+            &ctx(),
+        )
+        .unwrap();
+        assert_common(&a, 1001, 1);
+        assert_eq!((a["action_id"].clone(), a["disposition_id"].clone()), (json!(3), json!(15)));
+        assert_eq!(a["status_id"], 1);
+        assert_eq!(a["file"]["type_id"], 2);
+        assert_eq!(a["file"]["type"], "Folder");
+        assert!(a["file"].get("uid").is_none(), "no identity for a file that does not exist yet");
+        assert_eq!(a["message"], "mkdir /work/.git (audit: would have been refused)");
+        assert_eq!(a["unmapped"]["path_truncated"], true);
+        // Every operation of docs/events.md.
+        for (op, activity_id, activity_name, type_id, verb) in [
+            (1, 1, "Create", 0, "create"),
+            (2, 1, "Create", 2, "mkdir"),
+            (3, 1, "Create", 7, "symlink"),
+            (4, 99, "Link", 0, "hard link to"),
+            (5, 5, "Rename", 0, "rename"),
+            (6, 4, "Delete", 0, "unlink"),
+            (7, 4, "Delete", 2, "rmdir"),
+            (8, 3, "Update", 1, "truncate"),
+            (9, 5, "Rename", 0, "rename (exchange)"),
+            (42, 99, "File Change", 0, "file change"),
+        ] {
+            let e = record(
+                &rec(json!({"kind": "file", "decision": "deny", "action": "refuse", "rule": "files.deny", "path": "/x/y", "arg": op})),
+                &ctx(),
+            )
+            .unwrap();
+            assert_common(&e, 1001, activity_id);
+            assert_eq!(e["activity_name"], activity_name, "op {op}");
+            assert_eq!(e["file"]["type_id"], type_id, "op {op}");
+            assert_eq!(e["message"], format!("{verb} /x/y (refused)"), "op {op}");
+        }
+    }
+
+    #[test]
+    fn device_hostname_is_the_tasks_node_unless_overridden() {
+        let start = json!({"v": 2, "seq": 1, "time": "2026-11-22T14:57:36.190211562Z", "task": "t-00", "kind": "task_start", "decision": "allow", "pid": 100, "ppid": 99, "node": "build-7", "scope": "s.yaml", "cmd": ["true"]});
+        let exec = rec(json!({"kind": "exec", "path": "/usr/bin/id"}));
+        let other = json!({"v": 2, "seq": 1, "time": "2026-11-22T14:57:36.190211562Z", "task": "t-01", "kind": "exit", "decision": "allow", "pid": 5, "exit_status": 0});
+        let mut ctx = Context { fallback_hostname: Some("replayer".into()), ..Default::default() };
+        // task_start names its own node, learnt or not; `node` is then consumed.
+        let s = record(&start, &ctx).unwrap();
+        assert_eq!(s["device"]["hostname"], "build-7");
+        assert!(s["unmapped"].get("node").is_none(), "{s}");
+        // Before the task's task_start is seen: the fallback (the replaying host).
+        assert_eq!(record(&exec, &ctx).unwrap()["device"]["hostname"], "replayer");
+        for r in [&start, &exec, &other] {
+            ctx.learn(r);
+        }
+        assert_eq!(record(&exec, &ctx).unwrap()["device"]["hostname"], "build-7");
+        // Another task whose node is unknown.
+        assert_eq!(record(&other, &ctx).unwrap()["device"]["hostname"], "replayer");
+        let f = Finding {
+            rule: "r".into(),
+            severity: Severity::Low,
+            description: "d".into(),
+            task: "t-00".into(),
+            pid: None,
+            seqs: vec![7],
+            time: "2026-11-22T14:57:36.190211562Z".into(),
+        };
+        assert_eq!(finding(&f, &ctx)["device"]["hostname"], "build-7");
+        // --host overrides; the recorded node is kept in `unmapped`.
+        ctx.hostname = Some("node-1".into());
+        assert_eq!(record(&exec, &ctx).unwrap()["device"]["hostname"], "node-1");
+        let s = record(&start, &ctx).unwrap();
+        assert_eq!(s["device"]["hostname"], "node-1");
+        assert_eq!(s["unmapped"]["node"], "build-7");
+        assert_eq!(finding(&f, &ctx)["device"]["hostname"], "node-1");
+        // Nothing known, no fallback: no hostname.
+        let bare = Context::default();
+        assert!(record(&exec, &bare).unwrap()["device"].get("hostname").is_none());
+        // An empty node (gethostname failed) names nothing.
+        let mut c = Context::default();
+        let mut blank = start.clone();
+        blank["node"] = "".into();
+        c.learn(&blank);
+        assert!(record(&exec, &c).unwrap()["device"].get("hostname").is_none());
     }
 
     #[test]

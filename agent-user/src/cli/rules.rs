@@ -89,7 +89,8 @@ pub struct ReplayArgs {
     /// Skip (and count) corrupt lines instead of stopping at the first one.
     #[arg(long)]
     pub keep_going: bool,
-    /// --format ocsf: `device.hostname`, the host the log was recorded on (default: this host).
+    /// --format ocsf: `device.hostname` of every event, overriding the node the records name
+    /// (default: the node each task's task_start names, else this host).
     #[arg(long, value_name = "NAME")]
     pub host: Option<String>,
 }
@@ -167,9 +168,10 @@ pub fn replay(args: ReplayArgs) -> Result<i32, Failure> {
     let total: u64 = args.files.iter().filter_map(|f| std::fs::metadata(f).ok()).map(|m| m.len()).sum();
     let bar = (total > 64 << 20 && std::io::stderr().is_terminal())
         .then(|| indicatif::ProgressBar::new(total).with_style(indicatif::ProgressStyle::default_bar()));
-    let ctx = ocsf::Context {
-        hostname: args.host.clone().or_else(|| nix::unistd::gethostname().ok()?.into_string().ok()),
-    };
+    let ctx = ocsf::Context::new(
+        args.host.clone(),
+        nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()),
+    );
     let stdout = std::io::stdout();
     let mut r = Replayer {
         engine: Engine::new(&set),
@@ -254,6 +256,7 @@ impl<W: Write> Replayer<'_, W> {
             return Ok(true);
         }
         self.records += 1;
+        self.ctx.learn(&rec);
         if self.args.format == ReplayFormat::Ocsf
             && let Some(event) = ocsf::record(&rec, &self.ctx)
         {
