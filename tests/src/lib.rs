@@ -147,9 +147,14 @@ pub struct RunOutcome {
     pub code: Option<i32>,
     pub stdout: String,
     pub stderr: String,
+    /// The records of the log file (after a rotation: of the newest part only).
     pub records: Vec<serde_json::Value>,
     /// The log exactly as written (the sealed lines the hash chain covers).
     pub log: String,
+    /// Where the log is (`<dir>/events.jsonl`; rotated parts beside it).
+    pub log_path: PathBuf,
+    /// The run's temp dir (scope, node key, log), removed when the outcome is dropped.
+    pub dir: tempfile::TempDir,
 }
 
 impl RunOutcome {
@@ -175,44 +180,77 @@ impl RunOutcome {
     }
 }
 
-/// Runs `warden run` with `scope` (YAML text) and `sh -c script`, in a temp dir.
-pub fn run_warden(scope: &str, script: &str, extra: &[&str]) -> RunOutcome {
+/// A `warden run` started by [`spawn_warden`] and not yet waited for.
+pub struct RunningWarden {
+    pub child: std::process::Child,
+    /// The log `warden run` writes (it may not exist yet).
+    pub log_path: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl RunningWarden {
+    /// The run's temp dir.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Waits for `warden` to end and collects what it produced.
+    pub fn finish(self) -> RunOutcome {
+        let out = self.child.wait_with_output().expect("wait for warden");
+        let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+        let records: Vec<serde_json::Value> =
+            text.lines().map(|l| serde_json::from_str(l).expect("record is JSON")).collect();
+        // `warden run --engine auto` falls back when BPF LSM programs fail to load; a test must not
+        // pass on the fallback while the kernel offers BPF LSM. (A rotated log's newest part does
+        // not start with `task_start`.)
+        if let Some(start) = records.first().filter(|r| r["kind"] == "task_start") {
+            assert_eq!(
+                start["engine"].as_str(),
+                Some(engine()),
+                "warden run used another engine than this kernel offers; stderr:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        RunOutcome {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            records,
+            log: text,
+            log_path: self.log_path,
+            dir: self.dir,
+        }
+    }
+}
+
+/// Starts `warden run` with `scope` (YAML text), `extra` arguments and `sh -c script`, in a temp
+/// dir, without waiting: stdin is `/dev/null`, stdout and stderr are captured.
+pub fn spawn_warden(scope: &str, script: &str, extra: &[&str]) -> RunningWarden {
     let dir = tempfile::tempdir().expect("tempdir");
     let sp = dir.path().join("scope.yaml");
     std::fs::write(&sp, scope).expect("write scope");
-    let log = dir.path().join("events.jsonl");
-    let out = std::process::Command::new(warden_bin())
+    let log_path = dir.path().join("events.jsonl");
+    let child = std::process::Command::new(warden_bin())
         .arg("run")
         .arg("--key")
         .arg(dir.path().join("node.key"))
         .arg("--scope")
         .arg(&sp)
         .arg("--log")
-        .arg(&log)
+        .arg(&log_path)
         .args(extra)
         .args(["--", "/bin/sh", "-c", script])
-        .output()
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .expect("run warden");
-    let text = std::fs::read_to_string(&log).unwrap_or_default();
-    let records: Vec<serde_json::Value> =
-        text.lines().map(|l| serde_json::from_str(l).expect("record is JSON")).collect();
-    // `warden run --engine auto` falls back when BPF LSM programs fail to load; a test must not
-    // pass on the fallback while the kernel offers BPF LSM.
-    if let Some(start) = records.first() {
-        assert_eq!(
-            start["engine"].as_str(),
-            Some(engine()),
-            "warden run used another engine than this kernel offers; stderr:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    RunOutcome {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        records,
-        log: text,
-    }
+    RunningWarden { child, log_path, dir }
+}
+
+/// Runs `warden run` with `scope` (YAML text) and `sh -c script`, in a temp dir, to the end.
+pub fn run_warden(scope: &str, script: &str, extra: &[&str]) -> RunOutcome {
+    spawn_warden(scope, script, extra).finish()
 }
 
 /// The engine `warden run` enforces with on this kernel.

@@ -1,25 +1,12 @@
 //! Host tier: `warden run` end to end, through the real binary.
-use std::{
-    path::Path,
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::{path::Path, process::Command, time::Duration};
 
 use serde_json::Value;
-use warden_tests::{require, wait_for, warden_bin};
+use warden_tests::{require, run_warden, spawn_warden, wait_for, warden_bin};
 
-fn records(log: &Path) -> Vec<Value> {
-    std::fs::read_to_string(log)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("each line is JSON"))
-        .collect()
-}
-
-fn scope(dir: &Path, name: &str) -> std::path::PathBuf {
-    let p = dir.join("scope.yaml");
-    std::fs::write(&p, format!("version: 1\ntask: {name}\n")).unwrap();
-    p
+/// A scope that only names the task.
+fn scope(name: &str) -> String {
+    format!("version: 1\ntask: {name}\n")
 }
 
 /// Pids of live processes whose cgroup path contains `needle`.
@@ -41,21 +28,11 @@ fn run_records_the_tree_kills_orphans_and_returns_the_status() {
     if !require("run_records_the_tree_kills_orphans_and_returns_the_status", "tp_btf") {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("l.jsonl");
-    let out = Command::new(warden_bin())
-        .args(["run", "--key"])
-        .arg(dir.path().join("node.key"))
-        .arg("--scope")
-        .arg(scope(dir.path(), "orphans"))
-        .arg("--log")
-        .arg(&log)
-        .args(["--", "sh", "-c", "ls >/dev/null; (sleep 300 &) ; (setsid sleep 301 &); exit 3"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(3), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let out =
+        run_warden(&scope("orphans"), "ls >/dev/null; (sleep 300 &) ; (setsid sleep 301 &); exit 3", &[]);
+    assert_eq!(out.code, Some(3), "stderr: {}", out.stderr);
 
-    let recs = records(&log);
+    let recs = &out.records;
     let task = recs[0]["task"].as_str().unwrap().to_string();
     assert!(task.starts_with("orphans-"));
     // Nothing of the task survives: no process is left in its cgroup.
@@ -105,22 +82,10 @@ fn sigterm_ends_the_task_the_same_way() {
     if !require("sigterm_ends_the_task_the_same_way", "tp_btf") {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("l.jsonl");
-    let mut child = Command::new(warden_bin())
-        .args(["run", "--key"])
-        .arg(dir.path().join("node.key"))
-        .arg("--scope")
-        .arg(scope(dir.path(), "sigterm"))
-        .arg("--log")
-        .arg(&log)
-        .args(["--", "sh", "-c", "(sleep 300 &); exec sleep 299"])
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
+    let running = spawn_warden(&scope("sigterm"), "(sleep 300 &); exec sleep 299", &[]);
     // Wait until both sleeps have exec'd, then ask warden to stop.
     let ready = wait_for(Duration::from_secs(10), || {
-        let n = std::fs::read_to_string(&log)
+        let n = std::fs::read_to_string(&running.log_path)
             .ok()?
             .lines()
             .filter(|l| l.contains("\"kind\":\"exec\"") && l.contains("/sleep"))
@@ -129,10 +94,15 @@ fn sigterm_ends_the_task_the_same_way() {
     });
     assert!(ready.is_some(), "sleeps never started");
     // SAFETY: kill(2) on our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let st = child.wait().unwrap();
-    assert_eq!(st.code(), Some(143), "ended by SIGTERM: 128+15, as a shell reports it");
-    let recs = records(&log);
+    unsafe { libc::kill(running.child.id() as i32, libc::SIGTERM) };
+    let out = running.finish();
+    assert_eq!(
+        out.code,
+        Some(143),
+        "ended by SIGTERM: 128+15, as a shell reports it; stderr: {}",
+        out.stderr
+    );
+    let recs = &out.records;
     let task = recs[0]["task"].as_str().unwrap();
     assert!(procs_in_cgroup(task).is_empty());
     let end = &recs[recs.len() - 2];
@@ -206,26 +176,18 @@ fn verify_accepts_an_intact_log_and_finds_each_tampering() {
     if !require("verify_accepts_an_intact_log_and_finds_each_tampering", "tp_btf") {
         return;
     }
+    // The identity document and the tampered copies: a dir of the test's own (`--identity` is
+    // named before the run).
     let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("l.jsonl");
-    let out = Command::new(warden_bin())
-        .args(["run", "--key"])
-        .arg(dir.path().join("node.key"))
-        .arg("--scope")
-        .arg(scope(dir.path(), "evidence"))
-        .arg("--log")
-        .arg(&log)
-        .arg("--identity")
-        .arg(dir.path().join("identity.json"))
-        .args(["--", "sh", "-c", "ls >/dev/null; true; exit 0"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
-    let (code, msg) = verify(&log);
+    let doc = dir.path().join("identity.json");
+    let out =
+        run_warden(&scope("evidence"), "ls >/dev/null; true; exit 0", &["--identity", doc.to_str().unwrap()]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let log = &out.log_path;
+    let (code, msg) = verify(log);
     assert_eq!(code, Some(0), "{msg}");
     assert!(msg.contains("intact"), "{msg}");
     // The task's identity document verifies; a tampered copy does not.
-    let doc = dir.path().join("identity.json");
     let id = |p: &Path| Command::new(warden_bin()).args(["identity", "verify"]).arg(p).output().unwrap();
     let ok = id(&doc);
     assert_eq!(ok.status.code(), Some(0), "{}", String::from_utf8_lossy(&ok.stdout));
@@ -233,14 +195,14 @@ fn verify_accepts_an_intact_log_and_finds_each_tampering() {
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     let task = v["task"].as_str().unwrap().to_string();
     let start: serde_json::Value =
-        serde_json::from_str(std::fs::read_to_string(&log).unwrap().lines().next().unwrap()).unwrap();
+        serde_json::from_str(std::fs::read_to_string(log).unwrap().lines().next().unwrap()).unwrap();
     assert_eq!(start["task"], task.as_str(), "the records carry the identity's task id");
     assert_eq!(start["scope_hash"], v["scope_hash"]);
     let forged = dir.path().join("forged.json");
     std::fs::write(&forged, text.replace(&task, "someone-else")).unwrap();
     let bad = id(&forged);
     assert_eq!(bad.status.code(), Some(1), "{}", String::from_utf8_lossy(&bad.stdout));
-    let text = std::fs::read_to_string(&log).unwrap();
+    let text = std::fs::read_to_string(log).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     assert!(lines.len() >= 6);
     let write = |name: &str, content: String| {
@@ -280,7 +242,7 @@ fn evidence_gaps_are_records_and_can_end_the_task() {
     // Eight loops at once produce events faster than one consumer drains a one-page ring.
     let busy = "for j in 1 2 3 4 5 6 7 8; do (i=0; while [ $i -lt 300 ]; do /bin/true; i=$((i+1)); done) & done; wait; sleep 3";
     // A one-page ring cannot hold the burst: the loss becomes a gap record, and the task goes on.
-    let out = warden_tests::run_warden("version: 1\ntask: gaps\n", busy, &["--ring-bytes", "4096"]);
+    let out = run_warden(&scope("gaps"), busy, &["--ring-bytes", "4096"]);
     let gaps: Vec<&Value> = out.records.iter().filter(|r| r["kind"] == "gap").collect();
     assert!(!gaps.is_empty(), "a gap record: {}", out.stderr);
     assert!(
@@ -291,11 +253,8 @@ fn evidence_gaps_are_records_and_can_end_the_task() {
     let lost: u64 = gaps.iter().map(|g| g["drops"].as_u64().unwrap()).sum();
     assert_eq!(end["drops"], lost, "gap records account for every lost record");
     // Failing closed: the same task ends at the first gap.
-    let out = warden_tests::run_warden(
-        "version: 1\ntask: gaps\nevidence:\n  on_gap: end\n",
-        busy,
-        &["--ring-bytes", "4096"],
-    );
+    let out =
+        run_warden(&format!("{}evidence:\n  on_gap: end\n", scope("gaps")), busy, &["--ring-bytes", "4096"]);
     assert_eq!(out.code, Some(125), "{}", out.stderr);
     let end = &out.records[out.records.len() - 2];
     assert_eq!(end["reason"], "evidence gap");
@@ -306,21 +265,17 @@ fn a_rotated_log_verifies_as_one_chain() {
     if !require("a_rotated_log_verifies_as_one_chain", "tp_btf") {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("r.jsonl");
-    let out = Command::new(warden_bin())
-        .args(["run", "--key"])
-        .arg(dir.path().join("node.key"))
-        .arg("--scope")
-        .arg(scope(dir.path(), "rotate"))
-        .arg("--log")
-        .arg(&log)
-        .args(["--log-max-bytes", "1500", "--", "sh", "-c", "ls >/dev/null; ls >/dev/null; ls >/dev/null"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
-    let mut files: Vec<std::path::PathBuf> =
-        (1..100).map(|n| dir.path().join(format!("r.jsonl.{n}"))).take_while(|p| p.exists()).collect();
+    let out = run_warden(
+        &scope("rotate"),
+        "ls >/dev/null; ls >/dev/null; ls >/dev/null",
+        &["--log-max-bytes", "1500"],
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let log = &out.log_path;
+    let mut files: Vec<std::path::PathBuf> = (1..100)
+        .map(|n| std::path::PathBuf::from(format!("{}.{n}", log.display())))
+        .take_while(|p| p.exists())
+        .collect();
     assert!(files.len() >= 2, "the log rotated");
     files.reverse();
     files.push(log.clone());
