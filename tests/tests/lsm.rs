@@ -180,3 +180,37 @@ fn exec_deny_ends_when_the_cgroup_is_unwatched() {
     assert_eq!(sandbox.unwatch(), 1, "exactly the test cgroup was bound to the slot");
     assert_ran(run_shell(in_cgroup(&cg, &shells.denied)), "denied copy after the cgroup was unwatched");
 }
+
+/// A secret the node daemon issues for a task opens for its tool only, and only during the
+/// task: the BPF LSM engine judges the issued file by identity, as any guarded secret.
+#[test]
+fn daemon_issued_secret_opens_only_for_its_tool() {
+    if !require("daemon_issued_secret_opens_only_for_its_tool", "bpf_lsm") {
+        return;
+    }
+    let d = warden_tests::daemon::TestDaemon::start("engine: bpf-lsm\nmetrics:\n  listen: null\n");
+    let vault = d.dir.path().join("vault");
+    fs::write(&vault, "TOKEN-issued-7c2").unwrap();
+    let scope = format!(
+        "version: 1\ntask: sec\nexec:\n  allow: [/bin/sh, /usr/bin/cat, /usr/bin/head]\n\
+         secrets:\n  - name: tok\n    from: file:{}\n    tools: [/usr/bin/cat]\n",
+        vault.display()
+    );
+    let t = d.start_task("sec", &scope);
+    let id = t["id"].as_str().unwrap();
+    assert_eq!(t["engine"], "bpf-lsm");
+    let secret = PathBuf::from(t["secrets"][0]["path"].as_str().unwrap());
+    let o = d.exec(
+        id,
+        "/usr/bin/cat \"$WARDEN_SECRET_TOK\" && echo; \
+         /usr/bin/head -c 64 \"$WARDEN_SECRET_TOK\" >/dev/null 2>&1 && echo head read || echo head refused",
+    );
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(out.contains("TOKEN-issued-7c2"), "the tool could not read its secret: {out}\n{}", d.stderr());
+    assert!(out.contains("head refused"), "another program read the secret: {out}");
+    let denied =
+        d.wait_record(id, Duration::from_secs(5), |r| r["decision"] == "deny" && r["exe"] == "/usr/bin/head");
+    assert!(denied["path"].as_str().is_some_and(|p| p.ends_with("/tok")), "{denied}");
+    assert!(d.end(id).status.success());
+    assert!(!secret.exists(), "the secret outlived the task");
+}

@@ -24,6 +24,12 @@ pub struct Context {
 #[derive(Debug, Default)]
 pub struct ProcessTable {
     procs: HashMap<u32, ProcEntry>,
+    /// The procfs the table was seeded from: a process the table does not know yet (its
+    /// record raced its fork or exec, or it started before Warden) is looked up there when
+    /// its first record arrives, so the record is matched rather than left without context.
+    live: Option<std::path::PathBuf>,
+    /// Processes resolved that way.
+    pub resolved_late: u64,
 }
 
 impl ProcessTable {
@@ -42,7 +48,23 @@ impl ProcessTable {
                 procs.insert(pid, ProcEntry { ppid, exe });
             }
         }
-        Self { procs }
+        Self { procs, live: Some(proc_root.to_path_buf()), resolved_late: 0 }
+    }
+
+    /// Looks up a process missing from the table in procfs and adds it.
+    fn resolve(&mut self, tgid: u32) {
+        if self.procs.contains_key(&tgid) {
+            return;
+        }
+        let Some(root) = &self.live else { return };
+        let dir = root.join(tgid.to_string());
+        let Some(ppid) = fs::read_to_string(dir.join("stat")).ok().as_deref().and_then(parse_stat_ppid)
+        else {
+            return;
+        };
+        let exe = fs::read_link(dir.join("exe")).ok().map(|p| p.to_string_lossy().into_owned());
+        self.procs.insert(tgid, ProcEntry { ppid, exe });
+        self.resolved_late += 1;
     }
 
     pub fn get(&self, pid: u32) -> Option<&ProcEntry> {
@@ -62,6 +84,7 @@ impl ProcessTable {
         let p = ev.proc();
         match ev {
             Event::Fork { child_tgid, .. } => {
+                self.resolve(p.tgid);
                 let parent_exe = self.procs.get(&p.tgid).and_then(|e| e.exe.clone());
                 self.procs.insert(*child_tgid, ProcEntry { ppid: p.tgid, exe: parent_exe.clone() });
                 Context { pid: p.tgid, ppid: p.ppid, exe: parent_exe }
@@ -75,6 +98,7 @@ impl ProcessTable {
                 Context { pid: p.tgid, ppid: p.ppid, exe }
             }
             Event::Connect { .. } | Event::Lsm { .. } => {
+                self.resolve(p.tgid);
                 let exe = self.procs.get(&p.tgid).and_then(|e| e.exe.clone());
                 Context { pid: p.tgid, ppid: p.ppid, exe }
             }
@@ -174,6 +198,29 @@ mod tests {
         let t = ProcessTable::seed_from(dir.path());
         assert_eq!(t.get(55), Some(&ProcEntry { ppid: 9, exe: Some("/usr/bin/true".into()) }));
         assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn unknown_processes_are_resolved_from_procfs_when_their_record_arrives() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = ProcessTable::seed_from(dir.path());
+        assert!(t.is_empty());
+        // A process that appears after seeding, whose fork/exec records were not seen.
+        let p = dir.path().join("77");
+        fs::create_dir(&p).unwrap();
+        fs::write(p.join("stat"), "77 (curl) S 70 77 77").unwrap();
+        std::os::unix::fs::symlink("/usr/bin/curl", p.join("exe")).unwrap();
+        let ev = Event::Connect {
+            meta: meta(),
+            proc: proc(77, 70),
+            addr: "127.0.0.1".parse().unwrap(),
+            port: 80,
+            protocol: 6,
+            op: crate::decode::ConnectOp::Connect,
+        };
+        assert_eq!(t.apply(&ev).exe.as_deref(), Some("/usr/bin/curl"));
+        assert_eq!(t.resolved_late, 1);
+        assert_eq!(t.get(77).unwrap().ppid, 70);
     }
 
     #[test]

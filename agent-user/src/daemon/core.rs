@@ -602,6 +602,8 @@ impl Core {
                 let _ = reply.send(r);
             }
             Cmd::Metrics(reply) => {
+                // Counters include everything the kernel has handed over so far.
+                self.drain();
                 let _ = reply.send(self.metrics());
             }
         }
