@@ -107,7 +107,7 @@ fn ttl_expiry_ends_the_task() {
     let end = d.wait_record(&id, Duration::from_secs(15), |r| r["kind"] == "task_end");
     assert_eq!(end["reason"], "ttl expired");
     assert!(end["killed"].as_u64().unwrap() >= 1, "{end}");
-    assert!(t0.elapsed() < Duration::from_secs(10));
+    assert!(t0.elapsed() < Duration::from_secs(40), "ended by the ttl, long before the sleep");
     let st = sleeper.wait().unwrap();
     assert_eq!(st.code(), Some(128 + 9), "the task's process was killed");
     assert!(!PathBuf::from(t["cgroup"].as_str().unwrap()).exists(), "sandbox removed");
