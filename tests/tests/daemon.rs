@@ -505,3 +505,34 @@ fn bad_config_is_a_usage_error() {
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("is `warden daemon` running?"));
 }
+
+#[test]
+fn standalone_run_issues_and_destroys_secrets_too() {
+    if !require("standalone_run_issues_and_destroys_secrets_too", "root") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let vault = dir.path().join("vault");
+    std::fs::write(&vault, "TOKEN-run-51").unwrap();
+    let secrets = dir.path().join("secrets");
+    let scope = format!(
+        "version: 1\ntask: runsec\nsecrets:\n  - name: tok\n    from: file:{}\n    tools: [/usr/bin/cat]\n",
+        vault.display()
+    );
+    let out = warden_tests::run_warden(
+        &scope,
+        "/usr/bin/cat \"$WARDEN_SECRET_TOK\"; echo; echo \"at $WARDEN_SECRET_TOK\"",
+        &["--no-daemon", "--secrets-dir", secrets.to_str().unwrap()],
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(out.stdout.contains("TOKEN-run-51"), "{}", out.stdout);
+    let at = out.result("at");
+    assert!(at.starts_with(secrets.to_str().unwrap()), "{at}");
+    assert!(!Path::new(&at).exists(), "the secret outlived the task");
+    let start = &out.records[0];
+    assert_eq!(start["secrets"][0]["name"], "tok");
+    assert!(!out.log.contains("TOKEN-run-51"), "the value reached the log");
+    if start["engine"] == "fallback" {
+        assert_eq!(start["unenforced"], serde_json::json!(["secrets-by-tool"]));
+    }
+}

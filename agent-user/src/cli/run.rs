@@ -16,7 +16,10 @@ use crate::{
     correlate::ProcessTable,
     loader::{LoadOptions, Sensor},
     pipeline::{Mode, Pipeline, TaskCtx},
-    sandbox::{Cgroup, cgroup2_mount, confine::Confinement, launch::spawn_into_cgroup, limits::PidsLimit},
+    sandbox::{
+        Cgroup, cgroup2_mount, confine::Confinement, launch::spawn_into_cgroup, limits::PidsLimit,
+        secrets::IssuedSecrets,
+    },
     scope::{Scope, compile::CompiledScope, raw::OnGap},
     source::{EventSource, RingBufSource},
     task::{IdentityDoc, new_task_id, scope_hash},
@@ -75,6 +78,9 @@ pub struct RunArgs {
     /// Write the task's signed workload-identity document here (`warden identity verify`).
     #[arg(long, value_name = "PATH")]
     pub identity: Option<PathBuf>,
+    /// Where issued secrets (`secrets: [{name, from}]`) get their per-task tmpfs.
+    #[arg(long, default_value = "/run/warden/secrets")]
+    pub secrets_dir: PathBuf,
     /// Parent directory for the sandbox cgroup, relative to the cgroup2 mount.
     #[arg(long, default_value = "warden")]
     pub cgroup_parent: String,
@@ -113,7 +119,8 @@ pub fn run(args: RunArgs) -> Result<i32, Failure> {
     if let Some(m) = args.mode {
         scope.mode = m;
     }
-    let compiled = CompiledScope::compile(&scope).map_err(|e| Failure::Usage(e.into()))?;
+    // Issued secrets are placed once the task has an id; everything else is checked now.
+    let compiled = CompiledScope::compile(&scope.for_validation()).map_err(|e| Failure::Usage(e.into()))?;
     let rules = match &args.rules {
         Some(dir) => Some(crate::rules::RuleSet::load_dir(dir).map_err(|e| Failure::Usage(e.into()))?),
         None => None,
@@ -255,6 +262,24 @@ async fn run_task(
     let mut source = RingBufSource::new(ring).context("polling the ring buffer").map_err(runtime)?;
 
     let task_id = new_task_id(&scope.task).context("task id").map_err(runtime)?;
+    let mut issued = None;
+    let compiled = if scope.has_issued_secrets() {
+        let mut s = scope.clone();
+        let secrets =
+            IssuedSecrets::issue(&args.secrets_dir, &task_id, &s).map_err(|e| Failure::Usage(e.into()))?;
+        s.place_issued_secrets(secrets.dir());
+        let issued = issued.insert(SecretsGuard(secrets));
+        match CompiledScope::compile(&s) {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = issued.0.destroy();
+                return Err(Failure::Usage(e.into()));
+            }
+        }
+    } else {
+        compiled
+    };
+    let scope = &compiled.scope;
     let (sink, nats) = match &args.nats {
         None => (sink, None),
         Some(url) => {
@@ -337,6 +362,10 @@ async fn run_task(
     let start_time = now();
     let mut cmd = tokio::process::Command::new(&args.cmd[0]);
     cmd.args(&args.cmd[1..]);
+    let issued_info: Vec<_> = issued.as_ref().map(|g| g.0.issued.clone()).unwrap_or_default();
+    for s in &issued_info {
+        cmd.env(&s.env, &s.path);
+    }
     spawn_into_cgroup(&mut cmd, &procs_files, confine).map_err(runtime)?;
     let spawned = cmd.spawn();
 
@@ -356,6 +385,7 @@ async fn run_task(
         node: Some(node.clone()),
         engine: Some(engine),
         unenforced: (!unenforced.is_empty()).then_some(unenforced),
+        secrets: (!issued_info.is_empty()).then_some(issued_info),
         ..Default::default()
     };
     let mut child = match spawned {
@@ -551,6 +581,17 @@ fn exit_code(status: ExitStatus, reason: &str) -> i32 {
         r if r.contains("ttl") => 124,
         r if r.contains("evidence gap") => 125,
         _ => status.code().or_else(|| status.signal().map(|s| 128 + s)).unwrap_or(1),
+    }
+}
+
+/// Destroys a task's issued secrets on every exit path.
+struct SecretsGuard(IssuedSecrets);
+
+impl Drop for SecretsGuard {
+    fn drop(&mut self) {
+        if let Err(e) = self.0.destroy() {
+            tracing::error!(error = %e, "destroying issued secrets failed");
+        }
     }
 }
 

@@ -17,7 +17,7 @@ pub fn run(cmd: ScopeCmd) -> Result<i32, Failure> {
     match cmd {
         ScopeCmd::Check { file } => {
             let scope = Scope::load(&file).map_err(|e| Failure::Usage(e.into()))?;
-            let c = CompiledScope::compile(&scope).map_err(|e| Failure::Usage(e.into()))?;
+            let c = CompiledScope::compile(&scope.for_validation()).map_err(|e| Failure::Usage(e.into()))?;
             println!("{}: ok", file.display());
             println!("  task {} ({})", scope.task, scope.mode.as_str());
             match &c.exec {

@@ -257,6 +257,18 @@ impl Scope {
         }
     }
 
+    /// A copy whose issued secrets point at their source files: compiling it checks
+    /// everything a task start would (the sources must exist), without issuing anything.
+    pub fn for_validation(&self) -> Scope {
+        let mut s = self.clone();
+        for sec in &mut s.secrets {
+            if let Some(i) = &sec.issue {
+                sec.path = i.from.clone();
+            }
+        }
+        s
+    }
+
     /// An error about this scope at the line where `needle` appears.
     pub fn error(&self, needle: &str, field: &str, message: String) -> ScopeError {
         ScopeError::Invalid {
