@@ -536,3 +536,24 @@ fn standalone_run_issues_and_destroys_secrets_too() {
         assert_eq!(start["unenforced"], serde_json::json!(["secrets-by-tool"]));
     }
 }
+
+#[test]
+fn live_rules_in_the_daemon_become_finding_records() {
+    if !require("live_rules_in_the_daemon_become_finding_records", "root") {
+        return;
+    }
+    let _s = serial();
+    let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("../rules/starter");
+    let d = TestDaemon::start(&format!("rules: {}\n", rules.canonicalize().unwrap().display()));
+    let t = d.start_task("rules", &scope_with("rules", &[], None, ""));
+    let id = t["id"].as_str().unwrap();
+    let o = d.exec(id, "for i in 1 2 3 4 5 6; do /usr/bin/id >/dev/null 2>&1; done; true");
+    assert!(o.status.success(), "{}", text(&o));
+    let f = d.wait_record(id, Duration::from_secs(10), |r| r["kind"] == "finding");
+    assert_eq!(f["rule_id"], "denial-burst", "{f}");
+    assert_eq!(f["records"].as_array().unwrap().len(), 5, "{f}");
+    assert!(d.end(id).status.success());
+    // Findings are part of the chain like any record.
+    let v = std::process::Command::new(warden_bin()).arg("verify").arg(&d.log).output().unwrap();
+    assert!(v.status.success(), "{}", text(&v));
+}
