@@ -188,11 +188,11 @@ fn daemon_issued_secret_opens_only_for_its_tool() {
     if !require("daemon_issued_secret_opens_only_for_its_tool", "bpf_lsm") {
         return;
     }
-    let d = warden_tests::daemon::TestDaemon::start("engine: bpf-lsm\nmetrics:\n  listen: null\n");
+    let mut d = warden_tests::daemon::TestDaemon::start("engine: bpf-lsm\n");
     let vault = d.dir.path().join("vault");
     fs::write(&vault, "TOKEN-issued-7c2").unwrap();
     let scope = format!(
-        "version: 1\ntask: sec\nexec:\n  allow: [/bin/sh, /usr/bin/cat, /usr/bin/head]\n\
+        "version: 1\ntask: sec\nexec:\n  allow: [/bin/sh, /usr/bin/cat, /usr/bin/head, /usr/bin/sleep]\n\
          secrets:\n  - name: tok\n    from: file:{}\n    tools: [/usr/bin/cat]\n",
         vault.display()
     );
@@ -211,6 +211,23 @@ fn daemon_issued_secret_opens_only_for_its_tool() {
     let denied =
         d.wait_record(id, Duration::from_secs(5), |r| r["decision"] == "deny" && r["exe"] == "/usr/bin/head");
     assert!(denied["path"].as_str().is_some_and(|p| p.ends_with("/tok")), "{denied}");
+
+    // The pinned LSM engine keeps refusing while the daemon is down, and is re-adopted.
+    let outdir = tempfile::tempdir().unwrap();
+    let out = outdir.path().join("down.out");
+    let script = format!(
+        "/usr/bin/sleep 2; /usr/bin/head -c 64 \"$WARDEN_SECRET_TOK\" >/dev/null 2>&1 && echo read > {o} || echo refused > {o}",
+        o = out.display()
+    );
+    let mut bg = d.command(&["task", "exec", id, "--", "/bin/sh", "-c", &script]).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    d.kill9();
+    assert!(bg.wait().unwrap().success());
+    assert_eq!(fs::read_to_string(&out).unwrap().trim(), "refused", "read while the daemon was down");
+    d.launch(&[]);
+    let st = d.ready["startup"].clone();
+    assert_eq!(st["adopted_links"].as_array().unwrap().len(), 5 + 19, "{st}");
+    assert!(st["adopted_tasks"].as_array().unwrap().iter().any(|t| t == id), "{st}");
     assert!(d.end(id).status.success());
     assert!(!secret.exists(), "the secret outlived the task");
 }
