@@ -557,3 +557,60 @@ fn live_rules_in_the_daemon_become_finding_records() {
     let v = std::process::Command::new(warden_bin()).arg("verify").arg(&d.log).output().unwrap();
     assert!(v.status.success(), "{}", text(&v));
 }
+
+#[test]
+fn binding_an_existing_cgroup_judges_what_already_runs_there() {
+    if !require("binding_an_existing_cgroup_judges_what_already_runs_there", "root") {
+        return;
+    }
+    let _s = serial();
+    let d = TestDaemon::start("");
+    let open = listener();
+    // A "container": a cgroup with a process in it before Warden knows about it.
+    let cg = warden_tests::TestCgroup::new("bind");
+    let outdir = tempfile::tempdir().unwrap();
+    let out = outdir.path().join("bind.out");
+    let script =
+        format!("while true; do {c} >> {o}; /usr/bin/sleep 0.05; done", c = connect(open), o = out.display());
+    let mut pre = warden_tests::command_in(&cg.cg, "/bin/sh", &["-c", &script]).spawn().unwrap();
+    assert!(
+        warden_tests::wait_for(Duration::from_secs(10), || lines(&out)
+            .contains(&"connect ok".to_string())
+            .then_some(()))
+        .is_some(),
+        "unbound, the connect works"
+    );
+    let sp = d.dir.path().join("bind.yaml");
+    std::fs::write(&sp, scope_with("bound", &["/usr/bin/sleep"], None, "")).unwrap();
+    let o = d.warden(&[
+        "task",
+        "start",
+        "--json",
+        "--scope",
+        sp.to_str().unwrap(),
+        "--cgroup",
+        cg.path().to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let t: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let id = t["id"].as_str().unwrap();
+    assert_eq!(t["created"], false);
+    let at_bind = lines(&out).len();
+    assert!(
+        warden_tests::wait_for(Duration::from_secs(10), || (lines(&out).len() >= at_bind + 5).then_some(()))
+            .is_some()
+    );
+    // Give the line being written at the bind one slot of slack; everything after is refused.
+    let after: Vec<String> = lines(&out)[at_bind + 1..].to_vec();
+    assert!(after.iter().all(|l| l.starts_with("connect err 1")), "bound, a connect got through: {after:?}");
+    // The refusal is attributed although the process started before the daemon saw it: the
+    // process table resolves it from /proc when its first record arrives.
+    let denied =
+        d.wait_record(id, Duration::from_secs(5), |r| r["kind"] == "connect" && r["decision"] == "deny");
+    assert!(denied["exe"].as_str().is_some_and(|e| e.ends_with("warden-probe")), "{denied}");
+    assert!(denied["ppid"].is_u64(), "{denied}");
+    assert!(d.end(id).status.success());
+    assert!(pre.wait().is_ok());
+    assert!(cg.cg.pids().unwrap().is_empty(), "task end killed the bound cgroup's processes");
+    assert!(cg.path().exists(), "a bound cgroup is not the daemon's to remove");
+}
