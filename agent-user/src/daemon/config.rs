@@ -262,6 +262,23 @@ mod tests {
     }
 
     #[test]
+    fn shipped_configs_parse() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let c = DaemonConfig::load(&root.join("deploy/warden.yaml")).unwrap();
+        assert_eq!(c.log.keep, Some(8));
+        // The DaemonSet's ConfigMap carries the same format, indented under `warden.yaml: |`.
+        let ds = std::fs::read_to_string(root.join("deploy/kubernetes/daemonset.yaml")).unwrap();
+        let start = ds.find("warden.yaml: |\n").unwrap() + "warden.yaml: |\n".len();
+        let block: String = ds[start..]
+            .lines()
+            .take_while(|l| l.starts_with("    ") || l.is_empty())
+            .map(|l| format!("{}\n", l.strip_prefix("    ").unwrap_or(l)))
+            .collect();
+        let c = DaemonConfig::parse(&block, Path::new("daemonset.yaml")).unwrap();
+        assert_eq!(c.rules, Some(PathBuf::from("/etc/warden/rules")));
+    }
+
+    #[test]
     fn empty_config_is_all_defaults() {
         assert_eq!(parse("").unwrap(), DaemonConfig::default());
         assert_eq!(parse("# nothing\n").unwrap(), DaemonConfig::default());
