@@ -219,6 +219,24 @@ impl Pipeline {
         }
     }
 
+    /// Like [`Pipeline::ingest`], but only for records `keep` accepts (by their metadata);
+    /// undecodable records are counted either way. Returns whether the record was kept.
+    pub fn ingest_if(&mut self, bytes: &[u8], keep: impl Fn(&crate::decode::Meta) -> bool) -> bool {
+        match self.decoder.decode(bytes) {
+            Ok(ev) if keep(ev.meta()) => {
+                if let Err(e) = self.handle(&ev) {
+                    self.io_error.get_or_insert(e);
+                }
+                true
+            }
+            Ok(_) => false,
+            Err(e) => {
+                tracing::warn!(error = %e, len = bytes.len(), "undecodable record");
+                false
+            }
+        }
+    }
+
     /// Handles one decoded event.
     pub fn handle(&mut self, ev: &Event) -> io::Result<()> {
         let ctx = self.table.apply(ev);

@@ -300,6 +300,12 @@ fn a_new_version_migrates_old_pins_without_a_window() {
         warden_tests::wait_for(Duration::from_secs(10), || (lines(&out).len() >= 3).then_some(())).is_some()
     );
     d.stop();
+    // Attempts while no daemon runs: recorded only in the previous version's ring.
+    let at_stop = lines(&out).len();
+    assert!(
+        warden_tests::wait_for(Duration::from_secs(10), || (lines(&out).len() >= at_stop + 5).then_some(()))
+            .is_some()
+    );
     d.launch(&[]);
     let st = d.ready["startup"].clone();
     assert_eq!(st["migrated_from"], serde_json::json!(["v0-previous"]), "{st}");
@@ -311,6 +317,14 @@ fn a_new_version_migrates_old_pins_without_a_window() {
         all[..all.len() - 1].iter().all(|l| l.starts_with("connect err 1")),
         "a connect got through during the migration: {all:?}"
     );
+    // Every attempt is in the log exactly once: those made while no daemon ran come from the
+    // previous version's ring, those after the new bind from the new ring, none from both.
+    let attempts = all.iter().filter(|l| l.starts_with("connect")).count();
+    let recorded = || {
+        d.records_of(&id).into_iter().filter(|r| r["kind"] == "connect" && r["decision"] == "deny").count()
+    };
+    let _ = warden_tests::wait_for(Duration::from_secs(5), || (recorded() >= attempts).then_some(()));
+    assert_eq!(recorded(), attempts, "lost or duplicated across the migration");
     // After the migration the new version alone enforces.
     let after = d.exec(&id, &connect(open));
     assert!(text(&after).contains("connect err 1"), "{}", text(&after));

@@ -203,6 +203,8 @@ pub struct Core {
     engine: &'static str,
     mount: PathBuf,
     version: String,
+    /// When each re-adopted task's slot was bound in this version's maps (boot-time ns).
+    bound_at: HashMap<u32, u64>,
     /// What happened at start (for the log and the tests): adopted attachments, re-adopted
     /// tasks, migrated versions.
     pub startup: Startup,
@@ -326,15 +328,33 @@ impl Core {
             engine: if lsm { "bpf-lsm" } else { "fallback" },
             mount,
             version: layout.version.clone(),
+            bound_at: HashMap::new(),
             startup,
         };
         core.readopt()?;
         // Every adopted task is bound in this version's maps and attachments now: the old
-        // version's programs can go without an unenforced moment.
+        // version's programs can go without an unenforced moment. Their ring buffer still
+        // holds what they recorded while no daemon ran; it is read after they are detached,
+        // up to the moment each task was bound here (later records are in the new ring too).
         for old in old_versions {
+            let old_ring = aya::maps::MapData::from_pin(old.map_path(agent_common::maps::EVENTS))
+                .ok()
+                .and_then(|md| aya::maps::RingBuf::try_from(aya::maps::Map::RingBuf(md)).ok());
             match old.remove() {
                 Ok(n) => tracing::info!(version = %old.version, pins = n, "migrated from a previous version"),
                 Err(e) => tracing::error!(version = %old.version, error = %e, "cannot remove old pins"),
+            }
+            if let Some(mut ring) = old_ring {
+                let (mut kept, mut skipped) = (0u64, 0u64);
+                while let Some(item) = ring.next() {
+                    let bound = &core.bound_at;
+                    if core.pipeline.ingest_if(&item, |m| bound.get(&m.slot).is_some_and(|t| m.ktime_ns < *t)) {
+                        kept += 1;
+                    } else {
+                        skipped += 1;
+                    }
+                }
+                tracing::info!(version = %old.version, kept, skipped, "read the previous version's ring buffer");
             }
             core.startup.migrated_from.push(old.version.clone());
         }
@@ -427,6 +447,7 @@ impl Core {
         let mut ids = vec![cgroup.id()];
         ids.extend(cgroup.descendant_ids().unwrap_or_default());
         self.sensor.bind(rec.info.slot, &ids, &compiled).map_err(|e| e.to_string())?;
+        self.bound_at.insert(rec.info.slot, Clock::boot_now_ns());
         let pids = rec.pids_v1.as_ref().and_then(|p| Cgroup::open(p).ok()).map(PidsLimit::V1);
         Ok(Task {
             info: rec.info.clone(),
