@@ -34,8 +34,9 @@ pub struct DaemonConfig {
     pub metrics: MetricsConfig,
     /// `auto` (BPF LSM where the kernel loads it), `bpf-lsm` or `fallback`.
     pub engine: EngineSetting,
-    /// Kernel map sizes.
-    pub maps: MapsConfig,
+    /// Kernel map sizes ([`LoadOptions`]). Changing any of them changes the pin version: the
+    /// next start migrates.
+    pub maps: LoadOptions,
     /// A directory of scope-drift rules evaluated live; findings become records.
     pub rules: Option<PathBuf>,
 }
@@ -53,7 +54,7 @@ impl Default for DaemonConfig {
             log: LogConfig::default(),
             metrics: MetricsConfig::default(),
             engine: EngineSetting::Auto,
-            maps: MapsConfig::default(),
+            maps: LoadOptions::default(),
             rules: None,
         }
     }
@@ -106,51 +107,6 @@ impl From<EngineSetting> for EngineChoice {
             EngineSetting::Auto => EngineChoice::Auto,
             EngineSetting::BpfLsm => EngineChoice::BpfLsm,
             EngineSetting::Fallback => EngineChoice::Fallback,
-        }
-    }
-}
-
-/// Kernel map sizes. Changing any of them changes the pin version: the next start migrates.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields, default)]
-pub struct MapsConfig {
-    /// Ring buffer bytes (a power of two, at least 4096).
-    pub ring_bytes: u32,
-    /// Concurrent tasks (sandbox slots).
-    pub max_tasks: u32,
-    /// cgroups that may belong to sandboxes (sandboxes and their child cgroups).
-    pub max_cgroups: u32,
-    /// Allowed executables over all tasks.
-    pub max_exec: u32,
-    /// Egress prefixes over all tasks.
-    pub max_egress: u32,
-    /// File rules over all tasks (BPF LSM engine).
-    pub max_file_rules: u32,
-}
-
-impl Default for MapsConfig {
-    fn default() -> Self {
-        let d = LoadOptions::default();
-        Self {
-            ring_bytes: d.ring_bytes,
-            max_tasks: d.max_tasks,
-            max_cgroups: d.max_cgroups,
-            max_exec: d.max_exec,
-            max_egress: d.max_egress,
-            max_file_rules: d.max_file_rules,
-        }
-    }
-}
-
-impl From<MapsConfig> for LoadOptions {
-    fn from(m: MapsConfig) -> Self {
-        LoadOptions {
-            ring_bytes: m.ring_bytes,
-            max_tasks: m.max_tasks,
-            max_cgroups: m.max_cgroups,
-            max_exec: m.max_exec,
-            max_egress: m.max_egress,
-            max_file_rules: m.max_file_rules,
         }
     }
 }
@@ -293,7 +249,7 @@ mod tests {
         assert_eq!(c.socket, PathBuf::from("/tmp/w.sock"));
         assert_eq!(c.metrics.listen, None);
         assert_eq!(c.maps.max_tasks, 300);
-        assert_eq!(c.maps.max_cgroups, MapsConfig::default().max_cgroups);
+        assert_eq!(c.maps.max_cgroups, LoadOptions::default().max_cgroups);
         assert_eq!(c.engine, EngineSetting::Fallback);
         assert_eq!(c.log.max_bytes, Some(1000));
     }

@@ -229,7 +229,7 @@ impl Core {
         stream: broadcast::Sender<StreamLine>,
         shared: Arc<Shared>,
     ) -> Result<Self, StartError> {
-        let opts: LoadOptions = cfg.maps.into();
+        let opts: LoadOptions = cfg.maps;
         let key = NodeKey::load_or_create(&cfg.key)?;
         let signer = NodeKey::load_or_create(&cfg.key)?;
         let rules = match &cfg.rules {

@@ -52,8 +52,10 @@ pub enum LoadError {
     HookPrototype { name: &'static str, hook: &'static str, expected: usize, found: Option<usize> },
 }
 
-/// Sizes chosen at load time.
-#[derive(Debug, Clone, Copy)]
+/// Sizes chosen at load time (also the daemon config's `maps` section, so strict: unknown
+/// fields are errors, omitted ones keep their defaults).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct LoadOptions {
     /// Ring buffer bytes (a power-of-two multiple of the page size).
     pub ring_bytes: u32,
@@ -145,6 +147,17 @@ pub fn load_object(
     Ok(loader.load(EBPF_OBJECT)?)
 }
 
+/// The program `name` of `ebpf`, as its concrete type.
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, LoadError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or(LoadError::MissingMap(name))?
+        .try_into()
+        .map_err(|source| LoadError::Program { name, source })
+}
+
 /// Loaded and attached programs plus their maps. Dropping it detaches everything.
 pub struct Sensor {
     /// Egress program attachments (declared before `ebpf` so they are released first).
@@ -193,11 +206,7 @@ impl Sensor {
                 adopted.push(name);
                 continue;
             }
-            let prog: &mut BtfTracePoint = ebpf
-                .program_mut(name)
-                .ok_or(LoadError::MissingMap(name))?
-                .try_into()
-                .map_err(|source| LoadError::Program { name, source })?;
+            let prog: &mut BtfTracePoint = program(&mut ebpf, name)?;
             prog.load(name, &aya_btf).map_err(|source| LoadError::Program { name, source })?;
             let id = prog.attach().map_err(|source| LoadError::Program { name, source })?;
             if let Some(path) = pin_path {
@@ -208,11 +217,7 @@ impl Sensor {
             }
         }
         for name in EGRESS_PROGRAMS {
-            let prog: &mut CgroupSockAddr = ebpf
-                .program_mut(name)
-                .ok_or(LoadError::MissingMap(name))?
-                .try_into()
-                .map_err(|source| LoadError::Program { name, source })?;
+            let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?;
             prog.load().map_err(|source| LoadError::Program { name, source })?;
         }
         let ring = ebpf.take_map(maps::EVENTS).ok_or(LoadError::MissingMap(maps::EVENTS))?;
@@ -235,12 +240,7 @@ impl Sensor {
     /// BPF LSM (see `warden probe`).
     pub fn attach_lsm_exec(&mut self) -> Result<(), LoadError> {
         const NAME: &str = "lsm_bprm_check";
-        let prog: &mut Lsm = self
-            .ebpf
-            .program_mut(NAME)
-            .ok_or(LoadError::MissingMap(NAME))?
-            .try_into()
-            .map_err(|source| LoadError::Program { name: NAME, source })?;
+        let prog: &mut Lsm = program(&mut self.ebpf, NAME)?;
         prog.load("bprm_check_security", &self.aya_btf)
             .map_err(|source| LoadError::Program { name: NAME, source })?;
         prog.attach().map_err(|source| LoadError::Program { name: NAME, source })?;
@@ -286,12 +286,7 @@ impl Sensor {
             if pin_path.as_ref().is_some_and(|p| p.exists()) {
                 continue;
             }
-            let prog: &mut CgroupSockAddr = self
-                .ebpf
-                .program_mut(name)
-                .ok_or(LoadError::MissingMap(name))?
-                .try_into()
-                .map_err(|source| LoadError::Program { name, source })?;
+            let prog: &mut CgroupSockAddr = program(&mut self.ebpf, name)?;
             // Through a bpf_link (what aya uses where the kernel has them), "single" is the
             // default mode, and links always coexist with other links on the cgroup.
             let link = prog
@@ -453,12 +448,7 @@ impl Sensor {
                 if found != Some(params) {
                     return Err(LoadError::HookPrototype { name, hook, expected: params, found });
                 }
-                let prog: &mut Lsm = self
-                    .ebpf
-                    .program_mut(name)
-                    .ok_or(LoadError::MissingMap(name))?
-                    .try_into()
-                    .map_err(|source| LoadError::Program { name, source })?;
+                let prog: &mut Lsm = program(&mut self.ebpf, name)?;
                 prog.load(hook, &self.aya_btf).map_err(|source| LoadError::Program { name, source })?;
                 let link = prog.attach().map_err(|source| LoadError::Program { name, source })?;
                 Ok::<_, LoadError>(link)
@@ -478,12 +468,7 @@ impl Sensor {
         // Pinned only once every hook is attached: a half engine is never left behind.
         if let Some(pins) = self.pins.clone() {
             for (name, id) in attached {
-                let prog: &mut Lsm = self
-                    .ebpf
-                    .program_mut(name)
-                    .ok_or(LoadError::MissingMap(name))?
-                    .try_into()
-                    .map_err(|source| LoadError::Program { name, source })?;
+                let prog: &mut Lsm = program(&mut self.ebpf, name)?;
                 let link = prog.take_link(id).map_err(|source| LoadError::Program { name, source })?;
                 let path = pins.link_path(name);
                 FdLink::from(link)
