@@ -1,23 +1,94 @@
 //! Record construction: constant-size ring-buffer reservations, header filling,
-//! and per-sandbox drop counting when the ring is full.
+//! per-sandbox drop counting when the ring is full, and batched reader wake-ups.
+//!
+//! Wake-ups: a plain `bpf_ringbuf_submit(.., 0)` wakes a waiting reader for every record
+//! (an `irq_work` self-interrupt plus a cross-CPU wake-up; 7–17 µs per record in a VM, see
+//! docs/benchmarks.md). Records are therefore submitted with `BPF_RB_NO_WAKEUP`, and the
+//! reader drains on a short timer (`agent_user::source::RingBufSource`). A record forces a
+//! wake-up only when [`WAKEUP_BYTES`] or more are waiting, so a burst is seen before it can
+//! fill the ring, whatever the timer does.
+use core::{
+    mem::MaybeUninit,
+    ops::{Deref, DerefMut},
+};
+
 use agent_common::{
     abi::{ABI_VERSION, COMM_LEN, EventHeader, ProcIds, action, decision, kind, rule},
-    maps::{Sandbox, sandbox_flags},
+    maps::{Sandbox, sandbox_flags, stat},
 };
 use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE},
     helpers::{bpf_get_current_comm, bpf_get_current_task, bpf_get_current_uid_gid, bpf_ktime_get_boot_ns},
     maps::ring_buf::RingBufEntry,
 };
 
 use crate::{
-    maps::{DROPS, EVENTS},
+    maps::{DROPS, EVENTS, STATS},
     offsets::read,
 };
 
+/// Bytes waiting in the ring (this record included) from which a submit wakes the reader.
+/// 64 KiB is 1/64 of the default 4 MiB ring: hundreds of records, well before it is full.
+/// A ring smaller than 256 KiB (`--ring-bytes`) wakes it at a quarter of its size instead.
+pub const WAKEUP_BYTES: u64 = 64 << 10;
+
+/// A reserved record. Written through `as_mut_ptr()` like aya's `RingBufEntry`, and like it
+/// must be submitted or discarded; [`Record::submit`] decides about the reader's wake-up.
+#[must_use = "eBPF verifier requires ring buffer entries to be either submitted or discarded"]
+#[repr(transparent)]
+pub struct Record<T: 'static>(RingBufEntry<T>);
+
+impl<T> Deref for Record<T> {
+    type Target = MaybeUninit<T>;
+
+    #[inline(always)]
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl<T> DerefMut for Record<T> {
+    #[inline(always)]
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl<T> Record<T> {
+    /// Commits the record. `flags` 0 (what the hooks pass): no wake-up unless
+    /// [`WAKEUP_BYTES`] (a quarter of a small ring) or more are waiting, then a forced one. An explicit
+    /// `BPF_RB_NO_WAKEUP` or `BPF_RB_FORCE_WAKEUP` (a record that must be seen at once) is
+    /// honoured as given.
+    #[inline(always)]
+    pub fn submit(self, flags: u64) {
+        let flags = if flags & (BPF_RB_NO_WAKEUP | BPF_RB_FORCE_WAKEUP) as u64 != 0 {
+            flags
+        } else {
+            flags | wakeup_flag()
+        };
+        self.0.submit(flags);
+    }
+}
+
+/// The wake-up flag for a record about to be submitted; records the fill level it saw in
+/// `STATS[stat::RING_FILL]` (a per-CPU gauge: the last value this CPU observed).
+#[inline(always)]
+fn wakeup_flag() -> u64 {
+    // Producer minus consumer position: reserved records (this one included) not yet read.
+    let waiting = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
+    if let Some(g) = STATS.get_ptr_mut(stat::RING_FILL) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU while the program runs.
+        unsafe { *g = waiting };
+    }
+    let quarter = EVENTS.query(BPF_RB_RING_SIZE as u64) / 4;
+    let threshold = if quarter < WAKEUP_BYTES { quarter } else { WAKEUP_BYTES };
+    if waiting >= threshold { BPF_RB_FORCE_WAKEUP as u64 } else { BPF_RB_NO_WAKEUP as u64 }
+}
+
 /// Reserves a `T` in the ring buffer, or counts a drop for the sandbox and kind.
 #[inline(always)]
-pub fn reserve<T: 'static>(sandbox: &Sandbox, record_kind: u16) -> Option<RingBufEntry<T>> {
-    let entry = EVENTS.reserve::<T>(0);
+pub fn reserve<T: 'static>(sandbox: &Sandbox, record_kind: u16) -> Option<Record<T>> {
+    let entry = EVENTS.reserve::<T>(0).map(Record);
     if entry.is_none()
         && let Some(d) = DROPS.get_ptr_mut(sandbox.slot)
     {

@@ -38,7 +38,7 @@ pub struct BenchArgs {
     /// Repeat a run disturbed by other processes (> 0.25 core) up to N times (default 2).
     #[arg(long)]
     pub retries: Option<u32>,
-    /// The consumer also drains every N ms, not only when the kernel wakes it.
+    /// The consumer also drains every N ms, besides its own 10 ms tick and the kernel's wake-ups.
     #[arg(long)]
     pub poll_ms: Option<u64>,
     /// Results file (default target/bench/results.json).

@@ -1,6 +1,6 @@
 //! Event sources: where raw records come from. The live ring buffer and
 //! in-memory input share one trait, so the pipeline cannot tell them apart.
-use std::io;
+use std::{io, time::Duration};
 
 use aya::maps::{MapData, RingBuf};
 use tokio::io::unix::AsyncFd;
@@ -15,7 +15,19 @@ pub trait EventSource {
     fn drain(&mut self, f: &mut dyn FnMut(&[u8])) -> usize;
 }
 
+/// The longest [`RingBufSource::wait`] waits for the kernel to wake it.
+///
+/// The kernel programs submit records without waking the reader (one wake-up per record
+/// cost more than the programs themselves, see docs/benchmarks.md) and force a wake-up only
+/// when 64 KiB or more are waiting. So the reader drains at least every tick, and a record
+/// reaches userspace at most about one tick after it was submitted.
+pub const DRAIN_TICK: Duration = Duration::from_millis(10);
+
 /// The live BPF ring buffer.
+///
+/// Draining does not depend on wake-ups: [`EventSource::drain`] reads every record
+/// committed so far, woken or not, so a final `drain` after the producers are gone (the
+/// sandbox is empty) leaves nothing behind.
 pub struct RingBufSource {
     fd: AsyncFd<RingBuf<MapData>>,
 }
@@ -30,10 +42,13 @@ impl RingBufSource {
 }
 
 impl EventSource for RingBufSource {
+    /// Returns when the kernel wakes the reader (the ring holds 64 KiB or more) or after
+    /// [`DRAIN_TICK`], whichever comes first. Needs a tokio runtime with time enabled.
     async fn wait(&mut self) -> io::Result<bool> {
-        let mut guard = self.fd.readable_mut().await?;
-        // Cleared before draining: data arriving later raises readiness again.
-        guard.clear_ready();
+        if let Ok(guard) = tokio::time::timeout(DRAIN_TICK, self.fd.readable_mut()).await {
+            // Cleared before draining: data arriving later raises readiness again.
+            guard?.clear_ready();
+        }
         Ok(true)
     }
 

@@ -60,8 +60,8 @@ diagnostics (they change what (b)/(c) measure; the output says so):
                        in-kernel cost per operation; adds two clock reads per program run
   --pause-consumer     in (c), do not drain the ring while the worker runs (drain after):
                        separates the kernel side from the consumer's wake-ups and CPU
-  --poll-ms N          the consumer also drains every N ms, not only when woken (for
-                       kernel sides that batch wake-ups with BPF_RB_NO_WAKEUP)";
+  --poll-ms N          the consumer also drains every N ms, besides RingBufSource's own
+                       tick (DRAIN_TICK, 10 ms) and the kernel's wake-ups";
 
 /// Resolved options.
 #[derive(Debug)]
@@ -312,6 +312,7 @@ fn bench(opts: Opts) -> anyhow::Result<()> {
             "bpf_stats": opts.bpf_stats,
             "pause_consumer": opts.pause_consumer,
             "poll_ms": opts.poll.map(|d| d.as_millis() as u64),
+            "drain_tick_ms": agent_user::source::DRAIN_TICK.as_millis() as u64,
         },
         "sensor": { "engine": sensor.engine, "programs": sensor.programs },
         "targets": {
@@ -337,6 +338,7 @@ fn bench(opts: Opts) -> anyhow::Result<()> {
                 "total": e.total,
                 "undecodable": e.undecodable,
                 "drops": e.drops,
+                "ring_fill_bytes": e.ring_fill_bytes,
                 "latency_p50_ns": e.latency_p50_ns,
                 "latency_p99_ns": e.latency_p99_ns,
                 "latency_max_ns": e.latency_max_ns,
@@ -430,6 +432,7 @@ fn measure(
     let programs = program_delta(&stats_before, &program_stats(&mut sensor, opts.bpf_stats));
     let pid = c.1;
     let drops = sensor.drops(SLOT)?.total - drops_before;
+    let ring_fill = sensor.ring_fill()?;
     // The worker's own exit record is the last of the run: wait until it was delivered.
     let drained = consumer.wait_until(Duration::from_secs(10), |t| t.exits.contains(&pid));
     ensure!(
@@ -437,7 +440,9 @@ fn measure(
         "configuration (c): the worker's exit event never arrived (no drops counted): events stopped flowing"
     );
     let tally = consumer.take();
-    out.push(Run { programs, ..run(Config::C, &c, Some(event_stats(&tally, &c.0, drops))) });
+    let mut events = event_stats(&tally, &c.0, drops);
+    events.ring_fill_bytes = ring_fill;
+    out.push(Run { programs, ..run(Config::C, &c, Some(events)) });
 
     consumer.stop().context("ring consumer")?;
     drop(consumer);
@@ -581,6 +586,7 @@ fn event_stats(tally: &Tally, r: &WorkerReport, drops: u64) -> EventStats {
         latency_max_ns: lat.iter().copied().max().unwrap_or(0),
         latency_p99_ns: percentile(&mut lat, 99.0),
         latency_p50_ns: percentile(&mut lat, 50.0),
+        ring_fill_bytes: 0,
     }
 }
 

@@ -56,6 +56,9 @@ pub struct EventStats {
     pub latency_p50_ns: u64,
     pub latency_p99_ns: u64,
     pub latency_max_ns: u64,
+    /// `Sensor::ring_fill` when the worker has ended: the most bytes a CPU saw waiting in
+    /// the ring at its last submit (the consumer has not drained the run's tail yet).
+    pub ring_fill_bytes: u64,
 }
 
 /// Run count and run time of one BPF program during a run (`--bpf-stats`): the whole worker
