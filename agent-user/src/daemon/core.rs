@@ -348,7 +348,8 @@ impl Core {
                 let (mut kept, mut skipped) = (0u64, 0u64);
                 while let Some(item) = ring.next() {
                     let bound = &core.bound_at;
-                    if core.pipeline.ingest_if(&item, |m| bound.get(&m.slot).is_some_and(|t| m.ktime_ns < *t)) {
+                    if core.pipeline.ingest_if(&item, |m| bound.get(&m.slot).is_some_and(|t| m.ktime_ns < *t))
+                    {
                         kept += 1;
                     } else {
                         skipped += 1;
