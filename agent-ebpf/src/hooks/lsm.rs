@@ -60,6 +60,24 @@ const SB_KERNMOUNT: u64 = 1 << 22;
 /// Ancestors looked at per file; deeper files are judged as not granted.
 const MAX_DEPTH: u32 = 48;
 
+/// Defines a BPF LSM program for `hook` that first honours an earlier LSM's refusal (the
+/// `ret` argument, right after the hook's own `params` parameters) and otherwise returns
+/// `judge`. Every hook reads `ret` at its own fixed position: the verifier refuses context
+/// reads at computed offsets.
+macro_rules! lsm_program {
+    ($(#[$doc:meta])* $name:ident, $hook:tt, params = $params:tt, |$ctx:ident| $judge:expr) => {
+        $(#[$doc])*
+        #[lsm(hook = $hook)]
+        pub fn $name($ctx: LsmContext) -> i32 {
+            let prev: i32 = $ctx.arg($params);
+            if prev != 0 {
+                return prev;
+            }
+            $judge
+        }
+    };
+}
+
 /// The sandbox of the current task, if the LSM engine judges it.
 #[inline(always)]
 fn lsm_sandbox() -> Option<(u64, Sandbox, &'static KernelOffsets)> {
@@ -710,55 +728,61 @@ fn judge_name(dir: *const u8, dentry: *const u8, op: u32, adding: bool) -> i32 {
     tree_verdict(cgroup_id, &sandbox, off, name_change_rule(&sandbox, &w, adding), op, dentry, vfsmnt)
 }
 
-/// `path_mknod(const struct path *dir, struct dentry *dentry, umode_t mode, unsigned int dev, int ret)`:
-/// also every `open(O_CREAT)` that creates the file.
-#[lsm(hook = "path_mknod")]
-pub fn lsm_path_mknod(ctx: LsmContext) -> i32 {
-    let prev: i32 = ctx.arg(4);
-    if prev != 0 {
-        return prev;
-    }
-    judge_name(ctx.arg(0), ctx.arg(1), file_op::CREATE, true)
-}
+lsm_program!(
+    /// `path_mknod(const struct path *dir, struct dentry *dentry, umode_t mode, unsigned int dev, int ret)`:
+    /// also every `open(O_CREAT)` that creates the file.
+    lsm_path_mknod,
+    "path_mknod",
+    params = 4,
+    |ctx| judge_name(ctx.arg(0), ctx.arg(1), file_op::CREATE, true)
+);
 
-/// `path_mkdir(const struct path *dir, struct dentry *dentry, umode_t mode, int ret)`
-#[lsm(hook = "path_mkdir")]
-pub fn lsm_path_mkdir(ctx: LsmContext) -> i32 {
-    let prev: i32 = ctx.arg(3);
-    if prev != 0 {
-        return prev;
-    }
-    judge_name(ctx.arg(0), ctx.arg(1), file_op::MKDIR, true)
-}
+lsm_program!(
+    /// `path_mkdir(const struct path *dir, struct dentry *dentry, umode_t mode, int ret)`
+    lsm_path_mkdir,
+    "path_mkdir",
+    params = 3,
+    |ctx| judge_name(ctx.arg(0), ctx.arg(1), file_op::MKDIR, true)
+);
 
-/// `path_symlink(const struct path *dir, struct dentry *dentry, const char *old_name, int ret)`
-#[lsm(hook = "path_symlink")]
-pub fn lsm_path_symlink(ctx: LsmContext) -> i32 {
-    let prev: i32 = ctx.arg(3);
-    if prev != 0 {
-        return prev;
-    }
-    judge_name(ctx.arg(0), ctx.arg(1), file_op::SYMLINK, true)
-}
+lsm_program!(
+    /// `path_symlink(const struct path *dir, struct dentry *dentry, const char *old_name, int ret)`
+    lsm_path_symlink,
+    "path_symlink",
+    params = 3,
+    |ctx| judge_name(ctx.arg(0), ctx.arg(1), file_op::SYMLINK, true)
+);
 
-/// `path_unlink(const struct path *dir, struct dentry *dentry, int ret)`
-#[lsm(hook = "path_unlink")]
-pub fn lsm_path_unlink(ctx: LsmContext) -> i32 {
-    let prev: i32 = ctx.arg(2);
-    if prev != 0 {
-        return prev;
-    }
-    judge_name(ctx.arg(0), ctx.arg(1), file_op::UNLINK, false)
-}
+lsm_program!(
+    /// `path_unlink(const struct path *dir, struct dentry *dentry, int ret)`
+    lsm_path_unlink,
+    "path_unlink",
+    params = 2,
+    |ctx| judge_name(ctx.arg(0), ctx.arg(1), file_op::UNLINK, false)
+);
 
-/// `path_rmdir(const struct path *dir, struct dentry *dentry, int ret)`
-#[lsm(hook = "path_rmdir")]
-pub fn lsm_path_rmdir(ctx: LsmContext) -> i32 {
-    let prev: i32 = ctx.arg(2);
-    if prev != 0 {
-        return prev;
+lsm_program!(
+    /// `path_rmdir(const struct path *dir, struct dentry *dentry, int ret)`
+    lsm_path_rmdir,
+    "path_rmdir",
+    params = 2,
+    |ctx| judge_name(ctx.arg(0), ctx.arg(1), file_op::RMDIR, false)
+);
+
+/// The rule that guards a walked object against any change: denied, a control file, or a
+/// secret (`rule::NONE` if none does).
+#[inline(always)]
+fn guarded_object_rule(w: &Walk) -> u16 {
+    let bits = w.all();
+    if bits & file_rule::DENY != 0 {
+        rule::FILES_DENY
+    } else if bits & file_rule::DENY_WRITE != 0 {
+        rule::PROTECTED_CONTROL
+    } else if w.own & file_rule::SECRET != 0 {
+        rule::SECRETS
+    } else {
+        rule::NONE
     }
-    judge_name(ctx.arg(0), ctx.arg(1), file_op::RMDIR, false)
 }
 
 /// `path_truncate(const struct path *path, int ret)`: `truncate(2)` by name (opening with
@@ -779,18 +803,10 @@ pub fn lsm_path_truncate(ctx: LsmContext) -> i32 {
         return 0;
     };
     let w = walk(sandbox.slot, dentry, vfsmnt, off);
-    let bits = w.all();
-    let rule_id = if bits & file_rule::DENY != 0 {
-        rule::FILES_DENY
-    } else if bits & file_rule::DENY_WRITE != 0 {
-        rule::PROTECTED_CONTROL
-    } else if w.own & file_rule::SECRET != 0 {
-        rule::SECRETS
-    } else if !write_ok(&sandbox, bits, w.complete) {
-        rule::FILES_WRITE
-    } else {
-        rule::NONE
-    };
+    let mut rule_id = guarded_object_rule(&w);
+    if rule_id == rule::NONE && !write_ok(&sandbox, w.all(), w.complete) {
+        rule_id = rule::FILES_WRITE;
+    }
     tree_verdict(cgroup_id, &sandbox, off, rule_id, file_op::TRUNCATE, dentry, vfsmnt)
 }
 
@@ -803,20 +819,7 @@ fn rename_rule(sandbox: &Sandbox, src: &Walk, dst: &Walk, src_removed: bool) -> 
     if d != rule::NONE {
         return d;
     }
-    let s = if src_removed {
-        name_change_rule(sandbox, src, false)
-    } else {
-        let bits = src.all();
-        if bits & file_rule::DENY != 0 {
-            rule::FILES_DENY
-        } else if bits & file_rule::DENY_WRITE != 0 {
-            rule::PROTECTED_CONTROL
-        } else if src.own & file_rule::SECRET != 0 {
-            rule::SECRETS
-        } else {
-            rule::NONE
-        }
-    };
+    let s = if src_removed { name_change_rule(sandbox, src, false) } else { guarded_object_rule(src) };
     if s != rule::NONE {
         return s;
     }
@@ -976,28 +979,28 @@ fn judge_task(record_kind: u16, target: *const u8, arg: u32) -> i32 {
     ret(v, EPERM)
 }
 
-/// `task_kill(struct task_struct *p, struct kernel_siginfo *info, int sig, const struct cred *cred, int ret)`
-#[lsm(hook = "task_kill")]
-pub fn lsm_task_kill(ctx: LsmContext) -> i32 {
-    let prev: i32 = ctx.arg(4);
-    if prev != 0 {
-        return prev;
+lsm_program!(
+    /// `task_kill(struct task_struct *p, struct kernel_siginfo *info, int sig, const struct cred *cred, int ret)`
+    lsm_task_kill,
+    "task_kill",
+    params = 4,
+    |ctx| {
+        let sig: i32 = ctx.arg(2);
+        judge_task(kind::SIGNAL, ctx.arg(0), sig as u32)
     }
-    let sig: i32 = ctx.arg(2);
-    judge_task(kind::SIGNAL, ctx.arg(0), sig as u32)
-}
+);
 
-/// `ptrace_access_check(struct task_struct *child, unsigned int mode, int ret)`: also guards
-/// `/proc/<pid>/environ`, `mem` and `maps` of processes outside the sandbox.
-#[lsm(hook = "ptrace_access_check")]
-pub fn lsm_ptrace(ctx: LsmContext) -> i32 {
-    let prev: i32 = ctx.arg(2);
-    if prev != 0 {
-        return prev;
+lsm_program!(
+    /// `ptrace_access_check(struct task_struct *child, unsigned int mode, int ret)`: also guards
+    /// `/proc/<pid>/environ`, `mem` and `maps` of processes outside the sandbox.
+    lsm_ptrace,
+    "ptrace_access_check",
+    params = 2,
+    |ctx| {
+        let mode: u32 = ctx.arg(1);
+        judge_task(kind::PTRACE, ctx.arg(0), mode)
     }
-    let mode: u32 = ctx.arg(1);
-    judge_task(kind::PTRACE, ctx.arg(0), mode)
-}
+);
 
 /// Refuses an action to every sandboxed task (protected defaults without a grant).
 #[inline(always)]
@@ -1010,68 +1013,64 @@ fn refuse_all(record_kind: u16, rule_id: u16, arg: u32) -> i32 {
     ret(v, EPERM)
 }
 
-/// `bpf(int cmd, union bpf_attr *attr, unsigned int size, int ret)` (kernels before 6.14).
-/// One program per prototype: a context read at a computed offset is refused by the
-/// verifier, so the loader picks the program whose `ret` position matches the kernel.
-#[lsm(hook = "bpf")]
-pub fn lsm_bpf(ctx: LsmContext) -> i32 {
-    let prev: i32 = ctx.arg(3);
-    if prev != 0 {
-        return prev;
+lsm_program!(
+    /// `bpf(int cmd, union bpf_attr *attr, unsigned int size, int ret)` (kernels before 6.14).
+    /// One program per prototype: a context read at a computed offset is refused by the
+    /// verifier, so the loader picks the program whose `ret` position matches the kernel.
+    lsm_bpf,
+    "bpf",
+    params = 3,
+    |ctx| {
+        let cmd: i32 = ctx.arg(0);
+        refuse_all(kind::BPF, rule::PROTECTED_BPF, cmd as u32)
     }
-    let cmd: i32 = ctx.arg(0);
-    refuse_all(kind::BPF, rule::PROTECTED_BPF, cmd as u32)
-}
+);
 
-/// `bpf(int cmd, union bpf_attr *attr, unsigned int size, bool kernel, int ret)` (6.14+).
-#[lsm(hook = "bpf")]
-pub fn lsm_bpf_k(ctx: LsmContext) -> i32 {
-    let prev: i32 = ctx.arg(4);
-    if prev != 0 {
-        return prev;
+lsm_program!(
+    /// `bpf(int cmd, union bpf_attr *attr, unsigned int size, bool kernel, int ret)` (6.14+).
+    lsm_bpf_k,
+    "bpf",
+    params = 4,
+    |ctx| {
+        let cmd: i32 = ctx.arg(0);
+        refuse_all(kind::BPF, rule::PROTECTED_BPF, cmd as u32)
     }
-    let cmd: i32 = ctx.arg(0);
-    refuse_all(kind::BPF, rule::PROTECTED_BPF, cmd as u32)
-}
+);
 
-/// `sb_mount(const char *dev, const struct path *path, const char *type, unsigned long flags, void *data, int ret)`
-#[lsm(hook = "sb_mount")]
-pub fn lsm_sb_mount(ctx: LsmContext) -> i32 {
-    let prev: i32 = ctx.arg(5);
-    if prev != 0 {
-        return prev;
-    }
-    refuse_all(kind::MOUNT, rule::PROTECTED_MOUNT, 0)
-}
+lsm_program!(
+    /// `sb_mount(const char *dev, const struct path *path, const char *type, unsigned long flags, void *data, int ret)`
+    lsm_sb_mount,
+    "sb_mount",
+    params = 5,
+    |ctx| refuse_all(kind::MOUNT, rule::PROTECTED_MOUNT, 0)
+);
 
-/// `move_mount(const struct path *from, const struct path *to, int ret)` (new mount API).
-#[lsm(hook = "move_mount")]
-pub fn lsm_move_mount(ctx: LsmContext) -> i32 {
-    let prev: i32 = ctx.arg(2);
-    if prev != 0 {
-        return prev;
-    }
-    refuse_all(kind::MOUNT, rule::PROTECTED_MOUNT, 1)
-}
+lsm_program!(
+    /// `move_mount(const struct path *from, const struct path *to, int ret)` (new mount API).
+    lsm_move_mount,
+    "move_mount",
+    params = 2,
+    |ctx| refuse_all(kind::MOUNT, rule::PROTECTED_MOUNT, 1)
+);
 
-/// `kernel_read_file(struct file *file, enum kernel_read_file_id id, bool contents, int ret)`
-#[lsm(hook = "kernel_read_file")]
-pub fn lsm_kernel_read_file(ctx: LsmContext) -> i32 {
-    let prev: i32 = ctx.arg(3);
-    if prev != 0 {
-        return prev;
+lsm_program!(
+    /// `kernel_read_file(struct file *file, enum kernel_read_file_id id, bool contents, int ret)`
+    lsm_kernel_read_file,
+    "kernel_read_file",
+    params = 3,
+    |ctx| {
+        let id: u32 = ctx.arg(1);
+        refuse_all(kind::MODULE, rule::PROTECTED_MODULE, id)
     }
-    let id: u32 = ctx.arg(1);
-    refuse_all(kind::MODULE, rule::PROTECTED_MODULE, id)
-}
+);
 
-/// `kernel_load_data(enum kernel_load_data_id id, bool contents, int ret)`
-#[lsm(hook = "kernel_load_data")]
-pub fn lsm_kernel_load_data(ctx: LsmContext) -> i32 {
-    let prev: i32 = ctx.arg(2);
-    if prev != 0 {
-        return prev;
+lsm_program!(
+    /// `kernel_load_data(enum kernel_load_data_id id, bool contents, int ret)`
+    lsm_kernel_load_data,
+    "kernel_load_data",
+    params = 2,
+    |ctx| {
+        let id: u32 = ctx.arg(0);
+        refuse_all(kind::MODULE, rule::PROTECTED_MODULE, id)
     }
-    let id: u32 = ctx.arg(0);
-    refuse_all(kind::MODULE, rule::PROTECTED_MODULE, id)
-}
+);
