@@ -242,6 +242,9 @@ pub fn spawn_warden(scope: &str, script: &str, extra: &[&str]) -> RunningWarden 
         .arg(&log_path)
         .args(extra)
         .args(["--", "/bin/sh", "-c", script])
+        // Its own sensor, even on a machine where a node daemon runs (tests that mean to go
+        // through a daemon start their own and point WARDEN_SOCKET at it).
+        .env("WARDEN_SOCKET", dir.path().join("no-daemon.sock"))
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -250,7 +253,8 @@ pub fn spawn_warden(scope: &str, script: &str, extra: &[&str]) -> RunningWarden 
     RunningWarden { child, log_path, dir }
 }
 
-/// Runs `warden run` with `scope` (YAML text) and `sh -c script`, in a temp dir, to the end.
+/// Runs `warden run` with `scope` (YAML text) and `sh -c script`, in a temp dir, to the end,
+/// with its own sensor.
 pub fn run_warden(scope: &str, script: &str, extra: &[&str]) -> RunOutcome {
     spawn_warden(scope, script, extra).finish()
 }
