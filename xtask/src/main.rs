@@ -94,5 +94,69 @@ fn demo() -> anyhow::Result<()> {
     anyhow::ensure!(status.code() == Some(0), "demo agent failed: {status}");
     println!("\n== warden verify {}", log.display());
     util::run(std::process::Command::new(&warden).arg("verify").arg(&log))?;
-    Ok(())
+    demo_daemon(&warden, &root)
+}
+
+/// The same agent as a task of the node daemon, which survives a `kill -9` in the middle;
+/// everything it pinned and created is removed at the end.
+fn demo_daemon(warden: &std::path::Path, root: &std::path::Path) -> anyhow::Result<()> {
+    use std::io::BufRead;
+    let dir = root.join("target/demo-daemon");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let config = dir.join("warden.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "socket: {d}/warden.sock\nstate_dir: {d}/state\nsecrets_dir: {d}/secrets\nkey: {d}/node.key\n\
+             pin_name: warden-demo\ncgroup_parent: warden-demo\nlog:\n  path: {d}/events.jsonl\nmetrics:\n  listen: null\n",
+            d = dir.display()
+        ),
+    )?;
+    let start_daemon = || -> anyhow::Result<(std::process::Child, String)> {
+        let mut child = std::process::Command::new(warden)
+            .args(["daemon", "--config"])
+            .arg(&config)
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+        let mut ready = String::new();
+        std::io::BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut ready)?;
+        anyhow::ensure!(!ready.is_empty(), "the daemon did not start");
+        Ok((child, ready))
+    };
+    let cli = |args: &[&str]| {
+        let mut c = std::process::Command::new(warden);
+        c.args(args).env("WARDEN_SOCKET", dir.join("warden.sock"));
+        c
+    };
+    println!("\n== warden daemon --config {}", config.display());
+    let (mut daemon, ready) = start_daemon()?;
+    print!("{ready}");
+    let result = (|| -> anyhow::Result<()> {
+        let scope = root.join("examples/scope.yaml");
+        let out = cli(&["task", "start", "--scope"]).arg(&scope).output()?;
+        anyhow::ensure!(out.status.success(), "task start: {}", String::from_utf8_lossy(&out.stderr));
+        let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        println!("\n== warden task start --scope examples/scope.yaml -> {id}");
+        println!("\n== warden task exec {id} -- examples/agent.sh");
+        let agent = root.join("examples/agent.sh");
+        util::run(cli(&["task", "exec", &id, "--"]).arg(&agent))?;
+        println!("\n== kill -9 the daemon (the pinned programs keep enforcing), start it again");
+        let _ = daemon.kill();
+        let _ = daemon.wait();
+        let (d2, ready) = start_daemon()?;
+        daemon = d2;
+        print!("{ready}");
+        println!("\n== warden task list; warden task end {id}");
+        util::run(&mut cli(&["task", "list"]))?;
+        util::run(&mut cli(&["task", "end", &id]))?;
+        println!("\n== warden verify {}/events.jsonl (the node log, across the restart)", dir.display());
+        util::run(std::process::Command::new(warden).arg("verify").arg(dir.join("events.jsonl")))?;
+        Ok(())
+    })();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    let _ = daemon.wait();
+    let _ = std::fs::remove_dir_all("/sys/fs/bpf/warden-demo");
+    result
 }
