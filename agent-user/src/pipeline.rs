@@ -36,6 +36,19 @@ impl Mode {
     }
 }
 
+impl std::str::FromStr for Mode {
+    type Err = String;
+
+    /// The inverse of [`Mode::as_str`].
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "enforce" => Ok(Mode::Enforce),
+            "audit" => Ok(Mode::Audit),
+            other => Err(format!("mode {other:?} is not enforce or audit")),
+        }
+    }
+}
+
 /// A task the pipeline attributes events to.
 #[derive(Debug, Clone)]
 pub struct TaskCtx {

@@ -51,7 +51,36 @@ pub enum IdentityError {
     Untrusted { found: String, trusted: String },
 }
 
+/// This node's name (its host name; empty if it has none).
+pub fn node_name() -> String {
+    nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
 impl IdentityDoc {
+    /// A version 1 document for a task, signed with `key`.
+    pub fn new_signed(
+        key: &NodeKey,
+        task: &str,
+        scope_hash: String,
+        cgroup_id: u64,
+        node: String,
+        started: String,
+        expires: Option<String>,
+    ) -> Self {
+        IdentityDoc {
+            v: 1,
+            task: task.to_string(),
+            scope_hash,
+            cgroup_id,
+            node,
+            started,
+            expires,
+            key: String::new(),
+            sig: String::new(),
+        }
+        .sign(key)
+    }
+
     fn signed_bytes(&self) -> Vec<u8> {
         let unsigned = IdentityDoc { sig: String::new(), ..self.clone() };
         serde_json::to_vec(&unsigned).expect("plain struct serializes")

@@ -494,6 +494,19 @@ fn run_goes_through_a_running_daemon() {
     let v = std::process::Command::new(warden_bin()).arg("verify").arg(&log).output().unwrap();
     assert!(v.status.success(), "{}", text(&v));
     assert!(d.warden(&["task", "list", "--json"]).stdout.starts_with(b"[]"));
+    // A command that cannot start: 127, as without a daemon, and the task is ended.
+    let missing = d.dir.path().join("missing.jsonl");
+    let o = d.warden(&[
+        "run",
+        "--scope",
+        scope.to_str().unwrap(),
+        "--log",
+        missing.to_str().unwrap(),
+        "--",
+        "/nonexistent/agent",
+    ]);
+    assert_eq!(o.status.code(), Some(127), "{}", text(&o));
+    assert!(d.warden(&["task", "list", "--json"]).stdout.starts_with(b"[]"));
 }
 
 #[test]

@@ -35,6 +35,7 @@ pub enum KeyError {
 }
 
 /// The node's signing key.
+#[derive(Clone)]
 pub struct NodeKey {
     signing: SigningKey,
 }

@@ -29,9 +29,7 @@ pub fn run(cmd: NatsCmd) -> Result<i32, Failure> {
     if !spool.exists() {
         return Err(Failure::Usage(anyhow::anyhow!("no spool at {}", spool.display())));
     }
-    let node = node.unwrap_or_else(|| {
-        nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default()
-    });
+    let node = node.unwrap_or_else(crate::task::node_name);
     let stop = AtomicBool::new(true);
     let give_up = AtomicBool::new(false);
     let published = AtomicU64::new(0);

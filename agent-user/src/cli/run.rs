@@ -22,7 +22,7 @@ use crate::{
     },
     scope::{Scope, compile::CompiledScope, raw::OnGap},
     source::{EventSource, RingBufSource},
-    task::{IdentityDoc, new_task_id, scope_hash},
+    task::{IdentityDoc, new_task_id, node_name, scope_hash},
 };
 
 /// The slot a standalone `warden run` uses in its own sensor.
@@ -152,29 +152,30 @@ pub fn run(args: RunArgs) -> Result<i32, Failure> {
 /// the records (it writes the task's whole chain to --log); this process starts CMD in the
 /// sandbox, waits, and asks the daemon to end the task.
 async fn run_via_daemon(args: RunArgs, client: crate::daemon::api::Client) -> Result<i32, Failure> {
-    let log = if args.log.is_absolute() {
-        args.log.clone()
-    } else {
-        std::env::current_dir().map_err(runtime)?.join(&args.log)
-    };
+    use super::task::{absolute, client_failure, command_in_task};
+    let log = absolute(args.log.clone());
     let req =
         super::task::start_request(&args.scope, args.mode, None, Some(log), true, Some(args.cmd.clone()))?;
-    let fail = |e: crate::daemon::api::ClientError| {
-        if e.is_usage() { Failure::Usage(e.into()) } else { Failure::Runtime(e.into()) }
-    };
-    let info = client.start(&req).await.map_err(fail)?;
+    let info = client.start(&req).await.map_err(client_failure)?;
     if let Some(path) = &args.identity {
         std::fs::write(path, serde_json::to_string_pretty(&info.identity).map_err(runtime)? + "\n")
             .with_context(|| format!("writing identity document {}", path.display()))
             .map_err(runtime)?;
     }
-    let mut child = match super::task::spawn_in_task(&info, &args.cmd) {
+    // As without a daemon: a command that cannot start ends the task, 127 if not found.
+    let spawned = match command_in_task(&info, &args.cmd) {
+        Ok(mut c) => c.spawn().map_err(|e| {
+            let code = if e.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 };
+            (code, anyhow!("cannot start {}: {e}", args.cmd[0]))
+        }),
+        Err(Failure::Usage(e) | Failure::Runtime(e)) => Err((126, e)),
+    };
+    let mut child = match spawned {
         Ok(c) => c,
-        Err(e) => {
+        Err((code, e)) => {
             let _ = client.end(&info.id, Some("spawn failed".into())).await;
-            let (Failure::Usage(e) | Failure::Runtime(e)) = e;
             eprintln!("warden: {e:#}");
-            return Ok(if format!("{e}").contains("not found") { 127 } else { 126 });
+            return Ok(code);
         }
     };
     let mut sigint = signal(SignalKind::interrupt()).map_err(runtime)?;
@@ -194,7 +195,7 @@ async fn run_via_daemon(args: RunArgs, client: crate::daemon::api::Client) -> Re
             }
         }
     }
-    let end = client.end(&info.id, Some(reason.clone())).await.map_err(fail)?;
+    let end = client.end(&info.id, Some(reason.clone())).await.map_err(client_failure)?;
     let status = match status {
         Some(s) => s,
         None => child.wait().await.map_err(runtime)?,
@@ -268,14 +269,9 @@ async fn run_task(
         let secrets =
             IssuedSecrets::issue(&args.secrets_dir, &task_id, &s).map_err(|e| Failure::Usage(e.into()))?;
         s.place_issued_secrets(secrets.dir());
-        let issued = issued.insert(SecretsGuard(secrets));
-        match CompiledScope::compile(&s) {
-            Ok(c) => c,
-            Err(e) => {
-                let _ = issued.0.destroy();
-                return Err(Failure::Usage(e.into()));
-            }
-        }
+        // The guard destroys them on every way out, this error included.
+        issued = Some(SecretsGuard(secrets));
+        CompiledScope::compile(&s).map_err(|e| Failure::Usage(e.into()))?
     } else {
         compiled
     };
@@ -287,8 +283,7 @@ async fn run_task(
                 .nats_spool
                 .clone()
                 .unwrap_or_else(|| PathBuf::from(format!("/var/lib/warden/spool/{task_id}.jsonl")));
-            let node =
-                nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
+            let node = node_name();
             let (nats_sink, handle) = NatsSink::start(url, &node, &spool)
                 .with_context(|| format!("nats spool {}", spool.display()))
                 .map_err(Failure::Usage)?;
@@ -315,34 +310,31 @@ async fn run_task(
     procs_files.extend(guard.pids.as_ref().and_then(PidsLimit::procs_file));
     sensor.attach_egress(&cgroup).map_err(runtime)?;
     sensor.bind(SLOT, &[cgroup.id()], &compiled).map_err(runtime)?;
-    let mut unenforced = Vec::new();
-    if enforce && !lsm_engine && !compiled.secrets.is_empty() {
+    let unenforced = compiled.unenforced(lsm_engine);
+    if unenforced.iter().any(|u| u == "secrets-by-tool") {
         tracing::warn!(
             "the fallback engine cannot tell tools apart: secrets are readable by every process of the task"
         );
-        unenforced.push("secrets-by-tool".to_string());
     }
 
     let key = NodeKey::load_or_create(&args.key).map_err(runtime)?;
-    let node = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
+    let node = node_name();
     let started_ns = Clock::new().format(Clock::boot_now_ns());
     if let Some(path) = &args.identity {
-        let doc = IdentityDoc {
-            v: 1,
-            task: task_id.clone(),
-            scope_hash: scope_hash(&scope.text),
-            cgroup_id: cgroup.id(),
-            node: node.clone(),
-            started: started_ns.clone(),
-            expires: scope.ttl.map(|t| {
-                crate::audit::clock::format_wall(
-                    i128::from(Clock::boot_now_ns()) + Clock::new().offset_ns() + t.as_nanos() as i128,
-                )
-            }),
-            key: String::new(),
-            sig: String::new(),
-        }
-        .sign(&key);
+        let expires = scope.ttl.map(|t| {
+            crate::audit::clock::format_wall(
+                i128::from(Clock::boot_now_ns()) + Clock::new().offset_ns() + t.as_nanos() as i128,
+            )
+        });
+        let doc = IdentityDoc::new_signed(
+            &key,
+            &task_id,
+            scope_hash(&scope.text),
+            cgroup.id(),
+            node.clone(),
+            started_ns.clone(),
+            expires,
+        );
         std::fs::write(path, serde_json::to_string_pretty(&doc).map_err(runtime)? + "\n")
             .with_context(|| format!("writing identity document {}", path.display()))
             .map_err(runtime)?;
@@ -573,7 +565,7 @@ fn which_exe(cmd: &str) -> Option<String> {
 
 /// Exit code of `warden run`: when Warden ended the task, 130 (SIGINT), 143 (SIGTERM) or 124
 /// (ttl expired, as timeout(1) reports); otherwise the command's status, or 128+signal.
-fn exit_code(status: ExitStatus, reason: &str) -> i32 {
+pub(super) fn exit_code(status: ExitStatus, reason: &str) -> i32 {
     use std::os::unix::process::ExitStatusExt;
     match reason {
         r if r.contains("SIGINT") => 130,

@@ -99,7 +99,7 @@ fn rt() -> Result<tokio::runtime::Runtime, Failure> {
     tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| Failure::Runtime(e.into()))
 }
 
-fn client_failure(e: ClientError) -> Failure {
+pub(super) fn client_failure(e: ClientError) -> Failure {
     if e.is_usage() { Failure::Usage(e.into()) } else { Failure::Runtime(e.into()) }
 }
 
@@ -134,10 +134,11 @@ pub fn task(args: TaskArgs) -> Result<i32, Failure> {
         TaskCmd::Exec { id, cmd } => {
             let info = rt.block_on(client.task(&id)).map_err(client_failure)?;
             rt.block_on(async {
-                let mut child = spawn_in_task(&info, &cmd)?;
+                let mut child = command_in_task(&info, &cmd)?
+                    .spawn()
+                    .map_err(|e| Failure::Runtime(anyhow!("cannot start {}: {e}", cmd[0])))?;
                 let status = child.wait().await.map_err(|e| Failure::Runtime(e.into()))?;
-                use std::os::unix::process::ExitStatusExt;
-                Ok(status.code().or_else(|| status.signal().map(|s| 128 + s)).unwrap_or(1))
+                Ok(super::run::exit_code(status, "exited"))
             })
         }
         TaskCmd::End { id, reason } => {
@@ -221,7 +222,7 @@ fn kind_of(line: &[u8]) -> Option<String> {
     v.get("kind")?.as_str().map(str::to_string)
 }
 
-fn absolute(p: PathBuf) -> PathBuf {
+pub(super) fn absolute(p: PathBuf) -> PathBuf {
     if p.is_absolute() { p } else { std::env::current_dir().map(|d| d.join(&p)).unwrap_or(p) }
 }
 
@@ -246,14 +247,14 @@ pub fn start_request(
     })
 }
 
-/// Starts `cmd` inside a task's sandbox: it joins the sandbox before its first instruction
-/// and, in enforce mode, carries the fallback engine's confinement compiled from the task's
-/// scope, exactly as `warden run` starts a task's first process. Issued secrets are named by
-/// their environment variables.
-pub fn spawn_in_task(info: &TaskInfo, cmd: &[String]) -> Result<tokio::process::Child, Failure> {
+/// The command that starts `cmd` inside a task's sandbox: it joins the sandbox before its
+/// first instruction and, in enforce mode, carries the fallback engine's confinement compiled
+/// from the task's scope, exactly as `warden run` starts a task's first process. Issued
+/// secrets are named by their environment variables.
+pub fn command_in_task(info: &TaskInfo, cmd: &[String]) -> Result<tokio::process::Command, Failure> {
     let mut scope =
         Scope::parse(&info.scope_text, &info.scope_path).map_err(|e| Failure::Runtime(e.into()))?;
-    scope.mode = if info.mode == "audit" { Mode::Audit } else { Mode::Enforce };
+    scope.mode = info.mode.parse().map_err(|e: String| Failure::Runtime(anyhow!(e)))?;
     if let Some(dir) = &info.secrets_dir {
         scope.place_issued_secrets(dir);
     }
@@ -273,8 +274,5 @@ pub fn spawn_in_task(info: &TaskInfo, cmd: &[String]) -> Result<tokio::process::
     }
     c.env("WARDEN_TASK", &info.id);
     spawn_into_cgroup(&mut c, &info.procs_files, confine).map_err(|e| Failure::Runtime(e.into()))?;
-    c.spawn().map_err(|e| {
-        let code_hint = if e.kind() == std::io::ErrorKind::NotFound { " (not found)" } else { "" };
-        Failure::Runtime(anyhow!("cannot start {}{code_hint}: {e}", cmd[0]))
-    })
+    Ok(c)
 }

@@ -174,10 +174,7 @@ impl Client {
         let bytes =
             resp.into_body().collect().await.map_err(|e| ClientError::Http(e.to_string()))?.to_bytes();
         if status != StatusCode::OK && status != StatusCode::CREATED {
-            let message = serde_json::from_slice::<ErrorBody>(&bytes)
-                .map(|e| e.error)
-                .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
-            return Err(ClientError::Refused { status: status.as_u16(), message });
+            return Err(refused(status, &bytes));
         }
         Ok(serde_json::from_slice(&bytes)?)
     }
@@ -189,10 +186,7 @@ impl Client {
         let mut body = resp.into_body();
         if status != StatusCode::OK {
             let bytes = body.collect().await.map_err(|e| ClientError::Http(e.to_string()))?.to_bytes();
-            let message = serde_json::from_slice::<ErrorBody>(&bytes)
-                .map(|e| e.error)
-                .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
-            return Err(ClientError::Refused { status: status.as_u16(), message });
+            return Err(refused(status, &bytes));
         }
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| ClientError::Http(e.to_string()))?;
@@ -225,6 +219,14 @@ impl Client {
     pub async fn identity(&self, id: &str) -> Result<IdentityDoc, ClientError> {
         self.call(Method::GET, &format!("/tasks/{}/identity", enc(id)), None).await
     }
+}
+
+/// An error answer: the daemon's `{"error": ...}` message, or the body as text.
+fn refused(status: StatusCode, body: &[u8]) -> ClientError {
+    let message = serde_json::from_slice::<ErrorBody>(body)
+        .map(|e| e.error)
+        .unwrap_or_else(|_| String::from_utf8_lossy(body).into_owned());
+    ClientError::Refused { status: status.as_u16(), message }
 }
 
 /// Task ids are `[A-Za-z0-9._-]`; anything else is percent-encoded so it cannot change the

@@ -31,7 +31,7 @@ use crate::{
     sandbox::{Cgroup, cgroup2_mount, limits::PidsLimit, secrets::IssuedSecrets},
     scope::{Scope, compile::CompiledScope, raw::OnGap},
     source::{EventSource, RingBufSource},
-    task::{IdentityDoc, new_task_id, scope_hash},
+    task::{IdentityDoc, new_task_id, node_name, scope_hash},
 };
 
 /// How long processes get to die after `cgroup.kill`.
@@ -231,7 +231,6 @@ impl Core {
     ) -> Result<Self, StartError> {
         let opts: LoadOptions = cfg.maps;
         let key = NodeKey::load_or_create(&cfg.key)?;
-        let signer = NodeKey::load_or_create(&cfg.key)?;
         let rules = match &cfg.rules {
             Some(dir) => {
                 Some(crate::rules::RuleSet::load_dir(dir).map_err(|e| StartError::Rules(e.to_string()))?)
@@ -244,11 +243,6 @@ impl Core {
         let old_versions: Vec<PinLayout> =
             layout.other_versions().into_iter().filter(PinLayout::has_links).collect();
         let mut sensor = Sensor::load_pinned(&opts, &layout)?;
-        let mut startup = Startup {
-            version: layout.version.clone(),
-            adopted_links: sensor.adopted().iter().map(|s| s.to_string()).collect(),
-            ..Default::default()
-        };
         let lsm_pinned = layout.link_path("lsm_bprm_check").exists();
         let lsm = match (EngineChoice::from(cfg.engine), lsm_pinned) {
             (_, true) => {
@@ -268,7 +262,12 @@ impl Core {
                 }
             },
         };
-        startup.adopted_links = sensor.adopted().iter().map(|s| s.to_string()).collect();
+        // After the LSM engine: its pinned links are adopted there.
+        let startup = Startup {
+            version: layout.version.clone(),
+            adopted_links: sensor.adopted().iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        };
         let ring = sensor.take_ring().ok_or_else(|| StartError::Other("ring buffer taken".into()))?;
         let source = RingBufSource::new(ring).map_err(io_ctx("polling the ring buffer"))?;
 
@@ -307,12 +306,12 @@ impl Core {
             Clock::new(),
             Box::new(RoutedSink(routes.clone())),
         );
-        pipeline.set_signer(signer);
+        pipeline.set_signer(key.clone());
         if let Some(set) = rules {
             pipeline.set_rules(set);
         }
         let mount = cgroup2_mount().map_err(|e| StartError::Other(e.to_string()))?;
-        let node = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
+        let node = node_name();
         let mut core = Core {
             cfg,
             sensor,
@@ -396,7 +395,7 @@ impl Core {
             }
             match self.adopt(&rec) {
                 Ok(task) => {
-                    let drops = self.sensor.drops(task.info.slot).map(|d| d.total).unwrap_or(0);
+                    let drops = self.drops_of(task.info.slot);
                     let since = hb.as_ref().map(|h| h.alive.clone());
                     let gap = AuditRecord {
                         time: now.clone(),
@@ -445,9 +444,7 @@ impl Core {
         });
         let compiled = CompiledScope::compile(&scope).map_err(|e| e.to_string())?;
         self.sensor.attach_task_egress(&cgroup, &rec.info.id).map_err(|e| e.to_string())?;
-        let mut ids = vec![cgroup.id()];
-        ids.extend(cgroup.descendant_ids().unwrap_or_default());
-        self.sensor.bind(rec.info.slot, &ids, &compiled).map_err(|e| e.to_string())?;
+        self.sensor.bind(rec.info.slot, &sandbox_ids(&cgroup), &compiled).map_err(|e| e.to_string())?;
         self.bound_at.insert(rec.info.slot, Clock::boot_now_ns());
         let pids = rec.pids_v1.as_ref().and_then(|p| Cgroup::open(p).ok()).map(PidsLimit::V1);
         Ok(Task {
@@ -493,6 +490,17 @@ impl Core {
         let _ = self.state.remove_task(&rec.info.id);
     }
 
+    /// The record routes (a panic while holding them left them consistent: each write is
+    /// one line).
+    fn routes(&self) -> std::sync::MutexGuard<'_, Routes> {
+        self.routes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records of `slot` the kernel could not deliver so far.
+    fn drops_of(&self, slot: u32) -> u64 {
+        self.sensor.drops(slot).map(|d| d.total).unwrap_or(0)
+    }
+
     fn now(&self) -> String {
         self.pipeline.clock().format(Clock::boot_now_ns())
     }
@@ -503,20 +511,16 @@ impl Core {
         }
     }
 
+    /// Routes a task's records also to `path`: a new file, or (`append`, re-adopting) the
+    /// existing one cut back to its last whole line.
     fn open_task_log(&mut self, id: &str, path: &Path, append: bool) -> io::Result<()> {
-        if append {
-            state::truncate_partial_line(path)?;
-        }
         let f = if append {
+            state::truncate_partial_line(path)?;
             std::fs::OpenOptions::new().create(true).append(true).open(path)?
         } else {
             File::create(path)?
         };
-        self.routes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .task_logs
-            .insert(id.to_string(), JsonlSink::new(f));
+        self.routes().task_logs.insert(id.to_string(), JsonlSink::new(f));
         Ok(())
     }
 
@@ -659,7 +663,7 @@ impl Core {
             }
             // Evidence gaps: kernel drops since the last report become a `gap` record.
             let slot = t.info.slot;
-            let drops = self.sensor.drops(slot).map(|d| d.total).unwrap_or(0);
+            let drops = self.drops_of(slot);
             let Some(t) = self.tasks.get_mut(&id) else { continue };
             if drops > t.drops_reported {
                 let n = drops - t.drops_reported;
@@ -690,11 +694,7 @@ impl Core {
         let mut scope =
             Scope::parse(&req.scope_text, &req.scope_path).map_err(|e| ApiError::bad(e.to_string()))?;
         if let Some(m) = &req.mode {
-            scope.mode = match m.as_str() {
-                "enforce" => Mode::Enforce,
-                "audit" => Mode::Audit,
-                other => return Err(ApiError::bad(format!("mode {other:?} is not enforce or audit"))),
-            };
+            scope.mode = m.parse().map_err(ApiError::bad)?;
         }
         let slot = self.free_slot().ok_or_else(|| ApiError {
             status: 503,
@@ -778,16 +778,11 @@ impl Core {
         }
         undo.egress = true;
         self.sensor.attach_task_egress(&cgroup, id).map_err(|e| internal(&e))?;
-        let mut ids = vec![cgroup.id()];
-        ids.extend(cgroup.descendant_ids().unwrap_or_default());
         undo.bound = Some(compiled.clone());
-        self.sensor.bind(slot, &ids, &compiled).map_err(|e| internal(&e))?;
+        self.sensor.bind(slot, &sandbox_ids(&cgroup), &compiled).map_err(|e| internal(&e))?;
 
         let lsm = self.sensor.lsm_engine();
-        let mut unenforced = Vec::new();
-        if enforce && !lsm && !compiled.secrets.is_empty() {
-            unenforced.push("secrets-by-tool".to_string());
-        }
+        let mut unenforced = compiled.unenforced(lsm);
         if enforce && !lsm && !created {
             // Landlock and seccomp confine processes Warden starts; processes already in a
             // bound cgroup keep running under the kernel hooks only.
@@ -799,18 +794,15 @@ impl Core {
         let expires_boot_ns = scope.ttl.map(|t| boot_now + t.as_nanos() as u64);
         let expires = expires_boot_ns.map(|e| clock.format(e));
         let hash = scope_hash(&scope.text);
-        let identity = IdentityDoc {
-            v: 1,
-            task: id.to_string(),
-            scope_hash: hash.clone(),
-            cgroup_id: cgroup.id(),
-            node: self.node.clone(),
-            started: started.clone(),
-            expires: expires.clone(),
-            key: String::new(),
-            sig: String::new(),
-        }
-        .sign(&self.key);
+        let identity = IdentityDoc::new_signed(
+            &self.key,
+            id,
+            hash.clone(),
+            cgroup.id(),
+            self.node.clone(),
+            started.clone(),
+            expires.clone(),
+        );
         let mut procs_files = vec![cgroup.procs_file()];
         procs_files.extend(pids.as_ref().and_then(PidsLimit::procs_file));
         let secrets = undo.secrets.as_ref().map(|s| s.issued.clone()).unwrap_or_default();
@@ -884,7 +876,7 @@ impl Core {
         if undo.registered {
             self.pipeline.unregister(slot);
             self.pipeline.forget_chain(id);
-            self.routes.lock().unwrap_or_else(|e| e.into_inner()).task_logs.remove(id);
+            self.routes().task_logs.remove(id);
         }
         if let Some(cg) = &undo.pids {
             let _ = cg.remove();
@@ -914,7 +906,7 @@ impl Core {
         }
         self.drain();
         let slot = t.info.slot;
-        let drops = self.sensor.drops(slot).map(|d| d.total).unwrap_or(0);
+        let drops = self.drops_of(slot);
         if let Err(e) = self.sensor.unbind(slot, &t.compiled) {
             errors.push(format!("map entries: {e}"));
         }
@@ -983,7 +975,7 @@ impl Core {
         let _ = self.pipeline.flush();
         self.pipeline.unregister(slot);
         self.pipeline.forget_chain(id);
-        let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        let mut routes = self.routes();
         if let Some(mut log) = routes.task_logs.remove(id) {
             let _ = log.flush();
         }
@@ -992,7 +984,7 @@ impl Core {
 
     /// Prometheus text exposition.
     fn metrics(&self) -> String {
-        let routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        let routes = self.routes();
         let mut m = super::metrics::Metrics::default();
         m.gauge("warden_tasks_active", "Tasks running on this node.", &[], self.tasks.len() as f64);
         m.counter(
@@ -1031,7 +1023,7 @@ impl Core {
                 &labels,
                 c.denials as f64,
             );
-            let drops = self.sensor.drops(t.info.slot).map(|d| d.total).unwrap_or(0);
+            let drops = self.drops_of(t.info.slot);
             m.counter(
                 "warden_task_drops_total",
                 "Records of the task the kernel could not deliver.",
@@ -1054,6 +1046,14 @@ struct Undo {
     bound: Option<CompiledScope>,
 }
 
+/// A recorded task's mode (written by [`Mode::as_str`]; enforce if unreadable).
 fn parse_mode(s: &str) -> Mode {
-    if s == "audit" { Mode::Audit } else { Mode::Enforce }
+    s.parse().unwrap_or(Mode::Enforce)
+}
+
+/// A sandbox cgroup and every cgroup below it: what `bind` watches.
+fn sandbox_ids(cgroup: &Cgroup) -> Vec<u64> {
+    let mut ids = vec![cgroup.id()];
+    ids.extend(cgroup.descendant_ids().unwrap_or_default());
+    ids
 }

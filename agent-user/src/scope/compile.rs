@@ -436,6 +436,16 @@ fn seccomp_list(grants: &BTreeSet<Grant>) -> Vec<(&'static str, i64)> {
 }
 
 impl CompiledScope {
+    /// Controls of this scope that the engine cannot enforce (`task_start.unenforced`): the
+    /// fallback engine cannot tell a secret's tools from the task's other processes.
+    pub fn unenforced(&self, lsm_engine: bool) -> Vec<String> {
+        let mut v = Vec::new();
+        if self.scope.mode == crate::pipeline::Mode::Enforce && !lsm_engine && !self.secrets.is_empty() {
+            v.push("secrets-by-tool".to_string());
+        }
+        v
+    }
+
     /// Resolves identities and builds every table. Filesystem errors (a missing executable,
     /// a script whose interpreter is not allowed) are scope errors at their line.
     pub fn compile(scope: &Scope) -> Result<Self, ScopeError> {
