@@ -332,6 +332,41 @@ impl Pipeline {
     }
 }
 
+/// Turns growth of one task's loss counters into `gap` records: kernel drops of its slot,
+/// and undecodable records (which name no task, so every running task counts them).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct GapTracker {
+    /// Drops already reported.
+    pub drops: u64,
+    /// The pipeline's decode failures already reported.
+    pub decode_errors: u64,
+}
+
+impl GapTracker {
+    /// Writes a `gap` record if records were lost since the last call; returns whether it did.
+    pub fn record(&mut self, p: &mut Pipeline, task: &str, drops: u64) -> io::Result<bool> {
+        let decode_errors = p.decode_failures();
+        if drops == self.drops && decode_errors == self.decode_errors {
+            return Ok(false);
+        }
+        let rec = AuditRecord {
+            time: p.clock().format(crate::audit::clock::Clock::boot_now_ns()),
+            task: task.to_string(),
+            kind: "gap",
+            drops: Some(drops.saturating_sub(self.drops)),
+            decode_errors: Some(decode_errors.saturating_sub(self.decode_errors)),
+            reason: Some(
+                "records lost before they could be written (kernel ring buffer full or undecodable)".into(),
+            ),
+            ..Default::default()
+        };
+        self.drops = drops;
+        self.decode_errors = decode_errors;
+        p.emit(rec)?;
+        Ok(true)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -372,6 +407,22 @@ mod tests {
         assert_eq!(recs[1].kind, "exec");
         assert_eq!(recs[1].path.as_deref(), Some("/bin/ls"));
         assert_eq!(recs[1].ppid, Some(10));
+    }
+
+    #[test]
+    fn gap_tracker_reports_new_loss_once() {
+        let mem = Arc::new(Mutex::new(MemorySink::default()));
+        let mut p =
+            Pipeline::new(ProcessTable::default(), Clock::with_offset(0), Box::new(Shared(mem.clone())));
+        let mut g = GapTracker::default();
+        assert!(!g.record(&mut p, "t-1", 0).unwrap(), "nothing lost, nothing written");
+        p.ingest(&[0u8; 7]);
+        assert!(g.record(&mut p, "t-1", 3).unwrap());
+        assert!(!g.record(&mut p, "t-1", 3).unwrap(), "the same loss is reported once");
+        assert!(g.record(&mut p, "t-1", 5).unwrap());
+        let recs = &mem.lock().unwrap().records;
+        let gaps: Vec<_> = recs.iter().map(|r| (r.kind, r.drops, r.decode_errors)).collect();
+        assert_eq!(gaps, [("gap", Some(3), Some(1)), ("gap", Some(2), Some(0))]);
     }
 
     #[tokio::test]

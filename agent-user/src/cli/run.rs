@@ -15,7 +15,7 @@ use crate::{
     },
     correlate::ProcessTable,
     loader::{LoadOptions, Sensor},
-    pipeline::{Mode, Pipeline, TaskCtx},
+    pipeline::{GapTracker, Mode, Pipeline, TaskCtx},
     sandbox::{
         Cgroup, cgroup2_mount, confine::Confinement, launch::spawn_into_cgroup, limits::PidsLimit,
         secrets::IssuedSecrets,
@@ -505,38 +505,6 @@ async fn run_task(
         }
     }
     Ok(code)
-}
-
-/// Turns growth of the loss counters into `gap` records.
-#[derive(Default)]
-struct GapTracker {
-    drops: u64,
-    decode_errors: u64,
-}
-
-impl GapTracker {
-    /// Writes a `gap` record if records were lost since the last call; returns whether it did.
-    fn record(&mut self, p: &mut Pipeline, task: &str, drops: u64) -> std::io::Result<bool> {
-        let decode_errors = p.decode_failures();
-        if drops == self.drops && decode_errors == self.decode_errors {
-            return Ok(false);
-        }
-        let rec = AuditRecord {
-            time: p.clock().format(Clock::boot_now_ns()),
-            task: task.to_string(),
-            kind: "gap",
-            drops: Some(drops - self.drops),
-            decode_errors: Some(decode_errors - self.decode_errors),
-            reason: Some(
-                "records lost before they could be written (kernel ring buffer full or undecodable)".into(),
-            ),
-            ..Default::default()
-        };
-        self.drops = drops;
-        self.decode_errors = decode_errors;
-        p.emit(rec)?;
-        Ok(true)
-    }
 }
 
 /// Reaps every exited child (orphans that re-parented to us as subreaper). Called only after

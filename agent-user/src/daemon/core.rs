@@ -27,7 +27,7 @@ use crate::{
     cli::EngineChoice,
     correlate::ProcessTable,
     loader::{LoadOptions, PinLayout, Sensor, pin::ensure_bpffs},
-    pipeline::{Mode, Pipeline, TaskCtx},
+    pipeline::{GapTracker, Mode, Pipeline, TaskCtx},
     sandbox::{Cgroup, cgroup2_mount, limits::PidsLimit, secrets::IssuedSecrets},
     scope::{Scope, compile::CompiledScope, raw::OnGap},
     source::{EventSource, RingBufSource},
@@ -146,7 +146,8 @@ struct Task {
     end_when_empty: bool,
     seen_populated: bool,
     log: Option<PathBuf>,
-    drops_reported: u64,
+    /// Loss already reported in `gap` records.
+    gaps: GapTracker,
 }
 
 impl Task {
@@ -160,7 +161,7 @@ impl Task {
                 Some(PidsLimit::V1(cg)) => Some(cg.path().to_path_buf()),
                 _ => None,
             },
-            drops_reported: self.drops_reported,
+            drops_reported: self.gaps.drops,
         }
     }
 }
@@ -402,7 +403,7 @@ impl Core {
                         task: id.clone(),
                         kind: "gap",
                         since,
-                        drops: Some(drops.saturating_sub(task.drops_reported)),
+                        drops: Some(drops.saturating_sub(task.gaps.drops)),
                         reason: Some(
                             "the daemon was down; pinned programs kept enforcing, records made meanwhile were \
                              read from the pinned ring buffer, and `drops` counts those the kernel lost"
@@ -411,7 +412,7 @@ impl Core {
                         ..Default::default()
                     };
                     let mut task = task;
-                    task.drops_reported = drops;
+                    task.gaps.drops = drops;
                     self.emit(gap);
                     self.startup.adopted_tasks.push(id.clone());
                     self.tasks.insert(id.clone(), task);
@@ -458,7 +459,8 @@ impl Core {
             end_when_empty: rec.end_when_empty,
             seen_populated: true,
             log: rec.log.clone(),
-            drops_reported: rec.drops_reported,
+            // This daemon's decode failures start at zero.
+            gaps: GapTracker { drops: rec.drops_reported, decode_errors: 0 },
         })
     }
 
@@ -661,27 +663,20 @@ impl Core {
                     continue;
                 }
             }
-            // Evidence gaps: kernel drops since the last report become a `gap` record.
+            // Evidence gaps: loss since the last report becomes a `gap` record.
             let slot = t.info.slot;
             let drops = self.drops_of(slot);
             let Some(t) = self.tasks.get_mut(&id) else { continue };
-            if drops > t.drops_reported {
-                let n = drops - t.drops_reported;
-                t.drops_reported = drops;
-                let on_gap = t.scope.on_gap;
-                let rec = AuditRecord {
-                    time: self.now(),
-                    task: id.clone(),
-                    kind: "gap",
-                    drops: Some(n),
-                    reason: Some("records lost in the kernel (ring buffer full)".into()),
-                    ..Default::default()
-                };
-                self.emit(rec);
-                self.persist(&id);
-                if on_gap == OnGap::End {
-                    self.end_task(&id, "evidence gap".into());
+            let on_gap = t.scope.on_gap;
+            match t.gaps.record(&mut self.pipeline, &id, drops) {
+                Ok(false) => {}
+                Ok(true) => {
+                    self.persist(&id);
+                    if on_gap == OnGap::End {
+                        self.end_task(&id, "evidence gap".into());
+                    }
                 }
+                Err(e) => tracing::error!(task = %id, error = %e, "writing a gap record failed"),
             }
         }
         let _ = self.pipeline.flush();
@@ -855,7 +850,8 @@ impl Core {
             end_when_empty: req.end_when_empty,
             seen_populated: false,
             log: req.log.clone(),
-            drops_reported: 0,
+            // Only what is lost from now on is this task's gap.
+            gaps: GapTracker { drops: 0, decode_errors: self.pipeline.decode_failures() },
         };
         *undo = Undo::default();
         self.tasks.insert(id.to_string(), task);
@@ -927,16 +923,8 @@ impl Core {
             }
             let _ = std::fs::remove_dir(self.mount.join(&self.cfg.cgroup_parent));
         }
-        if drops > t.drops_reported {
-            let rec = AuditRecord {
-                time: self.now(),
-                task: id.to_string(),
-                kind: "gap",
-                drops: Some(drops - t.drops_reported),
-                reason: Some("records lost in the kernel (ring buffer full)".into()),
-                ..Default::default()
-            };
-            self.emit(rec);
+        if let Err(e) = t.gaps.record(&mut self.pipeline, id, drops) {
+            errors.push(format!("gap record: {e}"));
         }
         let end = AuditRecord {
             time: self.now(),
