@@ -244,8 +244,7 @@ impl Core {
         let old_versions: Vec<PinLayout> =
             layout.other_versions().into_iter().filter(PinLayout::has_links).collect();
         let mut sensor = Sensor::load_pinned(&opts, &layout)?;
-        let lsm_pinned = layout.link_path("lsm_bprm_check").exists();
-        let lsm = match (EngineChoice::from(cfg.engine), lsm_pinned) {
+        let lsm = match (EngineChoice::from(cfg.engine), sensor.lsm_engine_pinned()) {
             (_, true) => {
                 sensor.attach_lsm_engine()?;
                 true

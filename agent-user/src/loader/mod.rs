@@ -147,6 +147,11 @@ pub fn load_object(
     Ok(loader.load(EBPF_OBJECT)?)
 }
 
+/// Pins an attachment at `path`: it stays attached after this process closes it.
+fn pin_link(link: FdLink, path: &std::path::Path) -> Result<(), LoadError> {
+    link.pin(path).map(drop).map_err(|source| LoadError::Pin { what: path.display().to_string(), source })
+}
+
 /// The program `name` of `ebpf`, as its concrete type.
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, LoadError>
 where
@@ -211,9 +216,7 @@ impl Sensor {
             let id = prog.attach().map_err(|source| LoadError::Program { name, source })?;
             if let Some(path) = pin_path {
                 let link = prog.take_link(id).map_err(|source| LoadError::Program { name, source })?;
-                FdLink::from(link)
-                    .pin(&path)
-                    .map_err(|source| LoadError::Pin { what: path.display().to_string(), source })?;
+                pin_link(FdLink::from(link), &path)?;
             }
         }
         for name in EGRESS_PROGRAMS {
@@ -297,8 +300,7 @@ impl Sensor {
             match pin_path {
                 Some(path) => {
                     let fd = FdLink::try_from(owned).map_err(|source| LoadError::Link { name, source })?;
-                    fd.pin(&path)
-                        .map_err(|source| LoadError::Pin { what: path.display().to_string(), source })?;
+                    pin_link(fd, &path)?;
                 }
                 None => self.egress_links.push(owned),
             }
@@ -314,6 +316,12 @@ impl Sensor {
                 .map_err(|source| LoadError::PinDir { path: p.task_dir(task).display().to_string(), source }),
             None => Ok(0),
         }
+    }
+
+    /// Whether the BPF LSM engine of this sensor's pin version is pinned (a previous daemon
+    /// attached it): [`Sensor::attach_lsm_engine`] then adopts it.
+    pub fn lsm_engine_pinned(&self) -> bool {
+        self.pins.as_ref().is_some_and(|p| LSM_PROGRAMS.iter().any(|(name, ..)| p.link_path(name).exists()))
     }
 
     /// Node-wide attachments found pinned at load and kept (a restarted daemon re-adopting).
@@ -470,10 +478,7 @@ impl Sensor {
             for (name, id) in attached {
                 let prog: &mut Lsm = program(&mut self.ebpf, name)?;
                 let link = prog.take_link(id).map_err(|source| LoadError::Program { name, source })?;
-                let path = pins.link_path(name);
-                FdLink::from(link)
-                    .pin(&path)
-                    .map_err(|source| LoadError::Pin { what: path.display().to_string(), source })?;
+                pin_link(FdLink::from(link), &pins.link_path(name))?;
             }
         }
         self.lsm_engine = true;
