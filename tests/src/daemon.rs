@@ -234,10 +234,6 @@ fn remove_cgroup_tree(dir: &Path) {
     }
 }
 
-fn remove_tree(dir: &Path) {
-    let _ = std::fs::remove_dir_all(dir);
-}
-
 impl Drop for TestDaemon {
     fn drop(&mut self) {
         self.kill9();
@@ -251,6 +247,7 @@ impl Drop for TestDaemon {
                 let _ = nix::mount::umount2(&e.path(), nix::mount::MntFlags::MNT_DETACH);
             }
         }
-        remove_tree(&self.pin_root);
+        // Unpinning detaches whatever the daemon left attached.
+        let _ = std::fs::remove_dir_all(&self.pin_root);
     }
 }
