@@ -174,13 +174,11 @@ impl TestDaemon {
         self.warden(&["task", "end", id])
     }
 
-    /// The node log's records.
+    /// The node log's records: its whole lines (the daemon may be writing the last one).
     pub fn records(&self) -> Vec<serde_json::Value> {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("record is JSON"))
-            .collect()
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let whole = text.rfind('\n').map_or("", |i| &text[..=i]);
+        whole.lines().map(|l| serde_json::from_str(l).expect("record is JSON")).collect()
     }
 
     /// Records of one task.

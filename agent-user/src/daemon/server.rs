@@ -209,11 +209,14 @@ async fn events(
         tokio::task::spawn_blocking(move || {
             use std::io::BufRead;
             let Ok(f) = std::fs::File::open(&log) else { return };
-            for line in std::io::BufReader::new(f).lines() {
-                let Ok(line) = line else { break };
-                if wants(None, &line) && tx.blocking_send(Ok(format!("{line}\n").into())).is_err() {
+            let mut r = std::io::BufReader::new(f);
+            let mut line = String::new();
+            // Whole lines only: the daemon may be half-way through writing the last one.
+            while matches!(r.read_line(&mut line), Ok(n) if n > 0) && line.ends_with('\n') {
+                if wants(None, &line) && tx.blocking_send(Ok(std::mem::take(&mut line).into())).is_err() {
                     break;
                 }
+                line.clear();
             }
         });
     }
