@@ -130,3 +130,77 @@ fn nats_sink_survives_a_server_restart_without_loss() {
     assert!(summary.contains(&format!("replay: {} records", logged.len())), "{summary}");
     drop(server);
 }
+
+/// Skips (with a printed reason) when nats-server is missing and not required.
+fn have_nats(test: &str) -> bool {
+    if Path::new(NATS).exists() {
+        return true;
+    }
+    let required = std::env::var("WARDEN_REQUIRE").unwrap_or_default();
+    assert!(!required.split(',').any(|f| f == "nats" || f == "all"), "nats-server required but missing");
+    println!("SKIP {test}: {NATS} missing (apt-get install nats-server)");
+    false
+}
+
+/// A stream larger than every fetch batch (1,000) and the server's default pending-ack limit
+/// (1,000) replays completely: the same findings as the file it was published from, and the
+/// summary says how many messages were read of how many the stream held.
+#[test]
+fn replay_reads_a_stream_larger_than_every_batch_and_pending_limit() {
+    if !have_nats("replay_reads_a_stream_larger_than_every_batch_and_pending_limit") {
+        return;
+    }
+    const N: u64 = 3_500;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let server = Server(start_server(port, &dir.path().join("store")));
+    // A recorded task: every record is an exec the starter pack's network-tool rule fires on,
+    // so every record read shows up as one finding.
+    let lines: Vec<String> = (1..=N)
+        .map(|seq| {
+            serde_json::json!({
+                "v": 2, "seq": seq, "task": "big",
+                "time": format!("2026-01-01T00:{:02}:{:02}.{:09}Z", seq / 3600 % 60, seq / 60 % 60, seq),
+                "kind": "exec", "decision": "allow", "pid": 100 + seq, "ppid": 1,
+                "path": "/usr/bin/curl", "comm": "curl", "dev": 2049, "ino": seq,
+            })
+            .to_string()
+        })
+        .collect();
+    let log = dir.path().join("big.jsonl");
+    std::fs::write(&log, lines.join("\n") + "\n").unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let client = async_nats::connect(format!("127.0.0.1:{port}")).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        js.get_or_create_stream(async_nats::jetstream::stream::Config {
+            name: "WARDEN".into(),
+            subjects: vec!["warden.events.>".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        for l in &lines {
+            js.publish("warden.events.node.big", l.clone().into()).await.unwrap().await.unwrap();
+        }
+    });
+    let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("../rules/starter");
+    let replay = |extra: &[&str]| {
+        let out = Command::new(warden_bin())
+            .args(["replay", "--rules", rules.to_str().unwrap(), "--format", "json"])
+            .args(extra)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(0), "{stderr}");
+        (String::from_utf8_lossy(&out.stdout).into_owned(), stderr)
+    };
+    let (from_file, _) = replay(&[log.to_str().unwrap()]);
+    assert_eq!(from_file.lines().count() as u64, N, "one finding per record");
+    let (from_stream, summary) = replay(&["--nats", &format!("nats://127.0.0.1:{port}")]);
+    assert_eq!(from_stream.lines().count() as u64, N, "the whole stream was replayed: {summary}");
+    assert_eq!(from_stream, from_file, "same findings, same order");
+    assert!(summary.contains(&format!("read {N} of {N} messages (up to sequence {N})")), "{summary}");
+    assert!(summary.contains(&format!("replay: {N} records")), "{summary}");
+    drop(server);
+}

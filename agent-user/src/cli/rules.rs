@@ -204,10 +204,23 @@ pub fn replay(args: ReplayArgs) -> Result<i32, Failure> {
             }
         }
     }
+    let mut incomplete = false;
     if let Some(url) = &args.nats {
-        let ok = replay_stream(url, &args.stream, &mut r)?;
+        let (ok, got) = replay_stream(url, &args.stream, &mut r)?;
         if !ok {
             return Ok(1);
+        }
+        eprintln!(
+            "replay: stream {}: read {} of {} messages (up to sequence {})",
+            args.stream, got.read, got.held, got.last_sequence
+        );
+        if got.read < got.held {
+            eprintln!(
+                "warden: stream {} delivered {} of the {} messages it held at the start; \
+                 the replay is incomplete (were messages removed by the stream's limits?)",
+                args.stream, got.read, got.held
+            );
+            incomplete = true;
         }
     }
     r.out.flush().map_err(|e| Failure::Runtime(e.into()))?;
@@ -218,7 +231,7 @@ pub fn replay(args: ReplayArgs) -> Result<i32, Failure> {
         "replay: {} records, {} findings, {} lines skipped, {} expressions failed to evaluate",
         r.records, r.findings, r.skipped, r.engine.eval_errors
     );
-    Ok(0)
+    Ok(if incomplete { 1 } else { 0 })
 }
 
 /// Replays one record at a time, whatever it is read from.
@@ -286,8 +299,32 @@ impl<W: Write> Replayer<'_, W> {
     }
 }
 
-/// Replays every message of a JetStream stream, in stream order, batch by batch.
-fn replay_stream<W: Write>(url: &str, stream: &str, r: &mut Replayer<'_, W>) -> Result<bool, Failure> {
+/// How much of a stream a replay read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamRead {
+    /// Messages read.
+    pub read: u64,
+    /// Messages the stream held when the replay started.
+    pub held: u64,
+    /// The stream's last sequence when the replay started: the replay reads up to it.
+    pub last_sequence: u64,
+}
+
+/// How long a replay waits for the server to deliver the next message before it calls the
+/// stream incomplete.
+const STREAM_STALL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Replays a JetStream stream in stream order, up to its last sequence as of the start.
+///
+/// The consumer acknowledges nothing (`AckPolicy::None`), so no pending-acknowledgement limit
+/// stops delivery; the end is the last sequence the stream had when the replay began, never
+/// "a fetch came back empty". Messages published after the start are left for the next replay.
+fn replay_stream<W: Write>(
+    url: &str,
+    stream: &str,
+    r: &mut Replayer<'_, W>,
+) -> Result<(bool, StreamRead), Failure> {
+    use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
     use futures_util::StreamExt;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -299,15 +336,23 @@ fn replay_stream<W: Write>(url: &str, stream: &str, r: &mut Replayer<'_, W>) -> 
             .map_err(|e| Failure::Usage(anyhow!("cannot reach NATS at {url}: {e}")))?;
         let js = async_nats::jetstream::new(client);
         let s = js.get_stream(stream).await.map_err(|e| Failure::Usage(anyhow!("stream {stream}: {e}")))?;
+        let source = format!("{url}/{stream}");
+        let state = s.get_info().await.map_err(|e| Failure::Runtime(anyhow!("{source}: {e}")))?.state;
+        let mut got = StreamRead { read: 0, held: state.messages, last_sequence: state.last_sequence };
+        if state.messages == 0 {
+            return Ok((true, got));
+        }
         let consumer = s
-            .create_consumer(async_nats::jetstream::consumer::pull::Config {
-                deliver_policy: async_nats::jetstream::consumer::DeliverPolicy::All,
+            .create_consumer(pull::Config {
+                deliver_policy: DeliverPolicy::All,
+                ack_policy: AckPolicy::None,
+                inactive_threshold: std::time::Duration::from_secs(60),
                 ..Default::default()
             })
             .await
-            .map_err(|e| Failure::Runtime(anyhow!("stream {stream}: {e}")))?;
-        let source = format!("{url}/{stream}");
+            .map_err(|e| Failure::Runtime(anyhow!("{source}: {e}")))?;
         let mut n = 0usize;
+        let mut last_progress = std::time::Instant::now();
         loop {
             let mut batch = consumer
                 .fetch()
@@ -316,18 +361,27 @@ fn replay_stream<W: Write>(url: &str, stream: &str, r: &mut Replayer<'_, W>) -> 
                 .messages()
                 .await
                 .map_err(|e| Failure::Runtime(anyhow!("{source}: {e}")))?;
-            let mut got = 0;
             while let Some(m) = batch.next().await {
                 let m = m.map_err(|e| Failure::Runtime(anyhow!("{source}: {e}")))?;
+                let seq = m.info().map_err(|e| Failure::Runtime(anyhow!("{source}: {e}")))?.stream_sequence;
+                if seq > got.last_sequence {
+                    return Ok((true, got));
+                }
                 n += 1;
-                got += 1;
-                let line = String::from_utf8_lossy(&m.payload).into_owned();
+                got.read += 1;
+                last_progress = std::time::Instant::now();
+                let line = String::from_utf8_lossy(&m.payload);
                 if !r.line(&source, n, &line)? {
-                    return Ok(false);
+                    return Ok((false, got));
+                }
+                if seq == got.last_sequence {
+                    return Ok((true, got));
                 }
             }
-            if got == 0 {
-                return Ok(true);
+            if last_progress.elapsed() > STREAM_STALL {
+                // Messages up to the last sequence were removed (limits, purge) or the server
+                // stopped delivering: what was read is reported, and the replay fails.
+                return Ok((true, got));
             }
         }
     })
