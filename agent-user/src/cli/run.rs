@@ -20,7 +20,11 @@ use crate::{
         Cgroup, cgroup2_mount, confine::Confinement, launch::spawn_into_cgroup, limits::PidsLimit,
         secrets::IssuedSecrets,
     },
-    scope::{Scope, compile::CompiledScope, raw::OnGap},
+    scope::{
+        Scope,
+        compile::{self, CompiledScope},
+        raw::OnGap,
+    },
     source::{EventSource, RingBufSource},
     task::{IdentityDoc, new_task_id, node_name, scope_hash},
 };
@@ -119,6 +123,18 @@ pub fn run(args: RunArgs) -> Result<i32, Failure> {
     if let Some(m) = args.mode {
         scope.mode = m;
     }
+    // The log and the key are out of the task's reach: refused where the scope grants them
+    // for writing explicitly, protected (like the node's state directory) otherwise.
+    let mut evidence = vec![args.key.clone()];
+    if args.log.as_os_str() != "-" {
+        evidence.push(args.log.clone());
+        // Rotated parts (`--log-max-bytes`): FILE.1, FILE.2, ...
+        let keep = args.log_keep.unwrap_or(16).min(64);
+        evidence.extend((1..=keep).map(|n| PathBuf::from(format!("{}.{n}", args.log.display()))));
+        compile::evidence_in_write_grant(&scope, "--log", &args.log).map_err(|e| Failure::Usage(e.into()))?;
+    }
+    compile::evidence_in_write_grant(&scope, "--key", &args.key).map_err(|e| Failure::Usage(e.into()))?;
+    compile::protect_evidence(evidence);
     // Issued secrets are placed once the task has an id; everything else is checked now.
     let compiled = CompiledScope::compile(&scope.for_validation()).map_err(|e| Failure::Usage(e.into()))?;
     let rules = match &args.rules {
@@ -273,7 +289,8 @@ async fn run_task(
         issued = Some(SecretsGuard(secrets));
         CompiledScope::compile(&s).map_err(|e| Failure::Usage(e.into()))?
     } else {
-        compiled
+        // Again now that the log exists: the BPF LSM engine protects it by identity.
+        CompiledScope::compile(&compiled.scope).map_err(|e| Failure::Usage(e.into()))?
     };
     let scope = &compiled.scope;
     let (sink, nats) = match &args.nats {

@@ -232,6 +232,14 @@ impl Core {
     ) -> Result<Self, StartError> {
         let opts: LoadOptions = cfg.maps;
         let key = NodeKey::load_or_create(&cfg.key)?;
+        // The node's key, log, state and pins are out of every task's reach.
+        let log = &cfg.log.path;
+        let keep = cfg.log.keep.unwrap_or(16).min(64);
+        crate::scope::compile::protect_evidence(
+            [cfg.key.clone(), log.clone(), cfg.state_dir.clone(), cfg.bpffs.join(&cfg.pin_name)]
+                .into_iter()
+                .chain((1..=keep).map(|n| PathBuf::from(format!("{}.{n}", log.display())))),
+        );
         let rules = match &cfg.rules {
             Some(dir) => {
                 Some(crate::rules::RuleSet::load_dir(dir).map_err(|e| StartError::Rules(e.to_string()))?)
@@ -720,6 +728,18 @@ impl Core {
                 .map_err(|e| ApiError::bad(e.to_string()))?;
             scope.place_issued_secrets(s.dir());
             undo.secrets = Some(s);
+        }
+        if let Some(log) = &req.log {
+            // The task's own log is evidence too: refused inside an explicit write grant,
+            // protected otherwise (it exists from here on, so it is protected by identity).
+            crate::scope::compile::evidence_in_write_grant(scope, "the task's log", log)
+                .map_err(|e| ApiError::bad(e.to_string()))?;
+            crate::scope::compile::protect_evidence([log.clone()]);
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)
+                .map_err(|e| ApiError::bad(format!("log {}: {e}", log.display())))?;
         }
         let compiled = CompiledScope::compile(scope).map_err(|e| ApiError::bad(e.to_string()))?;
         let (cgroup, created) = match &req.cgroup {

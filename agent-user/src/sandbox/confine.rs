@@ -6,7 +6,7 @@ use landlock::{
     ABI, Access, AccessFs, CompatLevel, Compatible, PathBeneath, PathFd, Ruleset, RulesetAttr,
     RulesetCreated, RulesetCreatedAttr, RulesetStatus, Scope as LlScope,
 };
-use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
+use seccompiler::BpfProgram;
 
 use crate::scope::compile::CompiledScope;
 
@@ -17,8 +17,6 @@ pub enum ConfineError {
     NoLandlock(String),
     #[error("building the Landlock ruleset: {0}")]
     Landlock(#[from] landlock::RulesetError),
-    #[error("building the seccomp filter: {0}")]
-    Seccomp(String),
 }
 
 /// The highest Landlock ABI this build asks for (best effort below it).
@@ -86,23 +84,8 @@ impl Confinement {
             .filter(|(name, _)| !(lsm_engine && Self::LSM_JUDGED.contains(name)))
             .map(|(_, nr)| *nr)
             .collect();
-        Ok(if deny.is_empty() {
-            None
-        } else {
-            let rules = deny.into_iter().map(|nr| (nr, vec![])).collect();
-            let filter = SeccompFilter::new(
-                rules,
-                SeccompAction::Allow,
-                SeccompAction::Errno(libc::EPERM as u32),
-                TargetArch::x86_64,
-            )
-            .map_err(|e| ConfineError::Seccomp(e.to_string()))?;
-            Some(
-                filter
-                    .try_into()
-                    .map_err(|e: seccompiler::BackendError| ConfineError::Seccomp(e.to_string()))?,
-            )
-        })
+        // Always a filter: the ABI check and the socket families hold even with nothing denied.
+        Ok(Some(super::seccomp::build(&deny, c.sockets)))
     }
 
     /// Applies the confinement to the calling process. Meant for the child between fork and

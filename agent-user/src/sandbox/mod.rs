@@ -4,6 +4,7 @@ pub mod cgroup;
 pub mod confine;
 pub mod launch;
 pub mod limits;
+pub mod seccomp;
 pub mod secrets;
 
 pub use cgroup::{Cgroup, CgroupError, cgroup2_mount, unescape_mountinfo};

@@ -19,7 +19,7 @@ use std::{
 use agent_common::maps::{EGRESS_PORT_RULES, EgressRules, PortRule, file_rule, sandbox_flags};
 
 use super::{EgressRule, Scope, ScopeError, raw::Grant, raw::Protocol};
-use crate::pipeline::Mode;
+use crate::{pipeline::Mode, sandbox::seccomp::SocketPolicy};
 
 /// A file identified by what it is, not what it is called.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,6 +88,8 @@ pub struct CompiledScope {
     pub file_rules: Vec<FileRule>,
     /// Syscalls refused with EPERM: (name, number).
     pub seccomp_deny: Vec<(&'static str, i64)>,
+    /// Which sockets `socket`/`socketpair` may create (seccomp, both engines).
+    pub sockets: SocketPolicy,
     /// `agent_common::maps::sandbox_flags` for the kernel.
     pub flags: u32,
 }
@@ -116,16 +118,101 @@ fn credential_paths() -> Vec<PathBuf> {
     v
 }
 
-/// System control files no task may write: cgroups (escape), bpffs, sysctls, Warden's socket.
+/// Node files no task may write: sysfs and procfs as a whole (cgroups — an escape —, bpffs,
+/// `/sys/power`, `/sys/kernel`, `/proc/sys`, `/proc/sysrq-trigger`, ...), Warden's runtime
+/// directory (API socket, state).
 fn control_paths() -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = ["/sys/fs/cgroup", "/sys/fs/bpf", "/proc/sys", "/sys/kernel", "/run/warden"]
-        .iter()
-        .map(PathBuf::from)
-        .collect();
+    let mut v: Vec<PathBuf> =
+        ["/sys", "/sys/fs/cgroup", "/sys/fs/bpf", "/proc", "/run/warden"].iter().map(PathBuf::from).collect();
     if let Ok(m) = crate::sandbox::cgroup2_mount() {
         v.push(m);
     }
     v
+}
+
+/// Entries of `/dev` every program may use; every other device (disks — whose blocks hold
+/// every file, denied ones included —, input devices, `/dev/kmsg`, `/dev/mem`, watchdogs,
+/// consoles, ...) is a node device, neither readable nor writable unless granted `devices`.
+const ORDINARY_DEVICES: &[&str] = &[
+    "null",
+    "zero",
+    "full",
+    "random",
+    "urandom",
+    "tty",
+    "pts",
+    "ptmx",
+    "shm",
+    "mqueue",
+    "fd",
+    "stdin",
+    "stdout",
+    "stderr",
+    "log",
+    "core",
+    "hugepages",
+];
+
+/// Node devices present now (new device nodes appear in no grant: refused too).
+fn node_devices() -> Vec<PathBuf> {
+    let Ok(rd) = fs::read_dir("/dev") else { return Vec::new() };
+    let mut v: Vec<PathBuf> = rd
+        .flatten()
+        .filter(|e| !e.file_name().to_str().is_some_and(|n| ORDINARY_DEVICES.contains(&n)))
+        .map(|e| e.path())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Warden's own evidence and keys, out of every task's reach whatever its scope grants: the
+/// default key and state directory, plus what the running `warden run` or daemon registered
+/// with [`protect_evidence`] (its `--key`, `--log`, node log, state directory, pins).
+static EVIDENCE: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// Where Warden keeps node keys and state by default.
+pub const NODE_STATE_DIR: &str = "/var/lib/warden";
+
+/// Registers paths no task of this process may read or write (see [`evidence_paths`]).
+/// Relative paths are taken from the current directory.
+pub fn protect_evidence(paths: impl IntoIterator<Item = PathBuf>) {
+    let mut g = EVIDENCE.lock().unwrap_or_else(|e| e.into_inner());
+    for p in paths {
+        let p = std::path::absolute(&p).unwrap_or(p);
+        if !g.contains(&p) {
+            g.push(p);
+        }
+    }
+}
+
+/// Every protected evidence path: [`NODE_STATE_DIR`] and the registered ones.
+pub fn evidence_paths() -> Vec<PathBuf> {
+    let mut v = vec![PathBuf::from(NODE_STATE_DIR)];
+    v.extend(EVIDENCE.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned());
+    v
+}
+
+/// An evidence file (`what`, e.g. `--log`) that the scope's `files.write` grants explicitly:
+/// refused at start, because protecting it would carve the rest of that grant (nothing new
+/// could be created next to it). With `files.write` omitted the file is protected instead.
+pub fn evidence_in_write_grant(scope: &Scope, what: &str, path: &Path) -> Result<(), ScopeError> {
+    let Some(write) = &scope.write else { return Ok(()) };
+    let p = canonical_prefix(&std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()));
+    for w in write {
+        let w = canonical_prefix(w);
+        if p.starts_with(&w) {
+            return Err(scope.error(
+                &w.display().to_string(),
+                "files.write",
+                format!(
+                    "{what} {} is inside this writable grant: the task could rewrite or erase its own \
+                     evidence; put {what} outside every path in files.write",
+                    p.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Always readable: the pseudo-devices every program expects, and procfs (other processes'
@@ -400,29 +487,65 @@ pub fn shebang(path: &Path) -> Option<PathBuf> {
     text.split_whitespace().next().map(PathBuf::from)
 }
 
-/// Syscalls every sandbox is refused, unless granted: (grant that lifts it, name, number).
-fn seccomp_list(grants: &BTreeSet<Grant>) -> Vec<(&'static str, i64)> {
+/// Syscalls every sandbox is refused, unless granted: (name, number). Node-level calls (the
+/// machine, its mounts, modules, clocks, swap, accounting, port I/O, the kernel log) are never
+/// granted; capabilities are not the only guard (a scope may grant them, a kernel may have a
+/// bug), and the refusal is the same on both engines.
+pub fn seccomp_list(grants: &BTreeSet<Grant>) -> Vec<(&'static str, i64)> {
+    // Newer than the libc crate's tables (x86-64 numbers).
+    const SYS_OPEN_TREE_ATTR: i64 = 467;
+    const SYS_NFSSERVCTL: i64 = 180;
     let mut v: Vec<(&'static str, i64)> = vec![
         ("bpf", libc::SYS_bpf),
+        // Mounts, old and new API.
         ("mount", libc::SYS_mount),
         ("umount2", libc::SYS_umount2),
         ("fsopen", libc::SYS_fsopen),
         ("fsconfig", libc::SYS_fsconfig),
         ("fsmount", libc::SYS_fsmount),
+        ("fspick", libc::SYS_fspick),
         ("move_mount", libc::SYS_move_mount),
         ("open_tree", libc::SYS_open_tree),
+        ("open_tree_attr", SYS_OPEN_TREE_ATTR),
+        ("mount_setattr", libc::SYS_mount_setattr),
         ("pivot_root", libc::SYS_pivot_root),
+        ("swapon", libc::SYS_swapon),
+        ("swapoff", libc::SYS_swapoff),
+        ("quotactl", libc::SYS_quotactl),
+        ("quotactl_fd", libc::SYS_quotactl_fd),
+        // Kernel code and the machine itself.
         ("init_module", libc::SYS_init_module),
         ("finit_module", libc::SYS_finit_module),
         ("delete_module", libc::SYS_delete_module),
         ("kexec_load", libc::SYS_kexec_load),
         ("kexec_file_load", libc::SYS_kexec_file_load),
+        ("reboot", libc::SYS_reboot),
+        ("acct", libc::SYS_acct),
+        ("iopl", libc::SYS_iopl),
+        ("ioperm", libc::SYS_ioperm),
+        ("syslog", libc::SYS_syslog),
+        ("uselib", libc::SYS_uselib),
+        ("lookup_dcookie", libc::SYS_lookup_dcookie),
+        ("nfsservctl", SYS_NFSSERVCTL),
+        // Clocks.
+        ("settimeofday", libc::SYS_settimeofday),
+        ("clock_settime", libc::SYS_clock_settime),
+        ("clock_adjtime", libc::SYS_clock_adjtime),
+        ("adjtimex", libc::SYS_adjtimex),
+        // Host identity, the terminal, whole-filesystem watches and handles.
+        ("sethostname", libc::SYS_sethostname),
+        ("setdomainname", libc::SYS_setdomainname),
+        ("vhangup", libc::SYS_vhangup),
+        ("fanotify_init", libc::SYS_fanotify_init),
+        ("open_by_handle_at", libc::SYS_open_by_handle_at),
     ];
     if !grants.contains(&Grant::Ptrace) {
         v.extend([
             ("ptrace", libc::SYS_ptrace),
             ("process_vm_readv", libc::SYS_process_vm_readv),
             ("process_vm_writev", libc::SYS_process_vm_writev),
+            ("pidfd_getfd", libc::SYS_pidfd_getfd),
+            ("kcmp", libc::SYS_kcmp),
         ]);
     }
     if !grants.contains(&Grant::IoUring) {
@@ -432,7 +555,27 @@ fn seccomp_list(grants: &BTreeSet<Grant>) -> Vec<(&'static str, i64)> {
             ("io_uring_register", libc::SYS_io_uring_register),
         ]);
     }
+    if !grants.contains(&Grant::PerfEvents) {
+        v.push(("perf_event_open", libc::SYS_perf_event_open));
+    }
+    if !grants.contains(&Grant::Keyring) {
+        v.extend([
+            ("add_key", libc::SYS_add_key),
+            ("request_key", libc::SYS_request_key),
+            ("keyctl", libc::SYS_keyctl),
+        ]);
+    }
     v
+}
+
+/// The socket families and types the scope grants beyond Unix, TCP, UDP and `NETLINK_ROUTE`.
+pub fn socket_policy(grants: &BTreeSet<Grant>) -> SocketPolicy {
+    SocketPolicy {
+        raw: grants.contains(&Grant::NetRaw),
+        packet: grants.contains(&Grant::NetPacket),
+        netlink: grants.contains(&Grant::NetNetlink),
+        other: grants.contains(&Grant::NetOther),
+    }
 }
 
 impl CompiledScope {
@@ -540,6 +683,11 @@ impl CompiledScope {
         if !scope.grants.contains(&Grant::Credentials) {
             deny_all.extend(canon(&credential_paths()));
         }
+        if !scope.grants.contains(&Grant::Devices) {
+            deny_all.extend(node_devices());
+        }
+        // Warden's evidence and keys: no grant lifts this.
+        deny_all.extend(canon(&evidence_paths()));
         // Secrets are carved out of their parents like denied paths, then granted file by file.
         let secret_paths: Vec<PathBuf> = secrets.iter().map(|s| s.file.path.clone()).collect();
         let mut deny_read = deny_all.clone();
@@ -588,6 +736,7 @@ impl CompiledScope {
             landlock: LandlockPlan { read, write },
             file_rules,
             seccomp_deny: seccomp_list(&scope.grants),
+            sockets: socket_policy(&scope.grants),
             flags,
         })
     }

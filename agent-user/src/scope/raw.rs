@@ -161,6 +161,22 @@ pub enum Grant {
     Ptrace,
     /// Let the task read the well-known credential locations (`~/.ssh`, `~/.aws`, ...).
     Credentials,
+    /// Let the task open raw IP and ICMP sockets (and any other IPv4/IPv6 socket type or
+    /// protocol beyond TCP and UDP). They pass no egress hook: `network.egress` does not judge them.
+    NetRaw,
+    /// Let the task open `AF_PACKET` sockets (send and sniff link-layer frames).
+    NetPacket,
+    /// Let the task open netlink sockets of every protocol (`NETLINK_ROUTE` is always allowed).
+    NetNetlink,
+    /// Let the task open sockets of every other address family (`AF_VSOCK`, `AF_KEY`, `AF_ALG`, ...).
+    NetOther,
+    /// Let the task use `perf_event_open`.
+    PerfEvents,
+    /// Let the task manage keys (`add_key`, `request_key`, `keyctl`).
+    Keyring,
+    /// Let the task open node devices (`/dev` beyond the pseudo-devices, terminals and shared
+    /// memory every program uses): disks, input devices, `/dev/kmsg`, ...
+    Devices,
 }
 
 macro_rules! string_newtype {

@@ -1,0 +1,339 @@
+//! The sandbox's seccomp filter, built here as a classic BPF program so that it can judge
+//! what a plain syscall list cannot: the ABI a call is made through (an `int 0x80` i386 call
+//! or an x32 number must not slip past a table of x86-64 numbers) and the arguments of
+//! `socket`/`socketpair` (address family, type, protocol).
+//!
+//! The program, in order: a foreign architecture kills the process (its syscall numbers mean
+//! other calls; the kernel logs the kill); an x32 number (bit 30) is refused; each denied
+//! number is refused; `socket`/`socketpair` are judged by [`SocketPolicy`]; everything else
+//! is allowed. Refusals return `EPERM`.
+use seccompiler::sock_filter;
+
+/// `AUDIT_ARCH_X86_64`.
+pub const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+/// x32 syscalls are x86-64 numbers with this bit set (same `AUDIT_ARCH_X86_64`).
+pub const X32_SYSCALL_BIT: u32 = 0x4000_0000;
+
+pub const RET_KILL_PROCESS: u32 = 0x8000_0000;
+pub const RET_ERRNO: u32 = 0x0005_0000;
+pub const RET_ALLOW: u32 = 0x7fff_0000;
+
+// Classic BPF opcodes (linux/bpf_common.h).
+const LD_W_ABS: u16 = 0x00 | 0x00 | 0x20;
+const JEQ_K: u16 = 0x05 | 0x10;
+const JGE_K: u16 = 0x05 | 0x30;
+const JA: u16 = 0x05;
+const AND_K: u16 = 0x04 | 0x50;
+const RET_K: u16 = 0x06;
+
+// struct seccomp_data offsets.
+const NR: u32 = 0;
+const ARCH: u32 = 4;
+const fn arg_lo(i: u32) -> u32 {
+    16 + 8 * i
+}
+
+/// `SOCK_TYPE_MASK`: the type without `SOCK_NONBLOCK`/`SOCK_CLOEXEC`.
+const SOCK_TYPE_MASK: u32 = 0xf;
+
+/// Which sockets a task may create beyond Unix, TCP and UDP (and `NETLINK_ROUTE`, which
+/// glibc's `getaddrinfo(AI_ADDRCONFIG)` and `ip addr` open). Sockets of these kinds pass no
+/// cgroup egress hook, so they are refused unless the scope grants them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SocketPolicy {
+    /// `AF_INET`/`AF_INET6` of any type and protocol: raw IP, ICMP (ping), SCTP, `SOCK_PACKET`.
+    pub raw: bool,
+    /// `AF_PACKET`.
+    pub packet: bool,
+    /// Every netlink protocol, not only `NETLINK_ROUTE`.
+    pub netlink: bool,
+    /// Every other address family (`AF_VSOCK`, `AF_KEY`, `AF_ALG`, `AF_BLUETOOTH`, ...).
+    pub other: bool,
+}
+
+/// A program under construction, with symbolic jump targets resolved at the end.
+struct Asm {
+    code: Vec<(sock_filter, Option<(usize, usize)>)>,
+    labels: Vec<Option<usize>>,
+}
+
+#[derive(Clone, Copy)]
+struct Label(usize);
+
+impl Asm {
+    fn new() -> Self {
+        Self { code: Vec::new(), labels: Vec::new() }
+    }
+    fn label(&mut self) -> Label {
+        self.labels.push(None);
+        Label(self.labels.len() - 1)
+    }
+    fn bind(&mut self, l: Label) {
+        self.labels[l.0] = Some(self.code.len());
+    }
+    fn stmt(&mut self, code: u16, k: u32) {
+        self.code.push((sock_filter { code, jt: 0, jf: 0, k }, None));
+    }
+    fn ret(&mut self, k: u32) {
+        self.stmt(RET_K, k);
+    }
+    fn load(&mut self, off: u32) {
+        self.stmt(LD_W_ABS, off);
+    }
+    /// `if A <op> k goto t else goto f`.
+    fn jump(&mut self, code: u16, k: u32, t: Label, f: Label) {
+        self.code.push((sock_filter { code, jt: 0, jf: 0, k }, Some((t.0, f.0))));
+    }
+    /// `goto l` (32-bit offset).
+    fn goto(&mut self, l: Label) {
+        self.code.push((sock_filter { code: JA, jt: 0, jf: 0, k: 0 }, Some((l.0, l.0))));
+    }
+    fn finish(self) -> Vec<sock_filter> {
+        let labels = self.labels;
+        self.code
+            .into_iter()
+            .enumerate()
+            .map(|(i, (mut ins, targets))| {
+                if let Some((t, f)) = targets {
+                    let at = |l: usize| labels[l].expect("every label is bound") - (i + 1);
+                    if ins.code == JA {
+                        ins.k = at(t) as u32;
+                    } else {
+                        ins.jt = u8::try_from(at(t)).expect("conditional jumps stay short");
+                        ins.jf = u8::try_from(at(f)).expect("conditional jumps stay short");
+                    }
+                }
+                ins
+            })
+            .collect()
+    }
+}
+
+/// Builds the filter: `deny` numbers refused with `EPERM`, sockets judged by `sockets`.
+pub fn build(deny: &[i64], sockets: SocketPolicy) -> Vec<sock_filter> {
+    let eperm = RET_ERRNO | libc::EPERM as u32;
+    let mut a = Asm::new();
+    let (native, refuse, allow, sock) = (a.label(), a.label(), a.label(), a.label());
+    a.load(ARCH);
+    let kill = a.label();
+    a.jump(JEQ_K, AUDIT_ARCH_X86_64, native, kill);
+    a.bind(kill);
+    a.ret(RET_KILL_PROCESS);
+    a.bind(native);
+    a.load(NR);
+    let (x32, not_x32) = (a.label(), a.label());
+    a.jump(JGE_K, X32_SYSCALL_BIT, x32, not_x32);
+    a.bind(x32);
+    a.ret(eperm);
+    a.bind(not_x32);
+    for &nr in deny {
+        let next = a.label();
+        let hit = a.label();
+        a.jump(JEQ_K, nr as u32, hit, next);
+        a.bind(hit);
+        a.ret(eperm);
+        a.bind(next);
+    }
+    let restrict_sockets = !(sockets.raw && sockets.packet && sockets.netlink && sockets.other);
+    if restrict_sockets {
+        for nr in [libc::SYS_socket, libc::SYS_socketpair] {
+            let (hit, next) = (a.label(), a.label());
+            a.jump(JEQ_K, nr as u32, hit, next);
+            a.bind(hit);
+            a.goto(sock);
+            a.bind(next);
+        }
+    }
+    a.ret(RET_ALLOW);
+    if restrict_sockets {
+        let (inet, netlink, packet, other) = (a.label(), a.label(), a.label(), a.label());
+        let (c1, c2, c3, c4) = (a.label(), a.label(), a.label(), a.label());
+        a.bind(sock);
+        a.load(arg_lo(0));
+        a.jump(JEQ_K, libc::AF_UNIX as u32, allow, c1);
+        a.bind(c1);
+        a.jump(JEQ_K, libc::AF_INET as u32, inet, c2);
+        a.bind(c2);
+        a.jump(JEQ_K, libc::AF_INET6 as u32, inet, c3);
+        a.bind(c3);
+        a.jump(JEQ_K, libc::AF_NETLINK as u32, netlink, c4);
+        a.bind(c4);
+        a.jump(JEQ_K, libc::AF_PACKET as u32, packet, other);
+
+        a.bind(other);
+        a.goto(if sockets.other { allow } else { refuse });
+        a.bind(packet);
+        a.goto(if sockets.packet { allow } else { refuse });
+
+        a.bind(netlink);
+        if sockets.netlink {
+            a.goto(allow);
+        } else {
+            a.load(arg_lo(2));
+            a.jump(JEQ_K, libc::NETLINK_ROUTE as u32, allow, refuse);
+        }
+
+        a.bind(inet);
+        if sockets.raw {
+            a.goto(allow);
+        } else {
+            let (proto, t2, p2, p3) = (a.label(), a.label(), a.label(), a.label());
+            a.load(arg_lo(1));
+            a.stmt(AND_K, SOCK_TYPE_MASK);
+            a.jump(JEQ_K, libc::SOCK_STREAM as u32, proto, t2);
+            a.bind(t2);
+            a.jump(JEQ_K, libc::SOCK_DGRAM as u32, proto, refuse);
+            a.bind(proto);
+            a.load(arg_lo(2));
+            a.jump(JEQ_K, 0, allow, p2);
+            a.bind(p2);
+            a.jump(JEQ_K, libc::IPPROTO_TCP as u32, allow, p3);
+            a.bind(p3);
+            a.jump(JEQ_K, libc::IPPROTO_UDP as u32, allow, refuse);
+        }
+    }
+    // Shared exits, last: classic BPF jumps only forward.
+    a.bind(refuse);
+    a.ret(eperm);
+    a.bind(allow);
+    a.ret(RET_ALLOW);
+    a.finish()
+}
+
+/// Runs a filter over one call, as the kernel would (the subset of classic BPF [`build`]
+/// emits). For tests and for `warden scope check`'s explanations.
+pub fn evaluate(prog: &[sock_filter], arch: u32, nr: u32, args: [u64; 6]) -> u32 {
+    let word = |off: u32| -> u32 {
+        match off {
+            NR => nr,
+            ARCH => arch,
+            o if (16..64).contains(&o) => {
+                let i = ((o - 16) / 8) as usize;
+                if (o - 16) % 8 == 0 { args[i] as u32 } else { (args[i] >> 32) as u32 }
+            }
+            _ => 0,
+        }
+    };
+    let (mut pc, mut acc) = (0usize, 0u32);
+    while let Some(ins) = prog.get(pc) {
+        pc += 1;
+        match ins.code {
+            LD_W_ABS => acc = word(ins.k),
+            AND_K => acc &= ins.k,
+            JA => pc += ins.k as usize,
+            JEQ_K => pc += usize::from(if acc == ins.k { ins.jt } else { ins.jf }),
+            JGE_K => pc += usize::from(if acc >= ins.k { ins.jt } else { ins.jf }),
+            RET_K => return ins.k,
+            other => panic!("opcode {other:#x} is not emitted by build()"),
+        }
+    }
+    panic!("filter fell off its end")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const X86: u32 = AUDIT_ARCH_X86_64;
+    const I386: u32 = 0x4000_0003;
+    const EPERM: u32 = RET_ERRNO | libc::EPERM as u32;
+
+    fn sock(p: &[sock_filter], family: i32, ty: i32, proto: i32) -> u32 {
+        evaluate(p, X86, libc::SYS_socket as u32, [family as u64, ty as u64, proto as u64, 0, 0, 0])
+    }
+
+    #[test]
+    fn denied_numbers_and_foreign_abis_are_refused() {
+        let p = build(&[libc::SYS_reboot, libc::SYS_mount_setattr], SocketPolicy::default());
+        assert_eq!(evaluate(&p, X86, libc::SYS_reboot as u32, [0; 6]), EPERM);
+        assert_eq!(evaluate(&p, X86, libc::SYS_mount_setattr as u32, [0; 6]), EPERM);
+        assert_eq!(evaluate(&p, X86, libc::SYS_read as u32, [0; 6]), RET_ALLOW);
+        // x32 numbering of an allowed and of a denied call.
+        assert_eq!(evaluate(&p, X86, X32_SYSCALL_BIT | libc::SYS_read as u32, [0; 6]), EPERM);
+        assert_eq!(evaluate(&p, X86, X32_SYSCALL_BIT | libc::SYS_reboot as u32, [0; 6]), EPERM);
+        // i386 reboot (88) through int 0x80: the process dies, whatever the number.
+        assert_eq!(evaluate(&p, I386, 88, [0; 6]), RET_KILL_PROCESS);
+        assert_eq!(evaluate(&p, I386, 3, [0; 6]), RET_KILL_PROCESS);
+    }
+
+    #[test]
+    fn ordinary_sockets_pass_and_the_rest_is_refused() {
+        let p = build(&[], SocketPolicy::default());
+        let nb = libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
+        assert_eq!(sock(&p, libc::AF_INET, libc::SOCK_STREAM | nb, 0), RET_ALLOW);
+        assert_eq!(sock(&p, libc::AF_INET6, libc::SOCK_DGRAM, libc::IPPROTO_UDP), RET_ALLOW);
+        assert_eq!(sock(&p, libc::AF_INET, libc::SOCK_STREAM, libc::IPPROTO_TCP), RET_ALLOW);
+        assert_eq!(sock(&p, libc::AF_UNIX, libc::SOCK_SEQPACKET, 0), RET_ALLOW);
+        assert_eq!(sock(&p, libc::AF_NETLINK, libc::SOCK_RAW | nb, libc::NETLINK_ROUTE), RET_ALLOW);
+        assert_eq!(sock(&p, libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP), EPERM);
+        assert_eq!(sock(&p, libc::AF_INET, libc::SOCK_DGRAM, libc::IPPROTO_ICMP), EPERM, "ping");
+        assert_eq!(sock(&p, libc::AF_INET6, libc::SOCK_DGRAM, libc::IPPROTO_ICMPV6), EPERM);
+        assert_eq!(sock(&p, libc::AF_INET, libc::SOCK_PACKET, 0), EPERM);
+        assert_eq!(sock(&p, libc::AF_INET, libc::SOCK_STREAM, libc::IPPROTO_SCTP), EPERM);
+        assert_eq!(sock(&p, libc::AF_PACKET, libc::SOCK_RAW, 0x300), EPERM);
+        assert_eq!(sock(&p, libc::AF_NETLINK, libc::SOCK_RAW, libc::NETLINK_AUDIT), EPERM);
+        assert_eq!(sock(&p, libc::AF_VSOCK, libc::SOCK_STREAM, 0), EPERM);
+        assert_eq!(sock(&p, libc::AF_KEY, libc::SOCK_RAW, 2), EPERM);
+        // socketpair is judged the same way.
+        let sp = |f: i32| evaluate(&p, X86, libc::SYS_socketpair as u32, [f as u64, 1, 0, 0, 0, 0]);
+        assert_eq!(sp(libc::AF_UNIX), RET_ALLOW);
+        assert_eq!(sp(libc::AF_TIPC), EPERM);
+    }
+
+    #[test]
+    fn grants_lift_each_class_alone() {
+        let raw = build(&[], SocketPolicy { raw: true, ..Default::default() });
+        assert_eq!(sock(&raw, libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP), RET_ALLOW);
+        assert_eq!(sock(&raw, libc::AF_PACKET, libc::SOCK_RAW, 0), EPERM);
+        let packet = build(&[], SocketPolicy { packet: true, ..Default::default() });
+        assert_eq!(sock(&packet, libc::AF_PACKET, libc::SOCK_RAW, 0), RET_ALLOW);
+        assert_eq!(sock(&packet, libc::AF_INET, libc::SOCK_RAW, 1), EPERM);
+        let nl = build(&[], SocketPolicy { netlink: true, ..Default::default() });
+        assert_eq!(sock(&nl, libc::AF_NETLINK, libc::SOCK_RAW, libc::NETLINK_AUDIT), RET_ALLOW);
+        assert_eq!(sock(&nl, libc::AF_VSOCK, libc::SOCK_STREAM, 0), EPERM);
+        let other = build(&[], SocketPolicy { other: true, ..Default::default() });
+        assert_eq!(sock(&other, libc::AF_VSOCK, libc::SOCK_STREAM, 0), RET_ALLOW);
+        assert_eq!(sock(&other, libc::AF_PACKET, libc::SOCK_RAW, 0), EPERM);
+    }
+
+    proptest! {
+        /// Against a plain reference: whatever the list and the call, the filter decides as
+        /// the policy says (the high halves of socket arguments are ignored, as the kernel's
+        /// `int` parameters do).
+        #[test]
+        fn filter_equals_reference(
+            deny in proptest::collection::btree_set(0i64..460, 0..80),
+            nr in 0u32..470,
+            x32 in any::<bool>(),
+            family in 0u64..50,
+            ty in 0u64..12,
+            proto in prop_oneof![Just(0u64), Just(6), Just(17), Just(1), 0u64..300],
+            high in any::<u32>(),
+            g in any::<[bool; 4]>(),
+        ) {
+            let deny: Vec<i64> = deny.into_iter().collect();
+            let pol = SocketPolicy { raw: g[0], packet: g[1], netlink: g[2], other: g[3] };
+            let p = build(&deny, pol);
+            let call = if x32 { nr | X32_SYSCALL_BIT } else { nr };
+            let h = u64::from(high) << 32;
+            let got = evaluate(&p, X86, call, [family | h, ty | h, proto | h, 0, 0, 0]);
+            let is_sock = nr as i64 == libc::SYS_socket || nr as i64 == libc::SYS_socketpair;
+            let sock_ok = || match family as i32 {
+                libc::AF_UNIX => true,
+                libc::AF_INET | libc::AF_INET6 => pol.raw || (
+                    (ty as i32 == libc::SOCK_STREAM || ty as i32 == libc::SOCK_DGRAM)
+                        && [0, 6, 17].contains(&proto)),
+                libc::AF_NETLINK => pol.netlink || proto as i32 == libc::NETLINK_ROUTE,
+                libc::AF_PACKET => pol.packet,
+                _ => pol.other,
+            };
+            let want = if x32 || deny.contains(&i64::from(nr)) || (is_sock && !sock_ok()) {
+                EPERM
+            } else {
+                RET_ALLOW
+            };
+            prop_assert_eq!(got, want);
+        }
+    }
+}

@@ -1,0 +1,327 @@
+//! Host tier: a hijacked task running as root reaching for the node — machine-wide calls,
+//! sockets no egress hook sees, node files, and Warden's own evidence. Every attempt is real
+//! and harmless when let through (see `warden-node-probe`), and each asserts the specific
+//! refusal (EPERM from the filter, EACCES from the file rules), not merely a failure.
+use std::{
+    ffi::CString,
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use warden_tests::{coverage, engine, require, run_warden, warden_bin};
+
+const NODE: &str = env!("CARGO_BIN_EXE_warden-node-probe");
+const PROBE: &str = env!("CARGO_BIN_EXE_warden-probe");
+
+/// The default scope of `examples/scope.yaml`: an exec allowlist, `files.write` omitted.
+fn example_scope(task: &str) -> String {
+    let text = fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/scope.yaml")).unwrap();
+    text.replace("task: build-report", &format!("task: {task}"))
+        .replace("/usr/bin/python3]", &format!("/usr/bin/python3, /usr/bin/sed, {NODE}, {PROBE}]"))
+}
+
+fn outcome(records: usize) -> &'static str {
+    if records > 0 { "enforced" } else { "enforced (no record)" }
+}
+
+/// A read-only bind mount of a fresh directory, made by the test (outside any sandbox) and
+/// unmounted on drop.
+struct RoMount {
+    target: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl RoMount {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, target) = (dir.path().join("src"), dir.path().join("ro"));
+        fs::create_dir_all(&src).unwrap();
+        fs::create_dir_all(&target).unwrap();
+        let ok = Command::new("mount").arg("--bind").arg(&src).arg(&target).status().unwrap().success()
+            && Command::new("mount").args(["-o", "remount,bind,ro"]).arg(&target).status().unwrap().success();
+        let m = RoMount { target, _dir: dir };
+        assert!(ok, "test setup: read-only bind mount");
+        assert!(m.read_only());
+        m
+    }
+
+    fn read_only(&self) -> bool {
+        nix::sys::statvfs::statvfs(&self.target)
+            .unwrap()
+            .flags()
+            .contains(nix::sys::statvfs::FsFlags::ST_RDONLY)
+    }
+}
+
+impl Drop for RoMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.target).status();
+    }
+}
+
+/// A `user` key in root's user keyring, unlinked on drop.
+struct UserKey {
+    id: i64,
+    desc: String,
+}
+
+impl UserKey {
+    fn add() -> Self {
+        let desc = format!("warden-test-{}", std::process::id());
+        let (ty, d, payload) =
+            (CString::new("user").unwrap(), CString::new(desc.clone()).unwrap(), b"s3cr3t");
+        // SAFETY: valid strings and payload; KEY_SPEC_USER_KEYRING is -4.
+        let id = unsafe {
+            libc::syscall(libc::SYS_add_key, ty.as_ptr(), d.as_ptr(), payload.as_ptr(), payload.len(), -4)
+        };
+        assert!(id > 0, "test setup: add_key: {}", std::io::Error::last_os_error());
+        UserKey { id, desc }
+    }
+}
+
+impl Drop for UserKey {
+    fn drop(&mut self) {
+        // SAFETY: KEYCTL_INVALIDATE (21) on the key this test added.
+        unsafe { libc::syscall(libc::SYS_keyctl, 21, self.id) };
+    }
+}
+
+#[test]
+fn node_level_calls_are_refused() {
+    if !require("node_level_calls_are_refused", "landlock") {
+        return;
+    }
+    let ro = RoMount::new();
+    let key = UserKey::add();
+    let swap = tempfile::NamedTempFile::new().unwrap();
+    swap.as_file().set_len(1 << 20).unwrap();
+    let n = NODE;
+    let script = format!(
+        "{n} reboot
+         {n} kexec-load
+         {n} mount-setattr {ro}
+         {n} fspick /
+         {n} swapon {swap}
+         {n} acct
+         {n} settimeofday
+         {n} clock-settime
+         {n} syslog
+         {n} sethostname
+         {n} delete-module
+         {n} perf-system
+         {n} perf-pid $$
+         {n} read-user-key {desc}
+         {n} x32-getpid
+         {n} reboot-i386; echo i386-status $?",
+        ro = ro.target.display(),
+        swap = swap.path().display(),
+        desc = key.desc,
+    );
+    let out = run_warden(&example_scope("node-calls"), &script, &[]);
+    let still_ro = ro.read_only();
+    assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
+    for op in [
+        "reboot",
+        "kexec-load",
+        "mount-setattr",
+        "fspick",
+        "swapon",
+        "acct",
+        "settimeofday",
+        "clock-settime",
+        "syslog",
+        "sethostname",
+        "delete-module",
+        "perf-system",
+        "perf-pid",
+        "read-user-key",
+        "x32-getpid",
+    ] {
+        assert_eq!(
+            out.result(op),
+            "err 1",
+            "{op}: refused with EPERM by the filter, not by the kernel's own checks"
+        );
+    }
+    assert!(still_ro, "the read-only mount stays read-only");
+    // An i386 call through int 0x80 is not judged by x86-64 numbers: the process is killed (SIGSYS).
+    assert_eq!(out.result("i386-status"), "159", "{}", out.stdout);
+    coverage("node calls", "syscall", "enforced (no record)");
+}
+
+#[test]
+fn sockets_outside_the_egress_hooks_are_refused_unless_granted() {
+    if !require("sockets_outside_the_egress_hooks_are_refused_unless_granted", "landlock") {
+        return;
+    }
+    let n = NODE;
+    let script = format!(
+        "{n} raw-ping
+         {n} icmp-dgram
+         {n} packet
+         {n} netlink-diag
+         {n} vsock
+         {n} tcp
+         {n} udp
+         {n} netlink-route
+         /usr/bin/python3 -c 'import socket; socket.getaddrinfo(\"localhost\", 80, flags=socket.AI_ADDRCONFIG); print(\"getaddrinfo ok\")'
+         /usr/sbin/ip addr show dev lo >/dev/null; echo ip-addr $?"
+    );
+    let out = run_warden("version: 1\ntask: sockets\n", &script, &[]);
+    assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
+    for op in ["raw-ping", "icmp-dgram", "packet", "netlink-diag", "vsock"] {
+        assert_eq!(out.result(op), "err 1", "{op}");
+    }
+    for op in ["tcp", "udp", "netlink-route", "getaddrinfo"] {
+        assert_eq!(out.result(op), "ok", "{op}: ordinary sockets work");
+    }
+    assert_eq!(out.result("ip-addr"), "0", "`ip addr` works");
+    coverage("raw and packet sockets", "syscall", "enforced (no record)");
+
+    // Each grant gives back its own class.
+    let granted = "version: 1\ntask: sockets-granted\ngrant: [net-raw, net-packet, net-netlink, net-other]\n";
+    let out = run_warden(granted, &format!("{n} raw-ping; {n} packet; {n} netlink-diag; {n} vsock"), &[]);
+    for op in ["raw-ping", "packet", "netlink-diag", "vsock"] {
+        assert_eq!(out.result(op), "ok", "{op} granted: {}", out.stderr);
+    }
+}
+
+#[test]
+fn node_files_are_protected_without_a_write_section() {
+    if !require("node_files_are_protected_without_a_write_section", "landlock") {
+        return;
+    }
+    let root_dev = Command::new("findmnt").args(["-n", "-o", "SOURCE", "/"]).output().unwrap();
+    let root_dev = String::from_utf8_lossy(&root_dev.stdout).trim().to_string();
+    let p = PROBE;
+    // Opening for writing writes nothing: these opens are harmless when let through.
+    let mut script = format!(
+        "{p} write /sys/power/state | sed s/^write/sys-power/
+         {p} write /proc/sys/kernel/hostname | sed s/^write/proc-sys/
+         {p} write /dev/kmsg | sed s/^write/kmsg/
+         {p} write /dev/null | sed s/^write/dev-null/
+         {p} open /dev/urandom | sed s/^open/urandom/"
+    );
+    // Not every kernel has magic SysRq.
+    let sysrq = Path::new("/proc/sysrq-trigger").exists();
+    if sysrq {
+        script.push_str(&format!("\n{p} write /proc/sysrq-trigger | sed s/^write/sysrq/"));
+    }
+    let disk = root_dev.starts_with("/dev/") && Path::new(&root_dev).exists();
+    if disk {
+        script.push_str(&format!("\n{p} open {root_dev} | sed s/^open/disk/"));
+    }
+    let out = run_warden(&example_scope("node-files"), &script, &[]);
+    assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
+    for op in ["sys-power", "proc-sys", "kmsg"] {
+        assert_eq!(out.result(op), "err 13", "{op}");
+    }
+    if sysrq {
+        assert_eq!(out.result("sysrq"), "err 13");
+    }
+    if disk {
+        assert_eq!(out.result("disk"), "err 13", "reading the root disk would bypass every file rule");
+    }
+    assert_eq!(out.result("dev-null"), "ok");
+    assert_eq!(out.result("urandom"), "ok");
+    let records = out.records_of("open", "deny").len() + out.records_of("file", "deny").len();
+    if engine() == "bpf-lsm" {
+        assert!(records >= 4, "{:#?}", out.judged());
+    }
+    coverage("node files", "syscall", outcome(records));
+}
+
+/// Runs `warden run` with the key and log at the given places.
+fn run_with(scope: &str, key: &Path, log: &Path, script: &str) -> std::process::Output {
+    let dir = log.parent().unwrap();
+    let sp = dir.join(format!("scope-{}.yaml", std::process::id()));
+    fs::write(&sp, scope).unwrap();
+    Command::new(warden_bin())
+        .arg("run")
+        .arg("--key")
+        .arg(key)
+        .arg("--scope")
+        .arg(&sp)
+        .arg("--log")
+        .arg(log)
+        .args(["--", "/bin/sh", "-c", script])
+        .env("WARDEN_SOCKET", dir.join("no-daemon.sock"))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn evidence_is_out_of_the_tasks_reach() {
+    if !require("evidence_is_out_of_the_tasks_reach", "landlock") {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let d = fs::canonicalize(t.path()).unwrap();
+    let (key, log) = (d.join("node.key"), d.join("events.jsonl"));
+    let stolen = format!("/tmp/warden-stolen-key-{}", std::process::id());
+    let (k, l) = (key.display(), log.display());
+    let p = PROBE;
+    // The forgery of the issue needs the key: every way of reading it, and every way of
+    // rewriting the log, from a task with the example scope.
+    let script = format!(
+        "{p} open {k} | sed s/^open/key/
+         {p} open /proc/self/root{k} | sed s/^open/key-procroot/
+         {p} opath-reopen {k} | sed s/^opath-reopen/key-opath/
+         /usr/bin/cat {k} > {stolen} 2>/dev/null; echo key-cat $?
+         {p} write {l} | sed s/^write/log-write/
+         {p} open {l} | sed s/^open/log-read/
+         /usr/bin/python3 -c 'open(\"{l}\", \"w\")' 2>/dev/null; echo log-truncate $?
+         /usr/bin/rm -f {l}; echo log-remove $?"
+    );
+    let out = run_with(&example_scope("evidence"), &key, &log, &script);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stolen_bytes = fs::read(&stolen).unwrap_or_default();
+    let _ = fs::remove_file(&stolen);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let result = |name: &str| {
+        stdout.lines().find_map(|l| l.strip_prefix(&format!("{name} "))).unwrap_or_default().to_string()
+    };
+    for op in ["key", "key-procroot", "key-opath", "log-write", "log-read"] {
+        assert_eq!(result(op), "err 13", "{op}\n{stdout}");
+    }
+    for op in ["key-cat", "log-truncate", "log-remove"] {
+        assert_ne!(result(op), "0", "{op}\n{stdout}");
+    }
+    assert!(stolen_bytes.is_empty(), "no byte of the key left the sandbox");
+    // The log is whole: it verifies, and it still starts with the task's first record.
+    let verify = Command::new(warden_bin()).arg("verify").arg(&log).output().unwrap();
+    assert_eq!(verify.status.code(), Some(0), "{}", String::from_utf8_lossy(&verify.stdout));
+    let text = fs::read_to_string(&log).unwrap();
+    assert!(text.lines().next().is_some_and(|l| l.contains("\"task_start\"")), "{text}");
+    let denied = text.lines().filter(|l| l.contains("\"decision\":\"deny\"")).count();
+    if engine() == "bpf-lsm" {
+        assert!(denied >= 5, "each refusal is recorded:\n{text}");
+    }
+    coverage("evidence files", "syscall", outcome(denied));
+}
+
+#[test]
+fn a_log_inside_a_write_grant_is_refused_at_start() {
+    if !require("a_log_inside_a_write_grant_is_refused_at_start", "root") {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let d = fs::canonicalize(t.path()).unwrap();
+    let out_dir = d.join("out");
+    fs::create_dir_all(&out_dir).unwrap();
+    let scope = format!("version: 1\ntask: log-in-grant\nfiles:\n  write: [{}]\n", out_dir.display());
+    let marker = d.join("ran");
+    let out = run_with(
+        &scope,
+        &d.join("node.key"),
+        &out_dir.join("events.jsonl"),
+        &format!("touch {}", marker.display()),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--log") && stderr.contains("files.write"), "{stderr}");
+    assert!(!marker.exists(), "nothing started");
+    assert!(!out_dir.join("events.jsonl").exists(), "nothing written");
+}
