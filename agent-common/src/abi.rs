@@ -7,7 +7,8 @@
 
 /// Version of the kernel/user record ABI. Bump on any layout change.
 /// 1: first slice (never released). 2: decision/action/rule in the header, connect records.
-pub const ABI_VERSION: u16 = 2;
+/// 3: `ExecRecord::exe` (the executed file's path, as the kernel resolved it).
+pub const ABI_VERSION: u16 = 3;
 
 /// Record kinds (`EventHeader::kind`).
 pub mod kind {
@@ -123,6 +124,10 @@ pub mod flags {
     pub const PATH_TRUNCATED: u16 = 1 << 0;
     /// The path could not be read at all (the field is empty).
     pub const PATH_UNREADABLE: u16 = 1 << 1;
+    /// `ExecRecord::exe` was cut to its last components to fit its buffer.
+    pub const EXE_TRUNCATED: u16 = 1 << 2;
+    /// `ExecRecord::exe` could not be built (the field is empty).
+    pub const EXE_UNREADABLE: u16 = 1 << 3;
 }
 
 /// Length of `task_struct::comm`.
@@ -189,11 +194,15 @@ pub struct ExecRecord {
     pub old_pid: u32,
     /// Inode number of the executed file (for a script: its interpreter, the image that runs).
     pub ino: u64,
-    /// `linux_binprm::filename` (for a script: the script's path), NUL-terminated.
+    /// `linux_binprm::filename`: the path exec was called with, as the caller wrote it (for a
+    /// script: the script's path), NUL-terminated.
     pub path: [u8; PATH_LEN],
+    /// The executed file's own path, built from its dentry and mounts (symlinks resolved: what
+    /// the kernel runs; for a script: its interpreter), NUL-terminated.
+    pub exe: [u8; PATH_LEN],
 }
-crate::assert_layout!(ExecRecord, size = 352, hdr @ 0, proc @ 40, dev @ 80, old_pid @ 84, ino @ 88,
-    path @ 96);
+crate::assert_layout!(ExecRecord, size = 608, hdr @ 0, proc @ 40, dev @ 80, old_pid @ 84, ino @ 88,
+    path @ 96, exe @ 352);
 
 /// `kind::FORK`: `parent` created the process `child_tgid`.
 #[repr(C)]

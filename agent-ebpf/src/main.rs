@@ -12,6 +12,7 @@ mod emit;
 mod hooks;
 mod maps;
 mod offsets;
+mod path;
 
 #[cfg(not(test))]
 #[panic_handler]

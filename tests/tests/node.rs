@@ -325,3 +325,38 @@ fn a_log_inside_a_write_grant_is_refused_at_start() {
     assert!(!marker.exists(), "nothing started");
     assert!(!out_dir.join("events.jsonl").exists(), "nothing written");
 }
+
+#[test]
+fn records_name_the_kernels_executable_and_the_invoked_path() {
+    if !require("records_name_the_kernels_executable_and_the_invoked_path", "tp_btf") {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let d = fs::canonicalize(t.path()).unwrap();
+    fs::create_dir_all(d.join("bin")).unwrap();
+    // An allowed interpreter under a tool's name, and a refused program under an allowed one's.
+    std::os::unix::fs::symlink("/usr/bin/python3", d.join("bin/git")).unwrap();
+    std::os::unix::fs::symlink("/usr/bin/ls", d.join("bin/cat")).unwrap();
+    let python = fs::canonicalize("/usr/bin/python3").unwrap();
+    let ls = fs::canonicalize("/usr/bin/ls").unwrap();
+    let scope = "version: 1\ntask: exe-names\nexec:\n  allow: [/bin/sh, /usr/bin/python3]\n";
+    let b = d.join("bin");
+    let script = format!("{b}/git -c 'print(1)' >/dev/null; {b}/cat /dev/null; true", b = b.display());
+    let out = run_warden(scope, &script, &[]);
+    assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
+    let git = format!("{}/git", b.display());
+    let rec = out
+        .records
+        .iter()
+        .find(|r| r["kind"] == "exec" && r["path"] == git.as_str())
+        .unwrap_or_else(|| panic!("no exec of {git}: {:#?}", out.records));
+    assert_eq!(rec["decision"], "allow");
+    assert_eq!(rec["exe"].as_str(), python.to_str(), "the kernel's executable, symlinks resolved: {rec}");
+    let cat = format!("{}/cat", b.display());
+    let denied = out
+        .records_of("exec", "deny")
+        .into_iter()
+        .find(|r| r["path"] == cat.as_str())
+        .unwrap_or_else(|| panic!("no deny of {cat}: {:#?}", out.judged()));
+    assert_eq!(denied["exe"].as_str(), ls.to_str(), "{denied}");
+}

@@ -15,6 +15,7 @@ use crate::{
     emit::{Verdict, count_lost_denial, current_proc, header, reserve, set_verdict},
     maps::{EXEC_ALLOW, count, current_sandbox},
     offsets::{OFFSETS, read},
+    path::exe_path,
 };
 use agent_common::maps::stat;
 
@@ -112,6 +113,7 @@ pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
         },
         Err(_) => rec.hdr.flags |= flags::PATH_UNREADABLE,
     }
+    rec.hdr.flags |= exe_path(file, &mut rec.exe, &off);
     entry.submit(0);
     0
 }

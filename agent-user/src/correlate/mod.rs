@@ -89,9 +89,11 @@ impl ProcessTable {
                 self.procs.insert(*child_tgid, ProcEntry { ppid: p.tgid, exe: parent_exe.clone() });
                 Context { pid: p.tgid, ppid: p.ppid, exe: parent_exe }
             }
-            Event::Exec { path, .. } => {
-                self.procs.insert(p.tgid, ProcEntry { ppid: p.ppid, exe: Some(path.clone()) });
-                Context { pid: p.tgid, ppid: p.ppid, exe: Some(path.clone()) }
+            Event::Exec { path, exe, .. } => {
+                // The kernel's own name for the image; the invoked path only if it has none.
+                let exe = if exe.is_empty() { path.clone() } else { exe.clone() };
+                self.procs.insert(p.tgid, ProcEntry { ppid: p.ppid, exe: Some(exe.clone()) });
+                Context { pid: p.tgid, ppid: p.ppid, exe: Some(exe) }
             }
             Event::Exit { .. } => {
                 let exe = self.procs.remove(&p.tgid).and_then(|e| e.exe);
@@ -168,14 +170,16 @@ mod tests {
             ino: 0,
             path: "/bin/sh".into(),
             path_truncated: false,
+            exe: "/usr/bin/dash".into(),
+            exe_truncated: false,
         };
-        assert_eq!(t.apply(&exec).exe.as_deref(), Some("/bin/sh"));
+        assert_eq!(t.apply(&exec).exe.as_deref(), Some("/usr/bin/dash"), "the kernel's executable");
         let fork = Event::Fork { meta: meta(), proc: proc(10, 1), child_pid: 11, child_tgid: 11 };
         t.apply(&fork);
-        assert_eq!(t.get(11), Some(&ProcEntry { ppid: 10, exe: Some("/bin/sh".into()) }));
+        assert_eq!(t.get(11), Some(&ProcEntry { ppid: 10, exe: Some("/usr/bin/dash".into()) }));
         assert_eq!(t.ancestry(11), vec![10, 1]);
         let exit = Event::Exit { meta: meta(), proc: proc(11, 10), exit_code: 0 };
-        assert_eq!(t.apply(&exit).exe.as_deref(), Some("/bin/sh"));
+        assert_eq!(t.apply(&exit).exe.as_deref(), Some("/usr/bin/dash"));
         assert!(t.get(11).is_none());
     }
 

@@ -152,8 +152,13 @@ pub enum Event {
         old_pid: u32,
         dev: u32,
         ino: u64,
+        /// The path exec was called with (a symlink stays a symlink).
         path: String,
         path_truncated: bool,
+        /// The executed file's own path as the kernel resolved it (empty when it could not be
+        /// built); for a script, its interpreter.
+        exe: String,
+        exe_truncated: bool,
     },
     Fork {
         meta: Meta,
@@ -322,6 +327,8 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 ino: r.ino,
                 path: c_string(&r.path[..PATH_LEN]),
                 path_truncated: hdr.flags & flags::PATH_TRUNCATED != 0,
+                exe: c_string(&r.exe[..PATH_LEN]),
+                exe_truncated: hdr.flags & flags::EXE_TRUNCATED != 0,
                 meta,
             })
         }
@@ -436,8 +443,14 @@ pub(crate) mod tests {
     }
 
     pub fn exec_bytes(pid: u32, ppid: u32, path: &str) -> Vec<u8> {
+        exec_bytes_exe(pid, ppid, path, path)
+    }
+
+    pub fn exec_bytes_exe(pid: u32, ppid: u32, path: &str, exe: &str) -> Vec<u8> {
         let mut p = [0u8; PATH_LEN];
         p[..path.len()].copy_from_slice(path.as_bytes());
+        let mut e = [0u8; PATH_LEN];
+        e[..exe.len()].copy_from_slice(exe.as_bytes());
         as_bytes(&ExecRecord {
             hdr: header(kind::EXEC, size_of::<ExecRecord>()),
             proc: ids(pid, ppid, "sh"),
@@ -445,6 +458,7 @@ pub(crate) mod tests {
             old_pid: pid,
             ino: 42,
             path: p,
+            exe: e,
         })
     }
 
@@ -455,6 +469,13 @@ pub(crate) mod tests {
         assert_eq!((meta.cgroup_id, meta.slot, meta.ktime_ns), (77, 3, 5));
         assert_eq!((proc.pid, proc.ppid, proc.comm.as_str()), (10, 1, "sh"));
         assert_eq!((dev, ino, path.as_str(), path_truncated), (0x0080_0001, 42, "/usr/bin/ls", false));
+        // The invoked name and the kernel's executable are separate fields.
+        let ev = decode(&exec_bytes_exe(10, 1, "/tmp/bin/git", "/usr/bin/python3.11")).unwrap();
+        let Event::Exec { path, exe, exe_truncated, .. } = ev else { panic!("not exec") };
+        assert_eq!(
+            (path.as_str(), exe.as_str(), exe_truncated),
+            ("/tmp/bin/git", "/usr/bin/python3.11", false)
+        );
     }
 
     #[test]
