@@ -28,6 +28,10 @@ pub const CONTROLS: &[&str] = &[
     "bpf",
     "cgroup escape",
     "process limit",
+    "node calls",
+    "raw and packet sockets",
+    "node files",
+    "evidence files",
 ];
 pub const PATHS: &[&str] = &["syscall", "io_uring"];
 pub const ENGINES: &[&str] = &["fallback", "bpf-lsm"];

@@ -18,12 +18,18 @@ pub const RET_KILL_PROCESS: u32 = 0x8000_0000;
 pub const RET_ERRNO: u32 = 0x0005_0000;
 pub const RET_ALLOW: u32 = 0x7fff_0000;
 
-// Classic BPF opcodes (linux/bpf_common.h).
-const LD_W_ABS: u16 = 0x00 | 0x00 | 0x20;
-const JEQ_K: u16 = 0x05 | 0x10;
-const JGE_K: u16 = 0x05 | 0x30;
+// Classic BPF opcodes (linux/bpf_common.h): class | size/op | source.
+/// `BPF_LD | BPF_W | BPF_ABS`.
+const LD_W_ABS: u16 = 0x20;
+/// `BPF_JMP | BPF_JEQ | BPF_K`.
+const JEQ_K: u16 = 0x15;
+/// `BPF_JMP | BPF_JGE | BPF_K`.
+const JGE_K: u16 = 0x35;
+/// `BPF_JMP | BPF_JA`.
 const JA: u16 = 0x05;
-const AND_K: u16 = 0x04 | 0x50;
+/// `BPF_ALU | BPF_AND | BPF_K`.
+const AND_K: u16 = 0x54;
+/// `BPF_RET | BPF_K`.
 const RET_K: u16 = 0x06;
 
 // struct seccomp_data offsets.
@@ -269,7 +275,7 @@ mod tests {
         assert_eq!(sock(&p, libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP), EPERM);
         assert_eq!(sock(&p, libc::AF_INET, libc::SOCK_DGRAM, libc::IPPROTO_ICMP), EPERM, "ping");
         assert_eq!(sock(&p, libc::AF_INET6, libc::SOCK_DGRAM, libc::IPPROTO_ICMPV6), EPERM);
-        assert_eq!(sock(&p, libc::AF_INET, libc::SOCK_PACKET, 0), EPERM);
+        assert_eq!(sock(&p, libc::AF_INET, 10 /* SOCK_PACKET */, 0), EPERM);
         assert_eq!(sock(&p, libc::AF_INET, libc::SOCK_STREAM, libc::IPPROTO_SCTP), EPERM);
         assert_eq!(sock(&p, libc::AF_PACKET, libc::SOCK_RAW, 0x300), EPERM);
         assert_eq!(sock(&p, libc::AF_NETLINK, libc::SOCK_RAW, libc::NETLINK_AUDIT), EPERM);
