@@ -372,20 +372,33 @@ fn tasks_cannot_reach_stop_or_signal_the_daemon() {
     let _s = serial();
     let d = TestDaemon::start("");
     let warden = warden_bin();
-    let t = d.start_task("prot", &scope_with("prot", &[warden.to_str().unwrap()], None, ""));
+    let node = env!("CARGO_BIN_EXE_warden-node-probe");
+    let t = d
+        .start_task("prot", &scope_with("prot", &[warden.to_str().unwrap(), node, "/usr/bin/sed"], None, ""));
     let id = t["id"].as_str().unwrap();
     let pid = d.pid();
+    // Real attempts, each answered by its own refusal: the API's peer check (403 and its
+    // message, not a connection failure), and a SIGSTOP and a SIGKILL the kernel refuses
+    // (EPERM; ESRCH would mean the daemon is not even visible, as in a PID namespace).
     let script = format!(
-        "WARDEN_SOCKET={s} {w} task list >/dev/null 2>&1 && echo api reached || echo api refused; \
-         kill -STOP {pid} 2>/dev/null && echo stop sent || echo stop refused; \
-         kill -KILL {pid} 2>/dev/null && echo kill sent || echo kill refused",
+        "WARDEN_SOCKET={s} {w} task list 2>&1; echo api-exit $?
+         {node} signal {pid} 19 | /usr/bin/sed s/^signal/stop/
+         {node} signal {pid} 9 | /usr/bin/sed s/^signal/kill/",
         s = d.socket.display(),
         w = warden.display()
     );
     let o = d.exec(id, &script);
     let s = text(&o);
-    assert!(s.contains("api refused") && s.contains("stop refused") && s.contains("kill refused"), "{s}");
-    // Still alive and answering.
+    assert!(s.contains("tasks may not use the Warden API"), "the API's own refusal: {s}");
+    assert!(!s.contains("api-exit 0"), "{s}");
+    for sig in ["stop", "kill"] {
+        let line = s.lines().find_map(|l| l.strip_prefix(&format!("{sig} "))).unwrap_or_default();
+        assert!(
+            line == "err 1" || line == "err 3",
+            "{sig}: refused by the kernel (EPERM), or the daemon is not visible: {s}"
+        );
+    }
+    // Still alive, not stopped, and answering.
     let list = d.warden(&["task", "list"]);
     assert!(list.status.success() && String::from_utf8_lossy(&list.stdout).contains(id), "{}", text(&list));
     assert!(d.end(id).status.success());
@@ -398,10 +411,15 @@ fn two_hundred_fifty_six_tasks_at_once() {
     }
     let _s = serial();
     let d = TestDaemon::start("maps:\n  max_tasks: 300\n");
-    let scope = d.dir.path().join("many.yaml");
-    std::fs::write(&scope, scope_with("many", &[], None, "")).unwrap();
+    // Two listeners; even tasks may reach only the first, odd ones only the second, and every
+    // third task may run /usr/bin/id: each task's verdicts must be its own scope's.
+    let (a, b) = (listener(), listener());
     let mut ids = Vec::new();
-    for _ in 0..256 {
+    for i in 0..256 {
+        let port = if i % 2 == 0 { a } else { b };
+        let exec: &[&str] = if i % 3 == 0 { &["/usr/bin/sed", "/usr/bin/id"] } else { &["/usr/bin/sed"] };
+        let scope = d.dir.path().join(format!("many-{i}.yaml"));
+        std::fs::write(&scope, scope_with(&format!("many-{i}"), exec, Some(port), "")).unwrap();
         let o = d.warden(&["task", "start", "--scope", scope.to_str().unwrap()]);
         assert!(o.status.success(), "{}", text(&o));
         ids.push(String::from_utf8_lossy(&o.stdout).trim().to_string());
@@ -412,10 +430,20 @@ fn two_hundred_fifty_six_tasks_at_once() {
     let slots: std::collections::BTreeSet<u64> = list.iter().map(|t| t["slot"].as_u64().unwrap()).collect();
     assert_eq!(slots.len(), 256, "slots are unique");
     assert!(d.metrics().contains("warden_tasks_active 256"));
-    // The last one is still judged (its denial is its own).
-    let last = ids.last().unwrap();
-    let o = d.exec(last, "/usr/bin/id >/dev/null 2>&1 && echo ran || echo refused");
-    assert!(text(&o).contains("refused"), "{}", text(&o));
+    // A spread of tasks, first, middle and last included, each judged by its own scope.
+    for i in [0usize, 1, 2, 3, 127, 128, 129, 253, 254, 255] {
+        let script = format!(
+            "{} | sed s/^connect/a/; {} | sed s/^connect/b/; /usr/bin/id >/dev/null 2>&1 && echo id ran || echo id refused",
+            connect(a),
+            connect(b)
+        );
+        let o = d.exec(&ids[i], &script);
+        let s = text(&o);
+        let (want_a, want_b) = if i % 2 == 0 { ("a ok", "b err 1") } else { ("a err 1", "b ok") };
+        assert!(s.contains(want_a) && s.contains(want_b), "task {i}: {s}");
+        let want_id = if i % 3 == 0 { "id ran" } else { "id refused" };
+        assert!(s.contains(want_id), "task {i}: {s}");
+    }
     for id in &ids {
         assert!(d.end(id).status.success());
     }

@@ -208,6 +208,11 @@ fn main() {
             "vsock" => socket(libc::AF_VSOCK, libc::SOCK_STREAM, 0),
             "tcp" => socket(libc::AF_INET6, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0),
             "udp" => socket(libc::AF_INET, libc::SOCK_DGRAM, libc::IPPROTO_UDP),
+            // A real signal (the caller means it): `signal PID SIGNUM`.
+            "signal" => {
+                sys(libc::kill(a(1).parse().expect("pid"), a(2).parse().expect("signal")) as libc::c_long)
+                    .map(drop)
+            }
             "unix-connect" => unix_connect(a(1)),
             "unix-send" => unix_send(a(1)),
             _ => {
