@@ -18,36 +18,7 @@ use crate::{
     rules::{RuleSet, engine::Engine},
 };
 
-/// Enforcement mode of a task.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Mode {
-    /// Refuse out-of-scope actions.
-    Enforce,
-    /// Allow them, recording decision "audit".
-    Audit,
-}
-
-impl Mode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Enforce => "enforce",
-            Mode::Audit => "audit",
-        }
-    }
-}
-
-impl std::str::FromStr for Mode {
-    type Err = String;
-
-    /// The inverse of [`Mode::as_str`].
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "enforce" => Ok(Mode::Enforce),
-            "audit" => Ok(Mode::Audit),
-            other => Err(format!("mode {other:?} is not enforce or audit")),
-        }
-    }
-}
+pub use crate::scope::Mode;
 
 /// A task the pipeline attributes events to.
 #[derive(Debug, Clone)]

@@ -12,7 +12,7 @@ mod verify;
 
 use clap::{Parser, Subcommand};
 
-pub use run::{EngineChoice, RunArgs};
+pub use run::RunArgs;
 
 /// Warden: binds AI agent tasks to a declared scope and enforces it in the kernel.
 #[derive(Debug, Parser)]

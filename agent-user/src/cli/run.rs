@@ -7,32 +7,28 @@ use tokio::signal::unix::{SignalKind, signal};
 use super::Failure;
 use crate::{
     audit::{
-        AuditRecord, AuditSink, Decision, JsonlSink,
+        AuditSink, JsonlSink,
         chain::NodeKey,
         clock::Clock,
         nats::NatsSink,
         sink::{RotatingJsonlSink, TeeSink},
     },
     correlate::ProcessTable,
-    loader::{LoadOptions, Sensor},
-    pipeline::{GapTracker, Mode, Pipeline, TaskCtx},
-    sandbox::{
-        Cgroup, cgroup2_mount, confine::Confinement, launch::spawn_into_cgroup, limits::PidsLimit,
-        secrets::IssuedSecrets,
-    },
+    lifecycle::{EndFacts, Launched, Lifecycle, Live, Node, Running, SandboxSpec, Task, launch},
+    loader::{Engine, EngineChoice, LoadOptions, Sensor, select_engine},
+    pipeline::Pipeline,
+    sandbox::cgroup2_mount,
     scope::{
-        Scope,
+        Mode, Scope,
         compile::{self, CompiledScope},
         raw::OnGap,
     },
     source::{EventSource, RingBufSource},
-    task::{IdentityDoc, new_task_id, node_name, scope_hash},
+    task::{new_task_id, node_name},
 };
 
 /// The slot a standalone `warden run` uses in its own sensor.
 const SLOT: u32 = 0;
-/// How long processes get to die after `cgroup.kill`.
-const KILL_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
@@ -99,15 +95,6 @@ pub struct RunArgs {
     /// The command and its arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub cmd: Vec<String>,
-}
-
-/// `--engine`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum EngineChoice {
-    Auto,
-    #[value(name = "bpf-lsm")]
-    BpfLsm,
-    Fallback,
 }
 
 fn parse_ring_bytes(s: &str) -> Result<u32, String> {
@@ -232,8 +219,7 @@ async fn run_task(
     compiled: CompiledScope,
     rules: Option<crate::rules::RuleSet>,
 ) -> Result<i32, Failure> {
-    let scope = &compiled.scope;
-    let enforce = scope.mode == Mode::Enforce;
+    let scope = compiled.scope;
 
     let sink: Box<dyn AuditSink> = if args.log.as_os_str() == "-" {
         Box::new(JsonlSink::new(std::io::stdout()))
@@ -253,46 +239,11 @@ async fn run_task(
     let mut sensor = Sensor::load(&LoadOptions { ring_bytes: args.ring_bytes, ..Default::default() })
         .context("loading kernel programs")
         .map_err(runtime)?;
-    let lsm_engine = match args.engine {
-        EngineChoice::Fallback => false,
-        EngineChoice::BpfLsm => {
-            sensor.attach_lsm_engine().context("--engine bpf-lsm").map_err(runtime)?;
-            true
-        }
-        EngineChoice::Auto => match sensor.attach_lsm_engine() {
-            Ok(()) => true,
-            Err(e) => {
-                // EPERM at load is a kernel that refuses BPF LSM; anything else (a verifier
-                // rejection, a missing hook) is worth seeing.
-                let msg = format!("{e:#}");
-                if msg.contains("Operation not permitted") {
-                    tracing::info!(error = %msg, "BPF LSM unavailable; using the fallback engine");
-                } else {
-                    tracing::warn!(error = %msg, "BPF LSM engine failed to attach; using the fallback engine");
-                }
-                false
-            }
-        },
-    };
-    let engine = if lsm_engine { "bpf-lsm" } else { "fallback" };
+    let engine = select_engine(&mut sensor, args.engine).context("--engine bpf-lsm").map_err(runtime)?;
     let ring = sensor.take_ring().ok_or_else(|| anyhow!("ring buffer taken")).map_err(runtime)?;
     let mut source = RingBufSource::new(ring).context("polling the ring buffer").map_err(runtime)?;
 
     let task_id = new_task_id(&scope.task).context("task id").map_err(runtime)?;
-    let mut issued = None;
-    let compiled = if scope.has_issued_secrets() {
-        let mut s = scope.clone();
-        let secrets =
-            IssuedSecrets::issue(&args.secrets_dir, &task_id, &s).map_err(|e| Failure::Usage(e.into()))?;
-        s.place_issued_secrets(secrets.dir());
-        // The guard destroys them on every way out, this error included.
-        issued = Some(SecretsGuard(secrets));
-        CompiledScope::compile(&s).map_err(|e| Failure::Usage(e.into()))?
-    } else {
-        // Again now that the log exists: the BPF LSM engine protects it by identity.
-        CompiledScope::compile(&compiled.scope).map_err(|e| Failure::Usage(e.into()))?
-    };
-    let scope = &compiled.scope;
     let (sink, nats) = match &args.nats {
         None => (sink, None),
         Some(url) => {
@@ -307,206 +258,113 @@ async fn run_task(
             (Box::new(TeeSink(vec![sink, Box::new(nats_sink)])) as Box<dyn AuditSink>, Some((handle, spool)))
         }
     };
-    let mount = cgroup2_mount().map_err(runtime)?;
-    let parent = mount.join(&args.cgroup_parent);
-    let cgroup = Cgroup::create(&parent, &task_id).map_err(runtime)?;
-    let mut guard = SandboxGuard {
-        cgroup: Some(cgroup.clone()),
-        parent: parent.clone(),
-        pids: None,
-        parent_rel: args.cgroup_parent.clone(),
-    };
-    // Refusing confinement exists only in enforce mode; audit mode records what the kernel
-    // hooks judge and refuses nothing.
-    let confine =
-        if enforce { Some(Confinement::prepare(&compiled, lsm_engine).map_err(runtime)?) } else { None };
-    if enforce && let Some(max) = scope.process_limit {
-        guard.pids = Some(PidsLimit::apply(&cgroup, &args.cgroup_parent, &task_id, max).map_err(runtime)?);
-    }
-    let mut procs_files = vec![cgroup.procs_file()];
-    procs_files.extend(guard.pids.as_ref().and_then(PidsLimit::procs_file));
-    sensor.attach_egress(&cgroup).map_err(runtime)?;
-    sensor.bind(SLOT, &[cgroup.id()], &compiled).map_err(runtime)?;
-    let unenforced = compiled.unenforced(lsm_engine);
-    if unenforced.iter().any(|u| u == "secrets-by-tool") {
-        tracing::warn!(
-            "the fallback engine cannot tell tools apart: secrets are readable by every process of the task"
-        );
-    }
-
     let key = NodeKey::load_or_create(&args.key).map_err(runtime)?;
-    let node = node_name();
-    let started_ns = Clock::new().format(Clock::boot_now_ns());
-    if let Some(path) = &args.identity {
-        let expires = scope.ttl.map(|t| {
-            crate::audit::clock::format_wall(
-                i128::from(Clock::boot_now_ns()) + Clock::new().offset_ns() + t.as_nanos() as i128,
-            )
-        });
-        let doc = IdentityDoc::new_signed(
-            &key,
-            &task_id,
-            scope_hash(&scope.text),
-            cgroup.id(),
-            node.clone(),
-            started_ns.clone(),
-            expires,
-        );
-        std::fs::write(path, serde_json::to_string_pretty(&doc).map_err(runtime)? + "\n")
-            .with_context(|| format!("writing identity document {}", path.display()))
-            .map_err(runtime)?;
-    }
+    let node = Node {
+        cgroup_mount: cgroup2_mount().map_err(runtime)?,
+        cgroup_parent: args.cgroup_parent.clone(),
+        secrets_dir: args.secrets_dir.clone(),
+        key: key.clone(),
+        name: node_name(),
+    };
     let mut pipeline = Pipeline::new(ProcessTable::seed_from("/proc".as_ref()), Clock::new(), sink);
     pipeline.set_signer(key);
     if let Some(set) = rules {
         pipeline.set_rules(set);
     }
-    pipeline.register(SLOT, TaskCtx { id: task_id.clone(), mode: scope.mode });
-    let clock = *pipeline.clock();
-    let now = || clock.format(Clock::boot_now_ns());
 
     // Orphans of the task (daemonized, setsid'd) re-parent to us, so we reap them.
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
-    let start_time = now();
-    let mut cmd = tokio::process::Command::new(&args.cmd[0]);
-    cmd.args(&args.cmd[1..]);
-    let issued_info: Vec<_> = issued.as_ref().map(|g| g.0.issued.clone()).unwrap_or_default();
-    for s in &issued_info {
-        cmd.env(&s.env, &s.path);
-    }
-    spawn_into_cgroup(&mut cmd, &procs_files, confine).map_err(runtime)?;
-    let spawned = cmd.spawn();
-
-    let mut start = AuditRecord {
-        time: start_time,
-        task: task_id.clone(),
-        kind: "task_start",
-        decision: Some(Decision::Allow),
-        ppid: Some(std::process::id()),
-        exe: which_exe(&args.cmd[0]),
-        scope: Some(scope.source.display().to_string()),
-        cmd: Some(args.cmd.clone()),
-        cgroup: Some(cgroup.path().display().to_string()),
-        cgroup_id: Some(cgroup.id()),
-        mode: Some(scope.mode.as_str()),
-        scope_hash: Some(scope_hash(&scope.text)),
-        node: Some(node.clone()),
-        engine: Some(engine),
-        unenforced: (!unenforced.is_empty()).then_some(unenforced),
-        secrets: (!issued_info.is_empty()).then_some(issued_info),
-        ..Default::default()
+    let lc = Lifecycle::default();
+    // The first process starts once every step has, before `task_start` (which carries its
+    // pid). What fails before the exec is recorded as the task's end.
+    let mut spawned: Option<Result<tokio::process::Child, LaunchFailure>> = None;
+    let task = Task::new(task_id.clone(), SLOT, scope, SandboxSpec::Create);
+    let started = {
+        let mut host = Live::new(&node, &mut sensor, Some(&mut source), &mut pipeline);
+        lc.start(task, &mut host, &mut |t| {
+            let r = first_process(t, engine, &args);
+            let pid = r.as_ref().ok().and_then(tokio::process::Child::id);
+            spawned = Some(r);
+            Launched {
+                pid,
+                ppid: Some(std::process::id()),
+                exe: which_exe(&args.cmd[0]),
+                cmd: Some(args.cmd.clone()),
+            }
+        })
     };
+    let mut run = started
+        .map_err(|f| if f.error.usage { Failure::Usage(f.into()) } else { Failure::Runtime(f.into()) })?;
     let mut child = match spawned {
-        Ok(c) => c,
-        Err(e) => {
-            pipeline.emit(start).map_err(runtime)?;
-            let end = AuditRecord {
-                time: now(),
-                task: task_id.clone(),
-                kind: "task_end",
-                decision: Some(Decision::Allow),
-                reason: Some(format!("spawn failed: {e}")),
-                ..Default::default()
+        Some(Ok(c)) => c,
+        other => {
+            let e = match other {
+                Some(Err(e)) => e,
+                _ => LaunchFailure::Warden(anyhow!("the task's first process was not started")),
             };
-            pipeline.emit(end).and_then(|_| pipeline.flush()).map_err(runtime)?;
-            sensor.unbind(SLOT, &compiled).map_err(runtime)?;
-            guard.finish().map_err(Failure::Runtime)?;
-            eprintln!("warden: cannot start {}: {e}", args.cmd[0]);
-            return Ok(if e.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 });
+            let ended = lc.end(
+                run,
+                &mut Live::new(&node, &mut sensor, Some(&mut source), &mut pipeline),
+                format!("spawn failed: {e}"),
+            );
+            pipeline.flush().map_err(runtime)?;
+            if let Some(err) = ended.errors.first() {
+                return Err(runtime(anyhow!("revoking the task: {err}")));
+            }
+            return match e {
+                LaunchFailure::Spawn(e) => {
+                    eprintln!("warden: cannot start {}: {e}", args.cmd[0]);
+                    Ok(if e.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 })
+                }
+                LaunchFailure::Warden(e) => Err(runtime(e)),
+            };
         }
     };
     let child_pid = child.id();
-    start.pid = child_pid;
-    pipeline.emit(start).map_err(runtime)?;
-    tracing::info!(task = %task_id, cgroup = %cgroup.path().display(), pid = ?child.id(), "task started");
+    let cgroup =
+        run.task.cgroup.clone().ok_or_else(|| anyhow!("the task has no sandbox")).map_err(runtime)?;
+    tracing::info!(task = %task_id, cgroup = %cgroup.path().display(), pid = ?child_pid, "task started");
 
-    let mut sigint = signal(SignalKind::interrupt()).map_err(runtime)?;
-    let mut sigterm = signal(SignalKind::terminate()).map_err(runtime)?;
-    let ttl = scope.ttl;
-    let expiry = async move {
-        match ttl {
-            Some(d) => tokio::time::sleep(d).await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::pin!(expiry);
-    // Evidence gaps (records lost in the kernel, undecodable records) are checked every
-    // second and become `gap` records; a scope may ask to end the task on the first one.
-    let mut gap_tick = tokio::time::interval(Duration::from_secs(1));
-    let mut gaps = GapTracker::default();
-    let (status, reason): (Option<ExitStatus>, String) = loop {
-        tokio::select! {
-            r = source.wait() => {
-                r.map_err(runtime)?;
-                source.drain(&mut |b| pipeline.ingest(b));
-                pipeline.flush().map_err(runtime)?;
-            }
-            s = child.wait() => break (Some(s.map_err(runtime)?), "exited".to_string()),
-            _ = sigint.recv() => break (None, "signal SIGINT".to_string()),
-            _ = sigterm.recv() => break (None, "signal SIGTERM".to_string()),
-            _ = &mut expiry => break (None, "ttl expired".to_string()),
-            _ = gap_tick.tick() => {
-                let drops = sensor.drops(SLOT).map_err(runtime)?;
-                let gap = gaps.record(&mut pipeline, &task_id, drops.total).map_err(runtime)?;
-                if gap && scope.on_gap == OnGap::End {
-                    break (None, "evidence gap".to_string());
-                }
-            }
+    let watched = watch(&args, &mut run, &mut sensor, &mut source, &mut pipeline, &mut child, &cgroup).await;
+    let (status, reason) = match watched {
+        Ok(v) => v,
+        Err(e) => {
+            // Warden itself failed: the task still ends as one operation, on the record.
+            lc.end(
+                run,
+                &mut Live::new(&node, &mut sensor, Some(&mut source), &mut pipeline),
+                format!("warden failed: {e:#}"),
+            );
+            let _ = pipeline.flush();
+            return Err(runtime(e));
         }
     };
 
-    // End of task: give leftovers the grace period (events keep flowing), then kill what is
-    // left, collect the last records, and record the end.
-    if status.is_some() {
-        let deadline = tokio::time::Instant::now() + args.grace;
-        while cgroup.populated().unwrap_or(false) && tokio::time::Instant::now() < deadline {
-            tokio::select! {
-                r = source.wait() => {
-                    r.map_err(runtime)?;
-                    source.drain(&mut |b| pipeline.ingest(b));
-                }
-                _ = tokio::time::sleep(Duration::from_millis(5)) => {}
-            }
-        }
-    }
-    let left = cgroup.pids().map(|p| p.len() as u64).unwrap_or(0);
-    let killed = cgroup.kill_all(KILL_TIMEOUT);
+    // End of task: kill what is left (still watched and enforced until then), collect the
+    // last records, wait for the command, revoke, and record the end.
+    lc.stop(&mut run, &mut Live::new(&node, &mut sensor, Some(&mut source), &mut pipeline));
     let status = match status {
         Some(s) => s,
         None => child.wait().await.map_err(runtime)?,
     };
-    source.drain(&mut |b| pipeline.ingest(b));
-    let drops = sensor.drops(SLOT).map_err(runtime)?;
-    sensor.unbind(SLOT, &compiled).map_err(runtime)?;
     let code = exit_code(status, &reason);
     reap_orphans();
-    gaps.record(&mut pipeline, &task_id, drops.total).map_err(runtime)?;
-    let end = AuditRecord {
-        time: now(),
-        task: task_id.clone(),
-        kind: "task_end",
-        decision: Some(Decision::Allow),
+    let facts = EndFacts {
+        reason,
         pid: child_pid,
         ppid: Some(std::process::id()),
         exit_status: status.code(),
         signal: std::os::unix::process::ExitStatusExt::signal(&status),
-        reason: Some(reason),
-        drops: Some(drops.total),
-        decode_errors: Some(pipeline.decode_failures()),
-        killed: Some(left),
-        ..Default::default()
     };
-    pipeline
-        .emit(end)
-        .and_then(|_| pipeline.checkpoint(&task_id))
-        .and_then(|_| pipeline.flush())
-        .map_err(runtime)?;
+    let ended = lc.finish(run, &mut Live::new(&node, &mut sensor, Some(&mut source), &mut pipeline), facts);
+    pipeline.flush().map_err(runtime)?;
     if let Some(e) = pipeline.take_io_error() {
         return Err(runtime(anyhow!(e).context("writing audit records")));
     }
-    killed.map_err(runtime)?;
-    guard.finish().map_err(Failure::Runtime)?;
+    if let Some(e) = ended.errors.first() {
+        return Err(runtime(anyhow!("revoking the task: {e}")));
+    }
     if let Some((handle, spool)) = nats {
         let st = handle.close(args.nats_wait).map_err(runtime)?;
         if st.pending > 0 {
@@ -522,6 +380,94 @@ async fn run_task(
         }
     }
     Ok(code)
+}
+
+/// Why the task's first process did not start.
+#[derive(Debug, thiserror::Error)]
+enum LaunchFailure {
+    /// exec failed (exit 127 when not found, else 126).
+    #[error("{0}")]
+    Spawn(std::io::Error),
+    /// Warden could not prepare it (exit 1).
+    #[error("{0:#}")]
+    Warden(anyhow::Error),
+}
+
+/// Writes the identity document (`--identity`) and starts CMD in the task.
+fn first_process(t: &Task, engine: Engine, args: &RunArgs) -> Result<tokio::process::Child, LaunchFailure> {
+    if let Some(path) = &args.identity {
+        let doc = serde_json::to_string_pretty(&t.identity).map_err(|e| LaunchFailure::Warden(e.into()))?;
+        std::fs::write(path, doc + "\n")
+            .with_context(|| format!("writing identity document {}", path.display()))
+            .map_err(LaunchFailure::Warden)?;
+    }
+    let compiled = t.compiled.as_ref().ok_or_else(|| LaunchFailure::Warden(anyhow!("scope not compiled")))?;
+    let mut cmd = launch::command(&t.launch, compiled, engine, &args.cmd)
+        .map_err(|e| LaunchFailure::Warden(e.into()))?;
+    cmd.spawn().map_err(LaunchFailure::Spawn)
+}
+
+/// Streams the task's records until CMD exits (then gives leftovers the grace period), a
+/// signal, the ttl or an evidence gap (with `on_gap: end`) ends it. Returns CMD's status if
+/// it exited, and the reason.
+async fn watch(
+    args: &RunArgs,
+    run: &mut Running,
+    sensor: &mut Sensor,
+    source: &mut RingBufSource,
+    pipeline: &mut Pipeline,
+    child: &mut tokio::process::Child,
+    cgroup: &crate::sandbox::Cgroup,
+) -> anyhow::Result<(Option<ExitStatus>, String)> {
+    let task_id = run.task.id.clone();
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let ttl = run.task.scope.ttl;
+    let on_gap = run.task.scope.on_gap;
+    let expiry = async move {
+        match ttl {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(expiry);
+    // Evidence gaps (records lost in the kernel, undecodable records) are checked every
+    // second and become `gap` records; a scope may ask to end the task on the first one.
+    let mut gap_tick = tokio::time::interval(Duration::from_secs(1));
+    let (status, reason): (Option<ExitStatus>, String) = loop {
+        tokio::select! {
+            r = source.wait() => {
+                r?;
+                source.drain(&mut |b| pipeline.ingest(b));
+                pipeline.flush()?;
+            }
+            s = child.wait() => break (Some(s?), "exited".to_string()),
+            _ = sigint.recv() => break (None, "signal SIGINT".to_string()),
+            _ = sigterm.recv() => break (None, "signal SIGTERM".to_string()),
+            _ = &mut expiry => break (None, "ttl expired".to_string()),
+            _ = gap_tick.tick() => {
+                let drops = sensor.drops(SLOT)?;
+                let gap = run.task.gaps.record(pipeline, &task_id, drops.total)?;
+                if gap && on_gap == OnGap::End {
+                    break (None, "evidence gap".to_string());
+                }
+            }
+        }
+    };
+    // Leftovers get the grace period (events keep flowing, still enforced).
+    if status.is_some() {
+        let deadline = tokio::time::Instant::now() + args.grace;
+        while cgroup.populated().unwrap_or(false) && tokio::time::Instant::now() < deadline {
+            tokio::select! {
+                r = source.wait() => {
+                    r?;
+                    source.drain(&mut |b| pipeline.ingest(b));
+                }
+                _ = tokio::time::sleep(Duration::from_millis(5)) => {}
+            }
+        }
+    }
+    Ok((status, reason))
 }
 
 /// Reaps every exited child (orphans that re-parented to us as subreaper). Called only after
@@ -558,48 +504,6 @@ pub(super) fn exit_code(status: ExitStatus, reason: &str) -> i32 {
         r if r.contains("ttl") => 124,
         r if r.contains("evidence gap") => 125,
         _ => status.code().or_else(|| status.signal().map(|s| 128 + s)).unwrap_or(1),
-    }
-}
-
-/// Destroys a task's issued secrets on every exit path.
-struct SecretsGuard(IssuedSecrets);
-
-impl Drop for SecretsGuard {
-    fn drop(&mut self) {
-        if let Err(e) = self.0.destroy() {
-            tracing::error!(error = %e, "destroying issued secrets failed");
-        }
-    }
-}
-
-/// Removes the sandbox (and its pids twin) on every exit path, killing what is left in it.
-struct SandboxGuard {
-    cgroup: Option<Cgroup>,
-    parent: PathBuf,
-    pids: Option<PidsLimit>,
-    parent_rel: String,
-}
-
-impl SandboxGuard {
-    fn finish(&mut self) -> anyhow::Result<()> {
-        if let Some(cg) = self.cgroup.take() {
-            cg.kill_all(KILL_TIMEOUT)?;
-            cg.remove()?;
-            if let Some(p) = self.pids.take() {
-                p.remove(&self.parent_rel);
-            }
-            // The shared parent goes too once no other task uses it.
-            let _ = std::fs::remove_dir(&self.parent);
-        }
-        Ok(())
-    }
-}
-
-impl Drop for SandboxGuard {
-    fn drop(&mut self) {
-        if let Err(e) = self.finish() {
-            tracing::error!(error = %e, "sandbox cleanup failed");
-        }
     }
 }
 

@@ -9,13 +9,12 @@ use crate::{
         DaemonConfig,
         api::{Client, ClientError, StartRequest, TaskInfo},
     },
-    pipeline::Mode,
-    sandbox::{confine::Confinement, launch::spawn_into_cgroup},
-    scope::{Scope, compile::CompiledScope},
+    lifecycle::Launch,
+    loader::Engine,
+    scope::{Mode, Scope, compile::CompiledScope},
 };
 
-/// Default API socket; `WARDEN_SOCKET` or `--socket` override it.
-pub const DEFAULT_SOCKET: &str = "/run/warden/warden.sock";
+pub use crate::daemon::api::DEFAULT_SOCKET;
 
 #[derive(Debug, clap::Args)]
 pub struct DaemonArgs {
@@ -247,10 +246,10 @@ pub fn start_request(
     })
 }
 
-/// The command that starts `cmd` inside a task's sandbox: it joins the sandbox before its
-/// first instruction and, in enforce mode, carries the fallback engine's confinement compiled
-/// from the task's scope, exactly as `warden run` starts a task's first process. Issued
-/// secrets are named by their environment variables.
+/// The command that starts `cmd` inside a task's sandbox, exactly as `warden run` starts a
+/// task's first process ([`crate::lifecycle::launch::command`]): it joins the sandbox before
+/// its first instruction, gets the task's environment (issued secrets are named by their
+/// variables) and, in enforce mode, the confinement compiled from the task's scope.
 pub fn command_in_task(info: &TaskInfo, cmd: &[String]) -> Result<tokio::process::Command, Failure> {
     let mut scope =
         Scope::parse(&info.scope_text, &info.scope_path).map_err(|e| Failure::Runtime(e.into()))?;
@@ -259,20 +258,8 @@ pub fn command_in_task(info: &TaskInfo, cmd: &[String]) -> Result<tokio::process
         scope.place_issued_secrets(dir);
     }
     let compiled = CompiledScope::compile(&scope).map_err(|e| Failure::Runtime(e.into()))?;
-    let confine = if scope.mode == Mode::Enforce {
-        Some(
-            Confinement::prepare(&compiled, info.engine == "bpf-lsm")
-                .map_err(|e| Failure::Runtime(e.into()))?,
-        )
-    } else {
-        None
-    };
-    let mut c = tokio::process::Command::new(&cmd[0]);
-    c.args(&cmd[1..]);
-    for s in &info.secrets {
-        c.env(&s.env, &s.path);
-    }
-    c.env("WARDEN_TASK", &info.id);
-    spawn_into_cgroup(&mut c, &info.procs_files, confine).map_err(|e| Failure::Runtime(e.into()))?;
-    Ok(c)
+    let engine: Engine = info.engine.parse().map_err(|e: String| Failure::Runtime(anyhow!(e)))?;
+    let mut launch = Launch { procs_files: info.procs_files.clone(), env: info.env.clone() };
+    launch.env.push(("WARDEN_TASK".into(), info.id.clone()));
+    crate::lifecycle::launch::command(&launch, &compiled, engine, cmd).map_err(|e| Failure::Runtime(e.into()))
 }

@@ -14,6 +14,10 @@ use crate::{sandbox::secrets::IssuedInfo, task::IdentityDoc};
 /// API version prefix of every path.
 pub const PREFIX: &str = "/v1";
 
+/// The API socket when neither the config (`socket:`), `--socket` nor `WARDEN_SOCKET` says
+/// otherwise: the one default the daemon and its clients share.
+pub const DEFAULT_SOCKET: &str = "/run/warden/warden.sock";
+
 /// `POST /v1/tasks`: start a task.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -52,6 +56,9 @@ pub struct TaskInfo {
     pub created: bool,
     /// `cgroup.procs` files a new process joins (the sandbox, and a v1 pids twin).
     pub procs_files: Vec<PathBuf>,
+    /// Environment variables a new process gets (`lifecycle::Launch::env`).
+    #[serde(default)]
+    pub env: Vec<(String, String)>,
     pub scope_path: PathBuf,
     pub scope_text: String,
     pub scope_hash: String,

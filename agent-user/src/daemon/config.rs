@@ -7,7 +7,7 @@ use std::{
 
 use serde::Deserialize;
 
-use crate::{cli::EngineChoice, loader::LoadOptions};
+use crate::loader::{EngineChoice, LoadOptions};
 
 /// The daemon's configuration. Every field is optional; see [`DaemonConfig::default`].
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -33,7 +33,7 @@ pub struct DaemonConfig {
     /// Prometheus metrics.
     pub metrics: MetricsConfig,
     /// `auto` (BPF LSM where the kernel loads it), `bpf-lsm` or `fallback`.
-    pub engine: EngineSetting,
+    pub engine: EngineChoice,
     /// Kernel map sizes ([`LoadOptions`]). Changing any of them changes the pin version: the
     /// next start migrates.
     pub maps: LoadOptions,
@@ -44,7 +44,7 @@ pub struct DaemonConfig {
 impl Default for DaemonConfig {
     fn default() -> Self {
         Self {
-            socket: PathBuf::from("/run/warden/warden.sock"),
+            socket: PathBuf::from(super::api::DEFAULT_SOCKET),
             state_dir: PathBuf::from("/run/warden/state"),
             secrets_dir: PathBuf::from("/run/warden/secrets"),
             bpffs: PathBuf::from("/sys/fs/bpf"),
@@ -53,7 +53,7 @@ impl Default for DaemonConfig {
             key: PathBuf::from(crate::audit::chain::DEFAULT_KEY_PATH),
             log: LogConfig::default(),
             metrics: MetricsConfig::default(),
-            engine: EngineSetting::Auto,
+            engine: EngineChoice::Auto,
             maps: LoadOptions::default(),
             rules: None,
         }
@@ -89,25 +89,6 @@ pub struct MetricsConfig {
 impl Default for MetricsConfig {
     fn default() -> Self {
         Self { listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))) }
-    }
-}
-
-/// Engine choice, as in `warden run --engine`.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-pub enum EngineSetting {
-    Auto,
-    BpfLsm,
-    Fallback,
-}
-
-impl From<EngineSetting> for EngineChoice {
-    fn from(e: EngineSetting) -> Self {
-        match e {
-            EngineSetting::Auto => EngineChoice::Auto,
-            EngineSetting::BpfLsm => EngineChoice::BpfLsm,
-            EngineSetting::Fallback => EngineChoice::Fallback,
-        }
     }
 }
 
@@ -250,7 +231,7 @@ mod tests {
         assert_eq!(c.metrics.listen, None);
         assert_eq!(c.maps.max_tasks, 300);
         assert_eq!(c.maps.max_cgroups, LoadOptions::default().max_cgroups);
-        assert_eq!(c.engine, EngineSetting::Fallback);
+        assert_eq!(c.engine, EngineChoice::Fallback);
         assert_eq!(c.log.max_bytes, Some(1000));
     }
 

@@ -24,18 +24,23 @@ use crate::{
         clock::Clock,
         sink::RotatingJsonlSink,
     },
-    cli::EngineChoice,
     correlate::ProcessTable,
-    loader::{LoadOptions, PinLayout, Sensor, pin::ensure_bpffs},
-    pipeline::{GapTracker, Mode, Pipeline, TaskCtx},
-    sandbox::{Cgroup, cgroup2_mount, limits::PidsLimit, secrets::IssuedSecrets},
-    scope::{Scope, compile::CompiledScope, raw::OnGap},
+    lifecycle::{self, Launched, Lifecycle, Live, Node, Origin, Running, SandboxSpec},
+    loader::{Engine, LoadOptions, PinLayout, Sensor, pin::ensure_bpffs, select_engine},
+    pipeline::{GapTracker, Mode, Pipeline},
+    sandbox::cgroup2_mount,
+    scope::{Scope, raw::OnGap},
     source::{EventSource, RingBufSource},
-    task::{IdentityDoc, new_task_id, node_name, scope_hash},
+    task::{new_task_id, node_name, scope_hash},
 };
 
-/// How long processes get to die after `cgroup.kill`.
-const KILL_TIMEOUT: Duration = Duration::from_secs(10);
+/// A [`Live`] host over the core's sensor, ring buffer and pipeline.
+macro_rules! live {
+    ($core:expr) => {
+        Live::new(&$core.node, &mut $core.sensor, Some(&mut $core.source), &mut $core.pipeline)
+    };
+}
+
 /// Ended tasks remembered for `end` requests that come after the fact (TTL, empty sandbox).
 const ENDED_KEPT: usize = 4096;
 /// The housekeeping tick: TTLs, empty sandboxes, evidence gaps, heartbeat.
@@ -137,31 +142,24 @@ impl AuditSink for RoutedSink {
 /// A running task.
 struct Task {
     info: TaskInfo,
-    scope: Scope,
-    compiled: CompiledScope,
-    cgroup: Cgroup,
-    pids: Option<PidsLimit>,
-    secrets: Option<IssuedSecrets>,
-    expires_boot_ns: Option<u64>,
+    /// Its lifecycle state (scope, cgroup, steps).
+    run: Running,
     end_when_empty: bool,
     seen_populated: bool,
     log: Option<PathBuf>,
-    /// Loss already reported in `gap` records.
-    gaps: GapTracker,
 }
 
 impl Task {
     fn record(&self) -> TaskRecord {
+        let t = &self.run.task;
         TaskRecord {
             info: self.info.clone(),
-            expires_boot_ns: self.expires_boot_ns,
+            expires_boot_ns: t.expires_boot_ns,
             end_when_empty: self.end_when_empty,
             log: self.log.clone(),
-            pids_v1: match &self.pids {
-                Some(PidsLimit::V1(cg)) => Some(cg.path().to_path_buf()),
-                _ => None,
-            },
-            drops_reported: self.gaps.drops,
+            pids_v1: t.pids_v1.clone(),
+            drops_reported: t.gaps.drops,
+            saved: t.saved.clone(),
         }
     }
 }
@@ -199,10 +197,10 @@ pub struct Core {
     state: StateDir,
     tasks: BTreeMap<String, Task>,
     ended: VecDeque<EndResponse>,
-    key: NodeKey,
-    node: String,
-    engine: &'static str,
-    mount: PathBuf,
+    /// Where sandboxes and secrets go, the signing key, the node name.
+    node: Node,
+    lc: Lifecycle,
+    engine: Engine,
     version: String,
     /// When each re-adopted task's slot was bound in this version's maps (boot-time ns).
     bound_at: HashMap<u32, u64>,
@@ -252,24 +250,7 @@ impl Core {
         let old_versions: Vec<PinLayout> =
             layout.other_versions().into_iter().filter(PinLayout::has_links).collect();
         let mut sensor = Sensor::load_pinned(&opts, &layout)?;
-        let lsm = match (EngineChoice::from(cfg.engine), sensor.lsm_engine_pinned()) {
-            (_, true) => {
-                sensor.attach_lsm_engine()?;
-                true
-            }
-            (EngineChoice::Fallback, false) => false,
-            (EngineChoice::BpfLsm, false) => {
-                sensor.attach_lsm_engine()?;
-                true
-            }
-            (EngineChoice::Auto, false) => match sensor.attach_lsm_engine() {
-                Ok(()) => true,
-                Err(e) => {
-                    tracing::info!(error = %e, "BPF LSM unavailable; using the fallback engine");
-                    false
-                }
-            },
-        };
+        let engine = select_engine(&mut sensor, cfg.engine)?;
         // After the LSM engine: its pinned links are adopted there.
         let startup = Startup {
             version: layout.version.clone(),
@@ -318,8 +299,13 @@ impl Core {
         if let Some(set) = rules {
             pipeline.set_rules(set);
         }
-        let mount = cgroup2_mount().map_err(|e| StartError::Other(e.to_string()))?;
-        let node = node_name();
+        let node = Node {
+            cgroup_mount: cgroup2_mount().map_err(|e| StartError::Other(e.to_string()))?,
+            cgroup_parent: cfg.cgroup_parent.clone(),
+            secrets_dir: cfg.secrets_dir.clone(),
+            key,
+            name: node_name(),
+        };
         let mut core = Core {
             cfg,
             sensor,
@@ -330,10 +316,9 @@ impl Core {
             state,
             tasks: BTreeMap::new(),
             ended: VecDeque::new(),
-            key,
             node,
-            engine: if lsm { "bpf-lsm" } else { "fallback" },
-            mount,
+            lc: Lifecycle::default(),
+            engine,
             version: layout.version.clone(),
             bound_at: HashMap::new(),
             startup,
@@ -396,21 +381,32 @@ impl Core {
                     self.pipeline.resume_chain(&id, 0, GENESIS.to_string());
                 }
             }
-            self.pipeline
-                .register(rec.info.slot, TaskCtx { id: id.clone(), mode: parse_mode(&rec.info.mode) });
             if let Some(log) = &rec.log {
                 self.open_task_log(&id, log, true).map_err(io_ctx(log.display().to_string()))?;
             }
-            match self.adopt(&rec) {
-                Ok(task) => {
-                    let drops = self.drops_of(task.info.slot);
+            let task = match recorded_task(&rec) {
+                (t, None) => t,
+                (t, Some(why)) => {
+                    tracing::error!(task = %id, error = %why, "cannot re-adopt task; ending it");
+                    self.startup.vanished_tasks.push(id.clone());
+                    self.lc.end_recorded(t, &mut live!(self), &why);
+                    self.forget_task(&id);
+                    continue;
+                }
+            };
+            match self.lc.adopt(task, &mut live!(self)) {
+                Ok(mut run) => {
+                    if let Some(at) = run.task.bound_boot_ns {
+                        self.bound_at.insert(rec.info.slot, at);
+                    }
+                    let drops = self.drops_of(rec.info.slot);
                     let since = hb.as_ref().map(|h| h.alive.clone());
                     let gap = AuditRecord {
                         time: now.clone(),
                         task: id.clone(),
                         kind: "gap",
                         since,
-                        drops: Some(drops.saturating_sub(task.gaps.drops)),
+                        drops: Some(drops.saturating_sub(run.task.gaps.drops)),
                         reason: Some(
                             "the daemon was down; pinned programs kept enforcing, records made meanwhile were \
                              read from the pinned ring buffer, and `drops` counts those the kernel lost"
@@ -418,17 +414,23 @@ impl Core {
                         ),
                         ..Default::default()
                     };
-                    let mut task = task;
-                    task.gaps.drops = drops;
+                    run.task.gaps.drops = drops;
                     self.emit(gap);
                     self.startup.adopted_tasks.push(id.clone());
+                    let task = Task {
+                        info: rec.info.clone(),
+                        run,
+                        end_when_empty: rec.end_when_empty,
+                        seen_populated: true,
+                        log: rec.log.clone(),
+                    };
                     self.tasks.insert(id.clone(), task);
                     self.persist(&id);
                 }
-                Err(e) => {
-                    tracing::error!(task = %id, error = %e, "cannot re-adopt task; ending it");
+                Err((why, _ended)) => {
+                    tracing::error!(task = %id, error = %why, "cannot re-adopt task; ended it");
                     self.startup.vanished_tasks.push(id.clone());
-                    self.end_unadoptable(&rec, &e);
+                    self.forget_task(&id);
                 }
             }
         }
@@ -436,67 +438,17 @@ impl Core {
         Ok(())
     }
 
-    /// Rebuilds a task from its record and makes sure its kernel state is in place (in a
-    /// migration: binds it into this version's maps and attaches this version's programs).
-    fn adopt(&mut self, rec: &TaskRecord) -> Result<Task, String> {
-        let cgroup = Cgroup::open(&rec.info.cgroup).map_err(|e| format!("its sandbox is gone: {e}"))?;
-        if cgroup.id() != rec.info.cgroup_id {
-            return Err(format!("{} is another cgroup now", rec.info.cgroup.display()));
+    /// Forgets an ended task's routes, counters and record.
+    fn forget_task(&mut self, id: &str) {
+        let mut routes = self.routes();
+        if let Some(mut log) = routes.task_logs.remove(id) {
+            let _ = log.flush();
         }
-        let mut scope =
-            Scope::parse(&rec.info.scope_text, &rec.info.scope_path).map_err(|e| e.to_string())?;
-        scope.mode = parse_mode(&rec.info.mode);
-        let secrets = rec.info.secrets_dir.as_ref().map(|dir| {
-            scope.place_issued_secrets(dir);
-            IssuedSecrets::adopt(&self.cfg.secrets_dir, &rec.info.id, rec.info.secrets.clone())
-        });
-        let compiled = CompiledScope::compile(&scope).map_err(|e| e.to_string())?;
-        self.sensor.attach_task_egress(&cgroup, &rec.info.id).map_err(|e| e.to_string())?;
-        self.sensor.bind(rec.info.slot, &sandbox_ids(&cgroup), &compiled).map_err(|e| e.to_string())?;
-        self.bound_at.insert(rec.info.slot, Clock::boot_now_ns());
-        let pids = rec.pids_v1.as_ref().and_then(|p| Cgroup::open(p).ok()).map(PidsLimit::V1);
-        Ok(Task {
-            info: rec.info.clone(),
-            scope,
-            compiled,
-            cgroup,
-            pids,
-            secrets,
-            expires_boot_ns: rec.expires_boot_ns,
-            end_when_empty: rec.end_when_empty,
-            seen_populated: true,
-            log: rec.log.clone(),
-            // This daemon's decode failures start at zero.
-            gaps: GapTracker { drops: rec.drops_reported, decode_errors: 0 },
-        })
-    }
-
-    /// A recorded task that cannot be adopted: revoke what is left of it and record its end.
-    fn end_unadoptable(&mut self, rec: &TaskRecord, why: &str) {
-        let _ = self.sensor.unwatch_slot(rec.info.slot);
-        let _ = self.sensor.detach_task_egress(&rec.info.id);
-        if rec.info.secrets_dir.is_some() {
-            let _ =
-                IssuedSecrets::adopt(&self.cfg.secrets_dir, &rec.info.id, rec.info.secrets.clone()).destroy();
+        routes.counters.remove(id);
+        drop(routes);
+        if let Err(e) = self.state.remove_task(id) {
+            tracing::error!(task = %id, error = %e, "cannot remove the task record");
         }
-        if rec.info.created
-            && let Ok(cg) = Cgroup::open(&rec.info.cgroup)
-        {
-            let _ = cg.kill_all(KILL_TIMEOUT);
-            let _ = cg.remove();
-        }
-        let end = AuditRecord {
-            time: self.now(),
-            task: rec.info.id.clone(),
-            kind: "task_end",
-            decision: Some(Decision::Allow),
-            reason: Some(format!("could not be re-adopted after a daemon restart: {why}")),
-            ..Default::default()
-        };
-        self.emit(end);
-        let _ = self.pipeline.checkpoint(&rec.info.id);
-        self.close_task(&rec.info.id, rec.info.slot);
-        let _ = self.state.remove_task(&rec.info.id);
     }
 
     /// The record routes (a panic while holding them left them consistent: each write is
@@ -542,7 +494,7 @@ impl Core {
     }
 
     fn publish_sandboxes(&self) {
-        let v = self.tasks.values().map(|t| t.cgroup.path().to_path_buf()).collect();
+        let v = self.tasks.values().map(|t| t.info.cgroup.clone()).collect();
         *self.shared.sandboxes.write().unwrap_or_else(|e| e.into_inner()) = v;
     }
 
@@ -647,7 +599,7 @@ impl Core {
     fn info(&self, id: &str) -> Option<TaskInfo> {
         let t = self.tasks.get(id)?;
         let mut info = t.info.clone();
-        info.processes = t.cgroup.pids().map(|p| p.len() as u64).unwrap_or(0);
+        info.processes = t.run.task.cgroup.as_ref().and_then(|c| c.pids().ok()).map_or(0, |p| p.len() as u64);
         Some(info)
     }
 
@@ -657,12 +609,12 @@ impl Core {
         let ids: Vec<String> = self.tasks.keys().cloned().collect();
         for id in ids {
             let Some(t) = self.tasks.get_mut(&id) else { continue };
-            if t.expires_boot_ns.is_some_and(|e| e <= now) {
+            if t.run.task.expires_boot_ns.is_some_and(|e| e <= now) {
                 self.end_task(&id, "ttl expired".into());
                 continue;
             }
             if t.end_when_empty {
-                let populated = t.cgroup.populated().unwrap_or(false);
+                let populated = t.run.task.cgroup.as_ref().is_some_and(|c| c.populated().unwrap_or(false));
                 if populated {
                     t.seen_populated = true;
                 } else if t.seen_populated {
@@ -674,8 +626,8 @@ impl Core {
             let slot = t.info.slot;
             let drops = self.drops_of(slot);
             let Some(t) = self.tasks.get_mut(&id) else { continue };
-            let on_gap = t.scope.on_gap;
-            match t.gaps.record(&mut self.pipeline, &id, drops) {
+            let on_gap = t.run.task.scope.on_gap;
+            match t.run.task.gaps.record(&mut self.pipeline, &id, drops) {
                 Ok(false) => {}
                 Ok(true) => {
                     self.persist(&id);
@@ -689,9 +641,8 @@ impl Core {
         let _ = self.pipeline.flush();
     }
 
-    /// Starts a task: issues its secrets, compiles its scope, makes or binds its sandbox
-    /// and binds the scope into the kernel maps (the watch entry last, so no check sees
-    /// half a scope). Any failure undoes every step before it.
+    /// Starts a task through the lifecycle (every step, or none: a failure undoes the
+    /// steps before it).
     fn start_task(&mut self, req: StartRequest) -> Result<TaskInfo, ApiError> {
         let mut scope =
             Scope::parse(&req.scope_text, &req.scope_path).map_err(|e| ApiError::bad(e.to_string()))?;
@@ -703,290 +654,135 @@ impl Core {
             message: format!("all {} task slots are in use (maps.max_tasks)", self.cfg.maps.max_tasks - 1),
         })?;
         let id = new_task_id(&scope.task).map_err(|e| ApiError::internal(e.to_string()))?;
-        let mut undo = Undo::default();
-        let r = self.start_steps(&req, &mut scope, slot, &id, &mut undo);
-        match r {
-            Ok(info) => Ok(info),
-            Err(e) => {
-                self.undo(slot, &id, undo);
-                Err(e)
-            }
-        }
-    }
-
-    fn start_steps(
-        &mut self,
-        req: &StartRequest,
-        scope: &mut Scope,
-        slot: u32,
-        id: &str,
-        undo: &mut Undo,
-    ) -> Result<TaskInfo, ApiError> {
-        let internal = |e: &dyn std::fmt::Display| ApiError::internal(e.to_string());
-        if scope.has_issued_secrets() {
-            let s = IssuedSecrets::issue(&self.cfg.secrets_dir, id, scope)
-                .map_err(|e| ApiError::bad(e.to_string()))?;
-            scope.place_issued_secrets(s.dir());
-            undo.secrets = Some(s);
-        }
+        let sandbox = match &req.cgroup {
+            Some(path) => SandboxSpec::Bind(self.bindable(path)?),
+            None => SandboxSpec::Create,
+        };
         if let Some(log) = &req.log {
             // The task's own log is evidence too: refused inside an explicit write grant,
-            // protected otherwise (it exists from here on, so it is protected by identity).
-            crate::scope::compile::evidence_in_write_grant(scope, "the task's log", log)
+            // protected otherwise (it exists before the scope is compiled, so it is protected
+            // by identity).
+            crate::scope::compile::evidence_in_write_grant(&scope, "the task's log", log)
                 .map_err(|e| ApiError::bad(e.to_string()))?;
             crate::scope::compile::protect_evidence([log.clone()]);
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(log)
+            self.open_task_log(&id, log, false)
                 .map_err(|e| ApiError::bad(format!("log {}: {e}", log.display())))?;
         }
-        let compiled = CompiledScope::compile(scope).map_err(|e| ApiError::bad(e.to_string()))?;
-        let (cgroup, created) = match &req.cgroup {
-            Some(path) => {
-                let path = std::fs::canonicalize(path)
-                    .map_err(|e| ApiError::bad(format!("--cgroup {}: {e}", path.display())))?;
-                if !path.starts_with(&self.mount) || path == self.mount {
-                    return Err(ApiError::bad(format!(
-                        "--cgroup {} is not a cgroup below the cgroup2 mount {}",
-                        path.display(),
-                        self.mount.display()
-                    )));
-                }
-                if self
-                    .tasks
-                    .values()
-                    .any(|t| t.cgroup.path().starts_with(&path) || path.starts_with(t.cgroup.path()))
-                {
-                    return Err(ApiError::bad(format!(
-                        "{} overlaps the sandbox of a running task",
-                        path.display()
-                    )));
-                }
-                (Cgroup::open(&path).map_err(|e| ApiError::bad(e.to_string()))?, false)
-            }
-            None => {
-                let parent = self.mount.join(&self.cfg.cgroup_parent);
-                (Cgroup::create(&parent, id).map_err(|e| internal(&e))?, true)
+        let task = lifecycle::Task::new(id.clone(), slot, scope, sandbox);
+        let cmd = req.cmd.clone();
+        let started = self
+            .lc
+            .start(task, &mut live!(self), &mut |_| Launched { cmd: cmd.clone(), ..Default::default() });
+        let run = match started {
+            Ok(run) => run,
+            Err(f) => {
+                self.routes().task_logs.remove(&id);
+                let msg = f.to_string();
+                return Err(if f.error.usage { ApiError::bad(msg) } else { ApiError::internal(msg) });
             }
         };
-        if created {
-            undo.cgroup = Some(cgroup.clone());
-        }
-        let enforce = scope.mode == Mode::Enforce;
-        let mut pids = None;
-        if enforce && let Some(max) = scope.process_limit {
-            let p = PidsLimit::apply(&cgroup, &self.cfg.cgroup_parent, id, max).map_err(|e| internal(&e))?;
-            pids = Some(p);
-        }
-        undo.pids = pids.as_ref().and_then(|p| match p {
-            PidsLimit::V1(cg) => Some(cg.clone()),
-            PidsLimit::Unified => None,
-        });
-        self.sensor.reset_drops(slot).map_err(|e| internal(&e))?;
-        self.pipeline.register(slot, TaskCtx { id: id.to_string(), mode: scope.mode });
-        undo.registered = true;
-        if let Some(log) = &req.log {
-            self.open_task_log(id, log, false)
-                .map_err(|e| ApiError::bad(format!("log {}: {e}", log.display())))?;
-        }
-        undo.egress = true;
-        self.sensor.attach_task_egress(&cgroup, id).map_err(|e| internal(&e))?;
-        undo.bound = Some(compiled.clone());
-        self.sensor.bind(slot, &sandbox_ids(&cgroup), &compiled).map_err(|e| internal(&e))?;
-
-        let lsm = self.sensor.lsm_engine();
-        let mut unenforced = compiled.unenforced(lsm);
-        if enforce && !lsm && !created {
-            // Landlock and seccomp confine processes Warden starts; processes already in a
-            // bound cgroup keep running under the kernel hooks only.
-            unenforced.push("files-for-processes-started-outside-warden".to_string());
-        }
-        let clock = *self.pipeline.clock();
-        let boot_now = Clock::boot_now_ns();
-        let started = clock.format(boot_now);
-        let expires_boot_ns = scope.ttl.map(|t| boot_now + t.as_nanos() as u64);
-        let expires = expires_boot_ns.map(|e| clock.format(e));
-        let hash = scope_hash(&scope.text);
-        let identity = IdentityDoc::new_signed(
-            &self.key,
-            id,
-            hash.clone(),
-            cgroup.id(),
-            self.node.clone(),
-            started.clone(),
-            expires.clone(),
-        );
-        let mut procs_files = vec![cgroup.procs_file()];
-        procs_files.extend(pids.as_ref().and_then(PidsLimit::procs_file));
-        let secrets = undo.secrets.as_ref().map(|s| s.issued.clone()).unwrap_or_default();
-        let info = TaskInfo {
-            id: id.to_string(),
-            slot,
-            cgroup: cgroup.path().to_path_buf(),
-            cgroup_id: cgroup.id(),
-            created,
-            procs_files,
-            scope_path: scope.source.clone(),
-            scope_text: scope.text.clone(),
-            scope_hash: hash.clone(),
-            mode: scope.mode.as_str().to_string(),
-            engine: self.engine.to_string(),
-            started: started.clone(),
-            expires: expires.clone(),
-            secrets_dir: undo.secrets.as_ref().map(|s| s.dir().to_path_buf()),
-            secrets: secrets.clone(),
-            processes: 0,
-            identity,
-        };
-        let start = AuditRecord {
-            time: started,
-            task: id.to_string(),
-            kind: "task_start",
-            decision: Some(Decision::Allow),
-            scope: Some(scope.source.display().to_string()),
-            cmd: req.cmd.clone(),
-            cgroup: Some(cgroup.path().display().to_string()),
-            cgroup_id: Some(cgroup.id()),
-            mode: Some(scope.mode.as_str()),
-            scope_hash: Some(hash),
-            node: Some(self.node.clone()),
-            engine: Some(self.engine),
-            unenforced: (!unenforced.is_empty()).then_some(unenforced),
-            expires,
-            secrets: (!secrets.is_empty()).then_some(secrets),
-            ..Default::default()
-        };
-        self.emit(start);
+        let info = self.task_info(&run);
         let task = Task {
             info: info.clone(),
-            scope: scope.clone(),
-            compiled,
-            cgroup,
-            pids,
-            secrets: undo.secrets.take(),
-            expires_boot_ns,
+            run,
             end_when_empty: req.end_when_empty,
             seen_populated: false,
-            log: req.log.clone(),
-            // Only what is lost from now on is this task's gap.
-            gaps: GapTracker { drops: 0, decode_errors: self.pipeline.decode_failures() },
+            log: req.log,
         };
-        *undo = Undo::default();
-        self.tasks.insert(id.to_string(), task);
-        self.persist(id);
+        self.tasks.insert(id.clone(), task);
+        self.persist(&id);
         self.publish_sandboxes();
-        tracing::info!(task = %id, slot, "task started");
         Ok(info)
     }
 
-    /// Reverts a failed start, in reverse order.
-    fn undo(&mut self, slot: u32, id: &str, mut undo: Undo) {
-        if let Some(c) = &undo.bound {
-            let _ = self.sensor.unbind(slot, c);
+    /// Checks a cgroup to bind (`--cgroup`): below the cgroup2 mount, overlapping no running
+    /// task's sandbox. Returns its canonical path.
+    fn bindable(&self, path: &Path) -> Result<PathBuf, ApiError> {
+        let path = std::fs::canonicalize(path)
+            .map_err(|e| ApiError::bad(format!("--cgroup {}: {e}", path.display())))?;
+        let mount = &self.node.cgroup_mount;
+        if !path.starts_with(mount) || &path == mount {
+            return Err(ApiError::bad(format!(
+                "--cgroup {} is not a cgroup below the cgroup2 mount {}",
+                path.display(),
+                mount.display()
+            )));
         }
-        if undo.egress {
-            let _ = self.sensor.detach_task_egress(id);
+        if self.tasks.values().any(|t| t.info.cgroup.starts_with(&path) || path.starts_with(&t.info.cgroup)) {
+            return Err(ApiError::bad(format!("{} overlaps the sandbox of a running task", path.display())));
         }
-        if undo.registered {
-            self.pipeline.unregister(slot);
-            self.pipeline.forget_chain(id);
-            self.routes().task_logs.remove(id);
-        }
-        if let Some(cg) = &undo.pids {
-            let _ = cg.remove();
-        }
-        if let Some(cg) = &undo.cgroup {
-            let _ = cg.kill_all(KILL_TIMEOUT);
-            let _ = cg.remove();
-        }
-        if let Some(s) = undo.secrets.as_mut() {
-            let _ = s.destroy();
+        Ok(path)
+    }
+
+    /// What clients learn about a started task.
+    fn task_info(&self, run: &Running) -> TaskInfo {
+        let t = &run.task;
+        let (cgroup, cgroup_id) =
+            t.cgroup.as_ref().map(|c| (c.path().to_path_buf(), c.id())).unwrap_or_default();
+        TaskInfo {
+            id: t.id.clone(),
+            slot: t.slot,
+            cgroup,
+            cgroup_id,
+            created: t.created(),
+            procs_files: t.launch.procs_files.clone(),
+            env: t.launch.env.clone(),
+            scope_path: t.scope.source.clone(),
+            scope_text: t.scope.text.clone(),
+            scope_hash: scope_hash(&t.scope.text),
+            mode: t.scope.mode.as_str().to_string(),
+            engine: self.engine.as_str().to_string(),
+            started: t.started.clone(),
+            expires: t.expires.clone(),
+            secrets_dir: t.secrets_dir.clone(),
+            secrets: t.secrets.clone(),
+            processes: 0,
+            identity: t.identity.clone().unwrap_or_else(|| {
+                crate::task::IdentityDoc::new_signed(
+                    &self.node.key,
+                    &t.id,
+                    scope_hash(&t.scope.text),
+                    cgroup_id,
+                    self.node.name.clone(),
+                    t.started.clone(),
+                    t.expires.clone(),
+                )
+            }),
         }
     }
 
-    /// Ends a task as one operation: kill every process of the sandbox, collect its last
-    /// records, remove its map entries and attachments, destroy its secrets, remove the
-    /// sandbox it created, and write `task_end`. A failing step does not stop the others;
-    /// failures are reported in the answer and in the record.
+    /// Ends a task as one operation, through the lifecycle: kill every process of the
+    /// sandbox, collect its last records, revoke every step, write `task_end`. A failing
+    /// step does not stop the others; failures are reported in the answer and the record.
     fn end_task(&mut self, id: &str, reason: String) -> EndResponse {
-        let Some(mut t) = self.tasks.remove(id) else {
+        let Some(t) = self.tasks.remove(id) else {
             return EndResponse { id: id.into(), reason, killed: 0, drops: 0, already: true, errors: vec![] };
         };
         self.publish_sandboxes();
-        let mut errors = Vec::new();
-        let killed = t.cgroup.pids().map(|p| p.len() as u64).unwrap_or(0);
-        if let Err(e) = t.cgroup.kill_all(KILL_TIMEOUT) {
-            errors.push(format!("kill: {e}"));
-        }
-        self.drain();
-        let slot = t.info.slot;
-        let drops = self.drops_of(slot);
-        if let Err(e) = self.sensor.unbind(slot, &t.compiled) {
-            errors.push(format!("map entries: {e}"));
-        }
-        if let Err(e) = self.sensor.detach_task_egress(id) {
-            errors.push(format!("egress programs: {e}"));
-        }
-        if let Some(s) = t.secrets.as_mut()
-            && let Err(e) = s.destroy()
-        {
-            errors.push(format!("secrets: {e}"));
-        }
-        if let Some(p) = &t.pids {
-            p.remove(&self.cfg.cgroup_parent);
-        }
-        if t.info.created {
-            if let Err(e) = t.cgroup.remove() {
-                errors.push(format!("sandbox cgroup: {e}"));
-            }
-            let _ = std::fs::remove_dir(self.mount.join(&self.cfg.cgroup_parent));
-        }
-        if let Err(e) = t.gaps.record(&mut self.pipeline, id, drops) {
-            errors.push(format!("gap record: {e}"));
-        }
-        let end = AuditRecord {
-            time: self.now(),
-            task: id.to_string(),
-            kind: "task_end",
-            decision: Some(Decision::Allow),
-            reason: Some(if errors.is_empty() {
-                reason.clone()
-            } else {
-                format!("{reason}; revocation errors: {}", errors.join("; "))
-            }),
-            drops: Some(drops),
-            decode_errors: Some(self.pipeline.decode_failures()),
-            killed: Some(killed),
-            ..Default::default()
-        };
-        self.emit(end);
-        if let Err(e) = self.pipeline.checkpoint(id) {
-            errors.push(format!("checkpoint: {e}"));
-        }
-        self.close_task(id, slot);
-        if let Err(e) = self.state.remove_task(id) {
-            errors.push(format!("task record: {e}"));
-        }
-        tracing::info!(task = %id, %reason, killed, "task ended");
-        let resp = EndResponse { id: id.into(), reason, killed, drops, already: false, errors };
-        self.ended.push_back(resp.clone());
-        if self.ended.len() > ENDED_KEPT {
-            self.ended.pop_front();
-        }
-        resp
-    }
-
-    /// Flushes and forgets a task's routes and chain.
-    fn close_task(&mut self, id: &str, slot: u32) {
-        let _ = self.pipeline.flush();
-        self.pipeline.unregister(slot);
-        self.pipeline.forget_chain(id);
+        let ended = self.lc.end(t.run, &mut live!(self), reason.clone());
+        let mut errors = ended.errors;
         let mut routes = self.routes();
         if let Some(mut log) = routes.task_logs.remove(id) {
             let _ = log.flush();
         }
         routes.counters.remove(id);
+        drop(routes);
+        if let Err(e) = self.state.remove_task(id) {
+            errors.push(format!("task record: {e}"));
+        }
+        let resp = EndResponse {
+            id: id.into(),
+            reason,
+            killed: ended.killed,
+            drops: ended.drops,
+            already: false,
+            errors,
+        };
+        self.ended.push_back(resp.clone());
+        if self.ended.len() > ENDED_KEPT {
+            self.ended.pop_front();
+        }
+        resp
     }
 
     /// Prometheus text exposition.
@@ -1042,25 +838,55 @@ impl Core {
     }
 }
 
-/// What a failed start has to undo.
-#[derive(Default)]
-struct Undo {
-    secrets: Option<IssuedSecrets>,
-    cgroup: Option<Cgroup>,
-    pids: Option<Cgroup>,
-    registered: bool,
-    egress: bool,
-    bound: Option<CompiledScope>,
+/// The lifecycle's view of a recorded task, for re-adoption, and why it cannot be adopted
+/// when its scope no longer parses (then it can only be ended).
+fn recorded_task(rec: &TaskRecord) -> (lifecycle::Task, Option<String>) {
+    let info = &rec.info;
+    let parsed = Scope::parse(&info.scope_text, &info.scope_path);
+    let (mut scope, err) = match parsed {
+        Ok(s) => (s, None),
+        Err(e) => (unreadable_scope(info), Some(e.to_string())),
+    };
+    scope.mode = parse_mode(&info.mode);
+    let sandbox = if info.created { SandboxSpec::Create } else { SandboxSpec::Bind(info.cgroup.clone()) };
+    let mut t = lifecycle::Task::new(info.id.clone(), info.slot, scope, sandbox);
+    t.origin = Origin::Adopted;
+    t.cgroup_id = Some(info.cgroup_id);
+    t.cgroup_path = Some(info.cgroup.clone());
+    t.secrets_dir = info.secrets_dir.clone();
+    t.secrets = info.secrets.clone();
+    t.pids_v1 = rec.pids_v1.clone();
+    t.started = info.started.clone();
+    t.expires = info.expires.clone();
+    t.expires_boot_ns = rec.expires_boot_ns;
+    t.identity = Some(info.identity.clone());
+    // This daemon's decode failures start at zero.
+    t.gaps = GapTracker { drops: rec.drops_reported, decode_errors: 0 };
+    t.saved = rec.saved.clone();
+    (t, err)
+}
+
+/// A stand-in scope for a recorded task whose scope text no longer parses: enough to end it.
+fn unreadable_scope(info: &TaskInfo) -> Scope {
+    Scope {
+        task: info.id.clone(),
+        source: info.scope_path.clone(),
+        mode: Mode::Enforce,
+        ttl: None,
+        exec_allow: None,
+        read: None,
+        write: None,
+        deny: Vec::new(),
+        secrets: Vec::new(),
+        egress: None,
+        process_limit: None,
+        grants: Default::default(),
+        on_gap: OnGap::Continue,
+        text: info.scope_text.clone(),
+    }
 }
 
 /// A recorded task's mode (written by [`Mode::as_str`]; enforce if unreadable).
 fn parse_mode(s: &str) -> Mode {
     s.parse().unwrap_or(Mode::Enforce)
-}
-
-/// A sandbox cgroup and every cgroup below it: what `bind` watches.
-fn sandbox_ids(cgroup: &Cgroup) -> Vec<u64> {
-    let mut ids = vec![cgroup.id()];
-    ids.extend(cgroup.descendant_ids().unwrap_or_default());
-    ids
 }

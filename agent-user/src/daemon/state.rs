@@ -25,6 +25,9 @@ pub struct TaskRecord {
     pub pids_v1: Option<PathBuf>,
     /// Kernel drops already reported in `gap` records.
     pub drops_reported: u64,
+    /// What lifecycle steps keep to find their state again (`lifecycle::Task::saved`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub saved: BTreeMap<String, serde_json::Value>,
 }
 
 /// The daemon's heartbeat: when it was last known alive.

@@ -1,6 +1,7 @@
 //! Loader: BTF offsets, loading and attaching the kernel programs as one unit
 //! (a *sensor*), and the maps userspace drives.
 pub mod btf;
+pub mod engine;
 pub mod pin;
 pub mod probe;
 
@@ -16,7 +17,11 @@ use aya::{
 
 use crate::scope::compile::CompiledScope;
 
-pub use self::{btf::KernelBtf, pin::PinLayout};
+pub use self::{
+    btf::KernelBtf,
+    engine::{Engine, EngineChoice, select_engine},
+    pin::PinLayout,
+};
 
 /// The eBPF object built by `build.rs` from `agent-ebpf`.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-ebpf"));

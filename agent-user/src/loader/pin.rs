@@ -177,12 +177,7 @@ pub fn ensure_bpffs(path: &Path) -> Result<bool, BpffsError> {
 
 /// Whether `mountinfo` lists a `bpf` filesystem mounted exactly at `path`.
 pub fn is_bpffs_mounted(mountinfo: &str, path: &Path) -> bool {
-    mountinfo.lines().any(|l| {
-        let Some((left, right)) = l.split_once(" - ") else { return false };
-        let mount_point = left.split_whitespace().nth(4).map(crate::sandbox::unescape_mountinfo);
-        let fstype = right.split_whitespace().next();
-        fstype == Some("bpf") && mount_point.as_deref() == Some(path.to_string_lossy().as_ref())
-    })
+    crate::util::mountinfo::is_mounted(mountinfo, "bpf", path)
 }
 
 #[cfg(test)]

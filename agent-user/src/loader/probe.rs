@@ -136,7 +136,7 @@ pub fn probe() -> ProbeReport {
             }
         }
     }
-    features.push(feature("landlock", landlock_abi().map(|v| format!("ABI {v}"))));
+    features.push(feature("landlock", crate::sandbox::confine::landlock_abi().map(|v| format!("ABI {v}"))));
     features.push(feature("io_uring", io_uring()));
 
     let mut report =
@@ -223,13 +223,6 @@ fn lsm_list() -> Result<String, String> {
         }
         Err(e) => Err(format!("{}: {e} (is securityfs mounted?)", p.display())),
     }
-}
-
-/// Landlock ABI version, from `landlock_create_ruleset(NULL, 0, LANDLOCK_CREATE_RULESET_VERSION)`.
-pub fn landlock_abi() -> Result<i64, String> {
-    // SAFETY: documented version query; no pointers dereferenced.
-    let r = unsafe { libc::syscall(libc::SYS_landlock_create_ruleset, std::ptr::null::<u8>(), 0usize, 1u32) };
-    if r < 0 { Err(format!("landlock_create_ruleset: {}", std::io::Error::last_os_error())) } else { Ok(r) }
 }
 
 fn io_uring() -> Result<String, String> {

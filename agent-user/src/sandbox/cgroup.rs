@@ -26,45 +26,12 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CgroupError + '_ {
     move |source| CgroupError::Io { path: path.to_path_buf(), source }
 }
 
-/// Finds the cgroup2 mount point in a `/proc/self/mountinfo` text.
-///
-/// Field 5 is the mount point; after the ` - ` separator comes the fs type.
-/// Octal escapes (`\040` for space) in the mount point are decoded.
-pub fn cgroup2_mount_in(mountinfo: &str) -> Option<PathBuf> {
-    mountinfo.lines().find_map(|line| {
-        let (pre, post) = line.split_once(" - ")?;
-        let fstype = post.split_whitespace().next()?;
-        if fstype != "cgroup2" {
-            return None;
-        }
-        let mount_point = pre.split_whitespace().nth(4)?;
-        Some(PathBuf::from(unescape_mountinfo(mount_point)))
-    })
-}
-
-/// Decodes the octal escapes (`\040` for space) of a mountinfo field.
-pub fn unescape_mountinfo(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
-            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// The cgroup2 mount point of this machine, from `/proc/self/mountinfo`.
 pub fn cgroup2_mount() -> Result<PathBuf, CgroupError> {
     let p = Path::new("/proc/self/mountinfo");
     let text = fs::read_to_string(p).map_err(io_err(p))?;
-    cgroup2_mount_in(&text).ok_or_else(|| CgroupError::NoCgroup2(p.display().to_string()))
+    crate::util::mountinfo::cgroup2_mount_in(&text)
+        .ok_or_else(|| CgroupError::NoCgroup2(p.display().to_string()))
 }
 
 /// A cgroup v2 directory.
@@ -88,6 +55,12 @@ impl Cgroup {
         let md = fs::metadata(path).map_err(io_err(path))?;
         // A cgroup v2 id is the inode number of its directory.
         Ok(Self { path: path.to_path_buf(), id: md.ino() })
+    }
+
+    /// A cgroup value that names no directory (the lifecycle's fake host).
+    #[cfg(test)]
+    pub(crate) fn fake(path: PathBuf, id: u64) -> Self {
+        Self { path, id }
     }
 
     pub fn path(&self) -> &Path {
@@ -229,29 +202,5 @@ impl Cgroup {
             }
         })?;
         first_err.map_or(Ok(()), Err)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn finds_cgroup2_in_hybrid_and_unified_layouts() {
-        let hybrid = "\
-25 1 0:23 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755
-26 25 0:24 / /sys/fs/cgroup/unified rw,nosuid,nodev,noexec,relatime shared:5 - cgroup2 cgroup2 rw
-27 25 0:25 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu";
-        assert_eq!(cgroup2_mount_in(hybrid), Some(PathBuf::from("/sys/fs/cgroup/unified")));
-        let unified = "30 1 0:26 / /sys/fs/cgroup rw,nosuid shared:4 - cgroup2 cgroup2 rw,nsdelegate";
-        assert_eq!(cgroup2_mount_in(unified), Some(PathBuf::from("/sys/fs/cgroup")));
-        assert_eq!(cgroup2_mount_in("30 1 0:26 / /x rw - ext4 /dev/sda rw"), None);
-        assert_eq!(cgroup2_mount_in("garbage"), None);
-    }
-
-    #[test]
-    fn decodes_octal_escapes_in_mount_points() {
-        let line = "30 1 0:26 / /mnt/my\\040cg rw - cgroup2 cgroup2 rw";
-        assert_eq!(cgroup2_mount_in(line), Some(PathBuf::from("/mnt/my cg")));
     }
 }

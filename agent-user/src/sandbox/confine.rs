@@ -22,6 +22,13 @@ pub enum ConfineError {
 /// The highest Landlock ABI this build asks for (best effort below it).
 const LANDLOCK_ABI: ABI = ABI::V6;
 
+/// Landlock ABI version, from `landlock_create_ruleset(NULL, 0, LANDLOCK_CREATE_RULESET_VERSION)`.
+pub fn landlock_abi() -> Result<i64, String> {
+    // SAFETY: documented version query; no pointers dereferenced.
+    let r = unsafe { libc::syscall(libc::SYS_landlock_create_ruleset, std::ptr::null::<u8>(), 0usize, 1u32) };
+    if r < 0 { Err(format!("landlock_create_ruleset: {}", std::io::Error::last_os_error())) } else { Ok(r) }
+}
+
 /// What to apply in the child.
 pub struct Confinement {
     ruleset: Option<RulesetCreated>,
@@ -57,7 +64,7 @@ impl Confinement {
         if lsm_engine {
             return Ok(Self { ruleset: None, seccomp });
         }
-        let abi = crate::loader::probe::landlock_abi().map_err(ConfineError::NoLandlock)?;
+        let abi = landlock_abi().map_err(ConfineError::NoLandlock)?;
         tracing::debug!(abi, "landlock");
         // Execute is not handled here: exec identity is judged at `sched_process_exec`, where a
         // denial is recorded (a Landlock refusal would leave no audit record).

@@ -21,21 +21,6 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CgroupError + '_ {
     move |source| CgroupError::Io { path: path.to_path_buf(), source }
 }
 
-/// The v1 `pids` hierarchy's mount point, from a mountinfo text.
-pub fn v1_pids_mount_in(mountinfo: &str) -> Option<PathBuf> {
-    mountinfo.lines().find_map(|line| {
-        let (pre, post) = line.split_once(" - ")?;
-        let mut it = post.split_whitespace();
-        if it.next()? != "cgroup" {
-            return None;
-        }
-        let opts = it.nth(1)?;
-        opts.split(',')
-            .any(|o| o == "pids")
-            .then(|| PathBuf::from(pre.split_whitespace().nth(4).unwrap_or("/")))
-    })
-}
-
 impl PidsLimit {
     /// Sets a limit of `max` processes for the sandbox `cg` (named `name` under `parent_rel`).
     pub fn apply(cg: &Cgroup, parent_rel: &str, name: &str, max: u32) -> Result<Self, CgroupError> {
@@ -58,7 +43,7 @@ impl PidsLimit {
         }
         let mi = Path::new("/proc/self/mountinfo");
         let text = fs::read_to_string(mi).map_err(io(mi))?;
-        let v1 = v1_pids_mount_in(&text).ok_or_else(|| {
+        let v1 = crate::util::mountinfo::v1_pids_mount_in(&text).ok_or_else(|| {
             CgroupError::NoPids("neither cgroup v2 nor a v1 hierarchy offers `pids`".into())
         })?;
         let twin = Cgroup::create(&v1.join(parent_rel), name)?;
@@ -85,20 +70,5 @@ impl PidsLimit {
                 let _ = fs::remove_dir(parent);
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn finds_the_v1_pids_hierarchy() {
-        let mi = "\
-33 25 0:28 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory
-34 25 0:29 / /sys/fs/cgroup/pids rw,nosuid - cgroup cgroup rw,pids
-35 25 0:30 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw";
-        assert_eq!(v1_pids_mount_in(mi), Some(PathBuf::from("/sys/fs/cgroup/pids")));
-        assert_eq!(v1_pids_mount_in("35 25 0:30 / /x rw - cgroup2 cgroup2 rw"), None);
     }
 }

@@ -7,4 +7,4 @@ pub mod limits;
 pub mod seccomp;
 pub mod secrets;
 
-pub use cgroup::{Cgroup, CgroupError, cgroup2_mount, unescape_mountinfo};
+pub use cgroup::{Cgroup, CgroupError, cgroup2_mount};

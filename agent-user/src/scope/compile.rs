@@ -18,8 +18,9 @@ use std::{
 
 use agent_common::maps::{EGRESS_PORT_RULES, EgressRules, PortRule, file_rule, sandbox_flags};
 
+use super::Mode;
 use super::{EgressRule, Scope, ScopeError, raw::Grant, raw::Protocol};
-use crate::{pipeline::Mode, sandbox::seccomp::SocketPolicy};
+use crate::sandbox::seccomp::SocketPolicy;
 
 /// A file identified by what it is, not what it is called.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -583,7 +584,7 @@ impl CompiledScope {
     /// fallback engine cannot tell a secret's tools from the task's other processes.
     pub fn unenforced(&self, lsm_engine: bool) -> Vec<String> {
         let mut v = Vec::new();
-        if self.scope.mode == crate::pipeline::Mode::Enforce && !lsm_engine && !self.secrets.is_empty() {
+        if self.scope.mode == Mode::Enforce && !lsm_engine && !self.secrets.is_empty() {
             v.push("secrets-by-tool".to_string());
         }
         v

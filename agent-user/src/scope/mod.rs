@@ -14,8 +14,40 @@ use std::{
 
 use ipnet::IpNet;
 
-use self::raw::{Grant, OnGap, PortRange, Protocol, RawMode, RawScope};
-use crate::pipeline::Mode;
+use self::raw::{Grant, OnGap, PortRange, Protocol, RawScope};
+
+/// Enforcement mode of a task: the scope's `mode:` (enforce when omitted), `--mode`, and what
+/// records carry (`mode`, and decision `audit` for what enforce would have refused).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Refuse out-of-scope actions.
+    Enforce,
+    /// Allow them, recording decision "audit".
+    Audit,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Audit => "audit",
+        }
+    }
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+
+    /// The inverse of [`Mode::as_str`].
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "enforce" => Ok(Mode::Enforce),
+            "audit" => Ok(Mode::Audit),
+            other => Err(format!("mode {other:?} is not enforce or audit")),
+        }
+    }
+}
 
 /// The scope file format version this build reads.
 pub const SCOPE_VERSION: u32 = 1;
@@ -225,10 +257,7 @@ impl Scope {
         Ok(Scope {
             task: raw.task.0,
             source: path.to_path_buf(),
-            mode: match raw.mode {
-                Some(RawMode::Audit) => Mode::Audit,
-                Some(RawMode::Enforce) | None => Mode::Enforce,
-            },
+            mode: raw.mode.unwrap_or(Mode::Enforce),
             ttl: raw.ttl.map(|t| t.0),
             exec_allow,
             read: files.as_ref().and_then(|f| f.read.clone()).map(|v| v.into_iter().map(|p| p.0).collect()),

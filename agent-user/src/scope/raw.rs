@@ -17,7 +17,7 @@ pub struct RawScope {
     pub task: TaskName,
     /// `enforce` (default) or `audit`.
     #[serde(default)]
-    pub mode: Option<RawMode>,
+    pub mode: Option<super::Mode>,
     /// The task is ended when it has run this long (`15m`, `1h`, ...).
     #[serde(default)]
     pub ttl: Option<Ttl>,
@@ -59,14 +59,6 @@ pub enum OnGap {
     #[default]
     Continue,
     End,
-}
-
-/// Enforcement mode.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum RawMode {
-    Enforce,
-    Audit,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

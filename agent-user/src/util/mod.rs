@@ -1,4 +1,6 @@
 //! Small shared helpers.
+pub mod mountinfo;
+
 use std::time::Duration;
 
 /// Parses `<n>ms`, `<n>s`, `<n>m` or `<n>h` (a bare number is seconds).

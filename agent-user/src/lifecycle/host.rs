@@ -1,0 +1,248 @@
+//! The seam between the lifecycle and the machine: every kernel, cgroupfs and secrets-tmpfs
+//! operation a step makes goes through [`Host`]. [`Live`] is the real one (a [`Sensor`],
+//! cgroupfs, the secrets tmpfs); the unit tests use a fake that records what is held and can
+//! fail any operation.
+use std::path::{Path, PathBuf};
+
+use crate::{
+    audit::{chain::NodeKey, clock::Clock},
+    loader::{Engine, LoadError, Sensor},
+    pipeline::Pipeline,
+    sandbox::{
+        Cgroup, CgroupError,
+        limits::PidsLimit,
+        secrets::{IssuedInfo, IssuedSecrets, SecretError},
+    },
+    scope::{Scope, ScopeError, compile::CompiledScope},
+    source::{EventSource, RingBufSource},
+};
+
+/// How long processes get to die after `cgroup.kill`.
+pub const KILL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Errors of host operations.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    #[error(transparent)]
+    Scope(#[from] ScopeError),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// A request that cannot be met as asked (e.g. a cgroup that is not the one recorded).
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// What every task of one sensor owner shares: where sandboxes and secrets go, the key
+/// that signs identity documents, the node's name.
+#[derive(Clone)]
+pub struct Node {
+    /// The cgroup2 mount (from mountinfo).
+    pub cgroup_mount: PathBuf,
+    /// Parent of the sandboxes Warden creates, relative to `cgroup_mount`.
+    pub cgroup_parent: String,
+    /// Where issued secrets get their per-task tmpfs.
+    pub secrets_dir: PathBuf,
+    /// Signs identity documents (and the log's checkpoints).
+    pub key: NodeKey,
+    /// The node's host name.
+    pub name: String,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("cgroup_mount", &self.cgroup_mount)
+            .field("cgroup_parent", &self.cgroup_parent)
+            .field("secrets_dir", &self.secrets_dir)
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Node {
+    /// The directory Warden's sandboxes are created in.
+    pub fn sandbox_parent(&self) -> PathBuf {
+        self.cgroup_mount.join(&self.cgroup_parent)
+    }
+}
+
+/// Every operation the lifecycle's steps make on the machine.
+pub trait Host {
+    /// The node-wide settings.
+    fn node(&self) -> &Node;
+    /// The engine the sensor runs.
+    fn engine(&self) -> Engine;
+    /// The records pipeline (task registration, `task_start`, gaps, `task_end`).
+    fn pipeline(&mut self) -> &mut Pipeline;
+    /// Now, as records write it.
+    fn now(&mut self) -> String {
+        self.pipeline().clock().format(Clock::boot_now_ns())
+    }
+    /// Moves what the kernel has recorded so far into the pipeline.
+    fn drain(&mut self);
+
+    /// Creates the sandbox cgroup `<sandbox parent>/<name>`.
+    fn cgroup_create(&mut self, name: &str) -> Result<Cgroup, HostError>;
+    /// Opens an existing cgroup.
+    fn cgroup_open(&mut self, path: &Path) -> Result<Cgroup, HostError>;
+    /// Ids of the cgroup and every cgroup below it.
+    fn cgroup_ids(&mut self, cg: &Cgroup) -> Vec<u64>;
+    /// Processes in the cgroup and below.
+    fn cgroup_pids(&mut self, cg: &Cgroup) -> u64;
+    /// Freezes and kills every process in the cgroup, waiting until it is empty.
+    fn cgroup_kill(&mut self, cg: &Cgroup) -> Result<(), HostError>;
+    /// Kills what is left and removes a cgroup Warden created (and the shared parent once
+    /// no other task uses it).
+    fn cgroup_remove(&mut self, cg: &Cgroup) -> Result<(), HostError>;
+
+    /// Limits the sandbox to `max` processes.
+    fn pids_limit(&mut self, cg: &Cgroup, name: &str, max: u32) -> Result<PidsLimit, HostError>;
+    /// Removes a limit's v1 twin cgroup (if it has one).
+    fn pids_remove(&mut self, limit: &PidsLimit);
+
+    /// Issues the scope's secrets onto the task's tmpfs.
+    fn secrets_issue(&mut self, task: &str, scope: &Scope) -> Result<IssuedSecrets, HostError>;
+    /// The issued secrets of a running task, as recorded.
+    fn secrets_adopt(&mut self, task: &str, issued: Vec<IssuedInfo>) -> IssuedSecrets {
+        IssuedSecrets::adopt(&self.node().secrets_dir, task, issued)
+    }
+    /// Overwrites and removes issued secrets and their tmpfs.
+    fn secrets_destroy(&mut self, s: &mut IssuedSecrets) -> Result<(), HostError>;
+
+    /// Zeroes the drop counters of `slot` before it is reused.
+    fn reset_drops(&mut self, slot: u32) -> Result<(), HostError>;
+    /// Records of `slot` the kernel could not deliver so far.
+    fn drops(&mut self, slot: u32) -> u64;
+    /// Attaches the egress programs to the task's cgroup.
+    fn egress_attach(&mut self, cg: &Cgroup, task: &str) -> Result<(), HostError>;
+    /// Detaches the task's pinned egress programs.
+    fn egress_detach(&mut self, task: &str) -> Result<(), HostError>;
+    /// Writes the compiled scope's tables for `slot`, then the watch entries of `cgroup_ids`.
+    fn bind(&mut self, slot: u32, cgroup_ids: &[u64], scope: &CompiledScope) -> Result<(), HostError>;
+    /// Removes the watch entries of `slot`, then (when known) the scope's tables.
+    fn unbind(&mut self, slot: u32, scope: Option<&CompiledScope>) -> Result<(), HostError>;
+}
+
+/// The real host: a loaded sensor, its ring buffer, the pipeline, cgroupfs.
+pub struct Live<'a> {
+    pub node: &'a Node,
+    pub sensor: &'a mut Sensor,
+    /// Where [`Host::drain`] reads from (none: nothing to drain).
+    pub source: Option<&'a mut RingBufSource>,
+    pub pipeline: &'a mut Pipeline,
+}
+
+impl<'a> Live<'a> {
+    pub fn new(
+        node: &'a Node,
+        sensor: &'a mut Sensor,
+        source: Option<&'a mut RingBufSource>,
+        pipeline: &'a mut Pipeline,
+    ) -> Self {
+        Self { node, sensor, source, pipeline }
+    }
+}
+
+impl Host for Live<'_> {
+    fn node(&self) -> &Node {
+        self.node
+    }
+
+    fn engine(&self) -> Engine {
+        if self.sensor.lsm_engine() { Engine::BpfLsm } else { Engine::Fallback }
+    }
+
+    fn pipeline(&mut self) -> &mut Pipeline {
+        self.pipeline
+    }
+
+    fn drain(&mut self) {
+        if let Some(source) = self.source.as_deref_mut() {
+            let pipeline = &mut *self.pipeline;
+            source.drain(&mut |b| pipeline.ingest(b));
+        }
+    }
+
+    fn cgroup_create(&mut self, name: &str) -> Result<Cgroup, HostError> {
+        Ok(Cgroup::create(&self.node.sandbox_parent(), name)?)
+    }
+
+    fn cgroup_open(&mut self, path: &Path) -> Result<Cgroup, HostError> {
+        Ok(Cgroup::open(path)?)
+    }
+
+    fn cgroup_ids(&mut self, cg: &Cgroup) -> Vec<u64> {
+        let mut ids = vec![cg.id()];
+        ids.extend(cg.descendant_ids().unwrap_or_default());
+        ids
+    }
+
+    fn cgroup_pids(&mut self, cg: &Cgroup) -> u64 {
+        cg.pids().map(|p| p.len() as u64).unwrap_or(0)
+    }
+
+    fn cgroup_kill(&mut self, cg: &Cgroup) -> Result<(), HostError> {
+        Ok(cg.kill_all(KILL_TIMEOUT)?)
+    }
+
+    fn cgroup_remove(&mut self, cg: &Cgroup) -> Result<(), HostError> {
+        cg.kill_all(KILL_TIMEOUT)?;
+        cg.remove()?;
+        // The shared parent goes too once no other task uses it.
+        let _ = std::fs::remove_dir(self.node.sandbox_parent());
+        Ok(())
+    }
+
+    fn pids_limit(&mut self, cg: &Cgroup, name: &str, max: u32) -> Result<PidsLimit, HostError> {
+        Ok(PidsLimit::apply(cg, &self.node.cgroup_parent, name, max)?)
+    }
+
+    fn pids_remove(&mut self, limit: &PidsLimit) {
+        limit.remove(&self.node.cgroup_parent);
+    }
+
+    fn secrets_issue(&mut self, task: &str, scope: &Scope) -> Result<IssuedSecrets, HostError> {
+        Ok(IssuedSecrets::issue(&self.node.secrets_dir, task, scope)?)
+    }
+
+    fn secrets_destroy(&mut self, s: &mut IssuedSecrets) -> Result<(), HostError> {
+        Ok(s.destroy()?)
+    }
+
+    fn reset_drops(&mut self, slot: u32) -> Result<(), HostError> {
+        Ok(self.sensor.reset_drops(slot)?)
+    }
+
+    fn drops(&mut self, slot: u32) -> u64 {
+        self.sensor.drops(slot).map(|d| d.total).unwrap_or(0)
+    }
+
+    fn egress_attach(&mut self, cg: &Cgroup, task: &str) -> Result<(), HostError> {
+        Ok(self.sensor.attach_task_egress(cg, task)?)
+    }
+
+    fn egress_detach(&mut self, task: &str) -> Result<(), HostError> {
+        self.sensor.detach_task_egress(task)?;
+        Ok(())
+    }
+
+    fn bind(&mut self, slot: u32, cgroup_ids: &[u64], scope: &CompiledScope) -> Result<(), HostError> {
+        Ok(self.sensor.bind(slot, cgroup_ids, scope)?)
+    }
+
+    fn unbind(&mut self, slot: u32, scope: Option<&CompiledScope>) -> Result<(), HostError> {
+        match scope {
+            Some(s) => self.sensor.unbind(slot, s)?,
+            None => {
+                self.sensor.unwatch_slot(slot)?;
+            }
+        }
+        Ok(())
+    }
+}

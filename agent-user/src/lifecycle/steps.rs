@@ -1,0 +1,322 @@
+//! The standard steps of a task, in the order they start. Each owns one resource.
+use super::{HostError, Origin, SandboxSpec, Step, StepError, Task, host::Host};
+use crate::{
+    audit::clock::Clock,
+    pipeline::{GapTracker, TaskCtx},
+    sandbox::{limits::PidsLimit, secrets::IssuedSecrets},
+    scope::compile::CompiledScope,
+    task::{IdentityDoc, scope_hash},
+};
+
+/// The steps every task goes through, in start order.
+pub fn standard_steps() -> Vec<Box<dyn Step>> {
+    vec![
+        Box::new(Secrets::default()),
+        Box::new(CompileScope),
+        Box::new(Sandbox),
+        Box::new(Limits::default()),
+        Box::new(Records),
+        Box::new(Egress),
+        Box::new(Tables),
+        Box::new(Identity),
+    ]
+}
+
+/// `secrets`: issues the scope's secrets onto a per-task tmpfs (their paths become part of
+/// the scope, so this comes before `scope`) and names them to the task's processes by
+/// environment variable.
+#[derive(Default)]
+pub struct Secrets {
+    issued: Option<IssuedSecrets>,
+}
+
+impl Step for Secrets {
+    fn name(&self) -> &'static str {
+        "secrets"
+    }
+
+    fn start(&mut self, task: &mut Task, host: &mut dyn Host) -> Result<(), StepError> {
+        let issued = match task.origin {
+            Origin::New if task.scope.has_issued_secrets() => {
+                host.secrets_issue(&task.id, &task.scope).map_err(|e| StepError::usage(self.name(), e))?
+            }
+            Origin::Adopted if task.secrets_dir.is_some() => {
+                host.secrets_adopt(&task.id, task.secrets.clone())
+            }
+            _ => return Ok(()),
+        };
+        task.scope.place_issued_secrets(issued.dir());
+        task.secrets_dir = Some(issued.dir().to_path_buf());
+        task.secrets = issued.issued.clone();
+        for s in &issued.issued {
+            task.launch.env.push((s.env.clone(), s.path.display().to_string()));
+        }
+        self.issued = Some(issued);
+        Ok(())
+    }
+
+    fn end(&mut self, task: &mut Task, host: &mut dyn Host) -> Result<(), StepError> {
+        let mut issued = match self.issued.take() {
+            Some(s) => s,
+            // Never started (a task that could not be re-adopted): destroy what is recorded.
+            None if task.secrets_dir.is_some() => host.secrets_adopt(&task.id, task.secrets.clone()),
+            None => return Ok(()),
+        };
+        host.secrets_destroy(&mut issued).map_err(|e| StepError::runtime(self.name(), e))
+    }
+}
+
+/// `scope`: compiles the scope into what the engines enforce.
+pub struct CompileScope;
+
+impl Step for CompileScope {
+    fn name(&self) -> &'static str {
+        "scope"
+    }
+
+    fn start(&mut self, task: &mut Task, _host: &mut dyn Host) -> Result<(), StepError> {
+        let compiled = CompiledScope::compile(&task.scope).map_err(|e| StepError::usage(self.name(), e))?;
+        task.compiled = Some(compiled);
+        Ok(())
+    }
+
+    fn end(&mut self, _task: &mut Task, _host: &mut dyn Host) -> Result<(), StepError> {
+        Ok(())
+    }
+}
+
+/// `sandbox`: creates the task's cgroup (or opens the one to bind) and makes the first
+/// process join it. Kill happens in the lifecycle's `stop`; the end removes what was created.
+pub struct Sandbox;
+
+impl Step for Sandbox {
+    fn name(&self) -> &'static str {
+        "sandbox"
+    }
+
+    fn start(&mut self, task: &mut Task, host: &mut dyn Host) -> Result<(), StepError> {
+        let cg = match (&task.sandbox, task.origin) {
+            (SandboxSpec::Create, Origin::New) => {
+                host.cgroup_create(&task.id).map_err(|e| StepError::runtime(self.name(), e))?
+            }
+            (SandboxSpec::Bind(path), Origin::New) => {
+                host.cgroup_open(path).map_err(|e| StepError::usage(self.name(), e))?
+            }
+            (SandboxSpec::Create | SandboxSpec::Bind(_), Origin::Adopted) => {
+                let path = sandbox_path(task, host);
+                let cg = host.cgroup_open(&path).map_err(|e| {
+                    StepError::runtime(self.name(), HostError::Refused(format!("its sandbox is gone: {e}")))
+                })?;
+                if task.cgroup_id.is_some_and(|id| id != cg.id()) {
+                    return Err(StepError::runtime(
+                        self.name(),
+                        HostError::Refused(format!("{} is another cgroup now", path.display())),
+                    ));
+                }
+                cg
+            }
+        };
+        task.cgroup_id = Some(cg.id());
+        task.launch.procs_files.push(cg.procs_file());
+        task.cgroup = Some(cg);
+        Ok(())
+    }
+
+    fn end(&mut self, task: &mut Task, host: &mut dyn Host) -> Result<(), StepError> {
+        if !task.created() {
+            return Ok(());
+        }
+        let cg = match task.cgroup.take() {
+            Some(cg) => cg,
+            // Never started (not re-adopted): remove what is at the recorded path.
+            None => match host.cgroup_open(&sandbox_path(task, host)) {
+                Ok(cg) => cg,
+                Err(_) => return Ok(()),
+            },
+        };
+        host.cgroup_remove(&cg).map_err(|e| StepError::runtime(self.name(), e))
+    }
+}
+
+/// Where the task's cgroup is.
+fn sandbox_path(task: &Task, host: &dyn Host) -> std::path::PathBuf {
+    if let Some(p) = &task.cgroup_path {
+        return p.clone();
+    }
+    match &task.sandbox {
+        SandboxSpec::Bind(p) => p.clone(),
+        SandboxSpec::Create => host.node().sandbox_parent().join(&task.id),
+    }
+}
+
+/// `limits`: the process limit (enforce mode), from the pids controller.
+#[derive(Default)]
+pub struct Limits {
+    pids: Option<PidsLimit>,
+}
+
+impl Step for Limits {
+    fn name(&self) -> &'static str {
+        "limits"
+    }
+
+    fn start(&mut self, task: &mut Task, host: &mut dyn Host) -> Result<(), StepError> {
+        let limit = match task.origin {
+            Origin::New => {
+                let (Some(max), true, Some(cg)) = (task.scope.process_limit, task.enforce(), &task.cgroup)
+                else {
+                    return Ok(());
+                };
+                let cg = cg.clone();
+                host.pids_limit(&cg, &task.id, max).map_err(|e| StepError::runtime(self.name(), e))?
+            }
+            Origin::Adopted => match &task.pids_v1 {
+                Some(p) => {
+                    PidsLimit::V1(host.cgroup_open(p).map_err(|e| StepError::runtime(self.name(), e))?)
+                }
+                None => return Ok(()),
+            },
+        };
+        if let PidsLimit::V1(cg) = &limit {
+            task.pids_v1 = Some(cg.path().to_path_buf());
+        }
+        task.launch.procs_files.extend(limit.procs_file());
+        self.pids = Some(limit);
+        Ok(())
+    }
+
+    fn end(&mut self, task: &mut Task, host: &mut dyn Host) -> Result<(), StepError> {
+        let limit = match self.pids.take() {
+            Some(l) => l,
+            None => match task.pids_v1.as_ref().map(|p| host.cgroup_open(p)) {
+                Some(Ok(cg)) => PidsLimit::V1(cg),
+                _ => return Ok(()),
+            },
+        };
+        host.pids_remove(&limit);
+        Ok(())
+    }
+}
+
+/// `records`: the pipeline attributes the slot's kernel records to the task from here on
+/// (before anything of the scope is in the kernel, so nothing it judges goes unattributed).
+pub struct Records;
+
+impl Step for Records {
+    fn name(&self) -> &'static str {
+        "records"
+    }
+
+    fn start(&mut self, task: &mut Task, host: &mut dyn Host) -> Result<(), StepError> {
+        if task.origin == Origin::New {
+            host.reset_drops(task.slot).map_err(|e| StepError::runtime(self.name(), e))?;
+            // Only what is lost from now on is this task's gap.
+            task.gaps = GapTracker { drops: 0, decode_errors: host.pipeline().decode_failures() };
+        }
+        host.pipeline().register(task.slot, TaskCtx { id: task.id.clone(), mode: task.scope.mode });
+        Ok(())
+    }
+
+    fn undo(&mut self, task: &mut Task, host: &mut dyn Host) {
+        let p = host.pipeline();
+        p.unregister(task.slot);
+        p.forget_chain(&task.id);
+    }
+
+    /// The registration outlives the other steps' ends (their records still belong to the
+    /// task); the lifecycle closes it after the checkpoint.
+    fn end(&mut self, _task: &mut Task, _host: &mut dyn Host) -> Result<(), StepError> {
+        Ok(())
+    }
+}
+
+/// `egress`: the cgroup sock_addr programs that judge the task's connections.
+pub struct Egress;
+
+impl Step for Egress {
+    fn name(&self) -> &'static str {
+        "egress"
+    }
+
+    fn start(&mut self, task: &mut Task, host: &mut dyn Host) -> Result<(), StepError> {
+        let Some(cg) = task.cgroup.clone() else { return Ok(()) };
+        host.egress_attach(&cg, &task.id).map_err(|e| StepError::runtime(self.name(), e))
+    }
+
+    fn end(&mut self, task: &mut Task, host: &mut dyn Host) -> Result<(), StepError> {
+        host.egress_detach(&task.id).map_err(|e| StepError::runtime(self.name(), e))
+    }
+}
+
+/// `tables`: the compiled scope into the kernel maps, the watch entries last (no check ever
+/// sees half a scope). Also works out what this engine cannot enforce of the scope.
+pub struct Tables;
+
+impl Step for Tables {
+    fn name(&self) -> &'static str {
+        "tables"
+    }
+
+    fn start(&mut self, task: &mut Task, host: &mut dyn Host) -> Result<(), StepError> {
+        let (Some(cg), Some(compiled)) = (task.cgroup.clone(), task.compiled.as_ref()) else {
+            return Ok(());
+        };
+        let ids = host.cgroup_ids(&cg);
+        host.bind(task.slot, &ids, compiled).map_err(|e| StepError::runtime(self.name(), e))?;
+        task.bound_boot_ns = Some(Clock::boot_now_ns());
+        let lsm = host.engine().is_lsm();
+        let mut unenforced = compiled.unenforced(lsm);
+        if unenforced.iter().any(|u| u == "secrets-by-tool") && task.origin == Origin::New {
+            tracing::warn!(
+                task = %task.id,
+                "the fallback engine cannot tell tools apart: secrets are readable by every process of the task"
+            );
+        }
+        if task.enforce() && !lsm && !task.created() {
+            // Landlock and seccomp confine processes Warden starts; processes already in a
+            // bound cgroup keep running under the kernel hooks only.
+            unenforced.push("files-for-processes-started-outside-warden".to_string());
+        }
+        task.unenforced = unenforced;
+        Ok(())
+    }
+
+    fn end(&mut self, task: &mut Task, host: &mut dyn Host) -> Result<(), StepError> {
+        host.unbind(task.slot, task.compiled.as_ref()).map_err(|e| StepError::runtime(self.name(), e))
+    }
+}
+
+/// `identity`: the task's signed workload-identity document, its start and expiry.
+pub struct Identity;
+
+impl Step for Identity {
+    fn name(&self) -> &'static str {
+        "identity"
+    }
+
+    fn start(&mut self, task: &mut Task, host: &mut dyn Host) -> Result<(), StepError> {
+        if task.origin == Origin::Adopted {
+            return Ok(());
+        }
+        let clock = *host.pipeline().clock();
+        let now = Clock::boot_now_ns();
+        task.started = clock.format(now);
+        task.expires_boot_ns = task.scope.ttl.map(|t| now + t.as_nanos() as u64);
+        task.expires = task.expires_boot_ns.map(|e| clock.format(e));
+        let node = host.node();
+        task.identity = Some(IdentityDoc::new_signed(
+            &node.key,
+            &task.id,
+            scope_hash(&task.scope.text),
+            task.cgroup_id.unwrap_or(0),
+            node.name.clone(),
+            task.started.clone(),
+            task.expires.clone(),
+        ));
+        Ok(())
+    }
+
+    fn end(&mut self, _task: &mut Task, _host: &mut dyn Host) -> Result<(), StepError> {
+        Ok(())
+    }
+}
