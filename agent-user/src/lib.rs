@@ -11,6 +11,7 @@ pub mod cli;
 pub mod correlate;
 pub mod daemon;
 pub mod decode;
+pub mod k8s;
 pub mod lifecycle;
 pub mod loader;
 pub mod pipeline;

@@ -4,7 +4,7 @@
 //! (failures counted), correlated with the process table and its task, and
 //! written to the audit sink with a gap-free per-task sequence number, chained and sealed
 //! (see [`crate::audit::chain`]).
-use std::{collections::HashMap, io};
+use std::{collections::HashMap, io, sync::Arc};
 
 use crate::{
     audit::{
@@ -15,6 +15,7 @@ use crate::{
     },
     correlate::ProcessTable,
     decode::{Decoder, Event, KAction, KDecision, LsmKind},
+    k8s::pod::PodIdentity,
     rules::{RuleSet, engine::Engine},
 };
 
@@ -43,6 +44,8 @@ pub struct Pipeline {
     signer: Option<NodeKey>,
     /// Scope-drift rules evaluated live over every record written.
     rules: Option<Engine<'static>>,
+    /// The pod of each task bound to a container: written on every record of the task.
+    pods: HashMap<String, Arc<PodIdentity>>,
 }
 
 /// Where a task's chain stands.
@@ -65,6 +68,7 @@ impl Pipeline {
             chains: HashMap::new(),
             signer: None,
             rules: None,
+            pods: HashMap::new(),
         }
     }
 
@@ -82,9 +86,15 @@ impl Pipeline {
         self.chains.insert(task.to_string(), TaskChain { seq, head, since_checkpoint: 0 });
     }
 
-    /// Forgets an ended task's chain.
+    /// Forgets an ended task's chain (and its pod).
     pub fn forget_chain(&mut self, task: &str) {
         self.chains.remove(task);
+        self.pods.remove(task);
+    }
+
+    /// Every record of `task` from now on names this pod and container.
+    pub fn set_pod(&mut self, task: &str, pod: PodIdentity) {
+        self.pods.insert(task.to_string(), Arc::new(pod));
     }
 
     /// Records written but not yet flushed stay in the sink; this says how many tasks have a
@@ -130,6 +140,9 @@ impl Pipeline {
         rec.v = SCHEMA_VERSION;
         rec.seq = chain.seq;
         rec.prev = Some(chain.head.clone());
+        if rec.pod.is_none() {
+            rec.pod = self.pods.get(&rec.task).cloned();
+        }
         let mut line = serde_json::to_string(&rec)?;
         chain.head = chain::seal(&mut line);
         chain.since_checkpoint = if rec.kind == "checkpoint" { 0 } else { chain.since_checkpoint + 1 };
@@ -346,7 +359,7 @@ mod tests {
         decode::tests::exec_bytes,
         source::{EventSource, MemorySource},
     };
-    use std::sync::{Arc, Mutex};
+    use std::sync::Mutex;
 
     struct Shared(Arc<Mutex<MemorySink>>);
     impl AuditSink for Shared {
@@ -394,6 +407,41 @@ mod tests {
         let recs = &mem.lock().unwrap().records;
         let gaps: Vec<_> = recs.iter().map(|r| (r.kind, r.drops, r.decode_errors)).collect();
         assert_eq!(gaps, [("gap", Some(3), Some(1)), ("gap", Some(2), Some(0))]);
+    }
+
+    #[tokio::test]
+    async fn a_pods_task_names_the_pod_on_every_record() {
+        let mem = Arc::new(Mutex::new(MemorySink::default()));
+        let mut p =
+            Pipeline::new(ProcessTable::default(), Clock::with_offset(0), Box::new(Shared(mem.clone())));
+        p.register(3, TaskCtx { id: "t-1".into(), mode: Mode::Enforce });
+        p.register(4, TaskCtx { id: "t-2".into(), mode: Mode::Enforce });
+        let pod = PodIdentity {
+            uid: "u".into(),
+            name: "agent".into(),
+            container_id: "c".into(),
+            ..Default::default()
+        };
+        p.set_pod("t-1", pod.clone());
+        p.emit(AuditRecord { task: "t-1".into(), kind: "task_start", ..Default::default() }).unwrap();
+        let mut src = MemorySource::new([exec_bytes(10, 1, "/bin/sh")]);
+        assert!(src.wait().await.unwrap());
+        src.drain(&mut |b| p.ingest(b));
+        p.emit(AuditRecord { task: "t-2".into(), kind: "task_start", ..Default::default() }).unwrap();
+        p.forget_chain("t-1");
+        p.emit(AuditRecord { task: "t-1".into(), kind: "gap", ..Default::default() }).unwrap();
+        let recs = &mem.lock().unwrap().records;
+        let pods: Vec<_> =
+            recs.iter().map(|r| (r.task.as_str(), r.kind, r.pod.as_deref().cloned())).collect();
+        assert_eq!(
+            pods,
+            [
+                ("t-1", "task_start", Some(pod.clone())),
+                ("t-1", "exec", Some(pod)),
+                ("t-2", "task_start", None),
+                ("t-1", "gap", None),
+            ]
+        );
     }
 
     #[tokio::test]

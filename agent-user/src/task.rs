@@ -32,6 +32,10 @@ pub struct IdentityDoc {
     pub started: String,
     /// RFC 3339, when the scope has a ttl.
     pub expires: Option<String>,
+    /// The pod and container, for a task bound to a pod's container (absent otherwise, so
+    /// documents without it are signed as before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<crate::k8s::pod::PodIdentity>,
     /// The signer's ed25519 public key (hex).
     pub key: String,
     /// base64 ed25519 signature over the document's JSON with `sig` empty.
@@ -75,6 +79,7 @@ impl IdentityDoc {
             node,
             started,
             expires,
+            pod: None,
             key: String::new(),
             sig: String::new(),
         }
@@ -142,6 +147,7 @@ mod tests {
             node: "n".into(),
             started: "2026-01-01T00:00:00.000000000Z".into(),
             expires: None,
+            pod: None,
             key: String::new(),
             sig: String::new(),
         }
@@ -152,5 +158,20 @@ mod tests {
         assert!(matches!(IdentityDoc::verify(&tampered, None), Err(IdentityError::Signature(_))));
         assert!(matches!(IdentityDoc::verify(&text, Some("00")), Err(IdentityError::Untrusted { .. })));
         assert!(matches!(IdentityDoc::verify("{}", None), Err(IdentityError::Malformed(_))));
+        // A pod's document: the pod is signed with the rest; changing it breaks the signature.
+        let pod = crate::k8s::pod::PodIdentity {
+            uid: "3d1f0b8e-5c2a-4f6e-9a7b-0c1d2e3f4a5b".into(),
+            namespace: "agents".into(),
+            name: "agent-1".into(),
+            container: "runner".into(),
+            container_id: "ab".repeat(32),
+            runtime: "containerd".into(),
+        };
+        let doc = IdentityDoc { pod: Some(pod), ..doc }.sign(&key);
+        let text = serde_json::to_string(&doc).unwrap();
+        assert!(text.contains(r#""namespace":"agents""#), "{text}");
+        assert_eq!(IdentityDoc::verify(&text, None).unwrap(), doc);
+        let moved = text.replace("agent-1", "agent-2");
+        assert!(matches!(IdentityDoc::verify(&moved, None), Err(IdentityError::Signature(_))));
     }
 }

@@ -150,6 +150,10 @@ pub struct AuditRecord {
     /// checkpoint: base64 ed25519 signature of "warden-checkpoint-v1\n{task}\n{seq}\n{prev}".
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sig: Option<String>,
+    /// The pod and container of a task bound by `warden oci-hook`: on every record of the
+    /// task.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<std::sync::Arc<crate::k8s::pod::PodIdentity>>,
     /// The `hash` of the previous record of this task (64 zeros for the first). Always last
     /// before `hash`, which the pipeline appends when it seals the line.
     #[serde(skip_serializing_if = "Option::is_none")]

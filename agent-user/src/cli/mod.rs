@@ -2,6 +2,7 @@
 //! them into resolved settings and runs.
 mod identity;
 mod nats;
+mod oci_hook;
 mod probe;
 mod report;
 mod rules;
@@ -55,6 +56,9 @@ pub enum Command {
     Task(task::TaskArgs),
     /// Print the daemon's audit records (the node log), or follow them live.
     Events(task::EventsArgs),
+    /// OCI runtime hook (createRuntime/prestart and poststop): bind a pod's container to the
+    /// scope its annotations name before its first instruction; end the task when it stops.
+    OciHook(oci_hook::OciHookArgs),
 }
 
 /// How a verb failed.
@@ -98,6 +102,7 @@ pub fn main() -> i32 {
         Command::Daemon(a) => task::daemon(a),
         Command::Task(a) => task::task(a),
         Command::Events(a) => task::events(a),
+        Command::OciHook(a) => oci_hook::run(a),
     };
     match result {
         Ok(code) => code,

@@ -1,7 +1,10 @@
 //! The daemon's local API: HTTP/1.1 + JSON over a unix socket. Request and response bodies
 //! (shared by the server and the `warden` client verbs) and the client. `docs/daemon.md`
 //! lists the endpoints.
-use std::path::{Path, PathBuf};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -9,7 +12,7 @@ use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
 
-use crate::{sandbox::secrets::IssuedInfo, task::IdentityDoc};
+use crate::{k8s::pod::PodIdentity, sandbox::secrets::IssuedInfo, task::IdentityDoc};
 
 /// API version prefix of every path.
 pub const PREFIX: &str = "/v1";
@@ -44,6 +47,22 @@ pub struct StartRequest {
     pub cmd: Option<Vec<String>>,
 }
 
+/// `POST /v1/containers`: bind a container before its first instruction (`warden oci-hook`).
+/// The daemon finds the container's cgroup from its process, its pod from the cgroup path
+/// and the annotations, and its scope from the annotations and the `scopes` directory.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerRequest {
+    /// The runtime's container id (the OCI state's `id`).
+    pub id: String,
+    /// The container's process (host pid).
+    pub pid: u32,
+    /// The container's root filesystem, absolute (scope paths are resolved inside it).
+    pub rootfs: PathBuf,
+    /// The spec's `warden.dev/*` and `io.kubernetes.*` annotations.
+    pub annotations: BTreeMap<String, String>,
+}
+
 /// What a client needs to run commands in a task, and what `task list` shows.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -74,6 +93,9 @@ pub struct TaskInfo {
     /// Processes in the sandbox now.
     pub processes: u64,
     pub identity: IdentityDoc,
+    /// The pod and container, for a task bound by `warden oci-hook`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodIdentity>,
 }
 
 /// `POST /v1/tasks/{id}/end`.
@@ -221,6 +243,16 @@ impl Client {
     pub async fn end(&self, id: &str, reason: Option<String>) -> Result<EndResponse, ClientError> {
         let body = serde_json::to_vec(&EndRequest { reason })?;
         self.call(Method::POST, &format!("/tasks/{}/end", enc(id)), Some(body)).await
+    }
+
+    pub async fn bind_container(&self, req: &ContainerRequest) -> Result<TaskInfo, ClientError> {
+        self.call(Method::POST, "/containers", Some(serde_json::to_vec(req)?)).await
+    }
+
+    /// Ends the task bound to a container (by the runtime's container id).
+    pub async fn end_container(&self, id: &str, reason: Option<String>) -> Result<EndResponse, ClientError> {
+        let body = serde_json::to_vec(&EndRequest { reason })?;
+        self.call(Method::POST, &format!("/containers/{}/end", enc(id)), Some(body)).await
     }
 
     pub async fn identity(&self, id: &str) -> Result<IdentityDoc, ClientError> {

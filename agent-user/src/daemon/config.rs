@@ -39,6 +39,9 @@ pub struct DaemonConfig {
     pub maps: LoadOptions,
     /// A directory of scope-drift rules evaluated live; findings become records.
     pub rules: Option<PathBuf>,
+    /// Scopes pods may name (`warden.dev/scope: NAME` → `<scopes>/NAME.yaml`), read when a
+    /// container is bound. Unset: containers cannot be bound.
+    pub scopes: Option<PathBuf>,
 }
 
 impl Default for DaemonConfig {
@@ -56,6 +59,7 @@ impl Default for DaemonConfig {
             engine: EngineChoice::Auto,
             maps: LoadOptions::default(),
             rules: None,
+            scopes: None,
         }
     }
 }
@@ -175,6 +179,11 @@ impl DaemonConfig {
         if !rel_ok(&self.pin_name) || self.pin_name.contains('/') {
             return Err(bad("pin_name", "must be one directory name, e.g. warden".into()));
         }
+        if let Some(d) = &self.scopes
+            && !d.is_absolute()
+        {
+            return Err(bad("scopes", format!("{} is not an absolute path", d.display())));
+        }
         if let Some(a) = self.metrics.listen
             && !a.ip().is_loopback()
         {
@@ -248,6 +257,7 @@ mod tests {
             ("cgroup_parent: ../x\n", "cgroup_parent"),
             ("metrics:\n  listen: 0.0.0.0:9464\n", "metrics.listen"),
             ("log:\n  keep: 3\n", "log.keep"),
+            ("scopes: etc/scopes\n", "scopes"),
         ] {
             let e = parse(t).unwrap_err().to_string();
             assert!(e.contains(field), "{t}: {e}");

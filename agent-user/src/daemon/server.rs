@@ -20,7 +20,7 @@ use tokio::{
 };
 
 use super::{
-    api::{EndRequest, ErrorBody, StartRequest},
+    api::{ContainerRequest, EndRequest, ErrorBody, StartRequest},
     core::{ApiError, Cmd, Shared, StreamLine},
 };
 
@@ -63,6 +63,8 @@ pub fn api_router(state: AppState) -> Router {
         .route("/v1/tasks/{id}", get(task))
         .route("/v1/tasks/{id}/end", post(end))
         .route("/v1/tasks/{id}/identity", get(identity))
+        .route("/v1/containers", post(start_container))
+        .route("/v1/containers/{id}/end", post(end_container))
         .route("/v1/events", get(events))
         .with_state(state)
 }
@@ -97,6 +99,33 @@ async fn ask<T>(
     let (tx, rx) = oneshot::channel();
     state.cmds.send(make(tx)).await.map_err(|_| ApiError::internal("the daemon is stopping"))?;
     rx.await.map_err(|_| ApiError::internal("the daemon dropped the request"))?
+}
+
+async fn start_container(
+    State(s): State<AppState>,
+    ConnectInfo(p): ConnectInfo<Peer>,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<super::api::TaskInfo>), ApiError> {
+    guard(&s, &p)?;
+    let req: ContainerRequest =
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad(format!("request body: {e}")))?;
+    let info = ask(&s, |tx| Cmd::StartContainer(Box::new(req), tx)).await?;
+    Ok((StatusCode::CREATED, Json(info)))
+}
+
+async fn end_container(
+    State(s): State<AppState>,
+    ConnectInfo(p): ConnectInfo<Peer>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<super::api::EndResponse>, ApiError> {
+    guard(&s, &p)?;
+    let req: EndRequest = if body.is_empty() {
+        EndRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad(format!("request body: {e}")))?
+    };
+    Ok(Json(ask(&s, |tx| Cmd::EndContainer(id, req, tx)).await?))
 }
 
 async fn health(

@@ -593,6 +593,17 @@ impl CompiledScope {
     /// Resolves identities and builds every table. Filesystem errors (a missing executable,
     /// a script whose interpreter is not allowed) are scope errors at their line.
     pub fn compile(scope: &Scope) -> Result<Self, ScopeError> {
+        Self::compile_in(scope, None)
+    }
+
+    /// [`CompiledScope::compile`] for a scope whose paths were placed in a container's root
+    /// ([`crate::k8s::root::Root::place`]): the interpreters that executables and scripts
+    /// name are the container's too.
+    pub fn compile_in(scope: &Scope, root: Option<&crate::k8s::root::Root>) -> Result<Self, ScopeError> {
+        let place = |p: PathBuf| match root {
+            Some(r) => r.resolve(&p).unwrap_or(p),
+            None => fs::canonicalize(&p).unwrap_or(p),
+        };
         // exec: identities, plus the paths Landlock must let exec (ELF interpreters included).
         let mut exec_paths: Vec<PathBuf> = Vec::new();
         let exec = match &scope.exec_allow {
@@ -615,14 +626,14 @@ impl CompiledScope {
                     }
                     exec_paths.push(id.path.clone());
                     if let Some(interp) = elf_interpreter(&id.path) {
-                        exec_paths.push(fs::canonicalize(&interp).unwrap_or(interp));
+                        exec_paths.push(place(interp));
                     }
                     ids.push(id);
                 }
                 // A script runs only if its interpreter may run too.
                 for (p, id) in paths.iter().zip(&ids) {
                     if let Some(interp) = shebang(&id.path) {
-                        let allowed = FileId::of(&interp)
+                        let allowed = FileId::of(&place(interp.clone()))
                             .map(|i| ids.iter().any(|a| a.dev == i.dev && a.ino == i.ino))
                             .unwrap_or(false);
                         if !allowed {
