@@ -43,6 +43,9 @@ pub fn run(tiers: &[Tier]) -> anyhow::Result<()> {
         util::ensure_apt("/usr/sbin/nats-server", "nats-server")?;
         // The report test renders pages in headless Chromium.
         util::ensure_apt("/usr/bin/chromium", "chromium")?;
+        // The Kubernetes tests run real containers: runc with a busybox-static root.
+        util::ensure_apt("/usr/sbin/runc", "runc")?;
+        util::ensure_apt("/bin/busybox", "busybox-static")?;
         let warden = build_warden(false)?;
         let cells = crate::coverage::cells_dir(&util::workspace_root());
         std::fs::create_dir_all(&cells)?;

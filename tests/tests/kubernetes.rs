@@ -1,0 +1,336 @@
+//! Host tier: real containers. Debian's `runc` runs OCI bundles the test builds (a
+//! `busybox-static` root filesystem), with `warden oci-hook` in their `config.json` for
+//! `createRuntime` and `poststop`, pod annotations in the spec and a kubepods-style cgroup
+//! path (cgroupfs driver layout) below the cgroup2 mount. Each test runs its own daemon.
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    process::{Command, Output, Stdio},
+    time::Duration,
+};
+
+use agent_user::sandbox::cgroup2_mount;
+use warden_tests::{coverage, daemon::TestDaemon, engine, require, warden_bin};
+
+const RUNC: &str = "/usr/sbin/runc";
+const BUSYBOX: &str = "/bin/busybox";
+
+fn random_hex(bytes: usize) -> String {
+    let mut b = vec![0u8; bytes];
+    // SAFETY: valid buffer of the given length.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    assert_eq!(n as usize, bytes);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// One pod's container: its bundle, runc state dir and kubepods-style cgroup. Dropping it
+/// kills and deletes the container and removes its cgroups in every hierarchy.
+struct Pod {
+    dir: tempfile::TempDir,
+    id: String,
+    uid: String,
+    /// `warden-test-k8s-<pid>-<n>`: the top of its cgroup path, in every hierarchy.
+    top: String,
+    cgroup_rel: String,
+}
+
+impl Pod {
+    /// A bundle whose process runs `args`; `annotations` go into the spec.
+    fn new(daemon: &TestDaemon, args: &[&str], annotations: &[(&str, &str)]) -> Self {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let id = random_hex(32);
+        let u = random_hex(16);
+        let uid = format!("{}-{}-{}-{}-{}", &u[..8], &u[8..12], &u[12..16], &u[16..20], &u[20..]);
+        let top = format!("warden-test-k8s-{}-{n}", std::process::id());
+        let cgroup_rel = format!("/{top}/kubepods/burstable/pod{uid}/{id}");
+        let rootfs = dir.path().join("bundle/rootfs");
+        for d in ["bin", "opt", "tmp", "proc", "dev", "sys", "etc"] {
+            std::fs::create_dir_all(rootfs.join(d)).expect("rootfs dirs");
+        }
+        std::fs::copy(BUSYBOX, rootfs.join("bin/busybox")).expect("copy busybox");
+        for applet in ["sh", "cat", "echo", "ls", "sleep"] {
+            std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).expect("applet link");
+        }
+        // The same program as another file (busybox runs the applet its name says: a shell):
+        // not in any scope.
+        std::fs::copy(BUSYBOX, rootfs.join("opt/sh")).expect("copy busybox");
+        let bundle = dir.path().join("bundle");
+        let out = Command::new(RUNC).args(["spec", "--bundle"]).arg(&bundle).output().expect("runc spec");
+        assert!(out.status.success(), "runc spec: {}", String::from_utf8_lossy(&out.stderr));
+        let path = bundle.join("config.json");
+        let mut spec: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).expect("config.json")).expect("spec JSON");
+        spec["process"]["terminal"] = false.into();
+        spec["process"]["args"] = serde_json::json!(args);
+        spec["root"]["readonly"] = false.into();
+        spec["linux"]["cgroupsPath"] = cgroup_rel.clone().into();
+        let mut ann: BTreeMap<String, String> = BTreeMap::from([
+            ("io.kubernetes.cri.container-type".into(), "container".into()),
+            ("io.kubernetes.cri.sandbox-uid".into(), uid.clone()),
+            ("io.kubernetes.cri.sandbox-name".into(), format!("agent-{n}")),
+            ("io.kubernetes.cri.sandbox-namespace".into(), "agents".into()),
+            ("io.kubernetes.cri.container-name".into(), "runner".into()),
+        ]);
+        for (k, v) in annotations {
+            ann.insert(k.to_string(), v.to_string());
+        }
+        spec["annotations"] = serde_json::to_value(&ann).expect("annotations");
+        let note = dir.path().join("oci-hook.jsonl");
+        let hook = serde_json::json!({
+            "path": warden_bin(),
+            "args": ["warden", "oci-hook", "--socket", daemon.socket, "--note", note, "--timeout", "20"],
+            "timeout": 60,
+        });
+        spec["hooks"] = serde_json::json!({"createRuntime": [hook.clone()], "poststop": [hook]});
+        std::fs::write(&path, serde_json::to_vec_pretty(&spec).expect("spec")).expect("write config.json");
+        Pod { dir, id, uid, top, cgroup_rel }
+    }
+
+    fn runc(&self) -> Command {
+        let mut c = Command::new(RUNC);
+        c.arg("--root").arg(self.dir.path().join("runc-state"));
+        c
+    }
+
+    /// `runc run`: create (hooks: createRuntime), start, wait, delete (hooks: poststop).
+    fn run(&self) -> Output {
+        self.runc()
+            .args(["run", "--bundle"])
+            .arg(self.dir.path().join("bundle"))
+            .arg(&self.id)
+            .stdin(Stdio::null())
+            .output()
+            .expect("runc run")
+    }
+
+    fn rootfs(&self) -> PathBuf {
+        self.dir.path().join("bundle/rootfs")
+    }
+
+    fn note(&self) -> PathBuf {
+        self.dir.path().join("oci-hook.jsonl")
+    }
+}
+
+impl Drop for Pod {
+    fn drop(&mut self) {
+        let _ = self.runc().args(["kill", &self.id, "KILL"]).output();
+        let _ = self.runc().args(["delete", "--force", &self.id]).output();
+        // runc removes the container's own cgroup; the kubepods-style parents are ours.
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        for line in mounts.lines() {
+            let Some((pre, post)) = line.split_once(" - ") else { continue };
+            if !(post.starts_with("cgroup ") || post.starts_with("cgroup2 ")) {
+                continue;
+            }
+            let Some(mp) = pre.split_whitespace().nth(4) else { continue };
+            let top = Path::new(mp).join(&self.top);
+            if top.exists() {
+                remove_tree(&top);
+            }
+        }
+    }
+}
+
+fn remove_tree(p: &Path) {
+    if let Ok(rd) = std::fs::read_dir(p) {
+        for e in rd.flatten() {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                remove_tree(&e.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(p);
+}
+
+/// Whether this host can run the test: root, runc, a static busybox, cgroup v2.
+fn ready(test: &str) -> bool {
+    if !require(test, "root") {
+        return false;
+    }
+    for b in [RUNC, BUSYBOX] {
+        if !Path::new(b).exists() {
+            panic!("{test}: {b} is missing (cargo xtask test installs runc and busybox-static)");
+        }
+    }
+    assert!(
+        agent_user::scope::compile::elf_interpreter(Path::new(BUSYBOX)).is_none(),
+        "{BUSYBOX} is not static (install busybox-static)"
+    );
+    cgroup2_mount().expect("cgroup2 mount");
+    true
+}
+
+/// A daemon whose scopes directory holds `agent.yaml`: only the image's shell may run.
+fn daemon_with_scopes() -> TestDaemon {
+    let scopes = tempfile::tempdir().expect("tempdir").keep();
+    std::fs::write(scopes.join("agent.yaml"), "version: 1\ntask: pod-agent\nexec:\n  allow: [/bin/sh]\n")
+        .expect("scope");
+    TestDaemon::start(&format!("scopes: {}\n", scopes.display()))
+}
+
+fn pod_of(r: &serde_json::Value) -> &serde_json::Value {
+    &r["pod"]
+}
+
+fn task_of(d: &TestDaemon, pod: &Pod) -> String {
+    let start = d
+        .records()
+        .into_iter()
+        .find(|r| r["kind"] == "task_start" && r["pod"]["container_id"] == pod.id.as_str())
+        .unwrap_or_else(|| panic!("no task_start for container {}; daemon:\n{}", pod.id, d.stderr()));
+    start["task"].as_str().expect("task id").to_string()
+}
+
+/// The task ended because the container did: runc's poststop hook, or the daemon seeing the
+/// container's cgroup empty, whichever came first.
+fn ended_by_exit(end: &serde_json::Value) -> bool {
+    end["reason"] == "container stopped" || end["reason"] == "exited"
+}
+
+/// The container's very first command is outside the scope: it is killed before its first
+/// instruction and the refusal is recorded with the pod; the container's exit ends the task.
+#[test]
+fn container_first_command_outside_scope_is_refused_with_pod_fields() {
+    if !ready("container_first_command_outside_scope_is_refused_with_pod_fields") {
+        return;
+    }
+    let d = daemon_with_scopes();
+    let pod =
+        Pod::new(&d, &["/opt/sh", "-c", "echo escaped > /tmp/escaped"], &[("warden.dev/scope", "agent")]);
+    let out = pod.run();
+    assert!(
+        !out.status.success(),
+        "the forbidden first command ran: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        d.stderr()
+    );
+    assert!(!pod.rootfs().join("tmp/escaped").exists(), "the forbidden command ran");
+    let task = task_of(&d, &pod);
+    let deny =
+        d.wait_record(&task, Duration::from_secs(10), |r| r["kind"] == "exec" && r["decision"] == "deny");
+    assert!(deny["path"].as_str().unwrap_or("").ends_with("/opt/sh"), "{deny}");
+    let p = pod_of(&deny);
+    assert_eq!(p["uid"], pod.uid.as_str(), "{deny}");
+    assert_eq!(p["container_id"], pod.id.as_str(), "{deny}");
+    assert_eq!(p["namespace"], "agents", "{deny}");
+    assert_eq!(p["container"], "runner", "{deny}");
+    assert!(p["name"].as_str().unwrap_or("").starts_with("agent-"), "{deny}");
+    coverage(
+        "exec identity (container)",
+        "syscall",
+        if deny["action"] == "kill" { "killed" } else { "enforced" },
+    );
+    // The start names the pod and the cgroup runc made; the identity document names the pod.
+    let start = d.records_of(&task).into_iter().find(|r| r["kind"] == "task_start").expect("task_start");
+    assert_eq!(pod_of(&start)["uid"], pod.uid.as_str());
+    assert!(start["cgroup"].as_str().unwrap_or("").ends_with(&pod.cgroup_rel), "{start}");
+    if engine() == "fallback" {
+        let u = start["unenforced"].as_array().expect("unenforced listed for a pod on the fallback engine");
+        assert!(u.iter().any(|v| v == "files-in-container"), "{start}");
+    }
+    // runc's poststop ended the task.
+    let end = d.wait_record(&task, Duration::from_secs(10), |r| r["kind"] == "task_end");
+    assert!(ended_by_exit(&end), "{end}");
+    assert_eq!(pod_of(&end)["container_id"], pod.id.as_str());
+    // Every record of the task names the pod.
+    for r in d.records_of(&task) {
+        assert_eq!(r["pod"]["uid"], pod.uid.as_str(), "{r}");
+    }
+    let out = d.warden(&["verify", d.log.to_str().expect("utf-8")]);
+    assert!(out.status.success(), "verify: {}", String::from_utf8_lossy(&out.stdout));
+}
+
+/// An allowed workload runs to completion with zero denials, and its exit ends the task.
+#[test]
+fn container_allowed_workload_runs_without_denials() {
+    if !ready("container_allowed_workload_runs_without_denials") {
+        return;
+    }
+    let d = daemon_with_scopes();
+    let pod = Pod::new(
+        &d,
+        &[
+            "/bin/sh",
+            "-c",
+            "echo hello > /tmp/out && cat /tmp/out > /tmp/copy && ls / > /dev/null && sleep 0.2",
+        ],
+        &[("warden.dev/scope", "agent")],
+    );
+    let out = pod.run();
+    assert!(
+        out.status.success(),
+        "the allowed workload failed: {}\ndaemon:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        d.stderr()
+    );
+    assert_eq!(std::fs::read_to_string(pod.rootfs().join("tmp/copy")).expect("workload output"), "hello\n");
+    let task = task_of(&d, &pod);
+    let end = d.wait_record(&task, Duration::from_secs(10), |r| r["kind"] == "task_end");
+    assert!(ended_by_exit(&end), "{end}");
+    let records = d.records_of(&task);
+    let denials: Vec<_> =
+        records.iter().filter(|r| r["decision"] == "deny" || r["decision"] == "audit").collect();
+    assert!(denials.is_empty(), "an allowed workload was refused: {denials:?}");
+    // It really ran under the task: its execs are on the record.
+    assert!(records.iter().any(|r| r["kind"] == "exec" && r["decision"] == "allow"), "{records:?}");
+    let out = d.warden(&["task", "list", "--json"]);
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("task list JSON");
+    assert_eq!(list.as_array().map(Vec::len), Some(0), "the container's task outlived it: {list}");
+}
+
+/// With the daemon stopped the container does not start (fail closed); with
+/// `warden.dev/on-failure: open` it starts unbound and that is noted.
+#[test]
+fn container_does_not_start_without_the_daemon() {
+    if !ready("container_does_not_start_without_the_daemon") {
+        return;
+    }
+    let mut d = daemon_with_scopes();
+    d.stop();
+    let pod = Pod::new(&d, &["/bin/sh", "-c", "echo ran > /tmp/ran"], &[("warden.dev/scope", "agent")]);
+    let out = pod.run();
+    assert!(!out.status.success(), "the container started without the daemon");
+    assert!(!pod.rootfs().join("tmp/ran").exists(), "the container's command ran unbound");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot be bound"), "runc's error does not carry the hook's reason: {err}");
+
+    let open = Pod::new(
+        &d,
+        &["/bin/sh", "-c", "echo ran > /tmp/ran"],
+        &[("warden.dev/scope", "agent"), ("warden.dev/on-failure", "open")],
+    );
+    let out = open.run();
+    assert!(
+        out.status.success(),
+        "fail-open container did not start: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(open.rootfs().join("tmp/ran").exists());
+    let note = std::fs::read_to_string(open.note()).expect("the unbound start is noted");
+    assert!(note.contains(&open.id) && note.contains("\"on_failure\":\"open\""), "{note}");
+}
+
+/// A pod that names a scope the daemon does not have is refused, and the refusal is on the
+/// record with the pod.
+#[test]
+fn container_with_unknown_scope_is_refused_on_the_record() {
+    if !ready("container_with_unknown_scope_is_refused_on_the_record") {
+        return;
+    }
+    let d = daemon_with_scopes();
+    let pod =
+        Pod::new(&d, &["/bin/sh", "-c", "echo ran > /tmp/ran"], &[("warden.dev/scope", "no-such-scope")]);
+    let out = pod.run();
+    assert!(!out.status.success(), "a container with an unknown scope started");
+    assert!(!pod.rootfs().join("tmp/ran").exists());
+    let rec = d
+        .records()
+        .into_iter()
+        .find(|r| r["kind"] == "bind_failed" && r["pod"]["container_id"] == pod.id.as_str())
+        .unwrap_or_else(|| panic!("no bind_failed record; daemon:\n{}", d.stderr()));
+    assert_eq!(rec["decision"], "deny", "{rec}");
+    assert!(rec["reason"].as_str().unwrap_or("").contains("no-such-scope"), "{rec}");
+}
