@@ -326,6 +326,10 @@ fn base(
     if c.is_some() {
         profiles.push("security_control");
     }
+    let container = container_obj(r);
+    if container.is_some() {
+        profiles.push("container");
+    }
     let mut md = Map::new();
     md.insert("version".into(), OCSF_VERSION.into());
     md.insert("product".into(), product());
@@ -341,6 +345,9 @@ fn base(
     md.insert("log_version".into(), r.peek_int("v").unwrap_or(0).to_string().into());
     e.insert("metadata".into(), Value::Object(md));
     e.insert("device".into(), device(hostname));
+    if let Some(ct) = container {
+        e.insert("container".into(), ct);
+    }
     match c {
         Some(c) => {
             e.insert("action_id".into(), c.action_id.into());
@@ -368,6 +375,39 @@ fn base(
         }
     }
     e
+}
+
+/// The `container` object (container profile) of a pod's task: `uid` the runtime's
+/// container id, `name` the container's name in the pod, `pod_uuid` the pod's UID,
+/// `orchestrator` Kubernetes, `runtime`, and the pod's namespace and name as the kubelet's
+/// container labels (`io.kubernetes.pod.namespace=...`, `io.kubernetes.pod.name=...`).
+fn container_obj(r: &mut Rec<'_>) -> Option<Value> {
+    let pod = r.v.get("pod")?.as_object()?;
+    r.used.insert("pod");
+    let s = |k: &str| pod.get(k).and_then(Value::as_str).filter(|v| !v.is_empty());
+    let mut c = Map::new();
+    if let Some(v) = s("container_id") {
+        c.insert("uid".into(), v.into());
+    }
+    if let Some(v) = s("container") {
+        c.insert("name".into(), v.into());
+    }
+    if let Some(v) = s("uid") {
+        c.insert("pod_uuid".into(), v.into());
+    }
+    c.insert("orchestrator".into(), "Kubernetes".into());
+    if let Some(v) = s("runtime") {
+        c.insert("runtime".into(), v.into());
+    }
+    let labels: Vec<Value> =
+        [("io.kubernetes.pod.namespace", s("namespace")), ("io.kubernetes.pod.name", s("name"))]
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| Value::from(format!("{k}={v}"))))
+            .collect();
+    if !labels.is_empty() {
+        c.insert("labels".into(), labels.into());
+    }
+    Some(Value::Object(c))
 }
 
 /// The OCSF event uid of a record: task and sequence number, unique per log.
@@ -513,6 +553,20 @@ pub fn record(rec: &Value, ctx: &Context) -> Option<Value> {
             e.insert("actor".into(), actor);
             e.insert("process".into(), Value::Object(p));
             finish(e, &r, format!("task started under scope {scope} ({mode} mode)"))
+        }
+        "bind_failed" => {
+            // A pod's container that could not be bound: its start refused (or, fail-open,
+            // let through unbound).
+            let mut e = base(&mut r, PROCESS, 1, "Launch", "Launch", ctx);
+            let reason = r.str("reason").unwrap_or("");
+            e.insert("status_detail".into(), format!("container not bound to its scope: {reason}").into());
+            e.insert("actor".into(), json!({ "app_name": "Warden" }));
+            let verdict = if r.peek_str("decision") == Some("allow") {
+                "started unbound (warden.dev/on-failure: open)"
+            } else {
+                "refused its start"
+            };
+            finish(e, &r, format!("container {verdict}: {reason}"))
         }
         "signal" | "ptrace" => {
             let (id, name, caption) =
@@ -776,6 +830,37 @@ mod tests {
         });
         r.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
         r
+    }
+
+    #[test]
+    fn a_pods_records_carry_the_container_profile() {
+        let pod = json!({"pod": {"uid": "3d1f0b8e-5c2a-4f6e-9a7b-0c1d2e3f4a5b", "namespace": "agents",
+            "name": "agent-1", "container": "runner", "container_id": "ab12", "runtime": "containerd"},
+            "kind": "exec", "path": "/usr/bin/id", "decision": "deny", "action": "kill", "rule": "exec.allow"});
+        let e = record(&rec(pod), &ctx()).unwrap();
+        assert_common(&e, 1007, 1);
+        let c = &e["container"];
+        assert_eq!(c["uid"], "ab12");
+        assert_eq!(c["name"], "runner");
+        assert_eq!(c["pod_uuid"], "3d1f0b8e-5c2a-4f6e-9a7b-0c1d2e3f4a5b");
+        assert_eq!(c["orchestrator"], "Kubernetes");
+        assert_eq!(
+            c["labels"],
+            json!(["io.kubernetes.pod.namespace=agents", "io.kubernetes.pod.name=agent-1"])
+        );
+        assert!(e["metadata"]["profiles"].as_array().unwrap().iter().any(|p| p == "container"));
+        assert!(e["unmapped"].get("pod").is_none(), "the pod is mapped, not repeated");
+        let failed = json!({"v": 2, "seq": 1, "time": "2026-11-22T14:57:36.190211562Z", "task": "unbound-ab12",
+            "kind": "bind_failed", "decision": "deny", "reason": "no scope x", "prev": "p", "hash": "h",
+            "pod": {"uid": "u", "container_id": "ab12"}});
+        let e = record(&failed, &ctx()).unwrap();
+        assert_eq!((e["class_uid"].as_i64(), e["action"].as_str()), (Some(1007), Some("Denied")));
+        assert_eq!(e["container"]["uid"], "ab12");
+        assert!(e["status_detail"].as_str().unwrap().contains("no scope x"), "{e}");
+        // Without a pod: no container object, no container profile.
+        let e = record(&rec(json!({"kind": "exec", "path": "/usr/bin/id"})), &ctx()).unwrap();
+        assert!(e.get("container").is_none());
+        assert!(!e["metadata"]["profiles"].as_array().unwrap().iter().any(|p| p == "container"));
     }
 
     /// Fields every event carries, whatever its class.
