@@ -1,9 +1,10 @@
-//! Project tasks: `cargo xtask <setup|build|test|bench|demo|vm>`.
+//! Project tasks: `cargo xtask <setup|build|test|bench|demo|vm|fuzz|k8s>`.
 //!
 //! Every command runs `setup` first, so a fresh machine needs no hand steps.
 mod bench;
 mod coverage;
 mod fuzz;
+mod k8s;
 mod setup;
 mod test;
 mod util;
@@ -41,6 +42,13 @@ enum Cmd {
     Vm(vm::VmArgs),
     /// Run the fuzz targets (decoder, scope parser, rule parser, verifier).
     Fuzz(fuzz::FuzzArgs),
+    /// Lint the Helm chart, check deploy/kubernetes/ is its rendering, validate every object
+    /// against the Kubernetes schemas (offline once the tools are cached).
+    K8s {
+        /// Regenerate deploy/kubernetes/warden.yaml from the chart.
+        #[arg(long)]
+        write: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -54,6 +62,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Demo => demo(),
         Cmd::Vm(args) => vm::run(args),
         Cmd::Fuzz(args) => fuzz::run_fuzz(args),
+        Cmd::K8s { write } => k8s::run(write),
     }
 }
 

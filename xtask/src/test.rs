@@ -26,6 +26,8 @@ pub fn run(tiers: &[Tier]) -> anyhow::Result<()> {
                 .args(["clippy", "--workspace", "--exclude", "agent-ebpf", "--all-targets"])
                 .args(["--", "-D", "warnings"]),
         )?;
+        // The deployment files: the chart, its rendering, the Kubernetes schemas.
+        crate::k8s::run(false)?;
         util::run(cargo().args([
             "test",
             "--workspace",

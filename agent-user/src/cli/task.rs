@@ -107,6 +107,17 @@ pub fn daemon(args: DaemonArgs) -> Result<i32, Failure> {
         Some(p) => DaemonConfig::load(p).map_err(|e| Failure::Usage(e.into()))?,
         None => DaemonConfig::default(),
     };
+    // In a pod: see containers' cgroups as the host lays them out (before any thread starts).
+    match crate::daemon::join_host_cgroup_namespace() {
+        Ok(true) => tracing::info!("joined the host's cgroup namespace"),
+        Ok(false) => {}
+        Err(e) => {
+            return Err(Failure::Runtime(anyhow!(
+                "cannot join the host's cgroup namespace (/proc/1/ns/cgroup): {e}; run the daemon with hostPID \
+                 and CAP_SYS_ADMIN"
+            )));
+        }
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -86,13 +86,18 @@ impl Default for LogConfig {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
-    /// `host:port` for `GET /metrics` (plain HTTP); keep it on loopback. `null` disables.
+    /// `host:port` for `GET /metrics` and `GET /health` (plain HTTP); keep it on loopback.
+    /// `null` disables.
     pub listen: Option<SocketAddr>,
+    /// Accept a `listen` address that is not loopback. Only for a daemon in its own network
+    /// namespace (the Helm chart: the pod's IP is what the metrics Service and the probes
+    /// reach; a NetworkPolicy keeps it to the scraper).
+    pub public: bool,
 }
 
 impl Default for MetricsConfig {
     fn default() -> Self {
-        Self { listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))) }
+        Self { listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))), public: false }
     }
 }
 
@@ -186,10 +191,14 @@ impl DaemonConfig {
         }
         if let Some(a) = self.metrics.listen
             && !a.ip().is_loopback()
+            && !self.metrics.public
         {
             return Err(bad(
                 "metrics.listen",
-                format!("{a} is not a loopback address; metrics stay on the node"),
+                format!(
+                    "{a} is not a loopback address; metrics stay on the node (set metrics.public: true only \
+                     when the daemon has its own network namespace, as in the Helm chart)"
+                ),
             ));
         }
         if self.log.keep.is_some() && self.log.max_bytes.is_none() {
@@ -212,16 +221,33 @@ mod tests {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
         let c = DaemonConfig::load(&root.join("deploy/warden.yaml")).unwrap();
         assert_eq!(c.log.keep, Some(8));
-        // The DaemonSet's ConfigMap carries the same format, indented under `warden.yaml: |`.
-        let ds = std::fs::read_to_string(root.join("deploy/kubernetes/daemonset.yaml")).unwrap();
-        let start = ds.find("warden.yaml: |\n").unwrap() + "warden.yaml: |\n".len();
-        let block: String = ds[start..]
-            .lines()
-            .take_while(|l| l.starts_with("    ") || l.is_empty())
-            .map(|l| format!("{}\n", l.strip_prefix("    ").unwrap_or(l)))
-            .collect();
-        let c = DaemonConfig::parse(&block, Path::new("daemonset.yaml")).unwrap();
+        // The plain manifests rendered from the Helm chart: the daemon's ConfigMap parses as a
+        // daemon config, and every scope of the scopes ConfigMap as a scope.
+        let text = std::fs::read_to_string(root.join("deploy/kubernetes/warden.yaml")).unwrap();
+        let mut config = None;
+        let mut scopes = 0;
+        for doc in serde_norway::Deserializer::from_str(&text) {
+            let v = serde_json::Value::deserialize(doc).unwrap();
+            match v["metadata"]["name"].as_str() {
+                Some("warden-config") => {
+                    let t = v["data"]["warden.yaml"].as_str().unwrap();
+                    config = Some(DaemonConfig::parse(t, Path::new("warden-config")).unwrap());
+                }
+                Some("warden-scopes") => {
+                    for (name, t) in v["data"].as_object().unwrap() {
+                        crate::scope::Scope::parse(t.as_str().unwrap(), Path::new(name))
+                            .unwrap_or_else(|e| panic!("{name}: {e}"));
+                        scopes += 1;
+                    }
+                }
+                _ => {}
+            }
+        }
+        let c = config.expect("the rendered manifests have the daemon's ConfigMap");
         assert_eq!(c.rules, Some(PathBuf::from("/etc/warden/rules")));
+        assert_eq!(c.scopes, Some(PathBuf::from("/etc/warden/scopes")));
+        assert!(c.metrics.public && c.metrics.listen.is_some_and(|a| !a.ip().is_loopback()));
+        assert!(scopes > 0, "the chart ships at least one scope");
     }
 
     #[test]
@@ -256,6 +282,7 @@ mod tests {
             ("socket: rel.sock\n", "socket"),
             ("cgroup_parent: ../x\n", "cgroup_parent"),
             ("metrics:\n  listen: 0.0.0.0:9464\n", "metrics.listen"),
+            ("metrics:\n  listen: 0.0.0.0:9464\n  public: false\n", "metrics.listen"),
             ("log:\n  keep: 3\n", "log.keep"),
             ("scopes: etc/scopes\n", "scopes"),
         ] {

@@ -74,6 +74,8 @@ pub enum Cmd {
     List(Reply<Vec<TaskInfo>>),
     End(String, EndRequest, Reply<EndResponse>),
     Metrics(oneshot::Sender<String>),
+    /// A health probe's round trip: the number of running tasks.
+    Ping(oneshot::Sender<usize>),
 }
 
 /// What API handlers read without asking the core.
@@ -587,6 +589,9 @@ impl Core {
                     }
                 };
                 let _ = reply.send(r);
+            }
+            Cmd::Ping(reply) => {
+                let _ = reply.send(self.tasks.len());
             }
             Cmd::Metrics(reply) => {
                 // Counters include everything the kernel has handed over so far.

@@ -67,6 +67,24 @@ fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
     Ok(l)
 }
 
+/// Joins the cgroup namespace of pid 1 when it is not ours (a daemon in a pod with
+/// `hostPID`): container cgroup paths in `/proc/PID/cgroup` are then the host's, as the
+/// cgroup2 mount (the host's, by `hostPath`) lays them out. Must run before any thread
+/// starts (a namespace is joined per thread). Returns whether it joined.
+pub fn join_host_cgroup_namespace() -> std::io::Result<bool> {
+    let ours = std::fs::read_link("/proc/self/ns/cgroup")?;
+    let Ok(host) = std::fs::read_link("/proc/1/ns/cgroup") else { return Ok(false) };
+    if ours == host {
+        return Ok(false);
+    }
+    let f = std::fs::File::open("/proc/1/ns/cgroup")?;
+    // SAFETY: setns on a namespace descriptor we own; affects only this (still single) thread.
+    if unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWCGROUP) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(true)
+}
+
 /// Runs the daemon until SIGTERM or SIGINT. Running tasks stay enforced after it exits.
 pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     let _lock = lock(&cfg.state_dir)?;

@@ -71,7 +71,7 @@ pub fn api_router(state: AppState) -> Router {
 
 /// The metrics router.
 pub fn metrics_router(cmds: mpsc::Sender<Cmd>) -> Router {
-    Router::new().route("/metrics", get(metrics)).with_state(cmds)
+    Router::new().route("/metrics", get(metrics)).route("/health", get(metrics_health)).with_state(cmds)
 }
 
 /// Refuses callers that run inside a sandbox.
@@ -256,6 +256,19 @@ async fn events(
 /// An mpsc receiver as a stream.
 fn tokio_stream_from<T: Send + 'static>(mut rx: mpsc::Receiver<T>) -> impl futures_util::Stream<Item = T> {
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// `GET /health` on the metrics listener (liveness and readiness probes): answers only when
+/// the core has answered a round trip, so a wedged core fails the probe.
+async fn metrics_health(State(cmds): State<mpsc::Sender<Cmd>>) -> Response {
+    let (tx, rx) = oneshot::channel();
+    if cmds.send(Cmd::Ping(tx)).await.is_err() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "stopping\n").into_response();
+    }
+    match tokio::time::timeout(std::time::Duration::from_secs(5), rx).await {
+        Ok(Ok(tasks)) => Json(serde_json::json!({"status": "ok", "tasks": tasks})).into_response(),
+        _ => (StatusCode::SERVICE_UNAVAILABLE, "the daemon's core does not answer\n").into_response(),
+    }
 }
 
 async fn metrics(State(cmds): State<mpsc::Sender<Cmd>>) -> Response {
