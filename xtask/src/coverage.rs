@@ -33,6 +33,17 @@ pub const CONTROLS: &[&str] = &[
     "node files",
     "evidence files",
 ];
+/// What the matrix means for a pod's containers (bound by `warden oci-hook`), written under it.
+const PODS_NOTE: &str = "
+Pods' containers (bound by `warden oci-hook`, docs/kubernetes.md): under BPF LSM the matrix holds
+once the container's cgroup is bound. On the fallback engine only the kernel's per-cgroup checks
+apply to a container — exec identity (killed) and egress (enforced); Landlock and seccomp are
+applied by a process Warden starts, and a container's first process is the runtime's, so the
+file, secret, environ, signal, ptrace, bpf, mount, module, cgroup-escape and io_uring controls are
+`none` for pods there, and `task_start.unenforced` lists them (`files-in-container`, ...). On both
+engines the protected defaults are the node's files (`protected-defaults-in-container`).
+";
+
 pub const PATHS: &[&str] = &["syscall", "io_uring"];
 pub const ENGINES: &[&str] = &["fallback", "bpf-lsm"];
 
@@ -121,6 +132,7 @@ pub fn generate(root: &Path) -> anyhow::Result<usize> {
     for (engine, ks) in &kernels {
         md.push_str(&format!("- {engine}: {}\n", ks.iter().cloned().collect::<Vec<_>>().join(", ")));
     }
+    md.push_str(PODS_NOTE);
     let doc = json!({ "engines": ENGINES, "kernels": kernels, "rows": json_rows });
     // Written only when changed: `warden` embeds coverage.json, so a rewrite rebuilds it.
     write_if_changed(&root.join("docs/coverage.md"), &md)?;
