@@ -13,7 +13,7 @@ use std::{
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::{
-    api::{EndRequest, EndResponse, StartRequest, TaskInfo},
+    api::{ContainerRequest, EndRequest, EndResponse, StartRequest, TaskInfo},
     config::DaemonConfig,
     state::{self, Heartbeat, StateDir, TaskRecord},
 };
@@ -25,6 +25,7 @@ use crate::{
         sink::RotatingJsonlSink,
     },
     correlate::ProcessTable,
+    k8s::{Container, pod},
     lifecycle::{self, Launched, Lifecycle, Live, Node, Origin, Running, SandboxSpec},
     loader::{Engine, LoadOptions, PinLayout, Sensor, pin::ensure_bpffs, select_engine},
     pipeline::{GapTracker, Mode, Pipeline},
@@ -76,6 +77,10 @@ pub enum Cmd {
     Metrics(oneshot::Sender<String>),
     /// A health probe's round trip: the number of running tasks.
     Ping(oneshot::Sender<usize>),
+    /// Bind a container (`warden oci-hook`, before its first instruction).
+    StartContainer(Box<ContainerRequest>, Reply<TaskInfo>),
+    /// End the task bound to a container (by the runtime's container id).
+    EndContainer(String, EndRequest, Reply<EndResponse>),
 }
 
 /// What API handlers read without asking the core.
@@ -590,6 +595,28 @@ impl Core {
                 };
                 let _ = reply.send(r);
             }
+            Cmd::StartContainer(req, reply) => {
+                let r = self.start_container(*req);
+                let _ = self.pipeline.flush();
+                let _ = reply.send(r);
+            }
+            Cmd::EndContainer(cid, req, reply) => {
+                let task = self
+                    .tasks
+                    .iter()
+                    .find(|(_, t)| t.info.pod.as_ref().is_some_and(|p| p.container_id == cid))
+                    .map(|(id, _)| id.clone());
+                let r = match task {
+                    Some(id) => {
+                        Ok(self.end_task(&id, req.reason.unwrap_or_else(|| "container stopped".into())))
+                    }
+                    None => Err(ApiError {
+                        status: 404,
+                        message: format!("no running task is bound to container {cid:?}"),
+                    }),
+                };
+                let _ = reply.send(r);
+            }
             Cmd::Ping(reply) => {
                 let _ = reply.send(self.tasks.len());
             }
@@ -649,8 +676,91 @@ impl Core {
     /// Starts a task through the lifecycle (every step, or none: a failure undoes the
     /// steps before it).
     fn start_task(&mut self, req: StartRequest) -> Result<TaskInfo, ApiError> {
-        let mut scope =
+        let scope =
             Scope::parse(&req.scope_text, &req.scope_path).map_err(|e| ApiError::bad(e.to_string()))?;
+        self.start_parsed(req, scope, None)
+    }
+
+    /// Binds a container to the scope its pod's annotations name, before the container's
+    /// first instruction. A refusal is recorded too (`bind_failed`), with the pod as far as it
+    /// was established.
+    fn start_container(&mut self, req: ContainerRequest) -> Result<TaskInfo, ApiError> {
+        let fail_open = req.annotations.get(pod::binding::ON_FAILURE).is_some_and(|v| v == "open");
+        let mut known_pod = None;
+        let r = self.container_task(&req, &mut known_pod);
+        if let Err(e) = &r {
+            let short: String = req.id.chars().filter(char::is_ascii_alphanumeric).take(16).collect();
+            let task = format!("unbound-{short}");
+            let rec = AuditRecord {
+                time: self.now(),
+                task: task.clone(),
+                kind: "bind_failed",
+                // The container was refused its start, or (fail-open) starts unbound.
+                decision: Some(if fail_open { Decision::Allow } else { Decision::Deny }),
+                reason: Some(e.message.clone()),
+                pod: known_pod.map(std::sync::Arc::new),
+                node: Some(self.node.name.clone()),
+                ..Default::default()
+            };
+            self.emit(rec);
+            let _ = self.pipeline.checkpoint(&task);
+            self.pipeline.forget_chain(&task);
+            tracing::warn!(container = %req.id, fail_open, error = %e.message, "container not bound");
+        }
+        r
+    }
+
+    fn container_task(
+        &mut self,
+        req: &ContainerRequest,
+        known_pod: &mut Option<pod::PodIdentity>,
+    ) -> Result<TaskInfo, ApiError> {
+        let cgroup_line = std::fs::read_to_string(format!("/proc/{}/cgroup", req.pid))
+            .map_err(|e| ApiError::bad(format!("container {}: process {}: {e}", req.id, req.pid)))?;
+        let rel = cgroup_line.lines().find_map(|l| l.strip_prefix("0::")).ok_or_else(|| {
+            ApiError::bad(format!(
+                "container {}: process {} is in no cgroup v2 cgroup; the runtime must place containers in the \
+                 unified hierarchy",
+                req.id, req.pid
+            ))
+        })?;
+        let identity =
+            pod::identify(rel, &req.id, &req.annotations).map_err(|e| ApiError::bad(e.to_string()))?;
+        *known_pod = Some(identity.clone());
+        let binding = pod::binding_for(&req.annotations, &identity.container)
+            .map_err(|e| ApiError::bad(e.to_string()))?
+            .ok_or_else(|| {
+                ApiError::bad(format!("container {}: no {} annotation", req.id, pod::binding::SCOPE))
+            })?;
+        let dir = self.cfg.scopes.as_ref().ok_or_else(|| {
+            ApiError::bad(
+                "the daemon has no scopes directory (daemon config `scopes:`); pods cannot be bound",
+            )
+        })?;
+        let path = dir.join(format!("{}.yaml", binding.scope));
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            ApiError::bad(format!("scope {:?} named by the pod: {}: {e}", binding.scope, path.display()))
+        })?;
+        let scope = Scope::parse(&text, &path).map_err(|e| ApiError::bad(e.to_string()))?;
+        let start = StartRequest {
+            scope_text: text,
+            scope_path: path,
+            mode: None,
+            cgroup: Some(self.node.cgroup_mount.join(rel.trim_start_matches('/'))),
+            log: None,
+            // A missed poststop still ends the task once the container's cgroup is empty.
+            end_when_empty: true,
+            cmd: None,
+        };
+        self.start_parsed(start, scope, Some(Container::new(identity, req.rootfs.clone())))
+    }
+
+    fn start_parsed(
+        &mut self,
+        req: StartRequest,
+        mut scope: Scope,
+        container: Option<Container>,
+    ) -> Result<TaskInfo, ApiError> {
         if let Some(m) = &req.mode {
             scope.mode = m.parse().map_err(ApiError::bad)?;
         }
@@ -673,7 +783,8 @@ impl Core {
             self.open_task_log(&id, log, false)
                 .map_err(|e| ApiError::bad(format!("log {}: {e}", log.display())))?;
         }
-        let task = lifecycle::Task::new(id.clone(), slot, scope, sandbox);
+        let mut task = lifecycle::Task::new(id.clone(), slot, scope, sandbox);
+        task.container = container;
         let cmd = req.cmd.clone();
         let started = self
             .lc
@@ -742,6 +853,7 @@ impl Core {
             secrets_dir: t.secrets_dir.clone(),
             secrets: t.secrets.clone(),
             processes: 0,
+            pod: t.container.as_ref().map(|c| c.pod.clone()),
             identity: t.identity.clone().unwrap_or_else(|| {
                 crate::task::IdentityDoc::new_signed(
                     &self.node.key,
@@ -868,6 +980,7 @@ fn recorded_task(rec: &TaskRecord) -> (lifecycle::Task, Option<String>) {
     // This daemon's decode failures start at zero.
     t.gaps = GapTracker { drops: rec.drops_reported, decode_errors: 0 };
     t.saved = rec.saved.clone();
+    t.container = rec.saved.get(crate::k8s::step::SAVED_KEY).and_then(Container::from_saved);
     (t, err)
 }
 

@@ -11,3 +11,6 @@
 pub mod hook;
 pub mod pod;
 pub mod root;
+pub mod step;
+
+pub use step::{Container, ContainerStep, container_unenforced};

@@ -4,7 +4,7 @@
 //! taken away again.
 //!
 //! ```text
-//! start:  secrets → scope → sandbox → limits → records → egress → tables → identity
+//! start:  container → secrets → scope → sandbox → limits → records → egress → tables → identity
 //!         → (the caller launches the first process) → task_start
 //! end:    freeze and kill → drain → drops into a `gap` → each step's end, last step first
 //!         (unbind tables, detach egress, remove limits, remove the sandbox, destroy secrets)
@@ -183,6 +183,8 @@ pub struct Task {
     /// Whatever a step needs to find its state again after a daemon restart, by step name
     /// (persisted in the daemon's task record).
     pub saved: BTreeMap<String, serde_json::Value>,
+    /// A pod's container this task is bound to (`warden oci-hook`): its pod and root.
+    pub container: Option<crate::k8s::Container>,
 }
 
 impl Task {
@@ -210,6 +212,7 @@ impl Task {
             expires_boot_ns: None,
             gaps: GapTracker::default(),
             saved: BTreeMap::new(),
+            container: None,
         }
     }
 

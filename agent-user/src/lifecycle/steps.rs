@@ -11,6 +11,7 @@ use crate::{
 /// The steps every task goes through, in start order.
 pub fn standard_steps() -> Vec<Box<dyn Step>> {
     vec![
+        Box::new(crate::k8s::ContainerStep),
         Box::new(Secrets::default()),
         Box::new(CompileScope),
         Box::new(Sandbox),
@@ -75,7 +76,9 @@ impl Step for CompileScope {
     }
 
     fn start(&mut self, task: &mut Task, _host: &mut dyn Host) -> Result<(), StepError> {
-        let compiled = CompiledScope::compile(&task.scope).map_err(|e| StepError::usage(self.name(), e))?;
+        let root = task.container.as_ref().and_then(|c| c.root.as_ref());
+        let compiled =
+            CompiledScope::compile_in(&task.scope, root).map_err(|e| StepError::usage(self.name(), e))?;
         task.compiled = Some(compiled);
         Ok(())
     }
@@ -162,6 +165,8 @@ impl Step for Limits {
 
     fn start(&mut self, task: &mut Task, host: &mut dyn Host) -> Result<(), StepError> {
         let limit = match task.origin {
+            // A container's cgroup belongs to the kubelet and the runtime: its limits are the pod's.
+            Origin::New if task.container.is_some() => return Ok(()),
             Origin::New => {
                 let (Some(max), true, Some(cg)) = (task.scope.process_limit, task.enforce(), &task.cgroup)
                 else {
@@ -272,7 +277,11 @@ impl Step for Tables {
                 "the fallback engine cannot tell tools apart: secrets are readable by every process of the task"
             );
         }
-        if task.enforce() && !lsm && !task.created() {
+        if task.container.is_some() {
+            if task.enforce() {
+                unenforced.extend(crate::k8s::container_unenforced(lsm, task.scope.process_limit.is_some()));
+            }
+        } else if task.enforce() && !lsm && !task.created() {
             // Landlock and seccomp confine processes Warden starts; processes already in a
             // bound cgroup keep running under the kernel hooks only.
             unenforced.push("files-for-processes-started-outside-warden".to_string());
@@ -304,7 +313,7 @@ impl Step for Identity {
         task.expires_boot_ns = task.scope.ttl.map(|t| now + t.as_nanos() as u64);
         task.expires = task.expires_boot_ns.map(|e| clock.format(e));
         let node = host.node();
-        task.identity = Some(IdentityDoc::new_signed(
+        let mut doc = IdentityDoc::new_signed(
             &node.key,
             &task.id,
             scope_hash(&task.scope.text),
@@ -312,7 +321,12 @@ impl Step for Identity {
             node.name.clone(),
             task.started.clone(),
             task.expires.clone(),
-        ));
+        );
+        if let Some(c) = &task.container {
+            doc.pod = Some(c.pod.clone());
+            doc = doc.sign(&node.key);
+        }
+        task.identity = Some(doc);
         Ok(())
     }
 
