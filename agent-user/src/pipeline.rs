@@ -148,10 +148,9 @@ impl Pipeline {
         chain.since_checkpoint = if rec.kind == "checkpoint" { 0 } else { chain.since_checkpoint + 1 };
         let due = chain.since_checkpoint >= chain::CHECKPOINT_EVERY;
         self.sink.write(&rec, &line)?;
-        if let Some(engine) = self.rules.as_mut()
-            && let Ok(value) = serde_json::from_str::<serde_json::Value>(&line)
-        {
-            let found = engine.observe(&value);
+        if let Some(engine) = self.rules.as_mut() {
+            // The typed record itself, not its line parsed back (docs/rules.md, "Cost").
+            let found = engine.observe_view(&crate::rules::view::LiveRecord { rec: &rec, line: &line });
             for f in found {
                 self.emit(AuditRecord {
                     time: f.time,
@@ -340,7 +339,7 @@ impl GapTracker {
             drops: Some(drops.saturating_sub(self.drops)),
             decode_errors: Some(decode_errors.saturating_sub(self.decode_errors)),
             reason: Some(
-                "records lost before they could be written (kernel ring buffer full or undecodable)".into(),
+                "records lost before they could be written (kernel ring buffer or hand-off full, or undecodable)".into(),
             ),
             ..Default::default()
         };

@@ -17,11 +17,10 @@ pub enum SchemaError {
     Older(u64),
 }
 
-/// Upgrades one record to the current schema.
-///
-/// - v1 → v2: v1 records (no hash chain) gain `"unchained": true`; their content is unchanged.
-pub fn upgrade(mut rec: Value) -> Result<Value, SchemaError> {
-    let v = rec.get("v").and_then(Value::as_u64).ok_or(SchemaError::NoVersion)?;
+/// Checks a record's schema version `v` (as an unsigned integer, if it has one): readable
+/// versions are returned.
+pub fn check(v: Option<u64>) -> Result<u64, SchemaError> {
+    let v = v.ok_or(SchemaError::NoVersion)?;
     let current = u64::from(super::SCHEMA_VERSION);
     if v > current {
         return Err(SchemaError::Newer(v));
@@ -29,6 +28,14 @@ pub fn upgrade(mut rec: Value) -> Result<Value, SchemaError> {
     if v < OLDEST_READABLE {
         return Err(SchemaError::Older(v));
     }
+    Ok(v)
+}
+
+/// Upgrades one record to the current schema.
+///
+/// - v1 → v2: v1 records (no hash chain) gain `"unchained": true`; their content is unchanged.
+pub fn upgrade(mut rec: Value) -> Result<Value, SchemaError> {
+    let v = check(rec.get("v").and_then(Value::as_u64))?;
     if v == 1 {
         rec["v"] = Value::from(2);
         rec["unchained"] = Value::Bool(true);

@@ -16,6 +16,7 @@ use crate::{
     rules::{
         RuleSet, Severity,
         engine::{Engine, Finding, test_rules},
+        view::{RecordView, ReplayRecord},
     },
     scope::{
         Scope,
@@ -96,20 +97,21 @@ pub struct ReplayArgs {
 }
 
 /// Re-judges exec and egress records against a compiled scope.
-fn rejudge(rec: &Value, scope: &CompiledScope) -> Option<String> {
-    match rec["kind"].as_str()? {
+fn rejudge(rec: &dyn RecordView, scope: &CompiledScope) -> Option<String> {
+    match rec.str_field("kind")? {
         "exec" => {
             let allow = scope.exec.as_ref()?;
-            let (dev, ino) = (rec["dev"].as_u64()?, rec["ino"].as_u64()?);
+            let (dev, ino) = (rec.u64_field("dev")?, rec.u64_field("ino")?);
             let allowed =
                 allow.iter().any(|f| f.ino == ino && user_dev_to_kernel(f.dev) == user_dev_to_kernel(dev));
-            (!allowed).then(|| format!("exec of {} (not in exec.allow)", rec["path"].as_str().unwrap_or("?")))
+            (!allowed)
+                .then(|| format!("exec of {} (not in exec.allow)", rec.str_field("path").unwrap_or("?")))
         }
         k @ ("connect" | "sendmsg") => {
             let entries = scope.egress.as_ref()?;
-            let addr: IpAddr = rec["addr"].as_str()?.parse().ok()?;
-            let port = rec["port"].as_u64()? as u16;
-            let proto = match rec["protocol"].as_str()? {
+            let addr: IpAddr = rec.str_field("addr")?.parse().ok()?;
+            let port = rec.u64_field("port")? as u16;
+            let proto = match rec.str_field("protocol")? {
                 "tcp" => 6,
                 "udp" => 17,
                 other => other.parse().ok()?,
@@ -153,7 +155,7 @@ pub fn replay(args: ReplayArgs) -> Result<i32, Failure> {
     let usage = |e: anyhow::Error| Failure::Usage(e);
     let set = match &args.rules {
         Some(d) => RuleSet::load_dir(d).map_err(|e| usage(e.into()))?,
-        None => RuleSet { rules: Vec::new(), lists: Default::default() },
+        None => RuleSet::empty(),
     };
     let scope = match &args.scope {
         Some(p) => Some(
@@ -174,6 +176,7 @@ pub fn replay(args: ReplayArgs) -> Result<i32, Failure> {
     );
     let stdout = std::io::stdout();
     let mut r = Replayer {
+        uses_event: set.uses_event(),
         engine: Engine::new(&set),
         scope: scope.as_ref(),
         ctx,
@@ -236,6 +239,8 @@ pub fn replay(args: ReplayArgs) -> Result<i32, Failure> {
 
 /// Replays one record at a time, whatever it is read from.
 struct Replayer<'a, W: Write> {
+    /// A rule reads `event`: records are read as JSON trees.
+    uses_event: bool,
     engine: Engine<'a>,
     scope: Option<&'a CompiledScope>,
     ctx: ocsf::Context,
@@ -249,46 +254,73 @@ struct Replayer<'a, W: Write> {
 impl<W: Write> Replayer<'_, W> {
     /// Handles one line from `source` (line `n`); `Ok(false)` means stop: a corrupt line
     /// without --keep-going (the error is printed).
+    ///
+    /// Rules and re-judging read the line's fields in place ([`ReplayRecord`]); a JSON tree is
+    /// built only for OCSF output, for rules that read `event`, and for records of an older
+    /// schema (which the converter upgrades).
     fn line(&mut self, source: &str, n: usize, line: &str) -> Result<bool, Failure> {
+        if self.args.format != ReplayFormat::Ocsf && !self.uses_event {
+            let typed = ReplayRecord::parse(line)
+                .map_err(|e| format!("not a JSON record: {e}"))
+                .and_then(|r| schema::check(r.u64_field("v")).map(|v| (r, v)).map_err(|e| e.to_string()));
+            match typed {
+                Ok((rec, v)) if v == u64::from(crate::audit::SCHEMA_VERSION) => {
+                    return self.record(&rec, None);
+                }
+                Ok(_) => {} // older: through the converter below
+                Err(e) => return self.bad_line(source, n, e),
+            }
+        }
         let parsed = serde_json::from_str::<Value>(line)
             .map_err(|e| format!("not a JSON record: {e}"))
             .and_then(|v| schema::upgrade(v).map_err(|e| e.to_string()));
-        let rec = match parsed {
-            Ok(r) => r,
-            Err(e) if self.args.keep_going => {
-                self.skipped += 1;
-                tracing::warn!(source, line = n, error = %e, "skipped");
-                return Ok(true);
+        match parsed {
+            Ok(rec) => {
+                self.ctx.learn(&rec);
+                self.record(&rec, Some(&rec))
             }
-            Err(e) => {
-                eprintln!("warden: {source}:{n}: {e} (use --keep-going to skip bad lines)");
-                return Ok(false);
-            }
-        };
-        if self.args.task.as_deref().is_some_and(|t| rec["task"].as_str() != Some(t)) {
+            Err(e) => self.bad_line(source, n, e),
+        }
+    }
+
+    /// A line that is not a readable record: skipped and counted with --keep-going, else the
+    /// end of the replay.
+    fn bad_line(&mut self, source: &str, n: usize, e: String) -> Result<bool, Failure> {
+        if self.args.keep_going {
+            self.skipped += 1;
+            tracing::warn!(source, line = n, error = %e, "skipped");
+            return Ok(true);
+        }
+        eprintln!("warden: {source}:{n}: {e} (use --keep-going to skip bad lines)");
+        Ok(false)
+    }
+
+    /// Handles one readable record (`tree`: the same record as a JSON tree, for OCSF output).
+    fn record(&mut self, rec: &dyn RecordView, tree: Option<&Value>) -> Result<bool, Failure> {
+        if self.args.task.as_deref().is_some_and(|t| rec.str_field("task") != Some(t)) {
             return Ok(true);
         }
         self.records += 1;
-        self.ctx.learn(&rec);
         if self.args.format == ReplayFormat::Ocsf
-            && let Some(event) = ocsf::record(&rec, &self.ctx)
+            && let Some(tree) = tree
+            && let Some(event) = ocsf::record(tree, &self.ctx)
         {
             serde_json::to_writer(&mut self.out, &event)
                 .and_then(|()| writeln!(self.out).map_err(serde_json::Error::io))
                 .map_err(|e| Failure::Runtime(e.into()))?;
         }
-        let mut found = self.engine.observe(&rec);
+        let mut found = self.engine.observe_view(rec);
         if let Some(s) = self.scope
-            && let Some(what) = rejudge(&rec, s)
+            && let Some(what) = rejudge(rec, s)
         {
             found.push(Finding {
                 rule: "scope".into(),
                 severity: Severity::Medium,
                 description: format!("this scope would have refused: {what}"),
-                task: rec["task"].as_str().unwrap_or("").to_string(),
-                pid: rec["pid"].as_u64(),
-                seqs: vec![rec["seq"].as_u64().unwrap_or(0)],
-                time: rec["time"].as_str().unwrap_or("").to_string(),
+                task: rec.str_field("task").unwrap_or("").to_string(),
+                pid: rec.u64_field("pid"),
+                seqs: vec![rec.u64_field("seq").unwrap_or(0)],
+                time: rec.str_field("time").unwrap_or("").to_string(),
             });
         }
         for f in &found {

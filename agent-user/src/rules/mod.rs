@@ -5,6 +5,8 @@
 //! expression uses is a known field, list or macro) → compile (CEL) — and every error names
 //! the file, the rule and what to fix. The same [`engine::Engine`] runs in replay and live.
 pub mod engine;
+pub mod needs;
+pub mod view;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -134,6 +136,8 @@ pub struct Rule {
     pub severity: Severity,
     /// One program for a single-match rule, one per step for a sequence.
     pub steps: Vec<cel::Program>,
+    /// What each step needs of a record before its program can be true (read once, here).
+    pub needs: Vec<needs::Needs>,
     pub sequence: bool,
     pub count: u32,
     pub within: Option<Duration>,
@@ -147,6 +151,19 @@ pub struct Rule {
 pub struct RuleSet {
     pub rules: Vec<Rule>,
     pub lists: BTreeMap<String, serde_json::Value>,
+}
+
+impl RuleSet {
+    /// No rules, no lists.
+    pub fn empty() -> Self {
+        RuleSet { rules: Vec::new(), lists: BTreeMap::new() }
+    }
+
+    /// Whether any rule reads `event` (the whole record), which needs the record as a JSON
+    /// tree rather than its documented fields.
+    pub fn uses_event(&self) -> bool {
+        self.rules.iter().flat_map(|r| &r.steps).any(|p| p.references().has_variable("event"))
+    }
 }
 
 /// Replaces whole-word occurrences of each macro name with its parenthesised expression.
@@ -196,7 +213,7 @@ impl RuleSet {
             .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
             .collect();
         files.sort();
-        let mut set = RuleSet { rules: Vec::new(), lists: BTreeMap::new() };
+        let mut set = RuleSet::empty();
         for f in files {
             let text =
                 std::fs::read_to_string(&f).map_err(|source| RuleError::Read { path: f.clone(), source })?;
@@ -305,11 +322,13 @@ impl RuleSet {
                 }
                 steps.push(prog);
             }
+            let needs = steps.iter().map(|p| needs::needs(p.expression())).collect();
             self.rules.push(Rule {
                 id: r.id,
                 description: r.description,
                 severity: r.severity,
                 steps,
+                needs,
                 sequence,
                 count,
                 within,

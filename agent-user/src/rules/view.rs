@@ -1,0 +1,423 @@
+//! What a rule sees of a record: its documented fields, read in place.
+//!
+//! Rules used to be evaluated on a `serde_json::Value` re-parsed from the line just written
+//! and bound field by field into a fresh CEL context. A [`RecordView`] instead answers for one
+//! field when an expression asks for it, from whatever the record already is: the pipeline's
+//! typed [`AuditRecord`] (live), a [`ReplayRecord`] borrowed from the line being replayed, or
+//! a `serde_json::Value` (rule examples, OCSF replay). Every view gives the same answers the
+//! old binding gave: a documented string field that is absent or not a string reads as `""`,
+//! an integer field as `0` (see [`super::STRING_FIELDS`], [`super::INT_FIELDS`]).
+use std::borrow::Cow;
+
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde_json::{Number, Value};
+
+use crate::audit::{AuditRecord, Decision};
+
+/// A record as rules read it.
+pub trait RecordView: Sync {
+    /// A documented string field (`kind`, `path`, ...), `None` when absent or not a string.
+    fn str_field(&self, name: &str) -> Option<&str>;
+    /// A documented integer field (`pid`, `port`, ...), `None` when absent or not an i64.
+    fn int_field(&self, name: &str) -> Option<i64>;
+    /// An unsigned integer field (`seq`, `pid` of findings), `None` when absent or not a u64.
+    fn u64_field(&self, name: &str) -> Option<u64>;
+    /// `ancestry`: the pids it lists.
+    fn ancestry(&self) -> Vec<i64>;
+    /// The whole record (for rules that use `event`); built only when asked for.
+    fn json(&self) -> Value;
+}
+
+impl RecordView for Value {
+    fn str_field(&self, name: &str) -> Option<&str> {
+        self.get(name).and_then(Value::as_str)
+    }
+    fn int_field(&self, name: &str) -> Option<i64> {
+        self.get(name).and_then(Value::as_i64)
+    }
+    fn u64_field(&self, name: &str) -> Option<u64> {
+        self.get(name).and_then(Value::as_u64)
+    }
+    fn ancestry(&self) -> Vec<i64> {
+        self.get("ancestry")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_i64).collect())
+            .unwrap_or_default()
+    }
+    fn json(&self) -> Value {
+        self.clone()
+    }
+}
+
+/// A record the pipeline has just written: the typed record and its sealed line (which alone
+/// has `hash`, so `event` is parsed from it, and only when a rule uses `event`).
+pub struct LiveRecord<'a> {
+    pub rec: &'a AuditRecord,
+    pub line: &'a str,
+}
+
+fn decision_str(d: Decision) -> &'static str {
+    match d {
+        Decision::Allow => "allow",
+        Decision::Deny => "deny",
+        Decision::Audit => "audit",
+    }
+}
+
+impl RecordView for LiveRecord<'_> {
+    fn str_field(&self, name: &str) -> Option<&str> {
+        let r = self.rec;
+        match name {
+            "time" => Some(&r.time),
+            "task" => Some(&r.task),
+            "kind" => Some(r.kind),
+            "decision" => r.decision.map(decision_str),
+            "action" => r.action,
+            "rule" => r.rule,
+            "exe" => r.exe.as_deref(),
+            "path" => r.path.as_deref(),
+            "addr" => r.addr.as_deref(),
+            "protocol" => r.protocol.as_deref(),
+            "comm" => r.comm.as_deref(),
+            "reason" => r.reason.as_deref(),
+            _ => None,
+        }
+    }
+    fn int_field(&self, name: &str) -> Option<i64> {
+        let r = self.rec;
+        match name {
+            "v" => Some(r.v.into()),
+            "seq" => i64::try_from(r.seq).ok(),
+            "pid" => r.pid.map(i64::from),
+            "ppid" => r.ppid.map(i64::from),
+            "port" => r.port.map(i64::from),
+            "uid" => r.uid.map(i64::from),
+            "cgroup_id" => r.cgroup_id.and_then(|v| i64::try_from(v).ok()),
+            "dev" => r.dev.and_then(|v| i64::try_from(v).ok()),
+            "ino" => r.ino.and_then(|v| i64::try_from(v).ok()),
+            "child_pid" => r.child_pid.map(i64::from),
+            "exit_status" => r.exit_status.map(i64::from),
+            "signal" => r.signal.map(i64::from),
+            "target_pid" => r.target_pid.map(i64::from),
+            "arg" => r.arg.map(i64::from),
+            "drops" => r.drops.and_then(|v| i64::try_from(v).ok()),
+            _ => None,
+        }
+    }
+    fn u64_field(&self, name: &str) -> Option<u64> {
+        match name {
+            "seq" => Some(self.rec.seq),
+            "pid" => self.rec.pid.map(u64::from),
+            _ => self.int_field(name).and_then(|v| u64::try_from(v).ok()),
+        }
+    }
+    fn ancestry(&self) -> Vec<i64> {
+        self.rec.ancestry.as_ref().map(|a| a.iter().map(|&p| i64::from(p)).collect()).unwrap_or_default()
+    }
+    fn json(&self) -> Value {
+        serde_json::from_str(self.line).unwrap_or(Value::Null)
+    }
+}
+
+/// A value of a replayed record's field, as much as rules need of it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum Field<'a> {
+    Str(Cow<'a, str>),
+    Num(Number),
+    /// Present, but neither a string nor a number (reads as absent).
+    #[default]
+    Other,
+}
+
+impl<'de: 'a, 'a> de::Deserialize<'de> for Field<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Field<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Field::Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Field::Str(Cow::Owned(v.to_string())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Field::Str(Cow::Owned(v)))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(Field::Num(v.into()))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(Field::Num(v.into()))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+                Ok(Number::from_f64(v).map_or(Field::Other, Field::Num))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(Field::Other)
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(Field::Other)
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+                while a.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Field::Other)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+                while a.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Field::Other)
+            }
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
+}
+
+impl Field<'_> {
+    fn as_str(&self) -> Option<&str> {
+        match self {
+            Field::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+    fn as_i64(&self) -> Option<i64> {
+        match self {
+            Field::Num(n) => n.as_i64(),
+            _ => None,
+        }
+    }
+    fn as_u64(&self) -> Option<u64> {
+        match self {
+            Field::Num(n) => n.as_u64(),
+            _ => None,
+        }
+    }
+}
+
+/// Names [`ReplayRecord`] keeps, in slot order: the documented string and integer fields.
+const KEPT: &[&str] = &[
+    "time",
+    "task",
+    "kind",
+    "decision",
+    "action",
+    "rule",
+    "exe",
+    "path",
+    "addr",
+    "protocol",
+    "comm",
+    "reason",
+    "v",
+    "seq",
+    "pid",
+    "ppid",
+    "port",
+    "uid",
+    "cgroup_id",
+    "dev",
+    "ino",
+    "child_pid",
+    "exit_status",
+    "signal",
+    "target_pid",
+    "arg",
+    "drops",
+];
+
+fn slot(name: &str) -> Option<usize> {
+    KEPT.iter().position(|k| *k == name)
+}
+
+/// A replayed record, parsed from its line without building a JSON tree: the fields rules and
+/// re-judging read, borrowed from the line where it has no escapes, and `ancestry`. Duplicate
+/// keys keep the last value, as `serde_json::Value` does.
+#[derive(Debug, Default)]
+pub struct ReplayRecord<'a> {
+    fields: [Field<'a>; KEPT.len()],
+    ancestry: Vec<i64>,
+    /// Whether the line was a JSON object at all.
+    object: bool,
+}
+
+impl<'a> ReplayRecord<'a> {
+    /// Parses one line. Errors are those of `serde_json` (not JSON, trailing characters).
+    pub fn parse(line: &'a str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(line)
+    }
+
+    /// Whether the line held a JSON object (anything else is not a record).
+    pub fn is_object(&self) -> bool {
+        self.object
+    }
+}
+
+impl<'de: 'a, 'a> de::Deserialize<'de> for ReplayRecord<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = ReplayRecord<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+                let mut r = ReplayRecord { object: true, ..Default::default() };
+                // Keys as borrowed strings: no allocation for a key without escapes.
+                while let Some(key) = a.next_key::<Field<'de>>()? {
+                    let key = key.as_str().unwrap_or_default();
+                    if let Some(i) = slot(key) {
+                        r.fields[i] = a.next_value()?;
+                    } else if key == "ancestry" {
+                        let list: AncestryList = a.next_value()?;
+                        r.ancestry = list.0;
+                    } else {
+                        a.next_value::<IgnoredAny>()?;
+                    }
+                }
+                Ok(r)
+            }
+            // Not an object: still valid JSON, but not a record; nothing to read.
+            fn visit_borrowed_str<E>(self, _: &'de str) -> Result<Self::Value, E> {
+                Ok(ReplayRecord::default())
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(ReplayRecord::default())
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(ReplayRecord::default())
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(ReplayRecord::default())
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(ReplayRecord::default())
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(ReplayRecord::default())
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(ReplayRecord::default())
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+                while a.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(ReplayRecord::default())
+            }
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
+}
+
+/// `ancestry` as `Value::as_array` + `filter_map(as_i64)` reads it: a non-list is empty.
+struct AncestryList(Vec<i64>);
+
+impl<'de> de::Deserialize<'de> for AncestryList {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = <Value as de::Deserialize>::deserialize(d)?;
+        Ok(AncestryList(
+            v.as_array().map(|a| a.iter().filter_map(Value::as_i64).collect()).unwrap_or_default(),
+        ))
+    }
+}
+
+impl RecordView for ReplayRecord<'_> {
+    fn str_field(&self, name: &str) -> Option<&str> {
+        self.fields[slot(name)?].as_str()
+    }
+    fn int_field(&self, name: &str) -> Option<i64> {
+        self.fields[slot(name)?].as_i64()
+    }
+    fn u64_field(&self, name: &str) -> Option<u64> {
+        self.fields[slot(name)?].as_u64()
+    }
+    fn ancestry(&self) -> Vec<i64> {
+        self.ancestry.clone()
+    }
+    /// Only the kept fields: replay parses the whole line as JSON instead when a rule uses
+    /// `event` (see [`super::RuleSet::uses_event`]).
+    fn json(&self) -> Value {
+        let mut m = serde_json::Map::new();
+        for (k, f) in KEPT.iter().zip(&self.fields) {
+            match f {
+                Field::Str(s) => m.insert((*k).to_string(), Value::from(s.as_ref())),
+                Field::Num(n) => m.insert((*k).to_string(), Value::Number(n.clone())),
+                Field::Other => None,
+            };
+        }
+        Value::Object(m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    /// Every documented field reads the same through each view as through the JSON tree.
+    #[test]
+    fn views_agree_with_the_json_tree() {
+        let rec = AuditRecord {
+            v: 2,
+            seq: 7,
+            time: "2026-01-01T00:00:00.000000001Z".into(),
+            task: "t\"1".into(),
+            kind: "connect",
+            decision: Some(Decision::Deny),
+            action: Some("refuse"),
+            rule: Some("network.egress"),
+            ancestry: Some(vec![5, 1]),
+            pid: Some(5),
+            ppid: Some(1),
+            addr: Some("10.0.0.9".into()),
+            port: Some(443),
+            protocol: Some("tcp".into()),
+            comm: Some("cu\\rl".into()),
+            uid: Some(0),
+            cgroup_id: Some(u64::MAX),
+            exit_status: Some(-1),
+            prev: Some("00".into()),
+            ..Default::default()
+        };
+        let line = serde_json::to_string(&rec).unwrap();
+        let tree: Value = serde_json::from_str(&line).unwrap();
+        let live = LiveRecord { rec: &rec, line: &line };
+        let replay = ReplayRecord::parse(&line).unwrap();
+        for f in super::super::STRING_FIELDS {
+            assert_eq!(live.str_field(f), tree.str_field(f), "{f}");
+            assert_eq!(replay.str_field(f), tree.str_field(f), "{f}");
+        }
+        for f in super::super::INT_FIELDS {
+            assert_eq!(live.int_field(f), tree.int_field(f), "{f}");
+            assert_eq!(replay.int_field(f), tree.int_field(f), "{f}");
+        }
+        for f in ["seq", "pid"] {
+            assert_eq!(live.u64_field(f), tree.u64_field(f), "{f}");
+            assert_eq!(replay.u64_field(f), tree.u64_field(f), "{f}");
+        }
+        assert_eq!(live.ancestry(), tree.ancestry());
+        assert_eq!(replay.ancestry(), tree.ancestry());
+        assert_eq!(live.json(), tree);
+    }
+
+    #[test]
+    fn replay_records_read_odd_lines_like_the_json_tree() {
+        for line in [
+            r#"{"kind":"exec","kind":"open","pid":"5","port":1.5,"path":null,"ancestry":"x"}"#,
+            r#"{"pid":-3,"seq":18446744073709551615,"ancestry":[1,"a",2.0,3],"extra":{"a":[1,{}]}}"#,
+            r#"[1,2]"#,
+            r#""str""#,
+        ] {
+            let tree: Value = serde_json::from_str(line).unwrap();
+            let r = ReplayRecord::parse(line).unwrap();
+            assert_eq!(r.is_object(), tree.is_object(), "{line}");
+            for f in super::super::STRING_FIELDS {
+                assert_eq!(r.str_field(f), tree.str_field(f), "{line} {f}");
+            }
+            for f in super::super::INT_FIELDS {
+                assert_eq!(r.int_field(f), tree.int_field(f), "{line} {f}");
+                assert_eq!(r.u64_field(f), tree.u64_field(f), "{line} {f}");
+            }
+            assert_eq!(r.ancestry(), tree.ancestry(), "{line}");
+        }
+        assert!(ReplayRecord::parse("{\"a\":1} x").is_err());
+        assert!(ReplayRecord::parse("{\"a\":").is_err());
+    }
+}
