@@ -23,7 +23,10 @@ use crate::{
         compile::{self, CompiledScope},
         raw::OnGap,
     },
-    source::{EventSource, RingBufSource},
+    source::{
+        EventSource, RingBufSource,
+        handoff::{self, Handoff},
+    },
     task::{new_task_id, node_name},
 };
 
@@ -241,7 +244,11 @@ async fn run_task(
         .map_err(runtime)?;
     let engine = select_engine(&mut sensor, args.engine).context("--engine bpf-lsm").map_err(runtime)?;
     let ring = sensor.take_ring().ok_or_else(|| anyhow!("ring buffer taken")).map_err(runtime)?;
-    let mut source = RingBufSource::new(ring).context("polling the ring buffer").map_err(runtime)?;
+    // Drained on its own thread into a bounded hand-off, so rules and sinks never hold up the
+    // kernel ring (source/handoff.rs); its overflow counts as lost records.
+    let mut source = Handoff::start(move || RingBufSource::new(ring), handoff::DEFAULT_BYTES)
+        .context("polling the ring buffer")
+        .map_err(runtime)?;
 
     let task_id = new_task_id(&scope.task).context("task id").map_err(runtime)?;
     let (sink, nats) = match &args.nats {
@@ -414,7 +421,7 @@ async fn watch(
     args: &RunArgs,
     run: &mut Running,
     sensor: &mut Sensor,
-    source: &mut RingBufSource,
+    source: &mut Handoff,
     pipeline: &mut Pipeline,
     child: &mut tokio::process::Child,
     cgroup: &crate::sandbox::Cgroup,
@@ -447,7 +454,7 @@ async fn watch(
             _ = &mut expiry => break (None, "ttl expired".to_string()),
             _ = gap_tick.tick() => {
                 let drops = sensor.drops(SLOT)?;
-                let gap = run.task.gaps.record(pipeline, &task_id, drops.total)?;
+                let gap = run.task.gaps.record(pipeline, &task_id, drops.total + source.overflow())?;
                 if gap && on_gap == OnGap::End {
                     break (None, "evidence gap".to_string());
                 }

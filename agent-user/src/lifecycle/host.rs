@@ -14,7 +14,7 @@ use crate::{
         secrets::{IssuedInfo, IssuedSecrets, SecretError},
     },
     scope::{Scope, ScopeError, compile::CompiledScope},
-    source::{EventSource, RingBufSource},
+    source::Drain,
 };
 
 /// How long processes get to die after `cgroup.kill`.
@@ -134,7 +134,7 @@ pub struct Live<'a> {
     pub node: &'a Node,
     pub sensor: &'a mut Sensor,
     /// Where [`Host::drain`] reads from (none: nothing to drain).
-    pub source: Option<&'a mut RingBufSource>,
+    pub source: Option<&'a mut dyn Drain>,
     pub pipeline: &'a mut Pipeline,
 }
 
@@ -142,7 +142,7 @@ impl<'a> Live<'a> {
     pub fn new(
         node: &'a Node,
         sensor: &'a mut Sensor,
-        source: Option<&'a mut RingBufSource>,
+        source: Option<&'a mut dyn Drain>,
         pipeline: &'a mut Pipeline,
     ) -> Self {
         Self { node, sensor, source, pipeline }
@@ -165,7 +165,7 @@ impl Host for Live<'_> {
     fn drain(&mut self) {
         if let Some(source) = self.source.as_deref_mut() {
             let pipeline = &mut *self.pipeline;
-            source.drain(&mut |b| pipeline.ingest(b));
+            source.drain_all(&mut |b| pipeline.ingest(b));
         }
     }
 
@@ -219,8 +219,10 @@ impl Host for Live<'_> {
         Ok(self.sensor.reset_drops(slot)?)
     }
 
+    /// The kernel's drops for `slot`, plus what the source lost on its way to the pipeline.
     fn drops(&mut self, slot: u32) -> u64 {
-        self.sensor.drops(slot).map(|d| d.total).unwrap_or(0)
+        let lost = self.source.as_deref().map_or(0, Drain::lost);
+        self.sensor.drops(slot).map(|d| d.total).unwrap_or(0) + lost
     }
 
     fn egress_attach(&mut self, cg: &Cgroup, task: &str) -> Result<(), HostError> {

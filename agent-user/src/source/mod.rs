@@ -1,5 +1,7 @@
 //! Event sources: where raw records come from. The live ring buffer and
 //! in-memory input share one trait, so the pipeline cannot tell them apart.
+pub mod handoff;
+
 use std::{io, time::Duration};
 
 use aya::maps::{MapData, RingBuf};
@@ -13,6 +15,34 @@ pub trait EventSource {
     async fn wait(&mut self) -> io::Result<bool>;
     /// Hands every record available now to `f`, without waiting; returns how many.
     fn drain(&mut self, f: &mut dyn FnMut(&[u8])) -> usize;
+}
+
+/// What ending a task needs of the live source, whatever drains it: every record committed so
+/// far, and how many were lost on the way to the pipeline (beyond the kernel's own drops).
+pub trait Drain {
+    /// Hands every record committed so far to `f`; returns how many.
+    fn drain_all(&mut self, f: &mut dyn FnMut(&[u8])) -> usize;
+    /// Records lost between the kernel ring and `f`.
+    fn lost(&self) -> u64;
+}
+
+impl Drain for RingBufSource {
+    fn drain_all(&mut self, f: &mut dyn FnMut(&[u8])) -> usize {
+        self.drain(f)
+    }
+    fn lost(&self) -> u64 {
+        0
+    }
+}
+
+impl Drain for handoff::Handoff {
+    fn drain_all(&mut self, f: &mut dyn FnMut(&[u8])) -> usize {
+        self.settle();
+        self.drain(f)
+    }
+    fn lost(&self) -> u64 {
+        self.overflow()
+    }
 }
 
 /// The longest [`RingBufSource::wait`] waits for the kernel to wake it.
