@@ -10,7 +10,7 @@
 //!   for outcomes lazily (live, [`Engine::observe_view`]) or takes them precomputed by other
 //!   threads ([`Engine::observe_with`], parallel replay); both give the same findings and the
 //!   same count of expressions that failed to evaluate.
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
 use cel::common::{
     types::{CelInt, CelString},
@@ -101,7 +101,9 @@ pub struct Evaluator<'a> {
     steps: Vec<(usize, usize)>,
     /// Per record kind: which global steps can match it at all (at most [`MAX_KINDS`] kinds;
     /// others are computed each time into `scratch`, so odd input cannot grow it).
-    by_kind: HashMap<String, Vec<bool>>,
+    by_kind: Vec<(String, Vec<bool>)>,
+    /// The entry of `by_kind` used last (records of one kind come in runs).
+    last: usize,
     scratch: Vec<bool>,
     /// Tests: run every step's CEL on every record (no index, no needs), as before both existed.
     #[cfg(test)]
@@ -130,7 +132,8 @@ impl<'a> Evaluator<'a> {
             root,
             first,
             steps,
-            by_kind: HashMap::new(),
+            by_kind: Vec::new(),
+            last: 0,
             scratch: Vec::new(),
             #[cfg(test)]
             unindexed: false,
@@ -149,23 +152,30 @@ impl<'a> Evaluator<'a> {
 
     /// Which steps can match a record of `kind` (computed once per kind).
     fn candidates(&mut self, kind: &str) -> &[bool] {
-        if !self.by_kind.contains_key(kind) {
-            let mask = self
-                .steps
-                .iter()
-                .map(|&(r, s)| {
-                    self.set.rules[r].needs[s].of("kind").is_none_or(|lits| {
-                        lits.iter().any(|l| matches!(l, super::needs::Lit::Str(k) if k == kind))
-                    })
-                })
-                .collect();
-            if self.by_kind.len() >= MAX_KINDS {
-                self.scratch = mask;
-                return &self.scratch;
-            }
-            self.by_kind.insert(kind.to_string(), mask);
+        let known = match self.by_kind.get(self.last) {
+            Some((k, _)) if k == kind => Some(self.last),
+            _ => self.by_kind.iter().position(|(k, _)| k == kind),
+        };
+        if let Some(i) = known {
+            self.last = i;
+            return &self.by_kind[i].1;
         }
-        &self.by_kind[kind]
+        let mask: Vec<bool> = self
+            .steps
+            .iter()
+            .map(|&(r, s)| {
+                self.set.rules[r].needs[s].of("kind").is_none_or(|lits| {
+                    lits.iter().any(|l| matches!(l, super::needs::Lit::Str(k) if k == kind))
+                })
+            })
+            .collect();
+        if self.by_kind.len() >= MAX_KINDS {
+            self.scratch = mask;
+            return &self.scratch;
+        }
+        self.by_kind.push((kind.to_string(), mask));
+        self.last = self.by_kind.len() - 1;
+        &self.by_kind[self.last].1
     }
 
     /// Whether global step `id` holds for `rec`.
@@ -183,6 +193,10 @@ impl<'a> Evaluator<'a> {
 
     /// [`Evaluator::outcome`] for a step already known to be a candidate for the record's kind.
     fn outcome_unindexed(&self, rec: &dyn RecordView, id: usize) -> Outcome {
+        #[cfg(test)]
+        if self.unindexed {
+            return self.run_cel(rec, id);
+        }
         let (r, s) = self.steps[id];
         let rule = &self.set.rules[r];
         for (field, lits) in &rule.needs[s].0 {
@@ -278,11 +292,19 @@ impl<'a> Engine<'a> {
         if matches!(kind, "finding" | "checkpoint") {
             return Vec::new();
         }
-        self.memo.iter_mut().for_each(|m| *m = None);
+        // Steps that cannot match this kind are answered before anything is asked.
+        let mask = self.eval.candidates(kind);
+        for (m, &candidate) in self.memo.iter_mut().zip(mask) {
+            *m = if candidate { None } else { Some(Outcome::No) };
+        }
+        #[cfg(test)]
+        if self.eval.unindexed {
+            self.memo.iter_mut().for_each(|m| *m = None);
+        }
         let mut memo = std::mem::take(&mut self.memo);
-        let eval = &mut self.eval;
+        let eval = &self.eval;
         let out = self.machines.run(rec, &mut self.eval_errors, &mut |id| {
-            *memo[id].get_or_insert_with(|| eval.outcome(rec, id))
+            *memo[id].get_or_insert_with(|| eval.outcome_unindexed(rec, id))
         });
         self.memo = memo;
         out
