@@ -197,16 +197,24 @@ impl Handoff {
         });
     }
 
-    /// Pops one frame into `self.buf`; false when the ring is empty.
+    /// Pops one whole frame into `self.buf`; false when none is complete yet. The producer
+    /// pushes a frame's length and bytes in two steps, so the length is peeked, and the frame
+    /// popped only once all of it is there.
     fn pop(&mut self) -> bool {
-        let mut len = [0u8; 4];
-        if self.cons.occupied_len() < 4 {
+        let (a, b) = self.cons.as_slices();
+        if a.len() + b.len() < 4 {
             return false;
         }
-        self.cons.pop_slice(&mut len);
+        let mut len = [0u8; 4];
+        for (i, byte) in a.iter().chain(b).take(4).enumerate() {
+            len[i] = *byte;
+        }
         let len = u32::from_ne_bytes(len) as usize;
+        if a.len() + b.len() < 4 + len {
+            return false;
+        }
+        self.cons.skip(4);
         self.buf.resize(len, 0);
-        // The producer writes a frame whole before the consumer can see its length.
         let got = self.cons.pop_slice(&mut self.buf);
         debug_assert_eq!(got, len);
         true
