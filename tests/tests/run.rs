@@ -239,10 +239,34 @@ fn evidence_gaps_are_records_and_can_end_the_task() {
     if !require("evidence_gaps_are_records_and_can_end_the_task", "tp_btf") {
         return;
     }
-    // Eight loops at once produce events faster than one consumer drains a one-page ring.
-    let busy = "for j in 1 2 3 4 5 6 7 8; do (i=0; while [ $i -lt 300 ]; do /bin/true; i=$((i+1)); done) & done; wait; sleep 3";
-    // A one-page ring cannot hold the burst: the loss becomes a gap record, and the task goes on.
-    let out = run_warden(&scope("gaps"), busy, &["--ring-bytes", "4096"]);
+    // A one-page ring cannot hold a burst while its reader is stopped: `warden` (every thread
+    // of it, the ring's drain thread too) is held with SIGSTOP from before the burst starts
+    // until it has ended, so records are lost in the kernel whatever the drain's speed.
+    let stopped_burst = |scope: &str| {
+        let sync = tempfile::tempdir().unwrap();
+        let (go, done) = (sync.path().join("go"), sync.path().join("done"));
+        let script = format!(
+            "while [ ! -e {go} ]; do sleep 0.02; done; \
+             for j in 1 2 3 4; do (i=0; while [ $i -lt 100 ]; do /bin/true; i=$((i+1)); done) & done; wait; \
+             touch {done}; sleep 3",
+            go = go.display(),
+            done = done.display()
+        );
+        let w = spawn_warden(scope, &script, &["--ring-bytes", "4096"]);
+        let pid = nix::unistd::Pid::from_raw(w.child.id() as i32);
+        let started = wait_for(Duration::from_secs(10), || {
+            std::fs::read_to_string(&w.log_path).ok().filter(|l| l.contains("task_start"))
+        });
+        assert!(started.is_some(), "the task started");
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+        std::fs::write(&go, "").unwrap();
+        let burst = wait_for(Duration::from_secs(60), || done.exists().then_some(()));
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+        assert!(burst.is_some(), "the burst ran");
+        w.finish()
+    };
+    // The loss becomes a gap record, and the task goes on.
+    let out = stopped_burst(&scope("gaps"));
     let gaps: Vec<&Value> = out.records.iter().filter(|r| r["kind"] == "gap").collect();
     assert!(!gaps.is_empty(), "a gap record: {}", out.stderr);
     assert!(
@@ -253,8 +277,7 @@ fn evidence_gaps_are_records_and_can_end_the_task() {
     let lost: u64 = gaps.iter().map(|g| g["drops"].as_u64().unwrap()).sum();
     assert_eq!(end["drops"], lost, "gap records account for every lost record");
     // Failing closed: the same task ends at the first gap.
-    let out =
-        run_warden(&format!("{}evidence:\n  on_gap: end\n", scope("gaps")), busy, &["--ring-bytes", "4096"]);
+    let out = stopped_burst(&format!("{}evidence:\n  on_gap: end\n", scope("gaps")));
     assert_eq!(out.code, Some(125), "{}", out.stderr);
     let end = &out.records[out.records.len() - 2];
     assert_eq!(end["reason"], "evidence gap");
