@@ -362,3 +362,58 @@ fn container_with_unknown_scope_is_refused_on_the_record() {
     assert_eq!(rec["decision"], "deny", "{rec}");
     assert!(rec["reason"].as_str().unwrap_or("").contains("no-such-scope"), "{rec}");
 }
+
+/// A pod's task survives a daemon crash: the restarted daemon re-adopts it with its pod and
+/// its root (the scope still means the image's files), keeps judging the container, and the
+/// container's exit still ends the task.
+#[test]
+fn container_task_is_readopted_with_its_pod_after_a_daemon_crash() {
+    if !ready("container_task_is_readopted_with_its_pod_after_a_daemon_crash") {
+        return;
+    }
+    let mut d = daemon_with_scopes();
+    let pod = Pod::new(
+        &d,
+        &[
+            "/bin/sh",
+            "-c",
+            "sleep 4; /opt/sh -c 'echo escaped > /tmp/escaped'; /bin/busybox echo after > /tmp/after",
+        ],
+        &[("warden.dev/scope", "agent")],
+    );
+    let run = pod.spawn();
+    let task = warden_tests::wait_for(Duration::from_secs(20), || {
+        d.records()
+            .into_iter()
+            .find(|r| r["kind"] == "task_start" && r["pod"]["container_id"] == pod.id.as_str())
+            .and_then(|r| r["task"].as_str().map(str::to_string))
+    })
+    .unwrap_or_else(|| panic!("the container was not bound; daemon:\n{}", d.stderr()));
+    d.kill9();
+    d.launch(&[]);
+    let adopted = d.ready["startup"]["adopted_tasks"].as_array().cloned().unwrap_or_default();
+    assert!(adopted.iter().any(|t| t == task.as_str()), "not re-adopted: {}", d.ready);
+    let out = run.wait_with_output().expect("runc run");
+    assert!(pod.rootfs().join("tmp/after").exists(), "the workload did not go on: {out:?}");
+    assert!(!pod.rootfs().join("tmp/escaped").exists(), "the forbidden program ran after the restart");
+    let deny =
+        d.wait_record(&task, Duration::from_secs(10), |r| r["kind"] == "exec" && r["decision"] == "deny");
+    assert_eq!(deny["pod"]["container_id"], pod.id.as_str(), "{deny}");
+    let end = d.wait_record(&task, Duration::from_secs(10), |r| r["kind"] == "task_end");
+    assert!(ended_by_exit(&end), "{end}");
+    assert_eq!(end["pod"]["uid"], pod.uid.as_str(), "{end}");
+    // The re-adopted scope is still the image's: the image's busybox runs, only /opt/sh is
+    // refused.
+    let records = d.records_of(&task);
+    let denied: Vec<_> = records.iter().filter(|r| r["decision"] == "deny").collect();
+    assert!(
+        denied.iter().all(|r| r["path"].as_str().unwrap_or("").ends_with("/opt/sh")),
+        "something allowed was refused after the restart: {denied:?}"
+    );
+    assert!(
+        records.iter().any(|r| r["kind"] == "exec"
+            && r["decision"] == "allow"
+            && r["path"].as_str().unwrap_or("").ends_with("/bin/busybox")),
+        "the image's busybox did not run after the restart: {records:?}"
+    );
+}
