@@ -14,10 +14,14 @@ use crate::{
         sink::{RotatingJsonlSink, TeeSink},
     },
     correlate::ProcessTable,
-    lifecycle::{EndFacts, Launched, Lifecycle, Live, Node, Running, SandboxSpec, Task, launch},
+    lifecycle::{
+        EndFacts, Launched, Lifecycle, Live, Node, Running, SandboxSpec, Task,
+        launch::{self, LaunchError},
+    },
     loader::{Engine, EngineChoice, LoadOptions, Sensor, select_engine},
     pipeline::Pipeline,
     sandbox::cgroup2_mount,
+    sandbox::launch::Started,
     scope::{
         Mode, Scope,
         compile::{self, CompiledScope},
@@ -158,7 +162,7 @@ pub fn run(args: RunArgs) -> Result<i32, Failure> {
 /// the records (it writes the task's whole chain to --log); this process starts CMD in the
 /// sandbox, waits, and asks the daemon to end the task.
 async fn run_via_daemon(args: RunArgs, client: crate::daemon::api::Client) -> Result<i32, Failure> {
-    use super::task::{absolute, client_failure, command_in_task};
+    use super::task::{absolute, client_failure, spawn_in_task};
     let log = absolute(args.log.clone());
     let req =
         super::task::start_request(&args.scope, args.mode, None, Some(log), true, Some(args.cmd.clone()))?;
@@ -168,14 +172,15 @@ async fn run_via_daemon(args: RunArgs, client: crate::daemon::api::Client) -> Re
             .with_context(|| format!("writing identity document {}", path.display()))
             .map_err(runtime)?;
     }
-    // As without a daemon: a command that cannot start ends the task, 127 if not found.
-    let spawned = match command_in_task(&info, &args.cmd) {
-        Ok(mut c) => c.spawn().map_err(|e| {
+    // As without a daemon: a command that cannot start ends the task, 127 if not found. This
+    // process owns the command: it dies with it.
+    let spawned = spawn_in_task(&info, &args.cmd, true).map_err(|e| match e {
+        LaunchError::Spawn(e) => {
             let code = if e.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 };
             (code, anyhow!("cannot start {}: {e}", args.cmd[0]))
-        }),
-        Err(Failure::Usage(e) | Failure::Runtime(e)) => Err((126, e)),
-    };
+        }
+        e => (126, anyhow!("cannot start {}: {e}", args.cmd[0])),
+    });
     let mut child = match spawned {
         Ok(c) => c,
         Err((code, e)) => {
@@ -184,12 +189,10 @@ async fn run_via_daemon(args: RunArgs, client: crate::daemon::api::Client) -> Re
             return Ok(code);
         }
     };
-    let mut sigint = signal(SignalKind::interrupt()).map_err(runtime)?;
-    let mut sigterm = signal(SignalKind::terminate()).map_err(runtime)?;
+    let mut signals = EndSignals::new().map_err(runtime)?;
     let (status, reason) = tokio::select! {
-        s = child.wait() => (Some(s.map_err(runtime)?), "exited".to_string()),
-        _ = sigint.recv() => (None, "signal SIGINT".to_string()),
-        _ = sigterm.recv() => (None, "signal SIGTERM".to_string()),
+        s = child.main_exit() => (Some(s.map_err(runtime)?), "exited".to_string()),
+        sig = signals.recv() => (None, format!("signal {sig}")),
     };
     if status.is_some() {
         // Leftovers get the grace period, still watched and enforced.
@@ -204,8 +207,9 @@ async fn run_via_daemon(args: RunArgs, client: crate::daemon::api::Client) -> Re
     let end = client.end(&info.id, Some(reason.clone())).await.map_err(client_failure)?;
     let status = match status {
         Some(s) => s,
-        None => child.wait().await.map_err(runtime)?,
+        None => child.main_exit().await.map_err(runtime)?,
     };
+    child.finish().await.map_err(runtime)?;
     for e in &end.errors {
         eprintln!("warden: revocation step failed: {e}");
     }
@@ -285,13 +289,13 @@ async fn run_task(
     let lc = Lifecycle::default();
     // The first process starts once every step has, before `task_start` (which carries its
     // pid). What fails before the exec is recorded as the task's end.
-    let mut spawned: Option<Result<tokio::process::Child, LaunchFailure>> = None;
+    let mut spawned: Option<Result<Started, LaunchFailure>> = None;
     let task = Task::new(task_id.clone(), SLOT, scope, SandboxSpec::Create);
     let started = {
         let mut host = Live::new(&node, &mut sensor, Some(&mut source), &mut pipeline);
         lc.start(task, &mut host, &mut |t| {
             let r = first_process(t, engine, &args);
-            let pid = r.as_ref().ok().and_then(tokio::process::Child::id);
+            let pid = r.as_ref().ok().and_then(Started::id);
             spawned = Some(r);
             Launched {
                 pid,
@@ -353,8 +357,10 @@ async fn run_task(
     lc.stop(&mut run, &mut Live::new(&node, &mut sensor, Some(&mut source), &mut pipeline));
     let status = match status {
         Some(s) => s,
-        None => child.wait().await.map_err(runtime)?,
+        None => child.main_exit().await.map_err(runtime)?,
     };
+    // The sandbox is empty: the helper and the namespace's init go too.
+    child.finish().await.map_err(runtime)?;
     let code = exit_code(status, &reason);
     reap_orphans();
     let facts = EndFacts {
@@ -400,8 +406,9 @@ enum LaunchFailure {
     Warden(anyhow::Error),
 }
 
-/// Writes the identity document (`--identity`) and starts CMD in the task.
-fn first_process(t: &Task, engine: Engine, args: &RunArgs) -> Result<tokio::process::Child, LaunchFailure> {
+/// Writes the identity document (`--identity`) and starts CMD in the task. `warden run` is
+/// the only enforcer of the fallback engine: the task dies with it.
+fn first_process(t: &Task, engine: Engine, args: &RunArgs) -> Result<Started, LaunchFailure> {
     if let Some(path) = &args.identity {
         let doc = serde_json::to_string_pretty(&t.identity).map_err(|e| LaunchFailure::Warden(e.into()))?;
         std::fs::write(path, doc + "\n")
@@ -409,9 +416,10 @@ fn first_process(t: &Task, engine: Engine, args: &RunArgs) -> Result<tokio::proc
             .map_err(LaunchFailure::Warden)?;
     }
     let compiled = t.compiled.as_ref().ok_or_else(|| LaunchFailure::Warden(anyhow!("scope not compiled")))?;
-    let mut cmd = launch::command(&t.launch, compiled, engine, &args.cmd)
-        .map_err(|e| LaunchFailure::Warden(e.into()))?;
-    cmd.spawn().map_err(LaunchFailure::Spawn)
+    launch::spawn(&t.launch, compiled, engine, &args.cmd, true).map_err(|e| match e {
+        LaunchError::Spawn(e) => LaunchFailure::Spawn(e),
+        e => LaunchFailure::Warden(e.into()),
+    })
 }
 
 /// Streams the task's records until CMD exits (then gives leftovers the grace period), a
@@ -423,12 +431,11 @@ async fn watch(
     sensor: &mut Sensor,
     source: &mut Handoff,
     pipeline: &mut Pipeline,
-    child: &mut tokio::process::Child,
+    child: &mut Started,
     cgroup: &crate::sandbox::Cgroup,
 ) -> anyhow::Result<(Option<ExitStatus>, String)> {
     let task_id = run.task.id.clone();
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut signals = EndSignals::new()?;
     let ttl = run.task.scope.ttl;
     let on_gap = run.task.scope.on_gap;
     let expiry = async move {
@@ -448,9 +455,8 @@ async fn watch(
                 source.drain(&mut |b| pipeline.ingest(b));
                 pipeline.flush()?;
             }
-            s = child.wait() => break (Some(s?), "exited".to_string()),
-            _ = sigint.recv() => break (None, "signal SIGINT".to_string()),
-            _ = sigterm.recv() => break (None, "signal SIGTERM".to_string()),
+            s = child.main_exit() => break (Some(s?), "exited".to_string()),
+            sig = signals.recv() => break (None, format!("signal {sig}")),
             _ = &mut expiry => break (None, "ttl expired".to_string()),
             _ = gap_tick.tick() => {
                 let drops = sensor.drops(SLOT)?;
@@ -501,13 +507,46 @@ fn which_exe(cmd: &str) -> Option<String> {
         .map(|p| p.display().to_string())
 }
 
-/// Exit code of `warden run`: when Warden ended the task, 130 (SIGINT), 143 (SIGTERM) or 124
-/// (ttl expired, as timeout(1) reports); otherwise the command's status, or 128+signal.
+/// The signals that end a task cleanly (task_end written, sandbox removed): SIGINT, SIGTERM,
+/// and SIGHUP and SIGQUIT (a closed terminal, a typed `^\`) the same way.
+struct EndSignals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+    quit: tokio::signal::unix::Signal,
+}
+
+impl EndSignals {
+    fn new() -> std::io::Result<Self> {
+        Ok(Self {
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+            hup: signal(SignalKind::hangup())?,
+            quit: signal(SignalKind::quit())?,
+        })
+    }
+
+    /// The name of the next one received.
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.int.recv() => "SIGINT",
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.hup.recv() => "SIGHUP",
+            _ = self.quit.recv() => "SIGQUIT",
+        }
+    }
+}
+
+/// Exit code of `warden run`: when Warden ended the task, 128+signal for SIGINT (130), SIGTERM
+/// (143), SIGHUP (129) and SIGQUIT (131), or 124 (ttl expired, as timeout(1) reports);
+/// otherwise the command's status, or 128+signal.
 pub(super) fn exit_code(status: ExitStatus, reason: &str) -> i32 {
     use std::os::unix::process::ExitStatusExt;
     match reason {
         r if r.contains("SIGINT") => 130,
         r if r.contains("SIGTERM") => 143,
+        r if r.contains("SIGHUP") => 129,
+        r if r.contains("SIGQUIT") => 131,
         r if r.contains("ttl") => 124,
         r if r.contains("evidence gap") => 125,
         _ => status.code().or_else(|| status.signal().map(|s| 128 + s)).unwrap_or(1),

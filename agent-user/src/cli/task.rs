@@ -9,8 +9,9 @@ use crate::{
         DaemonConfig,
         api::{Client, ClientError, StartRequest, TaskInfo},
     },
-    lifecycle::Launch,
+    lifecycle::{Launch, launch::LaunchError},
     loader::Engine,
+    sandbox::launch::Started,
     scope::{Mode, Scope, compile::CompiledScope},
 };
 
@@ -144,10 +145,10 @@ pub fn task(args: TaskArgs) -> Result<i32, Failure> {
         TaskCmd::Exec { id, cmd } => {
             let info = rt.block_on(client.task(&id)).map_err(client_failure)?;
             rt.block_on(async {
-                let mut child = command_in_task(&info, &cmd)?
-                    .spawn()
+                // The task's enforcement is the daemon's: its processes outlive this client.
+                let mut child = spawn_in_task(&info, &cmd, false)
                     .map_err(|e| Failure::Runtime(anyhow!("cannot start {}: {e}", cmd[0])))?;
-                let status = child.wait().await.map_err(|e| Failure::Runtime(e.into()))?;
+                let status = child.main_exit().await.map_err(|e| Failure::Runtime(e.into()))?;
                 Ok(super::run::exit_code(status, "exited"))
             })
         }
@@ -257,20 +258,20 @@ pub fn start_request(
     })
 }
 
-/// The command that starts `cmd` inside a task's sandbox, exactly as `warden run` starts a
-/// task's first process ([`crate::lifecycle::launch::command`]): it joins the sandbox before
-/// its first instruction, gets the task's environment (issued secrets are named by their
-/// variables) and, in enforce mode, the confinement compiled from the task's scope.
-pub fn command_in_task(info: &TaskInfo, cmd: &[String]) -> Result<tokio::process::Command, Failure> {
-    let mut scope =
-        Scope::parse(&info.scope_text, &info.scope_path).map_err(|e| Failure::Runtime(e.into()))?;
-    scope.mode = info.mode.parse().map_err(|e: String| Failure::Runtime(anyhow!(e)))?;
+/// Starts `cmd` inside a task's sandbox, exactly as `warden run` starts a task's first process
+/// ([`crate::lifecycle::launch::spawn`]): behind the task's process boundary, it joins the
+/// sandbox before its first instruction, gets the task's environment (issued secrets are named
+/// by their variables) and, in enforce mode, the confinement compiled from the task's scope.
+pub fn spawn_in_task(info: &TaskInfo, cmd: &[String], die_with_caller: bool) -> Result<Started, LaunchError> {
+    let prep = |e: anyhow::Error| LaunchError::Scope(format!("{e:#}"));
+    let mut scope = Scope::parse(&info.scope_text, &info.scope_path).map_err(|e| prep(e.into()))?;
+    scope.mode = info.mode.parse().map_err(|e: String| prep(anyhow!(e)))?;
     if let Some(dir) = &info.secrets_dir {
         scope.place_issued_secrets(dir);
     }
-    let compiled = CompiledScope::compile(&scope).map_err(|e| Failure::Runtime(e.into()))?;
-    let engine: Engine = info.engine.parse().map_err(|e: String| Failure::Runtime(anyhow!(e)))?;
+    let compiled = CompiledScope::compile(&scope).map_err(|e| prep(e.into()))?;
+    let engine: Engine = info.engine.parse().map_err(|e: String| prep(anyhow!(e)))?;
     let mut launch = Launch { procs_files: info.procs_files.clone(), env: info.env.clone() };
     launch.env.push(("WARDEN_TASK".into(), info.id.clone()));
-    crate::lifecycle::launch::command(&launch, &compiled, engine, cmd).map_err(|e| Failure::Runtime(e.into()))
+    crate::lifecycle::launch::spawn(&launch, &compiled, engine, cmd, die_with_caller)
 }

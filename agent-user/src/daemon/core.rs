@@ -1000,6 +1000,8 @@ fn unreadable_scope(info: &TaskInfo) -> Scope {
         process_limit: None,
         grants: Default::default(),
         on_gap: OnGap::Continue,
+        capabilities: 0,
+        user: None,
         text: info.scope_text.clone(),
     }
 }

@@ -1,7 +1,7 @@
 //! Launch-time hooks: what every process Warden starts in a task gets before its first
-//! instruction. Steps add to [`Launch`] as they start; [`command`] applies it, for the first
+//! instruction. Steps add to [`Launch`] as they start; [`spawn`] applies it, for the first
 //! process of `warden run` and for `warden task exec` (which gets it from the daemon in
-//! `TaskInfo`).
+//! `TaskInfo`), behind the task's process boundary (`sandbox::boundary`).
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -9,8 +9,9 @@ use serde::{Deserialize, Serialize};
 use crate::{
     loader::Engine,
     sandbox::{
+        boundary::{Boundary, BoundaryError},
         confine::{ConfineError, Confinement},
-        launch::spawn_into_cgroup,
+        launch::{Start, Started, spawn_in_sandbox},
     },
     scope::{Mode, compile::CompiledScope},
 };
@@ -31,30 +32,41 @@ pub struct Launch {
 pub enum LaunchError {
     #[error("preparing the task's confinement: {0}")]
     Confine(#[from] ConfineError),
-    #[error("preparing the command: {0}")]
-    Io(#[from] std::io::Error),
+    #[error("preparing the task's process boundary: {0}")]
+    Boundary(#[from] BoundaryError),
+    #[error("the task has no sandbox cgroup to start in")]
+    NoSandbox,
+    #[error("reading the task's scope: {0}")]
+    Scope(String),
+    /// Starting the command failed (exec, or a step of the boundary in the new process).
+    #[error("{0}")]
+    Spawn(std::io::Error),
 }
 
-/// The command that starts `cmd` in the task: it joins the task's cgroups before its first
-/// instruction, gets the task's environment, and in enforce mode carries the confinement
-/// compiled from the scope (the fallback engine's Landlock domain and seccomp filter; under
-/// BPF LSM only the seccomp filter for what no hook judges).
-pub fn command(
+/// Starts `cmd` in the task: behind the task's process boundary (its own PID, mount and
+/// cgroup namespaces, session and keyring, no capabilities unless granted), it joins the
+/// task's cgroups before its first instruction, gets the task's environment, and in enforce
+/// mode carries the confinement compiled from the scope (the fallback engine's Landlock domain
+/// and seccomp filter; under BPF LSM only the seccomp filter for what no hook judges).
+/// `die_with_caller`: the task is killed when the caller dies (see
+/// [`crate::sandbox::launch::Start`]).
+pub fn spawn(
     launch: &Launch,
     scope: &CompiledScope,
     engine: Engine,
     cmd: &[String],
-) -> Result<tokio::process::Command, LaunchError> {
-    let confine = if scope.scope.mode == Mode::Enforce {
-        Some(Confinement::prepare(scope, engine.is_lsm())?)
-    } else {
-        None
-    };
+    die_with_caller: bool,
+) -> Result<Started, LaunchError> {
+    let enforce = scope.scope.mode == Mode::Enforce;
+    let confine = if enforce { Some(Confinement::prepare(scope, engine.is_lsm())?) } else { None };
+    // The first `cgroup.procs` is the sandbox's own (cgroup v2); a v1 pids twin may follow.
+    let sandbox_dir = launch.procs_files.first().and_then(|p| p.parent()).ok_or(LaunchError::NoSandbox)?;
+    let boundary = Boundary::prepare(scope, sandbox_dir, enforce)?;
     let mut c = tokio::process::Command::new(&cmd[0]);
     c.args(&cmd[1..]);
     for (k, v) in &launch.env {
         c.env(k, v);
     }
-    spawn_into_cgroup(&mut c, &launch.procs_files, confine)?;
-    Ok(c)
+    let start = Start { procs_files: launch.procs_files.clone(), confine, boundary, die_with_caller };
+    spawn_in_sandbox(c, start).map_err(LaunchError::Spawn)
 }

@@ -51,7 +51,7 @@
 //! files it joins, the environment variables it gets, and (fallback engine, enforce mode)
 //! the Landlock/seccomp confinement compiled from the scope. A step adds to it (e.g.
 //! `task.launch.env.push(..)`). [`Launch`] is serialisable: the daemon hands it to its
-//! clients in `TaskInfo`, and [`launch::command`] turns it into a command, for `warden run`
+//! clients in `TaskInfo`, and [`launch::spawn`] starts a process with it, for `warden run`
 //! and `warden task exec` alike. Something applied between fork and exec (joining
 //! namespaces, say) is a new field of [`Launch`] applied in `sandbox::launch`'s `pre_exec`.
 pub mod host;

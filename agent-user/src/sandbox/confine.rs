@@ -17,6 +17,8 @@ pub enum ConfineError {
     NoLandlock(String),
     #[error("building the Landlock ruleset: {0}")]
     Landlock(#[from] landlock::RulesetError),
+    #[error("duplicating the Landlock ruleset descriptor: {0}")]
+    RulesetDup(std::io::Error),
 }
 
 /// The highest Landlock ABI this build asks for (best effort below it).
@@ -32,8 +34,22 @@ pub fn landlock_abi() -> Result<i64, String> {
 /// What to apply in the child.
 pub struct Confinement {
     ruleset: Option<RulesetCreated>,
+    /// A second descriptor of the same Landlock ruleset, for rules on objects that exist only
+    /// after the fork (the procfs of the task's PID namespace).
+    ruleset_fd: Option<std::os::fd::OwnedFd>,
     seccomp: Option<BpfProgram>,
 }
+
+/// `struct landlock_path_beneath_attr` (packed in the kernel's UAPI).
+#[repr(C, packed)]
+struct PathBeneathAttr {
+    allowed_access: u64,
+    parent_fd: i32,
+}
+const _: () = assert!(size_of::<PathBeneathAttr>() == 12);
+
+/// `LANDLOCK_RULE_PATH_BENEATH`.
+const LANDLOCK_RULE_PATH_BENEATH: libc::c_long = 1;
 
 fn read_access() -> landlock::BitFlags<AccessFs> {
     AccessFs::ReadFile | AccessFs::ReadDir
@@ -62,7 +78,7 @@ impl Confinement {
     pub fn prepare(c: &CompiledScope, lsm_engine: bool) -> Result<Self, ConfineError> {
         let seccomp = Self::seccomp(c, lsm_engine)?;
         if lsm_engine {
-            return Ok(Self { ruleset: None, seccomp });
+            return Ok(Self { ruleset: None, ruleset_fd: None, seccomp });
         }
         let abi = landlock_abi().map_err(ConfineError::NoLandlock)?;
         tracing::debug!(abi, "landlock");
@@ -81,7 +97,28 @@ impl Confinement {
                 rs = rs.add_rule(PathBeneath::new(fd, access))?;
             }
         }
-        Ok(Self { ruleset: Some(rs), seccomp })
+        let ruleset_fd: Option<std::os::fd::OwnedFd> =
+            rs.try_clone().map_err(ConfineError::RulesetDup)?.into();
+        Ok(Self { ruleset: Some(rs), ruleset_fd, seccomp })
+    }
+
+    /// Lets the task read beneath `dir_fd` (an `O_PATH` descriptor). For the child between
+    /// fork and exec, before [`Self::apply`]: one raw syscall.
+    pub fn grant_read(&self, dir_fd: libc::c_int) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let Some(rs) = &self.ruleset_fd else { return Ok(()) };
+        let attr = PathBeneathAttr { allowed_access: read_access().bits(), parent_fd: dir_fd };
+        // SAFETY: landlock_add_rule(2) reads `attr`, which outlives the call.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_landlock_add_rule,
+                rs.as_raw_fd(),
+                LANDLOCK_RULE_PATH_BENEATH,
+                &attr as *const PathBeneathAttr,
+                0u32,
+            )
+        };
+        if r == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
     }
 
     fn seccomp(c: &CompiledScope, lsm_engine: bool) -> Result<Option<BpfProgram>, ConfineError> {

@@ -1,5 +1,6 @@
 //! Sandboxes: a cgroup v2 per task, started into from the first instruction,
 //! killed and removed as one step at task end.
+pub mod boundary;
 pub mod cgroup;
 pub mod confine;
 pub mod launch;

@@ -93,6 +93,12 @@ pub struct CompiledScope {
     pub sockets: SocketPolicy,
     /// `agent_common::maps::sandbox_flags` for the kernel.
     pub flags: u32,
+    /// Every file that may be executed (allowed programs and their ELF interpreters),
+    /// canonical: the sandbox's mount namespace makes each read-only.
+    pub exec_paths: Vec<PathBuf>,
+    /// The `files.write` roots as they resolve now (empty when writes are not restricted):
+    /// the sandbox's mount namespace mounts them `noexec`.
+    pub write_roots: Vec<PathBuf>,
 }
 
 /// Credential locations protected unless the scope grants `credentials`.
@@ -709,6 +715,10 @@ impl CompiledScope {
         let root = vec![PathBuf::from("/")];
         let read_roots = scope.read.as_ref().map(|v| canon(v)).unwrap_or_else(|| root.clone());
         let write_roots = scope.write.as_ref().map(|v| canon(v)).unwrap_or_else(|| root.clone());
+        let write_roots_now: Vec<PathBuf> = match &scope.write {
+            Some(v) => canon(v).into_iter().filter(|p| p.exists()).collect(),
+            None => Vec::new(),
+        };
         let mut read = carve(&read_roots, &deny_read);
         read.extend(ALWAYS_READ.iter().map(PathBuf::from));
         read.extend(secret_paths.iter().cloned());
@@ -750,6 +760,12 @@ impl CompiledScope {
             seccomp_deny: seccomp_list(&scope.grants),
             sockets: socket_policy(&scope.grants),
             flags,
+            exec_paths: {
+                exec_paths.sort();
+                exec_paths.dedup();
+                exec_paths
+            },
+            write_roots: write_roots_now,
         })
     }
 }

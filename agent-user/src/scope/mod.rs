@@ -117,6 +117,10 @@ pub struct Scope {
     pub grants: BTreeSet<Grant>,
     /// Fail closed on evidence gaps.
     pub on_gap: OnGap,
+    /// Capabilities the task's processes keep (bit `1 << nr`); 0 = none.
+    pub capabilities: u64,
+    /// Run as this (uid, gid) instead of root.
+    pub user: Option<(u32, u32)>,
     /// The text it was parsed from (for locating errors found later, e.g. at compile time).
     pub text: String,
 }
@@ -268,6 +272,8 @@ impl Scope {
             process_limit: raw.limits.and_then(|l| l.processes).map(|p| p.0),
             grants: raw.grant.into_iter().collect(),
             on_gap: raw.evidence.map(|e| e.on_gap).unwrap_or_default(),
+            capabilities: raw.capabilities.iter().fold(0u64, |m, c| m | (1u64 << c.0)),
+            user: raw.user.map(|u| (u.uid, u.gid.unwrap_or(u.uid))),
             text: text.to_string(),
         })
     }
@@ -409,6 +415,26 @@ grant: [io-uring]
             "version: 1\ntask: a\nexec:\n  allow: [/bin/sh]\nsecrets:\n  - path: /run/s\n    tools: [/usr/bin/git]\n",
         );
         assert!(e.starts_with("s.yaml:7: secrets[0].tools:") && e.contains("exec.allow"), "{e}");
+    }
+
+    #[test]
+    fn capabilities_and_user_are_validated() {
+        let s =
+            parse("version: 1\ntask: a\ncapabilities: [net_bind_service, CAP_CHOWN]\nuser: {uid: 1000}\n")
+                .unwrap();
+        assert_eq!(s.capabilities, (1 << 10) | 1);
+        assert_eq!(s.user, Some((1000, 1000)));
+        let s = parse("version: 1\ntask: a\n").unwrap();
+        assert_eq!((s.capabilities, s.user), (0, None), "no capabilities, root, unless granted");
+        let e = err("version: 1\ntask: a\ncapabilities: [sys_admin]\n");
+        assert!(
+            e.starts_with("s.yaml:3:") && e.contains("cannot be granted") && e.contains("administers"),
+            "{e}"
+        );
+        let e = err("version: 1\ntask: a\ncapabilities: [net_bind]\n");
+        assert!(e.contains("net_bind_service"), "the message lists the names: {e}");
+        let e = err("version: 1\ntask: a\nuser: {uid: 1000, group: 5}\n");
+        assert!(e.contains("group"), "{e}");
     }
 
     #[test]

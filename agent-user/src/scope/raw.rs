@@ -42,7 +42,73 @@ pub struct RawScope {
     /// What to do when the task's evidence has a gap.
     #[serde(default)]
     pub evidence: Option<RawEvidence>,
+    /// Capabilities the task's processes keep (default: none). Names as in capabilities(7),
+    /// lower case, without `cap_`: `net_bind_service`, `chown`, ...
+    #[serde(default)]
+    pub capabilities: Vec<Capability>,
+    /// Run the task's processes as this user instead of root.
+    #[serde(default)]
+    pub user: Option<RawUser>,
 }
+
+/// `user:` — the uid (and gid) the task's processes run as.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RawUser {
+    pub uid: u32,
+    /// Default: the same number as `uid`.
+    #[serde(default)]
+    pub gid: Option<u32>,
+}
+
+/// Capabilities a scope may grant, with their numbers (capabilities(7)).
+pub const CAPABILITIES: &[(&str, u32)] = &[
+    ("chown", 0),
+    ("dac_override", 1),
+    ("fowner", 3),
+    ("fsetid", 4),
+    ("kill", 5),
+    ("setgid", 6),
+    ("setuid", 7),
+    ("linux_immutable", 9),
+    ("net_bind_service", 10),
+    ("net_broadcast", 11),
+    ("net_raw", 13),
+    ("ipc_lock", 14),
+    ("ipc_owner", 15),
+    ("sys_chroot", 18),
+    ("sys_nice", 23),
+    ("sys_resource", 24),
+    ("sys_tty_config", 26),
+    ("lease", 28),
+    ("audit_write", 29),
+    ("wake_alarm", 35),
+    ("block_suspend", 36),
+];
+
+/// Capabilities no scope may grant, and why: each reaches past the sandbox.
+pub const REFUSED_CAPABILITIES: &[(&str, &str)] = &[
+    ("dac_read_search", "open_by_handle_at reaches files past the task's mount namespace"),
+    ("setpcap", "it changes capability sets"),
+    ("sys_module", "it loads kernel code"),
+    ("sys_rawio", "it reaches raw devices and I/O ports"),
+    ("sys_ptrace", "it traces the sandbox's own init"),
+    ("sys_pacct", "it switches node-wide process accounting"),
+    ("sys_admin", "it administers the node (mounts, namespaces, devices)"),
+    ("sys_boot", "it reboots the node"),
+    ("sys_time", "it sets the node's clock"),
+    ("mknod", "device nodes reach raw disks and memory"),
+    ("net_admin", "it reconfigures the node's network"),
+    ("audit_control", "it changes the node's audit rules"),
+    ("audit_read", "it reads every task's audit records"),
+    ("setfcap", "it plants file capabilities for programs outside the task"),
+    ("mac_override", "it overrides the node's MAC policy"),
+    ("mac_admin", "it changes the node's MAC policy"),
+    ("syslog", "it reads and clears the node's kernel log"),
+    ("perfmon", "it samples other processes"),
+    ("bpf", "it loads BPF programs and reads maps"),
+    ("checkpoint_restore", "it restores processes with chosen ids"),
+];
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -348,4 +414,21 @@ string_newtype!(EnvName, String, |s| {
     } else {
         Err(format!("{s:?} is not an environment variable name; use letters, digits and '_'"))
     }
+});
+
+/// A capability name from `capabilities:`, validated against [`CAPABILITIES`].
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(try_from = "String")]
+pub struct Capability(pub u32);
+string_newtype!(Capability, u32, |s| {
+    let name = s.to_ascii_lowercase();
+    let name = name.strip_prefix("cap_").unwrap_or(&name);
+    if let Some((_, nr)) = CAPABILITIES.iter().find(|(n, _)| *n == name) {
+        return Ok(*nr);
+    }
+    if let Some((_, why)) = REFUSED_CAPABILITIES.iter().find(|(n, _)| *n == name) {
+        return Err(format!("capability {name} cannot be granted to a task: {why}"));
+    }
+    let known: Vec<&str> = CAPABILITIES.iter().map(|(n, _)| *n).collect();
+    Err(format!("{s:?} is not a capability a task may hold; write one of {}", known.join(", ")))
 });
