@@ -152,7 +152,7 @@ fn task_end_revokes_processes_secrets_and_access_together() {
     assert_eq!(t["secrets"][0]["env"], "TOK_FILE");
     // A long-running process of the task: reads the secret and connects, over and over.
     let script = format!(
-        "echo $$ > {o}.pid; while true; do /usr/bin/cat \"$TOK_FILE\" >> {o} 2>/dev/null; echo >> {o}; {c} >> {o}; /usr/bin/sleep 0.1; done",
+        "while true; do /usr/bin/cat \"$TOK_FILE\" >> {o} 2>/dev/null; echo >> {o}; {c} >> {o}; /usr/bin/sleep 0.1; done",
         o = out.display(),
         c = connect(port)
     );
@@ -167,7 +167,13 @@ fn task_end_revokes_processes_secrets_and_access_together() {
         std::fs::read_to_string(&out),
         d.stderr()
     );
-    let pid: i32 = std::fs::read_to_string(format!("{}.pid", out.display())).unwrap().trim().parse().unwrap();
+    // Its pid on the node (`$$` is its pid in the task's own PID namespace), from its record.
+    let pid = d
+        .records_of(&id)
+        .into_iter()
+        .find(|r| r["kind"] == "exec" && r["path"].as_str().is_some_and(|p| p.ends_with("/sh")))
+        .and_then(|r| r["pid"].as_i64())
+        .expect("exec record of the task's shell");
     // The value never reaches the audit stream: only its digest.
     let start = d.records_of(&id).into_iter().find(|r| r["kind"] == "task_start").unwrap();
     assert_eq!(start["secrets"][0]["name"], "tok");

@@ -54,7 +54,8 @@ pub struct MountPlan {
     pub cgroup2: Vec<PathBuf>,
     /// cgroup v1 mount points: covered by an empty read-only tmpfs.
     pub cgroup1: Vec<PathBuf>,
-    /// Bound onto themselves `noexec,nosuid,nodev` (enforce mode).
+    /// Bound onto themselves `noexec,nosuid,nodev` (enforce mode, when `exec.allow` restricts
+    /// what runs: then nothing the task writes is mapped executable).
     pub noexec: Vec<PathBuf>,
     /// Bound onto themselves read-only (enforce mode), after the `noexec` ones, so an allowed
     /// program inside a writable grant still runs.
@@ -77,7 +78,8 @@ impl MountPlan {
                 _ => {}
             }
         }
-        if enforce {
+        // Without `exec.allow` every program may run, so nothing is refused as a mapping.
+        if enforce && compiled.exec.is_some() {
             plan.noexec = compiled
                 .write_roots
                 .iter()
@@ -327,6 +329,11 @@ mod tests {
         ));
         let plan = MountPlan::new(MOUNTINFO, &c, true);
         assert_eq!(plan.noexec, [w.clone()], "not /usr (it holds every program's libraries), not /dev");
+        let any_exec = compiled(&format!("version: 1\ntask: t\nfiles:\n  write: [{}]\n", w.display()));
+        assert!(
+            MountPlan::new(MOUNTINFO, &any_exec, true).noexec.is_empty(),
+            "without exec.allow, what the task builds may run"
+        );
         let sh = std::fs::canonicalize("/bin/sh").unwrap();
         assert!(plan.read_only.contains(&sh), "{:?}", plan.read_only);
         assert!(

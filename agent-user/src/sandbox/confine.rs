@@ -89,7 +89,12 @@ impl Confinement {
             .handle_access(AccessFs::from_all(LANDLOCK_ABI) & !AccessFs::Execute)?
             .scope(LlScope::from_all(LANDLOCK_ABI))?
             .create()?;
-        let rules = [(&c.landlock.read, read_access()), (&c.landlock.write, write_access())];
+        let list: landlock::BitFlags<AccessFs> = AccessFs::ReadDir.into();
+        let rules = [
+            (&c.landlock.read, read_access()),
+            (&c.landlock.write, write_access()),
+            (&c.landlock.list, list),
+        ];
         for (paths, access) in rules {
             for p in paths {
                 // Paths vanish (tmp files) between compile and now: skip those.

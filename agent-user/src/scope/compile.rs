@@ -54,6 +54,11 @@ pub struct EgressEntry {
 pub struct LandlockPlan {
     pub read: Vec<PathBuf>,
     pub write: Vec<PathBuf>,
+    /// Directories that may be listed (with everything beneath): the read roots, whole.
+    /// Carving a denied path out of a root grants the root's children instead of the root,
+    /// which would make the root itself (`ls /`) unlistable; listing shows names, never
+    /// contents (on the fallback engine a denied directory's names are listable).
+    pub list: Vec<PathBuf>,
 }
 
 /// An object rule for the BPF LSM engine: `bits` of `agent_common::maps::file_rule` on the
@@ -724,6 +729,9 @@ impl CompiledScope {
         read.extend(secret_paths.iter().cloned());
         // Executables and their loaders must be readable to be mapped.
         read.extend(exec_paths.iter().cloned());
+        let mut list: Vec<PathBuf> = read_roots.iter().filter(|p| p.is_dir()).cloned().collect();
+        list.sort();
+        list.dedup();
         let mut write = carve(&write_roots, &deny_write);
         write.extend(ALWAYS_WRITE.iter().map(PathBuf::from));
         for v in [&mut read, &mut write] {
@@ -755,7 +763,7 @@ impl CompiledScope {
             exec,
             secrets,
             egress,
-            landlock: LandlockPlan { read, write },
+            landlock: LandlockPlan { read, write, list },
             file_rules,
             seccomp_deny: seccomp_list(&scope.grants),
             sockets: socket_policy(&scope.grants),
@@ -960,6 +968,7 @@ mod tests {
         let shadow = PathBuf::from("/etc/shadow");
         assert!(!c.landlock.read.iter().any(|p| shadow.starts_with(p)), "shadow not readable");
         assert!(c.landlock.read.contains(&PathBuf::from("/usr")), "the rest of / is");
+        assert_eq!(c.landlock.list, [PathBuf::from("/")], "and `ls /` works");
         let cg = crate::sandbox::cgroup2_mount().unwrap();
         assert!(
             !c.landlock.write.iter().any(|p| cg.starts_with(p) || p.starts_with(&cg)),

@@ -152,6 +152,80 @@ fn memfd_exec(path: &str) -> Result<(), ExecError> {
     Err(ExecError::Refused(errno()))
 }
 
+/// PTRACE_ATTACH; when it works, waits (at most 5 s) for the stop and detaches again, so a
+/// build that lets it through fails the test instead of leaving the target stopped.
+fn ptrace_attach(pid: i32) -> Result<(), i32> {
+    // SAFETY: ptrace(2)/waitpid(2) on a pid; nothing is read or written in the target.
+    unsafe {
+        if libc::ptrace(libc::PTRACE_ATTACH, pid, 0, 0) != 0 {
+            return Err(errno());
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut st = 0;
+        while libc::waitpid(pid, &mut st, libc::__WALL | libc::WNOHANG) == 0
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        libc::ptrace(libc::PTRACE_DETACH, pid, 0, 0);
+    }
+    Ok(())
+}
+
+/// perf_event_open(2) of a software clock counter on another process.
+fn perf_open(pid: i32) -> Result<(), i32> {
+    // struct perf_event_attr, version 0 layout is enough (size 64): type, size, config, ...
+    let mut attr = [0u8; 128];
+    attr[0..4].copy_from_slice(&1u32.to_ne_bytes()); // PERF_TYPE_SOFTWARE
+    attr[4..8].copy_from_slice(&128u32.to_ne_bytes()); // size
+    attr[8..16].copy_from_slice(&0u64.to_ne_bytes()); // PERF_COUNT_SW_CPU_CLOCK
+    // SAFETY: the kernel reads `size` bytes of attr.
+    let r = unsafe { libc::syscall(libc::SYS_perf_event_open, attr.as_ptr(), pid, -1, -1, 0u64) };
+    if r >= 0 { Ok(()) } else { Err(errno()) }
+}
+
+/// `struct clone_args` (CLONE_ARGS_SIZE_VER2).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// clone3(CLONE_INTO_CGROUP) into the cgroup directory DIR (opened O_PATH). The child exits
+/// at once; "ok" means a process was started in that cgroup.
+fn clone_into(dir: &str) -> Result<(), i32> {
+    const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+    let fd = open(dir, libc::O_PATH | libc::O_DIRECTORY)?;
+    let args = CloneArgs {
+        flags: CLONE_INTO_CGROUP,
+        exit_signal: libc::SIGCHLD as u64,
+        cgroup: fd.as_raw_fd() as u64,
+        ..Default::default()
+    };
+    // SAFETY: clone3 without CLONE_VM: the child is a copy that only exits.
+    let pid = unsafe { libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, size_of::<CloneArgs>()) };
+    if pid < 0 {
+        return Err(errno());
+    }
+    if pid == 0 {
+        // SAFETY: the child leaves at once.
+        unsafe { libc::_exit(0) };
+    }
+    // SAFETY: reaps our own child.
+    unsafe { libc::waitpid(pid as i32, std::ptr::null_mut(), 0) };
+    Ok(())
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let a = |i: usize| {
@@ -204,16 +278,60 @@ fn main() {
             let r = unsafe { libc::kill(a(1).parse().expect("pid"), 0) };
             if r == 0 { Ok(()) } else { Err(errno()) }
         }
-        "ptrace" => {
-            // SAFETY: PTRACE_ATTACH then detach if it worked.
+        "ptrace" => ptrace_attach(a(1).parse().expect("pid")),
+        "prlimit" => {
+            // Sets the target's RLIMIT_CORE to the value it has: a write that changes nothing,
+            // and succeeds only where the target can be limited at all.
             let pid: i32 = a(1).parse().expect("pid");
-            let r = unsafe { libc::ptrace(libc::PTRACE_ATTACH, pid, 0, 0) };
-            if r == 0 {
-                unsafe { libc::ptrace(libc::PTRACE_DETACH, pid, 0, 0) };
-                Ok(())
-            } else {
+            let mut cur: libc::rlimit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+            // SAFETY: prlimit(2) with valid pointers.
+            let r = unsafe { libc::prlimit(pid, libc::RLIMIT_CORE, std::ptr::null(), &mut cur) };
+            if r != 0 {
                 Err(errno())
+            } else if unsafe { libc::prlimit(pid, libc::RLIMIT_CORE, &cur, std::ptr::null_mut()) } != 0 {
+                Err(errno())
+            } else {
+                Ok(())
             }
+        }
+        "renice" => {
+            // Sets the target's nice value to the one it has (a write that changes nothing).
+            let pid: i32 = a(1).parse().expect("pid");
+            // SAFETY: plain syscalls; errno is cleared first because -1 is a valid priority.
+            unsafe { *libc::__errno_location() = 0 };
+            let prio = unsafe { libc::getpriority(libc::PRIO_PROCESS, pid as libc::id_t) };
+            if prio == -1 && errno() != 0 {
+                Err(errno())
+            } else if unsafe { libc::setpriority(libc::PRIO_PROCESS, pid as libc::id_t, prio) } != 0 {
+                Err(errno())
+            } else {
+                Ok(())
+            }
+        }
+        "pidfd-open" => {
+            // SAFETY: pidfd_open(2); the fd is closed at exit.
+            let r = unsafe { libc::syscall(libc::SYS_pidfd_open, a(1).parse::<i32>().expect("pid"), 0) };
+            if r >= 0 { Ok(()) } else { Err(errno()) }
+        }
+        "perf-open" => perf_open(a(1).parse().expect("pid")),
+        "clone-into" => clone_into(a(1)),
+        "tiocsti" => {
+            // Pushes the bytes of ARG (with `\n` and `\x1c` for ^\ decoded) into the input of
+            // the terminal on fd 0.
+            let text = a(1).replace("\\n", "\n").replace("\\x1c", "\x1c");
+            let mut r = Ok(());
+            for b in text.bytes() {
+                // SAFETY: TIOCSTI reads one byte from a valid pointer.
+                if unsafe { libc::ioctl(0, libc::TIOCSTI, &b as *const u8) } != 0 {
+                    r = Err(errno());
+                    break;
+                }
+            }
+            r
+        }
+        "vhangup" => {
+            // SAFETY: vhangup(2) takes no arguments.
+            if unsafe { libc::vhangup() } == 0 { Ok(()) } else { Err(errno()) }
         }
         "bpf" => {
             // SAFETY: BPF_PROG_LOAD with a NULL attr: refused or EFAULT, never loads anything.

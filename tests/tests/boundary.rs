@@ -1,0 +1,434 @@
+//! Host tier: the process boundary around a task (its own PID, mount and cgroup namespaces,
+//! session and keyring, no capabilities, fail closed, exec identity that cannot be swapped).
+//! Each test is a real attempt against a realistic target: an ordinary dumpable process of the
+//! same uid outside the sandbox, the task's own supervisor (`warden run`), the user's terminal,
+//! a cgroup outside the sandbox.
+use std::{
+    fs,
+    io::Read,
+    os::{
+        fd::{AsRawFd, FromRawFd, OwnedFd},
+        unix::{fs::PermissionsExt, process::CommandExt},
+    },
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use warden_tests::{TestCgroup, coverage, engine, require, run_warden, spawn_warden, wait_for, warden_bin};
+
+const PROBE: &str = env!("CARGO_BIN_EXE_warden-probe");
+const SECRET: &str = "bystander-s3cr3t-value";
+
+/// An ordinary process outside every sandbox: same uid, dumpable, a secret in its environment.
+struct Bystander(Child);
+
+impl Bystander {
+    fn start() -> Self {
+        let c = Command::new("/usr/bin/sleep")
+            .arg("300")
+            .env("WARDEN_TEST_SECRET", SECRET)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start bystander");
+        Self(c)
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Bystander {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Lines `NAME-TARGET RESULT` for each attempt on `$T`, where the shell variable T holds the pid.
+fn reach_attempts(target: &str) -> String {
+    let p = PROBE;
+    let mut s = String::new();
+    for (op, arg) in [
+        ("open", "/proc/$T/environ"),
+        ("open", "/proc/$T/mem"),
+        ("open", "/proc/$T/maps"),
+        ("kill", "$T"),
+        ("prlimit", "$T"),
+        ("renice", "$T"),
+        ("pidfd-open", "$T"),
+        ("ptrace", "$T"),
+        ("perf-open", "$T"),
+    ] {
+        let name = match (op, arg) {
+            ("open", a) => format!("open-{}", a.rsplit('/').next().unwrap()),
+            (o, _) => o.to_string(),
+        };
+        s.push_str(&format!("{p} {op} {arg} 2>&1 | sed \"s/^{op} /{name}-{target} /\"\n"));
+    }
+    s.push_str(&format!("echo listed-{target} $(ls /proc | grep -cx $T)\n"));
+    s
+}
+
+#[test]
+fn other_processes_and_the_supervisor_are_out_of_reach() {
+    if !require("other_processes_and_the_supervisor_are_out_of_reach", "landlock") {
+        return;
+    }
+    let by = Bystander::start();
+    let t = tempfile::tempdir().unwrap();
+    let wpid = t.path().join("wpid");
+    // The task learns warden run's pid from a file the test writes once it is running.
+    let script = format!(
+        "T={by}\n{bys}\
+         while [ ! -s {w} ]; do sleep 0.05; done; T=$(cat {w})\n{sup}\
+         python3 -c \"import ctypes; l=ctypes.CDLL(None); print('keyring', l.syscall(250, 0, -3, 0))\"\n",
+        by = by.pid(),
+        bys = reach_attempts("bystander"),
+        w = wpid.display(),
+        sup = reach_attempts("supervisor"),
+    );
+    let running = spawn_warden("version: 1\ntask: reach\n", &script, &[]);
+    fs::write(&wpid, running.child.id().to_string()).unwrap();
+    let out = running.finish();
+    assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
+    assert!(!out.stdout.contains(SECRET), "the bystander's environment leaked:\n{}", out.stdout);
+    for target in ["bystander", "supervisor"] {
+        for name in [
+            "open-environ",
+            "open-mem",
+            "open-maps",
+            "kill",
+            "prlimit",
+            "renice",
+            "pidfd-open",
+            "ptrace",
+            "perf-open",
+        ] {
+            let r = out.result(&format!("{name}-{target}"));
+            assert!(r.starts_with("err"), "{name} on the {target} must be refused: {r}\n{}", out.stdout);
+        }
+        assert_eq!(out.result(&format!("listed-{target}")), "0", "the {target} is not in the task's /proc");
+    }
+    // The task has its own session keyring, not the caller's.
+    let mine = {
+        // SAFETY: keyctl(KEYCTL_GET_KEYRING_ID, KEY_SPEC_SESSION_KEYRING, 0).
+        unsafe { libc::syscall(libc::SYS_keyctl, 0, -3, 0) }
+    };
+    let theirs: i64 = out.result("keyring").parse().unwrap();
+    assert!(theirs > 0 && theirs != mine, "own session keyring: task {theirs}, caller {mine}");
+    // Nothing to record: the targets do not exist in the task's PID namespace.
+    for control in ["environ", "prlimit/renice", "signals", "ptrace", "perf by pid"] {
+        coverage(control, "syscall", "enforced (not visible)");
+    }
+}
+
+#[test]
+fn the_supervisor_survives_the_prlimit_attack() {
+    if !require("the_supervisor_survives_the_prlimit_attack", "tp_btf") {
+        return;
+    }
+    // Issue 14's attack, as written: limit the parent's file size, fork, and exec a program
+    // the scope does not allow once the parent is gone. `exec` makes python the task's first
+    // process, so its parent is what `warden run` started it from.
+    let attack = r#"import os,time,resource as r;p=os.getppid();r.prlimit(p,r.RLIMIT_FSIZE,(1,r.prlimit(p,r.RLIMIT_FSIZE)[1]));os.fork() or os._exit(0);time.sleep(1);os.execv("/usr/bin/id",["id"])"#;
+    let scope = "version: 1\ntask: prlimit\nexec:\n  allow: [/bin/sh, /usr/bin/python3]\n";
+    let out = run_warden(scope, &format!("exec /usr/bin/python3 -c '{attack}'"), &[]);
+    // The forking parent goes on to exec id: killed for it on the fallback engine (128 +
+    // SIGKILL), refused by the LSM (python exits 1). warden run lived to see it, and reports it.
+    let want = if engine() == "bpf-lsm" { 1 } else { 137 };
+    assert_eq!(out.code, Some(want), "warden run ended as the task did: {}\n{}", out.stdout, out.stderr);
+    assert!(!out.stdout.contains("uid="), "id ran: {}", out.stdout);
+    let end = out.records.iter().find(|r| r["kind"] == "task_end").expect("task_end written");
+    assert_eq!(end["reason"], "exited", "{end}");
+    let id_denied = out
+        .records_of("exec", "deny")
+        .into_iter()
+        .any(|r| r["path"].as_str().is_some_and(|p| p.ends_with("/id")));
+    assert!(id_denied, "the exec of id was refused and recorded: {:#?}", out.judged());
+    let v = Command::new(warden_bin()).arg("verify").arg(&out.log_path).output().unwrap();
+    assert!(v.status.success(), "the log is whole: {}", String::from_utf8_lossy(&v.stderr));
+    coverage("supervisor limits", "syscall", "enforced (not visible)");
+}
+
+#[test]
+fn the_task_cannot_leave_its_cgroup() {
+    if !require("the_task_cannot_leave_its_cgroup", "tp_btf") {
+        return;
+    }
+    let target = TestCgroup::new("escape-target");
+    let root = agent_user::sandbox::cgroup2_mount().unwrap();
+    let p = PROBE;
+    let script = format!(
+        "{p} clone-into {t} | sed s/^clone-into/other-cgroup/
+         {p} clone-into {r}/warden | sed s/^clone-into/parent/
+         {p} clone-into {r}/../unified/warden-test | sed s/^clone-into/dotdot/
+         echo cgroup $(cat /proc/self/cgroup | grep '^0::')
+         echo visible $(ls {r} | grep -c -e warden -e system.slice -e init.scope)",
+        t = target.path().display(),
+        r = root.display(),
+    );
+    let out = run_warden("version: 1\ntask: escape\n", &script, &[]);
+    assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
+    for name in ["other-cgroup", "parent", "dotdot"] {
+        let r = out.result(name);
+        assert!(r.starts_with("err"), "clone3 into {name} must be refused: {r}");
+    }
+    assert_eq!(out.result("cgroup"), "0::/", "the task's cgroup namespace is rooted at its sandbox");
+    assert_eq!(out.result("visible"), "0", "no other cgroup is visible");
+    coverage("cgroup escape", "clone3", "enforced (not visible)");
+}
+
+/// A pty pair: (master, slave).
+fn openpty() -> (OwnedFd, OwnedFd) {
+    let (mut m, mut s) = (-1, -1);
+    // SAFETY: openpty fills the two ints; the name and settings pointers may be NULL.
+    let r =
+        unsafe { libc::openpty(&mut m, &mut s, std::ptr::null_mut(), std::ptr::null(), std::ptr::null()) };
+    assert_eq!(r, 0, "openpty: {}", std::io::Error::last_os_error());
+    // SAFETY: both fds were just opened and are owned here.
+    unsafe { (OwnedFd::from_raw_fd(m), OwnedFd::from_raw_fd(s)) }
+}
+
+#[test]
+fn the_task_cannot_type_into_the_users_terminal() {
+    if !require("the_task_cannot_type_into_the_users_terminal", "tp_btf") {
+        return;
+    }
+    let (master, slave) = openpty();
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    fs::write(d.join("scope.yaml"), "version: 1\ntask: tty\n").unwrap();
+    let p = PROBE;
+    // Input pushed into the terminal would be read by the user's shell after warden run; a ^\
+    // would SIGQUIT warden run itself; vhangup would hang the terminal up.
+    let script = format!(
+        "{p} tiocsti 'echo INJECTED\\n' > {d}/tiocsti.out
+         {p} tiocsti '\\x1c' > {d}/quit.out
+         {p} vhangup > {d}/vhangup.out
+         sleep 0.3",
+        d = d.display()
+    );
+    let stdio = |fd: &OwnedFd| Stdio::from(fd.try_clone().unwrap());
+    let mut cmd = Command::new(warden_bin());
+    cmd.arg("run")
+        .arg("--key")
+        .arg(d.join("node.key"))
+        .arg("--scope")
+        .arg(d.join("scope.yaml"))
+        .arg("--log")
+        .arg(d.join("events.jsonl"))
+        .args(["--", "/bin/sh", "-c", &script])
+        .env("WARDEN_SOCKET", d.join("no-daemon.sock"))
+        .stdin(stdio(&slave))
+        .stdout(stdio(&slave))
+        .stderr(stdio(&slave));
+    // SAFETY: setsid and TIOCSCTTY between fork and exec: warden run is the session leader
+    // with the pty as its controlling terminal, as under a user's shell.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    // The terminal's other end: drain what warden and the task print.
+    let mut m = fs::File::from(master.try_clone().unwrap());
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while m.read(&mut buf).is_ok_and(|n| n > 0) {}
+    });
+    let done = wait_for(Duration::from_secs(120), || child.try_wait().unwrap());
+    let status = done.unwrap_or_else(|| {
+        let _ = child.kill();
+        panic!("warden run did not end")
+    });
+    let read = |f: &str| fs::read_to_string(d.join(f)).unwrap_or_default();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "warden run ended with the task ({status:?}); quit: {}",
+        read("quit.out")
+    );
+    let log = read("events.jsonl");
+    assert!(log.contains("\"kind\":\"task_end\""), "task_end written:\n{log}");
+    for f in ["tiocsti.out", "quit.out", "vhangup.out"] {
+        assert!(read(f).contains(" err "), "{f}: {}", read(f));
+    }
+    // Nothing waits in the terminal's input for the user's shell.
+    // SAFETY: fcntl on our own fd.
+    unsafe { libc::fcntl(slave.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
+    let mut buf = [0u8; 256];
+    // SAFETY: read into a local buffer.
+    let n = unsafe { libc::read(slave.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+    assert!(n <= 0, "the user's shell would read: {:?}", String::from_utf8_lossy(&buf[..n.max(0) as usize]));
+    coverage("terminal injection", "syscall", "enforced (no record)");
+}
+
+#[test]
+fn hangup_and_quit_end_the_task_cleanly() {
+    if !require("hangup_and_quit_end_the_task_cleanly", "tp_btf") {
+        return;
+    }
+    for (sig, name, code) in [(libc::SIGHUP, "SIGHUP", 129), (libc::SIGQUIT, "SIGQUIT", 131)] {
+        let running = spawn_warden("version: 1\ntask: hup\n", "exec sleep 299", &[]);
+        let ready = wait_for(Duration::from_secs(30), || {
+            fs::read_to_string(&running.log_path).ok()?.contains("\"kind\":\"exec\"").then_some(())
+        });
+        assert!(ready.is_some(), "the task never started");
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(running.child.id() as i32, sig) };
+        let out = running.finish();
+        assert_eq!(out.code, Some(code), "{name}: {}", out.stderr);
+        let end = &out.records[out.records.len() - 2];
+        assert_eq!(end["kind"], "task_end", "{name}");
+        assert_eq!(end["reason"], format!("signal {name}"));
+    }
+}
+
+#[test]
+fn the_task_dies_with_its_supervisor() {
+    if !require("the_task_dies_with_its_supervisor", "tp_btf") {
+        return;
+    }
+    let mut running = spawn_warden("version: 1\ntask: orphan\n", "exec /usr/bin/sleep 300", &[]);
+    let rec = wait_for(Duration::from_secs(30), || {
+        let text = fs::read_to_string(&running.log_path).ok()?;
+        text.lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|r| r["kind"] == "exec" && r["path"].as_str().is_some_and(|p| p.ends_with("/sleep")))
+    })
+    .expect("sleep started");
+    let pid = rec["pid"].as_u64().unwrap() as i32;
+    let task = rec["task"].as_str().unwrap().to_string();
+    running.child.kill().unwrap();
+    running.child.wait().unwrap();
+    let gone =
+        wait_for(Duration::from_secs(10), || (!Path::new(&format!("/proc/{pid}")).exists()).then_some(()));
+    let cg = agent_user::sandbox::cgroup2_mount().unwrap().join("warden").join(&task);
+    if gone.is_none() {
+        // SAFETY: kill(2) of the survivor this test made.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    let _ = wait_for(Duration::from_secs(5), || fs::remove_dir(&cg).ok());
+    assert!(gone.is_some(), "the task's process outlived warden run (kill -9): it ran unenforced");
+    coverage("supervisor killed", "syscall", "enforced (task killed)");
+}
+
+#[test]
+fn an_allowed_program_cannot_be_swapped_or_fed_foreign_code() {
+    if !require("an_allowed_program_cannot_be_swapped_or_fed_foreign_code", "landlock") {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let d = fs::canonicalize(t.path()).unwrap();
+    let tool = d.join("tool");
+    fs::copy("/usr/bin/cat", &tool).unwrap();
+    fs::set_permissions(&tool, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::write(d.join("marker"), "marker-text\n").unwrap();
+    // A library whose constructor announces itself, built outside the sandbox and dropped
+    // where the task may write.
+    fs::write(
+        d.join("evil.c"),
+        "#include <unistd.h>\n__attribute__((constructor)) static void f(void) { write(1, \"PWNED\\n\", 6); }\n",
+    )
+    .unwrap();
+    let cc = Command::new("gcc")
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(d.join("evil.so"))
+        .arg(d.join("evil.c"))
+        .output()
+        .expect("gcc (build-essential) is needed to build the preloaded library");
+    assert!(cc.status.success(), "{}", String::from_utf8_lossy(&cc.stderr));
+    let dp = d.display();
+    let scope = format!(
+        "version: 1\ntask: swap\nexec:\n  allow: [/bin/sh, {dp}/tool, /usr/bin/cp, /usr/bin/mv, /usr/bin/rm, /usr/bin/true, /usr/bin/python3, /usr/bin/sed, {PROBE}]\nfiles:\n  write: [{dp}]\n"
+    );
+    let script = format!(
+        "/usr/bin/cp /usr/bin/id {dp}/tool 2>/dev/null; echo overwrite $?
+         {PROBE} write {dp}/tool | sed s/^write/append/
+         /usr/bin/cp /usr/bin/id {dp}/swap && /usr/bin/mv -f {dp}/swap {dp}/tool 2>/dev/null; echo swap $?
+         /usr/bin/rm -f {dp}/tool 2>/dev/null; echo unlink $?
+         {dp}/tool {dp}/marker
+         LD_PRELOAD={dp}/evil.so /usr/bin/true 2>/dev/null; echo preload $?
+         /usr/bin/python3 -c \"import ctypes; ctypes.CDLL('{dp}/evil.so')\" 2>/dev/null; echo dlopen $?"
+    );
+    let out = run_warden(&scope, &script, &[]);
+    assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
+    for name in ["overwrite", "swap", "unlink"] {
+        assert_ne!(out.result(name), "0", "{name} of the allowed program must fail\n{}", out.stdout);
+    }
+    assert_eq!(out.result("append"), "err 30", "the allowed program is read-only (EROFS)");
+    assert!(out.stdout.contains("marker-text"), "the allowed program is still cat: {}", out.stdout);
+    assert!(!out.stdout.contains("uid="), "a swapped-in program ran as the allowed one: {}", out.stdout);
+    assert_eq!(fs::read(&tool).unwrap(), fs::read("/usr/bin/cat").unwrap());
+    assert!(!out.stdout.contains("PWNED"), "foreign code ran inside an allowed program: {}", out.stdout);
+    assert_ne!(out.result("dlopen"), "0");
+    let mmap_outcome = if engine() == "bpf-lsm" { "enforced" } else { "enforced (no record)" };
+    coverage("exec identity", "overwrite in place", "enforced (no record)");
+    coverage("exec identity", "swap by rename", "enforced (no record)");
+    coverage("exec mmap", "LD_PRELOAD", mmap_outcome);
+}
+
+#[test]
+fn ordinary_tools_run_clean_inside() {
+    if !require("ordinary_tools_run_clean_inside", "landlock") {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let ws = fs::canonicalize(t.path()).unwrap();
+    let w = ws.display();
+    fs::write(
+        ws.join("hello.c"),
+        "#include <stdio.h>\nint main(void) { puts(\"hello-from-c\"); return 0; }\n",
+    )
+    .unwrap();
+    // Writes only in the workspace; what the task builds there may run (no exec.allow).
+    let scope = format!("version: 1\ntask: tools\nfiles:\n  write: [{w}]\n");
+    let script = format!(
+        "set -e
+         export HOME={w} TMPDIR={w}/tmp; mkdir -p {w}/tmp; cd {w}
+         git init -q repo && cd repo && echo x > f && git add f
+         git -c user.name=t -c user.email=t@example.com commit -qm first && echo git $(git rev-list --count HEAD)
+         cd {w} && gcc -o hello hello.c && ./hello
+         python3 -m venv venv && venv/bin/python -m pip --version | sed 's/ .*//;s/^/pip /'
+         echo ls $(ls / | grep -c -x -e usr -e etc)
+         echo find $(find {w}/repo -name f | wc -l)
+         echo ps $(ps -e | grep -c sh)"
+    );
+    let out = run_warden(&scope, &script, &[]);
+    assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
+    assert_eq!(out.result("git"), "1");
+    assert!(out.stdout.contains("hello-from-c"), "{}", out.stdout);
+    assert_eq!(out.result("pip"), "pip");
+    assert_eq!(out.result("ls"), "2");
+    assert_eq!(out.result("find"), "1");
+    assert_ne!(out.result("ps"), "0", "ps lists the task's own processes");
+    assert!(out.judged().is_empty(), "zero denials: {:#?}", out.judged());
+}
+
+#[test]
+fn capabilities_and_user_come_from_the_scope() {
+    if !require("capabilities_and_user_come_from_the_scope", "landlock") {
+        return;
+    }
+    let script = "grep -e CapEff -e CapBnd -e NoNewPrivs /proc/self/status | tr -d '\\t' | sed 's/:/ /'; echo uid $(id -u) $(id -g)";
+    let none = run_warden("version: 1\ntask: caps\n", script, &[]);
+    assert_eq!(none.code, Some(0), "{}", none.stderr);
+    assert_eq!(none.result("CapEff"), "0000000000000000", "root without capabilities");
+    assert_eq!(none.result("CapBnd"), "0000000000000000", "and none to gain by exec");
+    assert_eq!(none.result("NoNewPrivs"), "1");
+    assert_eq!(none.result("uid"), "0 0");
+    let granted = run_warden(
+        "version: 1\ntask: caps\ncapabilities: [net_bind_service]\nuser: {uid: 65534, gid: 65534}\n",
+        script,
+        &[],
+    );
+    assert_eq!(granted.code, Some(0), "{}", granted.stderr);
+    assert_eq!(granted.result("CapEff"), "0000000000000400", "only net_bind_service");
+    assert_eq!(granted.result("uid"), "65534 65534");
+    coverage("capabilities", "syscall", "enforced (no record)");
+}
