@@ -89,7 +89,8 @@ fn other_processes_and_the_supervisor_are_out_of_reach() {
         w = wpid.display(),
         sup = reach_attempts("supervisor"),
     );
-    let running = spawn_warden("version: 1\ntask: reach\n", &script, &[]);
+    // `keyring` lets the task ask which session keyring it has (keyctl is refused otherwise).
+    let running = spawn_warden("version: 1\ntask: reach\ngrant: [keyring]\n", &script, &[]);
     fs::write(&wpid, running.child.id().to_string()).unwrap();
     let out = running.finish();
     assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
@@ -203,12 +204,15 @@ fn the_task_cannot_type_into_the_users_terminal() {
     let p = PROBE;
     // Input pushed into the terminal would be read by the user's shell after warden run; a ^\
     // would SIGQUIT warden run itself; vhangup would hang the terminal up.
+    // Results go elsewhere than the log's directory (out of the task's reach).
+    let outs = tempfile::tempdir().unwrap();
+    let o = outs.path();
     let script = format!(
-        "{p} tiocsti 'echo INJECTED\\n' > {d}/tiocsti.out
-         {p} tiocsti '\\x1c' > {d}/quit.out
-         {p} vhangup > {d}/vhangup.out
+        "{p} tiocsti 'echo INJECTED\\n' > {o}/tiocsti.out
+         {p} tiocsti '\\x1c' > {o}/quit.out
+         {p} vhangup > {o}/vhangup.out
          sleep 0.3",
-        d = d.display()
+        o = o.display()
     );
     let stdio = |fd: &OwnedFd| Stdio::from(fd.try_clone().unwrap());
     let mut cmd = Command::new(warden_bin());
@@ -246,14 +250,14 @@ fn the_task_cannot_type_into_the_users_terminal() {
         let _ = child.kill();
         panic!("warden run did not end")
     });
-    let read = |f: &str| fs::read_to_string(d.join(f)).unwrap_or_default();
+    let read = |f: &str| fs::read_to_string(o.join(f)).unwrap_or_default();
     assert_eq!(
         status.code(),
         Some(0),
         "warden run ended with the task ({status:?}); quit: {}",
         read("quit.out")
     );
-    let log = read("events.jsonl");
+    let log = fs::read_to_string(d.join("events.jsonl")).unwrap_or_default();
     assert!(log.contains("\"kind\":\"task_end\""), "task_end written:\n{log}");
     for f in ["tiocsti.out", "quit.out", "vhangup.out"] {
         assert!(read(f).contains(" err "), "{f}: {}", read(f));

@@ -328,7 +328,11 @@ mod tests {
             w.display()
         ));
         let plan = MountPlan::new(MOUNTINFO, &c, true);
-        assert_eq!(plan.noexec, [w.clone()], "not /usr (it holds every program's libraries), not /dev");
+        assert_eq!(
+            plan.noexec,
+            std::slice::from_ref(&w),
+            "not /usr (it holds every program's libraries), not /dev"
+        );
         let any_exec = compiled(&format!("version: 1\ntask: t\nfiles:\n  write: [{}]\n", w.display()));
         assert!(
             MountPlan::new(MOUNTINFO, &any_exec, true).noexec.is_empty(),

@@ -258,6 +258,11 @@ impl Scope {
             return Err(invalid("egress", "network.egress", e));
         }
         let files = raw.files;
+        let mut capabilities = raw.capabilities.iter().fold(0u64, |m, c| m | (1u64 << c.0));
+        // Raw and packet sockets are created only with CAP_NET_RAW: granting them grants it.
+        if raw.grant.iter().any(|g| matches!(g, Grant::NetRaw | Grant::NetPacket)) {
+            capabilities |= 1u64 << raw::CAP_NET_RAW;
+        }
         Ok(Scope {
             task: raw.task.0,
             source: path.to_path_buf(),
@@ -272,7 +277,7 @@ impl Scope {
             process_limit: raw.limits.and_then(|l| l.processes).map(|p| p.0),
             grants: raw.grant.into_iter().collect(),
             on_gap: raw.evidence.map(|e| e.on_gap).unwrap_or_default(),
-            capabilities: raw.capabilities.iter().fold(0u64, |m, c| m | (1u64 << c.0)),
+            capabilities,
             user: raw.user.map(|u| (u.uid, u.gid.unwrap_or(u.uid))),
             text: text.to_string(),
         })
@@ -426,6 +431,8 @@ grant: [io-uring]
         assert_eq!(s.user, Some((1000, 1000)));
         let s = parse("version: 1\ntask: a\n").unwrap();
         assert_eq!((s.capabilities, s.user), (0, None), "no capabilities, root, unless granted");
+        let s = parse("version: 1\ntask: a\ngrant: [net-packet]\n").unwrap();
+        assert_eq!(s.capabilities, 1 << 13, "packet sockets need net_raw");
         let e = err("version: 1\ntask: a\ncapabilities: [sys_admin]\n");
         assert!(
             e.starts_with("s.yaml:3:") && e.contains("cannot be granted") && e.contains("administers"),

@@ -61,6 +61,9 @@ pub struct RawUser {
     pub gid: Option<u32>,
 }
 
+/// `CAP_NET_RAW`.
+pub const CAP_NET_RAW: u32 = 13;
+
 /// Capabilities a scope may grant, with their numbers (capabilities(7)).
 pub const CAPABILITIES: &[(&str, u32)] = &[
     ("chown", 0),
@@ -221,6 +224,7 @@ pub enum Grant {
     Credentials,
     /// Let the task open raw IP and ICMP sockets (and any other IPv4/IPv6 socket type or
     /// protocol beyond TCP and UDP). They pass no egress hook: `network.egress` does not judge them.
+    /// Implies the `net_raw` capability (raw sockets need it).
     NetRaw,
     /// Let the task open `AF_PACKET` sockets (send and sniff link-layer frames).
     NetPacket,

@@ -286,9 +286,7 @@ fn main() {
             let mut cur: libc::rlimit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
             // SAFETY: prlimit(2) with valid pointers.
             let r = unsafe { libc::prlimit(pid, libc::RLIMIT_CORE, std::ptr::null(), &mut cur) };
-            if r != 0 {
-                Err(errno())
-            } else if unsafe { libc::prlimit(pid, libc::RLIMIT_CORE, &cur, std::ptr::null_mut()) } != 0 {
+            if r != 0 || unsafe { libc::prlimit(pid, libc::RLIMIT_CORE, &cur, std::ptr::null_mut()) } != 0 {
                 Err(errno())
             } else {
                 Ok(())
@@ -300,9 +298,9 @@ fn main() {
             // SAFETY: plain syscalls; errno is cleared first because -1 is a valid priority.
             unsafe { *libc::__errno_location() = 0 };
             let prio = unsafe { libc::getpriority(libc::PRIO_PROCESS, pid as libc::id_t) };
-            if prio == -1 && errno() != 0 {
-                Err(errno())
-            } else if unsafe { libc::setpriority(libc::PRIO_PROCESS, pid as libc::id_t, prio) } != 0 {
+            if (prio == -1 && errno() != 0)
+                || unsafe { libc::setpriority(libc::PRIO_PROCESS, pid as libc::id_t, prio) } != 0
+            {
                 Err(errno())
             } else {
                 Ok(())
