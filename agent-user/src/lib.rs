@@ -9,6 +9,7 @@
 pub mod audit;
 pub mod cli;
 pub mod correlate;
+pub mod creds;
 pub mod daemon;
 pub mod decode;
 pub mod k8s;

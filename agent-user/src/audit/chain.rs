@@ -79,6 +79,16 @@ impl NodeKey {
         hex::encode(self.signing.verifying_key().to_bytes())
     }
 
+    /// The public key's 32 bytes.
+    pub fn public_bytes(&self) -> [u8; 32] {
+        self.signing.verifying_key().to_bytes()
+    }
+
+    /// Signs `msg`; the raw 64-byte signature (JWS `EdDSA`).
+    pub fn sign_raw(&self, msg: &[u8]) -> [u8; 64] {
+        self.signing.sign(msg).to_bytes()
+    }
+
     /// Signs `msg`; base64 signature.
     pub fn sign(&self, msg: &[u8]) -> String {
         base64::engine::general_purpose::STANDARD.encode(self.signing.sign(msg).to_bytes())

@@ -74,8 +74,8 @@ impl IssuedSecrets {
         let total: u64 = scope
             .secrets
             .iter()
-            .filter_map(|s| s.issue.as_ref())
-            .map(|i| fs::metadata(&i.from).map(|m| m.len()).unwrap_or(0).min(MAX_SECRET_BYTES))
+            .filter_map(|s| s.issue.as_ref().and_then(|i| i.file()))
+            .map(|from| fs::metadata(from).map(|m| m.len()).unwrap_or(0).min(MAX_SECRET_BYTES))
             .sum();
         let size = (total + 64 * 1024).next_multiple_of(4096);
         if let Err(e) = nix::mount::mount(
@@ -90,7 +90,8 @@ impl IssuedSecrets {
         }
         for s in &scope.secrets {
             let Some(i) = &s.issue else { continue };
-            if let Err(e) = me.copy_one(&i.name, &i.from, &i.env) {
+            let Some(from) = i.file() else { continue };
+            if let Err(e) = me.copy_one(&i.name, from, &i.env) {
                 let _ = me.destroy();
                 return Err(e);
             }
@@ -195,7 +196,7 @@ mod tests {
         assert!(s.has_issued_secrets());
         let i = s.secrets[0].issue.clone().unwrap();
         assert_eq!(i.env, "WARDEN_SECRET_GH_TOKEN");
-        assert_eq!(i.from, PathBuf::from("/etc/hostname"));
+        assert_eq!(i.file(), Some(Path::new("/etc/hostname")));
         s.place_issued_secrets(Path::new("/run/warden/secrets/t-1"));
         assert_eq!(s.secrets[0].path, PathBuf::from("/run/warden/secrets/t-1/gh-token"));
     }

@@ -667,6 +667,10 @@ impl CompiledScope {
         let mut secrets = Vec::new();
         for (i, s) in scope.secrets.iter().enumerate() {
             let field = format!("secrets[{i}].path");
+            // Brokered secrets are no file: the broker, not a file rule, hands them out.
+            if s.issue.as_ref().is_some_and(|i| i.brokered()) {
+                continue;
+            }
             if let Some(issue) = &s.issue
                 && s.path.as_os_str().is_empty()
             {

@@ -14,7 +14,7 @@ use std::{
 
 use ipnet::IpNet;
 
-use self::raw::{Grant, OnGap, PortRange, Protocol, RawScope};
+use self::raw::{Grant, OnGap, PortRange, Protocol, RawScope, SecretSource};
 
 /// Enforcement mode of a task: the scope's `mode:` (enforce when omitted), `--mode`, and what
 /// records carry (`mode`, and decision `audit` for what enforce would have refused).
@@ -82,14 +82,48 @@ pub struct Secret {
     pub issue: Option<IssuedSecret>,
 }
 
-/// A secret the node daemon issues for each task.
+/// A secret Warden issues for each task.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IssuedSecret {
     pub name: String,
-    /// The file the value is copied from.
-    pub from: PathBuf,
-    /// The environment variable naming the issued file's path.
+    /// Where the value comes from.
+    pub source: SecretFrom,
+    /// `file:` secrets: the environment variable naming the issued file's path.
     pub env: String,
+    /// `exec:` secrets: the revoke command (`{id}` not yet replaced).
+    pub revoke: Option<Vec<String>>,
+    /// `token` secrets: the audience.
+    pub audience: Option<String>,
+    /// How long one credential lives (brokered secrets).
+    pub ttl: Option<Duration>,
+    /// Reissue period (brokered secrets).
+    pub rotate: Option<Duration>,
+}
+
+/// Where an issued secret's value comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretFrom {
+    /// Copied from a file onto the task's tmpfs; nothing revokes it at its source.
+    File(PathBuf),
+    /// Minted by an issuer command; served by the task's broker.
+    Exec(Vec<String>),
+    /// A JWT Warden signs with the node key; served by the task's broker.
+    Token,
+}
+
+impl IssuedSecret {
+    /// The source file of a `file:` secret.
+    pub fn file(&self) -> Option<&Path> {
+        match &self.source {
+            SecretFrom::File(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// Whether the value is handed out only by the task's broker (not as a file).
+    pub fn brokered(&self) -> bool {
+        self.file().is_none()
+    }
 }
 
 /// The default environment variable of an issued secret: `WARDEN_SECRET_<NAME>`.
@@ -193,15 +227,74 @@ impl Scope {
                     }
                     Secret { path: p.0, tools, issue: None }
                 }
-                (None, Some(name), Some(from)) => Secret {
-                    path: PathBuf::new(),
-                    tools,
-                    issue: Some(IssuedSecret {
-                        env: s.env.map(|e| e.0).unwrap_or_else(|| default_secret_env(&name.0)),
-                        name: name.0,
-                        from: from.0,
-                    }),
-                },
+                (None, Some(name), Some(from)) => {
+                    let field = |f: &str| format!("secrets[{i}].{f}");
+                    let source = match from {
+                        SecretSource::File(p) => SecretFrom::File(p),
+                        SecretSource::Exec(argv) => SecretFrom::Exec(argv),
+                        SecretSource::Token => SecretFrom::Token,
+                    };
+                    let is_file = matches!(source, SecretFrom::File(_));
+                    if !is_file && let Some(env) = &s.env {
+                        return Err(invalid(
+                            &env.0,
+                            &field("env"),
+                            format!(
+                                "`env` names the file of a `file:` secret; `{}` is served by the task's broker: \
+                                 tools fetch it with `warden secret get {}`",
+                                name.0, name.0
+                            ),
+                        ));
+                    }
+                    if s.revoke.is_some() && !matches!(source, SecretFrom::Exec(_)) {
+                        return Err(invalid(
+                            "revoke",
+                            &field("revoke"),
+                            "`revoke` goes with `from: exec:...`; file: secrets are not revoked and \
+                             tokens are revoked by Warden"
+                                .into(),
+                        ));
+                    }
+                    match (&source, &s.audience) {
+                        (SecretFrom::Token, None) => {
+                            return Err(invalid(
+                                &name.0,
+                                &field("audience"),
+                                "a token needs an `audience:` (the service that will check it)".into(),
+                            ));
+                        }
+                        (SecretFrom::Token, Some(_)) | (_, None) => {}
+                        (_, Some(a)) => {
+                            return Err(invalid(
+                                &a.0,
+                                &field("audience"),
+                                "`audience` goes with `from: token`".into(),
+                            ));
+                        }
+                    }
+                    if is_file && (s.rotate.is_some() || s.ttl.is_some()) {
+                        return Err(invalid(
+                            &name.0,
+                            &field("rotate"),
+                            "`ttl` and `rotate` go with `exec:` and `token` secrets; a file: copy lives as long \
+                             as the task"
+                                .into(),
+                        ));
+                    }
+                    Secret {
+                        path: PathBuf::new(),
+                        tools,
+                        issue: Some(IssuedSecret {
+                            env: s.env.map(|e| e.0).unwrap_or_else(|| default_secret_env(&name.0)),
+                            name: name.0,
+                            source,
+                            revoke: s.revoke.map(|c| c.0),
+                            audience: s.audience.map(|a| a.0),
+                            ttl: s.ttl.map(|t| t.0),
+                            rotate: s.rotate.map(|t| t.0),
+                        }),
+                    }
+                }
                 _ => {
                     return Err(invalid(
                         &needle,
@@ -283,27 +376,41 @@ impl Scope {
         })
     }
 
-    /// Whether the scope asks for secrets issued per task.
+    /// Whether the scope asks for secrets issued per task (any provider).
     pub fn has_issued_secrets(&self) -> bool {
         self.secrets.iter().any(|s| s.issue.is_some())
     }
 
-    /// Gives each issued secret its per-task path, `<dir>/<name>`.
+    /// Whether the scope has secrets served by a broker (`exec:`, `token`).
+    pub fn has_brokered_secrets(&self) -> bool {
+        self.brokered().next().is_some()
+    }
+
+    /// The brokered secrets, with their tools.
+    pub fn brokered(&self) -> impl Iterator<Item = (&IssuedSecret, &[PathBuf])> {
+        self.secrets
+            .iter()
+            .filter_map(|s| s.issue.as_ref().filter(|i| i.brokered()).map(|i| (i, s.tools.as_slice())))
+    }
+
+    /// Gives each issued `file:` secret its per-task path, `<dir>/<name>`.
     pub fn place_issued_secrets(&mut self, dir: &Path) {
         for s in &mut self.secrets {
-            if let Some(i) = &s.issue {
+            if let Some(i) = &s.issue
+                && !i.brokered()
+            {
                 s.path = dir.join(&i.name);
             }
         }
     }
 
-    /// A copy whose issued secrets point at their source files: compiling it checks
+    /// A copy whose issued `file:` secrets point at their source files: compiling it checks
     /// everything a task start would (the sources must exist), without issuing anything.
     pub fn for_validation(&self) -> Scope {
         let mut s = self.clone();
         for sec in &mut s.secrets {
-            if let Some(i) = &sec.issue {
-                sec.path = i.from.clone();
+            if let Some(p) = sec.issue.as_ref().and_then(|i| i.file()) {
+                sec.path = p.to_path_buf();
             }
         }
         s

@@ -163,13 +163,30 @@ pub struct RawSecret {
     /// tmpfs and destroys it at task end).
     #[serde(default)]
     pub name: Option<SecretName>,
-    /// Where an issued secret's value comes from: `file:/abs/path`.
+    /// Where an issued secret's value comes from: `file:/abs/path` (a per-task copy, never
+    /// revoked), `exec:/abs/issuer ARGS...` (a command run at task start; argv split like
+    /// words, no shell) or `token` (a JWT Warden signs with the node key).
     #[serde(default)]
     pub from: Option<SecretSource>,
-    /// The environment variable that tells the task where an issued secret is
+    /// The environment variable that tells the task where an issued `file:` secret is
     /// (default `WARDEN_SECRET_<NAME>`, upper-cased, `-` and `.` as `_`).
     #[serde(default)]
     pub env: Option<EnvName>,
+    /// `exec:` only: the command that revokes what the mint issued, run at task end;
+    /// `{id}` is replaced by the id the mint printed.
+    #[serde(default)]
+    pub revoke: Option<CommandLine>,
+    /// `token` only: the token's `aud`.
+    #[serde(default)]
+    pub audience: Option<Audience>,
+    /// `exec:` and `token`: how long one credential lives (default 1h; never past the
+    /// task's ttl).
+    #[serde(default)]
+    pub ttl: Option<Ttl>,
+    /// `exec:` and `token`: reissue this often during the task; the old credential is
+    /// revoked after a grace period.
+    #[serde(default)]
+    pub rotate: Option<Ttl>,
     /// Only these executables may open it, and only during the task.
     pub tools: Vec<AbsPath>,
 }
@@ -394,13 +411,55 @@ string_newtype!(SecretName, String, |s| {
 /// Where an issued secret comes from.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(try_from = "String")]
-pub struct SecretSource(pub PathBuf);
-string_newtype!(SecretSource, PathBuf, |s| {
-    match s.strip_prefix("file:") {
-        Some(p) => AbsPath::try_from(p.to_string()).map(|a| a.0),
-        None => Err(format!(
-            "{s:?} is not a secret source; write file:/path/to/value (e.g. file:/etc/warden/vault/gh-token)"
-        )),
+pub enum SecretSource {
+    /// `file:/abs/path`: the value is copied from this file.
+    File(PathBuf),
+    /// `exec:/abs/cmd ARGS...`: the issuer command's argv.
+    Exec(Vec<String>),
+    /// `token`: a JWT minted and signed by Warden.
+    Token,
+}
+impl TryFrom<String> for SecretSource {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        if let Some(p) = s.strip_prefix("file:") {
+            return AbsPath::try_from(p.to_string()).map(|a| SecretSource::File(a.0));
+        }
+        if let Some(c) = s.strip_prefix("exec:") {
+            return CommandLine::try_from(c.to_string()).map(|c| SecretSource::Exec(c.0));
+        }
+        if s == "token" {
+            return Ok(SecretSource::Token);
+        }
+        Err(format!(
+            "{s:?} is not a secret source; write file:/path/to/value, exec:/path/to/issuer ARGS... or token"
+        ))
+    }
+}
+
+/// A command line: an absolute program and its arguments, split like shell words (quotes
+/// respected), never run by a shell.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(try_from = "String")]
+pub struct CommandLine(pub Vec<String>);
+string_newtype!(CommandLine, Vec<String>, |s| {
+    let argv = shlex::split(s).ok_or_else(|| format!("{s:?}: unbalanced quotes or a trailing backslash"))?;
+    match argv.first() {
+        Some(p) if p.starts_with('/') => Ok(argv),
+        Some(p) => Err(format!("{p:?} must be an absolute path (commands are not looked up in PATH)")),
+        None => Err("the command is empty; write /path/to/program ARGS...".into()),
+    }
+});
+
+/// A token audience: 1-512 printable ASCII characters.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(try_from = "String")]
+pub struct Audience(pub String);
+string_newtype!(Audience, String, |s| {
+    if !s.is_empty() && s.len() <= 512 && s.bytes().all(|b| b.is_ascii_graphic()) {
+        Ok(s.to_string())
+    } else {
+        Err(format!("audience {s:?} must be 1-512 printable characters without spaces"))
     }
 });
 
