@@ -48,6 +48,9 @@ pub fn run(tiers: &[Tier]) -> anyhow::Result<()> {
         // The Kubernetes tests run real containers: runc with a busybox-static root.
         util::ensure_apt("/usr/sbin/runc", "runc")?;
         util::ensure_apt("/bin/busybox", "busybox-static")?;
+        // The credentials test verifies Warden's tokens with PyJWT (EdDSA needs cryptography).
+        util::ensure_apt("/usr/lib/python3/dist-packages/jwt/__init__.py", "python3-jwt")?;
+        util::ensure_apt("/usr/lib/python3/dist-packages/cryptography/__init__.py", "python3-cryptography")?;
         let warden = build_warden(false)?;
         let cells = crate::coverage::cells_dir(&util::workspace_root());
         std::fs::create_dir_all(&cells)?;

@@ -134,6 +134,20 @@ pub struct AuditRecord {
     /// the value).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub secrets: Option<Vec<crate::sandbox::secrets::IssuedInfo>>,
+    /// task_start: brokered credentials (`name`, `provider`, `sha256`, `expires_at`,
+    /// `generation` — never the value).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<Vec<crate::creds::CredInfo>>,
+    /// secret: what happened to a brokered secret: `get` (a caller asked the broker),
+    /// `rotate` (reissued), `revoke` (revoked at its issuer, or failed to).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub op: Option<&'static str>,
+    /// secret: the secret's name in the scope.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// secret: SHA-256 (hex) of the value concerned (never the value).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
     /// finding: the rule that fired, its severity and description, and the `seq`s of the
     /// records that made it fire.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -8,6 +8,7 @@ mod report;
 mod rules;
 mod run;
 mod scope;
+mod secret;
 pub mod task;
 mod verify;
 
@@ -59,6 +60,9 @@ pub enum Command {
     /// OCI runtime hook (createRuntime/prestart and poststop): bind a pod's container to the
     /// scope its annotations name before its first instruction; end the task when it stops.
     OciHook(oci_hook::OciHookArgs),
+    /// Inside a task: fetch a brokered secret from the task's broker.
+    #[command(subcommand)]
+    Secret(secret::SecretCmd),
 }
 
 /// How a verb failed.
@@ -103,6 +107,7 @@ pub fn main() -> i32 {
         Command::Task(a) => task::task(a),
         Command::Events(a) => task::events(a),
         Command::OciHook(a) => oci_hook::run(a),
+        Command::Secret(c) => secret::run(c),
     };
     match result {
         Ok(code) => code,

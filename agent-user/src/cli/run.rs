@@ -276,6 +276,7 @@ async fn run_task(
         secrets_dir: args.secrets_dir.clone(),
         key: key.clone(),
         name: node_name(),
+        creds: None,
     };
     let mut pipeline = Pipeline::new(ProcessTable::seed_from("/proc".as_ref()), Clock::new(), sink);
     pipeline.set_signer(key);

@@ -12,6 +12,7 @@
 //! (records, logs, errors, state files) carries the SHA-256 digest.
 pub mod broker;
 pub mod exec;
+pub mod node;
 pub mod peer;
 pub mod revoke;
 pub mod token;
@@ -145,6 +146,8 @@ pub struct Slot {
     /// The identities of the tools it is handed to (resolved at task start).
     pub tools: Vec<FileId>,
     pub current: Minted,
+    /// The current credential's held revocation in the queue.
+    pub held: String,
     /// Unix seconds when it is next reissued.
     pub next_rotation: Option<u64>,
 }
@@ -209,8 +212,9 @@ impl TaskCreds {
                     })?);
                 }
                 let current = mint_one(spec, ctx, 0)?;
+                let held = queue.hold(current.revocation.clone());
                 let next_rotation = spec.rotate.map(|r| unix_now() + r.as_secs());
-                me.slots.push(Slot { spec: spec.clone(), tools: ids, current, next_rotation });
+                me.slots.push(Slot { spec: spec.clone(), tools: ids, current, held, next_rotation });
             }
             Ok(())
         })();
@@ -250,8 +254,10 @@ impl TaskCreds {
             }
             match mint_one(&slot.spec, ctx, slot.current.info.generation + 1) {
                 Ok(new) => {
-                    let old = std::mem::replace(&mut slot.current, new);
-                    queue.push(old.revocation.not_before(now + ROTATE_GRACE.as_secs()));
+                    let held = queue.hold(new.revocation.clone());
+                    slot.current = new;
+                    let old = std::mem::replace(&mut slot.held, held);
+                    queue.release(&old, now + ROTATE_GRACE.as_secs());
                     slot.next_rotation = Some(now + period.as_secs());
                     out.push((slot.spec.name.clone(), Ok(slot.current.info.clone())));
                 }
@@ -264,13 +270,13 @@ impl TaskCreds {
         out
     }
 
-    /// Queues every credential for revocation (persisted first, then tried at once by the
-    /// queue's worker) and forgets the values.
+    /// Releases every credential's revocation (tried at once by the queue's worker) and
+    /// forgets the values.
     pub fn revoke_all(&mut self, queue: &RevokeQueue) -> Vec<String> {
         let mut names = Vec::new();
         for slot in self.slots.drain(..) {
             names.push(slot.spec.name.clone());
-            queue.push(slot.current.revocation);
+            queue.release(&slot.held, 0);
         }
         names
     }

@@ -54,6 +54,10 @@ pub struct Pending {
     /// Why the last attempt failed (never command output).
     #[serde(default)]
     pub last_error: Option<String>,
+    /// Held: the credential is live; written at mint so that a daemon that dies still
+    /// knows what to revoke. Released at task end (or rotation), then tried.
+    #[serde(default)]
+    pub held: bool,
 }
 
 impl Pending {
@@ -66,6 +70,7 @@ impl Pending {
             attempts: 0,
             next_at_ms: 0,
             last_error: None,
+            held: false,
         }
     }
     pub fn exec(task: &str, name: &str, argv: Vec<String>) -> Self {
@@ -163,6 +168,7 @@ impl RevokeQueue {
                 Ok(Ok(mut p)) => {
                     // A new daemon tries at once.
                     p.next_at_ms = 0;
+                    inner.counter += 1;
                     inner.pending.insert(stem, p);
                 }
                 _ => tracing::error!(file = %path.display(), "unreadable pending revocation; left in place"),
@@ -183,9 +189,78 @@ impl RevokeQueue {
         }
     }
 
+    fn persist(&self, stem: &str, p: &Pending) {
+        let path = self.dir.join(format!("{stem}.json"));
+        let bytes = serde_json::to_vec(p).unwrap_or_default();
+        if let Err(e) = write_atomic(&path, &bytes) {
+            // Still retried by this process; only a crash would lose it.
+            tracing::error!(file = %path.display(), error = %e, "cannot persist a pending revocation");
+        }
+    }
+
+    fn new_stem(inner: &mut Inner, p: &Pending) -> String {
+        inner.counter += 1;
+        format!("{}-{}-{}-{}", p.task, p.name, now_ms(), inner.counter)
+    }
+
+    /// Records a live credential's revocation, held until [`RevokeQueue::release`]: on disk
+    /// before this returns. Returns its handle.
+    pub fn hold(&self, mut p: Pending) -> String {
+        p.held = true;
+        let mut inner = self.lock();
+        let stem = Self::new_stem(&mut inner, &p);
+        self.persist(&stem, &p);
+        inner.pending.insert(stem.clone(), p);
+        stem
+    }
+
+    /// Releases a held revocation: it is tried from Unix second `not_before` on.
+    pub fn release(&self, stem: &str, not_before: u64) {
+        let Some(mut p) = self.lock().pending.remove(stem) else { return };
+        let _ = fs::remove_file(self.dir.join(format!("{stem}.json")));
+        p.held = false;
+        p.not_before = not_before;
+        self.push_as(stem.to_string(), p);
+    }
+
+    /// Releases every held revocation of `task` (the task ended, or a restarted daemon
+    /// found it gone or could not keep its values). Returns how many.
+    pub fn release_task(&self, task: &str) -> usize {
+        let stems: Vec<String> = self
+            .lock()
+            .pending
+            .iter()
+            .filter(|(_, p)| p.held && p.task == task)
+            .map(|(s, _)| s.clone())
+            .collect();
+        for s in &stems {
+            self.release(s, 0);
+        }
+        stems.len()
+    }
+
+    /// Tasks with held (live) credentials.
+    pub fn held_tasks(&self) -> Vec<String> {
+        let mut v: Vec<String> =
+            self.lock().pending.values().filter(|p| p.held).map(|p| p.task.clone()).collect();
+        v.dedup();
+        v
+    }
+
     /// Queues a revocation: persisted before this returns. Tokens and unrevocable
     /// credentials land at once.
     pub fn push(&self, p: Pending) {
+        let stem = Self::new_stem(&mut self.lock(), &p);
+        self.push_as(stem, p);
+    }
+
+    fn push_as(&self, stem: String, p: Pending) {
+        if p.held {
+            let mut inner = self.lock();
+            self.persist(&stem, &p);
+            inner.pending.insert(stem, p);
+            return;
+        }
         let mut inner = self.lock();
         match &p.action {
             Action::Token { jti, exp } => {
@@ -209,23 +284,21 @@ impl RevokeQueue {
                 retry_in: None,
             }),
             Action::Exec { .. } => {
-                inner.counter += 1;
-                let stem = format!("{}-{}-{}-{}", p.task, p.name, now_ms(), inner.counter);
-                let path = self.dir.join(format!("{stem}.json"));
-                let bytes = serde_json::to_vec(&p).unwrap_or_default();
-                if let Err(e) = write_atomic(&path, &bytes) {
-                    // Still retried by this process; only a crash would lose it.
-                    tracing::error!(file = %path.display(), error = %e, "cannot persist a pending revocation");
-                }
+                self.persist(&stem, &p);
                 inner.pending.insert(stem, p);
                 self.wake.notify_all();
             }
         }
     }
 
-    /// Revocations not landed yet, as (task, name, attempts).
+    /// Released revocations not landed yet, as (task, name, attempts).
     pub fn pending(&self) -> Vec<(String, String, u32)> {
-        self.lock().pending.values().map(|p| (p.task.clone(), p.name.clone(), p.attempts)).collect()
+        self.lock()
+            .pending
+            .values()
+            .filter(|p| !p.held)
+            .map(|p| (p.task.clone(), p.name.clone(), p.attempts))
+            .collect()
     }
 
     /// Token ids revoked and not yet expired (expired ones are dropped from the list).
@@ -245,6 +318,14 @@ impl RevokeQueue {
         std::mem::take(&mut self.lock().events)
     }
 
+    /// What happened to `task`'s revocations since the last call.
+    pub fn take_events_of(&self, task: &str) -> Vec<RevokeEvent> {
+        let mut inner = self.lock();
+        let (mine, rest) = std::mem::take(&mut inner.events).into_iter().partition(|e| e.task == task);
+        inner.events = rest;
+        mine
+    }
+
     /// Attempts every due revocation once (commands run without the lock held).
     pub fn run_due(&self) {
         let (now_s, now) = (unix_now(), now_ms());
@@ -253,7 +334,9 @@ impl RevokeQueue {
             let due: Vec<(String, Pending)> = inner
                 .pending
                 .iter()
-                .filter(|(s, p)| p.not_before <= now_s && p.next_at_ms <= now && !inner.running.contains(s))
+                .filter(|(s, p)| {
+                    !p.held && p.not_before <= now_s && p.next_at_ms <= now && !inner.running.contains(s)
+                })
                 .map(|(s, p)| (s.clone(), p.clone()))
                 .collect();
             inner.running.extend(due.iter().map(|(s, _)| s.clone()));
@@ -323,7 +406,8 @@ impl RevokeQueue {
         let deadline = std::time::Instant::now() + timeout;
         loop {
             self.run_due();
-            if !self.lock().pending.values().any(|p| p.task == task && p.not_before <= unix_now()) {
+            if !self.lock().pending.values().any(|p| p.task == task && !p.held && p.not_before <= unix_now())
+            {
                 return true;
             }
             if std::time::Instant::now() >= deadline {
@@ -414,6 +498,26 @@ mod tests {
         drop(q);
         let q = RevokeQueue::open(d.path()).unwrap();
         assert_eq!(q.revoked_jtis(), vec!["jti-live".to_string()]);
+    }
+
+    #[test]
+    fn held_revocations_survive_a_restart_and_run_only_when_released() {
+        let d = tempfile::tempdir().unwrap();
+        let q = RevokeQueue::open(d.path()).unwrap();
+        let stem = q.hold(Pending::exec("t-1", "a", vec!["/bin/true".into()]));
+        q.hold(Pending::token("t-1", "b", "jti-1", unix_now() + 60));
+        q.run_due();
+        assert!(q.pending().is_empty(), "held: not tried");
+        assert!(q.revoked_jtis().is_empty());
+        drop(q);
+        let q = RevokeQueue::open(d.path()).unwrap();
+        assert_eq!(q.held_tasks(), vec!["t-1".to_string()]);
+        assert_eq!(q.release_task("t-1"), 2);
+        assert_eq!(q.revoked_jtis(), vec!["jti-1".to_string()]);
+        assert!(q.wait_task("t-1", Duration::from_secs(5)));
+        assert!(q.held_tasks().is_empty());
+        q.release(&stem, 0);
+        assert_eq!(fs::read_dir(d.path()).unwrap().count(), 1, "only the revoked-jti list is left");
     }
 
     #[test]

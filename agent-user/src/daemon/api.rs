@@ -90,6 +90,13 @@ pub struct TaskInfo {
     pub secrets_dir: Option<PathBuf>,
     /// Issued secrets: name, path, env variable, digest.
     pub secrets: Vec<IssuedInfo>,
+    /// The task's secrets broker (`WARDEN_BROKER` in the task), when the scope has
+    /// brokered secrets (`exec:`, `token`).
+    #[serde(default)]
+    pub broker: Option<PathBuf>,
+    /// Brokered credentials: name, provider, digest, expiry (never the value).
+    #[serde(default)]
+    pub credentials: Vec<crate::creds::CredInfo>,
     /// Processes in the sandbox now.
     pub processes: u64,
     pub identity: IdentityDoc,

@@ -42,6 +42,19 @@ pub struct DaemonConfig {
     /// Scopes pods may name (`warden.dev/scope: NAME` → `<scopes>/NAME.yaml`), read when a
     /// container is bound. Unset: containers cannot be bound.
     pub scopes: Option<PathBuf>,
+    /// Tokens Warden mints (`from: token` secrets): where their JWKS is served.
+    pub tokens: TokensConfig,
+}
+
+/// The token endpoint: `GET /.well-known/jwks.json` and `GET /v1/revoked`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TokensConfig {
+    /// `host:port` to serve the JWKS and the revoked token ids on (plain HTTP: both are
+    /// public). `null` (default): not served.
+    pub listen: Option<SocketAddr>,
+    /// The tokens' `iss` (default `warden://<node name>`).
+    pub issuer: Option<String>,
 }
 
 impl Default for DaemonConfig {
@@ -60,6 +73,7 @@ impl Default for DaemonConfig {
             maps: LoadOptions::default(),
             rules: None,
             scopes: None,
+            tokens: TokensConfig::default(),
         }
     }
 }

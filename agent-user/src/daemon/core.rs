@@ -25,6 +25,10 @@ use crate::{
         sink::RotatingJsonlSink,
     },
     correlate::ProcessTable,
+    creds::{
+        broker::SecretEvent,
+        node::{NodeCreds, TokenEndpoint},
+    },
     k8s::{Container, pod},
     lifecycle::{self, Launched, Lifecycle, Live, Node, Origin, Running, SandboxSpec},
     loader::{Engine, LoadOptions, PinLayout, Sensor, pin::ensure_bpffs, select_engine},
@@ -214,6 +218,10 @@ pub struct Core {
     /// What happened at start (for the log and the tests): adopted attachments, re-adopted
     /// tasks, migrated versions.
     pub startup: Startup,
+    /// Brokered credentials (also in `node`): the revocation queue, token signing.
+    creds: Arc<NodeCreds>,
+    /// Broker answers to record (taken by [`Core::run`]).
+    secret_rx: Option<mpsc::UnboundedReceiver<SecretEvent>>,
 }
 
 /// What the daemon found and did when it started.
@@ -306,12 +314,19 @@ impl Core {
         if let Some(set) = rules {
             pipeline.set_rules(set);
         }
+        let name = node_name();
+        let revocations = cfg.state_dir.join("revocations");
+        let (creds, secret_rx) =
+            NodeCreds::open(&revocations, key.clone(), name.clone(), cfg.tokens.issuer.clone())
+                .map_err(io_ctx(format!("revocation queue {}", revocations.display())))?;
+        let creds = Arc::new(creds);
         let node = Node {
             cgroup_mount: cgroup2_mount().map_err(|e| StartError::Other(e.to_string()))?,
             cgroup_parent: cfg.cgroup_parent.clone(),
             secrets_dir: cfg.secrets_dir.clone(),
             key,
-            name: node_name(),
+            name,
+            creds: Some(creds.clone()),
         };
         let mut core = Core {
             cfg,
@@ -329,6 +344,8 @@ impl Core {
             version: layout.version.clone(),
             bound_at: HashMap::new(),
             startup,
+            creds,
+            secret_rx: Some(secret_rx),
         };
         core.readopt()?;
         // Every adopted task is bound in this version's maps and attachments now: the old
@@ -441,8 +458,125 @@ impl Core {
                 }
             }
         }
+        // Credentials still held for tasks this daemon does not run (it died between minting
+        // and recording the task): revoke them.
+        for task in self.creds.queue.held_tasks() {
+            if !self.tasks.contains_key(&task) {
+                tracing::warn!(task = %task, "revoking the credentials of a task that is gone");
+                self.creds.end_orphan(&task, Duration::ZERO);
+            }
+        }
         self.publish_sandboxes();
         Ok(())
+    }
+
+    /// The JWKS and revoked-token endpoint's state.
+    pub fn token_endpoint(&self) -> TokenEndpoint {
+        TokenEndpoint { jwks: Arc::new(self.creds.jwks()), queue: self.creds.queue.clone() }
+    }
+
+    /// A broker answer as a `secret` record.
+    fn record_secret(&mut self, ev: SecretEvent) {
+        if !self.tasks.contains_key(&ev.task) {
+            return;
+        }
+        if !ev.granted {
+            tracing::warn!(task = %ev.task, secret = %ev.name, pid = ?ev.pid, reason = %ev.reason, "refused a secret");
+        }
+        let rec = AuditRecord {
+            time: self.now(),
+            task: ev.task,
+            kind: "secret",
+            decision: Some(if ev.granted { Decision::Allow } else { Decision::Deny }),
+            pid: ev.pid,
+            exe: ev.exe,
+            action: (!ev.granted).then_some("refuse"),
+            rule: (!ev.granted).then_some("secrets"),
+            ancestry: Some(ev.ancestry),
+            reason: Some(ev.reason),
+            op: Some("get"),
+            secret: Some(ev.name),
+            sha256: ev.sha256,
+            ..Default::default()
+        };
+        self.emit(rec);
+    }
+
+    /// Revocation outcomes of running tasks (rotations) as `secret` records; a task's own
+    /// end records its final ones, and outcomes of tasks already ended are in the daemon's
+    /// log (their chains are closed).
+    fn record_revocations(&mut self) {
+        let ids: Vec<String> = self.tasks.keys().cloned().collect();
+        for id in ids {
+            for ev in self.creds.queue.take_events_of(&id) {
+                let rec = AuditRecord {
+                    time: self.now(),
+                    task: ev.task,
+                    kind: "secret",
+                    decision: Some(if ev.error.is_none() { Decision::Allow } else { Decision::Deny }),
+                    op: Some("revoke"),
+                    secret: Some(ev.name),
+                    reason: Some(match (&ev.error, ev.retry_in) {
+                        (None, _) => format!("revoked (attempt {})", ev.attempts),
+                        (Some(e), Some(d)) => {
+                            format!(
+                                "revocation failed (attempt {}): {e}; retried in {}ms",
+                                ev.attempts,
+                                d.as_millis()
+                            )
+                        }
+                        (Some(e), None) => e.clone(),
+                    }),
+                    ..Default::default()
+                };
+                self.emit(rec);
+            }
+        }
+        // Outcomes of ended tasks: logged by the queue, not kept.
+        let _ = self.creds.queue.take_events();
+    }
+
+    /// Reissues credentials whose rotation is due.
+    fn rotate_credentials(&mut self) {
+        let mut records = Vec::new();
+        for (id, t) in &mut self.tasks {
+            let Some(h) = &t.run.task.creds else { continue };
+            let rotated = self.creds.rotate(h);
+            if rotated.is_empty() {
+                continue;
+            }
+            let infos = h.infos();
+            for (name, r) in rotated {
+                let (decision, sha256, reason) = match r {
+                    Ok(info) => (
+                        Decision::Allow,
+                        Some(info.sha256),
+                        format!("reissued (generation {})", info.generation),
+                    ),
+                    Err(e) => {
+                        (Decision::Deny, None, format!("reissue failed, the current credential stays: {e}"))
+                    }
+                };
+                records.push(AuditRecord {
+                    task: id.clone(),
+                    kind: "secret",
+                    decision: Some(decision),
+                    op: Some("rotate"),
+                    secret: Some(name),
+                    sha256,
+                    reason: Some(reason),
+                    ..Default::default()
+                });
+            }
+            t.run.task.credentials = infos.clone();
+            t.info.credentials = infos;
+        }
+        for mut r in records {
+            r.time = self.now();
+            let id = r.task.clone();
+            self.emit(r);
+            self.persist(&id);
+        }
     }
 
     /// Forgets an ended task's routes, counters and record.
@@ -526,6 +660,7 @@ impl Core {
     /// restarted daemon re-adopts them.
     pub async fn run(mut self, mut rx: mpsc::Receiver<Cmd>, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
+        let mut secret_rx = self.secret_rx.take().unwrap_or_else(|| mpsc::unbounded_channel().1);
         let mut tick = tokio::time::interval(TICK);
         let mut beats = 0u32;
         loop {
@@ -541,6 +676,10 @@ impl Core {
                     Some(cmd) => self.handle(cmd),
                     None => break,
                 },
+                Some(ev) = secret_rx.recv() => {
+                    self.record_secret(ev);
+                    let _ = self.pipeline.flush();
+                }
                 _ = tick.tick() => {
                     self.housekeeping();
                     beats += 1;
@@ -637,6 +776,8 @@ impl Core {
 
     fn housekeeping(&mut self) {
         self.drain();
+        self.rotate_credentials();
+        self.record_revocations();
         let now = Clock::boot_now_ns();
         let ids: Vec<String> = self.tasks.keys().cloned().collect();
         for id in ids {
@@ -852,6 +993,8 @@ impl Core {
             expires: t.expires.clone(),
             secrets_dir: t.secrets_dir.clone(),
             secrets: t.secrets.clone(),
+            broker: t.broker.clone(),
+            credentials: t.credentials.clone(),
             processes: 0,
             pod: t.container.as_ref().map(|c| c.pod.clone()),
             identity: t.identity.clone().unwrap_or_else(|| {
@@ -932,6 +1075,12 @@ impl Core {
             "Kernel ring buffer size.",
             &[],
             f64::from(self.cfg.maps.ring_bytes),
+        );
+        m.gauge(
+            "warden_revocations_pending",
+            "Credentials whose revocation has not landed yet (retried with backoff).",
+            &[],
+            self.creds.queue.pending().len() as f64,
         );
         for (id, t) in &self.tasks {
             let c = routes.counters.get(id).copied().unwrap_or_default();

@@ -92,9 +92,19 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     let shared = Arc::new(Shared::default());
     let socket = cfg.socket.clone();
     let metrics_addr = cfg.metrics.listen;
+    let tokens_addr = cfg.tokens.listen;
     let log = cfg.log.path.clone();
     let core = Core::start(cfg, stream_tx.clone(), shared.clone()).context("starting the daemon")?;
     let startup = core.startup.clone();
+    if let Some(addr) = tokens_addr {
+        let l = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("tokens.listen {addr}"))?;
+        let app = crate::creds::node::token_router(core.token_endpoint());
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(l, app).await {
+                tracing::error!(error = %e, "token endpoint failed");
+            }
+        });
+    }
     let (cmd_tx, cmd_rx) = mpsc::channel(64);
     let state = AppState {
         cmds: cmd_tx.clone(),

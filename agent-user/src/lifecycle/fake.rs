@@ -76,6 +76,7 @@ impl FakeHost {
             secrets_dir: dir.path().join("secrets"),
             key: key.clone(),
             name: "node-1".into(),
+            creds: None,
         };
         let records = Records::default();
         let mut pipeline = Pipeline::new(ProcessTable::default(), Clock::new(), Box::new(records.clone()));
@@ -200,7 +201,8 @@ impl Host for FakeHost {
         let mut issued = Vec::new();
         for s in &scope.secrets {
             let Some(i) = &s.issue else { continue };
-            let value = std::fs::read(&i.from)?;
+            let Some(from) = i.file() else { continue };
+            let value = std::fs::read(from)?;
             let path = dir.join(&i.name);
             std::fs::write(&path, &value)?;
             issued.push(IssuedInfo {

@@ -2,10 +2,19 @@
 //! operation a step makes goes through [`Host`]. [`Live`] is the real one (a [`Sensor`],
 //! cgroupfs, the secrets tmpfs); the unit tests use a fake that records what is held and can
 //! fail any operation.
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use crate::{
     audit::{chain::NodeKey, clock::Clock},
+    creds::{
+        CredError,
+        node::{NodeCreds, TaskHandle},
+        revoke::RevokeEvent,
+    },
     loader::{Engine, LoadError, Sensor},
     pipeline::Pipeline,
     sandbox::{
@@ -33,6 +42,8 @@ pub enum HostError {
     Scope(#[from] ScopeError),
     #[error(transparent)]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Cred(#[from] CredError),
     /// A request that cannot be met as asked (e.g. a cgroup that is not the one recorded).
     #[error("{0}")]
     Refused(String),
@@ -52,6 +63,9 @@ pub struct Node {
     pub key: NodeKey,
     /// The node's host name.
     pub name: String,
+    /// Brokered credentials (the node daemon): the revocation queue and its worker.
+    /// `None`: this owner cannot mint, serve or revoke them (standalone `warden run`).
+    pub creds: Option<Arc<NodeCreds>>,
 }
 
 impl std::fmt::Debug for Node {
@@ -127,6 +141,50 @@ pub trait Host {
     fn bind(&mut self, slot: u32, cgroup_ids: &[u64], scope: &CompiledScope) -> Result<(), HostError>;
     /// Removes the watch entries of `slot`, then (when known) the scope's tables.
     fn unbind(&mut self, slot: u32, scope: Option<&CompiledScope>) -> Result<(), HostError>;
+
+    /// Mints the scope's brokered secrets and starts the task's broker in `secrets_dir`.
+    fn creds_start(
+        &mut self,
+        task: &str,
+        scope: &Scope,
+        expires_at: Option<u64>,
+        secrets_dir: &Path,
+        sandbox: &Path,
+    ) -> Result<TaskHandle, HostError> {
+        let node = self.node();
+        let Some(c) = node.creds.clone() else {
+            return Err(HostError::Refused(
+                "brokered secrets (`from: exec:`, `from: token`) are minted, served and revoked by the node \
+                 daemon; start `warden daemon`"
+                    .into(),
+            ));
+        };
+        let mount = node.cgroup_mount.clone();
+        let hash = crate::task::scope_hash(&scope.text);
+        Ok(c.start_task(scope, task, &hash, expires_at, secrets_dir, sandbox, &mount)?)
+    }
+    /// Stops a task's broker and revokes its credentials; waits up to `wait` for the
+    /// revocations to land. Returns the names not revoked yet (retried in the background).
+    fn creds_end(&mut self, h: TaskHandle, wait: Duration) -> Vec<String> {
+        match self.node().creds.clone() {
+            Some(c) => c.end_task(h, wait),
+            None => Vec::new(),
+        }
+    }
+    /// Revokes what a task whose values this process does not hold left behind.
+    fn creds_orphan(&mut self, task: &str, wait: Duration) -> Vec<String> {
+        match self.node().creds.clone() {
+            Some(c) => c.end_orphan(task, wait),
+            None => Vec::new(),
+        }
+    }
+    /// Revocation outcomes of `task` since the last call.
+    fn creds_events(&mut self, task: &str) -> Vec<RevokeEvent> {
+        match self.node().creds.clone() {
+            Some(c) => c.queue.take_events_of(task),
+            None => Vec::new(),
+        }
+    }
 }
 
 /// The real host: a loaded sensor, its ring buffer, the pipeline, cgroupfs.

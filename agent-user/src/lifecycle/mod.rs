@@ -4,10 +4,12 @@
 //! taken away again.
 //!
 //! ```text
-//! start:  container → secrets → scope → sandbox → limits → records → egress → tables → identity
+//! start:  container → secrets → scope → sandbox → credentials → limits → records → egress → tables
+//!         → identity
 //!         → (the caller launches the first process) → task_start
 //! end:    freeze and kill → drain → drops into a `gap` → each step's end, last step first
-//!         (unbind tables, detach egress, remove limits, remove the sandbox, destroy secrets)
+//!         (unbind tables, detach egress, remove limits, revoke credentials, remove the
+//!         sandbox, destroy secrets)
 //!         → task_end → checkpoint
 //! ```
 //!
@@ -164,6 +166,12 @@ pub struct Task {
     pub secrets_dir: Option<PathBuf>,
     /// The issued secrets (paths and digests, never values).
     pub secrets: Vec<IssuedInfo>,
+    /// Brokered credentials and the task's broker (`credentials`).
+    pub creds: Option<crate::creds::node::TaskHandle>,
+    /// The broker socket (`credentials`).
+    pub broker: Option<PathBuf>,
+    /// The brokered credentials, as records show them (`credentials`).
+    pub credentials: Vec<crate::creds::CredInfo>,
     /// The v1 pids twin cgroup, on hybrid hosts (`limits`).
     pub pids_v1: Option<PathBuf>,
     /// Controls of the scope this engine cannot enforce (`task_start.unenforced`).
@@ -203,6 +211,9 @@ impl Task {
             launch: Launch::default(),
             secrets_dir: None,
             secrets: Vec::new(),
+            creds: None,
+            broker: None,
+            credentials: Vec::new(),
             pids_v1: None,
             unenforced: Vec::new(),
             bound_boot_ns: None,
@@ -474,6 +485,7 @@ fn start_record(task: &Task, host: &mut dyn Host, launched: &Launched) -> AuditR
         unenforced: (!task.unenforced.is_empty()).then(|| task.unenforced.clone()),
         expires: task.expires.clone(),
         secrets: (!task.secrets.is_empty()).then(|| task.secrets.clone()),
+        credentials: (!task.credentials.is_empty()).then(|| task.credentials.clone()),
         ..Default::default()
     }
 }

@@ -15,6 +15,7 @@ pub fn standard_steps() -> Vec<Box<dyn Step>> {
         Box::new(Secrets::default()),
         Box::new(CompileScope),
         Box::new(Sandbox),
+        Box::new(Credentials),
         Box::new(Limits::default()),
         Box::new(Records),
         Box::new(Egress),
@@ -149,6 +150,108 @@ fn sandbox_path(task: &Task, host: &dyn Host) -> std::path::PathBuf {
     match &task.sandbox {
         SandboxSpec::Bind(p) => p.clone(),
         SandboxSpec::Create => host.node().sandbox_parent().join(&task.id),
+    }
+}
+
+/// `credentials`: mints the scope's brokered secrets (`exec:`, `token`) and starts the task's
+/// broker in its secrets directory (needs the sandbox: the broker answers processes of that
+/// cgroup only). At the end the broker stops and every credential is revoked; a revocation that
+/// has not landed yet is this step's error (it is retried in the background until it lands).
+/// A re-adopted task's values died with the previous daemon: they are revoked, new ones minted.
+pub struct Credentials;
+
+impl Credentials {
+    /// Writes the task's revocation outcomes as `secret` records (its chain is still open).
+    fn record(task: &Task, host: &mut dyn Host) {
+        for ev in host.creds_events(&task.id) {
+            let reason = match (&ev.error, ev.retry_in) {
+                (None, _) => format!("revoked (attempt {})", ev.attempts),
+                (Some(e), Some(d)) => {
+                    format!(
+                        "revocation failed (attempt {}): {e}; retried in {}ms",
+                        ev.attempts,
+                        d.as_millis()
+                    )
+                }
+                (Some(e), None) => e.clone(),
+            };
+            let rec = crate::audit::AuditRecord {
+                time: host.now(),
+                task: task.id.clone(),
+                kind: "secret",
+                decision: Some(if ev.error.is_none() {
+                    crate::audit::Decision::Allow
+                } else {
+                    crate::audit::Decision::Deny
+                }),
+                op: Some("revoke"),
+                secret: Some(ev.name),
+                reason: Some(reason),
+                ..Default::default()
+            };
+            if let Err(e) = host.pipeline().emit(rec) {
+                tracing::error!(task = %task.id, error = %e, "writing a secret record failed");
+            }
+        }
+    }
+}
+
+impl Step for Credentials {
+    fn name(&self) -> &'static str {
+        "credentials"
+    }
+
+    fn start(&mut self, task: &mut Task, host: &mut dyn Host) -> Result<(), StepError> {
+        if !task.scope.has_brokered_secrets() {
+            return Ok(());
+        }
+        let refused = |m: &str| StepError::runtime("credentials", HostError::Refused(m.into()));
+        let dir =
+            task.secrets_dir.clone().ok_or_else(|| refused("brokered secrets need the secrets directory"))?;
+        let cg = task.cgroup.clone().ok_or_else(|| refused("brokered secrets need the sandbox"))?;
+        let now = crate::creds::unix_now();
+        let expires_at = match task.origin {
+            Origin::New => task.scope.ttl.map(|t| now + t.as_secs()),
+            Origin::Adopted => {
+                host.creds_orphan(&task.id, std::time::Duration::ZERO);
+                task.expires_boot_ns.map(|e| now + e.saturating_sub(Clock::boot_now_ns()) / 1_000_000_000)
+            }
+        };
+        let h = host
+            .creds_start(&task.id, &task.scope, expires_at, &dir, cg.path())
+            .map_err(|e| StepError::usage(self.name(), e))?;
+        let socket = h.socket().to_path_buf();
+        task.launch.env.push((crate::creds::broker::ENV.to_string(), socket.display().to_string()));
+        task.broker = Some(socket);
+        task.credentials = h.infos();
+        task.creds = Some(h);
+        Ok(())
+    }
+
+    fn undo(&mut self, task: &mut Task, host: &mut dyn Host) {
+        if let Some(h) = task.creds.take() {
+            host.creds_end(h, std::time::Duration::ZERO);
+        }
+    }
+
+    fn end(&mut self, task: &mut Task, host: &mut dyn Host) -> Result<(), StepError> {
+        let pending = match task.creds.take() {
+            Some(h) => host.creds_end(h, crate::creds::node::END_WAIT),
+            // Never started (a task that could not be re-adopted): revoke what is held for it.
+            None => host.creds_orphan(&task.id, std::time::Duration::ZERO),
+        };
+        Self::record(task, host);
+        if pending.is_empty() {
+            Ok(())
+        } else {
+            Err(StepError::runtime(
+                self.name(),
+                HostError::Refused(format!(
+                    "revoking {} failed so far; retried with backoff until it lands",
+                    pending.join(", ")
+                )),
+            ))
+        }
     }
 }
 
