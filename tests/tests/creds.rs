@@ -253,7 +253,7 @@ fn exec_credentials_go_only_to_their_tool_and_are_revoked_at_end_ttl_and_after_r
     assert_eq!(start["credentials"][0]["sha256"], digest.as_str());
     // Brokered: this engine enforces secrets-by-tool for them.
     assert!(start.get("unenforced").is_none(), "{start}");
-    coverage("secrets-by-tool", "brokered", "enforced");
+    coverage("secrets-by-tool (brokered)", "syscall", "enforced");
 
     let o = d.end(&id);
     outputs.push(text(&o));
@@ -518,4 +518,33 @@ fn warden_tokens_verify_with_pyjwt_and_are_listed_revoked_after_the_task() {
     assert_eq!(status, 200);
     let list: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert!(list["revoked"].as_array().unwrap().iter().any(|j| j == jti.as_str()), "{body}");
+}
+
+#[test]
+fn standalone_run_refuses_brokered_secrets_with_a_fix() {
+    if !require("standalone_run_refuses_brokered_secrets_with_a_fix", "root") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let scope = dir.path().join("s.yaml");
+    std::fs::write(
+        &scope,
+        "version: 1\ntask: tok\nsecrets:\n  - name: t\n    from: token\n    audience: a\n    tools: [/usr/bin/python3]\n",
+    )
+    .unwrap();
+    let o = Command::new(warden_bin())
+        .args([
+            "run",
+            "--no-daemon",
+            "--scope",
+            scope.to_str().unwrap(),
+            "--log",
+            "/dev/null",
+            "--",
+            "/bin/true",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("start `warden daemon`"), "{}", text(&o));
 }

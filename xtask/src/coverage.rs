@@ -18,6 +18,7 @@ pub const CONTROLS: &[&str] = &[
     "file read",
     "file write",
     "secrets-by-tool",
+    "secrets-by-tool (brokered)",
     "environ",
     "egress v4",
     "egress v6",

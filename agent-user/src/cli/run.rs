@@ -155,6 +155,15 @@ pub fn run(args: RunArgs) -> Result<i32, Failure> {
             return rt.block_on(run_via_daemon(args, client));
         }
     }
+    if scope.has_brokered_secrets() {
+        // The broker, the values and the revocation queue live in the node daemon.
+        return Err(Failure::Usage(anyhow!(
+            "{}: brokered secrets (`from: exec:` and `from: token`) are minted, served and revoked by the \
+             node daemon; start `warden daemon` (and leave out --no-daemon and options it does not take: \
+             --nats, --rules, --log-max-bytes, --engine, --log -)",
+            args.scope.display()
+        )));
+    }
     rt.block_on(run_task(args, compiled, rules))
 }
 

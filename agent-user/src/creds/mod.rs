@@ -349,6 +349,24 @@ mod tests {
     }
 
     #[test]
+    fn the_broker_socket_is_writable_for_the_task_even_below_a_write_restriction() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = scope(
+            "version: 1\ntask: t\nfiles:\n  write: [/tmp]\nsecrets:\n  - name: id\n    from: token\n    audience: a\n    tools: [/bin/sh]\n",
+        )
+        .unwrap();
+        s.place_issued_secrets(d.path());
+        let sock = d.path().join(broker::SOCKET_NAME);
+        assert_eq!(s.broker.as_deref(), Some(sock.as_path()));
+        let _l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let c = crate::scope::compile::CompiledScope::compile(&s).unwrap();
+        assert!(c.landlock.write.contains(&sock), "{:?}", c.landlock.write);
+        // Brokered secrets are no file rules and leave nothing unenforced.
+        assert!(c.secrets.is_empty());
+        assert!(c.unenforced(false).is_empty());
+    }
+
+    #[test]
     fn value_debug_shows_only_the_digest() {
         let v = Value::new(b"hunter2-value".to_vec());
         let d = format!("{v:?}");

@@ -738,6 +738,9 @@ impl CompiledScope {
         list.dedup();
         let mut write = carve(&write_roots, &deny_write);
         write.extend(ALWAYS_WRITE.iter().map(PathBuf::from));
+        // Connecting to a unix socket is writing to it: the task's own broker is reachable
+        // although it lies below the secrets directory (often below protected /run/warden).
+        write.extend(scope.broker.iter().cloned());
         for v in [&mut read, &mut write] {
             v.retain(|p| p.exists());
             v.sort();

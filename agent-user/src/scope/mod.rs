@@ -157,6 +157,9 @@ pub struct Scope {
     pub user: Option<(u32, u32)>,
     /// The text it was parsed from (for locating errors found later, e.g. at compile time).
     pub text: String,
+    /// The task's secrets broker socket, once placed ([`Scope::place_issued_secrets`]): the
+    /// task may connect to it although it lies below a protected directory.
+    pub broker: Option<PathBuf>,
 }
 
 /// The 1-based line of the first occurrence of `needle` in `text` (0 if absent).
@@ -373,6 +376,7 @@ impl Scope {
             capabilities,
             user: raw.user.map(|u| (u.uid, u.gid.unwrap_or(u.uid))),
             text: text.to_string(),
+            broker: None,
         })
     }
 
@@ -393,8 +397,12 @@ impl Scope {
             .filter_map(|s| s.issue.as_ref().filter(|i| i.brokered()).map(|i| (i, s.tools.as_slice())))
     }
 
-    /// Gives each issued `file:` secret its per-task path, `<dir>/<name>`.
+    /// Gives each issued `file:` secret its per-task path, `<dir>/<name>`, and brokered
+    /// secrets their broker, `<dir>/broker.sock`.
     pub fn place_issued_secrets(&mut self, dir: &Path) {
+        if self.has_brokered_secrets() {
+            self.broker = Some(dir.join(crate::creds::broker::SOCKET_NAME));
+        }
         for s in &mut self.secrets {
             if let Some(i) = &s.issue
                 && !i.brokered()
