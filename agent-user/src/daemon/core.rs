@@ -1152,6 +1152,7 @@ fn unreadable_scope(info: &TaskInfo) -> Scope {
         capabilities: 0,
         user: None,
         text: info.scope_text.clone(),
+        broker: None,
     }
 }
 
