@@ -158,6 +158,14 @@ fn remove_tree(p: &Path) {
     let _ = std::fs::remove_dir(p);
 }
 
+/// One container test at a time: each restarts or stops its own daemon and runs real
+/// containers; run side by side on two cores they starve each other's timing.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Whether this host can run the test: root, runc, a static busybox, cgroup v2.
 fn ready(test: &str) -> bool {
     if !require(test, "root") {
@@ -182,6 +190,15 @@ fn daemon_with_scopes() -> TestDaemon {
     std::fs::write(scopes.join("agent.yaml"), "version: 1\ntask: pod-agent\nexec:\n  allow: [/bin/sh]\n")
         .expect("scope");
     TestDaemon::start(&format!("scopes: {}\n", scopes.display()))
+}
+
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics port");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read");
+    out
 }
 
 fn pod_of(r: &serde_json::Value) -> &serde_json::Value {
@@ -210,6 +227,7 @@ fn container_first_command_outside_scope_is_refused_with_pod_fields() {
     if !ready("container_first_command_outside_scope_is_refused_with_pod_fields") {
         return;
     }
+    let _serial = serial();
     let d = daemon_with_scopes();
     let pod =
         Pod::new(&d, &["/opt/sh", "-c", "echo escaped > /tmp/escaped"], &[("warden.dev/scope", "agent")]);
@@ -260,6 +278,7 @@ fn container_allowed_workload_runs_without_denials() {
     if !ready("container_allowed_workload_runs_without_denials") {
         return;
     }
+    let _serial = serial();
     let d = daemon_with_scopes();
     let pod = Pod::new(
         &d,
@@ -288,6 +307,9 @@ fn container_allowed_workload_runs_without_denials() {
     std::fs::write(&doc_path, &out.stdout).expect("write identity");
     let ok = d.warden(&["identity", "verify", doc_path.to_str().expect("utf-8")]);
     assert!(ok.status.success(), "identity verify: {}", String::from_utf8_lossy(&ok.stderr));
+    // The probes' endpoint on the metrics listener answers through the core.
+    let health = http_get(d.metrics_port, "/health");
+    assert!(health.starts_with("HTTP/1.1 200") && health.contains("\"tasks\":1"), "{health}");
     let out = run.wait_with_output().expect("runc run");
     assert!(
         out.status.success(),
@@ -316,6 +338,7 @@ fn container_does_not_start_without_the_daemon() {
     if !ready("container_does_not_start_without_the_daemon") {
         return;
     }
+    let _serial = serial();
     let mut d = daemon_with_scopes();
     d.stop();
     let pod = Pod::new(&d, &["/bin/sh", "-c", "echo ran > /tmp/ran"], &[("warden.dev/scope", "agent")]);
@@ -348,6 +371,7 @@ fn container_with_unknown_scope_is_refused_on_the_record() {
     if !ready("container_with_unknown_scope_is_refused_on_the_record") {
         return;
     }
+    let _serial = serial();
     let d = daemon_with_scopes();
     let pod =
         Pod::new(&d, &["/bin/sh", "-c", "echo ran > /tmp/ran"], &[("warden.dev/scope", "no-such-scope")]);
@@ -371,13 +395,16 @@ fn container_task_is_readopted_with_its_pod_after_a_daemon_crash() {
     if !ready("container_task_is_readopted_with_its_pod_after_a_daemon_crash") {
         return;
     }
+    let _serial = serial();
     let mut d = daemon_with_scopes();
     let pod = Pod::new(
         &d,
         &[
             "/bin/sh",
             "-c",
-            "sleep 4; /opt/sh -c 'echo escaped > /tmp/escaped'; /bin/busybox echo after > /tmp/after",
+            // Waits (at most a minute) until the test says the daemon is back.
+            "echo up > /tmp/up; i=0; while [ ! -e /tmp/go ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done; \
+             /opt/sh -c 'echo escaped > /tmp/escaped'; /bin/busybox echo after > /tmp/after",
         ],
         &[("warden.dev/scope", "agent")],
     );
@@ -389,10 +416,20 @@ fn container_task_is_readopted_with_its_pod_after_a_daemon_crash() {
             .and_then(|r| r["task"].as_str().map(str::to_string))
     })
     .unwrap_or_else(|| panic!("the container was not bound; daemon:\n{}", d.stderr()));
+    // The container runs (the hook had its answer: a daemon killed before answering fails
+    // the hook, and the container does not start — fail closed).
+    let up = warden_tests::wait_for(Duration::from_secs(20), || {
+        pod.rootfs().join("tmp/up").exists().then_some(())
+    });
+    assert!(up.is_some(), "the container did not start; daemon:\n{}", d.stderr());
     d.kill9();
     d.launch(&[]);
     let adopted = d.ready["startup"]["adopted_tasks"].as_array().cloned().unwrap_or_default();
-    assert!(adopted.iter().any(|t| t == task.as_str()), "not re-adopted: {}", d.ready);
+    if !adopted.iter().any(|t| t == task.as_str()) {
+        let out = run.wait_with_output();
+        panic!("not re-adopted: runc: {out:?}\n{}\nrecords: {:?}", d.ready, d.records_of(&task));
+    }
+    std::fs::write(pod.rootfs().join("tmp/go"), b"").expect("signal the container");
     let out = run.wait_with_output().expect("runc run");
     assert!(pod.rootfs().join("tmp/after").exists(), "the workload did not go on: {out:?}");
     assert!(!pod.rootfs().join("tmp/escaped").exists(), "the forbidden program ran after the restart");

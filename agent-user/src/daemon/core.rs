@@ -939,11 +939,15 @@ impl Core {
             }
         };
         let info = self.task_info(&run);
+        // A container's process is in its cgroup when it is bound: if the runtime gives up on
+        // the container (its hook timed out, say) and removes the cgroup, the task ends at the
+        // next tick instead of waiting for processes that never come.
+        let seen_populated = run.task.container.is_some();
         let task = Task {
             info: info.clone(),
             run,
             end_when_empty: req.end_when_empty,
-            seen_populated: false,
+            seen_populated,
             log: req.log,
         };
         self.tasks.insert(id.clone(), task);

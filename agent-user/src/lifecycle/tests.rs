@@ -259,3 +259,51 @@ fn binding_an_existing_cgroup_leaves_it_in_place() {
     assert!(host.cgroups.contains_key(&path), "a bound cgroup is not removed");
     assert_nothing_left(&mut host, "after ending a bound task");
 }
+
+/// A pod's container: the scope's paths are the image's, the pod is on every record and in
+/// the identity document, limits are the pod's, what the engine leaves unenforced is listed
+/// per control, and ending it leaves nothing behind (the container's cgroup stays).
+#[test]
+fn a_containers_task_is_placed_in_its_root_and_names_its_pod() {
+    use std::os::unix::fs::PermissionsExt;
+    let lc = Lifecycle::default();
+    let mut host = FakeHost::new();
+    let root = host.dir().join("rootfs");
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::write(root.join("bin/busybox"), b"\x7fELF-not-really").unwrap();
+    std::fs::set_permissions(root.join("bin/busybox"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    // An absolute link inside the image: the image's busybox, not the node's.
+    std::os::unix::fs::symlink("/bin/busybox", root.join("bin/sh")).unwrap();
+    let scope = Scope::parse(
+        "version: 1\ntask: t\nexec:\n  allow: [/bin/sh]\nlimits:\n  processes: 8\n",
+        Path::new("pod.yaml"),
+    )
+    .unwrap();
+    let path = std::path::PathBuf::from("/fake/cgroup2/kubepods/pod/ctr");
+    host.cgroups.insert(path.clone(), 9);
+    let pod = crate::k8s::pod::PodIdentity {
+        uid: "3d1f0b8e-5c2a-4f6e-9a7b-0c1d2e3f4a5b".into(),
+        namespace: "agents".into(),
+        name: "agent-1".into(),
+        container: "runner".into(),
+        container_id: "ab".repeat(32),
+        runtime: "containerd".into(),
+    };
+    let mut t = Task::new("t-1".into(), SLOT, scope, SandboxSpec::Bind(path.clone()));
+    t.container = Some(crate::k8s::Container::new(pod.clone(), root.clone()));
+    let run = lc.start(t, &mut host, &mut no_launch).unwrap();
+    let exec = run.task.compiled.as_ref().unwrap().exec.clone().unwrap();
+    assert_eq!(exec[0].path, std::fs::canonicalize(root.join("bin/busybox")).unwrap());
+    assert!(!host.held.iter().any(|h| h.starts_with("pids")), "a pod's limits are its own: {:?}", host.held);
+    let u = &run.task.unenforced;
+    for c in ["files-in-container", "ptrace-in-container", "limits.processes-in-container"] {
+        assert!(u.contains(&c.to_string()), "{c} missing from {u:?}");
+    }
+    assert_eq!(run.task.identity.as_ref().unwrap().pod.as_ref(), Some(&pod));
+    assert!(run.task.saved.contains_key(crate::k8s::step::SAVED_KEY));
+    assert_eq!(host.records.last("task_start").unwrap().pod.as_deref(), Some(&pod));
+    lc.end(run, &mut host, "container stopped".into());
+    assert_eq!(host.records.last("task_end").unwrap().pod.as_deref(), Some(&pod));
+    assert!(host.cgroups.contains_key(&path), "the container's cgroup is the runtime's");
+    assert_nothing_left(&mut host, "after ending a container's task");
+}
