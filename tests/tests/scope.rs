@@ -350,7 +350,7 @@ fn protected_defaults_hold_without_any_scope_section() {
     }
     assert!(!out.stdout.contains("protected-defaults-s3cr3t"));
     // Nothing to record: the process does not exist in the task's PID namespace.
-    coverage("environ", "syscall", "enforced (not visible)");
+    coverage("environ", "syscall", "enforced (no record)");
     for (control, records) in cells {
         if engine() == "bpf-lsm" {
             assert!(records > 0, "{control}: the refusal is recorded: {:#?}", out.judged());

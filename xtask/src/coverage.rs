@@ -33,6 +33,13 @@ pub const CONTROLS: &[&str] = &[
     "raw and packet sockets",
     "node files",
     "evidence files",
+    "other processes by pid",
+    "supervisor reach",
+    "supervisor death",
+    "cgroup escape (clone3)",
+    "terminal injection",
+    "exec identity swap",
+    "capabilities",
 ];
 /// What the matrix means for a pod's containers (bound by `warden oci-hook`), written under it.
 const PODS_NOTE: &str = "
