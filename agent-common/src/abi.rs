@@ -8,6 +8,9 @@
 /// Version of the kernel/user record ABI. Bump on any layout change.
 /// 1: first slice (never released). 2: decision/action/rule in the header, connect records.
 /// 3: `ExecRecord::exe` (the executed file's path, as the kernel resolved it).
+/// Map layouts (`maps.rs`) are versioned separately: pinned maps live under a directory named
+/// by a hash of the eBPF object (see `agent-user/src/loader/pin.rs`), so a map layout change
+/// pins beside the old state and migrates.
 pub const ABI_VERSION: u16 = 3;
 
 /// Record kinds (`EventHeader::kind`).

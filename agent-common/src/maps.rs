@@ -30,6 +30,10 @@ pub mod sandbox_flags {
     pub const READ_RESTRICTED: u32 = 1 << 4;
     /// Only paths with a `WRITE` rule on them or an ancestor may be written.
     pub const WRITE_RESTRICTED: u32 = 1 << 5;
+    /// Egress by name: the task's DNS (port 53 to any address, and anything sent to the
+    /// resolver's port) is redirected to Warden's resolver at the slot's own loopback address
+    /// (see [`DnsConfig`]); the resolver adds what it answers to `EGRESS`, with an expiry.
+    pub const DNS_REDIRECT: u32 = 1 << 6;
 }
 
 /// Name of the file rules map (key [`FileKey`], value bit set of [`file_rule`]).
@@ -127,6 +131,8 @@ mod pod {
     unsafe impl aya::Pod for super::PortRule {}
     unsafe impl aya::Pod for super::EgressRules {}
     unsafe impl aya::Pod for super::SecretToolKey {}
+    unsafe impl aya::Pod for super::DnsConfig {}
+    unsafe impl aya::Pod for super::DnsOrig {}
 }
 
 /// Name of the exec allowlist map (key [`ExecKey`], value `u32` reserved).
@@ -164,8 +170,11 @@ pub struct PortRule {
     pub hi: u16,
     pub protocol: u8,
     pub _pad0: [u8; 3],
+    /// `bpf_ktime_get_boot_ns()` after which the rule no longer applies (an address the
+    /// resolver answered, for the record's TTL); 0 = never (a CIDR rule).
+    pub expires_ns: u64,
 }
-crate::assert_layout!(PortRule, size = 8, lo @ 0, hi @ 2, protocol @ 4);
+crate::assert_layout!(PortRule, size = 16, lo @ 0, hi @ 2, protocol @ 4, expires_ns @ 8);
 
 /// Value of the `EGRESS` trie: the port rules of every scope rule whose network contains the
 /// matched prefix (userspace folds shorter prefixes into longer ones, so the longest match
@@ -178,7 +187,45 @@ pub struct EgressRules {
     pub _pad0: u32,
     pub rules: [PortRule; EGRESS_PORT_RULES],
 }
-crate::assert_layout!(EgressRules, size = 136, count @ 0, rules @ 8);
+crate::assert_layout!(EgressRules, size = 264, count @ 0, rules @ 8);
+
+/// Name of the one-entry array holding the node resolver's [`DnsConfig`].
+pub const DNS_CONFIG: &str = "DNS_CONFIG";
+/// Name of the LRU map socket cookie → [`DnsOrig`] (where a redirected query was sent).
+pub const DNS_ORIG: &str = "DNS_ORIG";
+/// Default number of sockets whose redirected DNS destination is remembered (LRU).
+pub const DEFAULT_MAX_DNS_SOCKETS: u32 = 65536;
+
+/// Where the kernel redirects a `DNS_REDIRECT` sandbox's DNS: sandbox slot `s` is sent to the
+/// IPv4 loopback address `addr_base + s`, port `port`. The resolver learns the slot from the
+/// address the datagram or connection arrived on, which only the kernel chose.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DnsConfig {
+    /// First address (host byte order), inside 127.0.0.0/8.
+    pub addr_base: u32,
+    /// Addresses in the range (slots at or past it are refused, not redirected).
+    pub slots: u32,
+    /// The resolver's UDP and TCP port (host byte order); 0 = no resolver: DNS is refused.
+    pub port: u16,
+    pub _pad0: u16,
+    pub _pad1: u32,
+}
+crate::assert_layout!(DnsConfig, size = 16, addr_base @ 0, slots @ 4, port @ 8);
+
+/// Value of `DNS_ORIG`: the destination a redirected UDP query was sent to, so replies read
+/// with `recvmsg` appear to come from it (stub resolvers check the source).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DnsOrig {
+    /// IPv6; IPv4 as IPv4-mapped IPv6.
+    pub addr: [u8; 16],
+    /// Host byte order.
+    pub port: u16,
+    pub _pad0: u16,
+    pub _pad1: u32,
+}
+crate::assert_layout!(DnsOrig, size = 24, addr @ 0, port @ 16);
 
 /// Key of the `EXEC_DENY` map: an executable (kernel dev_t, inode) for one sandbox slot.
 #[repr(C)]

@@ -1,13 +1,13 @@
 //! Every map the kernel programs use. Sizes here are defaults: the loader sets
 //! the real ones at load time (`EbpfLoader::map_max_entries`).
 use agent_common::maps::{
-    DEFAULT_MAX_CGROUPS, DEFAULT_MAX_EGRESS, DEFAULT_MAX_EXEC, DEFAULT_MAX_FILE_RULES, DEFAULT_MAX_TASKS,
-    DEFAULT_RING_BYTES, DropCounters, EgressAddr, EgressRules, ExecKey, FileKey, Sandbox, SecretToolKey,
-    stat,
+    DEFAULT_MAX_CGROUPS, DEFAULT_MAX_DNS_SOCKETS, DEFAULT_MAX_EGRESS, DEFAULT_MAX_EXEC,
+    DEFAULT_MAX_FILE_RULES, DEFAULT_MAX_TASKS, DEFAULT_RING_BYTES, DnsConfig, DnsOrig, DropCounters,
+    EgressAddr, EgressRules, ExecKey, FileKey, Sandbox, SecretToolKey, stat,
 };
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LpmTrie, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 
 /// All records, in reservation order. Size set at load (default 4 MiB).
@@ -42,6 +42,16 @@ pub static EXEC_ALLOW: HashMap<ExecKey, u32> = HashMap::with_max_entries(DEFAULT
 /// rules that apply there. `BPF_F_NO_PREALLOC` is mandatory for LPM tries.
 #[map]
 pub static EGRESS: LpmTrie<EgressAddr, EgressRules> = LpmTrie::with_max_entries(DEFAULT_MAX_EGRESS, 1);
+
+/// The node resolver's address range and port (one entry), for sandboxes with
+/// `DNS_REDIRECT`. Written by userspace before any such sandbox is bound.
+#[map]
+pub static DNS_CONFIG: Array<DnsConfig> = Array::with_max_entries(1, 0);
+
+/// Socket cookie → where its last redirected DNS datagram was addressed, so `recvmsg`
+/// reports the reply as coming from there. LRU: entries of closed sockets age out.
+#[map]
+pub static DNS_ORIG: LruHashMap<u64, DnsOrig> = LruHashMap::with_max_entries(DEFAULT_MAX_DNS_SOCKETS, 0);
 
 /// Object rules per sandbox: (slot, dev, ino) → `agent_common::maps::file_rule` bits. A rule on a
 /// directory applies beneath it (BPF LSM engine).

@@ -13,6 +13,7 @@ pub mod creds;
 pub mod daemon;
 pub mod decode;
 pub mod k8s;
+pub mod dns;
 pub mod lifecycle;
 pub mod loader;
 pub mod pipeline;

@@ -51,6 +51,8 @@ pub fn run(tiers: &[Tier]) -> anyhow::Result<()> {
         // The credentials test verifies Warden's tokens with PyJWT (EdDSA needs cryptography).
         util::ensure_apt("/usr/lib/python3/dist-packages/jwt/__init__.py", "python3-jwt")?;
         util::ensure_apt("/usr/lib/python3/dist-packages/cryptography/__init__.py", "python3-cryptography")?;
+        // Egress by name is tested against a real DNS server (the binary only: no service).
+        util::ensure_apt("/usr/sbin/dnsmasq", "dnsmasq-base")?;
         let warden = build_warden(false)?;
         let cells = crate::coverage::cells_dir(&util::workspace_root());
         std::fs::create_dir_all(&cells)?;

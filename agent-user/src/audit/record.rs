@@ -158,6 +158,27 @@ pub struct AuditRecord {
     pub description: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub records: Option<Vec<u64>>,
+    /// dns: the name asked for (lower case, no trailing dot).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+    /// dns: the query type (`A`, `AAAA`, `TXT`, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub qtype: Option<String>,
+    /// dns: the `host` rule that granted the name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// dns: addresses kept in the answer (granted to the task when the name is).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub answers: Option<Vec<String>>,
+    /// dns: addresses dropped from the answer, as `address (reason)`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dropped: Option<Vec<String>>,
+    /// dns: the response code the task got (`NOERROR`, `REFUSED`, `SERVFAIL`, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rcode: Option<String>,
+    /// dns: microseconds from the query's arrival to the answer (upstream included).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_us: Option<u64>,
     /// checkpoint: the signer's ed25519 public key (hex).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,

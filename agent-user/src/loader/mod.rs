@@ -11,7 +11,7 @@ use agent_common::{
 };
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, LpmTrie, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::{BtfTracePoint, CgroupAttachMode, CgroupSockAddr, Lsm, links::FdLink},
 };
 
@@ -89,9 +89,18 @@ impl Default for LoadOptions {
     }
 }
 
-/// The cgroup sock_addr programs that judge egress, attached to each sandbox cgroup.
-pub const EGRESS_PROGRAMS: [&str; 4] =
-    ["egress_connect4", "egress_connect6", "egress_sendmsg4", "egress_sendmsg6"];
+/// The cgroup sock_addr programs that judge egress (and redirect DNS, restoring the reply's
+/// source on `recvmsg`), attached to each sandbox cgroup.
+pub const EGRESS_PROGRAMS: [&str; 8] = [
+    "egress_connect4",
+    "egress_connect6",
+    "egress_sendmsg4",
+    "egress_sendmsg6",
+    "egress_recvmsg4",
+    "egress_recvmsg6",
+    "egress_getpeername4",
+    "egress_getpeername6",
+];
 
 /// The BPF LSM engine's programs: (program, hook, the hook's parameter count). A program
 /// reads the previous verdict (`ret`) right after the hook's own parameters, so a hook whose
@@ -356,10 +365,47 @@ impl Sensor {
     }
 
     /// Removes everything `bind` wrote for `slot`: the watch entries first (checks stop
-    /// applying to the sandbox at once), then the scope tables.
+    /// applying to the sandbox at once), then the scope tables, and with egress by name every
+    /// address the resolver granted the slot.
     pub fn unbind(&mut self, slot: u32, scope: &CompiledScope) -> Result<(), LoadError> {
         self.unwatch_slot(slot)?;
-        self.write_scope_tables(slot, scope, false)
+        self.write_scope_tables(slot, scope, false)?;
+        if scope.flags & maps::sandbox_flags::DNS_REDIRECT != 0 {
+            self.clear_egress_slot(slot)?;
+        }
+        Ok(())
+    }
+
+    /// Removes every egress-trie entry of `slot` (resolved addresses included, also those a
+    /// previous daemon granted). Returns how many.
+    pub fn clear_egress_slot(&mut self, slot: u32) -> Result<usize, LoadError> {
+        let m = self.ebpf.map_mut(maps::EGRESS).ok_or(LoadError::MissingMap(maps::EGRESS))?;
+        let mut trie: LpmTrie<&mut MapData, maps::EgressAddr, maps::EgressRules> =
+            LpmTrie::try_from(m).map_err(|source| LoadError::Map { name: maps::EGRESS, source })?;
+        let keys: Vec<Key<maps::EgressAddr>> =
+            trie.keys().filter_map(Result::ok).filter(|k| k.data().slot_be == slot.to_be_bytes()).collect();
+        for k in &keys {
+            let _ = trie.remove(k);
+        }
+        Ok(keys.len())
+    }
+
+    /// Where the kernel sends the DNS of `DNS_REDIRECT` sandboxes (the node resolver).
+    pub fn set_dns_config(&mut self, cfg: maps::DnsConfig) -> Result<(), LoadError> {
+        let m = self.ebpf.map_mut(maps::DNS_CONFIG).ok_or(LoadError::MissingMap(maps::DNS_CONFIG))?;
+        let mut a: Array<&mut MapData, maps::DnsConfig> =
+            Array::try_from(m).map_err(|source| LoadError::Map { name: maps::DNS_CONFIG, source })?;
+        a.set(0, cfg, 0).map_err(|source| LoadError::Map { name: maps::DNS_CONFIG, source })
+    }
+
+    /// A handle of its own on the egress trie, for the resolver to add what it answers
+    /// while the sensor goes on binding and unbinding sandboxes.
+    pub fn egress_handle(&self) -> Result<LpmTrie<MapData, maps::EgressAddr, maps::EgressRules>, LoadError> {
+        let name = maps::EGRESS;
+        let Some(Map::LpmTrie(data)) = self.ebpf.map(name) else { return Err(LoadError::MissingMap(name)) };
+        let id = data.info().map_err(|source| LoadError::Map { name, source })?.id();
+        let own = MapData::from_id(id).map_err(|source| LoadError::Map { name, source })?;
+        LpmTrie::try_from(Map::LpmTrie(own)).map_err(|source| LoadError::Map { name, source })
     }
 
     fn hash_map<K: aya::Pod, V: aya::Pod>(

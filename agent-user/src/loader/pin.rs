@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 use super::{EBPF_OBJECT, LoadOptions};
 
 /// Maps a daemon pins (and re-adopts). Scratch maps and globals stay private to each load.
-pub const PINNED_MAPS: [&str; 9] = [
+pub const PINNED_MAPS: [&str; 11] = [
     maps::EVENTS,
     maps::WATCHED,
     maps::DROPS,
@@ -31,6 +31,8 @@ pub const PINNED_MAPS: [&str; 9] = [
     maps::EGRESS,
     maps::FILE_RULES,
     maps::SECRET_TOOLS,
+    maps::DNS_CONFIG,
+    maps::DNS_ORIG,
 ];
 
 /// Where one version of the pinned state lives.

@@ -318,9 +318,9 @@ pub fn egress_entries(rules: &[EgressRule], slot: u32) -> Result<Vec<EgressEntry
             Protocol::Udp => libc::IPPROTO_UDP as u8,
         };
         if r.ports.is_empty() {
-            vec![PortRule { lo: 0, hi: u16::MAX, protocol, _pad0: [0; 3] }]
+            vec![PortRule { lo: 0, hi: u16::MAX, protocol, ..Default::default() }]
         } else {
-            r.ports.iter().map(|p| PortRule { lo: p.lo, hi: p.hi, protocol, _pad0: [0; 3] }).collect()
+            r.ports.iter().map(|p| PortRule { lo: p.lo, hi: p.hi, protocol, ..Default::default() }).collect()
         }
     };
     let nets: Vec<([u8; 16], u32)> = rules.iter().map(norm).collect();
@@ -761,6 +761,9 @@ impl CompiledScope {
         }
         if egress.is_some() {
             flags |= sandbox_flags::NET_RESTRICTED;
+        }
+        if scope.dns.is_some() {
+            flags |= sandbox_flags::DNS_REDIRECT;
         }
         if scope.mode == Mode::Audit {
             flags |= sandbox_flags::AUDIT;

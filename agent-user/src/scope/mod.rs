@@ -72,6 +72,47 @@ pub struct EgressRule {
     pub protocol: Protocol,
 }
 
+/// One egress rule by name: what the resolver answers for a matching name is granted on these
+/// ports and protocol, for the answer's TTL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostRule {
+    /// `api.github.com`, or `*.pythonhosted.org` (one or more labels under it).
+    pub pattern: String,
+    /// Empty = all ports.
+    pub ports: Vec<PortRange>,
+    pub protocol: Protocol,
+}
+
+impl HostRule {
+    /// Whether `name` (any case, with or without the trailing dot) is granted by this rule.
+    pub fn matches(&self, name: &str) -> bool {
+        let name = name.trim_end_matches('.');
+        match self.pattern.strip_prefix("*.") {
+            Some(domain) => {
+                name.len() > domain.len() + 1
+                    && name.as_bytes()[name.len() - domain.len() - 1] == b'.'
+                    && name[name.len() - domain.len()..].eq_ignore_ascii_case(domain)
+            }
+            None => name.eq_ignore_ascii_case(&self.pattern),
+        }
+    }
+}
+
+/// Default lower bound on how long a resolved address stays granted.
+pub const DEFAULT_MIN_TTL: Duration = Duration::from_secs(30);
+/// Default upper bound.
+pub const DEFAULT_MAX_TTL: Duration = Duration::from_secs(3600);
+
+/// `network.dns`, with defaults filled in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsSettings {
+    /// Empty = the node's `/etc/resolv.conf` nameservers, read when the task starts.
+    pub upstream: Vec<std::net::SocketAddr>,
+    pub accept_private: Vec<IpNet>,
+    pub min_ttl: Duration,
+    pub max_ttl: Duration,
+}
+
 /// A secret and the executables that may open it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Secret {
@@ -147,6 +188,11 @@ pub struct Scope {
     pub deny: Vec<PathBuf>,
     pub secrets: Vec<Secret>,
     pub egress: Option<Vec<EgressRule>>,
+    /// Egress by name (`network.egress[].host`).
+    pub hosts: Vec<HostRule>,
+    /// Set when the task's DNS goes through Warden's resolver: the scope has `host` rules or
+    /// a `network.dns` section.
+    pub dns: Option<DnsSettings>,
     pub process_limit: Option<u32>,
     pub grants: BTreeSet<Grant>,
     /// Fail closed on evidence gaps.
@@ -342,12 +388,68 @@ impl Scope {
                 }
             }
         }
-        let egress = raw.network.map(|n| {
-            n.egress
-                .into_iter()
-                .map(|e| EgressRule { net: e.to.0, ports: e.ports, protocol: e.protocol })
-                .collect::<Vec<_>>()
-        });
+        let mut hosts = Vec::new();
+        let mut dns = None;
+        let egress = match raw.network {
+            None => None,
+            Some(n) => {
+                let mut cidrs = Vec::new();
+                for (i, e) in n.egress.into_iter().enumerate() {
+                    let field = format!("network.egress[{i}]");
+                    match (e.to, e.host) {
+                        (Some(to), None) => {
+                            cidrs.push(EgressRule { net: to.0, ports: e.ports, protocol: e.protocol })
+                        }
+                        (None, Some(h)) => {
+                            hosts.push(HostRule { pattern: h.0, ports: e.ports, protocol: e.protocol })
+                        }
+                        (Some(_), Some(h)) => {
+                            return Err(invalid(
+                                &h.0,
+                                &field,
+                                "a rule names either addresses (`to:`) or a host (`host:`), not both; \
+                                 split it into two rules"
+                                    .into(),
+                            ));
+                        }
+                        (None, None) => {
+                            return Err(invalid(
+                                "egress",
+                                &field,
+                                "say where: `to: 10.0.0.0/8` (addresses) or `host: api.github.com` (a name)"
+                                    .into(),
+                            ));
+                        }
+                    }
+                }
+                if !hosts.is_empty() || n.dns.is_some() {
+                    let d = n.dns.unwrap_or(raw::RawDns {
+                        upstream: Vec::new(),
+                        accept_private: Vec::new(),
+                        min_ttl: None,
+                        max_ttl: None,
+                    });
+                    let settings = DnsSettings {
+                        upstream: d.upstream.into_iter().map(|u| u.0).collect(),
+                        accept_private: d.accept_private.into_iter().map(|c| c.0).collect(),
+                        min_ttl: d.min_ttl.map_or(DEFAULT_MIN_TTL, |t| t.0),
+                        max_ttl: d.max_ttl.map_or(DEFAULT_MAX_TTL, |t| t.0),
+                    };
+                    if settings.min_ttl > settings.max_ttl {
+                        return Err(invalid(
+                            "min_ttl",
+                            "network.dns.min_ttl",
+                            format!(
+                                "min_ttl {:?} is longer than max_ttl {:?}; lower min_ttl or raise max_ttl",
+                                settings.min_ttl, settings.max_ttl
+                            ),
+                        ));
+                    }
+                    dns = Some(settings);
+                }
+                Some(cidrs)
+            }
+        };
         if let Some(rules) = &egress
             && let Err(e) = compile::egress_entries(rules, 0)
         {
@@ -370,6 +472,8 @@ impl Scope {
             deny: files.map(|f| f.deny.into_iter().map(|p| p.0).collect()).unwrap_or_default(),
             secrets,
             egress,
+            hosts,
+            dns,
             process_limit: raw.limits.and_then(|l| l.processes).map(|p| p.0),
             grants: raw.grant.into_iter().collect(),
             on_gap: raw.evidence.map(|e| e.on_gap).unwrap_or_default(),
@@ -557,6 +661,52 @@ grant: [io-uring]
         assert!(e.contains("net_bind_service"), "the message lists the names: {e}");
         let e = err("version: 1\ntask: a\nuser: {uid: 1000, group: 5}\n");
         assert!(e.contains("group"), "{e}");
+    }
+
+    #[test]
+    fn host_rules_and_dns_settings() {
+        let s = parse(
+            "version: 1\ntask: a\nnetwork:\n  egress:\n    - host: API.GitHub.com.\n      ports: [443]\n    - host: \"*.pythonhosted.org\"\n      protocol: tcp\n    - to: 10.0.0.0/8\n  dns:\n    upstream: [127.0.0.53, \"[::1]:5353\"]\n    accept_private: [127.0.0.0/8]\n    min_ttl: 1s\n",
+        )
+        .unwrap();
+        assert_eq!(s.hosts.len(), 2);
+        assert_eq!(s.hosts[0].pattern, "api.github.com");
+        assert_eq!(s.egress.as_ref().unwrap().len(), 1, "CIDR rules stay as they are");
+        let d = s.dns.as_ref().unwrap();
+        assert_eq!(d.upstream[0], "127.0.0.53:53".parse().unwrap());
+        assert_eq!(d.upstream[1], "[::1]:5353".parse().unwrap());
+        assert_eq!((d.min_ttl, d.max_ttl), (Duration::from_secs(1), DEFAULT_MAX_TTL));
+        let exact = &s.hosts[0];
+        assert!(exact.matches("api.github.com") && exact.matches("API.GITHUB.COM."));
+        assert!(!exact.matches("x.api.github.com") && !exact.matches("github.com"));
+        let wild = &s.hosts[1];
+        assert!(wild.matches("files.pythonhosted.org") && wild.matches("a.b.pythonhosted.org"));
+        assert!(!wild.matches("pythonhosted.org"), "the domain itself is not under it");
+        assert!(!wild.matches("evilpythonhosted.org") && !wild.matches("pythonhosted.org.evil.com"));
+        // No host rule and no dns section: no resolver.
+        assert!(parse("version: 1\ntask: a\nnetwork:\n  egress:\n    - to: ::1\n").unwrap().dns.is_none());
+    }
+
+    #[test]
+    fn bad_host_rules_name_line_and_fix() {
+        let e = err("version: 1\ntask: a\nnetwork:\n  egress:\n    - host: \"api.*.com\"\n");
+        assert!(
+            e.starts_with("s.yaml:5:") && e.contains("network.egress[0].host") && e.contains("first label"),
+            "{e}"
+        );
+        let e = err("version: 1\ntask: a\nnetwork:\n  egress:\n    - host: \"*.com\"\n");
+        assert!(e.contains("top-level"), "{e}");
+        let e = err("version: 1\ntask: a\nnetwork:\n  egress:\n    - host: \"bad_-.x.-y\"\n");
+        assert!(e.contains("label"), "{e}");
+        let e =
+            err("version: 1\ntask: a\nnetwork:\n  egress:\n    - to: 10.0.0.0/8\n      host: a.example\n");
+        assert!(e.starts_with("s.yaml:6: network.egress[0]:") && e.contains("not both"), "{e}");
+        let e = err("version: 1\ntask: a\nnetwork:\n  egress:\n    - ports: [443]\n");
+        assert!(e.contains("network.egress[0]") && e.contains("host:"), "{e}");
+        let e = err("version: 1\ntask: a\nnetwork:\n  dns:\n    upstream: [resolver.local]\n");
+        assert!(e.starts_with("s.yaml:5:") && e.contains("network.dns.upstream"), "{e}");
+        let e = err("version: 1\ntask: a\nnetwork:\n  dns:\n    min_ttl: 2h\n");
+        assert!(e.contains("min_ttl") && e.contains("max_ttl"), "{e}");
     }
 
     #[test]

@@ -197,13 +197,41 @@ pub struct RawNetwork {
     /// Allowed destinations; anything else is refused.
     #[serde(default)]
     pub egress: Vec<RawEgress>,
+    /// How names of `host` rules are resolved (egress by name).
+    #[serde(default)]
+    pub dns: Option<RawDns>,
+}
+
+/// `network.dns`: Warden's resolver for the task.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawDns {
+    /// Where queries for granted names are forwarded (`127.0.0.53`, `[::1]:5353`); default:
+    /// the `nameserver` lines of the node's `/etc/resolv.conf`.
+    #[serde(default)]
+    pub upstream: Vec<Upstream>,
+    /// Answers in these private, loopback, link-local or metadata ranges are kept; all other
+    /// such answers are dropped (DNS rebinding). Keeping an answer grants nothing by itself.
+    #[serde(default)]
+    pub accept_private: Vec<Cidr>,
+    /// A resolved address stays granted at least this long (default 30s).
+    #[serde(default)]
+    pub min_ttl: Option<Ttl>,
+    /// ... and at most this long (default 1h), whatever the record's TTL says.
+    #[serde(default)]
+    pub max_ttl: Option<Ttl>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RawEgress {
-    /// A CIDR (`10.0.0.0/8`, `2001:db8::/32`) or a single address.
-    pub to: Cidr,
+    /// A CIDR (`10.0.0.0/8`, `2001:db8::/32`) or a single address. Either `to` or `host`.
+    #[serde(default)]
+    pub to: Option<Cidr>,
+    /// A host name (`api.github.com`) or `*.` and a domain (`*.pythonhosted.org`: one or more
+    /// labels under it, not the domain itself). Either `to` or `host`.
+    #[serde(default)]
+    pub host: Option<HostPattern>,
     /// Ports or ranges (`443`, `"8000-8100"`); omitted = all ports.
     #[serde(default)]
     pub ports: Vec<PortRange>,
@@ -317,6 +345,60 @@ string_newtype!(Cidr, IpNet, |s| {
         return Ok(IpNet::from(ip));
     }
     Err(format!("{s:?} is not a CIDR or an IP address; write e.g. 10.0.0.0/8, 192.0.2.7 or 2001:db8::/32"))
+});
+
+/// A host name or a wildcard `*.domain`, lower-cased, without a trailing dot.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(try_from = "String")]
+pub struct HostPattern(pub String);
+string_newtype!(HostPattern, String, |s| {
+    let lower = s.trim_end_matches('.').to_ascii_lowercase();
+    let (wild, name) = match lower.strip_prefix("*.") {
+        Some(rest) => (true, rest),
+        None => (false, lower.as_str()),
+    };
+    if name.len() > 253 || name.is_empty() {
+        return Err(format!("host {s:?} must be a name of 1 to 253 characters, e.g. api.github.com"));
+    }
+    for label in name.split('.') {
+        if label.contains('*') {
+            return Err(format!(
+                "host {s:?}: `*` may only be the whole first label (`*.example.org`: one or more labels under \
+                 example.org); write the names out, or the wildcard first"
+            ));
+        }
+        let ok = !label.is_empty()
+            && label.len() <= 63
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !ok {
+            return Err(format!(
+                "host {s:?}: label {label:?} must be 1-63 letters, digits, '-' or '_', not starting or ending \
+                 with '-'"
+            ));
+        }
+    }
+    if wild && !name.contains('.') {
+        return Err(format!(
+            "host {s:?} would grant every name under a top-level domain; name a domain (`*.example.org`)"
+        ));
+    }
+    Ok(lower.clone())
+});
+
+/// A resolver address, with an optional port (default 53): `127.0.0.53`, `10.0.0.2:5353`,
+/// `::1`, `[::1]:5353`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(try_from = "String")]
+pub struct Upstream(pub std::net::SocketAddr);
+string_newtype!(Upstream, std::net::SocketAddr, |s| {
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Ok(std::net::SocketAddr::new(ip, 53));
+    }
+    s.parse::<std::net::SocketAddr>().map_err(|_| {
+        format!("{s:?} is not a resolver address; write e.g. 127.0.0.53, 10.0.0.2:5353 or [::1]:5353")
+    })
 });
 
 /// An inclusive port range.

@@ -43,6 +43,67 @@ fn sockaddr(addr: &str, port: &str) -> SocketAddr {
     SocketAddr::new(addr.parse::<IpAddr>().expect("address"), port.parse().expect("port"))
 }
 
+/// One DNS query the way a stub resolver makes it: `udp` (unconnected `sendto`/`recvfrom`),
+/// `udp-connected` (`connect`, then `send`/`recvfrom`) or `tcp`. Prints
+/// `dns ok RCODE ADDRS from=SOURCE` (ADDRS comma-separated, `-` for none; SOURCE the address
+/// the reply came from) or `dns err ERRNO`.
+fn dns(mode: &str, server: SocketAddr, name: &str, qtype: &str) -> Result<(), i32> {
+    use hickory_proto::{
+        op::{Message, Query},
+        rr::{Name, RData, RecordType},
+    };
+    use std::io::Read;
+    let io = |e: std::io::Error| e.raw_os_error().unwrap_or(libc::EIO);
+    let qtype: RecordType = qtype.parse().map_err(|_| libc::EINVAL)?;
+    let mut q = Message::query();
+    q.metadata.id = std::process::id() as u16;
+    q.metadata.recursion_desired = true;
+    q.add_query(Query::query(Name::from_ascii(name).map_err(|_| libc::EINVAL)?, qtype));
+    let bytes = q.to_vec().map_err(|_| libc::EINVAL)?;
+    let timeout = Some(std::time::Duration::from_secs(5));
+    let (raw, from) = if mode == "tcp" {
+        let mut s = TcpStream::connect(server).map_err(io)?;
+        s.set_read_timeout(timeout).map_err(io)?;
+        let mut framed = (bytes.len() as u16).to_be_bytes().to_vec();
+        framed.extend_from_slice(&bytes);
+        s.write_all(&framed).map_err(io)?;
+        let mut len = [0u8; 2];
+        s.read_exact(&mut len).map_err(io)?;
+        let mut buf = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        s.read_exact(&mut buf).map_err(io)?;
+        (buf, s.peer_addr().map_err(io)?)
+    } else {
+        let bind = if server.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+        let s = UdpSocket::bind(bind).map_err(io)?;
+        s.set_read_timeout(timeout).map_err(io)?;
+        if mode == "udp-connected" {
+            s.connect(server).map_err(io)?;
+            s.send(&bytes).map_err(io)?;
+        } else {
+            s.send_to(&bytes, server).map_err(io)?;
+        }
+        let mut buf = vec![0u8; 65535];
+        let (n, from) = s.recv_from(&mut buf).map_err(io)?;
+        buf.truncate(n);
+        (buf, from)
+    };
+    let m = Message::from_vec(&raw).map_err(|_| libc::EBADMSG)?;
+    let addrs: Vec<String> = m
+        .answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(a) => Some(a.0.to_string()),
+            RData::AAAA(a) => Some(a.0.to_string()),
+            _ => None,
+        })
+        .collect();
+    let addrs = if addrs.is_empty() { "-".to_string() } else { addrs.join(",") };
+    let tc = if m.metadata.truncation { " tc" } else { "" };
+    println!("dns ok {:?}{tc} {addrs} from={from}", m.metadata.response_code);
+    let _ = std::io::stdout().flush();
+    std::process::exit(0)
+}
+
 fn uring_open(path: &str) -> Result<(), i32> {
     let mut ring = io_uring::IoUring::new(4).map_err(|e| e.raw_os_error().unwrap_or(0))?;
     let p = cstr(path);
@@ -246,6 +307,7 @@ fn main() {
             TcpStream::connect(sockaddr(a(1), a(2))).map(drop).map_err(|e| e.raw_os_error().unwrap_or(0))
         }
         "uring-connect" => uring_connect(sockaddr(a(1), a(2))),
+        "dns" => dns(a(1), sockaddr(a(2), a(3)), a(4), a(5)),
         "udp-send" => {
             let sa = sockaddr(a(1), a(2));
             let bind = if sa.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
