@@ -9,6 +9,7 @@
 //! `WARDEN_REQUIRE` lists the feature (the VM tier sets it), a missing feature
 //! fails the test instead, so a skip can never be the normal state there.
 pub mod daemon;
+pub mod dnsmasq;
 
 use std::{
     path::{Path, PathBuf},
