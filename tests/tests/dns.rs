@@ -199,3 +199,114 @@ fn resolved_addresses_expire_and_cname_and_tcp_fallback_work() {
     assert_eq!(cname["answers"], serde_json::json!(["127.0.99.1"]));
     assert_eq!(cname["protocol"], "tcp");
 }
+
+/// Lines of a file (empty when it does not exist yet).
+fn lines(p: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(p).unwrap_or_default().lines().map(str::to_string).collect()
+}
+
+/// Entries of the daemon's pinned egress trie for `slot`.
+fn trie_entries(d: &warden_tests::daemon::TestDaemon, slot: u32) -> usize {
+    use agent_common::maps::{EgressAddr, EgressRules};
+    let version = d.ready["startup"]["version"].as_str().expect("version");
+    let pin = d.pin_root.join(version).join("maps/EGRESS");
+    let md = aya::maps::MapData::from_pin(&pin).expect("pinned EGRESS");
+    let trie: aya::maps::LpmTrie<_, EgressAddr, EgressRules> =
+        aya::maps::LpmTrie::try_from(aya::maps::Map::LpmTrie(md)).expect("an LPM trie");
+    trie.keys().filter_map(Result::ok).filter(|k| k.data().slot_be == slot.to_be_bytes()).count()
+}
+
+#[test]
+fn the_daemon_resolves_for_each_task_and_grants_outlive_a_restart() {
+    if !require("the_daemon_resolves_for_each_task_and_grants_outlive_a_restart", "cgroup_sock_addr") {
+        return;
+    }
+    let dns = Dnsmasq::start(&zone());
+    let (_l, port) = listeners_on(&["127.0.99.1", "127.0.99.2"]);
+    // A resolver address range and port of this test's own.
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let dns_port = udp.local_addr().unwrap().port();
+    drop(udp);
+    let base = format!("127.{}.0.1", 100 + std::process::id() % 100);
+    let mut d =
+        warden_tests::daemon::TestDaemon::start(&format!("dns:\n  port: {dns_port}\n  addr_base: {base}\n"));
+    // dnsmasq answers its host records with TTL 0: the grant lasts min_ttl.
+    let scope_a = scope("dns-a", &["allowed.test"], dns.addr, port).replace("min_ttl: 1s", "min_ttl: 60s");
+    let scope_b = scope("dns-b", &["other.test"], dns.addr, port);
+    let a = d.start_task("dns-a", &scope_a);
+    let b = d.start_task("dns-b", &scope_b);
+    let (ida, idb) = (a["id"].as_str().unwrap().to_string(), b["id"].as_str().unwrap().to_string());
+    let slot_a = a["slot"].as_u64().unwrap() as u32;
+    let p = PROBE;
+    let text = |o: &std::process::Output| String::from_utf8_lossy(&o.stdout).into_owned();
+    let oa = d.exec(
+        &ida,
+        &format!(
+            "{p} dns udp 8.8.8.8 53 allowed.test A; {p} dns udp 8.8.8.8 53 other.test A; {p} connect 127.0.99.1 {port}; {p} connect 127.0.99.2 {port}"
+        ),
+    );
+    assert_eq!(
+        text(&oa),
+        "dns ok NoError 127.0.99.1 from=8.8.8.8:53\ndns ok Refused - from=8.8.8.8:53\nconnect ok\nconnect err 1\n",
+        "{}",
+        d.stderr()
+    );
+    // The other task: its own names; what task A resolved is not its.
+    let ob = d.exec(
+        &idb,
+        &format!("{p} connect 127.0.99.1 {port}; {p} dns tcp 1.1.1.1 53 other.test A; {p} connect 127.0.99.2 {port}"),
+    );
+    assert_eq!(text(&ob), "connect err 1\ndns ok NoError 127.0.99.2 from=1.1.1.1:53\nconnect ok\n");
+    assert!(
+        !dns.log().contains("other.test from")
+            || dns.queries().iter().filter(|q| q.ends_with("other.test")).count() == 1
+    );
+    // A connect loop in task A runs across a daemon kill -9: the granted address stays
+    // reachable while no daemon runs (for its 60 s min_ttl).
+    let out = d.dir.path().join("a.out");
+    let mut bg = d
+        .command(&[
+            "task",
+            "exec",
+            &ida,
+            "--",
+            "/bin/sh",
+            "-c",
+            &format!(
+                "i=0; while [ $i -lt 60 ]; do {p} connect 127.0.99.1 {port} >> {o}; i=$((i+1)); /usr/bin/sleep 0.05; done; echo done >> {o}",
+                o = out.display()
+            ),
+        ])
+        .spawn()
+        .unwrap();
+    assert!(
+        warden_tests::wait_for(std::time::Duration::from_secs(10), || (lines(&out).len() >= 3).then_some(()))
+            .is_some()
+    );
+    d.kill9();
+    let at_kill = lines(&out).len();
+    assert!(
+        warden_tests::wait_for(std::time::Duration::from_secs(10), || (lines(&out).len() >= at_kill + 5)
+            .then_some(()))
+        .is_some(),
+        "the loop stalled while the daemon was down"
+    );
+    d.launch(&[]);
+    assert!(bg.wait().unwrap().success());
+    let all = lines(&out);
+    assert_eq!(all.last().map(String::as_str), Some("done"));
+    assert!(all[..all.len() - 1].iter().all(|l| l == "connect ok"), "a granted address was refused: {all:?}");
+    // Back up: the task's queries are answered again.
+    let again = d.exec(&ida, &format!("{p} dns udp-connected 9.9.9.9 53 allowed.test A"));
+    assert_eq!(text(&again), "dns ok NoError 127.0.99.1 from=9.9.9.9:53\n", "{}", d.stderr());
+    let recs = d.records_of(&ida);
+    assert!(recs.iter().any(|r| r["kind"] == "dns" && r["decision"] == "deny" && r["query"] == "other.test"));
+    // A task's grants go when it ends.
+    assert!(trie_entries(&d, slot_a) > 0);
+    assert!(d.end(&ida).status.success());
+    assert_eq!(trie_entries(&d, slot_a), 0, "task A's entries are gone");
+    assert!(d.end(&idb).status.success());
+    let v =
+        std::process::Command::new(warden_tests::warden_bin()).arg("verify").arg(&d.log).output().unwrap();
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
+}

@@ -642,6 +642,7 @@ pub fn record(rec: &Value, ctx: &Context) -> Option<Value> {
             finish(e, &r, format!("bpf() command {}{out}", cmd.map_or("?".into(), |c| c.to_string())))
         }
         "connect" | "sendmsg" => network(&mut r, kind, out, ctx),
+        "dns" => dns(&mut r, out, ctx),
         "gap" => {
             let mut e = base(&mut r, EVENT_LOG, OTHER, "Records Lost", "Other", ctx);
             let drops = r.int("drops").unwrap_or(0);
@@ -680,17 +681,12 @@ fn file_change(op: Option<i64>) -> (i64, &'static str, &'static str, i64, &'stat
     }
 }
 
-/// connect/sendmsg: Network Activity, or DNS Activity when the destination port is 53.
+/// connect/sendmsg: Network Activity Open (a connect) or Traffic (a datagram), whatever the
+/// port: a query's name is in the `dns` record. A refused connect is Open with action Denied
+/// and disposition Blocked (activity Refuse would say the remote side refused).
 fn network(r: &mut Rec<'_>, kind: &str, out: &str, ctx: &Context) -> Value {
-    let port = r.peek_int("port");
-    let denied = r.peek_str("decision") == Some("deny");
-    let dns = port == Some(53);
-    let mut e = if dns {
-        base(r, DNS, 1, "Query", "Query", ctx)
-    } else if kind == "sendmsg" {
+    let mut e = if kind == "sendmsg" {
         base(r, NET, 6, "Traffic", "Traffic", ctx)
-    } else if denied {
-        base(r, NET, 5, "Refuse", "Refuse", ctx)
     } else {
         base(r, NET, 1, "Open", "Open", ctx)
     };
@@ -736,7 +732,7 @@ fn network(r: &mut Rec<'_>, kind: &str, out: &str, ctx: &Context) -> Value {
     e.insert("actor".into(), json!({ "process": actor }));
     e.insert("dst_endpoint".into(), Value::Object(dst));
     e.insert("connection_info".into(), Value::Object(conn));
-    let what = if dns { format!("DNS query ({kind})") } else { kind.to_string() };
+    let what = kind;
     let host = match addr {
         Some(a) if a.contains(':') => format!("[{a}]"),
         a => a.unwrap_or("?").to_string(),
@@ -747,6 +743,53 @@ fn network(r: &mut Rec<'_>, kind: &str, out: &str, ctx: &Context) -> Value {
         proto.unwrap_or("?")
     );
     finish(e, r, msg)
+}
+
+/// dns: DNS Activity Traffic (the task's query and Warden's answer, in one record), with
+/// `query`, the kept `answers`, `rcode` and `response_time` (ms). Dropped answers, the
+/// granting host rule and the exact latency stay in `unmapped`.
+fn dns(r: &mut Rec<'_>, out: &str, ctx: &Context) -> Value {
+    let mut e = base(r, DNS, 6, "Traffic", "Traffic", ctx);
+    let name = r.str("query").unwrap_or("");
+    let qtype = r.str("qtype").unwrap_or("");
+    e.insert("query".into(), json!({ "hostname": name, "type": qtype, "class": "IN" }));
+    let answers: Vec<Value> = r
+        .v
+        .get("answers")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(|ip| json!({ "rdata": ip, "type": if ip.contains(':') { "AAAA" } else { "A" }, "class": "IN" }))
+                .collect()
+        })
+        .unwrap_or_default();
+    r.used.insert("answers");
+    e.insert("answers".into(), answers.into());
+    let rcode = r.str("rcode");
+    let (rcode_id, caption) = match rcode {
+        Some("NOERROR") => (0, "NoError"),
+        Some("FORMERR") => (1, "FormError"),
+        Some("SERVFAIL") => (2, "ServError"),
+        Some("NXDOMAIN") => (3, "NXDomain"),
+        Some("NOTIMP") => (4, "NotImp"),
+        Some("REFUSED") => (5, "Refused"),
+        _ => (OTHER, "Other"),
+    };
+    e.insert("rcode_id".into(), rcode_id.into());
+    e.insert("rcode".into(), caption.into());
+    if let Some(us) = r.peek_int("latency_us") {
+        e.insert("response_time".into(), (us / 1000).into());
+    }
+    let actor = process_obj(r);
+    e.insert("actor".into(), json!({ "process": actor }));
+    if let Some(p) = r.str("protocol") {
+        e.insert(
+            "connection_info".into(),
+            json!({ "protocol_name": p, "direction_id": 2, "direction": "Outbound" }),
+        );
+    }
+    finish(e, r, format!("DNS {qtype} {name}: {}{out}", rcode.unwrap_or("?")))
 }
 
 /// OCSF `severity_id` of a rule severity.
@@ -1161,7 +1204,8 @@ mod tests {
             &ctx(),
         )
         .unwrap();
-        assert_eq!(d["activity_id"], 5, "refused connection");
+        assert_eq!(d["activity_id"], 1, "a refused connect is an Open that was denied");
+        assert_eq!((d["action_id"].clone(), d["disposition_id"].clone()), (json!(2), json!(2)));
         assert_eq!(d["connection_info"]["protocol_ver_id"], 6);
         assert_eq!(d["message"], "connect to [::1]:8080 tcp (refused)");
         let s = record(
@@ -1174,17 +1218,37 @@ mod tests {
     }
 
     #[test]
-    fn port_53_is_dns_activity() {
-        for kind in ["sendmsg", "connect"] {
-            let e =
-                record(&rec(json!({"kind": kind, "addr": "8.8.8.8", "port": 53, "protocol": "udp"})), &ctx())
-                    .unwrap();
-            assert_common(&e, 4003, 1);
-            assert_eq!(e["class_name"], "DNS Activity");
-            assert_eq!(e["activity_name"], "Query");
-            assert_eq!(e["dst_endpoint"]["port"], 53);
-            assert!(e.get("query").is_none(), "the query name is not recorded");
-        }
+    fn port_53_is_network_activity_and_dns_records_are_dns_activity() {
+        let e = record(
+            &rec(json!({"kind": "sendmsg", "addr": "8.8.8.8", "port": 53, "protocol": "udp"})),
+            &ctx(),
+        )
+        .unwrap();
+        assert_common(&e, 4001, 6);
+        let q = record(
+            &rec(json!({"kind": "dns", "decision": "allow", "rule": "network.egress", "protocol": "udp",
+                "query": "api.github.com", "qtype": "A", "host": "api.github.com",
+                "answers": ["140.82.112.3", "2606:4700::1"], "dropped": ["10.0.0.1 (private)"],
+                "rcode": "NOERROR", "latency_us": 2500})),
+            &ctx(),
+        )
+        .unwrap();
+        assert_common(&q, 4003, 6);
+        assert_eq!(q["query"], json!({"hostname": "api.github.com", "type": "A", "class": "IN"}));
+        assert_eq!(q["answers"][1], json!({"rdata": "2606:4700::1", "type": "AAAA", "class": "IN"}));
+        assert_eq!((q["rcode_id"].clone(), q["response_time"].clone()), (json!(0), json!(2)));
+        assert_eq!(q["unmapped"]["dropped"], json!(["10.0.0.1 (private)"]));
+        let d = record(
+            &rec(json!({"kind": "dns", "decision": "deny", "action": "refuse", "rule": "network.egress",
+                "query": "x.evil.example", "qtype": "TXT", "answers": [], "rcode": "REFUSED"})),
+            &ctx(),
+        )
+        .unwrap();
+        assert_eq!(
+            (d["rcode_id"].clone(), d["action_id"].clone(), d["disposition_id"].clone()),
+            (json!(5), json!(2), json!(2))
+        );
+        assert_eq!(d["message"], "DNS TXT x.evil.example: REFUSED (refused)");
     }
 
     #[test]

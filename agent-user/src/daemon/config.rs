@@ -42,6 +42,8 @@ pub struct DaemonConfig {
     /// Scopes pods may name (`warden.dev/scope: NAME` → `<scopes>/NAME.yaml`), read when a
     /// container is bound. Unset: containers cannot be bound.
     pub scopes: Option<PathBuf>,
+    /// The node resolver for egress by name.
+    pub dns: DnsDaemonConfig,
     /// Tokens Warden mints (`from: token` secrets): where their JWKS is served.
     pub tokens: TokensConfig,
 }
@@ -55,6 +57,23 @@ pub struct TokensConfig {
     pub listen: Option<SocketAddr>,
     /// The tokens' `iss` (default `warden://<node name>`).
     pub issuer: Option<String>,
+}
+
+/// `dns`: where the node resolver serves the tasks whose scopes name hosts. Task slot `s` is
+/// served at `addr_base + s` on `port` (UDP and TCP); the kernel redirects the task's DNS there.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsDaemonConfig {
+    /// The resolver's port on every slot address (not 53: nothing else on the node may need it).
+    pub port: u16,
+    /// First slot address; with `maps.max_tasks` it must stay inside 127.0.0.0/8.
+    pub addr_base: std::net::Ipv4Addr,
+}
+
+impl Default for DnsDaemonConfig {
+    fn default() -> Self {
+        Self { port: 53053, addr_base: crate::dns::DEFAULT_ADDR_BASE }
+    }
 }
 
 impl Default for DaemonConfig {
@@ -74,6 +93,7 @@ impl Default for DaemonConfig {
             rules: None,
             scopes: None,
             tokens: TokensConfig::default(),
+            dns: DnsDaemonConfig::default(),
         }
     }
 }
@@ -217,6 +237,24 @@ impl DaemonConfig {
         }
         if self.log.keep.is_some() && self.log.max_bytes.is_none() {
             return Err(bad("log.keep", "only means something with log.max_bytes".into()));
+        }
+        if self.dns.port == 0 || self.dns.port == 53 {
+            return Err(bad(
+                "dns.port",
+                format!("{} cannot serve tasks; pick a free port, e.g. 53053", self.dns.port),
+            ));
+        }
+        let last = u32::from(self.dns.addr_base).checked_add(self.maps.max_tasks);
+        if !self.dns.addr_base.is_loopback()
+            || !last.is_some_and(|l| std::net::Ipv4Addr::from(l).is_loopback())
+        {
+            return Err(bad(
+                "dns.addr_base",
+                format!(
+                    "{} + maps.max_tasks ({}) leaves 127.0.0.0/8; lower it, e.g. 127.77.0.1",
+                    self.dns.addr_base, self.maps.max_tasks
+                ),
+            ));
         }
         Ok(())
     }

@@ -150,12 +150,17 @@ impl DnsEvent {
     }
 }
 
+/// A served task: its id and the tokio tasks serving it.
+type Served = (String, Vec<JoinHandle<()>>);
+
 /// Shared state of the resolver.
 struct Inner {
     addr_base: Ipv4Addr,
     port: Mutex<u16>,
     trie: Mutex<LpmTrie<MapData, EgressAddr, EgressRules>>,
-    tasks: Mutex<HashMap<u32, Vec<JoinHandle<()>>>>,
+    /// Slot → (task id, its serving tasks). Held while a grant is written, so once
+    /// [`Resolver::unregister`] returns no grant for the slot is in flight or can start.
+    tasks: Mutex<HashMap<u32, Served>>,
     events: mpsc::UnboundedSender<DnsEvent>,
 }
 
@@ -205,6 +210,7 @@ impl Resolver {
         let bound = *port;
         drop(port);
         let slot = task.slot;
+        let id = task.task.clone();
         let task = Arc::new(task);
         let gate = Arc::new(Semaphore::new(IN_FLIGHT));
         let udp = Arc::new(udp);
@@ -212,7 +218,7 @@ impl Resolver {
             tokio::spawn(serve_udp(self.inner.clone(), task.clone(), udp, gate.clone())),
             tokio::spawn(serve_tcp(self.inner.clone(), task, tcp, gate)),
         ];
-        if let Some(old) = self.inner.tasks.lock().expect("tasks lock").insert(slot, handles) {
+        if let Some((_, old)) = self.inner.tasks.lock().expect("tasks lock").insert(slot, (id, handles)) {
             old.iter().for_each(JoinHandle::abort);
         }
         tracing::debug!(slot, %addr, port = bound, "resolver serving task");
@@ -222,7 +228,7 @@ impl Resolver {
     /// Stops serving `slot` (its sockets close). Its grants are removed with the sandbox's
     /// egress entries (`Sensor::unbind`).
     pub fn unregister(&self, slot: u32) {
-        if let Some(h) = self.inner.tasks.lock().expect("tasks lock").remove(&slot) {
+        if let Some((_, h)) = self.inner.tasks.lock().expect("tasks lock").remove(&slot) {
             h.iter().for_each(JoinHandle::abort);
         }
     }
@@ -375,7 +381,7 @@ async fn answer(inner: &Inner, task: &TaskDns, query: &[u8], transport: &'static
             let now = Clock::boot_now_ns();
             for k in &filtered.kept {
                 let expires = now.saturating_add(k.ttl.as_nanos() as u64);
-                if inner.grant(task.slot, k.ip, &port_rules(rule, expires), now) {
+                if inner.grant(task, k.ip, &port_rules(rule, expires), now) {
                     ev.answers.push(k.ip.to_string());
                 } else {
                     dropped.push((k.ip, DropReason::TableFull));
@@ -400,8 +406,14 @@ async fn answer(inner: &Inner, task: &TaskDns, query: &[u8], transport: &'static
 }
 
 impl Inner {
-    /// Adds `add` to the egress-trie value deciding for `ip` in `slot`; false when it cannot.
-    fn grant(&self, slot: u32, ip: IpAddr, add: &[PortRule], now_ns: u64) -> bool {
+    /// Adds `add` to the egress-trie value deciding for `ip` in the task's slot; false when it
+    /// cannot, or when the task is no longer served (its entries are being removed).
+    fn grant(&self, task: &TaskDns, ip: IpAddr, add: &[PortRule], now_ns: u64) -> bool {
+        let slot = task.slot;
+        let tasks = self.tasks.lock().expect("tasks lock");
+        if tasks.get(&slot).is_none_or(|(id, _)| *id != task.task) {
+            return false;
+        }
         let addr = match ip {
             IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
             IpAddr::V6(v6) => v6.octets(),
@@ -411,7 +423,9 @@ impl Inner {
         // The longest match already folds in the CIDR rules covering the address.
         let current = trie.get(&key, 0).ok();
         let Some(value) = merge_rules(current.as_ref(), add, now_ns) else { return false };
-        match trie.insert(&key, value, 0) {
+        let r = trie.insert(&key, value, 0);
+        drop(tasks);
+        match r {
             Ok(()) => true,
             Err(e) => {
                 tracing::warn!(slot, %ip, error = %e, "cannot grant a resolved address (egress table full?)");
