@@ -279,6 +279,16 @@ async fn run_task(
         }
     };
     let key = NodeKey::load_or_create(&args.key).map_err(runtime)?;
+    // Egress by name: a resolver of this run's own (the first free port on the slot address).
+    let resolver = match scope.dns {
+        Some(_) => Some(crate::dns::Resolver::new(
+            sensor.egress_handle().map_err(runtime)?,
+            crate::dns::DEFAULT_ADDR_BASE,
+            SLOT + 1,
+            0,
+        )),
+        None => None,
+    };
     let node = Node {
         cgroup_mount: cgroup2_mount().map_err(runtime)?,
         cgroup_parent: args.cgroup_parent.clone(),
@@ -286,6 +296,7 @@ async fn run_task(
         key: key.clone(),
         name: node_name(),
         creds: None,
+        resolver,
     };
     let mut pipeline = Pipeline::new(ProcessTable::seed_from("/proc".as_ref()), Clock::new(), sink);
     pipeline.set_signer(key);
@@ -347,7 +358,9 @@ async fn run_task(
         run.task.cgroup.clone().ok_or_else(|| anyhow!("the task has no sandbox")).map_err(runtime)?;
     tracing::info!(task = %task_id, cgroup = %cgroup.path().display(), pid = ?child_pid, "task started");
 
-    let watched = watch(&args, &mut run, &mut sensor, &mut source, &mut pipeline, &mut child, &cgroup).await;
+    let watched =
+        watch(&args, &mut run, &mut sensor, &mut source, &mut pipeline, &mut child, node.resolver.as_ref())
+            .await;
     let (status, reason) = match watched {
         Ok(v) => v,
         Err(e) => {
@@ -442,9 +455,10 @@ async fn watch(
     source: &mut Handoff,
     pipeline: &mut Pipeline,
     child: &mut Started,
-    cgroup: &crate::sandbox::Cgroup,
+    resolver: Option<&crate::dns::Resolver>,
 ) -> anyhow::Result<(Option<ExitStatus>, String)> {
     let task_id = run.task.id.clone();
+    let cgroup = run.task.cgroup.clone().ok_or_else(|| anyhow!("the task has no sandbox"))?;
     let mut signals = EndSignals::new()?;
     let ttl = run.task.scope.ttl;
     let on_gap = run.task.scope.on_gap;
@@ -468,6 +482,10 @@ async fn watch(
             s = child.main_exit() => break (Some(s?), "exited".to_string()),
             sig = signals.recv() => break (None, format!("signal {sig}")),
             _ = &mut expiry => break (None, "ttl expired".to_string()),
+            ev = crate::dns::next_event(resolver) => {
+                pipeline.emit(ev.record(pipeline.clock()))?;
+                pipeline.flush()?;
+            }
             _ = gap_tick.tick() => {
                 let drops = sensor.drops(SLOT)?;
                 let gap = run.task.gaps.record(pipeline, &task_id, drops.total + source.overflow())?;

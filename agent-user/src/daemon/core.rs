@@ -320,6 +320,15 @@ impl Core {
             NodeCreds::open(&revocations, key.clone(), name.clone(), cfg.tokens.issuer.clone())
                 .map_err(io_ctx(format!("revocation queue {}", revocations.display())))?;
         let creds = Arc::new(creds);
+        // The node resolver (egress by name): slot `s` is served at `dns.addr_base + s`. The
+        // pinned redirect points here across restarts (same config, same port).
+        let resolver = crate::dns::Resolver::new(
+            sensor.egress_handle()?,
+            cfg.dns.addr_base,
+            opts.max_tasks,
+            cfg.dns.port,
+        );
+        sensor.set_dns_config(resolver.dns_config())?;
         let node = Node {
             cgroup_mount: cgroup2_mount().map_err(|e| StartError::Other(e.to_string()))?,
             cgroup_parent: cfg.cgroup_parent.clone(),
@@ -327,6 +336,7 @@ impl Core {
             key,
             name,
             creds: Some(creds.clone()),
+            resolver: Some(resolver),
         };
         let mut core = Core {
             cfg,
@@ -663,6 +673,7 @@ impl Core {
         let mut secret_rx = self.secret_rx.take().unwrap_or_else(|| mpsc::unbounded_channel().1);
         let mut tick = tokio::time::interval(TICK);
         let mut beats = 0u32;
+        let resolver = self.node.resolver.clone();
         loop {
             tokio::select! {
                 r = self.source.wait() => {
@@ -687,10 +698,20 @@ impl Core {
                         self.beat();
                     }
                 }
+                ev = crate::dns::next_event(resolver.as_ref()) => {
+                    let clock = *self.pipeline.clock();
+                    self.emit(ev.record(&clock));
+                }
                 _ = &mut shutdown => break,
             }
         }
         self.drain();
+        if let Some(r) = &resolver {
+            let clock = *self.pipeline.clock();
+            for ev in r.take_events(None) {
+                self.emit(ev.record(&clock));
+            }
+        }
         self.beat();
         let _ = self.pipeline.flush();
         tracing::info!(
@@ -1150,6 +1171,8 @@ fn unreadable_scope(info: &TaskInfo) -> Scope {
         deny: Vec::new(),
         secrets: Vec::new(),
         egress: None,
+        hosts: Vec::new(),
+        dns: None,
         process_limit: None,
         grants: Default::default(),
         on_gap: OnGap::Continue,

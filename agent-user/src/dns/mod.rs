@@ -8,24 +8,25 @@
 //! answer goes back, every address kept in it ([`policy::filter_answer`]) is added to the
 //! task's egress trie with the granting rule's ports and an expiry the kernel checks. Other
 //! names get REFUSED and never leave the node. Every query becomes a [`DnsEvent`], which the
-//! owner of the pipeline turns into a `dns` record.
+//! owner of the pipeline turns into a `dns` record ([`Resolver::next_event`], and
+//! [`Resolver::take_events`] when a task ends, before its `task_end`).
 pub mod policy;
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     io,
     net::{IpAddr, Ipv4Addr, SocketAddr},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
-use agent_common::maps::{EGRESS_FULL_PREFIX, EgressAddr, EgressRules, PortRule};
+use agent_common::maps::{DnsConfig, EGRESS_FULL_PREFIX, EgressAddr, EgressRules, PortRule};
 use aya::maps::{LpmTrie, MapData, lpm_trie::Key};
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream, UdpSocket},
-    sync::{Semaphore, mpsc},
+    sync::{Notify, Semaphore},
     task::JoinHandle,
 };
 
@@ -56,6 +57,8 @@ pub enum DnsError {
     NoUpstream,
     #[error("slot {0} is outside the resolver's address range")]
     Slot(u32),
+    #[error("this Warden runs no resolver (egress by name)")]
+    NoResolver,
 }
 
 /// A task the resolver serves.
@@ -156,12 +159,28 @@ type Served = (String, Vec<JoinHandle<()>>);
 /// Shared state of the resolver.
 struct Inner {
     addr_base: Ipv4Addr,
+    slots: u32,
     port: Mutex<u16>,
     trie: Mutex<LpmTrie<MapData, EgressAddr, EgressRules>>,
     /// Slot → (task id, its serving tasks). Held while a grant is written, so once
     /// [`Resolver::unregister`] returns no grant for the slot is in flight or can start.
     tasks: Mutex<HashMap<u32, Served>>,
-    events: mpsc::UnboundedSender<DnsEvent>,
+    /// Answered queries not yet recorded (bounded by the tasks' in-flight limits and drained
+    /// by the owner of the pipeline).
+    events: Mutex<VecDeque<DnsEvent>>,
+    event_ready: Notify,
+}
+
+impl Inner {
+    fn push_event(&self, ev: DnsEvent) {
+        self.events.lock().expect("events lock").push_back(ev);
+        self.event_ready.notify_one();
+    }
+
+    /// Whether `task` is served now.
+    fn serves(&self, task: &str) -> bool {
+        self.tasks.lock().expect("tasks lock").values().any(|(id, _)| id == task)
+    }
 }
 
 /// The node's resolver: serves every registered task on its slot's address.
@@ -171,23 +190,57 @@ pub struct Resolver {
 }
 
 impl Resolver {
-    /// A resolver writing grants into `trie` (the sensor's `EGRESS` map) and reporting queries
-    /// on `events`. `port` 0 picks a free port at the first registration.
+    /// A resolver writing grants into `trie` (the sensor's `EGRESS` map), serving slots
+    /// `0..slots` at `addr_base + slot`. `port` 0 picks a free port at the first registration.
     pub fn new(
         trie: LpmTrie<MapData, EgressAddr, EgressRules>,
         addr_base: Ipv4Addr,
+        slots: u32,
         port: u16,
-        events: mpsc::UnboundedSender<DnsEvent>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 addr_base,
+                slots,
                 port: Mutex::new(port),
                 trie: Mutex::new(trie),
                 tasks: Mutex::new(HashMap::new()),
-                events,
+                events: Mutex::new(VecDeque::new()),
+                event_ready: Notify::new(),
             }),
         }
+    }
+
+    /// What the kernel needs to redirect to this resolver (`DNS_CONFIG`).
+    pub fn dns_config(&self) -> DnsConfig {
+        DnsConfig {
+            addr_base: u32::from(self.inner.addr_base),
+            slots: self.inner.slots,
+            port: self.port(),
+            ..Default::default()
+        }
+    }
+
+    /// The next answered query of a task still served (queries of tasks that ended
+    /// meanwhile are dropped: their chains are closed).
+    pub async fn next_event(&self) -> DnsEvent {
+        loop {
+            let next = self.inner.events.lock().expect("events lock").pop_front();
+            match next {
+                Some(ev) if self.inner.serves(&ev.task) => return ev,
+                Some(ev) => {
+                    tracing::debug!(task = %ev.task, name = %ev.name, "query of an ended task not recorded")
+                }
+                None => self.inner.event_ready.notified().await,
+            }
+        }
+    }
+
+    /// Every answered query not recorded yet, of tasks still served or of `ending` (a task
+    /// whose end is being recorded).
+    pub fn take_events(&self, ending: Option<&str>) -> Vec<DnsEvent> {
+        let all: Vec<DnsEvent> = self.inner.events.lock().expect("events lock").drain(..).collect();
+        all.into_iter().filter(|ev| ending == Some(ev.task.as_str()) || self.inner.serves(&ev.task)).collect()
     }
 
     /// The port the resolver serves on (0 until a port was picked).
@@ -197,7 +250,14 @@ impl Resolver {
 
     /// The address queries of `slot` arrive on.
     pub fn slot_addr(&self, slot: u32) -> Result<Ipv4Addr, DnsError> {
-        u32::from(self.inner.addr_base).checked_add(slot).map(Ipv4Addr::from).ok_or(DnsError::Slot(slot))
+        if slot >= self.inner.slots {
+            return Err(DnsError::Slot(slot));
+        }
+        u32::from(self.inner.addr_base)
+            .checked_add(slot)
+            .map(Ipv4Addr::from)
+            .filter(Ipv4Addr::is_loopback)
+            .ok_or(DnsError::Slot(slot))
     }
 
     /// Starts serving `task` on its slot's address (UDP and TCP). Must run inside a tokio
@@ -231,6 +291,14 @@ impl Resolver {
         if let Some((_, h)) = self.inner.tasks.lock().expect("tasks lock").remove(&slot) {
             h.iter().for_each(JoinHandle::abort);
         }
+    }
+}
+
+/// The next query `resolver` answered (never, without a resolver): for `select!` loops.
+pub async fn next_event(resolver: Option<&Resolver>) -> DnsEvent {
+    match resolver {
+        Some(r) => r.next_event().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -350,7 +418,7 @@ async fn answer(inner: &Inner, task: &TaskDns, query: &[u8], transport: &'static
     let finish = |mut ev: DnsEvent, code: ResponseCode| {
         ev.rcode = format!("{code:?}").to_uppercase();
         ev.latency_us = started.elapsed().as_micros() as u64;
-        let _ = inner.events.send(ev);
+        inner.push_event(ev);
     };
     if msg.metadata.op_code != OpCode::Query || msg.queries.len() != 1 {
         // NOTIFY, UPDATE, several questions: nothing a task needs, a channel it could use.

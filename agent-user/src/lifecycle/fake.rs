@@ -77,6 +77,7 @@ impl FakeHost {
             key: key.clone(),
             name: "node-1".into(),
             creds: None,
+            resolver: None,
         };
         let records = Records::default();
         let mut pipeline = Pipeline::new(ProcessTable::default(), Clock::new(), Box::new(records.clone()));
@@ -257,5 +258,16 @@ impl Host for FakeHost {
         self.op(format!("unbind {slot}"))?;
         self.held.remove(&format!("bound:{slot}"));
         Ok(())
+    }
+
+    fn dns_register(&mut self, task: crate::dns::TaskDns) -> Result<(), HostError> {
+        self.op(format!("dns_register {}", task.slot))?;
+        self.held.insert(format!("dns:{}", task.slot));
+        Ok(())
+    }
+
+    fn dns_unregister(&mut self, slot: u32, _task: &str) {
+        let _ = self.op(format!("dns_unregister {slot}"));
+        self.held.remove(&format!("dns:{slot}"));
     }
 }

@@ -44,6 +44,8 @@ pub enum HostError {
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Cred(#[from] CredError),
+    #[error(transparent)]
+    Dns(#[from] crate::dns::DnsError),
     /// A request that cannot be met as asked (e.g. a cgroup that is not the one recorded).
     #[error("{0}")]
     Refused(String),
@@ -66,6 +68,9 @@ pub struct Node {
     /// Brokered credentials (the node daemon): the revocation queue and its worker.
     /// `None`: this owner cannot mint, serve or revoke them (standalone `warden run`).
     pub creds: Option<Arc<NodeCreds>>,
+    /// The resolver for tasks whose scopes name hosts (egress by name), if this sensor owner
+    /// runs one.
+    pub resolver: Option<crate::dns::Resolver>,
 }
 
 impl std::fmt::Debug for Node {
@@ -139,7 +144,8 @@ pub trait Host {
     fn egress_detach(&mut self, task: &str) -> Result<(), HostError>;
     /// Writes the compiled scope's tables for `slot`, then the watch entries of `cgroup_ids`.
     fn bind(&mut self, slot: u32, cgroup_ids: &[u64], scope: &CompiledScope) -> Result<(), HostError>;
-    /// Removes the watch entries of `slot`, then (when known) the scope's tables.
+    /// Removes the watch entries of `slot`, then (when known) the scope's tables, and every
+    /// address granted to the slot by name.
     fn unbind(&mut self, slot: u32, scope: Option<&CompiledScope>) -> Result<(), HostError>;
 
     /// Mints the scope's brokered secrets and starts the task's broker in `secrets_dir`.
@@ -185,6 +191,11 @@ pub trait Host {
             None => Vec::new(),
         }
     }
+    /// Starts serving the task's DNS at its slot's address (egress by name).
+    fn dns_register(&mut self, task: crate::dns::TaskDns) -> Result<(), HostError>;
+    /// Stops serving `slot`'s DNS (no grant is in flight once it returns) and records the
+    /// queries answered so far.
+    fn dns_unregister(&mut self, slot: u32, task: &str);
 }
 
 /// The real host: a loaded sensor, its ring buffer, the pipeline, cgroupfs.
@@ -301,8 +312,27 @@ impl Host for Live<'_> {
             Some(s) => self.sensor.unbind(slot, s)?,
             None => {
                 self.sensor.unwatch_slot(slot)?;
+                self.sensor.clear_egress_slot(slot)?;
             }
         }
         Ok(())
+    }
+
+    fn dns_register(&mut self, task: crate::dns::TaskDns) -> Result<(), HostError> {
+        let resolver = self.node.resolver.as_ref().ok_or(crate::dns::DnsError::NoResolver)?;
+        resolver.register(task)?;
+        // The port is known once the first task is served (`warden run` picks a free one).
+        Ok(self.sensor.set_dns_config(resolver.dns_config())?)
+    }
+
+    fn dns_unregister(&mut self, slot: u32, task: &str) {
+        let Some(resolver) = &self.node.resolver else { return };
+        resolver.unregister(slot);
+        let clock = *self.pipeline.clock();
+        for ev in resolver.take_events(Some(task)) {
+            if let Err(e) = self.pipeline.emit(ev.record(&clock)) {
+                tracing::error!(task, error = %e, "writing a dns record failed");
+            }
+        }
     }
 }

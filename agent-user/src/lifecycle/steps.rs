@@ -20,6 +20,7 @@ pub fn standard_steps() -> Vec<Box<dyn Step>> {
         Box::new(Records),
         Box::new(Egress),
         Box::new(Tables),
+        Box::new(Dns),
         Box::new(Identity),
     ]
 }
@@ -395,6 +396,34 @@ impl Step for Tables {
 
     fn end(&mut self, task: &mut Task, host: &mut dyn Host) -> Result<(), StepError> {
         host.unbind(task.slot, task.compiled.as_ref()).map_err(|e| StepError::runtime(self.name(), e))
+    }
+}
+
+/// `dns`: egress by name. The node resolver serves the task at its slot's address, where the
+/// kernel redirects its DNS (bound by `tables`: until this step, no process of a new task
+/// runs). Its end comes before `tables`' end: once the resolver stops serving the slot no
+/// grant is in flight, so unbinding removes every address it granted.
+pub struct Dns;
+
+impl Step for Dns {
+    fn name(&self) -> &'static str {
+        "dns"
+    }
+
+    fn start(&mut self, task: &mut Task, host: &mut dyn Host) -> Result<(), StepError> {
+        let dns = crate::dns::TaskDns::new(&task.id, task.slot, &task.scope)
+            .map_err(|e| StepError::usage(self.name(), e))?;
+        match dns {
+            Some(d) => host.dns_register(d).map_err(|e| StepError::runtime(self.name(), e)),
+            None => Ok(()),
+        }
+    }
+
+    fn end(&mut self, task: &mut Task, host: &mut dyn Host) -> Result<(), StepError> {
+        if task.scope.dns.is_some() {
+            host.dns_unregister(task.slot, &task.id);
+        }
+        Ok(())
     }
 }
 

@@ -8,13 +8,15 @@ use crate::{lifecycle::HostError, scope::Scope};
 
 const SLOT: u32 = 3;
 
-/// A scope that uses every standard step: an issued secret, egress, a process limit.
+/// A scope that uses every standard step: an issued secret, egress (by address and by name),
+/// a process limit.
 fn scope(host: &FakeHost) -> Scope {
     let src = host.dir().join("token");
     std::fs::write(&src, "s3cr3t").unwrap();
     let text = format!(
         "version: 1\ntask: t\nexec:\n  allow: [/bin/sh]\nsecrets:\n  - name: tok\n    from: file:{}\n    \
-         tools: [/bin/sh]\nnetwork:\n  egress:\n    - to: 127.0.0.1\nlimits:\n  processes: 8\n",
+         tools: [/bin/sh]\nnetwork:\n  egress:\n    - to: 127.0.0.1\n    - host: api.example.org\n  dns:\n    \
+         upstream: [127.0.0.53]\nlimits:\n  processes: 8\n",
         src.display()
     );
     Scope::parse(&text, Path::new("s.yaml")).unwrap()
@@ -42,7 +44,7 @@ fn a_task_starts_and_ends_through_every_step() {
     let mut host = FakeHost::new();
     let run = lc.start(task(&host), &mut host, &mut no_launch).unwrap();
     let held: Vec<_> = host.held.iter().map(|h| h.split(':').next().unwrap()).collect();
-    assert_eq!(held, ["bound", "cgroup", "egress", "pids", "secrets"]);
+    assert_eq!(held, ["bound", "cgroup", "dns", "egress", "pids", "secrets"]);
     let t = &run.task;
     // The launch gets the sandbox, the v1 pids twin and the secret's variable.
     assert_eq!(t.launch.procs_files.len(), 2);
@@ -73,7 +75,16 @@ fn the_end_revokes_in_reverse_order() {
     let ops: Vec<_> = host.log[from..].iter().map(|l| l.split(' ').next().unwrap()).collect();
     assert_eq!(
         ops,
-        ["cgroup_kill", "unbind", "egress_detach", "pids_remove", "cgroup_remove", "secrets_destroy"]
+        // The resolver stops before the tables go: no grant is in flight when they are removed.
+        [
+            "cgroup_kill",
+            "dns_unregister",
+            "unbind",
+            "egress_detach",
+            "pids_remove",
+            "cgroup_remove",
+            "secrets_destroy"
+        ]
     );
 }
 
@@ -109,7 +120,7 @@ fn every_failing_host_operation_leaves_nothing_behind() {
         }
     }
     failed_steps.dedup();
-    assert_eq!(failed_steps, ["secrets", "sandbox", "limits", "records", "egress", "tables"]);
+    assert_eq!(failed_steps, ["secrets", "sandbox", "limits", "records", "egress", "tables", "dns"]);
 }
 
 /// A step that fails without touching the host.
@@ -180,8 +191,8 @@ fn a_failing_end_step_does_not_stop_the_others() {
     let mut host = FakeHost::new();
     let mut run = lc.start(task(&host), &mut host, &mut no_launch).unwrap();
     lc.stop(&mut run, &mut host);
-    // The next operation after the kill is the unbind: fail it.
-    host.fail_at = Some(host.ops + 1);
+    // After the kill come the resolver's unregistration, then the unbind: fail the unbind.
+    host.fail_at = Some(host.ops + 2);
     let ended = lc.finish(
         run,
         &mut host,
