@@ -1,7 +1,7 @@
 //! `warden rules test DIR` and `warden replay`.
 use std::{
     fs::File,
-    io::{BufRead, BufReader, IsTerminal, Write},
+    io::{IsTerminal, Read, Write},
     net::IpAddr,
     path::PathBuf,
 };
@@ -15,7 +15,7 @@ use crate::{
     loader::user_dev_to_kernel,
     rules::{
         RuleSet, Severity,
-        engine::{Engine, Finding, test_rules},
+        engine::{Engine, Evaluator, Finding, Outcome, test_rules},
         view::{RecordView, ReplayRecord},
     },
     scope::{
@@ -90,6 +90,10 @@ pub struct ReplayArgs {
     /// Skip (and count) corrupt lines instead of stopping at the first one.
     #[arg(long)]
     pub keep_going: bool,
+    /// Threads that parse and evaluate lines ahead of the (sequential) rule state; the output
+    /// is byte-identical whatever the number. Default: the CPUs this process may use.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub jobs: Option<u16>,
     /// --format ocsf: `device.hostname` of every event, overriding the node the records name
     /// (default: the node each task's task_start names, else this host).
     #[arg(long, value_name = "NAME")]
@@ -186,25 +190,15 @@ pub fn replay(args: ReplayArgs) -> Result<i32, Failure> {
         findings: 0,
         skipped: 0,
     };
+    let jobs = args.jobs.map_or_else(
+        || std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+        usize::from,
+    );
+    let mut ahead: Vec<Evaluator<'_>> = (0..jobs).map(|_| Evaluator::new(&set)).collect();
     for path in &args.files {
         let f = File::open(path).map_err(|e| usage(anyhow!("cannot open {}: {e}", path.display())))?;
-        let mut reader = BufReader::new(f);
-        let mut line = String::new();
-        let mut n = 0usize;
-        let source = path.display().to_string();
-        loop {
-            line.clear();
-            let read = reader.read_line(&mut line).map_err(|e| Failure::Runtime(anyhow!("{source}: {e}")))?;
-            if read == 0 {
-                break;
-            }
-            n += 1;
-            if let Some(b) = &bar {
-                b.inc(read as u64);
-            }
-            if !r.line(&source, n, line.trim_end_matches('\n'))? {
-                return Ok(1);
-            }
+        if !r.file(f, &path.display().to_string(), &mut ahead, bar.as_ref())? {
+            return Ok(1);
         }
     }
     let mut incomplete = false;
@@ -251,7 +245,190 @@ struct Replayer<'a, W: Write> {
     skipped: u64,
 }
 
+/// Bytes of a log read and handled as one block: its lines are parsed and their rule steps
+/// evaluated ahead, split across threads, then fed to the rule state in order. Bounds replay's
+/// memory (the block, its parsed records and their outcomes) whatever the log's size.
+const BLOCK_BYTES: usize = 2 << 20;
+
+/// A line of a block, as the threads that read ahead left it.
+// Nearly every line is a `Record`: boxing it would cost an allocation per line and save nothing.
+#[allow(clippy::large_enum_variant)]
+enum Ahead<'b> {
+    /// A current-schema record; its steps' outcomes are at its index × steps.
+    Record(ReplayRecord<'b>),
+    /// Readable only through the JSON tree (older schema): handled in order, the slow way.
+    Tree,
+    /// Not a record: why.
+    Bad(String),
+}
+
+/// Reads one line ahead: parse, check the schema, evaluate every rule step.
+fn read_ahead<'b>(
+    line: &'b [u8],
+    task: Option<&str>,
+    eval: &mut Evaluator<'_>,
+    outcomes: &mut Vec<Outcome>,
+) -> Ahead<'b> {
+    let steps = eval.step_count();
+    let skip = |outcomes: &mut Vec<Outcome>| outcomes.extend(std::iter::repeat_n(Outcome::No, steps));
+    let line = match std::str::from_utf8(line) {
+        Ok(l) => l,
+        Err(e) => {
+            skip(outcomes);
+            return Ahead::Bad(format!("not UTF-8: {e}"));
+        }
+    };
+    let rec = match ReplayRecord::parse(line) {
+        Ok(r) => r,
+        Err(e) => {
+            skip(outcomes);
+            return Ahead::Bad(format!("not a JSON record: {e}"));
+        }
+    };
+    match schema::check(rec.u64_field("v")) {
+        Ok(v) if v == u64::from(crate::audit::SCHEMA_VERSION) => {}
+        Ok(_) => {
+            skip(outcomes);
+            return Ahead::Tree;
+        }
+        Err(e) => {
+            skip(outcomes);
+            return Ahead::Bad(e.to_string());
+        }
+    }
+    if task.is_some_and(|t| rec.str_field("task") != Some(t)) {
+        skip(outcomes);
+    } else {
+        let start = outcomes.len();
+        let mut one = Vec::with_capacity(steps);
+        eval.outcomes(&rec, &mut one);
+        outcomes.extend_from_slice(&one);
+        debug_assert_eq!(outcomes.len(), start + steps);
+    }
+    Ahead::Record(rec)
+}
+
+/// How a record's rule steps are answered.
+enum Steps<'o> {
+    /// Evaluated now, as the rule state asks.
+    Now,
+    /// Evaluated ahead (see [`read_ahead`]).
+    Ahead(&'o [Outcome]),
+}
+
 impl<W: Write> Replayer<'_, W> {
+    /// Replays one log file block by block; `Ok(false)`: stopped at a corrupt line.
+    fn file(
+        &mut self,
+        mut f: File,
+        source: &str,
+        ahead: &mut [Evaluator<'_>],
+        bar: Option<&indicatif::ProgressBar>,
+    ) -> Result<bool, Failure> {
+        let mut buf: Vec<u8> = Vec::with_capacity(BLOCK_BYTES);
+        let mut want = BLOCK_BYTES;
+        let mut eof = false;
+        let mut n = 0usize;
+        loop {
+            while buf.len() < want && !eof {
+                let start = buf.len();
+                buf.resize(want, 0);
+                let got = f.read(&mut buf[start..]).map_err(|e| Failure::Runtime(anyhow!("{source}: {e}")));
+                buf.truncate(start + *got.as_ref().unwrap_or(&0));
+                eof = got? == 0;
+            }
+            if buf.is_empty() {
+                return Ok(true);
+            }
+            let end = if eof {
+                buf.len()
+            } else {
+                match memchr::memrchr(b'\n', &buf) {
+                    Some(i) => i + 1,
+                    None => {
+                        // One line longer than a block: read more of it.
+                        want *= 2;
+                        continue;
+                    }
+                }
+            };
+            want = BLOCK_BYTES;
+            let block = &buf[..end];
+            if !self.block(block, source, &mut n, ahead)? {
+                return Ok(false);
+            }
+            if let Some(b) = bar {
+                b.inc(end as u64);
+            }
+            buf.drain(..end);
+        }
+    }
+
+    /// Handles the lines of one block (whole lines, the last one's newline optional).
+    fn block(
+        &mut self,
+        block: &[u8],
+        source: &str,
+        n: &mut usize,
+        ahead: &mut [Evaluator<'_>],
+    ) -> Result<bool, Failure> {
+        let body = block.strip_suffix(b"\n").unwrap_or(block);
+        let mut lines: Vec<&[u8]> = Vec::new();
+        let mut from = 0;
+        for i in memchr::memchr_iter(b'\n', body) {
+            lines.push(&body[from..i]);
+            from = i + 1;
+        }
+        lines.push(&body[from..]);
+        if self.args.format == ReplayFormat::Ocsf || self.uses_event {
+            // Every record is needed as a JSON tree anyway: one at a time, in order.
+            for line in lines {
+                *n += 1;
+                let line = String::from_utf8_lossy(line);
+                if !self.line(source, *n, &line)? {
+                    return Ok(false);
+                }
+            }
+            return Ok(true);
+        }
+        let steps = ahead[0].step_count();
+        let task = self.args.task.as_deref();
+        // Contiguous shares of the block, one per thread; results come back in line order.
+        let share = lines.len().div_ceil(ahead.len()).max(1);
+        let done: Vec<(Vec<Ahead<'_>>, Vec<Outcome>)> = std::thread::scope(|s| {
+            let handles: Vec<_> = lines
+                .chunks(share)
+                .zip(ahead.iter_mut())
+                .map(|(chunk, eval)| {
+                    s.spawn(move || {
+                        let mut outcomes = Vec::with_capacity(chunk.len() * steps);
+                        let read = chunk.iter().map(|l| read_ahead(l, task, eval, &mut outcomes)).collect();
+                        (read, outcomes)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().expect("replay worker panicked")).collect()
+        });
+        let mut line_of = lines.iter();
+        for (read, outcomes) in &done {
+            for (i, a) in read.iter().enumerate() {
+                *n += 1;
+                let line = line_of.next().expect("one result per line");
+                let go = match a {
+                    Ahead::Record(rec) => {
+                        self.record(rec, None, Steps::Ahead(&outcomes[i * steps..(i + 1) * steps]))?
+                    }
+                    Ahead::Tree => self.line(source, *n, &String::from_utf8_lossy(line))?,
+                    Ahead::Bad(e) => self.bad_line(source, *n, e.clone())?,
+                };
+                if !go {
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    }
+
     /// Handles one line from `source` (line `n`); `Ok(false)` means stop: a corrupt line
     /// without --keep-going (the error is printed).
     ///
@@ -265,7 +442,7 @@ impl<W: Write> Replayer<'_, W> {
                 .and_then(|r| schema::check(r.u64_field("v")).map(|v| (r, v)).map_err(|e| e.to_string()));
             match typed {
                 Ok((rec, v)) if v == u64::from(crate::audit::SCHEMA_VERSION) => {
-                    return self.record(&rec, None);
+                    return self.record(&rec, None, Steps::Now);
                 }
                 Ok(_) => {} // older: through the converter below
                 Err(e) => return self.bad_line(source, n, e),
@@ -277,7 +454,7 @@ impl<W: Write> Replayer<'_, W> {
         match parsed {
             Ok(rec) => {
                 self.ctx.learn(&rec);
-                self.record(&rec, Some(&rec))
+                self.record(&rec, Some(&rec), Steps::Now)
             }
             Err(e) => self.bad_line(source, n, e),
         }
@@ -296,7 +473,12 @@ impl<W: Write> Replayer<'_, W> {
     }
 
     /// Handles one readable record (`tree`: the same record as a JSON tree, for OCSF output).
-    fn record(&mut self, rec: &dyn RecordView, tree: Option<&Value>) -> Result<bool, Failure> {
+    fn record(
+        &mut self,
+        rec: &dyn RecordView,
+        tree: Option<&Value>,
+        steps: Steps<'_>,
+    ) -> Result<bool, Failure> {
         if self.args.task.as_deref().is_some_and(|t| rec.str_field("task") != Some(t)) {
             return Ok(true);
         }
@@ -309,7 +491,10 @@ impl<W: Write> Replayer<'_, W> {
                 .and_then(|()| writeln!(self.out).map_err(serde_json::Error::io))
                 .map_err(|e| Failure::Runtime(e.into()))?;
         }
-        let mut found = self.engine.observe_view(rec);
+        let mut found = match steps {
+            Steps::Now => self.engine.observe_view(rec),
+            Steps::Ahead(outcomes) => self.engine.observe_with(rec, outcomes),
+        };
         if let Some(s) = self.scope
             && let Some(what) = rejudge(rec, s)
         {
