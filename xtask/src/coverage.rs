@@ -24,6 +24,7 @@ pub const CONTROLS: &[&str] = &[
     "egress v6",
     "egress v4-mapped v6",
     "egress UDP",
+    "egress by name",
     "signals",
     "ptrace",
     "bpf",
