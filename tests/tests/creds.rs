@@ -548,3 +548,44 @@ fn standalone_run_refuses_brokered_secrets_with_a_fix() {
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(String::from_utf8_lossy(&o.stderr).contains("start `warden daemon`"), "{}", text(&o));
 }
+
+#[test]
+fn git_gets_its_credential_through_the_helper_and_a_shell_does_not() {
+    if !require("git_gets_its_credential_through_the_helper_and_a_shell_does_not", "root") {
+        return;
+    }
+    let _s = serial();
+    let iss = Issuer::start();
+    let d = TestDaemon::start("");
+    let scope = exec_scope("exgit", &iss, "").replace("tools: [/usr/bin/python3]", "tools: [/usr/bin/git]");
+    let t = d.start_task("exgit", &scope);
+    let id = t["id"].as_str().unwrap().to_string();
+    let digest = t["credentials"][0]["sha256"].as_str().unwrap().to_string();
+    let w = warden_bin();
+    // git runs the helper (through sh): the broker answers because git started it. Only the
+    // password's digest leaves the task's shell.
+    let script = format!(
+        "printf 'protocol=https\\nhost=example.com\\n\\n' | GIT_TERMINAL_PROMPT=0 /usr/bin/git -c \
+         credential.helper='!{w} secret get api --format git' credential fill > /tmp/.git-fill-$$ && \
+         grep -c '^username=x-access-token$' /tmp/.git-fill-$$ && sed -n 's/^password=//p' /tmp/.git-fill-$$ | \
+         tr -d '\\n' | sha256sum; rm -f /tmp/.git-fill-$$",
+        w = w.display()
+    );
+    let o = d.exec(&id, &script);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(out.starts_with("1\n"), "{out}");
+    assert!(out.contains(&digest), "git did not get the credential: {out}");
+    // The same helper run by a shell of the task, not by git: refused.
+    let o = d.exec(
+        &id,
+        &format!("printf 'protocol=https\\n\\n' | {} secret get api --format git get", w.display()),
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("is not /usr/bin/git"), "{}", text(&o));
+    let granted =
+        d.wait_record(&id, Duration::from_secs(10), |r| r["kind"] == "secret" && r["decision"] == "allow");
+    assert!(granted["ancestry"].as_array().is_some_and(|a| a.len() >= 2), "helper ← sh ← git: {granted}");
+    d.end(&id);
+    wait_until("revoked", Duration::from_secs(10), || iss.table().values().all(|e| e["revoked"] == true));
+}

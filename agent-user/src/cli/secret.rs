@@ -63,44 +63,66 @@ pub fn run(cmd: SecretCmd) -> Result<i32, Failure> {
     }
     let (value, _) = broker::fetch(&a.broker, &a.name)
         .map_err(|e| Failure::Runtime(anyhow!("secret {:?}: {e}", a.name)))?;
+    let rendered = render(a.format, &a.username, &value)
+        .map_err(|e| Failure::Runtime(anyhow!("secret {:?}: {e}", a.name)))?;
     let mut out = std::io::stdout().lock();
-    let r = match a.format {
-        Format::Plain => out.write_all(&value),
+    let r = out.write_all(&rendered);
+    r.and_then(|_| out.flush()).map_err(|e| Failure::Runtime(e.into()))?;
+    Ok(0)
+}
+
+/// The value as `format` wants it. Errors describe the shape, never the value.
+pub fn render(format: Format, username: &str, value: &[u8]) -> Result<zeroize::Zeroizing<Vec<u8>>, String> {
+    match format {
+        Format::Plain => Ok(zeroize::Zeroizing::new(value.to_vec())),
         Format::Git => {
-            let v = std::str::from_utf8(&value)
-                .map_err(|_| Failure::Runtime(anyhow!("secret {:?} is not text; git needs text", a.name)))?;
-            if v.contains('\n') {
-                return Err(Failure::Runtime(anyhow!(
-                    "secret {:?} has a newline; git cannot take it",
-                    a.name
-                )));
+            let v = std::str::from_utf8(value).map_err(|_| "it is not text; git needs text".to_string())?;
+            if v.contains('\n') || username.contains('\n') {
+                return Err("it has a newline; git cannot take it".into());
             }
-            write!(out, "username={}\npassword={v}\n", a.username)
+            Ok(zeroize::Zeroizing::new(format!("username={username}\npassword={v}\n").into_bytes()))
         }
         Format::Aws => {
-            let mut j: serde_json::Map<String, serde_json::Value> =
-                serde_json::from_slice(&value).map_err(|_| {
-                    Failure::Runtime(anyhow!(
-                        "secret {:?} is not a JSON object with AccessKeyId and SecretAccessKey",
-                        a.name
-                    ))
-                })?;
-            if !j.contains_key("AccessKeyId") || !j.contains_key("SecretAccessKey") {
-                return Err(Failure::Runtime(anyhow!(
-                    "secret {:?} lacks AccessKeyId or SecretAccessKey",
-                    a.name
-                )));
+            let mut j: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(value)
+                .map_err(|_| "it is not a JSON object with AccessKeyId and SecretAccessKey".to_string())?;
+            let ok = |k: &str| j.get(k).is_some_and(serde_json::Value::is_string);
+            if !ok("AccessKeyId") || !ok("SecretAccessKey") {
+                return Err("it lacks AccessKeyId or SecretAccessKey (strings)".into());
             }
             j.insert("Version".into(), 1.into());
-            let s = zeroize::Zeroizing::new(serde_json::to_string(&j).unwrap_or_default());
+            let mut out = serde_json::to_vec(&j).unwrap_or_default();
+            out.push(b'\n');
             for v in j.values_mut() {
                 if let serde_json::Value::String(s) = v {
                     zeroize::Zeroize::zeroize(s);
                 }
             }
-            writeln!(out, "{}", s.as_str())
+            Ok(zeroize::Zeroizing::new(out))
         }
-    };
-    r.and_then(|_| out.flush()).map_err(|e| Failure::Runtime(e.into()))?;
-    Ok(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn git_and_aws_formats() {
+        assert_eq!(
+            &render(Format::Git, "x-access-token", b"tok").unwrap()[..],
+            b"username=x-access-token\npassword=tok\n"
+        );
+        assert!(render(Format::Git, "u", b"a\nb").is_err());
+        let aws =
+            render(Format::Aws, "", br#"{"AccessKeyId":"AK","SecretAccessKey":"SK","SessionToken":"ST"}"#)
+                .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&aws).unwrap();
+        assert_eq!(v["Version"], 1);
+        assert_eq!(v["AccessKeyId"], "AK");
+        assert_eq!(v["SessionToken"], "ST");
+        let e = render(Format::Aws, "", br#"{"AccessKeyId":"AK-leak"}"#).unwrap_err();
+        assert!(!e.contains("AK-leak"), "{e}");
+        assert!(render(Format::Aws, "", b"plain-token").is_err());
+        assert_eq!(&render(Format::Plain, "", b"v\n").unwrap()[..], b"v\n");
+    }
 }
