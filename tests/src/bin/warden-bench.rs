@@ -14,6 +14,8 @@
 mod consumer;
 #[path = "bench/report.rs"]
 mod report;
+#[path = "bench/throughput.rs"]
+mod throughput;
 #[path = "bench/workload.rs"]
 mod workload;
 
@@ -293,6 +295,7 @@ fn bench(opts: Opts) -> anyhow::Result<()> {
         ));
     }
     print!("{}", report::render_table(&summaries));
+    let rules = throughput::measure(if opts.quick { 50_000 } else { 200_000 }).context("rules throughput")?;
     for w in &warnings {
         println!("WARNING: {w}");
     }
@@ -321,6 +324,7 @@ fn bench(opts: Opts) -> anyhow::Result<()> {
             "c_zero_drops_up_to_events_per_sec": report::TARGET_ZERO_DROPS_EVENTS_PER_SEC,
         },
         "workloads": summaries.iter().map(Summary::json).collect::<Vec<_>>(),
+        "rules_throughput": rules,
         "runs": runs.iter().map(|r| json!({
             "round": r.round,
             "workload": r.workload.name(),
