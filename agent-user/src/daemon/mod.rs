@@ -11,6 +11,7 @@ pub mod api;
 pub mod config;
 pub mod core;
 pub mod metrics;
+pub mod protocol;
 pub mod server;
 pub mod state;
 

@@ -21,7 +21,8 @@ use tokio::{
 
 use super::{
     api::{ContainerRequest, EndRequest, ErrorBody, StartRequest},
-    core::{ApiError, Cmd, Shared, StreamLine},
+    core::{Shared, StreamLine},
+    protocol::{ApiError, Cmd},
 };
 
 /// What every handler gets.

@@ -97,6 +97,14 @@ impl PinLayout {
         v
     }
 
+    /// The pinned ring buffer of this version, to read what its programs recorded (a
+    /// migration reads the old version's ring after detaching it). Opened as raw map data,
+    /// whatever object pinned it; `None` if it is not pinned or not a ring buffer.
+    pub fn open_ring(&self) -> Option<aya::maps::RingBuf<aya::maps::MapData>> {
+        let md = aya::maps::MapData::from_pin(self.map_path(agent_common::maps::EVENTS)).ok()?;
+        aya::maps::RingBuf::try_from(aya::maps::Map::RingBuf(md)).ok()
+    }
+
     /// Unpins everything of this version: links first (programs detach as their last
     /// reference goes), then maps. Returns how many pins were removed.
     pub fn remove(&self) -> io::Result<usize> {

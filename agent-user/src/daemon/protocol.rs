@@ -1,0 +1,41 @@
+//! What API handlers and the daemon core say to each other: each request becomes a [`Cmd`]
+//! with a reply channel; failures are [`ApiError`]s (an HTTP status and a message).
+use tokio::sync::oneshot;
+
+use super::api::{ContainerRequest, EndRequest, EndResponse, StartRequest, TaskInfo};
+
+/// An API failure: HTTP status and message.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: u16,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn bad(message: impl Into<String>) -> Self {
+        Self { status: 400, message: message.into() }
+    }
+    pub fn not_found(id: &str) -> Self {
+        Self { status: 404, message: format!("no running task {id:?} (warden task list shows them)") }
+    }
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self { status: 500, message: message.into() }
+    }
+}
+
+pub type Reply<T> = oneshot::Sender<Result<T, ApiError>>;
+
+/// Requests to the core.
+pub enum Cmd {
+    Start(Box<StartRequest>, Reply<TaskInfo>),
+    Get(String, Reply<TaskInfo>),
+    List(Reply<Vec<TaskInfo>>),
+    End(String, EndRequest, Reply<EndResponse>),
+    Metrics(oneshot::Sender<String>),
+    /// A health probe's round trip: the number of running tasks.
+    Ping(oneshot::Sender<usize>),
+    /// Bind a container (`warden oci-hook`, before its first instruction).
+    StartContainer(Box<ContainerRequest>, Reply<TaskInfo>),
+    /// End the task bound to a container (by the runtime's container id).
+    EndContainer(String, EndRequest, Reply<EndResponse>),
+}
