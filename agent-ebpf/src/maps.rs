@@ -28,8 +28,9 @@ pub static DROPS: PerCpuArray<DropCounters> = PerCpuArray::with_max_entries(DEFA
 #[map]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
 
-/// Executables (sandbox slot, dev, ino) an LSM `bprm_check_security` refuses. Filled by
-/// userspace; used by the BPF LSM engine.
+/// Test hook (feature `test-hooks`, absent from production objects): executables (sandbox
+/// slot, dev, ino) the LSM `bprm_check_security` refuses, filled by the VM tier's basic LSM test.
+#[cfg(feature = "test-hooks")]
 #[map]
 pub static EXEC_DENY: HashMap<agent_common::maps::ExecKey, u32> =
     HashMap::with_max_entries(DEFAULT_MAX_CGROUPS, 0);

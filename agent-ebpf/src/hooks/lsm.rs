@@ -6,7 +6,7 @@ use core::ffi::c_void;
 
 use agent_common::{
     abi::{ExecRecord, LsmRecord, action, file_op, flags, kind, rule},
-    maps::{ExecKey, FileKey, Sandbox, SecretToolKey, file_rule, sandbox_flags},
+    maps::{FileKey, Sandbox, SecretToolKey, file_rule, sandbox_flags},
 };
 use aya_ebpf::{
     helpers::{bpf_d_path, bpf_get_current_task, bpf_probe_read_kernel_str_bytes, generated},
@@ -18,7 +18,7 @@ use super::sched::{exec_allowed, file_id};
 use crate::path::{MAX_DEPTH, Up, build_path, copy_built_path, exe_path, unknown_zero, up};
 use crate::{
     emit::{Verdict, count_lost_denial, current_proc, header, reserve, set_verdict},
-    maps::{EXEC_DENY, FILE_RULES, PATH_SCRATCH, SECRET_TOOLS, WATCHED, current_sandbox},
+    maps::{FILE_RULES, PATH_SCRATCH, SECRET_TOOLS, WATCHED, current_sandbox},
     offsets::{offsets, read},
 };
 use agent_common::config::KernelOffsets;
@@ -360,9 +360,12 @@ pub fn lsm_bprm_check(ctx: LsmContext) -> i32 {
         return 0;
     };
     let id = file_id(file, off.file_inode, off.inode_ino, off.inode_sb, off.sb_dev);
-    // Test hook: an explicit deny list (used by the VM tier's basic LSM test).
+    // Test hook (feature `test-hooks`): an explicit deny list (the VM tier's basic LSM test).
+    #[cfg(feature = "test-hooks")]
     if let Some((dev, ino)) = id
-        && EXEC_DENY.get_ptr(ExecKey { slot: sandbox.slot, dev, ino }).is_some()
+        && crate::maps::EXEC_DENY
+            .get_ptr(agent_common::maps::ExecKey { slot: sandbox.slot, dev, ino })
+            .is_some()
     {
         return -EPERM;
     }

@@ -4,6 +4,8 @@ pub mod btf;
 pub mod engine;
 pub mod pin;
 pub mod probe;
+#[cfg(feature = "test-hooks")]
+mod testing;
 
 use agent_common::{
     config::{KernelOffsets, OFFSETS_GLOBAL},
@@ -148,7 +150,6 @@ pub fn load_object(
         .map_max_entries(maps::EVENTS, opts.ring_bytes)
         .map_max_entries(maps::WATCHED, opts.max_cgroups)
         .map_max_entries(maps::DROPS, opts.max_tasks)
-        .map_max_entries("EXEC_DENY", opts.max_cgroups)
         .map_max_entries(maps::EXEC_ALLOW, opts.max_exec)
         .map_max_entries(maps::EGRESS, opts.max_egress)
         .map_max_entries(maps::FILE_RULES, opts.max_file_rules)
@@ -158,6 +159,8 @@ pub fn load_object(
             loader.map_pin_path(name, p.map_path(name));
         }
     }
+    #[cfg(feature = "test-hooks")]
+    testing::configure(&mut loader, opts, pins);
     Ok(loader.load(EBPF_OBJECT)?)
 }
 
@@ -167,7 +170,7 @@ fn pin_link(link: FdLink, path: &std::path::Path) -> Result<(), LoadError> {
 }
 
 /// The program `name` of `ebpf`, as its concrete type.
-fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, LoadError>
+pub(crate) fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, LoadError>
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
 {
@@ -250,18 +253,6 @@ impl Sensor {
             lsm_hook_params,
             offsets,
         })
-    }
-
-    /// Loads and attaches the BPF LSM `bprm_check_security` program, which refuses (EPERM)
-    /// executables listed in `EXEC_DENY` for the caller's sandbox. Fails on kernels without
-    /// BPF LSM (see `warden probe`).
-    pub fn attach_lsm_exec(&mut self) -> Result<(), LoadError> {
-        const NAME: &str = "lsm_bprm_check";
-        let prog: &mut Lsm = program(&mut self.ebpf, NAME)?;
-        prog.load("bprm_check_security", &self.aya_btf)
-            .map_err(|source| LoadError::Program { name: NAME, source })?;
-        prog.attach().map_err(|source| LoadError::Program { name: NAME, source })?;
-        Ok(())
     }
 
     /// Attaches the egress programs to a sandbox cgroup (descendants inherit them). The links
@@ -541,35 +532,13 @@ impl Sensor {
         self.lsm_engine
     }
 
-    /// Refuses the file (kernel `dev_t`, inode) to sandbox `slot` at exec (LSM engine).
-    pub fn deny_exec(&mut self, slot: u32, kernel_dev: u32, ino: u64) -> Result<(), LoadError> {
-        const NAME: &str = "EXEC_DENY";
-        let mut map = self.hash_map::<maps::ExecKey, u32>(NAME)?;
-        map.insert(maps::ExecKey { slot, dev: kernel_dev, ino }, 1, 0)
-            .map_err(|source| LoadError::Map { name: NAME, source })
-    }
-
     /// The ring buffer; can be taken once.
     pub fn take_ring(&mut self) -> Option<RingBuf<MapData>> {
         self.ring.take()
     }
 
-    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
-        &mut self.ebpf
-    }
-
     fn watched(&mut self) -> Result<HashMap<&mut MapData, u64, Sandbox>, LoadError> {
         self.hash_map(maps::WATCHED)
-    }
-
-    /// Marks cgroups as belonging to the sandbox in `slot`.
-    pub fn watch(&mut self, cgroup_ids: &[u64], slot: u32) -> Result<(), LoadError> {
-        let mut w = self.watched()?;
-        for id in cgroup_ids {
-            w.insert(id, Sandbox { slot, flags: 0 }, 0)
-                .map_err(|source| LoadError::Map { name: maps::WATCHED, source })?;
-        }
-        Ok(())
     }
 
     /// Removes every cgroup bound to `slot` (including children the kernel added).

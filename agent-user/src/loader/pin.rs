@@ -21,12 +21,11 @@ use sha2::{Digest, Sha256};
 use super::{EBPF_OBJECT, LoadOptions};
 
 /// Maps a daemon pins (and re-adopts). Scratch maps and globals stay private to each load.
-pub const PINNED_MAPS: [&str; 11] = [
+pub const PINNED_MAPS: [&str; 10] = [
     maps::EVENTS,
     maps::WATCHED,
     maps::DROPS,
     maps::STATS,
-    "EXEC_DENY",
     maps::EXEC_ALLOW,
     maps::EGRESS,
     maps::FILE_RULES,
