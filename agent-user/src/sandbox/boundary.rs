@@ -178,6 +178,24 @@ impl Boundary {
                 libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
                 std::ptr::null(),
             ))?;
+            // The node's knobs in the new procfs stay read-only (rules that name the node's
+            // procfs by identity do not cover this one).
+            for p in [cs!("/proc/sys"), cs!("/proc/sysrq-trigger"), cs!("/proc/irq"), cs!("/proc/bus")] {
+                if libc::mount(p, p, std::ptr::null(), libc::MS_BIND, std::ptr::null()) == 0 {
+                    check(libc::mount(
+                        std::ptr::null(),
+                        p,
+                        std::ptr::null(),
+                        libc::MS_REMOUNT
+                            | libc::MS_BIND
+                            | libc::MS_RDONLY
+                            | libc::MS_NOSUID
+                            | libc::MS_NODEV
+                            | libc::MS_NOEXEC,
+                        std::ptr::null(),
+                    ))?;
+                }
+            }
             for mp in &self.cgroup2 {
                 check(libc::mount(
                     self.sandbox_dir.as_ptr(),
