@@ -42,7 +42,11 @@ pub mod kind {
     /// A change to the file tree was refused or audited (LSM `path_*` hooks): creating,
     /// linking, renaming, removing or truncating a file. `arg` is one of [`super::file_op`].
     pub const FILE: u16 = 12;
-    // 13..=63 are reserved for further scope-enforcement records.
+    /// A connection to a path-named unix socket was refused or audited (LSM
+    /// `unix_stream_connect`, `unix_may_send`): judged like opening the socket file for
+    /// reading. `arg` is one of [`super::unix_op`]; the path is the socket's.
+    pub const UNIX: u16 = 13;
+    // 14..=63 are reserved for further scope-enforcement records.
 }
 
 /// File-tree operations (`LsmRecord::arg` of `kind::FILE`).
@@ -61,6 +65,14 @@ pub mod file_op {
     pub const TRUNCATE: u32 = 8;
     /// `rename(RENAME_EXCHANGE)`.
     pub const EXCHANGE: u32 = 9;
+}
+
+/// Unix-socket operations (`LsmRecord::arg` of `kind::UNIX`).
+pub mod unix_op {
+    /// `connect` of a stream or seqpacket socket.
+    pub const STREAM_CONNECT: u32 = 1;
+    /// A datagram sent (or a datagram socket connected) to it.
+    pub const DGRAM_SEND: u32 = 2;
 }
 
 /// What was decided (`EventHeader::decision`).
@@ -250,7 +262,7 @@ pub struct ConnectRecord {
 crate::assert_layout!(ConnectRecord, size = 104, hdr @ 0, proc @ 40, addr @ 80, port @ 96, protocol @ 98,
     op @ 99);
 
-/// `kind::OPEN`, `SIGNAL`, `PTRACE`, `BPF`, `MOUNT`, `MMAP`, `MODULE`, `FILE`: a BPF LSM verdict.
+/// `kind::OPEN`, `SIGNAL`, `PTRACE`, `BPF`, `MOUNT`, `MMAP`, `MODULE`, `FILE`, `UNIX`: a BPF LSM verdict.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct LsmRecord {

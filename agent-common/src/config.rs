@@ -88,13 +88,17 @@ pub struct KernelOffsets {
     pub task_pid_links: u32,
     /// Argument index of `ret` in the `bpf` LSM hook (3, or 4 where the hook has `kernel`).
     pub lsm_bpf_ret: u32,
+    /// `unix_sock.path` (the `struct path` a path-named unix socket is bound to)
+    pub unix_sock_path: u32,
+    /// `socket.sk`
+    pub socket_sk: u32,
     /// Non-zero once the loader filled the struct; programs emit nothing while zero.
     pub valid: u32,
     pub _pad0: u32,
 }
-crate::assert_layout!(KernelOffsets, size = 160, task_pid @ 0, kn_parent @ 48, bprm_buf @ 52,
+crate::assert_layout!(KernelOffsets, size = 168, task_pid @ 0, kn_parent @ 48, bprm_buf @ 52,
     file_path @ 56, vma_file @ 112, dentry_name @ 116, qstr_len @ 120, qstr_name @ 124, sb_magic @ 128,
-    task_pid_links @ 144, lsm_bpf_ret @ 148, valid @ 152);
+    task_pid_links @ 144, lsm_bpf_ret @ 148, unix_sock_path @ 152, socket_sk @ 156, valid @ 160);
 
 #[cfg(feature = "user")]
 mod pod {

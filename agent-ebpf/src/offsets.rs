@@ -43,6 +43,8 @@ pub static OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
     pid_tasks: 0,
     task_pid_links: 0,
     lsm_bpf_ret: 3,
+    unix_sock_path: 0,
+    socket_sk: 0,
     valid: 0,
     _pad0: 0,
 });

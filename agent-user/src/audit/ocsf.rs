@@ -226,7 +226,8 @@ struct Control {
 
 fn control(r: &mut Rec<'_>) -> Option<Control> {
     // The BPF LSM engine refuses files with EACCES (as Landlock does), everything else with EPERM.
-    let errno = if matches!(r.peek_str("kind"), Some("open" | "file")) { "EACCES" } else { "EPERM" };
+    let errno =
+        if matches!(r.peek_str("kind"), Some("open" | "file" | "unix_connect")) { "EACCES" } else { "EPERM" };
     let decision = r.str("decision")?;
     let rule = r.str("rule");
     let how = r.str("action");
@@ -591,9 +592,11 @@ pub fn record(rec: &Value, ctx: &Context) -> Option<Value> {
             e.insert("process".into(), Value::Object(p));
             finish(e, &r, msg)
         }
-        "open" | "mmap" | "mount" => {
+        "open" | "mmap" | "mount" | "unix_connect" => {
             let (id, name, caption, type_id) = match kind {
                 "open" => (14, "Open", "Open", 0),
+                // A connection to a path-named unix socket: the socket file is opened.
+                "unix_connect" => (14, "Open", "Open", 5),
                 "mount" => (12, "Mount", "Mount", 2),
                 _ => (OTHER, "Map Executable", "Other", EXECUTABLE_FILE),
             };

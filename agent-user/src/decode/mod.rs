@@ -96,6 +96,8 @@ pub enum LsmKind {
     Module,
     /// A change to the file tree (create, link, rename, remove, truncate); `arg` says which.
     File,
+    /// A connection to a path-named unix socket; `arg` says stream connect (1) or datagram (2).
+    Unix,
 }
 
 impl LsmKind {
@@ -109,6 +111,7 @@ impl LsmKind {
             LsmKind::Mmap => "mmap",
             LsmKind::Module => "module",
             LsmKind::File => "file",
+            LsmKind::Unix => "unix_connect",
         }
     }
 }
@@ -364,7 +367,8 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         | kind::MOUNT
         | kind::MMAP
         | kind::MODULE
-        | kind::FILE => {
+        | kind::FILE
+        | kind::UNIX => {
             expect(size_of::<LsmRecord>())?;
             let r: LsmRecord = read_pod(bytes);
             let what = match hdr.kind {
@@ -375,6 +379,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 kind::MOUNT => LsmKind::Mount,
                 kind::MMAP => LsmKind::Mmap,
                 kind::FILE => LsmKind::File,
+                kind::UNIX => LsmKind::Unix,
                 _ => LsmKind::Module,
             };
             Ok(Event::Lsm {

@@ -179,6 +179,8 @@ impl KernelBtf {
             task_pid_links: self.offset("task_struct", &["pid_links"])?,
             // `ret` follows the hook's own parameters.
             lsm_bpf_ret: self.func_params("bpf_lsm_bpf").map_or(3, |n| n as u32),
+            unix_sock_path: self.offset("unix_sock", &["path"])?,
+            socket_sk: self.offset("socket", &["sk"])?,
             valid: 1,
             _pad0: 0,
         })
