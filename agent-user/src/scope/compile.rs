@@ -973,6 +973,57 @@ mod tests {
     }
 
     #[test]
+    fn evidence_is_denied_whatever_the_scope_grants() {
+        let d = tempfile::tempdir().unwrap();
+        let r = fs::canonicalize(d.path()).unwrap();
+        fs::write(r.join("node.key"), "k").unwrap();
+        fs::write(r.join("other"), "o").unwrap();
+        protect_evidence([r.join("node.key"), r.join("events.jsonl")]);
+        let c = compile_text(&format!(
+            "version: 1\ntask: t\nfiles:\n  read: [{r}]\ngrant: [credentials, devices]\n",
+            r = r.display()
+        ))
+        .unwrap();
+        let covered = |plan: &[PathBuf], p: &Path| plan.iter().any(|g| p.starts_with(g));
+        for p in [r.join("node.key"), r.join("events.jsonl")] {
+            assert!(!covered(&c.landlock.read, &p), "{} readable", p.display());
+            assert!(!covered(&c.landlock.write, &p), "{} writable", p.display());
+        }
+        assert!(covered(&c.landlock.read, &r.join("other")), "the rest of the grant stays");
+        let key = FileId::of(&r.join("node.key")).unwrap();
+        assert!(c.file_rules.iter().any(|f| f.id == key && f.bits & file_rule::DENY != 0), "by identity too");
+        // An explicit write grant around the log is an error; elsewhere it is not.
+        let s = Scope::parse(
+            &format!("version: 1\ntask: t\nfiles:\n  write: [{}]\n", r.display()),
+            Path::new("s.yaml"),
+        )
+        .unwrap();
+        let e = evidence_in_write_grant(&s, "--log", &r.join("events.jsonl")).unwrap_err().to_string();
+        assert!(e.starts_with("s.yaml:4: files.write:") && e.contains("--log"), "{e}");
+        assert!(evidence_in_write_grant(&s, "--log", Path::new("/var/log/warden/x.jsonl")).is_ok());
+    }
+
+    #[test]
+    fn node_devices_and_sockets_are_protected_defaults() {
+        let c = compile_text("version: 1\ntask: t\n").unwrap();
+        let covered = |plan: &[PathBuf], p: &str| plan.iter().any(|g| Path::new(p).starts_with(g));
+        for p in ["/sys/power/state", "/proc/sys/kernel/hostname", "/dev/kmsg"] {
+            assert!(!covered(&c.landlock.write, p), "{p} writable");
+        }
+        assert!(!covered(&c.landlock.read, "/dev/kmsg"), "node devices are not readable");
+        assert!(covered(&c.landlock.write, "/dev/null") && covered(&c.landlock.read, "/dev/urandom"));
+        for n in ["reboot", "mount_setattr", "perf_event_open", "keyctl", "swapon", "settimeofday"] {
+            assert!(c.seccomp_deny.iter().any(|(m, _)| *m == n), "{n} refused");
+        }
+        assert_eq!(c.sockets, SocketPolicy::default());
+        let g =
+            compile_text("version: 1\ntask: t\ngrant: [perf-events, keyring, net-raw, devices]\n").unwrap();
+        assert!(!g.seccomp_deny.iter().any(|(m, _)| *m == "perf_event_open" || *m == "keyctl"));
+        assert!(g.sockets.raw && !g.sockets.packet);
+        assert!(covered(&g.landlock.read, "/dev/kmsg"), "granted devices");
+    }
+
+    #[test]
     fn protected_defaults_shape_the_landlock_plan() {
         let c = compile_text("version: 1\ntask: t\n").unwrap();
         let shadow = PathBuf::from("/etc/shadow");
