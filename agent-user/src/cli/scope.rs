@@ -41,6 +41,20 @@ pub fn run(cmd: ScopeCmd) -> Result<i32, Failure> {
             }
             let refused: Vec<&str> = c.seccomp_deny.iter().map(|(n, _)| *n).collect();
             println!("  refused syscalls: {}", refused.join(" "));
+            let s = c.sockets;
+            let extra: Vec<&str> = [
+                (s.raw, "raw IP and ICMP"),
+                (s.packet, "AF_PACKET"),
+                (s.netlink, "all netlink"),
+                (s.other, "other families"),
+            ]
+            .iter()
+            .filter_map(|&(on, name)| on.then_some(name))
+            .collect();
+            println!(
+                "  sockets: unix, TCP, UDP, NETLINK_ROUTE{}",
+                extra.iter().map(|e| format!(", {e}")).collect::<String>()
+            );
             Ok(0)
         }
     }
