@@ -226,7 +226,11 @@ fn daemon_issued_secret_opens_only_for_its_tool() {
     assert_eq!(fs::read_to_string(&out).unwrap().trim(), "refused", "read while the daemon was down");
     d.launch(&[]);
     let st = d.ready["startup"].clone();
-    assert_eq!(st["adopted_links"].as_array().unwrap().len(), 5 + 19, "{st}");
+    assert_eq!(
+        st["adopted_links"].as_array().unwrap().len(),
+        agent_user::loader::SCHED_PROGRAMS.len() + agent_user::loader::LSM_PROGRAMS.len(),
+        "{st}"
+    );
     assert!(st["adopted_tasks"].as_array().unwrap().iter().any(|t| t == id), "{st}");
     assert!(d.end(id).status.success());
     assert!(!secret.exists(), "the secret outlived the task");

@@ -187,9 +187,12 @@ fn sockets_outside_the_egress_hooks_are_refused_unless_granted() {
     // Each grant gives back its own class.
     let granted = "version: 1\ntask: sockets-granted\ngrant: [net-raw, net-packet, net-netlink, net-other]\n";
     let out = run_warden(granted, &format!("{n} raw-ping; {n} packet; {n} netlink-diag; {n} vsock"), &[]);
-    for op in ["raw-ping", "packet", "netlink-diag", "vsock"] {
+    for op in ["raw-ping", "packet", "netlink-diag"] {
         assert_eq!(out.result(op), "ok", "{op} granted: {}", out.stderr);
     }
+    // A kernel without vsock answers EAFNOSUPPORT: the filter let the call through.
+    let vsock = out.result("vsock");
+    assert!(vsock == "ok" || vsock == "err 97", "vsock granted: {vsock}");
 }
 
 #[test]
