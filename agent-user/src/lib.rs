@@ -14,6 +14,7 @@ pub mod daemon;
 pub mod decode;
 pub mod dns;
 pub mod k8s;
+pub mod kaudit;
 pub mod lifecycle;
 pub mod loader;
 pub mod pipeline;

@@ -46,6 +46,61 @@ pub struct Pipeline {
     rules: Option<Engine<'static>>,
     /// The pod of each task bound to a container: written on every record of the task.
     pods: HashMap<String, Arc<PodIdentity>>,
+    /// pid → sandbox slot, from each sandbox's records: a kernel report that names only a
+    /// pid finds its task here. Exited pids move to `gone_slots` (bounded).
+    pid_slots: HashMap<u32, u32>,
+    gone_slots: std::collections::VecDeque<(u32, u32)>,
+    /// Per task: how many `deny` records were written, and the first few (kind, target, rule).
+    denials: HashMap<String, Denials>,
+    /// Kernel audit reports lost before Warden read them (socket overruns), see
+    /// [`crate::kaudit`]; every running task's [`GapTracker`] reports their growth.
+    pub reports_lost: u64,
+}
+
+/// How many exited pids keep their slot for late reports.
+const GONE_SLOTS: usize = 4096;
+
+/// A task's refusals, for the summary at its end.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Denials {
+    pub count: u64,
+    /// The first [`Denials::KEEP`]: (kind, target, rule).
+    pub first: Vec<(String, String, String)>,
+}
+
+impl Denials {
+    pub const KEEP: usize = 5;
+
+    fn note(&mut self, rec: &AuditRecord) {
+        self.count += 1;
+        if self.first.len() < Self::KEEP {
+            let target = rec
+                .path
+                .clone()
+                .or_else(|| rec.addr.as_ref().map(|a| format!("{a}:{}", rec.port.unwrap_or(0))))
+                .or_else(|| rec.syscall.clone())
+                .or_else(|| rec.target_pid.map(|p| format!("pid {p}")))
+                .unwrap_or_default();
+            self.first.push((rec.kind.to_string(), target, rec.rule.unwrap_or("").to_string()));
+        }
+    }
+
+    /// The summary `warden run` prints at task end (empty when nothing was refused).
+    pub fn summary(&self) -> String {
+        if self.count == 0 {
+            return String::new();
+        }
+        let mut s = format!(
+            "warden: {} action{} refused",
+            self.count,
+            if self.count == 1 { " was" } else { "s were" }
+        );
+        s.push_str(if self.count as usize > self.first.len() { "; the first:\n" } else { ":\n" });
+        for (kind, target, rule) in &self.first {
+            s.push_str(&format!("  {kind:<8} {target}  (rule {rule})\n"));
+        }
+        s
+    }
 }
 
 /// Where a task's chain stands.
@@ -69,7 +124,114 @@ impl Pipeline {
             signer: None,
             rules: None,
             pods: HashMap::new(),
+            pid_slots: HashMap::new(),
+            gone_slots: Default::default(),
+            reports_lost: 0,
+            denials: HashMap::new(),
         }
+    }
+
+    /// The refusals written for `task` so far (and forgets them).
+    pub fn take_denials(&mut self, task: &str) -> Denials {
+        self.denials.remove(task).unwrap_or_default()
+    }
+
+    /// The sandbox slot of a process seen in a sandbox's records (live or recently exited).
+    pub fn slot_of_pid(&self, pid: u32) -> Option<u32> {
+        self.pid_slots
+            .get(&pid)
+            .copied()
+            .or_else(|| self.gone_slots.iter().rev().find(|(p, _)| *p == pid).map(|(_, s)| *s))
+    }
+
+    fn track_slot(&mut self, ev: &Event, pid: u32) {
+        let slot = ev.meta().slot;
+        match ev {
+            Event::Exit { .. } => {
+                if let Some(s) = self.pid_slots.remove(&pid) {
+                    if self.gone_slots.len() >= GONE_SLOTS {
+                        self.gone_slots.pop_front();
+                    }
+                    self.gone_slots.push_back((pid, s));
+                }
+            }
+            Event::Fork { child_tgid, .. } => {
+                self.pid_slots.insert(pid, slot);
+                self.pid_slots.insert(*child_tgid, slot);
+            }
+            _ => {
+                self.pid_slots.insert(pid, slot);
+            }
+        }
+    }
+
+    /// Writes a refusal the kernel reported (Landlock, seccomp) as a `deny` record of its task.
+    pub fn handle_refusal(&mut self, r: &crate::kaudit::Refusal) -> io::Result<()> {
+        let Some(task) = self.tasks.get(&r.slot) else {
+            self.unattributed += 1;
+            return Ok(());
+        };
+        let task = task.id.clone();
+        let ctx = r.pid.map(|p| self.table.context_of(p));
+        let rec = AuditRecord {
+            time: crate::audit::clock::format_wall(r.unix_ns),
+            task,
+            kind: r.kind,
+            decision: Some(Decision::Deny),
+            action: Some(r.action),
+            rule: Some(r.rule),
+            ancestry: Some(ctx.as_ref().map(|c| self.table.ancestry(c.pid)).unwrap_or_default()),
+            pid: r.pid,
+            ppid: ctx.as_ref().map(|c| c.ppid).filter(|p| *p != 0),
+            exe: ctx.and_then(|c| c.exe).or_else(|| r.exe.clone()),
+            comm: r.comm.clone(),
+            path: r.path.clone(),
+            path_truncated: r.path_truncated.then_some(true),
+            ino: r.ino,
+            target_pid: r.target_pid,
+            source: Some(r.source),
+            syscall: r.syscall.clone(),
+            blockers: r.blockers.clone(),
+            ..Default::default()
+        };
+        self.emit(rec)
+    }
+
+    /// Writes one `deny` record per fork the process limit refused (`pids.events`): the
+    /// controller names neither the process nor the time, so these carry the task only.
+    pub fn limit_refusals(&mut self, slot: u32, n: u64) -> io::Result<()> {
+        let Some(task) = self.tasks.get(&slot) else { return Ok(()) };
+        let task = task.id.clone();
+        for _ in 0..n {
+            let rec = AuditRecord {
+                time: self.clock.format(Clock::boot_now_ns()),
+                task: task.clone(),
+                kind: "fork",
+                decision: Some(Decision::Deny),
+                action: Some("refuse"),
+                rule: Some("limits.processes"),
+                ancestry: Some(Vec::new()),
+                source: Some("pids"),
+                ..Default::default()
+            };
+            self.emit(rec)?;
+        }
+        Ok(())
+    }
+
+    /// Writes a `gap` for `missing` refusals the kernel counted for task `slot` but Warden never
+    /// received.
+    pub fn refusals_gap(&mut self, slot: u32, missing: u64) -> io::Result<()> {
+        let Some(task) = self.tasks.get(&slot) else { return Ok(()) };
+        let rec = AuditRecord {
+            time: self.clock.format(Clock::boot_now_ns()),
+            task: task.id.clone(),
+            kind: "gap",
+            reports_lost: Some(missing),
+            reason: Some("the kernel refused more requests than it reported (audit records lost)".into()),
+            ..Default::default()
+        };
+        self.emit(rec)
     }
 
     pub fn register(&mut self, slot: u32, task: TaskCtx) {
@@ -147,6 +309,9 @@ impl Pipeline {
         chain.head = chain::seal(&mut line);
         chain.since_checkpoint = if rec.kind == "checkpoint" { 0 } else { chain.since_checkpoint + 1 };
         let due = chain.since_checkpoint >= chain::CHECKPOINT_EVERY;
+        if rec.decision == Some(Decision::Deny) {
+            self.denials.entry(rec.task.clone()).or_default().note(&rec);
+        }
         self.sink.write(&rec, &line)?;
         if let Some(engine) = self.rules.as_mut() {
             // The typed record itself, not its line parsed back (docs/rules.md, "Cost").
@@ -236,6 +401,7 @@ impl Pipeline {
     /// Handles one decoded event.
     pub fn handle(&mut self, ev: &Event) -> io::Result<()> {
         let ctx = self.table.apply(ev);
+        self.track_slot(ev, ctx.pid);
         let Some(task) = self.tasks.get(&ev.meta().slot) else {
             self.unattributed += 1;
             return Ok(());
@@ -323,13 +489,16 @@ pub struct GapTracker {
     pub drops: u64,
     /// The pipeline's decode failures already reported.
     pub decode_errors: u64,
+    /// Kernel audit reports lost (socket overruns) already reported.
+    pub reports_lost: u64,
 }
 
 impl GapTracker {
     /// Writes a `gap` record if records were lost since the last call; returns whether it did.
     pub fn record(&mut self, p: &mut Pipeline, task: &str, drops: u64) -> io::Result<bool> {
         let decode_errors = p.decode_failures();
-        if drops == self.drops && decode_errors == self.decode_errors {
+        let reports_lost = p.reports_lost;
+        if drops == self.drops && decode_errors == self.decode_errors && reports_lost == self.reports_lost {
             return Ok(false);
         }
         let rec = AuditRecord {
@@ -338,13 +507,17 @@ impl GapTracker {
             kind: "gap",
             drops: Some(drops.saturating_sub(self.drops)),
             decode_errors: Some(decode_errors.saturating_sub(self.decode_errors)),
+            reports_lost: (reports_lost > self.reports_lost).then(|| reports_lost - self.reports_lost),
             reason: Some(
-                "records lost before they could be written (kernel ring buffer or hand-off full, or undecodable)".into(),
+                "records lost before they could be written (kernel ring buffer or hand-off full, undecodable, \
+                 or kernel audit reports overrun)"
+                    .into(),
             ),
             ..Default::default()
         };
         self.drops = drops;
         self.decode_errors = decode_errors;
+        self.reports_lost = reports_lost;
         p.emit(rec)?;
         Ok(true)
     }

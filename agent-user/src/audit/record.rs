@@ -81,6 +81,16 @@ pub struct AuditRecord {
     /// module: the kernel's load id. (Signals are in `signal`.)
     #[serde(skip_serializing_if = "Option::is_none")]
     pub arg: Option<u32>,
+    /// deny recorded from a kernel report rather than a Warden hook: the mechanism that
+    /// refused (`landlock`, `seccomp`, `pids`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<&'static str>,
+    /// syscall (seccomp): the call refused, by name (`i386:N` for a foreign ABI's number).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub syscall: Option<String>,
+    /// Landlock: the access rights that were missing, e.g. `fs.read_file`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blockers: Option<String>,
     /// fork: the new process.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub child_pid: Option<u32>,
@@ -120,6 +130,16 @@ pub struct AuditRecord {
     /// task_end: records that arrived but failed to decode.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub decode_errors: Option<u64>,
+    /// gap: refusals the kernel reported (or counted) that Warden did not receive; for socket
+    /// overruns, the number of overruns (each lost one or more reports).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reports_lost: Option<u64>,
+    /// task_start: refusals this engine enforces but cannot record on this kernel.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unrecorded: Option<Vec<String>>,
+    /// task_end: how many actions were refused during the task.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub denials: Option<u64>,
     /// task_end: processes still in the sandbox when it was ended, killed by Warden.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub killed: Option<u64>,

@@ -5,6 +5,7 @@ use anyhow::{Context as _, anyhow};
 use tokio::signal::unix::{SignalKind, signal};
 
 use super::Failure;
+use crate::kaudit::feed::Feed;
 use crate::{
     audit::{
         AuditSink, JsonlSink,
@@ -91,6 +92,9 @@ pub struct RunArgs {
     /// Parent directory for the sandbox cgroup, relative to the cgroup2 mount.
     #[arg(long, default_value = "warden")]
     pub cgroup_parent: String,
+    /// Say nothing at task end (by default the refused actions are summed up on stderr).
+    #[arg(short, long)]
+    pub quiet: bool,
     /// Never use the node daemon, even when one is running: load a private sensor.
     #[arg(long)]
     pub no_daemon: bool,
@@ -262,6 +266,9 @@ async fn run_task(
     let mut source = Handoff::start(move || RingBufSource::new(ring), handoff::DEFAULT_BYTES)
         .context("polling the ring buffer")
         .map_err(runtime)?;
+    // Refusals of Landlock and seccomp reach Warden only through the kernel's audit records;
+    // read from before the first process starts.
+    let mut feed = if scope.mode == crate::scope::Mode::Enforce { Feed::open_or_warn() } else { None };
 
     let task_id = new_task_id(&scope.task).context("task id").map_err(runtime)?;
     let (sink, nats) = match &args.nats {
@@ -313,7 +320,8 @@ async fn run_task(
     let mut spawned: Option<Result<Started, LaunchFailure>> = None;
     let task = Task::new(task_id.clone(), SLOT, scope, SandboxSpec::Create);
     let started = {
-        let mut host = Live::new(&node, &mut sensor, Some(&mut source), &mut pipeline);
+        let mut host =
+            Live::new(&node, &mut sensor, Some(&mut source), &mut pipeline).with_feed(feed.as_mut());
         lc.start(task, &mut host, &mut |t| {
             let r = first_process(t, engine, &args);
             let pid = r.as_ref().ok().and_then(Started::id);
@@ -337,7 +345,7 @@ async fn run_task(
             };
             let ended = lc.end(
                 run,
-                &mut Live::new(&node, &mut sensor, Some(&mut source), &mut pipeline),
+                &mut Live::new(&node, &mut sensor, Some(&mut source), &mut pipeline).with_feed(feed.as_mut()),
                 format!("spawn failed: {e}"),
             );
             pipeline.flush().map_err(runtime)?;
@@ -358,16 +366,22 @@ async fn run_task(
         run.task.cgroup.clone().ok_or_else(|| anyhow!("the task has no sandbox")).map_err(runtime)?;
     tracing::info!(task = %task_id, cgroup = %cgroup.path().display(), pid = ?child_pid, "task started");
 
-    let watched =
-        watch(&args, &mut run, &mut sensor, &mut source, &mut pipeline, &mut child, node.resolver.as_ref())
-            .await;
+    let watched = watch(
+        &args,
+        &lc,
+        &mut run,
+        (&mut sensor, &mut source, &mut pipeline, feed.as_mut()),
+        &mut child,
+        node.resolver.as_ref(),
+    )
+    .await;
     let (status, reason) = match watched {
         Ok(v) => v,
         Err(e) => {
             // Warden itself failed: the task still ends as one operation, on the record.
             lc.end(
                 run,
-                &mut Live::new(&node, &mut sensor, Some(&mut source), &mut pipeline),
+                &mut Live::new(&node, &mut sensor, Some(&mut source), &mut pipeline).with_feed(feed.as_mut()),
                 format!("warden failed: {e:#}"),
             );
             let _ = pipeline.flush();
@@ -377,7 +391,10 @@ async fn run_task(
 
     // End of task: kill what is left (still watched and enforced until then), collect the
     // last records, wait for the command, revoke, and record the end.
-    lc.stop(&mut run, &mut Live::new(&node, &mut sensor, Some(&mut source), &mut pipeline));
+    lc.stop(
+        &mut run,
+        &mut Live::new(&node, &mut sensor, Some(&mut source), &mut pipeline).with_feed(feed.as_mut()),
+    );
     let status = match status {
         Some(s) => s,
         None => child.main_exit().await.map_err(runtime)?,
@@ -393,8 +410,15 @@ async fn run_task(
         exit_status: status.code(),
         signal: std::os::unix::process::ExitStatusExt::signal(&status),
     };
-    let ended = lc.finish(run, &mut Live::new(&node, &mut sensor, Some(&mut source), &mut pipeline), facts);
+    let ended = lc.finish(
+        run,
+        &mut Live::new(&node, &mut sensor, Some(&mut source), &mut pipeline).with_feed(feed.as_mut()),
+        facts,
+    );
     pipeline.flush().map_err(runtime)?;
+    if !args.quiet {
+        eprint!("{}", ended.denials.summary());
+    }
     if let Some(e) = pipeline.take_io_error() {
         return Err(runtime(anyhow!(e).context("writing audit records")));
     }
@@ -450,10 +474,9 @@ fn first_process(t: &Task, engine: Engine, args: &RunArgs) -> Result<Started, La
 /// it exited, and the reason.
 async fn watch(
     args: &RunArgs,
+    lc: &Lifecycle,
     run: &mut Running,
-    sensor: &mut Sensor,
-    source: &mut Handoff,
-    pipeline: &mut Pipeline,
+    (sensor, source, pipeline, mut feed): (&mut Sensor, &mut Handoff, &mut Pipeline, Option<&mut Feed>),
     child: &mut Started,
     resolver: Option<&crate::dns::Resolver>,
 ) -> anyhow::Result<(Option<ExitStatus>, String)> {
@@ -477,6 +500,9 @@ async fn watch(
             r = source.wait() => {
                 r?;
                 source.drain(&mut |b| pipeline.ingest(b));
+                if let Some(f) = feed.as_deref_mut() {
+                    f.pump(pipeline)?;
+                }
                 pipeline.flush()?;
             }
             s = child.main_exit() => break (Some(s?), "exited".to_string()),
@@ -487,6 +513,7 @@ async fn watch(
                 pipeline.flush()?;
             }
             _ = gap_tick.tick() => {
+                lc.check_limits(run, pipeline);
                 let drops = sensor.drops(SLOT)?;
                 let gap = run.task.gaps.record(pipeline, &task_id, drops.total + source.overflow())?;
                 if gap && on_gap == OnGap::End {
@@ -503,6 +530,9 @@ async fn watch(
                 r = source.wait() => {
                     r?;
                     source.drain(&mut |b| pipeline.ingest(b));
+                    if let Some(f) = feed.as_deref_mut() {
+                        f.pump(pipeline)?;
+                    }
                 }
                 _ = tokio::time::sleep(Duration::from_millis(5)) => {}
             }

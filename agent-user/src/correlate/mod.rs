@@ -30,7 +30,13 @@ pub struct ProcessTable {
     live: Option<std::path::PathBuf>,
     /// Processes resolved that way.
     pub resolved_late: u64,
+    /// Recently exited processes, oldest first (bounded): a report that arrives after the
+    /// process's exit record (a kernel audit record, say) still finds its ancestry.
+    gone: std::collections::VecDeque<(u32, ProcEntry)>,
 }
+
+/// How many exited processes [`ProcessTable`] remembers.
+const GONE_MAX: usize = 4096;
 
 impl ProcessTable {
     /// Seeds the table from a procfs root (normally `/proc`). Processes that vanish while
@@ -48,7 +54,7 @@ impl ProcessTable {
                 procs.insert(pid, ProcEntry { ppid, exe });
             }
         }
-        Self { procs, live: Some(proc_root.to_path_buf()), resolved_late: 0 }
+        Self { procs, live: Some(proc_root.to_path_buf()), resolved_late: 0, gone: Default::default() }
     }
 
     /// Looks up a process missing from the table in procfs and adds it.
@@ -69,6 +75,21 @@ impl ProcessTable {
 
     pub fn get(&self, pid: u32) -> Option<&ProcEntry> {
         self.procs.get(&pid)
+    }
+
+    /// A live process, or one that exited recently.
+    pub fn get_or_gone(&self, pid: u32) -> Option<&ProcEntry> {
+        self.procs.get(&pid).or_else(|| self.gone.iter().rev().find(|(p, _)| *p == pid).map(|(_, e)| e))
+    }
+
+    /// Context for a process named by a report from outside the ring buffer (it may have
+    /// exited since, or not be known yet).
+    pub fn context_of(&mut self, pid: u32) -> Context {
+        self.resolve(pid);
+        match self.get_or_gone(pid) {
+            Some(e) => Context { pid, ppid: e.ppid, exe: e.exe.clone() },
+            None => Context { pid, ppid: 0, exe: None },
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -96,7 +117,14 @@ impl ProcessTable {
                 Context { pid: p.tgid, ppid: p.ppid, exe: Some(exe) }
             }
             Event::Exit { .. } => {
-                let exe = self.procs.remove(&p.tgid).and_then(|e| e.exe);
+                let entry = self.procs.remove(&p.tgid);
+                let exe = entry.as_ref().and_then(|e| e.exe.clone());
+                if let Some(e) = entry {
+                    if self.gone.len() >= GONE_MAX {
+                        self.gone.pop_front();
+                    }
+                    self.gone.push_back((p.tgid, e));
+                }
                 Context { pid: p.tgid, ppid: p.ppid, exe }
             }
             Event::Connect { .. } | Event::Lsm { .. } => {
@@ -111,7 +139,7 @@ impl ProcessTable {
     pub fn ancestry(&self, pid: u32) -> Vec<u32> {
         let mut out = Vec::new();
         let mut cur = pid;
-        while let Some(e) = self.procs.get(&cur) {
+        while let Some(e) = self.get_or_gone(cur) {
             if e.ppid == 0 || e.ppid == pid || out.len() >= 64 || out.contains(&e.ppid) {
                 break;
             }

@@ -196,6 +196,19 @@ pub trait Host {
     /// Stops serving `slot`'s DNS (no grant is in flight once it returns) and records the
     /// queries answered so far.
     fn dns_unregister(&mut self, slot: u32, task: &str);
+    /// Whether the kernel's reports of Landlock and seccomp refusals are read (see
+    /// [`crate::kaudit`]). Without a feed, nothing is.
+    fn refusals_recorded(&self) -> bool {
+        false
+    }
+    /// Names the task to the refusal feed, so its Landlock and seccomp refusals become its
+    /// `deny` records.
+    fn refusals_register(&mut self, _info: crate::kaudit::TaskInfo) {}
+    /// The task's first process (the creator of its Landlock domain).
+    fn refusals_first_pid(&mut self, _slot: u32, _pid: u32) {}
+    /// At task end, once its processes are gone: reads the reports still on their way, then
+    /// forgets the task.
+    fn refusals_settle(&mut self, _slot: u32) {}
 }
 
 /// The real host: a loaded sensor, its ring buffer, the pipeline, cgroupfs.
@@ -205,16 +218,24 @@ pub struct Live<'a> {
     /// Where [`Host::drain`] reads from (none: nothing to drain).
     pub source: Option<&'a mut dyn Drain>,
     pub pipeline: &'a mut Pipeline,
+    /// The kernel's refusal reports (none: not read).
+    pub feed: Option<&'a mut crate::kaudit::feed::Feed>,
 }
 
 impl<'a> Live<'a> {
+    /// Reads the kernel's refusal reports through `feed` too.
+    pub fn with_feed(mut self, feed: Option<&'a mut crate::kaudit::feed::Feed>) -> Self {
+        self.feed = feed;
+        self
+    }
+
     pub fn new(
         node: &'a Node,
         sensor: &'a mut Sensor,
         source: Option<&'a mut dyn Drain>,
         pipeline: &'a mut Pipeline,
     ) -> Self {
-        Self { node, sensor, source, pipeline }
+        Self { node, sensor, source, pipeline, feed: None }
     }
 }
 
@@ -235,6 +256,11 @@ impl Host for Live<'_> {
         if let Some(source) = self.source.as_deref_mut() {
             let pipeline = &mut *self.pipeline;
             source.drain_all(&mut |b| pipeline.ingest(b));
+        }
+        if let Some(feed) = self.feed.as_deref_mut()
+            && let Err(e) = feed.pump(self.pipeline)
+        {
+            tracing::error!(error = %e, "reading the kernel's refusal reports failed");
         }
     }
 
@@ -305,6 +331,31 @@ impl Host for Live<'_> {
 
     fn bind(&mut self, slot: u32, cgroup_ids: &[u64], scope: &CompiledScope) -> Result<(), HostError> {
         Ok(self.sensor.bind(slot, cgroup_ids, scope)?)
+    }
+
+    fn refusals_recorded(&self) -> bool {
+        self.feed.is_some()
+    }
+
+    fn refusals_register(&mut self, info: crate::kaudit::TaskInfo) {
+        if let Some(feed) = self.feed.as_deref_mut() {
+            feed.register(info);
+        }
+    }
+
+    fn refusals_first_pid(&mut self, slot: u32, pid: u32) {
+        if let Some(feed) = self.feed.as_deref_mut() {
+            feed.first_pid(slot, pid);
+        }
+    }
+
+    fn refusals_settle(&mut self, slot: u32) {
+        if let Some(feed) = self.feed.as_deref_mut() {
+            if let Err(e) = feed.settle(self.pipeline, slot) {
+                tracing::error!(error = %e, "reading the kernel's refusal reports failed");
+            }
+            feed.unregister(slot);
+        }
     }
 
     fn unbind(&mut self, slot: u32, scope: Option<&CompiledScope>) -> Result<(), HostError> {

@@ -4,12 +4,12 @@
 //! taken away again.
 //!
 //! ```text
-//! start:  container → secrets → scope → sandbox → credentials → limits → records → egress → tables
-//!         → identity
+//! start:  container → secrets → scope → sandbox → credentials → limits → records → refusals
+//!         → egress → tables → identity
 //!         → (the caller launches the first process) → task_start
 //! end:    freeze and kill → drain → drops into a `gap` → each step's end, last step first
-//!         (unbind tables, detach egress, remove limits, revoke credentials, remove the
-//!         sandbox, destroy secrets)
+//!         (unbind tables, detach egress, read the last kernel refusal reports, remove limits,
+//!         revoke credentials, remove the sandbox, destroy secrets)
 //!         → task_end → checkpoint
 //! ```
 //!
@@ -176,6 +176,10 @@ pub struct Task {
     pub pids_v1: Option<PathBuf>,
     /// Controls of the scope this engine cannot enforce (`task_start.unenforced`).
     pub unenforced: Vec<String>,
+    /// Refusals this engine enforces but cannot record on this kernel (`task_start.unrecorded`).
+    pub unrecorded: Vec<String>,
+    /// Forks the process limit refused, from `pids.events` (`limits`).
+    pub limit_events: Option<crate::sandbox::limits::LimitEvents>,
     /// `CLOCK_BOOTTIME` ns when the tables were bound (`tables`).
     pub bound_boot_ns: Option<u64>,
     /// The signed workload-identity document (`identity`).
@@ -216,6 +220,8 @@ impl Task {
             credentials: Vec::new(),
             pids_v1: None,
             unenforced: Vec::new(),
+            unrecorded: Vec::new(),
+            limit_events: None,
             bound_boot_ns: None,
             identity: None,
             started: String::new(),
@@ -279,6 +285,8 @@ impl std::fmt::Debug for Running {
 pub struct Ended {
     pub killed: u64,
     pub drops: u64,
+    /// The task's refusals: how many, and the first few.
+    pub denials: crate::pipeline::Denials,
     /// Steps of the end that failed (the others were still done).
     pub errors: Vec<String>,
 }
@@ -328,6 +336,9 @@ impl Lifecycle {
     ) -> Result<Running, StartFailed> {
         let mut run = self.start_steps(task, host)?;
         let launched = launch(&run.task);
+        if let Some(pid) = launched.pid {
+            host.refusals_first_pid(run.task.slot, pid);
+        }
         let rec = start_record(&run.task, host, &launched);
         if let Err(e) = host.pipeline().emit(rec) {
             let error = StepError::runtime("task_start", HostError::Io(e));
@@ -382,9 +393,20 @@ impl Lifecycle {
         host.drain();
     }
 
+    /// Writes a `deny` record for each fork the process limit refused since the last call
+    /// (the pids controller only counts them): call it where gaps are checked.
+    pub fn check_limits(&self, run: &mut Running, pipeline: &mut crate::pipeline::Pipeline) {
+        let Some(ev) = run.task.limit_events.as_mut() else { return };
+        let n = ev.new_refusals();
+        if let Err(e) = pipeline.limit_refusals(run.task.slot, n) {
+            run.errors.push(format!("limit records: {e}"));
+        }
+    }
+
     /// The second half of the end: loss into a `gap` record, every step's end (last step
     /// first), `task_end`, the checkpoint that seals the task's chain.
     pub fn finish(&self, mut run: Running, host: &mut dyn Host, facts: EndFacts) -> Ended {
+        self.check_limits(&mut run, host.pipeline());
         let drops = host.drops(run.task.slot);
         let id = run.task.id.clone();
         if let Err(e) = run.task.gaps.record(host.pipeline(), &id, drops) {
@@ -401,6 +423,7 @@ impl Lifecycle {
             format!("{}; revocation errors: {}", facts.reason, run.errors.join("; "))
         };
         let decode_errors = host.pipeline().decode_failures();
+        let denials = host.pipeline().take_denials(&id);
         let end = AuditRecord {
             time: host.now(),
             task: id.clone(),
@@ -414,6 +437,7 @@ impl Lifecycle {
             drops: Some(drops),
             decode_errors: Some(decode_errors),
             killed: Some(run.killed),
+            denials: Some(denials.count),
             ..Default::default()
         };
         let written = host.pipeline().emit(end).and_then(|()| host.pipeline().checkpoint(&id));
@@ -422,7 +446,7 @@ impl Lifecycle {
         }
         close(&run.task, host);
         tracing::info!(task = %id, reason = %facts.reason, killed = run.killed, "task ended");
-        Ended { killed: run.killed, drops, errors: run.errors }
+        Ended { killed: run.killed, drops, errors: run.errors, denials }
     }
 
     /// Ends a task: [`Lifecycle::stop`], then [`Lifecycle::finish`].
@@ -483,6 +507,7 @@ fn start_record(task: &Task, host: &mut dyn Host, launched: &Launched) -> AuditR
         node: Some(host.node().name.clone()),
         engine: Some(host.engine().as_str()),
         unenforced: (!task.unenforced.is_empty()).then(|| task.unenforced.clone()),
+        unrecorded: (!task.unrecorded.is_empty()).then(|| task.unrecorded.clone()),
         expires: task.expires.clone(),
         secrets: (!task.secrets.is_empty()).then(|| task.secrets.clone()),
         credentials: (!task.credentials.is_empty()).then(|| task.credentials.clone()),

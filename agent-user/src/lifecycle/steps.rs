@@ -18,6 +18,7 @@ pub fn standard_steps() -> Vec<Box<dyn Step>> {
         Box::new(Credentials),
         Box::new(Limits::default()),
         Box::new(Records),
+        Box::new(Refusals),
         Box::new(Egress),
         Box::new(Tables),
         Box::new(Dns),
@@ -256,6 +257,36 @@ impl Step for Credentials {
     }
 }
 
+/// `refusals`: the task's Landlock and seccomp refusals, which only the kernel's audit
+/// records report, are attributed to it from now on (`crate::kaudit`); at the end, the reports
+/// still on their way are read before `task_end`. Comes after `records` (its refusals are its
+/// records) and before the first process.
+pub struct Refusals;
+
+impl Step for Refusals {
+    fn name(&self) -> &'static str {
+        "refusals"
+    }
+
+    fn start(&mut self, task: &mut Task, host: &mut dyn Host) -> Result<(), StepError> {
+        if !task.enforce() {
+            return Ok(());
+        }
+        let lsm = host.engine() == crate::loader::Engine::BpfLsm;
+        task.unrecorded = crate::kaudit::unrecorded(lsm, host.refusals_recorded());
+        if let (Some(cg), Some(c)) = (&task.cgroup, &task.compiled) {
+            let mount = host.node().cgroup_mount.clone();
+            host.refusals_register(crate::kaudit::TaskInfo::new(task.slot, None, cg, &mount, c));
+        }
+        Ok(())
+    }
+
+    fn end(&mut self, task: &mut Task, host: &mut dyn Host) -> Result<(), StepError> {
+        host.refusals_settle(task.slot);
+        Ok(())
+    }
+}
+
 /// `limits`: the process limit (enforce mode), from the pids controller.
 #[derive(Default)]
 pub struct Limits {
@@ -290,6 +321,9 @@ impl Step for Limits {
             task.pids_v1 = Some(cg.path().to_path_buf());
         }
         task.launch.procs_files.extend(limit.procs_file());
+        if let Some(cg) = &task.cgroup {
+            task.limit_events = Some(limit.events(cg));
+        }
         self.pids = Some(limit);
         Ok(())
     }
@@ -320,7 +354,11 @@ impl Step for Records {
         if task.origin == Origin::New {
             host.reset_drops(task.slot).map_err(|e| StepError::runtime(self.name(), e))?;
             // Only what is lost from now on is this task's gap.
-            task.gaps = GapTracker { drops: 0, decode_errors: host.pipeline().decode_failures() };
+            task.gaps = GapTracker {
+                drops: 0,
+                decode_errors: host.pipeline().decode_failures(),
+                reports_lost: host.pipeline().reports_lost,
+            };
         }
         host.pipeline().register(task.slot, TaskCtx { id: task.id.clone(), mode: task.scope.mode });
         Ok(())

@@ -138,6 +138,7 @@ pub fn probe() -> ProbeReport {
     }
     features.push(feature("landlock", crate::sandbox::confine::landlock_abi().map(|v| format!("ABI {v}"))));
     features.push(feature("io_uring", io_uring()));
+    features.push(feature("kernel_audit", kernel_audit()));
 
     let mut report =
         ProbeReport { kernel, features, engine: Engines { primary: "fallback", notes: Vec::new() } };
@@ -157,6 +158,21 @@ pub fn probe() -> ProbeReport {
             notes.push("file read/write/execute by hierarchy: Landlock domain on the task".into());
         }
     }
+    let kernel_audit = report.available("kernel_audit");
+    let notes = &mut report.engine.notes;
+    if kernel_audit {
+        notes.push(
+            "Landlock and seccomp refusals recorded from the kernel's audit records (Landlock records name the task, not the process)"
+                .into(),
+        );
+    }
+    let unrecorded = crate::kaudit::unrecorded(lsm, kernel_audit);
+    if !unrecorded.is_empty() {
+        notes.push(format!(
+            "refused but NOT recorded on this kernel: {} (task_start.unrecorded says so too)",
+            unrecorded.join(", ")
+        ));
+    }
     if sock_addr {
         notes.push("egress: cgroup connect4/6 + sendmsg4/6 programs (EPERM)".into());
     }
@@ -166,6 +182,24 @@ pub fn probe() -> ProbeReport {
         notes.push("no BTF tracepoints: Warden cannot observe processes on this kernel".into());
     }
     report
+}
+
+/// Whether refusals logged to the kernel's audit subsystem can be read: the status request
+/// and the read-only multicast group both work, and Landlock logs (ABI 7).
+fn kernel_audit() -> Result<String, String> {
+    let st = crate::kaudit::netlink::status().map_err(|e| format!("audit status: {e}"))?;
+    crate::kaudit::netlink::Listener::open().map_err(|e| format!("audit multicast group: {e}"))?;
+    let abi = crate::sandbox::confine::landlock_abi().unwrap_or(0);
+    let mut detail = format!(
+        "audit {}, auditd {}, Landlock ABI {abi}{}",
+        if st.enabled == 0 { "off (Warden turns it on with -a never,task)" } else { "on" },
+        if st.pid == 0 { "not running".to_string() } else { format!("pid {}", st.pid) },
+        if abi >= 7 { "" } else { " (< 7: Landlock does not log)" }
+    );
+    if !crate::kaudit::seccomp_logs_errno() {
+        detail.push_str("; kernel.seccomp.actions_logged lacks errno: seccomp refusals are not logged");
+    }
+    Ok(detail)
 }
 
 fn try_tp_btf(ebpf: &mut aya::Ebpf, btf: &aya::Btf) -> Result<String, String> {

@@ -1,12 +1,17 @@
 //! The fallback engine's in-process confinement, prepared in the parent and applied in the
 //! child between fork and exec: a Landlock domain (files by hierarchy, execute, signal and
 //! abstract-socket scoping, ptrace of processes outside the sandbox) and a seccomp filter
-//! for the syscalls the scope forbids.
+//! for the syscalls the scope forbids. Both log their refusals to the kernel's audit
+//! subsystem, where Warden reads them (`crate::kaudit`): the domain is created with
+//! `LANDLOCK_RESTRICT_SELF_LOG_NEW_EXEC_ON` (by default Landlock stops logging at the first
+//! exec, and the task's first instruction is already after one), the filter with
+//! `SECCOMP_FILTER_FLAG_LOG`.
 use landlock::{
     ABI, Access, AccessFs, CompatLevel, Compatible, PathBeneath, PathFd, Ruleset, RulesetAttr,
     RulesetCreated, RulesetCreatedAttr, RulesetStatus, Scope as LlScope,
 };
 use seccompiler::BpfProgram;
+use std::os::raw::c_ulong;
 
 use crate::scope::compile::CompiledScope;
 
@@ -88,7 +93,9 @@ impl Confinement {
             .set_compatibility(CompatLevel::BestEffort)
             .handle_access(AccessFs::from_all(LANDLOCK_ABI) & !AccessFs::Execute)?
             .scope(LlScope::from_all(LANDLOCK_ABI))?
-            .create()?;
+            .create()?
+            // Log denials after exec too (ABI 7; best effort below, where nothing is logged).
+            .log_new_exec(true)?;
         let list: landlock::BitFlags<AccessFs> = AccessFs::ReadDir.into();
         let rules = [
             (&c.landlock.read, read_access()),
@@ -147,8 +154,34 @@ impl Confinement {
             }
         }
         if let Some(prog) = &self.seccomp {
-            seccompiler::apply_filter(prog).map_err(|_| std::io::Error::last_os_error())?;
+            apply_logged_filter(prog)?;
         }
         Ok(())
     }
+}
+
+/// `SECCOMP_FILTER_FLAG_LOG`: log every action of the filter but `ALLOW`.
+const SECCOMP_FILTER_FLAG_LOG: c_ulong = 2;
+const SECCOMP_SET_MODE_FILTER: c_ulong = 1;
+
+/// Installs `prog` with `SECCOMP_FILTER_FLAG_LOG`, so each refused call becomes an audit
+/// record. Only syscalls: safe between fork and exec.
+fn apply_logged_filter(prog: &BpfProgram) -> std::io::Result<()> {
+    let fprog = libc::sock_fprog {
+        len: u16::try_from(prog.len()).map_err(|_| std::io::Error::from_raw_os_error(libc::E2BIG))?,
+        filter: prog.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: prctl with integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fprog points to `prog`'s instructions (same layout as `sock_filter`), which
+    // outlive the call; the kernel copies them.
+    let r = unsafe {
+        libc::syscall(libc::SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_LOG, &raw const fprog)
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }

@@ -60,6 +60,15 @@ impl PidsLimit {
         }
     }
 
+    /// The counter of forks refused by this limit.
+    pub fn events(&self, sandbox: &Cgroup) -> LimitEvents {
+        let file = match self {
+            PidsLimit::Unified => sandbox.path().join("pids.events"),
+            PidsLimit::V1(cg) => cg.path().join("pids.events"),
+        };
+        LimitEvents { file, seen: 0 }
+    }
+
     /// Removes the v1 twin (its processes are gone once the sandbox is killed).
     pub fn remove(&self, parent_rel: &str) {
         if let PidsLimit::V1(cg) = self {
@@ -70,5 +79,49 @@ impl PidsLimit {
                 let _ = fs::remove_dir(parent);
             }
         }
+    }
+}
+
+/// Forks refused by the process limit, from `pids.events` (`max N`: how many times a fork
+/// failed because the limit was reached).
+#[derive(Debug)]
+pub struct LimitEvents {
+    file: PathBuf,
+    seen: u64,
+}
+
+/// `max` of a `pids.events` text.
+pub fn max_events_in(text: &str) -> Option<u64> {
+    text.lines().find_map(|l| l.strip_prefix("max ")).and_then(|n| n.trim().parse().ok())
+}
+
+impl LimitEvents {
+    /// Refusals since the last call.
+    pub fn new_refusals(&mut self) -> u64 {
+        let now = fs::read_to_string(&self.file).ok().as_deref().and_then(max_events_in).unwrap_or(self.seen);
+        let new = now.saturating_sub(self.seen);
+        self.seen = self.seen.max(now);
+        new
+    }
+}
+
+#[cfg(test)]
+mod event_tests {
+    use super::*;
+
+    #[test]
+    fn counts_new_refusals_once() {
+        assert_eq!(max_events_in("max 3\n"), Some(3));
+        assert_eq!(max_events_in("max.imposed 1\nmax 0\n"), Some(0));
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("pids.events");
+        fs::write(&f, "max 2\n").unwrap();
+        let mut ev = LimitEvents { file: f.clone(), seen: 0 };
+        assert_eq!(ev.new_refusals(), 2);
+        assert_eq!(ev.new_refusals(), 0);
+        fs::write(&f, "max 5\n").unwrap();
+        assert_eq!(ev.new_refusals(), 3);
+        fs::remove_file(&f).unwrap();
+        assert_eq!(ev.new_refusals(), 0, "a vanished file refuses nothing new");
     }
 }

@@ -80,6 +80,18 @@ pub struct CompiledSecret {
     pub tools: Vec<FileId>,
 }
 
+/// Protected paths of a scope, canonical: what names the rule of a refusal the kernel reports
+/// by path (the fallback engine's Landlock denials).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Protected {
+    /// `files.deny` and the protected credential locations.
+    pub deny: Vec<PathBuf>,
+    /// The secrets' files.
+    pub secrets: Vec<PathBuf>,
+    /// System control paths no task may write.
+    pub control: Vec<PathBuf>,
+}
+
 /// Everything a task's sandbox is built from.
 #[derive(Debug, Clone)]
 pub struct CompiledScope {
@@ -104,6 +116,8 @@ pub struct CompiledScope {
     /// The `files.write` roots as they resolve now (empty when writes are not restricted):
     /// the sandbox's mount namespace mounts them `noexec`.
     pub write_roots: Vec<PathBuf>,
+    /// Protected paths, for naming the rule of a refusal reported by path.
+    pub protected: Protected,
 }
 
 /// Credential locations protected unless the scope grants `credentials`.
@@ -749,6 +763,11 @@ impl CompiledScope {
 
         let file_rules =
             lsm_file_rules(scope, &deny_all, &secret_paths, &exec_paths, &canon(&control_paths()));
+        let protected = Protected {
+            deny: deny_all.clone(),
+            secrets: secret_paths.clone(),
+            control: canon(&control_paths()),
+        };
         let mut flags = 0;
         if scope.read.is_some() {
             flags |= sandbox_flags::READ_RESTRICTED;
@@ -784,6 +803,7 @@ impl CompiledScope {
                 exec_paths
             },
             write_roots: write_roots_now,
+            protected,
         })
     }
 }

@@ -47,6 +47,7 @@ macro_rules! live_host {
             Some(&mut $core.source),
             &mut $core.pipeline,
         )
+        .with_feed($core.feed.as_mut())
     };
 }
 use live_host as live;
@@ -69,6 +70,9 @@ pub struct Core {
     sensor: Sensor,
     source: RingBufSource,
     pipeline: Pipeline,
+    /// The kernel's reports of Landlock and seccomp refusals (none: they cannot be read here;
+    /// tasks say so in `task_start.unrecorded`).
+    feed: Option<crate::kaudit::feed::Feed>,
     routes: Arc<Mutex<Routes>>,
     shared: Arc<Shared>,
     state: StateDir,
@@ -199,6 +203,11 @@ impl Core {
     fn drain(&mut self) {
         let pipeline = &mut self.pipeline;
         self.source.drain(&mut |b| pipeline.ingest(b));
+        if let Some(feed) = self.feed.as_mut()
+            && let Err(e) = feed.pump(&mut self.pipeline)
+        {
+            tracing::error!(error = %e, "reading the kernel's refusal reports failed");
+        }
         if let Some(e) = self.pipeline.take_io_error() {
             tracing::error!(error = %e, "writing audit records failed");
         }
@@ -292,7 +301,9 @@ impl Core {
                     continue;
                 }
             }
-            // Evidence gaps: loss since the last report becomes a `gap` record.
+            // Forks the process limit refused, then evidence gaps: loss since the last
+            // report becomes a `gap` record.
+            self.lc.check_limits(&mut t.run, &mut self.pipeline);
             let slot = t.info.slot;
             let drops = self.drops_of(slot);
             let Some(t) = self.tasks.get_mut(&id) else { continue };

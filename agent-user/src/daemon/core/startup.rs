@@ -181,6 +181,7 @@ impl Core {
             sensor,
             source,
             pipeline,
+            feed: crate::kaudit::feed::Feed::open_or_warn(),
             routes,
             shared,
             state,
@@ -340,7 +341,7 @@ fn recorded_task(rec: &TaskRecord) -> (lifecycle::Task, Option<String>) {
     t.expires_boot_ns = rec.expires_boot_ns;
     t.identity = Some(info.identity.clone());
     // This daemon's decode failures start at zero.
-    t.gaps = GapTracker { drops: rec.drops_reported, decode_errors: 0 };
+    t.gaps = GapTracker { drops: rec.drops_reported, decode_errors: 0, reports_lost: 0 };
     t.saved = rec.saved.clone();
     t.container = rec.saved.get(crate::k8s::step::SAVED_KEY).and_then(Container::from_saved);
     (t, err)
