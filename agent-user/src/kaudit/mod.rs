@@ -256,24 +256,41 @@ impl Tracker {
         }
     }
 
-    /// Emits `r`, merged with a held create denial when it is the second half of the same
-    /// call (the next serial, same domain, the file in the held directory); holds `r` itself
-    /// when it is a create denial.
+    /// Emits `r`, merged with a held denial when both come from the same call; holds `r`
+    /// itself when it may be the first half of one. One call, two denials: `open(O_CREAT)` of
+    /// an existing file that may not be written (create in the directory, then write to the
+    /// file), and `link`/`rename` (the source's directory, then the destination's).
     fn hold_or_emit(&mut self, mut r: Refusal, serial: u64, domain: u64, out: &mut Vec<Output>) {
+        let has = |r: &Refusal, b: &str| {
+            r.blockers.as_deref().is_some_and(|x| x.split(',').any(|y| y.starts_with(b)))
+        };
         if let Some(h) = self.held.take() {
+            // Same domain, within a millisecond, no other record between (a domain record may be).
+            let near = h.domain == domain
+                && serial > h.serial
+                && serial <= h.serial + 2
+                && (r.unix_ns - h.refusal.unix_ns).abs() <= 1_000_000;
             let in_dir = r.path.as_deref().and_then(|p| Path::new(p).parent()).map(Path::to_path_buf)
                 == h.refusal.path.as_deref().map(PathBuf::from);
-            if h.domain == domain && serial == h.serial + 1 && in_dir {
-                r.blockers = match (h.refusal.blockers, r.blockers.take()) {
-                    (Some(a), Some(b)) => Some(format!("{a},{b}")),
-                    (a, b) => a.or(b),
-                };
+            let joined = |a: Option<String>, b: Option<String>| match (a, b) {
+                (Some(a), Some(b)) => Some(format!("{a},{b}")),
+                (a, b) => a.or(b),
+            };
+            if near && has(&h.refusal, "fs.refer") {
+                // The source side names the rule; the record is about the change to the tree.
+                let mut m = h.refusal;
+                m.blockers = joined(m.blockers, r.blockers.take());
+                out.push(Output::Refusal(m));
+                return;
+            }
+            if near && in_dir {
+                r.blockers = joined(h.refusal.blockers, r.blockers.take());
                 out.push(Output::Refusal(r));
                 return;
             }
             out.push(Output::Refusal(h.refusal));
         }
-        if r.blockers.as_deref().is_some_and(|b| b.starts_with("fs.make_")) {
+        if has(&r, "fs.make_") || has(&r, "fs.refer") {
             self.held = Some(Held { since: Instant::now(), refusal: r, serial, domain });
         } else {
             out.push(Output::Refusal(r));
@@ -392,6 +409,7 @@ fn landlock_kind_rule(t: &TaskInfo, blockers: &[String], path: Option<&str>) -> 
         "scope.abstract_unix_socket" => ("unix", "protected.process"),
         "ptrace" => ("ptrace", "protected.process"),
         "fs.change_topology" => ("mount", "protected.mount"),
+        _ if blockers.iter().any(|b| b == "fs.refer") => ("file", file_rule()),
         b if b.starts_with("net.") => ("connect", "network.egress"),
         "fs.ioctl_dev" => ("ioctl", file_rule()),
         b if b.starts_with("fs.make_") || b.starts_with("fs.remove_") || b == "fs.refer" => {
@@ -601,6 +619,18 @@ mod tests {
         feed(&mut tr, 1423, "audit(1.000:4): domain=a blockers=fs.make_reg path=\"/a\"", &none);
         let out = feed(&mut tr, 1423, "audit(1.000:6): domain=a blockers=fs.read_file path=\"/b/c\"", &none);
         assert_eq!(out.len(), 2);
+        // link/rename: the source's directory, (a domain record,) then the destination's.
+        let out = feed(
+            &mut tr,
+            1423,
+            "audit(1.000:10): domain=a blockers=fs.read_file,fs.refer path=\"/data/secret\"",
+            &none,
+        );
+        assert!(out.is_empty());
+        let out = feed(&mut tr, 1423, "audit(1.000:12): domain=a blockers=fs.make_char path=\"/out\"", &none);
+        let [Output::Refusal(r)] = out.as_slice() else { panic!("{out:?}") };
+        assert_eq!((r.kind, r.rule, r.path.as_deref()), ("file", "files.deny", Some("/data/secret")));
+        assert_eq!(r.blockers.as_deref(), Some("fs.read_file,fs.refer,fs.make_char"));
         feed(&mut tr, 1423, "audit(1.000:7): domain=a blockers=fs.make_dir path=\"/a\"", &none);
         let mut out = Vec::new();
         tr.release_held(Duration::ZERO, &mut out);

@@ -287,6 +287,147 @@ fn clone_into(dir: &str) -> Result<(), i32> {
     Ok(())
 }
 
+fn uring_openat2(path: &str) -> Result<(), i32> {
+    let mut ring = io_uring::IoUring::new(4).map_err(|e| e.raw_os_error().unwrap_or(0))?;
+    let p = cstr(path);
+    let how = io_uring::types::OpenHow::new().flags((libc::O_RDONLY | libc::O_CLOEXEC) as u64);
+    let op = io_uring::opcode::OpenAt2::new(io_uring::types::Fd(libc::AT_FDCWD), p.as_ptr(), &how).build();
+    // SAFETY: `p` and `how` outlive the submission, which completes before we return.
+    unsafe { ring.submission().push(&op).map_err(|_| libc::EBUSY)? };
+    ring.submit_and_wait(1).map_err(|e| e.raw_os_error().unwrap_or(0))?;
+    let res = ring.completion().next().ok_or(libc::EIO)?.result();
+    if res < 0 {
+        return Err(-res);
+    }
+    // SAFETY: fd returned by the kernel.
+    drop(unsafe { OwnedFd::from_raw_fd(res) });
+    Ok(())
+}
+
+fn openat2(path: &str) -> Result<(), i32> {
+    let p = cstr(path);
+    // struct open_how { flags, mode, resolve }
+    let how: [u64; 3] = [(libc::O_RDONLY | libc::O_CLOEXEC) as u64, 0, 0];
+    // SAFETY: valid path and open_how of the size passed.
+    let fd = unsafe { libc::syscall(libc::SYS_openat2, libc::AT_FDCWD, p.as_ptr(), how.as_ptr(), 24usize) };
+    if fd < 0 {
+        return Err(errno());
+    }
+    // SAFETY: fd returned by the kernel.
+    drop(unsafe { OwnedFd::from_raw_fd(fd as i32) });
+    Ok(())
+}
+
+/// `name_to_handle_at` then `open_by_handle_at`: an open that resolves no path.
+fn open_by_handle(path: &str) -> Result<(), i32> {
+    let p = cstr(path);
+    // struct file_handle { u32 handle_bytes; i32 handle_type; u8 f_handle[]; }
+    let mut buf = [0u8; 8 + 128];
+    buf[0..4].copy_from_slice(&128u32.to_ne_bytes());
+    let mut mount_id: i32 = 0;
+    // SAFETY: buf holds a file_handle with room for 128 bytes of handle.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_name_to_handle_at,
+            libc::AT_FDCWD,
+            p.as_ptr(),
+            buf.as_mut_ptr(),
+            &mut mount_id,
+            0,
+        )
+    };
+    if r != 0 {
+        return Err(errno());
+    }
+    // Any open directory of the same filesystem (not O_PATH): the grandparent.
+    let gp =
+        std::path::Path::new(path).parent().and_then(|p| p.parent()).and_then(|p| p.to_str()).unwrap_or("/");
+    let root = open(gp, libc::O_RDONLY | libc::O_DIRECTORY)?;
+    // SAFETY: buf was filled by the kernel.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_by_handle_at,
+            root.as_raw_fd(),
+            buf.as_mut_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(errno());
+    }
+    // SAFETY: fd returned by the kernel.
+    drop(unsafe { OwnedFd::from_raw_fd(fd as i32) });
+    Ok(())
+}
+
+fn pidfd_kill(pid: i32) -> Result<(), i32> {
+    // SAFETY: pidfd_open/pidfd_send_signal with signal 0 only check permission.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(errno());
+    }
+    // SAFETY: fd returned by the kernel.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let r = unsafe { libc::syscall(libc::SYS_pidfd_send_signal, fd.as_raw_fd(), 0, 0usize, 0) };
+    if r == 0 { Ok(()) } else { Err(errno()) }
+}
+
+/// Asks for SIGIO to `pid` on a pipe and makes it readable: the signal is sent (or refused)
+/// by the kernel, not by this process's own call, so the result is whether the target was
+/// reached: the caller checks the target.
+fn sigio(pid: i32) -> Result<(), i32> {
+    let mut fds = [0i32; 2];
+    // SAFETY: fds has room for two descriptors.
+    if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+        return Err(errno());
+    }
+    // SAFETY: both fds are ours.
+    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: fcntl on our own fd.
+    unsafe {
+        if libc::fcntl(r.as_raw_fd(), libc::F_SETOWN, pid) != 0 {
+            return Err(errno());
+        }
+        let fl = libc::fcntl(r.as_raw_fd(), libc::F_GETFL);
+        if libc::fcntl(r.as_raw_fd(), libc::F_SETFL, fl | libc::O_ASYNC) != 0 {
+            return Err(errno());
+        }
+        libc::write(w.as_raw_fd(), b"x".as_ptr().cast(), 1);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        // Off again before the pipe closes, which would signal a second time (POLL_HUP).
+        libc::fcntl(r.as_raw_fd(), libc::F_SETFL, fl);
+    }
+    Ok(())
+}
+
+fn abstract_connect(name: &str) -> Result<(), i32> {
+    use std::os::linux::net::SocketAddrExt;
+    let addr =
+        std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).map_err(|_| libc::EINVAL)?;
+    std::os::unix::net::UnixStream::connect_addr(&addr).map(drop).map_err(|e| e.raw_os_error().unwrap_or(0))
+}
+
+fn userns_mount() -> Result<(), i32> {
+    // SAFETY: unshare affects only this process.
+    if unsafe { libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNS) } != 0 {
+        return Err(errno());
+    }
+    let d = cstr("/tmp");
+    // SAFETY: valid strings; in a new mount namespace.
+    let r = unsafe {
+        libc::mount(cstr("none").as_ptr(), d.as_ptr(), cstr("tmpfs").as_ptr(), 0, std::ptr::null())
+    };
+    if r == 0 { Ok(()) } else { Err(errno()) }
+}
+
+/// getpid through the i386 entry (`int 0x80`, i386 number 20).
+fn int80() -> Result<(), i32> {
+    let ret: i32;
+    // SAFETY: a 32-bit getpid through the compat entry touches no memory.
+    unsafe { std::arch::asm!("int 0x80", inlateout("eax") 20i32 => ret, options(nostack)) };
+    if ret > 0 { Ok(()) } else { Err(-ret) }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let a = |i: usize| {
@@ -336,10 +477,21 @@ fn main() {
         "link" => std::fs::hard_link(a(1), a(2)).map_err(|e| e.raw_os_error().unwrap_or(0)),
         "rename" => std::fs::rename(a(1), a(2)).map_err(|e| e.raw_os_error().unwrap_or(0)),
         "kill" => {
-            // SAFETY: kill(2) with signal 0 only checks permission.
-            let r = unsafe { libc::kill(a(1).parse().expect("pid"), 0) };
+            // `kill PID [SIG]`: signal 0 (the default) only checks permission; a negative
+            // PID is a process group.
+            let sig: i32 = args.get(2).map(|s| s.parse().expect("signal")).unwrap_or(0);
+            // SAFETY: kill(2).
+            let r = unsafe { libc::kill(a(1).parse().expect("pid"), sig) };
             if r == 0 { Ok(()) } else { Err(errno()) }
         }
+        "openat2" => openat2(a(1)),
+        "uring-openat2" => uring_openat2(a(1)),
+        "open-by-handle" => open_by_handle(a(1)),
+        "pidfd-kill" => pidfd_kill(a(1).parse().expect("pid")),
+        "sigio" => sigio(a(1).parse().expect("pid")),
+        "abstract-connect" => abstract_connect(a(1)),
+        "userns-mount" => userns_mount(),
+        "int80" => int80(),
         "ptrace" => ptrace_attach(a(1).parse().expect("pid")),
         "prlimit" => {
             // Sets the target's RLIMIT_CORE to the value it has: a write that changes nothing,
