@@ -390,13 +390,24 @@ fn landlock_kind_rule(t: &TaskInfo, blockers: &[String], path: Option<&str>) -> 
             || b == "fs.ioctl_dev"
     });
     let file_rule = || -> &'static str {
-        let p = path.map(Path::new);
-        let under = |v: &[PathBuf]| p.is_some_and(|p| v.iter().any(|d| p.starts_with(d)));
-        if p.is_some_and(|p| t.protected.secrets.iter().any(|s| s == p)) {
+        let Some(p) = path.map(Path::new) else { return if write { "files.write" } else { "files.read" } };
+        let pr = &t.protected;
+        let under = |v: &[PathBuf]| v.iter().any(|d| p.starts_with(d));
+        // A directory above a protected path: new names there are refused (the carve-out).
+        let above = |v: &[PathBuf]| v.iter().any(|d| d.starts_with(p));
+        let roots = if write { &pr.write_roots } else { &pr.read_roots };
+        let outside_roots = roots.as_ref().is_some_and(|r| !r.iter().any(|root| p.starts_with(root)));
+        if pr.secrets.iter().any(|s| s == p) {
             "secrets"
-        } else if under(&t.protected.deny) {
+        } else if under(&pr.deny) {
             "files.deny"
-        } else if write && under(&t.protected.control) {
+        } else if write && under(&pr.control) {
+            "protected.control"
+        } else if outside_roots {
+            if write { "files.write" } else { "files.read" }
+        } else if above(&pr.deny) {
+            "files.deny"
+        } else if write && above(&pr.control) {
             "protected.control"
         } else if write {
             "files.write"
@@ -515,6 +526,8 @@ mod tests {
                 deny: vec!["/etc/shadow".into(), "/data/secret".into()],
                 secrets: vec!["/data/secret/token".into()],
                 control: vec!["/sys/fs/cgroup".into()],
+                read_roots: None,
+                write_roots: Some(vec!["/data/out".into()]),
             },
             syscalls: [(321, "bpf"), (425, "io_uring_setup")].into_iter().collect(),
         }
@@ -584,8 +597,19 @@ mod tests {
         let [Output::Refusal(c), Output::Refusal(r)] = out.as_slice() else { panic!("{out:?}") };
         assert_eq!((c.kind, c.rule), ("file", "files.deny"));
         assert_eq!(r.rule, "secrets");
-        // 5 received; the domain says 6 were denied: one is missing.
-        let out = feed(&mut tr, 1424, "audit(2.000:7): domain=a status=deallocated denials=6", &none);
+        // Outside files.write, and next to a protected path inside the roots.
+        let out =
+            feed(&mut tr, 1423, "audit(1.000:20): domain=a blockers=fs.write_file path=\"/tmp/x\"", &none);
+        let [Output::Refusal(r)] = out.as_slice() else { panic!() };
+        assert_eq!(r.rule, "files.write");
+        tr.tasks.get_mut(&3).unwrap().protected.write_roots = None;
+        feed(&mut tr, 1423, "audit(1.000:21): domain=a blockers=fs.make_reg path=\"/data\"", &none);
+        let mut out = Vec::new();
+        tr.release_held(Duration::ZERO, &mut out);
+        let [Output::Refusal(r)] = out.as_slice() else { panic!() };
+        assert_eq!((r.kind, r.rule), ("file", "files.deny"));
+        // 7 received; the domain says 8 were denied: one is missing.
+        let out = feed(&mut tr, 1424, "audit(2.000:22): domain=a status=deallocated denials=8", &none);
         assert_eq!(out, [Output::Gap { slot: 3, missing: 1 }]);
     }
 

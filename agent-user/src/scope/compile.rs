@@ -90,6 +90,9 @@ pub struct Protected {
     pub secrets: Vec<PathBuf>,
     /// System control paths no task may write.
     pub control: Vec<PathBuf>,
+    /// `files.read` / `files.write` roots; `None`: not restricted.
+    pub read_roots: Option<Vec<PathBuf>>,
+    pub write_roots: Option<Vec<PathBuf>>,
 }
 
 /// Everything a task's sandbox is built from.
@@ -767,6 +770,8 @@ impl CompiledScope {
             deny: deny_all.clone(),
             secrets: secret_paths.clone(),
             control: canon(&control_paths()),
+            read_roots: scope.read.as_ref().map(|v| canon(v)),
+            write_roots: scope.write.as_ref().map(|v| canon(v)),
         };
         let mut flags = 0;
         if scope.read.is_some() {

@@ -1,0 +1,286 @@
+//! Host tier: every refusal is on the record. Each attempt below is refused by the kernel
+//! (Landlock, seccomp, the pids controller on the fallback engine) and must leave exactly one
+//! `deny` record naming what was refused and by which rule — so each attempt has its own
+//! target (its own file, its own process) and the records are matched to attempts by it.
+use std::{
+    fs,
+    os::unix::{fs::symlink, process::CommandExt},
+    path::Path,
+    process::{Child, Command},
+};
+
+use serde_json::Value;
+use warden_tests::{RunOutcome, engine, require, run_warden};
+
+const PROBE: &str = env!("CARGO_BIN_EXE_warden-probe");
+
+/// A process outside every sandbox for the task to aim at, killed on drop.
+struct Outside(Child);
+
+impl Outside {
+    fn sleep() -> Self {
+        Outside(Command::new("sleep").arg("120").process_group(0).spawn().expect("spawn sleep"))
+    }
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Outside {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn denies(out: &RunOutcome) -> Vec<&Value> {
+    out.records_of_decision("deny")
+}
+
+trait Denies {
+    fn records_of_decision(&self, d: &str) -> Vec<&Value>;
+}
+
+impl Denies for RunOutcome {
+    fn records_of_decision(&self, d: &str) -> Vec<&Value> {
+        self.records.iter().filter(|r| r["decision"] == d).collect()
+    }
+}
+
+/// Exactly one deny record satisfies `f`; returns it.
+fn one<'a>(out: &'a RunOutcome, what: &str, f: impl Fn(&Value) -> bool) -> &'a Value {
+    let m: Vec<&Value> = denies(out).into_iter().filter(|r| f(r)).collect();
+    assert_eq!(
+        m.len(),
+        1,
+        "{what}: exactly one deny record, got {}: {m:#?}\nall: {:#?}",
+        m.len(),
+        denies(out)
+    );
+    m[0]
+}
+
+fn refused(out: &RunOutcome, name: &str) {
+    let r = out.result(name);
+    assert!(r.starts_with("err"), "{name} must be refused: {r}\n{}", out.stdout);
+}
+
+#[test]
+fn every_refusal_of_files_signals_and_syscalls_is_one_deny_record() {
+    let test = "every_refusal_of_files_signals_and_syscalls_is_one_deny_record";
+    if !require(test, "landlock") || !require(test, "kernel_audit") {
+        return;
+    }
+    if engine() != "fallback" {
+        println!("SKIP {test}: the BPF LSM engine records these at its hooks (tests/tests/scope.rs, lsm.rs)");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let d = fs::canonicalize(t.path()).unwrap();
+    let secret = d.join("secret");
+    for sub in ["l", "r"] {
+        fs::create_dir_all(secret.join(sub)).unwrap();
+        fs::write(secret.join(sub).join("key"), "k").unwrap();
+    }
+    let names = ["plain", "sym", "procroot", "opath", "openat2", "uring", "uring2", "handle"];
+    for n in names {
+        fs::write(secret.join(format!("key-{n}")), "k").unwrap();
+    }
+    fs::create_dir_all(d.join("out")).unwrap();
+    fs::create_dir_all(d.join("ro")).unwrap();
+    symlink(secret.join("key-sym"), d.join("link-sym")).unwrap();
+    let (a, b, c, e) = (Outside::sleep(), Outside::sleep(), Outside::sleep(), Outside::sleep());
+    let abs_name = format!("warden-refusals-{}", std::process::id());
+    let abs = {
+        use std::os::linux::net::SocketAddrExt;
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(abs_name.as_bytes()).unwrap();
+        std::os::unix::net::UnixListener::bind_addr(&addr).unwrap()
+    };
+    let cg = agent_user::sandbox::cgroup2_mount().unwrap();
+    let (dp, sp, p) = (d.display(), secret.display(), PROBE);
+    let scope = format!(
+        "version: 1\ntask: refusals\nfiles:\n  write: [{dp}/out]\n  deny: [{sp}]\ngrant: [io-uring]\n"
+    );
+    let script = format!(
+        "{p} open {sp}/key-plain
+         {p} open {dp}/link-sym | sed s/^open/symlink/
+         {p} open /proc/self/root{sp}/key-procroot | sed s/^open/procroot/
+         {p} opath-reopen {sp}/key-opath
+         {p} openat2 {sp}/key-openat2
+         {p} uring-open {sp}/key-uring
+         {p} uring-openat2 {sp}/key-uring2
+         {p} open-by-handle {sp}/key-handle
+         {p} link {sp}/l/key {dp}/out/stolen-l
+         {p} rename {sp}/r/key {dp}/out/stolen-r
+         {p} write {dp}/ro/new.txt
+         {p} write {cg}/cgroup.procs | sed s/^write/cgroup-escape/
+         {p} kill $PPID | sed s/^kill/kill-warden/
+         {p} kill $PPID 19 | sed s/^kill/stop-warden/
+         {p} pidfd-kill {a}
+         {p} sigio {b}
+         {p} kill -{c} | sed s/^kill/kill-group/
+         {p} kill {e} | sed s/^kill/kill-outside/
+         {p} ptrace {e}
+         {p} bpf
+         {p} abstract-connect {abs_name}
+         true",
+        cg = cg.display(),
+        a = a.pid(),
+        b = b.pid(),
+        c = c.pid(),
+        e = e.pid(),
+    );
+    let out = run_warden(&scope, &script, &[]);
+    drop(abs);
+    assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
+    for name in [
+        "open",
+        "symlink",
+        "procroot",
+        "opath-reopen",
+        "openat2",
+        "uring-open",
+        "uring-openat2",
+        "open-by-handle",
+        "link",
+        "rename",
+        "write",
+        "cgroup-escape",
+        "kill-warden",
+        "stop-warden",
+        "pidfd-kill",
+        "kill-group",
+        "kill-outside",
+        "ptrace",
+        "bpf",
+        "abstract-connect",
+    ] {
+        refused(&out, name);
+    }
+    assert_eq!(out.result("sigio"), "ok", "the SIGIO request itself succeeds; its delivery is refused");
+    let start = &out.records[0];
+    assert!(start.get("unrecorded").is_none(), "this kernel records every class: {start}");
+
+    // Reads of the denied files, by every way of opening them.
+    for n in names {
+        let path = format!("{sp}/key-{n}");
+        let r = one(&out, &format!("read key-{n}"), |r| r["path"] == path.as_str());
+        assert_eq!((r["kind"].as_str(), r["rule"].as_str()), (Some("open"), Some("files.deny")), "{r}");
+        assert_eq!(r["action"], "refuse");
+        assert_eq!(r["source"], "landlock");
+    }
+    // A hard link and a rename out of the denied directory: one record each, on its directory.
+    for sub in ["l", "r"] {
+        let path = format!("{sp}/{sub}");
+        let r = one(&out, &format!("link/rename from {sub}"), |r| r["path"] == path.as_str());
+        assert_eq!((r["kind"].as_str(), r["rule"].as_str()), (Some("file"), Some("files.deny")), "{r}");
+    }
+    let ro = format!("{dp}/ro");
+    let r = one(&out, "write outside files.write", |r| r["path"] == ro.as_str());
+    assert_eq!((r["kind"].as_str(), r["rule"].as_str()), (Some("file"), Some("files.write")), "{r}");
+    let procs = format!("{}/cgroup.procs", cg.display());
+    let r = one(&out, "cgroup escape", |r| r["path"] == procs.as_str());
+    assert_eq!(r["rule"], "protected.control", "{r}");
+    // Signals: to warden (twice: signal 0 and SIGSTOP), by pidfd, SIGIO, to a process group,
+    // to another process.
+    let warden_pid = start["ppid"].as_u64().unwrap();
+    let to = |pid: u64| {
+        denies(&out).into_iter().filter(|r| r["kind"] == "signal" && r["target_pid"] == pid).count()
+    };
+    assert_eq!(to(warden_pid), 2, "{:#?}", denies(&out));
+    for (what, pid) in [("pidfd", a.pid()), ("SIGIO", b.pid()), ("group", c.pid()), ("outside", e.pid())] {
+        assert_eq!(to(u64::from(pid)), 1, "{what}: {:#?}", denies(&out));
+    }
+    let r = one(&out, "ptrace", |r| r["kind"] == "ptrace");
+    assert_eq!((r["rule"].as_str(), r["source"].as_str()), (Some("protected.process"), Some("seccomp")));
+    assert!(r["pid"].as_u64().is_some() && r["ancestry"].as_array().is_some_and(|a| !a.is_empty()), "{r}");
+    let r = one(&out, "bpf", |r| r["kind"] == "bpf");
+    assert_eq!((r["rule"].as_str(), r["syscall"].as_str()), (Some("protected.bpf"), Some("bpf")));
+    one(&out, "abstract unix socket", |r| r["kind"] == "unix");
+    // Nothing else was refused, and nothing twice.
+    assert_eq!(denies(&out).len(), names.len() + 2 + 1 + 1 + 6 + 3, "{:#?}", denies(&out));
+    // The person at the terminal is told.
+    assert!(
+        out.stderr.contains(&format!("warden: {} actions were refused", denies(&out).len())),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn refused_syscalls_mounts_foreign_abis_and_forks_are_recorded() {
+    let test = "refused_syscalls_mounts_foreign_abis_and_forks_are_recorded";
+    if !require(test, "tp_btf") || !require(test, "kernel_audit") {
+        return;
+    }
+    let p = PROBE;
+    let script = format!(
+        "{p} uring-open /etc/hostname
+         {p} mount
+         {p} userns-mount
+         {p} int80; echo int80 $?
+         {p} fork 10"
+    );
+    let out = run_warden("version: 1\ntask: syscalls\nlimits:\n  processes: 4\n", &script, &[]);
+    assert_eq!(out.code, Some(1), "the probe reports the refused forks: {}\n{}", out.stdout, out.stderr);
+    for name in ["uring-open", "mount", "userns-mount", "fork"] {
+        refused(&out, name);
+    }
+    assert_eq!(out.result("int80"), "159", "killed by SIGSYS (128+31)");
+    assert_eq!(out.result("forked"), "2");
+    let r = one(&out, "io_uring", |r| r["syscall"] == "io_uring_setup");
+    assert_eq!(r["rule"], "protected.io_uring");
+    let mounts = denies(&out).into_iter().filter(|r| r["kind"] == "mount").count();
+    if engine() == "fallback" {
+        assert_eq!(mounts, 2, "mount, and mount in a user namespace: {:#?}", denies(&out));
+    } else {
+        assert!(mounts >= 2, "{:#?}", denies(&out));
+    }
+    let r = one(&out, "int 0x80", |r| r["syscall"] == "i386:20");
+    assert_eq!((r["action"].as_str(), r["rule"].as_str()), (Some("kill"), Some("protected.syscalls")));
+    assert!(r["pid"].as_u64().is_some(), "{r}");
+    let forks: Vec<&Value> = denies(&out).into_iter().filter(|r| r["kind"] == "fork").collect();
+    assert_eq!(forks.len(), 8, "10 forks, 2 allowed: {forks:#?}");
+    assert!(forks.iter().all(|r| r["rule"] == "limits.processes" && r["source"] == "pids"));
+    let end = out.records.iter().find(|r| r["kind"] == "task_end").unwrap();
+    assert_eq!(end["denials"].as_u64(), Some(denies(&out).len() as u64), "{end}");
+}
+
+#[test]
+fn quiet_runs_say_nothing_and_clean_runs_say_nothing() {
+    if !require("quiet_runs_say_nothing_and_clean_runs_say_nothing", "landlock") {
+        return;
+    }
+    let out = run_warden("version: 1\ntask: quiet\n", "cat /etc/shadow 2>/dev/null; true", &["-q"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(!out.stderr.contains("refused"), "-q: {}", out.stderr);
+    let out = run_warden("version: 1\ntask: clean\n", "cat /etc/hostname >/dev/null", &[]);
+    assert!(!out.stderr.contains("refused"), "{}", out.stderr);
+    assert!(Path::new(&out.log_path).exists());
+}
+
+#[test]
+fn ordinary_discovery_works_with_a_scope_that_restricts_no_files() {
+    if !require("ordinary_discovery_works_with_a_scope_that_restricts_no_files", "landlock") {
+        return;
+    }
+    // Protected defaults only (credentials, control files): the directories above them are
+    // listed, walked and stat'ed; only the protected objects are refused.
+    let script = "ls / >/dev/null; echo ls-root $?
+         ls /etc >/dev/null; echo ls-etc $?
+         ls /home >/dev/null; echo ls-home $?
+         ls /root >/dev/null; echo ls-root-home $?
+         find /etc -maxdepth 1 >/dev/null; echo find-etc $?
+         stat /root >/dev/null; echo stat $?
+         python3 -c 'import os; os.listdir(\"/\"); os.listdir(\"/sys/fs\")'; echo listdir $?
+         cat /etc/shadow >/dev/null 2>&1; echo shadow $?";
+    let out = run_warden("version: 1\ntask: discovery\n", script, &[]);
+    assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
+    for name in ["ls-root", "ls-etc", "ls-home", "ls-root-home", "find-etc", "stat", "listdir"] {
+        assert_eq!(out.result(name), "0", "{name}\n{}", out.stderr);
+    }
+    assert_eq!(out.result("shadow"), "1", "the protected file itself stays refused");
+    let d = denies(&out);
+    assert_eq!(d.len(), 1, "only /etc/shadow was refused: {d:#?}");
+    assert_eq!(d[0]["path"], "/etc/shadow");
+}
