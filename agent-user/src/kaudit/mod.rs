@@ -121,7 +121,7 @@ pub struct Refusal {
 /// What the tracker produces.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output {
-    Refusal(Refusal),
+    Refusal(Box<Refusal>),
     /// A domain of task `slot` denied `missing` more requests than were received.
     Gap {
         slot: u32,
@@ -280,20 +280,20 @@ impl Tracker {
                 // The source side names the rule; the record is about the change to the tree.
                 let mut m = h.refusal;
                 m.blockers = joined(m.blockers, r.blockers.take());
-                out.push(Output::Refusal(m));
+                out.push(Output::Refusal(Box::new(m)));
                 return;
             }
             if near && in_dir {
                 r.blockers = joined(h.refusal.blockers, r.blockers.take());
-                out.push(Output::Refusal(r));
+                out.push(Output::Refusal(Box::new(r)));
                 return;
             }
-            out.push(Output::Refusal(h.refusal));
+            out.push(Output::Refusal(Box::new(h.refusal)));
         }
         if has(&r, "fs.make_") || has(&r, "fs.refer") {
             self.held = Some(Held { since: Instant::now(), refusal: r, serial, domain });
         } else {
-            out.push(Output::Refusal(r));
+            out.push(Output::Refusal(Box::new(r)));
         }
     }
 
@@ -302,7 +302,7 @@ impl Tracker {
         if self.held.as_ref().is_some_and(|h| h.since.elapsed() >= after)
             && let Some(h) = self.held.take()
         {
-            out.push(Output::Refusal(h.refusal));
+            out.push(Output::Refusal(Box::new(h.refusal)));
         }
     }
 
@@ -370,7 +370,7 @@ impl Tracker {
             Report::Seccomp(s) => {
                 let Some(slot) = self.slot_of_pid(s.pid, pid_slot) else { return false };
                 if let Some(r) = self.tasks.get(&slot).and_then(|t| seccomp_refusal(t, s)) {
-                    out.push(Output::Refusal(r));
+                    out.push(Output::Refusal(Box::new(r)));
                 }
                 true
             }
