@@ -151,6 +151,15 @@ const ARCH_I386: u32 = 0x4000_0003;
 /// x32 calls are x86-64 numbers with this bit set.
 const X32_BIT: i64 = 0x4000_0000;
 
+/// Where procfs places a process.
+enum ProcSlot {
+    Task(u32),
+    /// Alive, in no task's sandbox.
+    Foreign,
+    /// Not there (exited, or not readable).
+    Gone,
+}
+
 /// Attributes kernel reports to tasks.
 #[derive(Debug, Default)]
 pub struct Tracker {
@@ -220,7 +229,7 @@ impl Tracker {
     /// Attributes `report`; what cannot be attributed yet waits (see [`Tracker::retry`]).
     pub fn ingest(&mut self, report: Report, pid_slot: &dyn Fn(u32) -> Option<u32>, out: &mut Vec<Output>) {
         let domain = matches!(report, Report::Domain(LandlockDomain::Allocated { .. }));
-        if self.try_one(&report, pid_slot, out) {
+        if self.try_one(&report, pid_slot, true, out) {
             if domain {
                 // Its denials that arrived first can be placed now.
                 self.retry(pid_slot, out);
@@ -240,7 +249,7 @@ impl Tracker {
         let waiting = std::mem::take(&mut self.pending);
         let mut new_domain = false;
         for (since, r) in waiting {
-            if self.try_one(&r, pid_slot, out) {
+            if self.try_one(&r, pid_slot, false, out) {
                 new_domain |= matches!(r, Report::Domain(LandlockDomain::Allocated { .. }));
                 continue;
             }
@@ -311,19 +320,43 @@ impl Tracker {
         self.pending.len()
     }
 
-    /// The sandbox of a live process, from its cgroup.
-    fn slot_from_proc(&self, pid: u32) -> Option<u32> {
-        let root = self.proc_root.as_ref()?;
-        let text = fs::read_to_string(root.join(pid.to_string()).join("cgroup")).ok()?;
-        let path = text.lines().find_map(|l| l.strip_prefix("0::"))?.trim_start_matches('/');
-        self.tasks
+    /// The sandbox of a process, from its cgroup while it lives.
+    fn proc_slot(&self, pid: u32) -> ProcSlot {
+        let Some(root) = &self.proc_root else { return ProcSlot::Gone };
+        let Ok(text) = fs::read_to_string(root.join(pid.to_string()).join("cgroup")) else {
+            return ProcSlot::Gone;
+        };
+        let Some(path) = text.lines().find_map(|l| l.strip_prefix("0::")) else { return ProcSlot::Gone };
+        let path = path.trim_start_matches('/');
+        match self
+            .tasks
             .values()
             .find(|t| path == t.cgroup_rel || path.starts_with(&format!("{}/", t.cgroup_rel)))
-            .map(|t| t.slot)
+        {
+            Some(t) => ProcSlot::Task(t.slot),
+            None => ProcSlot::Foreign,
+        }
     }
 
-    fn slot_of_pid(&self, pid: u32, pid_slot: &dyn Fn(u32) -> Option<u32>) -> Option<u32> {
-        pid_slot(pid).filter(|s| self.tasks.contains_key(s)).or_else(|| self.slot_from_proc(pid))
+    /// The task of `pid`: from the sandboxes' own records, else (on first sight only, not on
+    /// every retry) from procfs. `Err(())`: a live process of no task — not ours, drop it.
+    fn slot_of_pid(
+        &self,
+        pid: u32,
+        pid_slot: &dyn Fn(u32) -> Option<u32>,
+        first: bool,
+    ) -> Result<Option<u32>, ()> {
+        if let Some(s) = pid_slot(pid).filter(|s| self.tasks.contains_key(s)) {
+            return Ok(Some(s));
+        }
+        if !first {
+            return Ok(None);
+        }
+        match self.proc_slot(pid) {
+            ProcSlot::Task(s) => Ok(Some(s)),
+            ProcSlot::Foreign => Err(()),
+            ProcSlot::Gone => Ok(None),
+        }
     }
 
     /// Attributes one report; false if its task is not known yet.
@@ -331,16 +364,21 @@ impl Tracker {
         &mut self,
         report: &Report,
         pid_slot: &dyn Fn(u32) -> Option<u32>,
+        first: bool,
         out: &mut Vec<Output>,
     ) -> bool {
         match report {
             Report::Domain(LandlockDomain::Allocated { domain, pid, .. }) => {
-                let slot = self
-                    .tasks
-                    .values()
-                    .find(|t| t.first_pid == Some(*pid))
-                    .map(|t| t.slot)
-                    .or_else(|| self.slot_of_pid(*pid, pid_slot));
+                let slot = match self.tasks.values().find(|t| t.first_pid == Some(*pid)) {
+                    Some(t) => Some(t.slot),
+                    None => match self.slot_of_pid(*pid, pid_slot, first) {
+                        Ok(s) => s,
+                        Err(()) => {
+                            self.unattributed += 1;
+                            return true;
+                        }
+                    },
+                };
                 match slot {
                     Some(s) => {
                         self.domains.entry(*domain).or_insert((s, 0));
@@ -368,7 +406,14 @@ impl Tracker {
                 true
             }
             Report::Seccomp(s) => {
-                let Some(slot) = self.slot_of_pid(s.pid, pid_slot) else { return false };
+                let slot = match self.slot_of_pid(s.pid, pid_slot, first) {
+                    Ok(Some(slot)) => slot,
+                    Ok(None) => return false,
+                    Err(()) => {
+                        self.unattributed += 1;
+                        return true;
+                    }
+                };
                 if let Some(r) = self.tasks.get(&slot).and_then(|t| seccomp_refusal(t, s)) {
                     out.push(Output::Refusal(Box::new(r)));
                 }
