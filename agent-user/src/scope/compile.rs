@@ -247,9 +247,12 @@ pub fn evidence_in_write_grant(scope: &Scope, what: &str, path: &Path) -> Result
 /// Always readable: the pseudo-devices every program expects, and procfs (other processes'
 /// `environ`/`mem`/`maps` stay protected: the Landlock domain refuses ptrace-mode access to
 /// processes outside it).
-const ALWAYS_READ: &[&str] = &["/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/proc"];
-/// Always writable.
-const ALWAYS_WRITE: &[&str] = &["/dev/null", "/dev/zero", "/dev/full"];
+const ALWAYS_READ: &[&str] =
+    &["/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty", "/proc"];
+/// Always writable. `/dev/tty` is the caller's controlling terminal: a task runs in a session
+/// of its own with none (opening it fails with ENXIO), but tools probe it (git, pip), and a
+/// refusal there would be a false one.
+const ALWAYS_WRITE: &[&str] = &["/dev/null", "/dev/zero", "/dev/full", "/dev/tty"];
 
 /// Canonicalizes the existing part of `p` and appends the rest (so a protected path behind a
 /// symlink, e.g. /var/run → /run, is protected where it really is).
