@@ -231,7 +231,9 @@ fn node_files_are_protected_without_a_write_section() {
     let proc_sys = out.result("proc-sys");
     assert!(proc_sys == "err 30" || proc_sys == "err 13", "proc-sys: {proc_sys}");
     if sysrq {
-        assert_eq!(out.result("sysrq"), "err 13");
+        // Likewise read-only in the task's procfs (EROFS), or refused by the file rules.
+        let sysrq = out.result("sysrq");
+        assert!(sysrq == "err 30" || sysrq == "err 13", "sysrq: {sysrq}");
     }
     if disk {
         assert_eq!(out.result("disk"), "err 13", "reading the root disk would bypass every file rule");
@@ -240,7 +242,9 @@ fn node_files_are_protected_without_a_write_section() {
     assert_eq!(out.result("urandom"), "ok");
     let records = out.records_of("open", "deny").len() + out.records_of("file", "deny").len();
     if engine() == "bpf-lsm" {
-        assert!(records >= 3, "{:#?}", out.judged());
+        // /sys/power/state and /dev/kmsg at least; what the read-only procfs mounts refuse
+        // (EROFS) never reaches a hook.
+        assert!(records >= 2, "{:#?}", out.judged());
     }
     coverage("node files", "syscall", outcome(records));
 }
