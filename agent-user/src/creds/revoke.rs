@@ -100,6 +100,19 @@ pub struct RevokeEvent {
     pub retry_in: Option<Duration>,
 }
 
+impl RevokeEvent {
+    /// The outcome in words, for the `secret` record's `reason`.
+    pub fn describe(&self) -> String {
+        match (&self.error, self.retry_in) {
+            (None, _) => format!("revoked (attempt {})", self.attempts),
+            (Some(e), Some(d)) => {
+                format!("revocation failed (attempt {}): {e}; retried in {}ms", self.attempts, d.as_millis())
+            }
+            (Some(e), None) => e.clone(),
+        }
+    }
+}
+
 #[derive(Default)]
 struct Inner {
     /// File stem → pending exec revocation.

@@ -166,17 +166,7 @@ impl Credentials {
     /// Writes the task's revocation outcomes as `secret` records (its chain is still open).
     fn record(task: &Task, host: &mut dyn Host) {
         for ev in host.creds_events(&task.id) {
-            let reason = match (&ev.error, ev.retry_in) {
-                (None, _) => format!("revoked (attempt {})", ev.attempts),
-                (Some(e), Some(d)) => {
-                    format!(
-                        "revocation failed (attempt {}): {e}; retried in {}ms",
-                        ev.attempts,
-                        d.as_millis()
-                    )
-                }
-                (Some(e), None) => e.clone(),
-            };
+            let reason = ev.describe();
             let rec = crate::audit::AuditRecord {
                 time: host.now(),
                 task: task.id.clone(),

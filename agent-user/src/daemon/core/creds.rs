@@ -48,24 +48,15 @@ impl Core {
         let ids: Vec<String> = self.tasks.keys().cloned().collect();
         for id in ids {
             for ev in self.creds.queue.take_events_of(&id) {
+                let reason = ev.describe();
                 let rec = AuditRecord {
                     time: self.now(),
                     task: ev.task,
                     kind: "secret",
                     decision: Some(if ev.error.is_none() { Decision::Allow } else { Decision::Deny }),
                     op: Some("revoke"),
+                    reason: Some(reason),
                     secret: Some(ev.name),
-                    reason: Some(match (&ev.error, ev.retry_in) {
-                        (None, _) => format!("revoked (attempt {})", ev.attempts),
-                        (Some(e), Some(d)) => {
-                            format!(
-                                "revocation failed (attempt {}): {e}; retried in {}ms",
-                                ev.attempts,
-                                d.as_millis()
-                            )
-                        }
-                        (Some(e), None) => e.clone(),
-                    }),
                     ..Default::default()
                 };
                 self.emit(rec);
