@@ -427,8 +427,10 @@ fn a_task_the_restarted_daemon_finds_gone_has_its_credentials_revoked() {
     let o = use_in_task(&d, &id, &iss);
     assert!(
         o.status.success() && String::from_utf8_lossy(&o.stdout).starts_with("check 200"),
-        "{}",
-        text(&o)
+        "{}\nstartup: {}\ndaemon stderr:\n{}",
+        text(&o),
+        d.ready["startup"],
+        d.stderr()
     );
     assert_eq!(iss.of(&id).len(), 2, "a new credential was minted at re-adoption");
     d.end(&id);
