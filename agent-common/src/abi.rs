@@ -289,5 +289,6 @@ mod pod {
     // SAFETY: plain `#[repr(C)]` integers and byte arrays, explicitly padded; every bit
     // pattern is valid.
     unsafe impl aya::Pod for super::EventHeader {}
+    // SAFETY: as above: `#[repr(C)]` integers, explicitly padded.
     unsafe impl aya::Pod for super::ProcIds {}
 }

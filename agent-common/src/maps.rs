@@ -124,15 +124,14 @@ pub mod stat {
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: `#[repr(C)]` integers only, explicitly padded; every bit pattern is valid.
-    unsafe impl aya::Pod for super::Sandbox {}
-    unsafe impl aya::Pod for super::DropCounters {}
-    unsafe impl aya::Pod for super::EgressAddr {}
-    unsafe impl aya::Pod for super::PortRule {}
-    unsafe impl aya::Pod for super::EgressRules {}
-    unsafe impl aya::Pod for super::SecretToolKey {}
-    unsafe impl aya::Pod for super::DnsConfig {}
-    unsafe impl aya::Pod for super::DnsOrig {}
+    macro_rules! pod {
+        ($($t:ident),*) => {$(
+            // SAFETY: `#[repr(C)]` integers only, explicitly padded (layout asserted above);
+            // every bit pattern is valid.
+            unsafe impl aya::Pod for super::$t {}
+        )*};
+    }
+    pod!(Sandbox, DropCounters, EgressAddr, PortRule, EgressRules, SecretToolKey, DnsConfig, DnsOrig);
 }
 
 /// Name of the exec allowlist map (key [`ExecKey`], value `u32` reserved).

@@ -32,8 +32,7 @@ pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 
 /// slot, dev, ino) the LSM `bprm_check_security` refuses, filled by the VM tier's basic LSM test.
 #[cfg(feature = "test-hooks")]
 #[map]
-pub static EXEC_DENY: HashMap<agent_common::maps::ExecKey, u32> =
-    HashMap::with_max_entries(DEFAULT_MAX_CGROUPS, 0);
+pub static EXEC_DENY: HashMap<ExecKey, u32> = HashMap::with_max_entries(DEFAULT_MAX_CGROUPS, 0);
 
 /// Executables (sandbox slot, kernel dev_t, inode) a sandbox with `EXEC_RESTRICTED` may run.
 #[map]

@@ -43,8 +43,7 @@ pub enum Up {
 pub fn up(dentry: *const u8, mnt: *const u8, off: &KernelOffsets) -> Up {
     let Ok(parent) = read::<*const u8>(dentry, off.dentry_parent) else { return Up::Lost };
     // `struct vfsmount` (whose first field is `mnt_root`) is embedded in `struct mount`.
-    let mnt_root =
-        read::<*const u8>(mnt.wrapping_add(off.mount_mnt as usize), 0).unwrap_or(core::ptr::null());
+    let mnt_root = read::<*const u8>(mnt.wrapping_add(off.mount_mnt as usize), 0).unwrap_or_default();
     if parent != dentry && dentry != mnt_root {
         return Up::Parent(parent);
     }
@@ -75,7 +74,7 @@ fn prepend_name(dentry: *const u8, off: &KernelOffsets) -> bool {
     let Some(scratch) = PATH_SCRATCH.get_ptr_mut(0) else { return false };
     // SAFETY: per-CPU value, nothing else uses it on this CPU while the program runs.
     let scratch = unsafe { &mut *scratch };
-    let name = read::<*const u8>(dentry, off.dentry_name + off.qstr_name).unwrap_or(core::ptr::null());
+    let name = read::<*const u8>(dentry, off.dentry_name + off.qstr_name).unwrap_or_default();
     let len = read::<u32>(dentry, off.dentry_name + off.qstr_len).unwrap_or(0);
     let pos = scratch.pos;
     // Keep one byte in front: the record needs room for the NUL after at most PATH_LEN - 1.

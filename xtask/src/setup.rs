@@ -77,6 +77,19 @@ fn sysroot() -> anyhow::Result<PathBuf> {
     ]))?))
 }
 
+/// The eBPF toolchain's clippy, for the lint tier (a `--profile minimal` toolchain lacks it).
+pub fn ensure_ebpf_clippy() -> anyhow::Result<()> {
+    let ok = Command::new("rustup")
+        .args(["run", EBPF_TOOLCHAIN, "cargo", "clippy", "--version"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !ok {
+        run_cmd(Command::new("rustup").args(["component", "add", "clippy", "--toolchain", EBPF_TOOLCHAIN]))?;
+    }
+    Ok(())
+}
+
 /// Returns true when it had to install rust-src.
 fn ensure_rust_src() -> anyhow::Result<bool> {
     let lib = sysroot()?.join("lib/rustlib/src/rust/library/core/Cargo.toml");

@@ -26,6 +26,31 @@ pub fn run(tiers: &[Tier]) -> anyhow::Result<()> {
                 .args(["clippy", "--workspace", "--exclude", "agent-ebpf", "--all-targets"])
                 .args(["--", "-D", "warnings"]),
         )?;
+        // The eBPF crate, for its own target with the toolchain that builds it (both feature
+        // sets: production objects and the test hooks).
+        crate::setup::ensure_ebpf_clippy()?;
+        for features in [&[][..], &["--features", "test-hooks"][..]] {
+            util::run(
+                std::process::Command::new("rustup")
+                    .current_dir(util::workspace_root())
+                    .args([
+                        "run",
+                        crate::setup::EBPF_TOOLCHAIN,
+                        "cargo",
+                        "clippy",
+                        "-p",
+                        "agent-ebpf",
+                        "--target",
+                        "bpfel-unknown-none",
+                        "-Z",
+                        "build-std=core",
+                    ])
+                    .args(features)
+                    .arg("--target-dir")
+                    .arg(util::target_dir().join("ebpf-clippy"))
+                    .args(["--", "-D", "warnings"]),
+            )?;
+        }
         // The deployment files: the chart, its rendering, the Kubernetes schemas.
         crate::k8s::run(false)?;
         util::run(cargo().args([

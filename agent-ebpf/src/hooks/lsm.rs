@@ -445,7 +445,7 @@ pub fn lsm_file_open(ctx: LsmContext) -> i32 {
     let Ok(vfsmnt) = read::<*const u8>(file, off.file_path + off.path_mnt) else {
         return 0;
     };
-    let inode = read::<*const u8>(dentry, off.dentry_inode).unwrap_or(core::ptr::null());
+    let inode = read::<*const u8>(dentry, off.dentry_inode).unwrap_or_default();
     if inode.is_null() {
         return 0;
     }
@@ -508,8 +508,8 @@ fn judge_unix(other: *const u8, op: u32) -> i32 {
         return 0;
     };
     let at = off.unix_sock_path as usize;
-    let dentry = read::<*const u8>(other.wrapping_add(at), off.path_dentry).unwrap_or(core::ptr::null());
-    let vfsmnt = read::<*const u8>(other.wrapping_add(at), off.path_mnt).unwrap_or(core::ptr::null());
+    let dentry = read::<*const u8>(other.wrapping_add(at), off.path_dentry).unwrap_or_default();
+    let vfsmnt = read::<*const u8>(other.wrapping_add(at), off.path_mnt).unwrap_or_default();
     if dentry.is_null() || vfsmnt.is_null() {
         return 0;
     }
@@ -839,7 +839,7 @@ pub fn lsm_file_mprotect(ctx: LsmContext) -> i32 {
         return 0;
     }
     let vma: *const u8 = ctx.arg(0);
-    let file = read::<*const u8>(vma, off.vma_file).unwrap_or(core::ptr::null());
+    let file = read::<*const u8>(vma, off.vma_file).unwrap_or_default();
     let Some(id) = exec_map_refused(&sandbox, file, off) else {
         return 0;
     };

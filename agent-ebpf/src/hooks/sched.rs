@@ -63,7 +63,7 @@ pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
         return 0;
     };
     let bprm: *const u8 = ctx.arg(2);
-    let file = read::<*const u8>(bprm, off.bprm_file).unwrap_or(core::ptr::null());
+    let file = read::<*const u8>(bprm, off.bprm_file).unwrap_or_default();
     let id = file_id(file, off.file_inode, off.inode_ino, off.inode_sb, off.sb_dev);
     let mut verdict = Verdict::ALLOW;
     // Under the BPF LSM engine, bprm_check_security already refused what is not allowed;

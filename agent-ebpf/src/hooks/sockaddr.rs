@@ -118,7 +118,7 @@ fn redirect_dns(ctx: &SockAddrContext, sandbox: &Sandbox, addr: &[u8; 16], port:
     let cookie = unsafe { bpf_get_socket_cookie(sa.cast()) };
     let orig = DnsOrig { addr: *addr, port, _pad0: 0, _pad1: 0 };
     // A full LRU evicts; a failed insert only means the reply shows the resolver's address.
-    let _ = DNS_ORIG.insert(&cookie, &orig, 0);
+    let _ = DNS_ORIG.insert(cookie, orig, 0);
     Dns::Redirected
 }
 
@@ -159,7 +159,7 @@ fn restore_source(ctx: &SockAddrContext, v6_hook: bool) {
     // SAFETY: valid context pointer.
     let cookie = unsafe { bpf_get_socket_cookie(sa.cast()) };
     // SAFETY: the value is copied out at once.
-    let Some(orig) = (unsafe { DNS_ORIG.get(&cookie) }).copied() else {
+    let Some(orig) = (unsafe { DNS_ORIG.get(cookie) }).copied() else {
         return;
     };
     let a = orig.addr;

@@ -158,7 +158,7 @@ impl Boundary {
     /// descriptor of the new `/proc` (rules naming the node's procfs do not cover it), or the
     /// errno of the first failing step.
     pub fn mount_view(&self) -> Result<libc::c_int, i32> {
-        // SAFETY (every block below): mount(2)/umount2(2) with NUL-terminated strings that
+        // SAFETY: (this block and every one below) mount(2)/umount2(2) with NUL-terminated strings that
         // live in `self` or are static; no memory is written.
         unsafe {
             check(libc::mount(
@@ -248,7 +248,7 @@ impl Boundary {
     /// session keyring, `no_new_privs`, and only the granted capabilities (as `user` when the
     /// scope names one). Returns the errno of the first failing step.
     pub fn enter_task(&self) -> Result<(), i32> {
-        // SAFETY (every block below): plain syscalls with integer arguments or pointers to
+        // SAFETY: (this block and every one below) plain syscalls with integer arguments or pointers to
         // locals that outlive the call.
         unsafe {
             check(libc::unshare(libc::CLONE_NEWCGROUP))?;

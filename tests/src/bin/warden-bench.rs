@@ -215,11 +215,9 @@ struct Env {
 }
 
 fn bench(opts: Opts) -> anyhow::Result<()> {
-    // SAFETY: trivial syscall.
-    ensure!(
-        unsafe { libc::geteuid() } == 0,
-        "warden-bench loads BPF programs and creates cgroups: run it as root"
-    );
+    // SAFETY: geteuid(2) takes nothing and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    ensure!(euid == 0, "warden-bench loads BPF programs and creates cgroups: run it as root");
     let started = Instant::now();
     let machine = machine_info();
     let mut warnings = Vec::new();

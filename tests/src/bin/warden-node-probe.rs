@@ -158,7 +158,7 @@ fn main() {
     };
     let op = a(0);
     let p = |s: &str| cstr(s);
-    // SAFETY (every arm): raw syscalls with valid pointers to locals; see each comment for why
+    // SAFETY: (every arm) raw syscalls with valid pointers to locals; see each comment for why
     // the attempt changes nothing when it is let through.
     let r: Result<(), i32> = unsafe {
         match op {
