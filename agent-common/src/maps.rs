@@ -34,6 +34,18 @@ pub mod sandbox_flags {
     /// resolver's port) is redirected to Warden's resolver at the slot's own loopback address
     /// (see [`DnsConfig`]); the resolver adds what it answers to `EGRESS`, with an expiry.
     pub const DNS_REDIRECT: u32 = 1 << 6;
+    /// `EXEC_ALLOW` holds directories ([`exec_allow::DIR`]): a file below one may run too,
+    /// found by walking the executed file's ancestors. Sandboxes without the flag pay nothing.
+    pub const EXEC_DIRS: u32 = 1 << 7;
+}
+
+/// Values of `EXEC_ALLOW` entries.
+pub mod exec_allow {
+    /// The object is an allowed executable.
+    pub const FILE: u32 = 1;
+    /// The object is a directory: executables anywhere below it may run (`exec.allow`
+    /// directory entries: programs the task builds there).
+    pub const DIR: u32 = 2;
 }
 
 /// Name of the file rules map (key [`FileKey`], value bit set of [`file_rule`]).

@@ -8,7 +8,7 @@ use agent_common::{abi::PATH_LEN, config::KernelOffsets};
 use aya_ebpf::helpers::generated;
 
 use crate::{
-    maps::PATH_SCRATCH,
+    maps::{EXEC_ALLOW, PATH_SCRATCH},
     offsets::{offsets, read},
 };
 
@@ -208,4 +208,69 @@ pub fn exe_path(file: *const u8, dst: &mut [u8; PATH_LEN], off: &KernelOffsets) 
     } else {
         0
     }
+}
+
+/// State of the walk that looks for an allowed directory above an executed file.
+#[repr(C)]
+struct ExecDirCtx {
+    dentry: *const u8,
+    mnt: *const u8,
+    slot: u32,
+    /// Non-zero once an `exec_allow::DIR` entry was found (a value unknown to the verifier).
+    found: u32,
+}
+
+/// One level of the exec-directory walk (`bpf_loop` callback). Returns 1 to stop.
+#[inline(never)]
+extern "C" fn exec_dir_step(index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the `ExecDirCtx` on the caller's stack that `under_exec_dir` hands to
+    // bpf_loop.
+    let c = unsafe { &mut *(ctx as *mut ExecDirCtx) };
+    let off = offsets();
+    match up(c.dentry, c.mnt, off) {
+        Up::Parent(p) => c.dentry = p,
+        Up::MountPoint(mp, m) => {
+            c.dentry = mp;
+            c.mnt = m;
+        }
+        Up::Root | Up::Lost => return 1,
+    }
+    let Ok(inode) = read::<*const u8>(c.dentry, off.dentry_inode) else { return 1 };
+    let (Ok(ino), Ok(sb)) = (read::<u64>(inode, off.inode_ino), read::<*const u8>(inode, off.inode_sb))
+    else {
+        return 1;
+    };
+    let Ok(dev) = read::<u32>(sb, off.sb_dev) else { return 1 };
+    let key = agent_common::maps::ExecKey { slot: c.slot, dev, ino };
+    // SAFETY: value is Copy and read immediately.
+    if unsafe { EXEC_ALLOW.get(key) }.copied() == Some(agent_common::maps::exec_allow::DIR) {
+        c.found = index as u32 | 1;
+        return 1;
+    }
+    0
+}
+
+/// Whether the opened `file` (a `struct file *`) lies below a directory `EXEC_ALLOW` holds
+/// for `slot` (`exec.allow` directory entries), its ancestors walked across mounts by
+/// identity, as far as [`MAX_DEPTH`] levels.
+#[inline(always)]
+pub fn under_exec_dir(slot: u32, file: *const u8, off: &KernelOffsets) -> bool {
+    let (Ok(dentry), Ok(vfsmnt)) = (
+        read::<*const u8>(file, off.file_path + off.path_dentry),
+        read::<*const u8>(file, off.file_path + off.path_mnt),
+    ) else {
+        return false;
+    };
+    let mut c =
+        ExecDirCtx { dentry, mnt: vfsmnt.wrapping_sub(off.mount_mnt as usize), slot, found: unknown_zero() };
+    // SAFETY: the callback is a static function of this object and `c` outlives the call.
+    unsafe {
+        generated::bpf_loop(
+            MAX_DEPTH,
+            exec_dir_step as *const () as *mut c_void,
+            &mut c as *mut ExecDirCtx as *mut c_void,
+            0,
+        )
+    };
+    c.found != 0
 }

@@ -397,6 +397,16 @@ fn tasks_cannot_reach_stop_or_signal_the_daemon() {
     let s = text(&o);
     assert!(s.contains("tasks may not use the Warden API"), "the API's own refusal: {s}");
     assert!(!s.contains("api-exit 0"), "{s}");
+    // The refusal is on the task's record: who called, from where in the task, what it asked.
+    let r = d.wait_record(id, Duration::from_secs(5), |r| r["kind"] == "api");
+    assert_eq!(
+        (r["decision"].as_str(), r["action"].as_str(), r["rule"].as_str()),
+        (Some("deny"), Some("refuse"), Some("protected.api")),
+        "{r}"
+    );
+    assert!(r["pid"].as_u64().is_some() && r["ancestry"].as_array().is_some_and(|a| !a.is_empty()), "{r}");
+    assert!(r["exe"].as_str().is_some_and(|e| e.ends_with("/warden")), "{r}");
+    assert!(r["reason"].as_str().is_some_and(|q| q.starts_with("GET /v1/")), "{r}");
     for sig in ["stop", "kill"] {
         let line = s.lines().find_map(|l| l.strip_prefix(&format!("{sig} "))).unwrap_or_default();
         assert!(

@@ -10,7 +10,7 @@ use std::{
 };
 
 use serde_json::Value;
-use warden_tests::{RunOutcome, engine, require, run_warden};
+use warden_tests::{RunOutcome, coverage, engine, require, run_warden};
 
 const PROBE: &str = env!("CARGO_BIN_EXE_warden-probe");
 
@@ -278,4 +278,117 @@ fn ordinary_discovery_works_with_a_scope_that_restricts_no_files() {
     let d = denies(&out);
     assert_eq!(d.len(), 1, "only /etc/shadow was refused: {d:#?}");
     assert_eq!(d[0]["path"], "/etc/shadow");
+}
+
+/// What io_uring can reach is judged as the same call made directly, and recorded once: a
+/// write outside `files.write`, a cgroup escape through `cgroup.procs`, egress to IPv6 and
+/// IPv4-mapped destinations. (Another process's environ: the only other process a task sees
+/// is its namespace's init, which the kernel itself refuses — not dumpable — before any
+/// LSM, so there is no Warden refusal to record.) Signals, ptrace, `bpf()` and mmap
+/// have no io_uring operation (n/a).
+#[test]
+fn io_uring_refusals_are_recorded_like_direct_calls() {
+    let test = "io_uring_refusals_are_recorded_like_direct_calls";
+    if !require(test, "io_uring") || !require(test, "cgroup_sock_addr") {
+        return;
+    }
+    let fallback = engine() == "fallback";
+    if fallback && (!require(test, "landlock") || !require(test, "kernel_audit")) {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let d = fs::canonicalize(t.path()).unwrap();
+    for sub in ["out", "ro"] {
+        fs::create_dir_all(d.join(sub)).unwrap();
+    }
+    let v6 = std::net::TcpListener::bind("[::1]:0").ok();
+    let v4 = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let cg = agent_user::sandbox::cgroup2_mount().unwrap();
+    let (dp, p) = (d.display(), PROBE);
+    let v4port = v4.local_addr().unwrap().port();
+    let scope = format!(
+        "version: 1\ntask: uring\nfiles:\n  write: [{dp}/out]\nnetwork:\n  egress:\n    - to: 10.255.255.0/24\ngrant: [io-uring]\n"
+    );
+    let mut script = format!(
+        "{p} uring-write {dp}/out/ok.txt | sed s/^uring-write/allowed-write/
+         {p} uring-write {dp}/ro/new.txt
+         {p} uring-write {cg}/cgroup.procs | sed s/^uring-write/uring-cgroup/
+         {p} uring-connect ::ffff:127.0.0.1 {v4port} | sed s/^uring-connect/uring-mapped/
+",
+        cg = cg.display()
+    );
+    if let Some(l) = &v6 {
+        script.push_str(&format!(
+            "{p} uring-connect ::1 {} | sed s/^uring-connect/uring-v6/\n",
+            l.local_addr().unwrap().port()
+        ));
+    }
+    script.push_str("true");
+    let out = run_warden(&scope, &script, &[]);
+    assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
+    assert_eq!(out.result("allowed-write"), "ok", "a write inside files.write goes through io_uring");
+    let mut names = vec!["uring-write", "uring-cgroup", "uring-mapped"];
+    if v6.is_some() {
+        names.push("uring-v6");
+    }
+    for n in &names {
+        refused(&out, n);
+    }
+    let ro = format!("{dp}/ro");
+    let r = one(&out, "io_uring write outside files.write", |r| {
+        r["path"].as_str().is_some_and(|p| p.starts_with(ro.as_str()))
+    });
+    assert_eq!(r["rule"], "files.write", "{r}");
+    coverage("file write", "io_uring", "enforced");
+    let procs = format!("{}/cgroup.procs", cg.display());
+    let r = one(&out, "io_uring cgroup escape", |r| r["path"] == procs.as_str());
+    assert_eq!(r["rule"], "protected.control", "{r}");
+    coverage("cgroup escape", "io_uring", "enforced");
+    let r = one(&out, "io_uring v4-mapped connect", |r| r["kind"] == "connect" && r["port"] == v4port);
+    assert_eq!(r["rule"], "network.egress", "{r}");
+    coverage("egress v4-mapped v6", "io_uring", "enforced");
+    if v6.is_some() {
+        one(&out, "io_uring v6 connect", |r| r["kind"] == "connect" && r["addr"] == "::1");
+        coverage("egress v6", "io_uring", "enforced");
+    }
+    assert_eq!(denies(&out).len(), names.len(), "nothing else, nothing twice: {:#?}", denies(&out));
+    for control in ["signals", "ptrace", "bpf"] {
+        coverage(control, "io_uring", "n/a (no io_uring operation)");
+    }
+    coverage("exec mmap", "io_uring", "n/a (io_uring maps nothing)");
+    drop((v4, v6));
+}
+
+/// io_uring itself, without the grant: the setup call is refused and recorded.
+#[test]
+fn io_uring_setup_is_refused_and_recorded_without_the_grant() {
+    if !require("io_uring_setup_is_refused_and_recorded_without_the_grant", "kernel_audit") {
+        return;
+    }
+    let out = run_warden("version: 1\ntask: nouring\n", &format!("{PROBE} uring-open /etc/hostname"), &[]);
+    refused(&out, "uring-open");
+    let r = one(&out, "io_uring_setup", |r| r["syscall"] == "io_uring_setup");
+    assert_eq!(
+        (r["rule"].as_str(), r["source"].as_str()),
+        (Some("protected.io_uring"), Some("seccomp")),
+        "{r}"
+    );
+    assert!(r["pid"].as_u64().is_some(), "{r}");
+    coverage("io_uring setup", "syscall", "enforced");
+}
+
+/// A rule directory without rules is a mistake (a wrong path), never a green run of nothing.
+#[test]
+fn a_rule_directory_without_rules_is_a_usage_error() {
+    let empty = tempfile::tempdir().unwrap();
+    let dir = empty.path().to_str().unwrap();
+    let log = empty.path().join("log.jsonl");
+    fs::write(&log, "").unwrap();
+    for args in [vec!["rules", "test", dir], vec!["replay", log.to_str().unwrap(), "--rules", dir]] {
+        let o = Command::new(warden_tests::warden_bin()).args(&args).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains("no rules here") && err.contains(dir), "{args:?}: {err}");
+        assert!(!err.contains("give --rules DIR"), "--rules was given: {err}");
+    }
 }

@@ -14,7 +14,7 @@ use aya_ebpf::{
     programs::LsmContext,
 };
 
-use super::sched::{exec_allowed, file_id};
+use super::sched::{exec_allowed, file_id, in_exec_dir};
 use crate::path::{MAX_DEPTH, Up, build_path, copy_built_path, exe_path, unknown_zero, up};
 use crate::{
     emit::{Verdict, count_lost_denial, current_proc, header, reserve, set_verdict},
@@ -383,7 +383,7 @@ pub fn lsm_bprm_check(ctx: LsmContext) -> i32 {
     {
         return 0;
     }
-    if exec_allowed(&sandbox, id) {
+    if exec_allowed(&sandbox, id) || in_exec_dir(&sandbox, file, off) {
         return 0;
     }
     let v = Verdict::deny(&sandbox, rule::EXEC_ALLOW, action::REFUSE);
@@ -782,7 +782,7 @@ fn exec_map_refused(sandbox: &Sandbox, file: *const u8, off: &KernelOffsets) -> 
         return None;
     }
     let id = file_id(file, off.file_inode, off.inode_ino, off.inode_sb, off.sb_dev);
-    if exec_allowed(sandbox, id) {
+    if exec_allowed(sandbox, id) || in_exec_dir(sandbox, file, off) {
         return None;
     }
     let inode = read::<*const u8>(file, off.file_inode).ok()?;

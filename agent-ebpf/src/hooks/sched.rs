@@ -15,7 +15,7 @@ use crate::{
     emit::{Verdict, count_lost_denial, current_proc, header, reserve, set_verdict},
     maps::{EXEC_ALLOW, count, current_sandbox},
     offsets::{OFFSETS, read},
-    path::exe_path,
+    path::{exe_path, under_exec_dir},
 };
 use agent_common::maps::stat;
 
@@ -47,6 +47,15 @@ pub fn exec_allowed(sandbox: &Sandbox, id: Option<(u32, u64)>) -> bool {
     }
 }
 
+/// Whether `file` lies below an `exec.allow` directory of the sandbox (only sandboxes that
+/// have such entries walk).
+#[inline(always)]
+pub fn in_exec_dir(sandbox: &Sandbox, file: *const u8, off: &agent_common::config::KernelOffsets) -> bool {
+    sandbox.flags & sandbox_flags::EXEC_DIRS != 0
+        && !file.is_null()
+        && under_exec_dir(sandbox.slot, file, off)
+}
+
 /// `sched_process_exec(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)`
 ///
 /// Fallback engine for exec identity: the new image is in place but has not run a single
@@ -69,7 +78,11 @@ pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
     // Under the BPF LSM engine, bprm_check_security already refused what is not allowed;
     // audit mode is judged here by both engines, so each exec gets one record.
     let lsm_judged = sandbox.flags & sandbox_flags::LSM != 0 && sandbox.flags & sandbox_flags::AUDIT == 0;
-    if sandbox.flags & sandbox_flags::EXEC_RESTRICTED != 0 && !lsm_judged && !exec_allowed(&sandbox, id) {
+    if sandbox.flags & sandbox_flags::EXEC_RESTRICTED != 0
+        && !lsm_judged
+        && !exec_allowed(&sandbox, id)
+        && !in_exec_dir(&sandbox, file, &off)
+    {
         verdict = Verdict::deny(&sandbox, rule::EXEC_ALLOW, action::KILL);
         if verdict.enforced() {
             // SAFETY: signals the current task, which is in process context here.

@@ -107,7 +107,8 @@ fn rejudge(rec: &dyn RecordView, scope: &CompiledScope) -> Option<String> {
             let allow = scope.exec.as_ref()?;
             let (dev, ino) = (rec.u64_field("dev")?, rec.u64_field("ino")?);
             let allowed =
-                allow.iter().any(|f| f.ino == ino && user_dev_to_kernel(f.dev) == user_dev_to_kernel(dev));
+                allow.iter().any(|f| f.ino == ino && user_dev_to_kernel(f.dev) == user_dev_to_kernel(dev))
+                    || rec.str_field("exe").is_some_and(|e| scope.in_exec_dir(std::path::Path::new(e)));
             (!allowed)
                 .then(|| format!("exec of {} (not in exec.allow)", rec.str_field("path").unwrap_or("?")))
         }

@@ -38,4 +38,18 @@ pub enum Cmd {
     StartContainer(Box<ContainerRequest>, Reply<TaskInfo>),
     /// End the task bound to a container (by the runtime's container id).
     EndContainer(String, EndRequest, Reply<EndResponse>),
+    /// A process inside a task called the API and was refused (403): recorded on its task.
+    ApiRefused(ApiRefusal),
+}
+
+/// Who was refused the API, for the `api` deny record on its task.
+#[derive(Debug)]
+pub struct ApiRefusal {
+    pub task: String,
+    pub pid: u32,
+    pub exe: Option<String>,
+    /// Its ancestors inside the task, nearest first.
+    pub ancestry: Vec<u32>,
+    /// What it asked: `METHOD /path`.
+    pub request: String,
 }

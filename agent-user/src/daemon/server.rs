@@ -67,7 +67,58 @@ pub fn api_router(state: AppState) -> Router {
         .route("/v1/containers", post(start_container))
         .route("/v1/containers/{id}/end", post(end_container))
         .route("/v1/events", get(events))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), refuse_tasks))
         .with_state(state)
+}
+
+/// Refuses callers inside a sandbox before any handler runs, and records each refusal on the
+/// caller's task (an `api` deny record: pid, exe, ancestry, the request). Handlers check
+/// again ([`guard`]).
+async fn refuse_tasks(
+    State(s): State<AppState>,
+    ConnectInfo(p): ConnectInfo<Peer>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Err(e) = guard(&s, &p) else {
+        return next.run(req).await;
+    };
+    if let Some(pid) = p.pid.and_then(|p| u32::try_from(p).ok())
+        && let Some((cgroup, task)) = caller_task(&s, pid)
+    {
+        let proc_root = std::path::Path::new("/proc");
+        let me = crate::creds::peer::read_proc(proc_root, &s.cgroup_mount, pid).ok();
+        let mut ancestry = Vec::new();
+        let mut ppid = me.as_ref().map_or(0, |m| m.ppid);
+        while ppid > 1 && ancestry.len() < 32 {
+            let Ok(parent) = crate::creds::peer::read_proc(proc_root, &s.cgroup_mount, ppid) else { break };
+            if !parent.cgroup.as_deref().is_some_and(|c| c.starts_with(&cgroup)) {
+                break;
+            }
+            ancestry.push(ppid);
+            ppid = parent.ppid;
+        }
+        let refusal = super::protocol::ApiRefusal {
+            task,
+            pid,
+            exe: me.map(|m| m.exe.display().to_string()),
+            ancestry,
+            request: format!("{} {}", req.method(), req.uri().path()),
+        };
+        if s.cmds.try_send(Cmd::ApiRefused(refusal)).is_err() {
+            tracing::warn!(pid, "the core is busy; an API refusal goes unrecorded");
+        }
+    }
+    e.into_response()
+}
+
+/// The task (and its sandbox cgroup) whose sandbox process `pid` is in.
+fn caller_task(state: &AppState, pid: u32) -> Option<(PathBuf, String)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let rel = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+    let abs = state.cgroup_mount.join(rel.trim_start_matches('/'));
+    let sandboxes = state.shared.sandboxes.read().unwrap_or_else(|e| e.into_inner());
+    sandboxes.iter().find(|(c, _)| abs.starts_with(c)).cloned()
 }
 
 /// The metrics router.
@@ -86,7 +137,7 @@ fn guard(state: &AppState, peer: &Peer) -> Result<(), ApiError> {
     let Some(rel) = text.lines().find_map(|l| l.strip_prefix("0::")) else { return Ok(()) };
     let abs = state.cgroup_mount.join(rel.trim_start_matches('/'));
     let sandboxes = state.shared.sandboxes.read().unwrap_or_else(|e| e.into_inner());
-    if sandboxes.iter().any(|s| abs.starts_with(s)) {
+    if sandboxes.iter().any(|(s, _)| abs.starts_with(s)) {
         tracing::warn!(pid, cgroup = %abs.display(), "refused an API call from inside a sandbox");
         return Err(ApiError { status: 403, message: "tasks may not use the Warden API".into() });
     }

@@ -436,7 +436,11 @@ impl Sensor {
             let mut m = self.hash_map::<maps::ExecKey, u32>(maps::EXEC_ALLOW)?;
             for f in exec {
                 let key = maps::ExecKey { slot, dev: user_dev_to_kernel(f.dev), ino: f.ino };
-                set(&mut m, maps::EXEC_ALLOW, key, 1, insert)?;
+                set(&mut m, maps::EXEC_ALLOW, key, maps::exec_allow::FILE, insert)?;
+            }
+            for d in &scope.exec_dirs {
+                let key = maps::ExecKey { slot, dev: user_dev_to_kernel(d.dev), ino: d.ino };
+                set(&mut m, maps::EXEC_ALLOW, key, maps::exec_allow::DIR, insert)?;
             }
         }
         if let Some(entries) = &scope.egress {

@@ -49,6 +49,10 @@ pub enum RuleError {
     Parse { path: PathBuf, line: usize, column: usize, field: String, message: String },
     #[error("{path}: rule {rule}: {message}")]
     Invalid { path: PathBuf, rule: String, message: String },
+    #[error(
+        "{path}: no rules here ({files} rule files (*.yaml, *.yml) define none); give the directory that holds the rules, e.g. rules/starter"
+    )]
+    NoRules { path: PathBuf, files: usize },
 }
 
 /// Severity of a finding.
@@ -203,7 +207,8 @@ fn expand_macros(expr: &str, macros: &BTreeMap<String, String>) -> String {
 }
 
 impl RuleSet {
-    /// Loads every `*.yaml`/`*.yml` file in `dir` (sorted, so ids and order are stable).
+    /// Loads every `*.yaml`/`*.yml` file in `dir` (sorted, so ids and order are stable); a
+    /// directory that defines no rule is an error.
     pub fn load_dir(dir: &Path) -> Result<Self, RuleError> {
         let rd =
             std::fs::read_dir(dir).map_err(|source| RuleError::Read { path: dir.to_path_buf(), source })?;
@@ -214,10 +219,15 @@ impl RuleSet {
             .collect();
         files.sort();
         let mut set = RuleSet::empty();
-        for f in files {
+        for f in &files {
             let text =
-                std::fs::read_to_string(&f).map_err(|source| RuleError::Read { path: f.clone(), source })?;
-            set.add(&text, &f)?;
+                std::fs::read_to_string(f).map_err(|source| RuleError::Read { path: f.clone(), source })?;
+            set.add(&text, f)?;
+        }
+        // A directory given for rules that holds none is a mistake (a wrong path), never a
+        // green run of nothing.
+        if set.rules.is_empty() {
+            return Err(RuleError::NoRules { path: dir.to_path_buf(), files: files.len() });
         }
         Ok(set)
     }
@@ -338,5 +348,22 @@ impl RuleSet {
             });
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_directory_without_rules_is_an_error() {
+        let d = tempfile::tempdir().unwrap();
+        let Err(e) = RuleSet::load_dir(d.path()) else { panic!("no rules, no set") };
+        assert!(matches!(e, RuleError::NoRules { files: 0, .. }), "{e}");
+        assert!(e.to_string().contains("no rules here"), "{e}");
+        // A file with only lists defines no rule either.
+        std::fs::write(d.path().join("lists.yaml"), "lists:\n  shells: [/bin/sh]\nrules: []\n").unwrap();
+        let Err(e) = RuleSet::load_dir(d.path()) else { panic!("no rules, no set") };
+        assert!(matches!(e, RuleError::NoRules { files: 1, .. }), "{e}");
     }
 }

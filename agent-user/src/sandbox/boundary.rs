@@ -60,6 +60,10 @@ pub struct MountPlan {
     /// Bound onto themselves read-only (enforce mode), after the `noexec` ones, so an allowed
     /// program inside a writable grant still runs.
     pub read_only: Vec<PathBuf>,
+    /// `exec.allow` directories, bound onto themselves `nosuid,nodev` after the `noexec`
+    /// write roots: what the task builds there may run (and be mapped executable) even when
+    /// the directory lies in a write root.
+    pub exec_dirs: Vec<PathBuf>,
 }
 
 /// Directories that hold the system's programs and libraries: a writable grant that contains
@@ -70,7 +74,13 @@ impl MountPlan {
     /// The plan for a sandbox: every cgroup mount in `mountinfo` (text of
     /// `/proc/self/mountinfo`), and, when `enforce`, the scope's executables and write roots.
     pub fn new(mountinfo: &str, compiled: &CompiledScope, enforce: bool) -> Self {
-        let mut plan = MountPlan { cgroup2: vec![], cgroup1: vec![], noexec: vec![], read_only: vec![] };
+        let mut plan = MountPlan {
+            cgroup2: vec![],
+            cgroup1: vec![],
+            noexec: vec![],
+            read_only: vec![],
+            exec_dirs: vec![],
+        };
         for m in crate::util::mountinfo::mounts(mountinfo) {
             match m.fstype {
                 "cgroup2" => plan.cgroup2.push(PathBuf::from(m.mount_point)),
@@ -91,6 +101,8 @@ impl MountPlan {
                 .cloned()
                 .collect();
             plan.read_only = compiled.exec_paths.iter().filter(|p| p.exists()).cloned().collect();
+            plan.exec_dirs =
+                compiled.exec_dirs.iter().map(|d| d.path.clone()).filter(|p| p.exists()).collect();
         }
         plan
     }
@@ -104,6 +116,7 @@ pub struct Boundary {
     cgroup1: Vec<CString>,
     noexec: Vec<CString>,
     read_only: Vec<CString>,
+    exec_dirs: Vec<CString>,
     /// Capabilities kept (bit `1 << nr`).
     caps: u64,
     user: Option<(u32, u32)>,
@@ -147,6 +160,7 @@ impl Boundary {
             cgroup1: all(&plan.cgroup1)?,
             noexec: all(&plan.noexec)?,
             read_only: all(&plan.read_only)?,
+            exec_dirs: all(&plan.exec_dirs)?,
             caps: compiled.scope.capabilities,
             user: compiled.scope.user,
         })
@@ -216,6 +230,9 @@ impl Boundary {
             }
             for p in &self.noexec {
                 self.bind_self(p, libc::MS_NOEXEC | libc::MS_NOSUID | libc::MS_NODEV)?;
+            }
+            for p in &self.exec_dirs {
+                self.bind_self(p, libc::MS_NOSUID | libc::MS_NODEV)?;
             }
             for p in &self.read_only {
                 self.bind_self(p, libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV)?;

@@ -101,6 +101,9 @@ pub struct CompiledScope {
     pub scope: Scope,
     /// `None`: any executable may run.
     pub exec: Option<Vec<FileId>>,
+    /// `exec.allow` directory entries: any executable below one may run, also one the task
+    /// writes there during the task (judged by the directory's identity, on both engines).
+    pub exec_dirs: Vec<FileId>,
     pub secrets: Vec<CompiledSecret>,
     /// `None`: egress not restricted.
     pub egress: Option<Vec<EgressEntry>>,
@@ -121,6 +124,38 @@ pub struct CompiledScope {
     pub write_roots: Vec<PathBuf>,
     /// Protected paths, for naming the rule of a refusal reported by path.
     pub protected: Protected,
+}
+
+impl CompiledScope {
+    /// Warnings about `exec.allow` directory entries the task can write into: whatever it
+    /// writes there may run (arbitrary code), which is what a build directory is for — but
+    /// it must be meant.
+    pub fn exec_dir_warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for d in &self.exec_dirs {
+            let d = &d.path;
+            if self.scope.write.is_none() {
+                out.push(format!(
+                    "exec.allow: {}/ is a directory and files.write is not restricted: the task can write any \
+                     program there and run it (arbitrary code); restrict files.write if that is not meant",
+                    d.display()
+                ));
+            } else if let Some(w) = self.write_roots.iter().find(|w| d.starts_with(w) || w.starts_with(d)) {
+                out.push(format!(
+                    "exec.allow: {}/ is writable by the task (files.write {}): anything it writes there may \
+                     run (arbitrary code), and that directory is not mounted noexec",
+                    d.display(),
+                    w.display()
+                ));
+            }
+        }
+        out
+    }
+
+    /// Whether an executable that ran as `exe` lies below an `exec.allow` directory.
+    pub fn in_exec_dir(&self, exe: &Path) -> bool {
+        self.exec_dirs.iter().any(|d| exe.starts_with(&d.path))
+    }
 }
 
 /// Credential locations protected unless the scope grants `credentials`.
@@ -637,11 +672,30 @@ impl CompiledScope {
         };
         // exec: identities, plus the paths Landlock must let exec (ELF interpreters included).
         let mut exec_paths: Vec<PathBuf> = Vec::new();
+        let mut exec_dirs: Vec<FileId> = Vec::new();
         let exec = match &scope.exec_allow {
             None => None,
-            Some(paths) => {
+            Some(all) => {
                 let mut ids = Vec::new();
-                for p in paths {
+                let mut paths = Vec::new();
+                for p in all {
+                    let id = FileId::of(p).map_err(|e| {
+                        scope.error(&p.display().to_string(), "exec.allow", format!("{}: {e}", p.display()))
+                    })?;
+                    if id.path.is_dir() {
+                        if id.path == Path::new("/") {
+                            return Err(scope.error(
+                                &p.display().to_string(),
+                                "exec.allow",
+                                "/ as a directory entry allows every program; omit exec.allow instead".into(),
+                            ));
+                        }
+                        exec_dirs.push(id);
+                    } else {
+                        paths.push(p);
+                    }
+                }
+                for p in paths.iter().copied() {
                     let id = FileId::of(p).map_err(|e| {
                         scope.error(&p.display().to_string(), "exec.allow", format!("{}: {e}", p.display()))
                     })?;
@@ -753,6 +807,8 @@ impl CompiledScope {
         read.extend(secret_paths.iter().cloned());
         // Executables and their loaders must be readable to be mapped.
         read.extend(exec_paths.iter().cloned());
+        // Programs in an exec.allow directory must be readable to run (their loader maps them).
+        read.extend(exec_dirs.iter().map(|d| d.path.clone()));
         let mut list: Vec<PathBuf> = read_roots.iter().filter(|p| p.is_dir()).cloned().collect();
         list.sort();
         list.dedup();
@@ -767,8 +823,10 @@ impl CompiledScope {
             v.dedup();
         }
 
+        let readable_exec: Vec<PathBuf> =
+            exec_paths.iter().cloned().chain(exec_dirs.iter().map(|d| d.path.clone())).collect();
         let file_rules =
-            lsm_file_rules(scope, &deny_all, &secret_paths, &exec_paths, &canon(&control_paths()));
+            lsm_file_rules(scope, &deny_all, &secret_paths, &readable_exec, &canon(&control_paths()));
         let protected = Protected {
             deny: deny_all.clone(),
             secrets: secret_paths.clone(),
@@ -786,6 +844,9 @@ impl CompiledScope {
         if exec.is_some() {
             flags |= sandbox_flags::EXEC_RESTRICTED;
         }
+        if !exec_dirs.is_empty() {
+            flags |= sandbox_flags::EXEC_DIRS;
+        }
         if egress.is_some() {
             flags |= sandbox_flags::NET_RESTRICTED;
         }
@@ -798,6 +859,7 @@ impl CompiledScope {
         Ok(CompiledScope {
             scope: scope.clone(),
             exec,
+            exec_dirs,
             secrets,
             egress,
             landlock: LandlockPlan { read, write, list },

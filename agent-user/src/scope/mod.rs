@@ -5,6 +5,7 @@
 //! `warden run` exit 2 on them.
 pub mod compile;
 pub mod raw;
+pub mod suggest;
 
 use std::{
     collections::BTreeSet,

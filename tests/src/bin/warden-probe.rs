@@ -108,10 +108,15 @@ fn dns(mode: &str, server: SocketAddr, name: &str, qtype: &str) -> Result<(), i3
 }
 
 fn uring_open(path: &str) -> Result<(), i32> {
+    uring_open_flags(path, libc::O_RDONLY)
+}
+
+fn uring_open_flags(path: &str, flags: i32) -> Result<(), i32> {
     let mut ring = io_uring::IoUring::new(4).map_err(|e| e.raw_os_error().unwrap_or(0))?;
     let p = cstr(path);
     let op = io_uring::opcode::OpenAt::new(io_uring::types::Fd(libc::AT_FDCWD), p.as_ptr())
-        .flags(libc::O_RDONLY | libc::O_CLOEXEC)
+        .flags(flags | libc::O_CLOEXEC)
+        .mode(0o644)
         .build();
     // SAFETY: `p` outlives the submission, which completes before we return.
     unsafe { ring.submission().push(&op).map_err(|_| libc::EBUSY)? };
@@ -447,6 +452,7 @@ fn main() {
             .and_then(|fd| open(&format!("/proc/self/fd/{}", fd.as_raw_fd()), libc::O_RDONLY))
             .map(drop),
         "uring-open" => uring_open(a(1)),
+        "uring-write" => uring_open_flags(a(1), libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT),
         "connect" => {
             TcpStream::connect(sockaddr(a(1), a(2))).map(drop).map_err(|e| e.raw_os_error().unwrap_or(0))
         }

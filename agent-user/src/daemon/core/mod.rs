@@ -60,8 +60,9 @@ const TICK: Duration = Duration::from_millis(200);
 /// What API handlers read without asking the core.
 #[derive(Default)]
 pub struct Shared {
-    /// Sandbox cgroup directories: callers inside them are refused the API.
-    pub sandboxes: RwLock<Vec<PathBuf>>,
+    /// Sandbox cgroup directories and their tasks: callers inside them are refused the API,
+    /// and the refusal is recorded on their task.
+    pub sandboxes: RwLock<Vec<(PathBuf, String)>>,
 }
 
 /// The daemon core.
@@ -125,7 +126,7 @@ impl Core {
     }
 
     fn publish_sandboxes(&self) {
-        let v = self.tasks.values().map(|t| t.info.cgroup.clone()).collect();
+        let v = self.tasks.iter().map(|(id, t)| (t.info.cgroup.clone(), id.clone())).collect();
         *self.shared.sandboxes.write().unwrap_or_else(|e| e.into_inner()) = v;
     }
 
@@ -261,6 +262,25 @@ impl Core {
                     }),
                 };
                 let _ = reply.send(r);
+            }
+            Cmd::ApiRefused(r) => {
+                if self.tasks.contains_key(&r.task) {
+                    let rec = AuditRecord {
+                        time: self.now(),
+                        task: r.task,
+                        kind: "api",
+                        decision: Some(crate::audit::Decision::Deny),
+                        pid: Some(r.pid),
+                        exe: r.exe,
+                        action: Some("refuse"),
+                        rule: Some("protected.api"),
+                        ancestry: Some(r.ancestry),
+                        reason: Some(r.request),
+                        ..Default::default()
+                    };
+                    self.emit(rec);
+                    let _ = self.pipeline.flush();
+                }
             }
             Cmd::Ping(reply) => {
                 let _ = reply.send(self.tasks.len());
