@@ -196,3 +196,50 @@ fn a_task_runs_what_it_builds_in_an_exec_allow_directory() {
         "the built program's exec is on the record"
     );
 }
+
+/// Without a compiler (the VM tier's guests): a program the task writes into an `exec.allow`
+/// directory during the task runs; the same program outside it is refused and recorded.
+#[test]
+fn an_exec_allow_directory_allows_files_written_during_the_task() {
+    if !require("an_exec_allow_directory_allows_files_written_during_the_task", "tp_btf") {
+        return;
+    }
+    let (_t, ws) = workspace();
+    let w = ws.display();
+    fs::create_dir_all(ws.join("bin")).unwrap();
+    let (_o, outside) = workspace();
+    fs::copy("/bin/true", outside.join("true-copy")).unwrap();
+    let sh = fs::canonicalize("/bin/sh").unwrap();
+    let cp = fs::canonicalize("/bin/cp").unwrap();
+    let scope = format!(
+        "version: 1\ntask: dirs\nexec:\n  allow: [{}, {}, {w}/bin/]\nfiles:\n  write: [{w}]\n",
+        sh.display(),
+        cp.display()
+    );
+    let script = format!(
+        "cp /bin/true {w}/bin/mine; {w}/bin/mine; echo mine $?
+         {o}/true-copy; echo outside $?",
+        o = outside.display()
+    );
+    let out = run_warden(&scope, &script, &[]);
+    assert_eq!(out.result("mine"), "0", "{}\n{}", out.stdout, out.stderr);
+    assert_eq!(out.result("outside"), if engine() == "bpf-lsm" { "126" } else { "137" });
+    let d = denies(&out);
+    assert_eq!(d.len(), 1, "{d:#?}");
+    assert_eq!((d[0]["kind"].as_str(), d[0]["rule"].as_str()), (Some("exec"), Some("exec.allow")));
+    let mine = format!("{w}/bin/mine");
+    assert!(
+        out.records
+            .iter()
+            .any(|r| r["kind"] == "exec" && r["decision"] == "allow" && r["path"] == mine.as_str()),
+        "{:#?}",
+        out.records
+    );
+    // Without the directory entry the same program is killed by the exec identity check: the
+    // entry is what allows it. (`files.write` is left out here: with it, the write root is
+    // `noexec` and the kernel refuses the exec before any hook, unrecorded.)
+    let without = format!("version: 1\ntask: dirs\nexec:\n  allow: [{}, {}]\n", sh.display(), cp.display());
+    let out = run_warden(&without, &script, &[]);
+    assert_ne!(out.result("mine"), "0");
+    assert!(denies(&out).iter().any(|r| r["path"] == mine.as_str()), "{:#?}", denies(&out));
+}
