@@ -135,6 +135,12 @@ pub fn run(args: RunArgs) -> Result<i32, Failure> {
     compile::protect_evidence(evidence);
     // Issued secrets are placed once the task has an id; everything else is checked now.
     let compiled = CompiledScope::compile(&scope.for_validation()).map_err(|e| Failure::Usage(e.into()))?;
+    if !args.quiet {
+        // A writable directory whose programs may run is arbitrary code: say so where it runs.
+        for w in compiled.exec_dir_warnings() {
+            eprintln!("warden: warning: {w}");
+        }
+    }
     let rules = match &args.rules {
         Some(dir) => Some(crate::rules::RuleSet::load_dir(dir).map_err(|e| Failure::Usage(e.into()))?),
         None => None,
