@@ -107,6 +107,18 @@ fn replay_output_is_identical_whatever_the_parallelism() {
         if i == 8_000 {
             text.push_str("{\"v\":2,\"seq\":\n");
         }
+        // Task starts in the middle of blocks: OCSF events after them name their node.
+        for (at, task, node) in
+            [(3_000, "main", "node-a"), (9_000, "other", "node-b"), (12_000, "main", "node-c")]
+        {
+            if i == at {
+                let start = serde_json::json!({"v": 2, "seq": i, "task": task, "kind": "task_start",
+                    "time": "2026-01-01T00:00:00Z", "decision": "allow", "pid": 99, "node": node,
+                    "scope": "s.yaml", "cmd": ["sh"]});
+                text.push_str(&start.to_string());
+                text.push('\n');
+            }
+        }
     }
     std::fs::write(&log, &text).unwrap();
     assert!(text.len() > 2 * (2 << 20), "the log spans several blocks");
@@ -131,4 +143,25 @@ fn replay_output_is_identical_whatever_the_parallelism() {
     let (t1, _) = run("1", &["--task", "other"]);
     let (t2, _) = run("2", &["--task", "other"]);
     assert!(!t1.is_empty() && t1 == t2, "a task filter gives the same findings on any number of threads");
+    // OCSF events are written ahead on every thread: the same bytes, hosts learnt mid-block.
+    let ocsf = |jobs: &str, extra: &[&str]| {
+        let mut args =
+            vec!["--rules", rules.to_str().unwrap(), "--format", "ocsf", "--keep-going", "--jobs", jobs];
+        args.extend_from_slice(extra);
+        args.push(log.to_str().unwrap());
+        let (code, out, err) = replay(&args);
+        assert_eq!(code, Some(0), "{err}");
+        out
+    };
+    let one = ocsf("1", &[]);
+    let hosts = |out: &str, host: &str| out.matches(&format!("\"hostname\":\"{host}\"")).count();
+    assert!(
+        hosts(&one, "node-a") > 1000 && hosts(&one, "node-b") > 1000 && hosts(&one, "node-c") > 1000,
+        "events after each task_start name its node"
+    );
+    assert!(one.contains("\"class_uid\":2004"), "findings follow their records");
+    for jobs in ["2", "3"] {
+        assert!(ocsf(jobs, &[]) == one, "--jobs {jobs} changed the OCSF output");
+    }
+    assert!(ocsf("1", &["--task", "other"]) == ocsf("2", &["--task", "other"]));
 }

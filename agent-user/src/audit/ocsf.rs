@@ -1,8 +1,16 @@
 //! Audit records and findings mapped to [OCSF] 1.8.0 events (`docs/ocsf.md` has the table).
 //!
-//! Pure functions: a record (`serde_json::Value`, schema v2, see `docs/events.md`) in, an OCSF
-//! event out; no I/O. What the mapping does not place in an OCSF attribute is kept, verbatim,
-//! under `unmapped` (the hash chain among it), so nothing in the record is lost.
+//! Pure functions: a record (schema v2, see `docs/events.md`) in, an OCSF event out; no I/O.
+//! What the mapping does not place in an OCSF attribute is kept, verbatim, under `unmapped`
+//! (the hash chain among it), so nothing in the record is lost.
+//!
+//! Records are converted without building a JSON tree on either side: a line is read into its
+//! fields ([`Fields`], strings borrowed from the line where they have no escapes), the event is
+//! built from borrowed pieces ([`Event`]) and serialized straight to the output
+//! ([`write_line`]). The bytes are those `serde_json` writes for the equivalent
+//! `serde_json::Value` (every object's keys in sorted order, compact), which is what
+//! [`record`] returns for callers that want a tree; a test holds the previous, tree-building
+//! mapping as the reference and compares both byte for byte on a corpus of every record kind.
 //!
 //! Decisions (the `security_control` profile):
 //!
@@ -13,11 +21,20 @@
 //! | `audit` | 3 Observed | 15 Detected | 1 Success | 3 Medium |
 //!
 //! [OCSF]: https://schema.ocsf.io
-use std::collections::{BTreeMap, BTreeSet};
+use std::{borrow::Cow, collections::BTreeMap, fmt};
 
-use serde_json::{Map, Value, json};
+use serde::{
+    Serialize, Serializer,
+    de::{self, Deserializer, MapAccess, SeqAccess, Visitor, value::MapAccessDeserializer},
+    ser::{SerializeMap, SerializeSeq},
+};
+use serde_json::{Value, json};
 
 use crate::rules::{Severity, engine::Finding};
+
+#[cfg(test)]
+#[path = "ocsf_legacy.rs"]
+mod legacy;
 
 /// The OCSF schema version events are written against (`metadata.version`).
 pub const OCSF_VERSION: &str = "1.8.0";
@@ -49,12 +66,25 @@ impl Context {
     /// Notes what a record tells about the events after it: a `task_start`'s `node`. Call it for
     /// every record, in log order, before mapping it.
     pub fn learn(&mut self, rec: &Value) {
+        if let Some((task, node)) = Self::teaches(rec) {
+            self.learn_node(task, node);
+        }
+    }
+
+    /// What [`Context::learn`] would note from `rec`: a `task_start`'s task and node.
+    pub fn teaches(rec: &Value) -> Option<(&str, &str)> {
         if rec["kind"] == "task_start"
             && let (Some(task), Some(node)) = (rec["task"].as_str(), rec["node"].as_str())
             && !node.is_empty()
         {
-            self.nodes.insert(task.to_string(), node.to_string());
+            return Some((task, node));
         }
+        None
+    }
+
+    /// Notes that `task` runs on `node` (what [`Context::learn`] does with a `task_start`).
+    pub fn learn_node(&mut self, task: &str, node: &str) {
+        self.nodes.insert(task.to_string(), node.to_string());
     }
 
     /// `device.hostname` of an event of `task`.
@@ -103,42 +133,609 @@ const DNS: Class = class(DNS_ACTIVITY, "DNS Activity", NETWORK);
 /// `activity_id` 99: the class has no activity for it; `activity_name` says what it was.
 const OTHER: i64 = 99;
 
-/// The record, with the fields the mapping consumed marked (the rest goes to `unmapped`).
-struct Rec<'a> {
-    v: &'a Map<String, Value>,
-    used: BTreeSet<&'static str>,
+// ---------------------------------------------------------------------------------------------
+// The record side: a line's fields, without a JSON tree.
+
+/// One field's value as `serde_json` read it: scalars as they are (strings borrowed from the
+/// line when they have no escapes), lists and objects as trees (few records have them, and the
+/// mapping reads them whole).
+#[derive(Debug, Clone, PartialEq)]
+pub enum FieldValue<'a> {
+    Null,
+    Bool(bool),
+    /// A non-negative integer (JSON reads those as u64, like `serde_json::Number`).
+    U64(u64),
+    /// A negative integer.
+    I64(i64),
+    F64(f64),
+    Str(Cow<'a, str>),
+    Tree(Cow<'a, Value>),
 }
 
-impl<'a> Rec<'a> {
-    fn str(&mut self, k: &'static str) -> Option<&'a str> {
-        let s = self.v.get(k)?.as_str()?;
-        self.used.insert(k);
+impl FieldValue<'_> {
+    fn as_str(&self) -> Option<&str> {
+        match self {
+            Self::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+    /// As `serde_json::Value::as_i64`.
+    fn as_i64(&self) -> Option<i64> {
+        match *self {
+            Self::U64(u) => i64::try_from(u).ok(),
+            Self::I64(i) => Some(i),
+            _ => None,
+        }
+    }
+    fn tree(&self) -> Option<&Value> {
+        match self {
+            Self::Tree(v) => Some(v),
+            _ => None,
+        }
+    }
+    fn of_value(v: &Value) -> FieldValue<'_> {
+        match v {
+            Value::Null => FieldValue::Null,
+            Value::Bool(b) => FieldValue::Bool(*b),
+            Value::Number(n) => match (n.as_u64(), n.as_i64(), n.as_f64()) {
+                (Some(u), _, _) => FieldValue::U64(u),
+                (None, Some(i), _) => FieldValue::I64(i),
+                (_, _, f) => FieldValue::F64(f.unwrap_or(0.0)),
+            },
+            Value::String(s) => FieldValue::Str(Cow::Borrowed(s)),
+            _ => FieldValue::Tree(Cow::Borrowed(v)),
+        }
+    }
+}
+
+/// A key, borrowed from the line when it has no escapes.
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> de::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Borrowed(s)))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Owned(s.to_string())))
+            }
+            fn visit_string<E>(self, s: String) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Owned(s)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+impl<'de> de::Deserialize<'de> for FieldValue<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = FieldValue<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(FieldValue::Null)
+            }
+            fn visit_bool<E>(self, b: bool) -> Result<Self::Value, E> {
+                Ok(FieldValue::Bool(b))
+            }
+            fn visit_u64<E>(self, u: u64) -> Result<Self::Value, E> {
+                Ok(FieldValue::U64(u))
+            }
+            fn visit_i64<E>(self, i: i64) -> Result<Self::Value, E> {
+                // As `serde_json::Number::from(i64)`: non-negative is a u64.
+                Ok(u64::try_from(i).map_or(FieldValue::I64(i), FieldValue::U64))
+            }
+            fn visit_f64<E>(self, f: f64) -> Result<Self::Value, E> {
+                // As `serde_json::Value`: a non-finite float is null.
+                Ok(if f.is_finite() { FieldValue::F64(f) } else { FieldValue::Null })
+            }
+            fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Self::Value, E> {
+                Ok(FieldValue::Str(Cow::Borrowed(s)))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Self::Value, E> {
+                Ok(FieldValue::Str(Cow::Owned(s.to_string())))
+            }
+            fn visit_string<E>(self, s: String) -> Result<Self::Value, E> {
+                Ok(FieldValue::Str(Cow::Owned(s)))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+                let mut v = Vec::new();
+                while let Some(x) = a.next_element::<Value>()? {
+                    v.push(x);
+                }
+                Ok(FieldValue::Tree(Cow::Owned(Value::Array(v))))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, a: A) -> Result<Self::Value, A::Error> {
+                let v = <Value as de::Deserialize>::deserialize(MapAccessDeserializer::new(a))?;
+                Ok(FieldValue::Tree(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `a.cmp(b)` for the short strings keys are, without a call to `memcmp` per comparison.
+#[inline]
+fn key_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    for (x, y) in a.iter().zip(b) {
+        if x != y {
+            return x.cmp(y);
+        }
+    }
+    a.len().cmp(&b.len())
+}
+
+/// A record's fields, sorted by name, each name once (a repeated key keeps its last value, as
+/// `serde_json::Value` does). `None` from [`Fields::parse`] when the line is not an object.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Fields<'a>(Vec<(Cow<'a, str>, FieldValue<'a>)>);
+
+impl<'a> Fields<'a> {
+    /// Reads a line. Errors are `serde_json`'s; `Ok(None)`: valid JSON, but not an object.
+    pub fn parse(line: &'a str) -> Result<Option<Self>, serde_json::Error> {
+        Ok(serde_json::from_str::<MaybeFields<'a>>(line)?.0)
+    }
+
+    /// The fields of a record already read as a tree (`None` if it is not an object).
+    pub fn of_value(v: &'a Value) -> Option<Self> {
+        let m = v.as_object()?;
+        // A `serde_json::Map` is sorted and has each key once.
+        Some(Fields(m.iter().map(|(k, v)| (Cow::Borrowed(k.as_str()), FieldValue::of_value(v))).collect()))
+    }
+
+    fn from_unsorted(mut f: Vec<(Cow<'a, str>, FieldValue<'a>)>) -> Self {
+        f.sort_by(|a, b| key_cmp(&a.0, &b.0));
+        // Stable sort: of equal keys the last one read is last; keep its value.
+        f.dedup_by(|later, kept| {
+            if later.0 == kept.0 {
+                std::mem::swap(later, kept);
+                true
+            } else {
+                false
+            }
+        });
+        Fields(f)
+    }
+
+    fn index(&self, k: &str) -> Option<usize> {
+        self.0.binary_search_by(|(n, _)| key_cmp(n, k)).ok()
+    }
+
+    /// A field by name.
+    pub fn get(&self, k: &str) -> Option<&FieldValue<'a>> {
+        self.index(k).map(|i| &self.0[i].1)
+    }
+
+    /// A string field by name.
+    pub fn str(&self, k: &str) -> Option<&str> {
+        self.get(k)?.as_str()
+    }
+
+    /// What [`Context::learn`] would note from this record: a `task_start`'s task and node.
+    pub fn teaches(&self) -> Option<(&str, &str)> {
+        if self.str("kind") == Some("task_start")
+            && let (Some(task), Some(node)) = (self.str("task"), self.str("node"))
+            && !node.is_empty()
+        {
+            return Some((task, node));
+        }
+        None
+    }
+}
+
+/// A line's top-level value: fields if it is an object.
+struct MaybeFields<'a>(Option<Fields<'a>>);
+
+impl<'de> de::Deserialize<'de> for MaybeFields<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = MaybeFields<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+                let mut f = Vec::with_capacity(24);
+                while let Some(Key(k)) = a.next_key::<Key<'de>>()? {
+                    f.push((k, a.next_value::<FieldValue<'de>>()?));
+                }
+                Ok(MaybeFields(Some(Fields::from_unsorted(f))))
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(MaybeFields(None))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(MaybeFields(None))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(MaybeFields(None))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(MaybeFields(None))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(MaybeFields(None))
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(MaybeFields(None))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+                while a.next_element::<de::IgnoredAny>()?.is_some() {}
+                Ok(MaybeFields(None))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The event side: borrowed pieces, serialized as serde_json serializes a `Value`.
+
+/// A JSON value of an event, borrowing from the record and the context.
+#[derive(Debug, Clone)]
+enum J<'r> {
+    Null,
+    Bool(bool),
+    I(i64),
+    U(u64),
+    F(f64),
+    S(Cow<'r, str>),
+    O(Obj<'r>),
+    A(Vec<J<'r>>),
+    V(&'r Value),
+}
+
+/// A JSON object of an event. Inserting a key that is there replaces its value, as a map
+/// does: the last value inserted is the one read and written. Keys are sorted once the event
+/// is complete ([`Obj::sort`]), so it serializes as a `serde_json::Map` (sorted by key) would.
+#[derive(Debug, Clone, Default)]
+struct Obj<'r>(Vec<(&'r str, J<'r>)>);
+
+impl<'r> Obj<'r> {
+    fn with(entries: Vec<(&'r str, J<'r>)>) -> Self {
+        Obj(entries)
+    }
+    fn insert(&mut self, k: &'r str, v: impl Into<J<'r>>) {
+        // Replaced values are dropped when the object is sorted.
+        self.0.push((k, v.into()));
+    }
+    fn get(&self, k: &str) -> Option<&J<'r>> {
+        self.0.iter().rev().find(|e| e.0 == k).map(|e| &e.1)
+    }
+    fn contains_key(&self, k: &str) -> bool {
+        self.get(k).is_some()
+    }
+    fn sort(&mut self) {
+        // Stable: of a key inserted twice, the value inserted last is last; keep it.
+        self.0.sort_by(|a, b| key_cmp(a.0, b.0));
+        self.0.dedup_by(|later, kept| {
+            if later.0 == kept.0 {
+                std::mem::swap(later, kept);
+                true
+            } else {
+                false
+            }
+        });
+        for (_, v) in &mut self.0 {
+            v.sort();
+        }
+    }
+}
+
+impl J<'_> {
+    fn sort(&mut self) {
+        match self {
+            J::O(o) => o.sort(),
+            J::A(a) => a.iter_mut().for_each(J::sort),
+            _ => {}
+        }
+    }
+}
+
+impl<'r> From<&'r str> for J<'r> {
+    fn from(s: &'r str) -> Self {
+        J::S(Cow::Borrowed(s))
+    }
+}
+impl From<String> for J<'_> {
+    fn from(s: String) -> Self {
+        J::S(Cow::Owned(s))
+    }
+}
+impl From<i64> for J<'_> {
+    fn from(n: i64) -> Self {
+        J::I(n)
+    }
+}
+impl From<u32> for J<'_> {
+    fn from(n: u32) -> Self {
+        J::U(u64::from(n))
+    }
+}
+impl From<usize> for J<'_> {
+    fn from(n: usize) -> Self {
+        J::U(n as u64)
+    }
+}
+impl From<bool> for J<'_> {
+    fn from(b: bool) -> Self {
+        J::Bool(b)
+    }
+}
+impl<'r> From<Obj<'r>> for J<'r> {
+    fn from(o: Obj<'r>) -> Self {
+        J::O(o)
+    }
+}
+impl<'r> From<Vec<J<'r>>> for J<'r> {
+    fn from(a: Vec<J<'r>>) -> Self {
+        J::A(a)
+    }
+}
+impl<'r> From<&'r FieldValue<'_>> for J<'r> {
+    fn from(f: &'r FieldValue<'_>) -> Self {
+        match f {
+            FieldValue::Null => J::Null,
+            FieldValue::Bool(b) => J::Bool(*b),
+            FieldValue::U64(u) => J::U(*u),
+            FieldValue::I64(i) => J::I(*i),
+            FieldValue::F64(x) => J::F(*x),
+            FieldValue::Str(s) => J::S(Cow::Borrowed(s)),
+            FieldValue::Tree(v) => J::V(v),
+        }
+    }
+}
+
+/// `{k: v}`.
+fn one<'r>(k: &'r str, v: impl Into<J<'r>>) -> J<'r> {
+    J::O(Obj(vec![(k, v.into())]))
+}
+
+impl Serialize for J<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            J::Null => s.serialize_unit(),
+            J::Bool(b) => s.serialize_bool(*b),
+            J::I(n) => s.serialize_i64(*n),
+            J::U(n) => s.serialize_u64(*n),
+            J::F(x) => s.serialize_f64(*x),
+            J::S(t) => s.serialize_str(t),
+            J::O(o) => o.serialize(s),
+            J::A(a) => {
+                let mut seq = s.serialize_seq(Some(a.len()))?;
+                for x in a {
+                    seq.serialize_element(x)?;
+                }
+                seq.end()
+            }
+            J::V(v) => v.serialize(s),
+        }
+    }
+}
+
+impl Serialize for Obj<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in &self.0 {
+            m.serialize_entry(k, v)?;
+        }
+        m.end()
+    }
+}
+
+/// Bytes `serde_json` escapes in a string.
+#[inline]
+fn needs_escape(b: u8) -> bool {
+    b < 0x20 || b == b'"' || b == b'\\'
+}
+
+/// A JSON string as `serde_json` writes it: as is between quotes when nothing needs escaping
+/// (nearly always), else by `serde_json` itself.
+fn write_str(out: &mut Vec<u8>, s: &str) {
+    if s.bytes().any(needs_escape) {
+        serde_json::to_writer(&mut *out, s).expect("writing to memory");
+    } else {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    }
+}
+
+fn write_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&buf[i..]);
+}
+
+impl J<'_> {
+    /// Appends the value as `serde_json::to_writer` writes the equivalent `Value`.
+    fn write(&self, out: &mut Vec<u8>) {
+        match self {
+            J::Null => out.extend_from_slice(b"null"),
+            J::Bool(true) => out.extend_from_slice(b"true"),
+            J::Bool(false) => out.extend_from_slice(b"false"),
+            J::I(n) => {
+                if *n < 0 {
+                    out.push(b'-');
+                }
+                write_u64(out, n.unsigned_abs());
+            }
+            J::U(n) => write_u64(out, *n),
+            J::F(x) => serde_json::to_writer(&mut *out, x).expect("writing to memory"),
+            J::S(t) => write_str(out, t),
+            J::O(o) => o.write(out),
+            J::A(a) => {
+                out.push(b'[');
+                for (i, x) in a.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    x.write(out);
+                }
+                out.push(b']');
+            }
+            J::V(v) => serde_json::to_writer(&mut *out, v).expect("writing to memory"),
+        }
+    }
+}
+
+impl Obj<'_> {
+    fn write(&self, out: &mut Vec<u8>) {
+        out.push(b'{');
+        for (i, (k, v)) in self.0.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            write_str(out, k);
+            out.push(b':');
+            v.write(out);
+        }
+        out.push(b'}');
+    }
+}
+
+/// One OCSF event, ready to be serialized (keys sorted).
+#[derive(Debug, Clone)]
+pub struct Event<'r>(Obj<'r>);
+
+impl Serialize for Event<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The mapping.
+
+/// The record, with the fields the mapping consumed marked (the rest goes to `unmapped`).
+struct Rec<'r> {
+    v: &'r Fields<'r>,
+    used: Vec<bool>,
+}
+
+impl<'r> Rec<'r> {
+    fn new(v: &'r Fields<'r>) -> Self {
+        Rec { v, used: vec![false; v.0.len()] }
+    }
+    fn field(&mut self, k: &str) -> Option<&'r FieldValue<'r>> {
+        let i = self.v.index(k)?;
+        self.used[i] = true;
+        Some(&self.v.0[i].1)
+    }
+    fn mark(&mut self, k: &str, used: bool) {
+        if let Some(i) = self.v.index(k) {
+            self.used[i] = used;
+        }
+    }
+    fn str(&mut self, k: &str) -> Option<&'r str> {
+        let i = self.v.index(k)?;
+        let s = self.v.0[i].1.as_str()?;
+        self.used[i] = true;
         Some(s)
     }
-    fn int(&mut self, k: &'static str) -> Option<i64> {
-        let n = self.v.get(k)?.as_i64()?;
-        self.used.insert(k);
+    fn int(&mut self, k: &str) -> Option<i64> {
+        let i = self.v.index(k)?;
+        let n = self.v.0[i].1.as_i64()?;
+        self.used[i] = true;
         Some(n)
     }
-    fn peek_str(&self, k: &str) -> Option<&'a str> {
+    fn peek_str(&self, k: &str) -> Option<&'r str> {
         self.v.get(k)?.as_str()
     }
     fn peek_int(&self, k: &str) -> Option<i64> {
         self.v.get(k)?.as_i64()
     }
-    fn unmapped(&self) -> Map<String, Value> {
-        self.v
+    fn peek(&self, k: &str) -> Option<&'r FieldValue<'r>> {
+        self.v.get(k)
+    }
+    fn unmapped(&self) -> Obj<'r> {
+        Obj(self
+            .v
+            .0
             .iter()
-            .filter(|(k, _)| !self.used.contains(k.as_str()))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
+            .zip(&self.used)
+            .filter(|(_, used)| !**used)
+            .map(|((k, v), _)| (k.as_ref(), J::from(v)))
+            .collect())
     }
 }
 
 /// RFC 3339 → milliseconds since the epoch (OCSF `timestamp_t`); 0 if absent or invalid.
 pub fn epoch_ms(rfc3339: &str) -> i64 {
-    time::OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339)
-        .map_or(0, |t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
+    fast_epoch_ms(rfc3339).unwrap_or_else(|| {
+        time::OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339)
+            .map_or(0, |t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
+    })
+}
+
+/// The form every record's `time` has, `YYYY-MM-DDTHH:MM:SS[.f...]Z` (UTC), read without the
+/// general parser; `None` for anything else (offsets, leap seconds, lower-case separators:
+/// the general parser decides those).
+fn fast_epoch_ms(t: &str) -> Option<i64> {
+    let b = t.as_bytes();
+    if b.len() < 20
+        || b.len() > 30
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b'T'
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        b[r].iter().try_fold(0i64, |n, c| c.is_ascii_digit().then(|| n * 10 + i64::from(c - b'0')))
+    };
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, s) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    let rest = &b[19..];
+    let frac = match rest {
+        [b'Z'] => &[][..],
+        [b'.', digits @ .., b'Z']
+            if (1..=9).contains(&digits.len()) && digits.iter().all(u8::is_ascii_digit) =>
+        {
+            digits
+        }
+        _ => return None,
+    };
+    // Before 1970 the general parser truncates towards zero; leave those to it.
+    if y < 1970 {
+        return None;
+    }
+    let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    let days_in = [31, if leap { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+    if !(1..=12).contains(&mo) || d < 1 || d > days_in[(mo - 1) as usize] || h > 23 || mi > 59 || s > 59 {
+        return None;
+    }
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let (yy, m) = if mo <= 2 { (y - 1, mo + 9) } else { (y, mo - 3) };
+    let era = yy.div_euclid(400);
+    let yoe = yy - era * 400;
+    let doy = (153 * m + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let ms = frac.iter().take(3).fold(0i64, |n, c| n * 10 + i64::from(c - b'0'))
+        * 10i64.pow(3 - frac.len().min(3) as u32);
+    Some(((days * 24 + h) * 60 + mi) * 60_000 + s * 1000 + ms)
 }
 
 fn basename(path: &str) -> &str {
@@ -146,19 +743,19 @@ fn basename(path: &str) -> &str {
 }
 
 /// An OCSF `file` object (`name` and `type_id` are required).
-fn file_obj(path: Option<&str>, type_id: i64, dev_ino: Option<(i64, i64)>) -> Value {
-    let mut f = Map::new();
-    f.insert("name".into(), path.map_or("unknown", basename).into());
+fn file_obj<'r>(path: Option<&'r str>, type_id: i64, dev_ino: Option<(i64, i64)>) -> J<'r> {
+    let mut f = Obj(Vec::with_capacity(5));
+    f.insert("name", path.map_or("unknown", basename));
     if let Some(p) = path {
-        f.insert("path".into(), p.into());
+        f.insert("path", p);
     }
-    f.insert("type_id".into(), type_id.into());
-    f.insert("type".into(), file_type_name(type_id).into());
+    f.insert("type_id", type_id);
+    f.insert("type", file_type_name(type_id));
     if let Some((dev, ino)) = dev_ino {
         // The file system's own identity: st_dev and inode.
-        f.insert("uid".into(), format!("{dev}:{ino}").into());
+        f.insert("uid", format!("{dev}:{ino}"));
     }
-    Value::Object(f)
+    J::O(f)
 }
 
 fn file_type_name(id: i64) -> &'static str {
@@ -181,33 +778,33 @@ const SYMBOLIC_LINK: i64 = 7;
 const EXECUTABLE_FILE: i64 = 8;
 
 /// The process a record is about: pid, comm, executable, parent, user, sandbox (task).
-fn process_obj(r: &mut Rec<'_>) -> Map<String, Value> {
-    let mut p = Map::new();
+fn process_obj<'r>(r: &mut Rec<'r>) -> Obj<'r> {
+    let mut p = Obj(Vec::with_capacity(8));
     if let Some(pid) = r.int("pid") {
-        p.insert("pid".into(), pid.into());
+        p.insert("pid", pid);
     }
     if let Some(comm) = r.str("comm") {
-        p.insert("name".into(), comm.into());
+        p.insert("name", comm);
     }
     if let Some(exe) = r.str("exe") {
         if !p.contains_key("name") {
-            p.insert("name".into(), basename(exe).into());
+            p.insert("name", basename(exe));
         }
-        p.insert("file".into(), file_obj(Some(exe), EXECUTABLE_FILE, None));
+        p.insert("file", file_obj(Some(exe), EXECUTABLE_FILE, None));
     }
     if let Some(ppid) = r.int("ppid") {
-        p.insert("parent_process".into(), json!({ "pid": ppid }));
+        p.insert("parent_process", one("pid", ppid));
     }
     if let Some(uid) = r.int("uid") {
-        p.insert("user".into(), json!({ "uid": uid.to_string() }));
+        p.insert("user", one("uid", uid.to_string()));
     }
-    if let Some(a) = r.v.get("ancestry").and_then(Value::as_array) {
-        r.used.insert("ancestry");
-        let chain: Vec<Value> = a.iter().filter_map(Value::as_i64).map(|pid| json!({ "pid": pid })).collect();
-        p.insert("ancestry".into(), chain.into());
+    if let Some(a) = r.peek("ancestry").and_then(FieldValue::tree).and_then(Value::as_array) {
+        r.mark("ancestry", true);
+        let chain: Vec<J<'r>> = a.iter().filter_map(Value::as_i64).map(|pid| one("pid", pid)).collect();
+        p.insert("ancestry", chain);
     }
     if let Some(task) = r.peek_str("task") {
-        p.insert("sandbox".into(), task.into());
+        p.insert("sandbox", task);
     }
     p
 }
@@ -289,28 +886,39 @@ fn severity_name(id: i64) -> &'static str {
     }
 }
 
+/// `log_version`: the record's schema version as a string (small ones without formatting).
+fn version_str(v: i64) -> Cow<'static, str> {
+    match v {
+        0 => Cow::Borrowed("0"),
+        1 => Cow::Borrowed("1"),
+        2 => Cow::Borrowed("2"),
+        3 => Cow::Borrowed("3"),
+        n => Cow::Owned(n.to_string()),
+    }
+}
+
 /// An event of `class` with everything every class carries: classification, time, metadata,
 /// device, and the control's decision.
-fn base(
-    r: &mut Rec<'_>,
+fn base<'r>(
+    r: &mut Rec<'r>,
     class: Class,
     activity_id: i64,
-    activity_name: &str,
+    activity_name: &'r str,
     type_caption: &str,
-    ctx: &Context,
-) -> Map<String, Value> {
-    let mut e = Map::new();
-    e.insert("class_uid".into(), class.uid.into());
-    e.insert("class_name".into(), class.name.into());
-    e.insert("category_uid".into(), class.category_uid.into());
-    e.insert("category_name".into(), class.category_name.into());
-    e.insert("activity_id".into(), activity_id.into());
-    e.insert("activity_name".into(), activity_name.into());
-    e.insert("type_uid".into(), (i64::from(class.uid) * 100 + activity_id).into());
-    e.insert("type_name".into(), format!("{}: {type_caption}", class.name).into());
+    ctx: &'r Context,
+) -> Obj<'r> {
+    let mut e = Obj(Vec::with_capacity(32));
+    e.insert("class_uid", class.uid);
+    e.insert("class_name", class.name);
+    e.insert("category_uid", class.category_uid);
+    e.insert("category_name", class.category_name);
+    e.insert("activity_id", activity_id);
+    e.insert("activity_name", activity_name);
+    e.insert("type_uid", i64::from(class.uid) * 100 + activity_id);
+    e.insert("type_name", format!("{}: {type_caption}", class.name));
     let time = r.str("time").unwrap_or("");
-    e.insert("time".into(), epoch_ms(time).into());
-    e.insert("timezone_offset".into(), 0.into());
+    e.insert("time", epoch_ms(time));
+    e.insert("timezone_offset", 0i64);
     let task = r.str("task").unwrap_or("");
     let seq = r.int("seq");
     let kind = r.str("kind").unwrap_or("");
@@ -319,60 +927,64 @@ fn base(
     let own = if kind == "task_start" { r.peek_str("node").filter(|n| !n.is_empty()) } else { None };
     let hostname = ctx.hostname.as_deref().or(own).or_else(|| ctx.hostname_of(task));
     if own.is_some() && own == hostname {
-        r.used.insert("node");
+        r.mark("node", true);
     }
-    r.used.insert("v");
-    let mut profiles = vec!["host"];
+    r.mark("v", true);
+    let mut profiles: Vec<J<'r>> = vec!["host".into()];
     let c = control(r);
     if c.is_some() {
-        profiles.push("security_control");
+        profiles.push("security_control".into());
     }
     let container = container_obj(r);
     if container.is_some() {
-        profiles.push("container");
+        profiles.push("container".into());
     }
-    let mut md = Map::new();
-    md.insert("version".into(), OCSF_VERSION.into());
-    md.insert("product".into(), product());
-    md.insert("profiles".into(), profiles.into());
-    md.insert("correlation_uid".into(), task.into());
+    let mut md = Obj(Vec::with_capacity(11));
+    md.insert("version", OCSF_VERSION);
+    md.insert("product", product());
+    md.insert("profiles", profiles);
+    md.insert("correlation_uid", task);
     if let Some(seq) = seq {
-        md.insert("uid".into(), event_uid(task, seq as u64).into());
-        md.insert("sequence".into(), seq.into());
+        md.insert("uid", event_uid(task, seq as u64));
+        md.insert("sequence", seq);
     }
-    md.insert("event_code".into(), kind.into());
-    md.insert("original_time".into(), time.into());
-    md.insert("log_name".into(), "warden-audit".into());
-    md.insert("log_version".into(), r.peek_int("v").unwrap_or(0).to_string().into());
-    e.insert("metadata".into(), Value::Object(md));
-    e.insert("device".into(), device(hostname));
+    md.insert("event_code", kind);
+    md.insert("original_time", time);
+    md.insert("log_name", "warden-audit");
+    md.insert("log_version", J::S(version_str(r.peek_int("v").unwrap_or(0))));
+    e.insert("metadata", md);
+    e.insert("device", device(hostname));
     if let Some(ct) = container {
-        e.insert("container".into(), ct);
+        e.insert("container", ct);
     }
     match c {
         Some(c) => {
-            e.insert("action_id".into(), c.action_id.into());
-            e.insert("action".into(), c.action.into());
-            e.insert("disposition_id".into(), c.disposition_id.into());
-            e.insert("disposition".into(), c.disposition.into());
-            e.insert("status_id".into(), c.status_id.into());
-            e.insert("status".into(), c.status.into());
-            e.insert("severity_id".into(), c.severity_id.into());
-            e.insert("severity".into(), severity_name(c.severity_id).into());
-            e.insert("is_alert".into(), (c.action_id != 1).into());
+            e.insert("action_id", c.action_id);
+            e.insert("action", c.action);
+            e.insert("disposition_id", c.disposition_id);
+            e.insert("disposition", c.disposition);
+            e.insert("status_id", c.status_id);
+            e.insert("status", c.status);
+            e.insert("severity_id", c.severity_id);
+            e.insert("severity", severity_name(c.severity_id));
+            e.insert("is_alert", c.action_id != 1);
             if let Some(d) = c.detail {
-                e.insert("status_detail".into(), d.into());
+                e.insert("status_detail", d);
             }
             if let Some(rule) = r.peek_str("rule") {
                 e.insert(
-                    "policy".into(),
-                    json!({ "name": rule, "type": "Warden task scope", "is_applied": c.action_id == 2 }),
+                    "policy",
+                    Obj::with(vec![
+                        ("name", rule.into()),
+                        ("type", "Warden task scope".into()),
+                        ("is_applied", (c.action_id == 2).into()),
+                    ]),
                 );
             }
         }
         None => {
-            e.insert("severity_id".into(), 1.into());
-            e.insert("severity".into(), "Informational".into());
+            e.insert("severity_id", 1i64);
+            e.insert("severity", "Informational");
         }
     }
     e
@@ -382,33 +994,33 @@ fn base(
 /// container id, `name` the container's name in the pod, `pod_uuid` the pod's UID,
 /// `orchestrator` Kubernetes, `runtime`, and the pod's namespace and name as the kubelet's
 /// container labels (`io.kubernetes.pod.namespace=...`, `io.kubernetes.pod.name=...`).
-fn container_obj(r: &mut Rec<'_>) -> Option<Value> {
-    let pod = r.v.get("pod")?.as_object()?;
-    r.used.insert("pod");
+fn container_obj<'r>(r: &mut Rec<'r>) -> Option<Obj<'r>> {
+    let pod = r.peek("pod")?.tree()?.as_object()?;
+    r.mark("pod", true);
     let s = |k: &str| pod.get(k).and_then(Value::as_str).filter(|v| !v.is_empty());
-    let mut c = Map::new();
+    let mut c = Obj::default();
     if let Some(v) = s("container_id") {
-        c.insert("uid".into(), v.into());
+        c.insert("uid", v);
     }
     if let Some(v) = s("container") {
-        c.insert("name".into(), v.into());
+        c.insert("name", v);
     }
     if let Some(v) = s("uid") {
-        c.insert("pod_uuid".into(), v.into());
+        c.insert("pod_uuid", v);
     }
-    c.insert("orchestrator".into(), "Kubernetes".into());
+    c.insert("orchestrator", "Kubernetes");
     if let Some(v) = s("runtime") {
-        c.insert("runtime".into(), v.into());
+        c.insert("runtime", v);
     }
-    let labels: Vec<Value> =
+    let labels: Vec<J<'r>> =
         [("io.kubernetes.pod.namespace", s("namespace")), ("io.kubernetes.pod.name", s("name"))]
             .into_iter()
-            .filter_map(|(k, v)| v.map(|v| Value::from(format!("{k}={v}"))))
+            .filter_map(|(k, v)| v.map(|v| J::from(format!("{k}={v}"))))
             .collect();
     if !labels.is_empty() {
-        c.insert("labels".into(), labels.into());
+        c.insert("labels", labels);
     }
-    Some(Value::Object(c))
+    Some(c)
 }
 
 /// The OCSF event uid of a record: task and sequence number, unique per log.
@@ -416,27 +1028,32 @@ pub fn event_uid(task: &str, seq: u64) -> String {
     format!("{task}/{seq}")
 }
 
-fn product() -> Value {
-    json!({ "name": "Warden", "vendor_name": "Warden", "version": env!("CARGO_PKG_VERSION") })
+fn product<'r>() -> Obj<'r> {
+    Obj::with(vec![
+        ("name", "Warden".into()),
+        ("vendor_name", "Warden".into()),
+        ("version", env!("CARGO_PKG_VERSION").into()),
+    ])
 }
 
-fn device(hostname: Option<&str>) -> Value {
-    let mut d = Map::new();
-    d.insert("type_id".into(), 0.into());
-    d.insert("type".into(), "Unknown".into());
+fn device(hostname: Option<&str>) -> Obj<'_> {
+    let mut d = Obj(Vec::with_capacity(3));
+    d.insert("type_id", 0i64);
+    d.insert("type", "Unknown");
     if let Some(h) = hostname {
-        d.insert("hostname".into(), h.into());
+        d.insert("hostname", h);
     }
-    Value::Object(d)
+    d
 }
 
-fn finish(mut e: Map<String, Value>, r: &Rec<'_>, message: String) -> Value {
-    e.insert("message".into(), message.into());
+fn finish<'r>(mut e: Obj<'r>, r: &Rec<'r>, message: String) -> Event<'r> {
+    e.insert("message", message);
     let rest = r.unmapped();
-    if !rest.is_empty() {
-        e.insert("unmapped".into(), Value::Object(rest));
+    if !rest.0.is_empty() {
+        e.insert("unmapped", rest);
     }
-    Value::Object(e)
+    e.sort();
+    Event(e)
 }
 
 /// A verb for messages: "exec /usr/bin/id (refused)".
@@ -449,75 +1066,102 @@ fn outcome(r: &Rec<'_>) -> &'static str {
     }
 }
 
+/// `x.to_string()` of an integer field of an event, as `serde_json::Value::to_string` writes it
+/// (`?` when absent).
+fn num_text(v: Option<&J<'_>>) -> String {
+    match v {
+        Some(J::I(n)) => n.to_string(),
+        Some(J::U(n)) => n.to_string(),
+        Some(other) => serde_json::to_string(other).unwrap_or_default(),
+        None => "?".into(),
+    }
+}
+
 /// Maps one audit record to an OCSF event. `None` for records with no OCSF counterpart
 /// (`checkpoint`: signed chain heads, checked by `warden verify`) and for non-objects.
 pub fn record(rec: &Value, ctx: &Context) -> Option<Value> {
-    let v = rec.as_object()?;
-    let mut r = Rec { v, used: BTreeSet::new() };
+    let fields = Fields::of_value(rec)?;
+    let e = event(&fields, ctx)?;
+    Some(serde_json::to_value(&e).expect("an event serializes"))
+}
+
+/// Appends the OCSF event of a record, and a newline, to `out`; `false` when the record has
+/// none (see [`record`]). The bytes are those of `serde_json::to_writer(record(..))`.
+pub fn write_line(fields: &Fields<'_>, ctx: &Context, out: &mut Vec<u8>) -> bool {
+    let Some(e) = event(fields, ctx) else {
+        return false;
+    };
+    e.0.write(out);
+    out.push(b'\n');
+    true
+}
+
+/// Maps one record's fields to an OCSF event (see [`record`]).
+pub fn event<'r>(fields: &'r Fields<'r>, ctx: &'r Context) -> Option<Event<'r>> {
+    let mut r = Rec::new(fields);
     let kind = r.peek_str("kind")?;
     let out = outcome(&r);
     Some(match kind {
         "exec" => {
             let mut e = base(&mut r, PROCESS, 1, "Launch", "Launch", ctx);
-            e.insert("launch_type_id".into(), 3.into());
-            e.insert("launch_type".into(), "Exec".into());
+            e.insert("launch_type_id", 3i64);
+            e.insert("launch_type", "Exec");
             let path = r.str("path");
             let id = r.int("dev").zip(r.int("ino"));
             let mut p = process_obj(&mut r);
             // The file exec was asked to run, with its identity. `exe` (the process table's
             // view) stays unmapped when it names something else (a symlink's target).
             if path.is_some() && r.peek_str("exe") != path {
-                r.used.remove("exe");
+                r.mark("exe", false);
             }
-            p.insert("file".into(), file_obj(path.or(r.peek_str("exe")), EXECUTABLE_FILE, id));
-            if let Some(t) = r.v.get("path_truncated") {
-                r.used.insert("path_truncated");
-                p.insert("xattributes".into(), json!({ "path_truncated": t }));
+            p.insert("file", file_obj(path.or(r.peek_str("exe")), EXECUTABLE_FILE, id));
+            if let Some(t) = r.field("path_truncated") {
+                p.insert("xattributes", one("path_truncated", t));
             }
-            let mut actor = Map::new();
+            let mut actor = Obj::default();
             for k in ["pid", "parent_process", "user", "sandbox", "ancestry"] {
                 if let Some(x) = p.get(k) {
-                    actor.insert(k.into(), x.clone());
+                    actor.insert(k, x.clone());
                 }
             }
-            e.insert("actor".into(), json!({ "process": actor }));
-            e.insert("process".into(), Value::Object(p));
+            e.insert("actor", one("process", actor));
+            e.insert("process", p);
             finish(e, &r, format!("exec {}{out}", path.unwrap_or("?")))
         }
         "fork" => {
             let mut e = base(&mut r, PROCESS, 1, "Launch", "Launch", ctx);
-            e.insert("launch_type_id".into(), 2.into());
-            e.insert("launch_type".into(), "Fork".into());
+            e.insert("launch_type_id", 2i64);
+            e.insert("launch_type", "Fork");
             let parent = process_obj(&mut r);
             let child = r.int("child_pid");
-            let mut p = Map::new();
+            let mut p = Obj::default();
             if let Some(c) = child {
-                p.insert("pid".into(), c.into());
+                p.insert("pid", c);
             }
             for k in ["name", "file", "user", "sandbox"] {
                 if let Some(x) = parent.get(k) {
-                    p.insert(k.into(), x.clone());
+                    p.insert(k, x.clone());
                 }
             }
             if let Some(pid) = parent.get("pid") {
-                p.insert("parent_process".into(), json!({ "pid": pid }));
+                p.insert("parent_process", one("pid", pid.clone()));
             }
             let msg = format!(
                 "fork: {} created {}{out}",
-                parent.get("pid").map_or("?".into(), Value::to_string),
+                num_text(parent.get("pid")),
                 child.map_or("?".into(), |c| c.to_string())
             );
-            e.insert("actor".into(), json!({ "process": parent }));
-            e.insert("process".into(), Value::Object(p));
+            e.insert("actor", one("process", parent));
+            e.insert("process", p);
             finish(e, &r, msg)
         }
         "exit" | "task_end" => {
             let mut e = base(&mut r, PROCESS, 2, "Terminate", "Terminate", ctx);
-            let p = Value::Object(process_obj(&mut r));
+            let p = process_obj(&mut r);
             let status = r.int("exit_status");
             let signal = r.int("signal");
             if let Some(s) = status {
-                e.insert("exit_code".into(), s.into());
+                e.insert("exit_code", s);
             }
             let how = match (status, signal) {
                 (_, Some(sig)) => format!("killed by signal {sig}"),
@@ -528,31 +1172,31 @@ pub fn record(rec: &Value, ctx: &Context) -> Option<Value> {
                 let reason = r.str("reason").unwrap_or("ended");
                 format!("task ended ({reason}): {how}")
             } else {
-                format!("process {} {how}", p.get("pid").map_or("?".into(), Value::to_string))
+                format!("process {} {how}", num_text(p.get("pid")))
             };
-            e.insert("actor".into(), json!({ "process": p.clone() }));
-            e.insert("process".into(), p);
+            e.insert("actor", one("process", p.clone()));
+            e.insert("process", p);
             finish(e, &r, msg)
         }
         "task_start" => {
             let mut e = base(&mut r, PROCESS, 1, "Launch", "Launch", ctx);
-            e.insert("launch_type_id".into(), 1.into());
-            e.insert("launch_type".into(), "Spawn".into());
+            e.insert("launch_type_id", 1i64);
+            e.insert("launch_type", "Spawn");
             let mut p = process_obj(&mut r);
-            if let Some(cmd) = r.v.get("cmd").and_then(Value::as_array) {
-                r.used.insert("cmd");
+            if let Some(cmd) = r.peek("cmd").and_then(FieldValue::tree).and_then(Value::as_array) {
+                r.mark("cmd", true);
                 let words: Vec<&str> = cmd.iter().filter_map(Value::as_str).collect();
-                p.insert("cmd_line".into(), words.join(" ").into());
+                p.insert("cmd_line", words.join(" "));
             }
             let ppid = p.get("parent_process").cloned();
-            let mut actor = json!({ "app_name": "Warden" });
+            let mut actor = Obj::with(vec![("app_name", "Warden".into())]);
             if let Some(pp) = ppid {
-                actor["process"] = pp;
+                actor.insert("process", pp);
             }
             let scope = r.str("scope").unwrap_or("?");
             let mode = r.peek_str("mode").unwrap_or("enforce");
-            e.insert("actor".into(), actor);
-            e.insert("process".into(), Value::Object(p));
+            e.insert("actor", actor);
+            e.insert("process", p);
             finish(e, &r, format!("task started under scope {scope} ({mode} mode)"))
         }
         "bind_failed" => {
@@ -560,8 +1204,8 @@ pub fn record(rec: &Value, ctx: &Context) -> Option<Value> {
             // let through unbound).
             let mut e = base(&mut r, PROCESS, 1, "Launch", "Launch", ctx);
             let reason = r.str("reason").unwrap_or("");
-            e.insert("status_detail".into(), format!("container not bound to its scope: {reason}").into());
-            e.insert("actor".into(), json!({ "app_name": "Warden" }));
+            e.insert("status_detail", format!("container not bound to its scope: {reason}"));
+            e.insert("actor", one("app_name", "Warden"));
             let verdict = if r.peek_str("decision") == Some("allow") {
                 "started unbound (warden.dev/on-failure: open)"
             } else {
@@ -575,21 +1219,21 @@ pub fn record(rec: &Value, ctx: &Context) -> Option<Value> {
             let mut e = base(&mut r, PROCESS, id, name, caption, ctx);
             let actor = process_obj(&mut r);
             let target = r.int("target_pid");
-            let mut p = Map::new();
+            let mut p = Obj::default();
             if let Some(t) = target {
-                p.insert("pid".into(), t.into());
+                p.insert("pid", t);
             }
             let what = if kind == "ptrace" {
                 if let Some(mode) = r.int("arg") {
-                    e.insert("requested_permissions".into(), mode.into());
+                    e.insert("requested_permissions", mode);
                 }
                 "ptrace access to".to_string()
             } else {
                 format!("signal {} to", r.int("signal").map_or("?".into(), |s| s.to_string()))
             };
             let msg = format!("{what} process {}{out}", target.map_or("?".into(), |t| t.to_string()));
-            e.insert("actor".into(), json!({ "process": actor }));
-            e.insert("process".into(), Value::Object(p));
+            e.insert("actor", one("process", actor));
+            e.insert("process", p);
             finish(e, &r, msg)
         }
         "open" | "mmap" | "mount" | "unix_connect" => {
@@ -606,10 +1250,10 @@ pub fn record(rec: &Value, ctx: &Context) -> Option<Value> {
             let identity = r.int("dev").zip(r.int("ino"));
             if let Some(mask) = r.int("arg") {
                 // open: f_mode; mmap: prot; mount: flags.
-                e.insert("access_mask".into(), mask.into());
+                e.insert("access_mask", mask);
             }
-            e.insert("actor".into(), json!({ "process": actor }));
-            e.insert("file".into(), file_obj(path, type_id, identity));
+            e.insert("actor", one("process", actor));
+            e.insert("file", file_obj(path, type_id, identity));
             finish(e, &r, format!("{kind} {}{out}", path.unwrap_or("?")))
         }
         "file" => {
@@ -619,8 +1263,8 @@ pub fn record(rec: &Value, ctx: &Context) -> Option<Value> {
             let path = r.str("path");
             let identity = r.int("dev").zip(r.int("ino"));
             // `arg` (the operation) stays in `unmapped`: several operations share an activity.
-            e.insert("actor".into(), json!({ "process": actor }));
-            e.insert("file".into(), file_obj(path, type_id, identity));
+            e.insert("actor", one("process", actor));
+            e.insert("file", file_obj(path, type_id, identity));
             finish(e, &r, format!("{verb} {}{out}", path.unwrap_or("?")))
         }
         "module" => {
@@ -628,20 +1272,25 @@ pub fn record(rec: &Value, ctx: &Context) -> Option<Value> {
             let actor = process_obj(&mut r);
             let path = r.str("path");
             let identity = r.int("dev").zip(r.int("ino"));
-            e.insert("actor".into(), json!({ "process": actor }));
-            e.insert("driver".into(), json!({ "file": file_obj(path, 1, identity) }));
+            e.insert("actor", one("process", actor));
+            e.insert("driver", one("file", file_obj(path, 1, identity)));
             finish(e, &r, format!("kernel module load {}{out}", path.unwrap_or("(from memory)")))
         }
         "bpf" => {
             let mut e = base(&mut r, KERNEL, 4, "Invoke", "Invoke", ctx);
             let actor = process_obj(&mut r);
             let cmd = r.int("arg");
-            let mut k = json!({ "name": "bpf", "type_id": 2, "type": "System Call", "system_call": "bpf" });
+            let mut k = Obj::with(vec![
+                ("name", "bpf".into()),
+                ("type_id", 2i64.into()),
+                ("type", "System Call".into()),
+                ("system_call", "bpf".into()),
+            ]);
             if let Some(c) = cmd {
-                k["name"] = format!("bpf cmd {c}").into();
+                k.insert("name", format!("bpf cmd {c}"));
             }
-            e.insert("actor".into(), json!({ "process": actor }));
-            e.insert("kernel".into(), k);
+            e.insert("actor", one("process", actor));
+            e.insert("kernel", k);
             finish(e, &r, format!("bpf() command {}{out}", cmd.map_or("?".into(), |c| c.to_string())))
         }
         "connect" | "sendmsg" => network(&mut r, kind, out, ctx),
@@ -650,16 +1299,13 @@ pub fn record(rec: &Value, ctx: &Context) -> Option<Value> {
             let mut e = base(&mut r, EVENT_LOG, OTHER, "Records Lost", "Other", ctx);
             let drops = r.int("drops").unwrap_or(0);
             let errors = r.int("decode_errors").unwrap_or(0);
-            e.insert("severity_id".into(), 3.into());
-            e.insert("severity".into(), "Medium".into());
-            e.insert("status_id".into(), 2.into());
-            e.insert("status".into(), "Failure".into());
-            e.insert(
-                "status_detail".into(),
-                format!("{drops} record(s) dropped in the kernel, {errors} malformed").into(),
-            );
-            e.insert("actor".into(), json!({ "app_name": "Warden" }));
-            e.insert("log_provider".into(), "Warden".into());
+            e.insert("severity_id", 3i64);
+            e.insert("severity", "Medium");
+            e.insert("status_id", 2i64);
+            e.insert("status", "Failure");
+            e.insert("status_detail", format!("{drops} record(s) dropped in the kernel, {errors} malformed"));
+            e.insert("actor", one("app_name", "Warden"));
+            e.insert("log_provider", "Warden");
             finish(e, &r, format!("evidence gap: {drops} record(s) lost, {errors} malformed"))
         }
         _ => return None,
@@ -687,7 +1333,7 @@ fn file_change(op: Option<i64>) -> (i64, &'static str, &'static str, i64, &'stat
 /// connect/sendmsg: Network Activity Open (a connect) or Traffic (a datagram), whatever the
 /// port: a query's name is in the `dns` record. A refused connect is Open with action Denied
 /// and disposition Blocked (activity Refuse would say the remote side refused).
-fn network(r: &mut Rec<'_>, kind: &str, out: &str, ctx: &Context) -> Value {
+fn network<'r>(r: &mut Rec<'r>, kind: &str, out: &str, ctx: &'r Context) -> Event<'r> {
     let mut e = if kind == "sendmsg" {
         base(r, NET, 6, "Traffic", "Traffic", ctx)
     } else {
@@ -697,16 +1343,16 @@ fn network(r: &mut Rec<'_>, kind: &str, out: &str, ctx: &Context) -> Value {
     let addr = r.str("addr");
     let port = r.int("port");
     let proto = r.str("protocol");
-    let mut dst = Map::new();
+    let mut dst = Obj::default();
     if let Some(a) = addr {
-        dst.insert("ip".into(), a.into());
+        dst.insert("ip", a);
     }
     if let Some(p) = port {
-        dst.insert("port".into(), p.into());
+        dst.insert("port", p);
     }
-    let mut conn = Map::new();
-    conn.insert("direction_id".into(), 2.into());
-    conn.insert("direction".into(), "Outbound".into());
+    let mut conn = Obj(Vec::with_capacity(6));
+    conn.insert("direction_id", 2i64);
+    conn.insert("direction", "Outbound");
     let num = match proto {
         Some("tcp") => Some(6),
         Some("udp") => Some(17),
@@ -714,27 +1360,26 @@ fn network(r: &mut Rec<'_>, kind: &str, out: &str, ctx: &Context) -> Value {
         None => None,
     };
     if let Some(p) = proto {
-        conn.insert("protocol_name".into(), p.into());
+        conn.insert("protocol_name", p);
     }
     if let Some(n) = num {
-        conn.insert("protocol_num".into(), n.into());
+        conn.insert("protocol_num", n);
     }
     if let Some(a) = addr {
-        let ver = if a.contains(':') { 6 } else { 4 };
-        conn.insert("protocol_ver_id".into(), ver.into());
+        let ver = if a.contains(':') { 6i64 } else { 4 };
+        conn.insert("protocol_ver_id", ver);
         conn.insert(
-            "protocol_ver".into(),
-            (if ver == 6 {
+            "protocol_ver",
+            if ver == 6 {
                 "Internet Protocol version 6 (IPv6)"
             } else {
                 "Internet Protocol version 4 (IPv4)"
-            })
-            .into(),
+            },
         );
     }
-    e.insert("actor".into(), json!({ "process": actor }));
-    e.insert("dst_endpoint".into(), Value::Object(dst));
-    e.insert("connection_info".into(), Value::Object(conn));
+    e.insert("actor", one("process", actor));
+    e.insert("dst_endpoint", dst);
+    e.insert("connection_info", conn);
     let what = kind;
     let host = match addr {
         Some(a) if a.contains(':') => format!("[{a}]"),
@@ -751,24 +1396,33 @@ fn network(r: &mut Rec<'_>, kind: &str, out: &str, ctx: &Context) -> Value {
 /// dns: DNS Activity Traffic (the task's query and Warden's answer, in one record), with
 /// `query`, the kept `answers`, `rcode` and `response_time` (ms). Dropped answers, the
 /// granting host rule and the exact latency stay in `unmapped`.
-fn dns(r: &mut Rec<'_>, out: &str, ctx: &Context) -> Value {
+fn dns<'r>(r: &mut Rec<'r>, out: &str, ctx: &'r Context) -> Event<'r> {
     let mut e = base(r, DNS, 6, "Traffic", "Traffic", ctx);
     let name = r.str("query").unwrap_or("");
     let qtype = r.str("qtype").unwrap_or("");
-    e.insert("query".into(), json!({ "hostname": name, "type": qtype, "class": "IN" }));
-    let answers: Vec<Value> = r
-        .v
-        .get("answers")
+    e.insert(
+        "query",
+        Obj::with(vec![("hostname", name.into()), ("type", qtype.into()), ("class", "IN".into())]),
+    );
+    let answers: Vec<J<'r>> = r
+        .peek("answers")
+        .and_then(FieldValue::tree)
         .and_then(Value::as_array)
         .map(|a| {
             a.iter()
                 .filter_map(Value::as_str)
-                .map(|ip| json!({ "rdata": ip, "type": if ip.contains(':') { "AAAA" } else { "A" }, "class": "IN" }))
+                .map(|ip| {
+                    J::O(Obj::with(vec![
+                        ("rdata", ip.into()),
+                        ("type", (if ip.contains(':') { "AAAA" } else { "A" }).into()),
+                        ("class", "IN".into()),
+                    ]))
+                })
                 .collect()
         })
         .unwrap_or_default();
-    r.used.insert("answers");
-    e.insert("answers".into(), answers.into());
+    r.mark("answers", true);
+    e.insert("answers", answers);
     let rcode = r.str("rcode");
     let (rcode_id, caption) = match rcode {
         Some("NOERROR") => (0, "NoError"),
@@ -779,17 +1433,21 @@ fn dns(r: &mut Rec<'_>, out: &str, ctx: &Context) -> Value {
         Some("REFUSED") => (5, "Refused"),
         _ => (OTHER, "Other"),
     };
-    e.insert("rcode_id".into(), rcode_id.into());
-    e.insert("rcode".into(), caption.into());
+    e.insert("rcode_id", rcode_id);
+    e.insert("rcode", caption);
     if let Some(us) = r.peek_int("latency_us") {
-        e.insert("response_time".into(), (us / 1000).into());
+        e.insert("response_time", us / 1000);
     }
     let actor = process_obj(r);
-    e.insert("actor".into(), json!({ "process": actor }));
+    e.insert("actor", one("process", actor));
     if let Some(p) = r.str("protocol") {
         e.insert(
-            "connection_info".into(),
-            json!({ "protocol_name": p, "direction_id": 2, "direction": "Outbound" }),
+            "connection_info",
+            Obj::with(vec![
+                ("protocol_name", p.into()),
+                ("direction_id", 2i64.into()),
+                ("direction", "Outbound".into()),
+            ]),
         );
     }
     finish(e, r, format!("DNS {qtype} {name}: {}{out}", rcode.unwrap_or("?")))
@@ -1322,5 +1980,141 @@ mod tests {
             serde_json::to_string(&record(&r, &ctx())).unwrap(),
             serde_json::to_string(&record(&r, &ctx())).unwrap()
         );
+    }
+
+    /// Every kind of record, with the variations the mapping branches on, and fields it does
+    /// not know (nested, escaped, repeated, odd numbers): what both mappings are compared on.
+    fn corpus() -> Vec<String> {
+        let mut lines = Vec::new();
+        let base = r#""v":2,"seq":7,"time":"2026-11-22T14:57:36.190211562Z","task":"t-00","pid":100,"ppid":99,"exe":"/usr/bin/sh","comm":"sh","uid":0,"cgroup_id":5,"prev":"p","hash":"h""#;
+        let kinds = [
+            r#""kind":"exec","path":"/usr/bin/id","dev":2049,"ino":77"#,
+            r#""kind":"exec","path":"/bin/sh","exe":"/usr/bin/dash","path_truncated":true"#,
+            r#""kind":"exec","path":"/usr/bin/sh","decision":"deny","action":"kill","rule":"exec.allow","ancestry":[99,1]"#,
+            r#""kind":"fork","child_pid":101"#,
+            r#""kind":"exit","exit_status":3"#,
+            r#""kind":"exit","signal":9"#,
+            r#""kind":"task_end","exit_status":0,"reason":"exited","killed":0,"drops":0"#,
+            r#""kind":"task_start","scope":"s.yaml","cmd":["/bin/sh","-c","id"],"mode":"enforce","cgroup":"/sys/fs/cgroup/warden/t-00","node":"build-7""#,
+            r#""kind":"task_start","scope":"s.yaml","cmd":["x"],"node":"""#,
+            r#""kind":"bind_failed","reason":"no scope x","pod":{"uid":"u","container_id":"ab12"}"#,
+            r#""kind":"bind_failed","reason":"r","decision":"allow""#,
+            r#""kind":"ptrace","target_pid":1,"arg":2"#,
+            r#""kind":"signal","target_pid":1,"signal":9,"decision":"audit","rule":"process.signal""#,
+            r#""kind":"open","decision":"deny","action":"refuse","rule":"secrets","path":"/run/secrets/gh","dev":2049,"ino":9,"arg":1"#,
+            r#""kind":"mmap","path":"/tmp/lib.so","arg":4"#,
+            r#""kind":"mount","decision":"deny","action":"refuse","rule":"protected.mount""#,
+            r#""kind":"unix_connect","path":"/run/docker.sock","decision":"deny","rule":"files.deny""#,
+            r#""kind":"file","decision":"audit","action":"refuse","rule":"files.deny","path":"/work/.git","arg":2,"path_truncated":true"#,
+            r#""kind":"file","decision":"deny","action":"refuse","rule":"files.write","path":"/etc/passwd","dev":2049,"ino":12,"arg":6,"ancestry":[99,1]"#,
+            r#""kind":"file","path":"/x","arg":42"#,
+            r#""kind":"module","path":"/tmp/x.ko","dev":1,"ino":2"#,
+            r#""kind":"module""#,
+            r#""kind":"bpf","arg":5"#,
+            r#""kind":"bpf""#,
+            r#""kind":"connect","addr":"10.1.2.3","port":443,"protocol":"tcp""#,
+            r#""kind":"connect","decision":"deny","action":"refuse","rule":"network.egress","addr":"::1","port":8080,"protocol":"tcp""#,
+            r#""kind":"sendmsg","addr":"8.8.8.8","port":53,"protocol":"udp""#,
+            r#""kind":"sendmsg","addr":"10.0.0.1","port":9,"protocol":"132""#,
+            r#""kind":"dns","decision":"allow","rule":"network.egress","protocol":"udp","query":"api.github.com","qtype":"A","host":"api.github.com","answers":["140.82.112.3","2606:4700::1"],"dropped":["10.0.0.1 (private)"],"rcode":"NOERROR","latency_us":2500"#,
+            r#""kind":"dns","decision":"deny","action":"refuse","rule":"network.egress","query":"x.evil.example","qtype":"TXT","answers":[],"rcode":"REFUSED""#,
+            r#""kind":"gap","drops":4,"decode_errors":0"#,
+            r#""kind":"checkpoint","key":"k","sig":"s""#,
+            r#""kind":"future-kind""#,
+            r#""kind":"exec","path":"/usr/bin/id","pod":{"uid":"3d1f","namespace":"agents","name":"agent-1","container":"runner","container_id":"ab12","runtime":"containerd"},"decision":"deny","action":"kill","rule":"exec.allow""#,
+        ];
+        for k in kinds {
+            lines.push(format!("{{{base},{k}}}"));
+            // The same with an allow decision, where the kind has none.
+            if !k.contains("decision") {
+                lines.push(format!("{{{base},\"decision\":\"allow\",{k}}}"));
+            }
+        }
+        // Fields the mapping does not know, escapes, repeated keys, numbers of every kind.
+        lines.extend([
+            format!(r#"{{{base},"kind":"exec","path":"/tmp/a \"b\"\\c\u00e9\n","zz":{{"b":1,"a":[1.5,null,false]}},"aa":-3,"big":18446744073709551615,"neg":-9223372036854775808,"f":1e3,"g":0.1,"n":null,"t":true}}"#),
+            format!(r#"{{{base},"kind":"connect","addr":"10.0.0.1","addr":"10.0.0.2","port":80,"port":"x","protocol":"tcp"}}"#),
+            format!(r#"{{{base},"kind":"exit","pid":-1,"exit_status":9223372036854775808}}"#),
+            format!(r#"{{{base},"kind":"open","path":"/\ud83d\ude00","comm":"a\/b","\u006b\u0065y":"v"}}"#),
+            format!(r#"{{{base},"kind":"fork","pid":"100","child_pid":1.0}}"#),
+            r#"{"v":2,"seq":1,"task":"t","kind":"exec","time":"2026-11-22T14:57:36Z"}"#.into(),
+            r#"{"v":2,"kind":"exec","time":"2026-11-22T14:57:36.5+02:00"}"#.into(),
+            r#"{"v":2,"kind":"exec","time":"2016-12-31T23:59:60.123Z"}"#.into(),
+            r#"{"v":2,"kind":"exec","time":"2024-02-29T00:00:00.9999999999Z"}"#.into(),
+            r#"{"v":2,"kind":"exec","time":"2023-02-29T00:00:00Z"}"#.into(),
+            r#"{"v":2,"kind":"exec","time":"1969-12-31T23:59:59.5009Z"}"#.into(),
+            r#"{"v":2,"kind":"exec","time":"2026-11-22t14:57:36.1z"}"#.into(),
+            r#"{"v":2,"kind":"exec","time":"not a time"}"#.into(),
+            r#"{"v":2,"kind":"exec","time":7}"#.into(),
+            r#"{"kind":"gap"}"#.into(),
+            r#"{"v":1,"seq":3,"task":"t","kind":"exec","path":"/bin/ls","unchained":true}"#.into(),
+            r#"["not","an","object"]"#.into(),
+            r#""a string""#.into(),
+        ]);
+        lines
+    }
+
+    /// The writer's bytes are those of the tree-building mapping it replaced, record for
+    /// record, with and without a host override and learnt nodes; and [`record`] (the tree)
+    /// agrees with both.
+    #[test]
+    fn writer_matches_the_tree_mapping() {
+        let lines = corpus();
+        let contexts = [
+            Context::default(),
+            Context { hostname: Some("node-1".into()), ..Default::default() },
+            Context { fallback_hostname: Some("replayer".into()), ..Default::default() },
+        ];
+        let mut compared = 0;
+        for ctx in contexts {
+            let (mut old_ctx, mut new_ctx) = (ctx.clone(), ctx);
+            for line in &lines {
+                let tree: Value = serde_json::from_str(line).unwrap();
+                old_ctx.learn(&tree);
+                let want = legacy::record(&tree, &old_ctx).map(|e| serde_json::to_string(&e).unwrap() + "\n");
+                let fields = Fields::parse(line).unwrap();
+                if let Some(f) = &fields
+                    && let Some((task, node)) = f.teaches()
+                {
+                    new_ctx.learn_node(task, node);
+                }
+                let mut got = Vec::new();
+                let wrote = match &fields {
+                    Some(f) => write_line(f, &new_ctx, &mut got),
+                    None => false,
+                };
+                let got = wrote.then(|| String::from_utf8(got).unwrap());
+                assert_eq!(got, want, "line {line}");
+                let via_tree = record(&tree, &new_ctx).map(|e| serde_json::to_string(&e).unwrap() + "\n");
+                assert_eq!(via_tree, want, "tree of line {line}");
+                compared += usize::from(want.is_some());
+            }
+            assert_eq!(old_ctx, new_ctx);
+        }
+        assert!(compared > 100, "{compared}");
+    }
+
+    #[test]
+    fn fast_time_parse_agrees_with_the_general_parser() {
+        for t in [
+            "2026-11-22T14:57:36.190211562Z",
+            "2026-11-22T14:57:36Z",
+            "2026-11-22T14:57:36.1Z",
+            "2026-11-22T14:57:36.12Z",
+            "1970-01-01T00:00:00Z",
+            "2000-02-29T23:59:59.999Z",
+            "2100-03-01T00:00:00.000000001Z",
+            "2400-12-31T12:00:00Z",
+        ] {
+            let general = time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+                .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
+                .unwrap();
+            assert_eq!(fast_epoch_ms(t), Some(general), "{t}");
+        }
+        for t in
+            ["2023-02-29T00:00:00Z", "2026-13-01T00:00:00Z", "2026-11-22T24:00:00Z", "1969-12-31T23:59:59Z"]
+        {
+            assert_eq!(fast_epoch_ms(t), None, "{t}");
+        }
     }
 }

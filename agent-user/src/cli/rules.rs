@@ -309,6 +309,114 @@ fn read_ahead<'b>(
     Ahead::Record(rec)
 }
 
+/// A record's OCSF event, as [`Replayer::record`] gets it.
+enum Ocsf<'x> {
+    /// None to write (not OCSF output, or a record with no OCSF counterpart).
+    None,
+    /// To be written from the record's JSON tree.
+    Tree(&'x Value),
+    /// Written ahead, newline included.
+    Bytes(&'x [u8]),
+}
+
+/// One thread's share of a block, read ahead.
+struct Done<'b> {
+    read: Vec<Ahead<'b>>,
+    /// The rule steps' outcomes, `steps` per line.
+    outcomes: Vec<Outcome>,
+    /// The OCSF events of the lines (OCSF output only) ...
+    ocsf: Vec<u8>,
+    /// ... and where each line's ends in `ocsf`.
+    ends: Vec<usize>,
+}
+
+/// What records of a block teach the OCSF context: (line index in the block, task, node) of
+/// every `task_start` with a node, in order. Only lines that can be one are parsed.
+fn teachings(lines: &[&[u8]]) -> Vec<(usize, String, String)> {
+    let kind = memchr::memmem::Finder::new(b"task_start");
+    let escape = memchr::memmem::Finder::new(b"\\u");
+    lines
+        .iter()
+        .enumerate()
+        // A key or value spelled with \u escapes could hide the word: parse those too.
+        .filter(|(_, l)| kind.find(l).is_some() || escape.find(l).is_some())
+        .filter_map(|(i, l)| {
+            let v = schema::upgrade(serde_json::from_slice::<Value>(l).ok()?).ok()?;
+            let (task, node) = ocsf::Context::teaches(&v)?;
+            Some((i, task.to_string(), node.to_string()))
+        })
+        .collect()
+}
+
+/// One thread's OCSF conversion ahead: the context as of each line, and the events written.
+struct OcsfAhead<'c> {
+    on: bool,
+    ctx: std::borrow::Cow<'c, ocsf::Context>,
+    teach: &'c [(usize, String, String)],
+    /// The next of `teach` not yet applied to `ctx`.
+    next: usize,
+    out: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl<'c> OcsfAhead<'c> {
+    /// For the lines from `first` (index in the block) on, `n` of them; `ctx` is the context
+    /// as of the block's start.
+    fn new(
+        on: bool,
+        ctx: &'c ocsf::Context,
+        teach: &'c [(usize, String, String)],
+        first: usize,
+        n: usize,
+    ) -> Self {
+        let mut me = OcsfAhead {
+            on,
+            ctx: std::borrow::Cow::Borrowed(ctx),
+            teach,
+            next: 0,
+            out: Vec::with_capacity(if on { n * 1536 } else { 0 }),
+            ends: Vec::with_capacity(if on { n } else { 0 }),
+        };
+        me.learn_up_to(first.checked_sub(1));
+        me
+    }
+
+    fn learn_up_to(&mut self, at: Option<usize>) {
+        let Some(at) = at else { return };
+        while let Some((i, task, node)) = self.teach.get(self.next)
+            && *i <= at
+        {
+            self.ctx.to_mut().learn_node(task, node);
+            self.next += 1;
+        }
+    }
+
+    /// Writes line `at`'s event, if it is a record of the replayed task. A line that cannot be
+    /// read this way goes the tree's way ([`Ahead::Tree`]).
+    fn line<'b>(&mut self, at: usize, line: &'b [u8], a: Ahead<'b>, task: Option<&str>) -> Ahead<'b> {
+        if !self.on {
+            return a;
+        }
+        self.learn_up_to(Some(at));
+        let a = match a {
+            Ahead::Record(rec) if task.is_none_or(|t| rec.str_field("task") == Some(t)) => {
+                let fields =
+                    std::str::from_utf8(line).ok().and_then(|l| ocsf::Fields::parse(l).ok().flatten());
+                match fields {
+                    Some(f) => {
+                        ocsf::write_line(&f, &self.ctx, &mut self.out);
+                        Ahead::Record(rec)
+                    }
+                    None => Ahead::Tree,
+                }
+            }
+            other => other,
+        };
+        self.ends.push(self.out.len());
+        a
+    }
+}
+
 /// How a record's rule steps are answered.
 enum Steps<'o> {
     /// Evaluated now, as the rule state asks.
@@ -381,7 +489,7 @@ impl<W: Write> Replayer<'_, W> {
             from = i + 1;
         }
         lines.push(&body[from..]);
-        if self.args.format == ReplayFormat::Ocsf || self.uses_event {
+        if self.uses_event {
             // Every record is needed as a JSON tree anyway: one at a time, in order.
             for line in lines {
                 *n += 1;
@@ -392,32 +500,63 @@ impl<W: Write> Replayer<'_, W> {
             }
             return Ok(true);
         }
+        let ocsf_out = self.args.format == ReplayFormat::Ocsf;
+        // What the records of this block teach the OCSF context (a task_start's node), by line:
+        // the threads converting ahead see, at every line, what the log taught up to it.
+        let teach: Vec<(usize, String, String)> = if ocsf_out { teachings(&lines) } else { Vec::new() };
         let steps = ahead[0].step_count();
         let task = self.args.task.as_deref();
         // Contiguous shares of the block, one per thread; results come back in line order.
         let share = lines.len().div_ceil(ahead.len()).max(1);
-        let done: Vec<(Vec<Ahead<'_>>, Vec<Outcome>)> = std::thread::scope(|s| {
+        let ctx = &self.ctx;
+        let teach_ref = &teach;
+        let done: Vec<Done<'_>> = std::thread::scope(|s| {
             let handles: Vec<_> = lines
                 .chunks(share)
                 .zip(ahead.iter_mut())
-                .map(|(chunk, eval)| {
+                .enumerate()
+                .map(|(c, (chunk, eval))| {
                     s.spawn(move || {
+                        let first = c * share;
                         let mut outcomes = Vec::with_capacity(chunk.len() * steps);
-                        let read = chunk.iter().map(|l| read_ahead(l, task, eval, &mut outcomes)).collect();
-                        (read, outcomes)
+                        let mut ocsf = OcsfAhead::new(ocsf_out, ctx, teach_ref, first, chunk.len());
+                        let read = chunk
+                            .iter()
+                            .enumerate()
+                            .map(|(i, l)| {
+                                let a = read_ahead(l, task, eval, &mut outcomes);
+                                ocsf.line(first + i, l, a, task)
+                            })
+                            .collect();
+                        Done { read, outcomes, ocsf: ocsf.out, ends: ocsf.ends }
                     })
                 })
                 .collect();
             handles.into_iter().map(|h| h.join().expect("replay worker panicked")).collect()
         });
         let mut line_of = lines.iter();
-        for (read, outcomes) in &done {
-            for (i, a) in read.iter().enumerate() {
+        let mut teach_next = teach.iter().peekable();
+        let mut index = 0usize;
+        for d in &done {
+            let mut from = 0usize;
+            for (i, a) in d.read.iter().enumerate() {
                 *n += 1;
                 let line = line_of.next().expect("one result per line");
+                while let Some((_, t, node)) = teach_next.next_if(|(at, ..)| *at <= index) {
+                    self.ctx.learn_node(t, node);
+                }
+                index += 1;
+                let event = match d.ends.get(i) {
+                    Some(&end) if ocsf_out => {
+                        let bytes = &d.ocsf[from..end];
+                        from = end;
+                        Ocsf::Bytes(bytes)
+                    }
+                    _ => Ocsf::None,
+                };
                 let go = match a {
                     Ahead::Record(rec) => {
-                        self.record(rec, None, Steps::Ahead(&outcomes[i * steps..(i + 1) * steps]))?
+                        self.record(rec, event, Steps::Ahead(&d.outcomes[i * steps..(i + 1) * steps]))?
                     }
                     Ahead::Tree => self.line(source, *n, &String::from_utf8_lossy(line))?,
                     Ahead::Bad(e) => self.bad_line(source, *n, e.clone())?,
@@ -443,7 +582,7 @@ impl<W: Write> Replayer<'_, W> {
                 .and_then(|r| schema::check(r.u64_field("v")).map(|v| (r, v)).map_err(|e| e.to_string()));
             match typed {
                 Ok((rec, v)) if v == u64::from(crate::audit::SCHEMA_VERSION) => {
-                    return self.record(&rec, None, Steps::Now);
+                    return self.record(&rec, Ocsf::None, Steps::Now);
                 }
                 Ok(_) => {} // older: through the converter below
                 Err(e) => return self.bad_line(source, n, e),
@@ -455,7 +594,7 @@ impl<W: Write> Replayer<'_, W> {
         match parsed {
             Ok(rec) => {
                 self.ctx.learn(&rec);
-                self.record(&rec, Some(&rec), Steps::Now)
+                self.record(&rec, Ocsf::Tree(&rec), Steps::Now)
             }
             Err(e) => self.bad_line(source, n, e),
         }
@@ -473,24 +612,27 @@ impl<W: Write> Replayer<'_, W> {
         Ok(false)
     }
 
-    /// Handles one readable record (`tree`: the same record as a JSON tree, for OCSF output).
-    fn record(
-        &mut self,
-        rec: &dyn RecordView,
-        tree: Option<&Value>,
-        steps: Steps<'_>,
-    ) -> Result<bool, Failure> {
+    /// Handles one readable record (`event`: its OCSF event, written ahead or to write from
+    /// the record's JSON tree, for OCSF output).
+    fn record(&mut self, rec: &dyn RecordView, event: Ocsf<'_>, steps: Steps<'_>) -> Result<bool, Failure> {
         if self.args.task.as_deref().is_some_and(|t| rec.str_field("task") != Some(t)) {
             return Ok(true);
         }
         self.records += 1;
-        if self.args.format == ReplayFormat::Ocsf
-            && let Some(tree) = tree
-            && let Some(event) = ocsf::record(tree, &self.ctx)
-        {
-            serde_json::to_writer(&mut self.out, &event)
-                .and_then(|()| writeln!(self.out).map_err(serde_json::Error::io))
-                .map_err(|e| Failure::Runtime(e.into()))?;
+        if self.args.format == ReplayFormat::Ocsf {
+            let written = match event {
+                Ocsf::Bytes(b) => self.out.write_all(b),
+                Ocsf::Tree(tree) => match ocsf::Fields::of_value(tree) {
+                    Some(f) => {
+                        let mut line = Vec::with_capacity(2048);
+                        ocsf::write_line(&f, &self.ctx, &mut line);
+                        self.out.write_all(&line)
+                    }
+                    None => Ok(()),
+                },
+                Ocsf::None => Ok(()),
+            };
+            written.map_err(|e| Failure::Runtime(e.into()))?;
         }
         let mut found = match steps {
             Steps::Now => self.engine.observe_view(rec),
