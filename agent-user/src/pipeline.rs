@@ -8,7 +8,7 @@ use std::{collections::HashMap, io, sync::Arc};
 
 use crate::{
     audit::{
-        AuditRecord, AuditSink, Decision, SCHEMA_VERSION,
+        AuditRecord, AuditSink, Decision, Kind, SCHEMA_VERSION,
         chain::{self, NodeKey},
         clock::Clock,
         record,
@@ -206,7 +206,7 @@ impl Pipeline {
             let rec = AuditRecord {
                 time: self.clock.format(Clock::boot_now_ns()),
                 task: task.clone(),
-                kind: "fork",
+                kind: Kind::Fork,
                 decision: Some(Decision::Deny),
                 action: Some("refuse"),
                 rule: Some("limits.processes"),
@@ -226,7 +226,7 @@ impl Pipeline {
         let rec = AuditRecord {
             time: self.clock.format(Clock::boot_now_ns()),
             task: task.id.clone(),
-            kind: "gap",
+            kind: Kind::Gap,
             reports_lost: Some(missing),
             reason: Some("the kernel refused more requests than it reported (audit records lost)".into()),
             ..Default::default()
@@ -307,7 +307,7 @@ impl Pipeline {
         }
         let mut line = serde_json::to_string(&rec)?;
         chain.head = chain::seal(&mut line);
-        chain.since_checkpoint = if rec.kind == "checkpoint" { 0 } else { chain.since_checkpoint + 1 };
+        chain.since_checkpoint = if rec.kind == Kind::Checkpoint { 0 } else { chain.since_checkpoint + 1 };
         let due = chain.since_checkpoint >= chain::CHECKPOINT_EVERY;
         if rec.decision == Some(Decision::Deny) {
             self.denials.entry(rec.task.clone()).or_default().note(&rec);
@@ -320,7 +320,7 @@ impl Pipeline {
                 self.emit(AuditRecord {
                     time: f.time,
                     task: f.task,
-                    kind: "finding",
+                    kind: Kind::Finding,
                     pid: f.pid.map(|p| p as u32),
                     rule_id: Some(f.rule),
                     severity: Some(format!("{:?}", f.severity).to_lowercase()),
@@ -344,7 +344,7 @@ impl Pipeline {
         let rec = AuditRecord {
             time: self.clock.format(Clock::boot_now_ns()),
             task: task.to_string(),
-            kind: "checkpoint",
+            kind: Kind::Checkpoint,
             key: Some(key.public_hex()),
             sig: Some(sig),
             ..Default::default()
@@ -417,7 +417,7 @@ impl Pipeline {
         let mut rec = AuditRecord {
             time: self.clock.format(meta.ktime_ns),
             task: task.id.clone(),
-            kind: ev.kind_name(),
+            kind: ev.kind(),
             decision: Some(decision),
             action: match meta.action {
                 KAction::None => None,
@@ -504,7 +504,7 @@ impl GapTracker {
         let rec = AuditRecord {
             time: p.clock().format(crate::audit::clock::Clock::boot_now_ns()),
             task: task.to_string(),
-            kind: "gap",
+            kind: Kind::Gap,
             drops: Some(drops.saturating_sub(self.drops)),
             decode_errors: Some(decode_errors.saturating_sub(self.decode_errors)),
             reports_lost: (reports_lost > self.reports_lost).then(|| reports_lost - self.reports_lost),
@@ -560,7 +560,7 @@ mod tests {
         assert_eq!(recs.len(), 2);
         assert_eq!((recs[0].seq, recs[1].seq), (1, 2));
         assert_eq!(recs[1].task, "t-1");
-        assert_eq!(recs[1].kind, "exec");
+        assert_eq!(recs[1].kind, Kind::Exec);
         assert_eq!(recs[1].path.as_deref(), Some("/bin/ls"));
         assert_eq!(recs[1].ppid, Some(10));
     }
@@ -578,7 +578,7 @@ mod tests {
         assert!(g.record(&mut p, "t-1", 5).unwrap());
         let recs = &mem.lock().unwrap().records;
         let gaps: Vec<_> = recs.iter().map(|r| (r.kind, r.drops, r.decode_errors)).collect();
-        assert_eq!(gaps, [("gap", Some(3), Some(1)), ("gap", Some(2), Some(0))]);
+        assert_eq!(gaps, [(Kind::Gap, Some(3), Some(1)), (Kind::Gap, Some(2), Some(0))]);
     }
 
     #[tokio::test]
@@ -595,23 +595,23 @@ mod tests {
             ..Default::default()
         };
         p.set_pod("t-1", pod.clone());
-        p.emit(AuditRecord { task: "t-1".into(), kind: "task_start", ..Default::default() }).unwrap();
+        p.emit(AuditRecord { task: "t-1".into(), kind: Kind::TaskStart, ..Default::default() }).unwrap();
         let mut src = MemorySource::new([exec_bytes(10, 1, "/bin/sh")]);
         assert!(src.wait().await.unwrap());
         src.drain(&mut |b| p.ingest(b));
-        p.emit(AuditRecord { task: "t-2".into(), kind: "task_start", ..Default::default() }).unwrap();
+        p.emit(AuditRecord { task: "t-2".into(), kind: Kind::TaskStart, ..Default::default() }).unwrap();
         p.forget_chain("t-1");
-        p.emit(AuditRecord { task: "t-1".into(), kind: "gap", ..Default::default() }).unwrap();
+        p.emit(AuditRecord { task: "t-1".into(), kind: Kind::Gap, ..Default::default() }).unwrap();
         let recs = &mem.lock().unwrap().records;
         let pods: Vec<_> =
             recs.iter().map(|r| (r.task.as_str(), r.kind, r.pod.as_deref().cloned())).collect();
         assert_eq!(
             pods,
             [
-                ("t-1", "task_start", Some(pod.clone())),
-                ("t-1", "exec", Some(pod)),
-                ("t-2", "task_start", None),
-                ("t-1", "gap", None),
+                ("t-1", Kind::TaskStart, Some(pod.clone())),
+                ("t-1", Kind::Exec, Some(pod)),
+                ("t-2", Kind::TaskStart, None),
+                ("t-1", Kind::Gap, None),
             ]
         );
     }

@@ -2,6 +2,7 @@
 //! verification, schema upgrades, and sinks.
 pub mod chain;
 pub mod clock;
+pub mod kind;
 pub mod nats;
 pub mod ocsf;
 pub mod record;
@@ -9,5 +10,6 @@ pub mod schema;
 pub mod sink;
 pub mod verify;
 
+pub use kind::Kind;
 pub use record::{AuditRecord, Decision, SCHEMA_VERSION};
 pub use sink::{AuditSink, JsonlSink};

@@ -29,7 +29,7 @@ pub struct AuditRecord {
     /// Task id.
     pub task: String,
     /// `task_start`, `task_end`, `exec`, `fork`, `exit`, ...
-    pub kind: &'static str,
+    pub kind: super::Kind,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub decision: Option<Decision>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -254,7 +254,7 @@ mod tests {
             seq: 1,
             time: "t".into(),
             task: "x".into(),
-            kind: "exec",
+            kind: crate::audit::Kind::Exec,
             decision: Some(Decision::Allow),
             pid: Some(5),
             ..Default::default()

@@ -191,7 +191,7 @@ mod tests {
             for t in ["a", "b"] {
                 p.emit(AuditRecord {
                     task: t.into(),
-                    kind: "exec",
+                    kind: crate::audit::Kind::Exec,
                     path: Some(format!("/bin/{i}")),
                     ..Default::default()
                 })
@@ -199,7 +199,8 @@ mod tests {
             }
         }
         for t in ["a", "b"] {
-            p.emit(AuditRecord { task: t.into(), kind: "task_end", ..Default::default() }).unwrap();
+            p.emit(AuditRecord { task: t.into(), kind: crate::audit::Kind::TaskEnd, ..Default::default() })
+                .unwrap();
             p.checkpoint(t).unwrap();
         }
         let v = lines.lock().unwrap().clone();

@@ -7,6 +7,7 @@
 //! report it as an evidence gap.
 use std::net::{IpAddr, Ipv6Addr};
 
+use crate::audit::Kind;
 use agent_common::abi::{
     ABI_VERSION, COMM_LEN, ConnectRecord, EventHeader, ExecRecord, ExitRecord, ForkRecord, LsmRecord,
     PATH_LEN, ProcIds, action, decision, flags, kind, op, rule,
@@ -101,17 +102,17 @@ pub enum LsmKind {
 }
 
 impl LsmKind {
-    pub fn as_str(self) -> &'static str {
+    pub fn kind(self) -> Kind {
         match self {
-            LsmKind::Open => "open",
-            LsmKind::Signal => "signal",
-            LsmKind::Ptrace => "ptrace",
-            LsmKind::Bpf => "bpf",
-            LsmKind::Mount => "mount",
-            LsmKind::Mmap => "mmap",
-            LsmKind::Module => "module",
-            LsmKind::File => "file",
-            LsmKind::Unix => "unix_connect",
+            LsmKind::Open => Kind::Open,
+            LsmKind::Signal => Kind::Signal,
+            LsmKind::Ptrace => Kind::Ptrace,
+            LsmKind::Bpf => Kind::Bpf,
+            LsmKind::Mount => Kind::Mount,
+            LsmKind::Mmap => Kind::Mmap,
+            LsmKind::Module => Kind::Module,
+            LsmKind::File => Kind::File,
+            LsmKind::Unix => Kind::UnixConnect,
         }
     }
 }
@@ -217,15 +218,15 @@ impl Event {
             | Event::Lsm { proc, .. } => proc,
         }
     }
-    /// The audit `kind` name.
-    pub fn kind_name(&self) -> &'static str {
+    /// The audit record's `kind`.
+    pub fn kind(&self) -> Kind {
         match self {
-            Event::Exec { .. } => "exec",
-            Event::Fork { .. } => "fork",
-            Event::Exit { .. } => "exit",
-            Event::Connect { op: ConnectOp::Connect, .. } => "connect",
-            Event::Connect { op: ConnectOp::Sendmsg, .. } => "sendmsg",
-            Event::Lsm { what, .. } => what.as_str(),
+            Event::Exec { .. } => Kind::Exec,
+            Event::Fork { .. } => Kind::Fork,
+            Event::Exit { .. } => Kind::Exit,
+            Event::Connect { op: ConnectOp::Connect, .. } => Kind::Connect,
+            Event::Connect { op: ConnectOp::Sendmsg, .. } => Kind::Sendmsg,
+            Event::Lsm { what, .. } => what.kind(),
         }
     }
 }
@@ -550,7 +551,7 @@ pub(crate) mod tests {
         );
         let v6: [u8; 16] = "2001:db8::1".parse::<Ipv6Addr>().unwrap().octets();
         let ev = decode(&connect_bytes(v6, 53, op::SENDMSG6, decision::ALLOW)).unwrap();
-        assert_eq!(ev.kind_name(), "sendmsg");
+        assert_eq!(ev.kind(), Kind::Sendmsg);
         let mut bad_op = connect_bytes(v6, 53, 9, decision::ALLOW);
         bad_op[99] = 9;
         assert!(matches!(decode(&bad_op), Err(DecodeError::BadValue { field: "op", .. })));
@@ -567,7 +568,7 @@ pub(crate) mod tests {
         let r =
             LsmRecord { hdr, proc: ids(9, 1, "sh"), target_pid: 1, arg: 15, dev: 3, _pad0: 0, ino: 4, path };
         let ev = decode(&as_bytes(&r)).unwrap();
-        assert_eq!(ev.kind_name(), "signal");
+        assert_eq!(ev.kind(), Kind::Signal);
         let Event::Lsm { target_pid, arg, meta, path, .. } = ev else { panic!() };
         assert_eq!((target_pid, arg, path.as_str()), (1, 15, "/etc"));
         assert_eq!(meta.rule.as_str(), Some("protected.process"));
@@ -580,7 +581,7 @@ pub(crate) mod tests {
         file.hdr.rule = rule::FILES_DENY;
         file.arg = agent_common::abi::file_op::RENAME;
         let ev = decode(&as_bytes(&file)).unwrap();
-        assert_eq!(ev.kind_name(), "file");
+        assert_eq!(ev.kind(), Kind::File);
         let Event::Lsm { what, arg, meta, .. } = ev else { panic!() };
         assert_eq!((what, arg, meta.rule.as_str()), (LsmKind::File, 5, Some("files.deny")));
     }

@@ -136,7 +136,7 @@ impl DnsEvent {
         AuditRecord {
             time: clock.format(self.boot_ns),
             task: self.task.clone(),
-            kind: "dns",
+            kind: crate::audit::Kind::Dns,
             decision: Some(self.decision),
             action: (self.decision == Decision::Deny).then_some("refuse"),
             rule: (self.decision != Decision::Allow || self.host.is_some()).then_some("network.egress"),
@@ -584,7 +584,10 @@ mod tests {
             transport: "udp",
         };
         let r = ev.record(&Clock::new());
-        assert_eq!((r.kind, r.action, r.rule), ("dns", Some("refuse"), Some("network.egress")));
+        assert_eq!(
+            (r.kind, r.action, r.rule),
+            (crate::audit::Kind::Dns, Some("refuse"), Some("network.egress"))
+        );
         assert_eq!(r.query.as_deref(), Some("evil.example"));
     }
 }

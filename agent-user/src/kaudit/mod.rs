@@ -28,6 +28,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::audit::Kind;
 pub use parse::Report;
 use parse::{LandlockAccess, LandlockDomain, Seccomp};
 
@@ -100,7 +101,7 @@ pub struct Refusal {
     pub unix_ns: i128,
     /// Which kernel mechanism refused: `landlock` or `seccomp`.
     pub source: &'static str,
-    pub kind: &'static str,
+    pub kind: Kind,
     pub rule: &'static str,
     /// `refuse` or `kill`.
     pub action: &'static str,
@@ -424,7 +425,7 @@ impl Tracker {
 }
 
 /// Kind and rule of a Landlock denial, from what was missing and the object.
-fn landlock_kind_rule(t: &TaskInfo, blockers: &[String], path: Option<&str>) -> (&'static str, &'static str) {
+fn landlock_kind_rule(t: &TaskInfo, blockers: &[String], path: Option<&str>) -> (Kind, &'static str) {
     let first = blockers.first().map(String::as_str).unwrap_or("");
     let write = blockers.iter().any(|b| {
         b.starts_with("fs.write")
@@ -461,18 +462,18 @@ fn landlock_kind_rule(t: &TaskInfo, blockers: &[String], path: Option<&str>) -> 
         }
     };
     match first {
-        "scope.signal" => ("signal", "protected.process"),
-        "scope.abstract_unix_socket" => ("unix", "protected.process"),
-        "ptrace" => ("ptrace", "protected.process"),
-        "fs.change_topology" => ("mount", "protected.mount"),
-        _ if blockers.iter().any(|b| b == "fs.refer") => ("file", file_rule()),
-        b if b.starts_with("net.") => ("connect", "network.egress"),
-        "fs.ioctl_dev" => ("ioctl", file_rule()),
+        "scope.signal" => (Kind::Signal, "protected.process"),
+        "scope.abstract_unix_socket" => (Kind::Unix, "protected.process"),
+        "ptrace" => (Kind::Ptrace, "protected.process"),
+        "fs.change_topology" => (Kind::Mount, "protected.mount"),
+        _ if blockers.iter().any(|b| b == "fs.refer") => (Kind::File, file_rule()),
+        b if b.starts_with("net.") => (Kind::Connect, "network.egress"),
+        "fs.ioctl_dev" => (Kind::Ioctl, file_rule()),
         b if b.starts_with("fs.make_") || b.starts_with("fs.remove_") || b == "fs.refer" => {
-            ("file", file_rule())
+            (Kind::File, file_rule())
         }
-        b if b.starts_with("fs.") => ("open", file_rule()),
-        _ => ("landlock", "protected.landlock"),
+        b if b.starts_with("fs.") => (Kind::Open, file_rule()),
+        _ => (Kind::Landlock, "protected.landlock"),
     }
 }
 
@@ -498,18 +499,18 @@ fn landlock_refusal(t: &TaskInfo, a: &LandlockAccess) -> Refusal {
 }
 
 /// Kind and rule of a refused syscall, by name.
-pub fn syscall_kind_rule(name: &str) -> (&'static str, &'static str) {
+pub fn syscall_kind_rule(name: &str) -> (Kind, &'static str) {
     match name {
-        "bpf" => ("bpf", "protected.bpf"),
+        "bpf" => (Kind::Bpf, "protected.bpf"),
         "mount" | "umount2" | "fsopen" | "fsconfig" | "fsmount" | "move_mount" | "open_tree"
-        | "pivot_root" | "mount_setattr" => ("mount", "protected.mount"),
+        | "pivot_root" | "mount_setattr" => (Kind::Mount, "protected.mount"),
         "init_module" | "finit_module" | "delete_module" | "kexec_load" | "kexec_file_load" => {
-            ("module", "protected.modules")
+            (Kind::Module, "protected.modules")
         }
-        "ptrace" | "process_vm_readv" | "process_vm_writev" => ("ptrace", "protected.process"),
-        "io_uring_setup" | "io_uring_enter" | "io_uring_register" => ("syscall", "protected.io_uring"),
-        "socket" | "socketpair" => ("socket", "protected.sockets"),
-        _ => ("syscall", "protected.syscalls"),
+        "ptrace" | "process_vm_readv" | "process_vm_writev" => (Kind::Ptrace, "protected.process"),
+        "io_uring_setup" | "io_uring_enter" | "io_uring_register" => (Kind::Syscall, "protected.io_uring"),
+        "socket" | "socketpair" => (Kind::Socket, "protected.sockets"),
+        _ => (Kind::Syscall, "protected.syscalls"),
     }
 }
 
@@ -529,14 +530,14 @@ fn seccomp_refusal(t: &TaskInfo, s: &Seccomp) -> Option<Refusal> {
     };
     let (name, (kind, rule)) = match s.arch {
         ARCH_X86_64 if s.syscall & X32_BIT != 0 => {
-            (format!("x32:{}", s.syscall & !X32_BIT), ("syscall", "protected.syscalls"))
+            (format!("x32:{}", s.syscall & !X32_BIT), (Kind::Syscall, "protected.syscalls"))
         }
         ARCH_X86_64 => match t.syscalls.get(&s.syscall) {
             Some(n) => (n.to_string(), syscall_kind_rule(n)),
-            None => (s.syscall.to_string(), ("syscall", "protected.syscalls")),
+            None => (s.syscall.to_string(), (Kind::Syscall, "protected.syscalls")),
         },
-        ARCH_I386 => (format!("i386:{}", s.syscall), ("syscall", "protected.syscalls")),
-        other => (format!("arch-{other:x}:{}", s.syscall), ("syscall", "protected.syscalls")),
+        ARCH_I386 => (format!("i386:{}", s.syscall), (Kind::Syscall, "protected.syscalls")),
+        other => (format!("arch-{other:x}:{}", s.syscall), (Kind::Syscall, "protected.syscalls")),
     };
     Some(Refusal {
         slot: t.slot,
@@ -607,7 +608,10 @@ mod tests {
             &none,
         );
         let [Output::Refusal(r)] = out.as_slice() else { panic!("{out:?}") };
-        assert_eq!((r.slot, r.kind, r.rule, r.source, r.pid), (3, "open", "files.deny", "landlock", None));
+        assert_eq!(
+            (r.slot, r.kind, r.rule, r.source, r.pid),
+            (3, Kind::Open, "files.deny", "landlock", None)
+        );
         assert_eq!(r.path.as_deref(), Some("/etc/shadow"));
         let out = feed(
             &mut tr,
@@ -616,7 +620,7 @@ mod tests {
             &none,
         );
         let [Output::Refusal(r)] = out.as_slice() else { panic!() };
-        assert_eq!((r.kind, r.rule), ("open", "protected.control"));
+        assert_eq!((r.kind, r.rule), (Kind::Open, "protected.control"));
         let out = feed(
             &mut tr,
             1423,
@@ -624,7 +628,7 @@ mod tests {
             &none,
         );
         let [Output::Refusal(r)] = out.as_slice() else { panic!() };
-        assert_eq!((r.kind, r.rule, r.target_pid), ("signal", "protected.process", Some(1)));
+        assert_eq!((r.kind, r.rule, r.target_pid), (Kind::Signal, "protected.process", Some(1)));
         // A create denial is held back for a moment (see Tracker::hold_or_emit).
         let out = feed(
             &mut tr,
@@ -640,7 +644,7 @@ mod tests {
             &none,
         );
         let [Output::Refusal(c), Output::Refusal(r)] = out.as_slice() else { panic!("{out:?}") };
-        assert_eq!((c.kind, c.rule), ("file", "files.deny"));
+        assert_eq!((c.kind, c.rule), (Kind::File, "files.deny"));
         assert_eq!(r.rule, "secrets");
         // Outside files.write, and next to a protected path inside the roots.
         let out =
@@ -652,7 +656,7 @@ mod tests {
         let mut out = Vec::new();
         tr.release_held(Duration::ZERO, &mut out);
         let [Output::Refusal(r)] = out.as_slice() else { panic!() };
-        assert_eq!((r.kind, r.rule), ("file", "files.deny"));
+        assert_eq!((r.kind, r.rule), (Kind::File, "files.deny"));
         // 7 received; the domain says 8 were denied: one is missing.
         let out = feed(&mut tr, 1424, "audit(2.000:22): domain=a status=deallocated denials=8", &none);
         assert_eq!(out, [Output::Gap { slot: 3, missing: 1 }]);
@@ -698,7 +702,7 @@ mod tests {
         assert!(out.is_empty());
         let out = feed(&mut tr, 1423, "audit(1.000:12): domain=a blockers=fs.make_char path=\"/out\"", &none);
         let [Output::Refusal(r)] = out.as_slice() else { panic!("{out:?}") };
-        assert_eq!((r.kind, r.rule, r.path.as_deref()), ("file", "files.deny", Some("/data/secret")));
+        assert_eq!((r.kind, r.rule, r.path.as_deref()), (Kind::File, "files.deny", Some("/data/secret")));
         assert_eq!(r.blockers.as_deref(), Some("fs.read_file,fs.refer,fs.make_char"));
         feed(&mut tr, 1423, "audit(1.000:7): domain=a blockers=fs.make_dir path=\"/a\"", &none);
         let mut out = Vec::new();
@@ -743,11 +747,11 @@ mod tests {
         let [Output::Refusal(r)] = out.as_slice() else { panic!("{out:?}") };
         assert_eq!(
             (r.kind, r.rule, r.action, r.pid, r.syscall.as_deref()),
-            ("bpf", "protected.bpf", "refuse", Some(150), Some("bpf"))
+            (Kind::Bpf, "protected.bpf", "refuse", Some(150), Some("bpf"))
         );
         let out = feed(&mut tr, 1326, &rec(150, "40000003", 11, "0x80000000"), &pids);
         let [Output::Refusal(r)] = out.as_slice() else { panic!() };
-        assert_eq!((r.kind, r.action, r.syscall.as_deref()), ("syscall", "kill", Some("i386:11")));
+        assert_eq!((r.kind, r.action, r.syscall.as_deref()), (Kind::Syscall, "kill", Some("i386:11")));
         let out = feed(&mut tr, 1326, &rec(150, "c000003e", 425, "0x50001"), &pids);
         let [Output::Refusal(r)] = out.as_slice() else { panic!() };
         assert_eq!(r.rule, "protected.io_uring");

@@ -37,10 +37,10 @@ impl AuditSink for Records {
 
 impl Records {
     pub fn kinds(&self) -> Vec<&'static str> {
-        self.0.lock().unwrap().records.iter().map(|r| r.kind).collect()
+        self.0.lock().unwrap().records.iter().map(|r| r.kind.as_str()).collect()
     }
     pub fn last(&self, kind: &str) -> Option<AuditRecord> {
-        self.0.lock().unwrap().records.iter().rev().find(|r| r.kind == kind).cloned()
+        self.0.lock().unwrap().records.iter().rev().find(|r| r.kind.as_str() == kind).cloned()
     }
 }
 

@@ -427,7 +427,7 @@ impl Lifecycle {
         let end = AuditRecord {
             time: host.now(),
             task: id.clone(),
-            kind: "task_end",
+            kind: crate::audit::Kind::TaskEnd,
             decision: Some(Decision::Allow),
             pid: facts.pid,
             ppid: facts.ppid,
@@ -493,7 +493,7 @@ fn start_record(task: &Task, host: &mut dyn Host, launched: &Launched) -> AuditR
     AuditRecord {
         time: task.started.clone(),
         task: task.id.clone(),
-        kind: "task_start",
+        kind: crate::audit::Kind::TaskStart,
         decision: Some(Decision::Allow),
         pid: launched.pid,
         ppid: launched.ppid,

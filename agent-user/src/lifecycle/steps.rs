@@ -170,7 +170,7 @@ impl Credentials {
             let rec = crate::audit::AuditRecord {
                 time: host.now(),
                 task: task.id.clone(),
-                kind: "secret",
+                kind: crate::audit::Kind::Secret,
                 decision: Some(if ev.error.is_none() {
                     crate::audit::Decision::Allow
                 } else {

@@ -70,7 +70,7 @@ impl RecordView for LiveRecord<'_> {
         match name {
             "time" => Some(&r.time),
             "task" => Some(&r.task),
-            "kind" => Some(r.kind),
+            "kind" => Some(r.kind.as_str()),
             "decision" => r.decision.map(decision_str),
             "action" => r.action,
             "rule" => r.rule,
@@ -390,7 +390,7 @@ mod tests {
             seq: 7,
             time: "2026-01-01T00:00:00.000000001Z".into(),
             task: "t\"1".into(),
-            kind: "connect",
+            kind: crate::audit::Kind::Connect,
             decision: Some(Decision::Deny),
             action: Some("refuse"),
             rule: Some("network.egress"),

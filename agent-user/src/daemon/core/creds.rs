@@ -25,7 +25,7 @@ impl Core {
         let rec = AuditRecord {
             time: self.now(),
             task: ev.task,
-            kind: "secret",
+            kind: crate::audit::Kind::Secret,
             decision: Some(if ev.granted { Decision::Allow } else { Decision::Deny }),
             pid: ev.pid,
             exe: ev.exe,
@@ -52,7 +52,7 @@ impl Core {
                 let rec = AuditRecord {
                     time: self.now(),
                     task: ev.task,
-                    kind: "secret",
+                    kind: crate::audit::Kind::Secret,
                     decision: Some(if ev.error.is_none() { Decision::Allow } else { Decision::Deny }),
                     op: Some("revoke"),
                     reason: Some(reason),
@@ -89,7 +89,7 @@ impl Core {
                 };
                 records.push(AuditRecord {
                     task: id.clone(),
-                    kind: "secret",
+                    kind: crate::audit::Kind::Secret,
                     decision: Some(decision),
                     op: Some("rotate"),
                     secret: Some(name),

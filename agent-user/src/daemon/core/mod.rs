@@ -268,7 +268,7 @@ impl Core {
                     let rec = AuditRecord {
                         time: self.now(),
                         task: r.task,
-                        kind: "api",
+                        kind: crate::audit::Kind::Api,
                         decision: Some(crate::audit::Decision::Deny),
                         pid: Some(r.pid),
                         exe: r.exe,

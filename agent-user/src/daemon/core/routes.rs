@@ -50,7 +50,7 @@ impl AuditSink for RoutedSink {
         let c = routes.counters.entry(r.task.clone()).or_default();
         c.events += 1;
         if matches!(r.decision, Some(Decision::Deny) | Some(Decision::Audit))
-            && !matches!(r.kind, "task_start" | "task_end")
+            && !matches!(r.kind, crate::audit::Kind::TaskStart | crate::audit::Kind::TaskEnd)
         {
             c.denials += 1;
         }

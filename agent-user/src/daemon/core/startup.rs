@@ -275,7 +275,7 @@ impl Core {
                     let gap = AuditRecord {
                         time: now.clone(),
                         task: id.clone(),
-                        kind: "gap",
+                        kind: crate::audit::Kind::Gap,
                         since,
                         drops: Some(drops.saturating_sub(run.task.gaps.drops)),
                         reason: Some(

@@ -75,7 +75,7 @@ impl Core {
             let rec = AuditRecord {
                 time: self.now(),
                 task: task.clone(),
-                kind: "bind_failed",
+                kind: crate::audit::Kind::BindFailed,
                 // The container was refused its start, or (fail-open) starts unbound.
                 decision: Some(if fail_open { Decision::Allow } else { Decision::Deny }),
                 reason: Some(e.message.clone()),
