@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 use agent_user::{
-    audit::{AuditRecord, Decision},
+    audit::{AuditRecord, Decision, Kind},
     rules::{
         RuleSet,
         engine::{Engine, Evaluator},
@@ -22,9 +22,9 @@ fn records(n: u64) -> Vec<AuditRecord> {
     (1..=n)
         .map(|i| {
             let kind = match i % 20 {
-                0 => "exec",
-                1 => "exit",
-                _ => "connect",
+                0 => Kind::Exec,
+                1 => Kind::Exit,
+                _ => Kind::Connect,
             };
             AuditRecord {
                 v: 2,
@@ -37,11 +37,11 @@ fn records(n: u64) -> Vec<AuditRecord> {
                 ppid: Some(999),
                 exe: Some("/usr/local/bin/warden-bench".into()),
                 // One exec in five is a network tool, which a starter rule reports.
-                path: (kind == "exec")
+                path: (kind == Kind::Exec)
                     .then(|| if i % 100 == 0 { "/usr/bin/curl" } else { "/bin/true" }.into()),
-                addr: (kind == "connect").then(|| "127.0.0.1".into()),
-                port: (kind == "connect").then_some(40_000),
-                protocol: (kind == "connect").then(|| "tcp".into()),
+                addr: (kind == Kind::Connect).then(|| "127.0.0.1".into()),
+                port: (kind == Kind::Connect).then_some(40_000),
+                protocol: (kind == Kind::Connect).then(|| "tcp".into()),
                 comm: Some("warden-bench".into()),
                 uid: Some(0),
                 cgroup_id: Some(12345),
