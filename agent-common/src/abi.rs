@@ -43,8 +43,10 @@ pub mod kind {
     /// linking, renaming, removing or truncating a file. `arg` is one of [`super::file_op`].
     pub const FILE: u16 = 12;
     /// A connection to a path-named unix socket was refused or audited (LSM
-    /// `unix_stream_connect`, `unix_may_send`): judged like opening the socket file for
-    /// reading. `arg` is one of [`super::unix_op`]; the path is the socket's.
+    /// `unix_stream_connect`, `unix_may_send`; on the fallback engine the cgroup
+    /// `connect_unix`/`sendmsg_unix` programs, by the name the task gave): judged like opening
+    /// the socket file for reading. `arg` is one of [`super::unix_op`]; the path is the
+    /// socket's (fallback: the name as given; `dev`/`ino` 0).
     pub const UNIX: u16 = 13;
     // 14..=63 are reserved for further scope-enforcement records.
 }
@@ -123,6 +125,9 @@ pub mod rule {
     pub const PROTECTED_CONTROL: u16 = 11;
     /// `exec.allow` applied to executable mappings.
     pub const EXEC_MMAP: u16 = 12;
+    /// A path-named unix socket named so that its name cannot be judged (relative, with `.`,
+    /// `..` or empty components, or through `/proc`): fallback engine, which judges names.
+    pub const UNIX_NAME: u16 = 13;
 }
 
 /// Connection operations (`ConnectRecord::op`).

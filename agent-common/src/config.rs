@@ -92,13 +92,18 @@ pub struct KernelOffsets {
     pub unix_sock_path: u32,
     /// `socket.sk`
     pub socket_sk: u32,
+    /// `bpf_sock_addr_kern.uaddr` (the address a cgroup sock_addr program judges)
+    pub sock_addr_uaddr: u32,
+    /// `bpf_sock_addr_kern.uaddrlen` (6.7+, with the unix hooks; 0 where absent)
+    pub sock_addr_uaddrlen: u32,
     /// Non-zero once the loader filled the struct; programs emit nothing while zero.
     pub valid: u32,
     pub _pad0: u32,
 }
-crate::assert_layout!(KernelOffsets, size = 168, task_pid @ 0, kn_parent @ 48, bprm_buf @ 52,
+crate::assert_layout!(KernelOffsets, size = 176, task_pid @ 0, kn_parent @ 48, bprm_buf @ 52,
     file_path @ 56, vma_file @ 112, dentry_name @ 116, qstr_len @ 120, qstr_name @ 124, sb_magic @ 128,
-    task_pid_links @ 144, lsm_bpf_ret @ 148, unix_sock_path @ 152, socket_sk @ 156, valid @ 160);
+    task_pid_links @ 144, lsm_bpf_ret @ 148, unix_sock_path @ 152, socket_sk @ 156, sock_addr_uaddr @ 160, sock_addr_uaddrlen @ 164,
+    valid @ 168);
 
 #[cfg(feature = "user")]
 mod pod {

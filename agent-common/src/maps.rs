@@ -72,6 +72,40 @@ pub mod file_rule {
     /// is the deepest existing ancestor of one that does not exist yet, so what is created
     /// there later is refused (fail closed, as the fallback engine's Landlock carve-out).
     pub const NO_NEW: u32 = 1 << 5;
+    /// `UNIX_RULES` only: names beneath resolve elsewhere through magic links (`/proc`,
+    /// `/dev/fd`), so a unix socket named through them cannot be judged by its name.
+    pub const OPAQUE: u32 = 1 << 6;
+}
+
+/// Name of the LPM trie the fallback engine judges path-named unix sockets with (key: prefix
+/// length + [`UnixPathKey`], value: [`file_rule`] bits of the longest matching path).
+pub const UNIX_RULES: &str = "UNIX_RULES";
+/// Name of the per-CPU scratch where a `UNIX_RULES` lookup key is built.
+pub const UNIX_SCRATCH: &str = "UNIX_SCRATCH";
+/// Default number of `UNIX_RULES` entries over all sandboxes.
+pub const DEFAULT_MAX_UNIX_RULES: u32 = 16384;
+/// Bytes of a socket path in [`UnixPathKey`]: `sun_path` holds at most 108, and the bytes
+/// after the name are always zero (an exact-name entry ends in one NUL).
+pub const UNIX_PATH_KEY: usize = 112;
+
+/// Data part of a `UNIX_RULES` LPM trie key: the slot (big-endian, always matched in full),
+/// then the socket's path, NUL-padded. A rule on directory `P` is two entries: `P/` (what is
+/// beneath) and `P\0` (the name itself), each with a prefix of `32 + 8 * (len(P) + 1)` bits;
+/// userspace folds every rule on an ancestor into the entry, so the longest match decides.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnixPathKey {
+    pub slot_be: [u8; 4],
+    pub path: [u8; UNIX_PATH_KEY],
+}
+crate::assert_layout!(UnixPathKey, size = 116, slot_be @ 0, path @ 4);
+/// Prefix length of a lookup key (slot and the whole path buffer).
+pub const UNIX_FULL_PREFIX: u32 = 32 + 8 * UNIX_PATH_KEY as u32;
+
+impl Default for UnixPathKey {
+    fn default() -> Self {
+        Self { slot_be: [0; 4], path: [0; UNIX_PATH_KEY] }
+    }
 }
 
 /// Key of `FILE_RULES`: an object (kernel dev_t, inode) for one sandbox slot.
@@ -143,7 +177,17 @@ mod pod {
             unsafe impl aya::Pod for super::$t {}
         )*};
     }
-    pod!(Sandbox, DropCounters, EgressAddr, PortRule, EgressRules, SecretToolKey, DnsConfig, DnsOrig);
+    pod!(
+        Sandbox,
+        DropCounters,
+        EgressAddr,
+        PortRule,
+        EgressRules,
+        SecretToolKey,
+        DnsConfig,
+        DnsOrig,
+        UnixPathKey
+    );
 }
 
 /// Name of the exec allowlist map (key [`ExecKey`], value `u32` reserved).

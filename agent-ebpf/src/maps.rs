@@ -2,8 +2,9 @@
 //! the real ones at load time (`EbpfLoader::map_max_entries`).
 use agent_common::maps::{
     DEFAULT_MAX_CGROUPS, DEFAULT_MAX_DNS_SOCKETS, DEFAULT_MAX_EGRESS, DEFAULT_MAX_EXEC,
-    DEFAULT_MAX_FILE_RULES, DEFAULT_MAX_TASKS, DEFAULT_RING_BYTES, DnsConfig, DnsOrig, DropCounters,
-    EgressAddr, EgressRules, ExecKey, FileKey, Sandbox, SecretToolKey, stat,
+    DEFAULT_MAX_FILE_RULES, DEFAULT_MAX_TASKS, DEFAULT_MAX_UNIX_RULES, DEFAULT_RING_BYTES, DnsConfig,
+    DnsOrig, DropCounters, EgressAddr, EgressRules, ExecKey, FileKey, Sandbox, SecretToolKey, UnixPathKey,
+    stat,
 };
 use aya_ebpf::{
     macros::map,
@@ -61,6 +62,32 @@ pub static FILE_RULES: HashMap<FileKey, u32> = HashMap::with_max_entries(DEFAULT
 /// (slot, secret, tool) triples: which executables may open which secret (BPF LSM engine).
 #[map]
 pub static SECRET_TOOLS: HashMap<SecretToolKey, u32> = HashMap::with_max_entries(DEFAULT_MAX_EXEC, 0);
+
+/// Path-named unix sockets per sandbox, by name (fallback engine: the cgroup
+/// `connect_unix`/`sendmsg_unix` programs see the name the task gave, not the file): longest
+/// match on (slot, path), value = `file_rule` bits of the matched path and its ancestors.
+#[map]
+pub static UNIX_RULES: LpmTrie<UnixPathKey, u32> = LpmTrie::with_max_entries(DEFAULT_MAX_UNIX_RULES, 1);
+
+/// Where the unix programs build a `UNIX_RULES` key and check the name, byte by byte, in a
+/// `bpf_loop` callback: state kept in map memory is unknown to the verifier, so the callback's
+/// states converge at once.
+#[repr(C)]
+pub struct UnixScratch {
+    /// The lookup key, `{prefix_len, UnixPathKey}` as the LPM trie reads it.
+    pub prefix_len: u32,
+    pub key: UnixPathKey,
+    /// Bytes in the current path component, and how many of them are dots.
+    pub seg: u32,
+    pub dots: u32,
+    /// Non-zero once the name was found unjudgeable.
+    pub bad: u32,
+    pub _pad0: u32,
+}
+
+/// Per-CPU scratch of the unix programs.
+#[map]
+pub static UNIX_SCRATCH: PerCpuArray<UnixScratch> = PerCpuArray::with_max_entries(1, 0);
 
 /// A path being built from dentry names, back to front: it is `buf[pos..PATH_LEN]`.
 #[repr(C)]

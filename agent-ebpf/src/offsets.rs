@@ -45,6 +45,8 @@ pub static OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
     lsm_bpf_ret: 3,
     unix_sock_path: 0,
     socket_sk: 0,
+    sock_addr_uaddr: 0,
+    sock_addr_uaddrlen: 0,
     valid: 0,
     _pad0: 0,
 });

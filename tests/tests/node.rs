@@ -432,18 +432,13 @@ fn unix_socket_connects_are_judged_like_files() {
     assert_eq!(out.result("allowed"), "ok", "a connect the scope allows works");
     assert_eq!(out.result("allowed-dgram"), "ok");
     let records = out.records_of("unix_connect", "deny");
-    if engine() == "bpf-lsm" {
-        for op in ["denied", "denied-dgram", "outside-read"] {
-            assert_eq!(out.result(op), "err 13", "{op}: {}", out.stdout);
-        }
-        assert_eq!(records.len(), 3, "{:#?}", out.judged());
-        assert!(records.iter().any(|r| r["path"] == ds.to_str().unwrap() && r["rule"] == "files.deny"));
-        assert!(records.iter().any(|r| r["path"] == os_.to_str().unwrap() && r["rule"] == "files.read"));
-        coverage("unix socket connect", "syscall", "enforced");
-    } else {
-        // The fallback engine does not judge unix-socket connects yet (cgroup unix_connect
-        // programs need a loader aya does not have): say so rather than pass.
-        let refused = out.result("denied") == "err 13";
-        coverage("unix socket connect", "syscall", if refused { "enforced (no record)" } else { "none" });
+    // Both engines: BPF LSM judges the socket's file, the fallback's cgroup unix programs its
+    // name (tests/tests/unix.rs covers the ways of naming it).
+    for op in ["denied", "denied-dgram", "outside-read"] {
+        assert_eq!(out.result(op), "err 13", "{op}: {}", out.stdout);
     }
+    assert_eq!(records.len(), 3, "{:#?}", out.judged());
+    assert!(records.iter().any(|r| r["path"] == ds.to_str().unwrap() && r["rule"] == "files.deny"));
+    assert!(records.iter().any(|r| r["path"] == os_.to_str().unwrap() && r["rule"] == "files.read"));
+    coverage("unix socket connect", "syscall", "enforced");
 }

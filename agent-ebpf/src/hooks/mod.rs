@@ -4,3 +4,4 @@ pub mod lsm;
 pub mod probe;
 pub mod sched;
 pub mod sockaddr;
+pub mod unix;

@@ -192,6 +192,7 @@ impl DaemonConfig {
             ("maps.max_exec", m.max_exec),
             ("maps.max_egress", m.max_egress),
             ("maps.max_file_rules", m.max_file_rules),
+            ("maps.max_unix_rules", m.max_unix_rules),
         ] {
             if v == 0 {
                 return Err(bad(field, "must be at least 1".into()));

@@ -62,6 +62,8 @@ pub enum KRule {
     ProtectedModule,
     ProtectedControl,
     ExecMmap,
+    /// A unix socket named so the fallback engine cannot judge it (see `rule::UNIX_NAME`).
+    UnixName,
 }
 
 impl KRule {
@@ -81,6 +83,7 @@ impl KRule {
             KRule::ProtectedModule => Some("protected.modules"),
             KRule::ProtectedControl => Some("protected.control"),
             KRule::ExecMmap => Some("exec.allow"),
+            KRule::UnixName => Some("files.unix_name"),
         }
     }
 }
@@ -317,6 +320,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
             rule::PROTECTED_MODULE => KRule::ProtectedModule,
             rule::PROTECTED_CONTROL => KRule::ProtectedControl,
             rule::EXEC_MMAP => KRule::ExecMmap,
+            rule::UNIX_NAME => KRule::UnixName,
             v => return Err(bad("rule", v.into())),
         },
     };

@@ -138,7 +138,13 @@ pub trait Host {
     fn reset_drops(&mut self, slot: u32) -> Result<(), HostError>;
     /// Records of `slot` the kernel could not deliver so far.
     fn drops(&mut self, slot: u32) -> u64;
-    /// Attaches the egress programs to the task's cgroup.
+    /// Whether the fallback engine cannot judge path-named unix sockets on this kernel (the
+    /// cgroup unix programs did not load: before 6.7).
+    fn unix_unjudged(&self) -> bool {
+        false
+    }
+    /// Attaches the egress programs (and the fallback's unix-socket programs) to the task's
+    /// cgroup.
     fn egress_attach(&mut self, cg: &Cgroup, task: &str) -> Result<(), HostError>;
     /// Detaches the task's pinned egress programs.
     fn egress_detach(&mut self, task: &str) -> Result<(), HostError>;
@@ -246,6 +252,10 @@ impl Host for Live<'_> {
 
     fn engine(&self) -> Engine {
         if self.sensor.lsm_engine() { Engine::BpfLsm } else { Engine::Fallback }
+    }
+
+    fn unix_unjudged(&self) -> bool {
+        self.sensor.unix_unjudged().is_some()
     }
 
     fn pipeline(&mut self) -> &mut Pipeline {

@@ -181,6 +181,10 @@ impl KernelBtf {
             lsm_bpf_ret: self.func_params("bpf_lsm_bpf").map_or(3, |n| n as u32),
             unix_sock_path: self.offset("unix_sock", &["path"])?,
             socket_sk: self.offset("socket", &["sk"])?,
+            // The unix cgroup hooks (6.7) came with `uaddrlen`; older kernels judge no unix
+            // socket there (the programs do not load) and need neither.
+            sock_addr_uaddr: self.offset("bpf_sock_addr_kern", &["uaddr"]).unwrap_or(0),
+            sock_addr_uaddrlen: self.offset("bpf_sock_addr_kern", &["uaddrlen"]).unwrap_or(0),
             valid: 1,
             _pad0: 0,
         })

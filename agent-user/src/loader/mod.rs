@@ -4,6 +4,7 @@ pub mod btf;
 pub mod engine;
 pub mod pin;
 pub mod probe;
+pub mod raw_unix;
 #[cfg(feature = "test-hooks")]
 mod testing;
 
@@ -51,6 +52,8 @@ pub enum LoadError {
     Pin { what: String, source: aya::pin::PinError },
     #[error("program `{name}`: its attachment cannot be pinned: {source}")]
     Link { name: &'static str, source: aya::programs::links::LinkError },
+    #[error(transparent)]
+    Unix(#[from] raw_unix::RawError),
     #[error("pinned state {path}: {source}")]
     PinDir { path: String, source: std::io::Error },
     #[error(
@@ -76,6 +79,8 @@ pub struct LoadOptions {
     pub max_egress: u32,
     /// File rules (BPF LSM engine), over all sandboxes.
     pub max_file_rules: u32,
+    /// Unix-socket name rules (fallback engine), over all sandboxes.
+    pub max_unix_rules: u32,
 }
 
 impl Default for LoadOptions {
@@ -87,6 +92,7 @@ impl Default for LoadOptions {
             max_exec: maps::DEFAULT_MAX_EXEC,
             max_egress: maps::DEFAULT_MAX_EGRESS,
             max_file_rules: maps::DEFAULT_MAX_FILE_RULES,
+            max_unix_rules: maps::DEFAULT_MAX_UNIX_RULES,
         }
     }
 }
@@ -155,7 +161,8 @@ pub fn load_object(
         .map_max_entries(maps::EXEC_ALLOW, opts.max_exec)
         .map_max_entries(maps::EGRESS, opts.max_egress)
         .map_max_entries(maps::FILE_RULES, opts.max_file_rules)
-        .map_max_entries(maps::SECRET_TOOLS, opts.max_exec);
+        .map_max_entries(maps::SECRET_TOOLS, opts.max_exec)
+        .map_max_entries(maps::UNIX_RULES, opts.max_unix_rules);
     if let Some(p) = pins {
         for name in pin::PINNED_MAPS {
             loader.map_pin_path(name, p.map_path(name));
@@ -186,6 +193,10 @@ where
 pub struct Sensor {
     /// Egress program attachments (declared before `ebpf` so they are released first).
     egress_links: Vec<aya::programs::cgroup_sock_addr::CgroupSockAddrLink>,
+    /// Unix-socket program attachments of sandboxes whose links are not pinned.
+    unix_links: Vec<std::os::fd::OwnedFd>,
+    /// The fallback engine's unix-socket programs, or why this kernel does not load them.
+    unix: Result<raw_unix::UnixPrograms, String>,
     lsm_engine: bool,
     /// Where attachments and maps are pinned (node daemon), if anywhere.
     pins: Option<PinLayout>,
@@ -242,10 +253,17 @@ impl Sensor {
             let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?;
             prog.load().map_err(|source| LoadError::Program { name, source })?;
         }
+        // Before the ring buffer leaves `ebpf`: the unix programs are relocated against its maps.
+        let unix = raw_unix::UnixPrograms::load(&ebpf, EBPF_OBJECT, &aya_btf).map_err(|e| {
+            tracing::warn!(error = %e, "pathname unix-socket connects are not judged on this kernel (fallback engine)");
+            e.to_string()
+        });
         let ring = ebpf.take_map(maps::EVENTS).ok_or(LoadError::MissingMap(maps::EVENTS))?;
         let ring = RingBuf::try_from(ring).map_err(|source| LoadError::Map { name: maps::EVENTS, source })?;
         Ok(Self {
             egress_links: Vec::new(),
+            unix_links: Vec::new(),
+            unix,
             lsm_engine: false,
             pins: pins.cloned(),
             adopted,
@@ -312,7 +330,36 @@ impl Sensor {
                 None => self.egress_links.push(owned),
             }
         }
+        // The fallback engine judges path-named unix sockets here too (the BPF LSM engine at
+        // its own hooks, by the socket's file).
+        if !self.lsm_engine
+            && let Ok(unix) = &self.unix
+        {
+            let todo: Vec<&str> = raw_unix::UNIX_PROGRAMS
+                .iter()
+                .map(|(n, _)| *n)
+                .filter(|n| !pin_dir.as_ref().is_some_and(|d| d.join(n).exists()))
+                .collect();
+            if !todo.is_empty() {
+                use std::os::fd::AsFd;
+                for (name, link) in unix.attach(dir.as_fd())? {
+                    if !todo.contains(&name) {
+                        continue;
+                    }
+                    match &pin_dir {
+                        Some(d) => raw_unix::pin(&link, &d.join(name))?,
+                        None => self.unix_links.push(link),
+                    }
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// Why path-named unix sockets are not judged by this sensor's fallback engine (the
+    /// kernel refused the cgroup unix programs: before 6.7), or `None` when they are.
+    pub fn unix_unjudged(&self) -> Option<&str> {
+        self.unix.as_ref().err().map(String::as_str)
     }
 
     /// Detaches the pinned egress programs of `task` (their pins are removed).
@@ -459,6 +506,20 @@ impl Sensor {
             }
         }
         if !self.lsm_engine {
+            let name = maps::UNIX_RULES;
+            let m = self.ebpf.map_mut(name).ok_or(LoadError::MissingMap(name))?;
+            let mut trie: LpmTrie<&mut MapData, maps::UnixPathKey, u32> =
+                LpmTrie::try_from(m).map_err(|source| LoadError::Map { name, source })?;
+            for r in &scope.unix_rules {
+                let mut data = maps::UnixPathKey { slot_be: slot.to_be_bytes(), ..Default::default() };
+                data.path[..r.name.len()].copy_from_slice(&r.name);
+                let key = Key::new(32 + 8 * r.name.len() as u32, data);
+                if insert {
+                    trie.insert(&key, r.bits, 0).map_err(|source| LoadError::Map { name, source })?;
+                } else {
+                    let _ = trie.remove(&key);
+                }
+            }
             return Ok(());
         }
         let mut rules = self.hash_map::<maps::FileKey, u32>(maps::FILE_RULES)?;

@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 use super::{EBPF_OBJECT, LoadOptions};
 
 /// Maps a daemon pins (and re-adopts). Scratch maps and globals stay private to each load.
-pub const PINNED_MAPS: [&str; 10] = [
+pub const PINNED_MAPS: [&str; 11] = [
     maps::EVENTS,
     maps::WATCHED,
     maps::DROPS,
@@ -32,6 +32,7 @@ pub const PINNED_MAPS: [&str; 10] = [
     maps::SECRET_TOOLS,
     maps::DNS_CONFIG,
     maps::DNS_ORIG,
+    maps::UNIX_RULES,
 ];
 
 /// Where one version of the pinned state lives.
@@ -151,6 +152,7 @@ pub fn version_name(opts: &LoadOptions) -> String {
     h.update(opts.max_exec.to_le_bytes());
     h.update(opts.max_egress.to_le_bytes());
     h.update(opts.max_file_rules.to_le_bytes());
+    h.update(opts.max_unix_rules.to_le_bytes());
     format!("v{ABI_VERSION}-{}", &hex::encode(h.finalize())[..12])
 }
 

@@ -129,9 +129,15 @@ pub fn probe() -> ProbeReport {
                 },
             ));
             features.push(feature("cgroup_sock_addr", try_sock_addr(&mut ebpf)));
+            features.push(feature(
+                "cgroup_unix",
+                super::raw_unix::UnixPrograms::load(&ebpf, super::EBPF_OBJECT, &btf)
+                    .map(|_| "connect_unix + sendmsg_unix loaded (raw BPF_PROG_LOAD)".to_string())
+                    .map_err(|e| err_chain(&e)),
+            ));
         }
         Err(e) => {
-            for name in ["ring_buffer", "tp_btf", "bpf_lsm", "fentry", "cgroup_sock_addr"] {
+            for name in ["ring_buffer", "tp_btf", "bpf_lsm", "fentry", "cgroup_sock_addr", "cgroup_unix"] {
                 features.push(feature(name, Err(format!("eBPF object did not load: {e}"))));
             }
         }
@@ -145,6 +151,7 @@ pub fn probe() -> ProbeReport {
     let lsm = report.available("bpf_lsm");
     let landlock = report.available("landlock");
     let sock_addr = report.available("cgroup_sock_addr");
+    let cgroup_unix = report.available("cgroup_unix");
     let tp_btf = report.available("tp_btf");
     report.engine.primary = if lsm { "bpf-lsm" } else { "fallback" };
     let notes = &mut report.engine.notes;
@@ -175,6 +182,13 @@ pub fn probe() -> ProbeReport {
     }
     if sock_addr {
         notes.push("egress: cgroup connect4/6 + sendmsg4/6 programs (EPERM)".into());
+    }
+    if !lsm {
+        notes.push(if cgroup_unix {
+            "path-named unix sockets: cgroup connect_unix + sendmsg_unix programs judge the name (EACCES)".into()
+        } else {
+            "path-named unix sockets: NOT judged on this kernel (the cgroup unix programs need 6.7; see cgroup_unix)".into()
+        });
     }
     if tp_btf {
         notes.push("process lifecycle events: BTF tracepoints".into());

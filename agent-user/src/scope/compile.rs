@@ -6,6 +6,7 @@
 //! - files: a Landlock plan; denied subtrees inside granted ones are carved out by granting
 //!   the siblings along the path instead (Landlock only adds access), so anything created
 //!   later next to a denied path is denied too (fail closed);
+//! - unix sockets (fallback engine): `UNIX_RULES` entries by name, see [`unix_rules`];
 //! - syscalls: the seccomp deny list.
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -69,6 +70,112 @@ pub struct FileRule {
     pub bits: u32,
 }
 
+/// A `UNIX_RULES` entry (fallback engine): `name` is the key's path bytes — a path followed
+/// by `/` (everything beneath) or by one NUL (the name itself) —, `bits` the `file_rule` bits
+/// of that path and every ancestor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnixRule {
+    pub name: Vec<u8>,
+    pub bits: u32,
+}
+
+/// Names under which other names resolve through magic links (the task's own `/proc`, and
+/// `/dev/fd`, `/dev/std*` into it): a unix socket named through them cannot be judged by
+/// name. Other symlinks are followed at compile time (see [`unix_rules`]).
+const UNIX_OPAQUE: &[&str] = &["/proc", "/dev/fd", "/dev/stdin", "/dev/stdout", "/dev/stderr"];
+
+/// Rules for the fallback engine's unix-socket programs, which see the *name* a task
+/// connects to (`sun_path`), not the file: a name under a `deny` path is refused, and when
+/// `read` is restricted (`Some`) a name under none of its paths is refused too — the rule of
+/// the BPF LSM engine's `unix_stream_connect`/`unix_may_send`, which judge the socket's
+/// file like opening it for reading. `allow` names are reachable whatever their ancestors say
+/// (the task's own broker).
+///
+/// Names are judged as given, so every rule is also written under the names that reach it
+/// through the symlinks at the top of the tree (`/var/run` → `/run`, `/lib` → `/usr/lib`,
+/// ... two levels down from `/`): such a symlink is an entry of its own with its target's
+/// verdict, and the rules beneath its target are repeated beneath it.
+pub fn unix_rules(deny: &[PathBuf], read: Option<&[PathBuf]>, allow: &[PathBuf]) -> Vec<UnixRule> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut own: Vec<(PathBuf, u32)> = Vec::new();
+    for d in deny {
+        own.push((d.clone(), file_rule::DENY));
+    }
+    for r in read.into_iter().flatten() {
+        own.push((r.clone(), file_rule::READ));
+    }
+    for o in UNIX_OPAQUE {
+        own.push((PathBuf::from(o), file_rule::OPAQUE));
+    }
+    let fold = |p: &Path| own.iter().filter(|(r, _)| p.starts_with(r)).fold(0, |acc, (_, b)| acc | b);
+    let mut names: BTreeMap<PathBuf, u32> = BTreeMap::new();
+    for (p, _) in &own {
+        names.insert(p.clone(), fold(p));
+    }
+    // Top-level symlinks: each one gets its target's verdict, and the rules beneath the
+    // target are repeated beneath it.
+    let mut links = Vec::new();
+    let mut dirs = vec![PathBuf::from("/")];
+    if let Ok(rd) = fs::read_dir("/") {
+        for e in rd.flatten() {
+            let p = e.path();
+            if matches!(p.to_str(), Some("/proc" | "/sys")) {
+                continue;
+            }
+            match e.file_type() {
+                Ok(t) if t.is_symlink() => links.push(p),
+                Ok(t) if t.is_dir() => dirs.push(p),
+                _ => {}
+            }
+        }
+    }
+    for d in dirs.iter().skip(1) {
+        if let Ok(rd) = fs::read_dir(d) {
+            links.extend(
+                rd.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_symlink())).map(|e| e.path()),
+            );
+        }
+    }
+    for l in links {
+        let Ok(target) = fs::canonicalize(&l) else { continue };
+        if target == l {
+            continue;
+        }
+        let beneath: Vec<(PathBuf, u32)> = names
+            .iter()
+            .filter_map(|(p, b)| p.strip_prefix(&target).ok().map(|rest| (l.join(rest), *b)))
+            .collect();
+        let bits = fold(&target);
+        if bits != 0 || !beneath.is_empty() {
+            names.entry(l.clone()).or_insert(bits);
+        }
+        for (p, b) in beneath {
+            names.entry(p).or_insert(b);
+        }
+    }
+    for a in allow {
+        names.insert(a.clone(), file_rule::READ);
+    }
+    let mut out = Vec::new();
+    for (p, bits) in names {
+        let b = p.as_os_str().as_bytes();
+        if b == b"/" {
+            out.push(UnixRule { name: b"/".to_vec(), bits });
+            continue;
+        }
+        // `sun_path` holds 108 bytes: no name beneath a longer path can be given.
+        if b.is_empty() || b.len() + 1 > agent_common::maps::UNIX_PATH_KEY - 4 {
+            continue;
+        }
+        for end in [b'/', 0] {
+            let mut name = b.to_vec();
+            name.push(end);
+            out.push(UnixRule { name, bits });
+        }
+    }
+    out
+}
+
 /// Regular files enumerated beneath one denied directory (so a hard link to one of them
 /// elsewhere is still refused); beyond this only the directory walk protects them.
 const DENY_ENUM_LIMIT: usize = 4096;
@@ -110,6 +217,8 @@ pub struct CompiledScope {
     pub landlock: LandlockPlan,
     /// Object rules for the BPF LSM engine.
     pub file_rules: Vec<FileRule>,
+    /// Unix-socket name rules for the fallback engine.
+    pub unix_rules: Vec<UnixRule>,
     /// Syscalls refused with EPERM: (name, number).
     pub seccomp_deny: Vec<(&'static str, i64)>,
     /// Which sockets `socket`/`socketpair` may create (seccomp, both engines).
@@ -827,6 +936,19 @@ impl CompiledScope {
             exec_paths.iter().cloned().chain(exec_dirs.iter().map(|d| d.path.clone())).collect();
         let file_rules =
             lsm_file_rules(scope, &deny_all, &secret_paths, &readable_exec, &canon(&control_paths()));
+        // Node devices are no sockets (and are many): left out of the unix rules.
+        let devices = node_devices();
+        let unix_deny: Vec<PathBuf> =
+            deny_all.iter().chain(&secret_paths).filter(|p| !devices.contains(p)).cloned().collect();
+        let unix_read: Option<Vec<PathBuf>> = scope.read.as_ref().map(|r| {
+            canon(r)
+                .into_iter()
+                .chain(readable_exec.iter().cloned())
+                .chain(ALWAYS_READ.iter().map(PathBuf::from))
+                .collect()
+        });
+        let unix_rules =
+            unix_rules(&unix_deny, unix_read.as_deref(), &scope.broker.iter().cloned().collect::<Vec<_>>());
         let protected = Protected {
             deny: deny_all.clone(),
             secrets: secret_paths.clone(),
@@ -864,6 +986,7 @@ impl CompiledScope {
             egress,
             landlock: LandlockPlan { read, write, list },
             file_rules,
+            unix_rules,
             seccomp_deny: seccomp_list(&scope.grants),
             sockets: socket_policy(&scope.grants),
             flags,
@@ -1060,6 +1183,39 @@ mod tests {
         assert!(
             c.flags & sandbox_flags::READ_RESTRICTED != 0 && c.flags & sandbox_flags::WRITE_RESTRICTED == 0
         );
+    }
+
+    /// What the kernel's unix programs find for a (judgeable) name: the longest entry that
+    /// prefixes the NUL-terminated name.
+    fn unix_lookup(rules: &[UnixRule], name: &str) -> u32 {
+        let mut key = name.as_bytes().to_vec();
+        key.push(0);
+        rules.iter().filter(|r| key.starts_with(&r.name)).max_by_key(|r| r.name.len()).map_or(0, |r| r.bits)
+    }
+
+    #[test]
+    fn unix_rules_judge_names_like_the_file_rules() {
+        let d = tempfile::tempdir().unwrap();
+        let r = fs::canonicalize(d.path()).unwrap();
+        let (deny, read) = (vec![r.join("a/deny")], vec![r.join("a")]);
+        let broker = r.join("a/deny/broker.sock");
+        let rules = unix_rules(&deny, Some(&read), std::slice::from_ref(&broker));
+        let at = |p: &str| unix_lookup(&rules, &format!("{}/{p}", r.display()));
+        assert_eq!(at("a/s.sock"), file_rule::READ);
+        assert_eq!(at("a"), file_rule::READ, "the name itself");
+        assert_ne!(at("a/deny/s.sock") & file_rule::DENY, 0, "beneath a denied path");
+        assert_ne!(at("a/deny") & file_rule::DENY, 0, "the denied name itself");
+        assert_eq!(at("a/denyx.sock"), file_rule::READ, "components, not bytes");
+        assert_eq!(at("b.sock"), 0, "outside files.read");
+        assert_eq!(at("a/deny/broker.sock"), file_rule::READ, "the task's broker stays reachable");
+        assert_ne!(unix_lookup(&rules, "/proc/self/root/x.sock") & file_rule::OPAQUE, 0);
+        assert_ne!(unix_lookup(&rules, "/dev/fd/3/x.sock") & file_rule::OPAQUE, 0);
+        // Names through the symlinks at the top of the tree get the verdict of their target.
+        if fs::canonicalize("/var/run").is_ok_and(|t| t == Path::new("/run")) {
+            let rules = unix_rules(&[PathBuf::from("/run/secret-svc")], None, &[]);
+            assert_ne!(unix_lookup(&rules, "/var/run/secret-svc/api.sock") & file_rule::DENY, 0);
+            assert_eq!(unix_lookup(&rules, "/var/run/other.sock") & file_rule::DENY, 0);
+        }
     }
 
     #[test]
