@@ -152,8 +152,6 @@ fn unix_socket_names_are_judged_like_files() {
         assert_eq!(records.len(), 6, "{:#?}", out.judged());
     }
     coverage("unix socket connect", "syscall", "enforced");
-    coverage("unix socket connect", "datagram sendto", "enforced");
-    coverage("unix socket connect", "`..`, relative, /proc name", "enforced");
 }
 
 #[test]
@@ -180,7 +178,6 @@ fn audit_mode_records_unix_connects_and_allows_them() {
         let r = deny_of(&records, p.to_str().unwrap());
         assert_eq!((r["rule"].as_str(), r["action"].as_str()), (Some("files.deny"), None), "{r}");
     }
-    coverage("unix socket connect", "audit mode", "recorded, allowed");
 }
 
 #[test]
