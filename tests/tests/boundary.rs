@@ -190,6 +190,8 @@ fn openpty() -> (OwnedFd, OwnedFd) {
     unsafe { (OwnedFd::from_raw_fd(m), OwnedFd::from_raw_fd(s)) }
 }
 
+/// With `--no-tty` the task gets the user's terminal itself as stdin, stdout and stderr (not as
+/// its controlling terminal): it still cannot type into it, quit or hang up Warden.
 #[test]
 fn the_task_cannot_type_into_the_users_terminal() {
     if !require("the_task_cannot_type_into_the_users_terminal", "tp_btf") {
@@ -221,6 +223,8 @@ fn the_task_cannot_type_into_the_users_terminal() {
         .arg(d.join("scope.yaml"))
         .arg("--log")
         .arg(d.join("events.jsonl"))
+        // The terminal itself, not a relayed pty (that case: `the_tasks_terminal_is_its_own`).
+        .arg("--no-tty")
         .args(["--", "/bin/sh", "-c", &script])
         .env("WARDEN_SOCKET", d.join("no-daemon.sock"))
         .stdin(stdio(&slave))
@@ -430,4 +434,352 @@ fn capabilities_and_user_come_from_the_scope() {
     assert_eq!(granted.result("CapEff"), "0000000000000400", "only net_bind_service");
     assert_eq!(granted.result("uid"), "65534 65534");
     coverage("capabilities", "syscall", "enforced (no record)");
+}
+
+/// The user's terminal, played by the test: a pty whose slave is `warden run`'s controlling
+/// terminal, stdin, stdout and stderr, as under a user's shell. The test types at the master
+/// and reads what appears there.
+struct UserTerminal {
+    master: fs::File,
+    slave: OwnedFd,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+/// Rows and columns of a terminal's window.
+fn set_winsize(fd: &impl AsRawFd, rows: u16, cols: u16) {
+    let ws = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+    // SAFETY: TIOCSWINSZ reads a winsize from a local.
+    assert_eq!(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, &ws) }, 0);
+}
+
+fn termios_of(fd: &impl AsRawFd) -> libc::termios {
+    // SAFETY: termios is plain data filled by tcgetattr.
+    let mut t: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: tcgetattr with a valid pointer.
+    assert_eq!(unsafe { libc::tcgetattr(fd.as_raw_fd(), &mut t) }, 0);
+    t
+}
+
+/// The settings a terminal program cares about, comparable.
+fn modes(t: &libc::termios) -> (u32, u32, u32, u32, Vec<u8>) {
+    (t.c_iflag, t.c_oflag, t.c_cflag, t.c_lflag, t.c_cc.to_vec())
+}
+
+impl UserTerminal {
+    /// A fresh terminal of `rows`×`cols`; what appears on it is collected from now on.
+    fn new(rows: u16, cols: u16) -> Self {
+        let (master, slave) = openpty();
+        set_winsize(&master, rows, cols);
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut m = fs::File::from(master.try_clone().unwrap());
+        let s2 = seen.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = m.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                s2.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        Self { master: fs::File::from(master), slave, seen, child: None, dir: tempfile::tempdir().unwrap() }
+    }
+
+    /// Starts `warden run [extra] -- cmd` with `scope` on this terminal.
+    fn start(&mut self, scope: &str, extra: &[&str], cmd: &[&str]) {
+        let d = self.dir.path();
+        fs::write(d.join("scope.yaml"), scope).unwrap();
+        let stdio = |fd: &OwnedFd| Stdio::from(fd.try_clone().unwrap());
+        let mut c = Command::new(warden_bin());
+        c.arg("run")
+            .arg("--key")
+            .arg(d.join("node.key"))
+            .arg("--scope")
+            .arg(d.join("scope.yaml"))
+            .arg("--log")
+            .arg(d.join("events.jsonl"))
+            .args(extra)
+            .arg("--")
+            .args(cmd)
+            .env("WARDEN_SOCKET", d.join("no-daemon.sock"))
+            .stdin(stdio(&self.slave))
+            .stdout(stdio(&self.slave))
+            .stderr(stdio(&self.slave));
+        // SAFETY: setsid and TIOCSCTTY between fork and exec.
+        unsafe {
+            c.pre_exec(|| {
+                if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        self.child = Some(c.spawn().unwrap());
+    }
+
+    fn child(&mut self) -> &mut Child {
+        self.child.as_mut().expect("started")
+    }
+
+    fn kill(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn type_in(&mut self, text: &str) {
+        use std::io::Write;
+        self.master.write_all(text.as_bytes()).unwrap();
+    }
+
+    fn seen(&self) -> String {
+        String::from_utf8_lossy(&self.seen.lock().unwrap()).into_owned()
+    }
+
+    /// Waits until `needle` appeared on the terminal.
+    fn expect(&mut self, needle: &str) {
+        let found = wait_for(Duration::from_secs(60), || self.seen().contains(needle).then_some(()));
+        if found.is_none() {
+            self.kill();
+            panic!("{needle:?} never appeared on the terminal:\n{}", self.seen());
+        }
+    }
+
+    /// Waits until Warden has put the terminal in raw mode (its relay is running).
+    fn expect_raw(&mut self) {
+        let raw = wait_for(Duration::from_secs(60), || {
+            let t = termios_of(&self.slave);
+            (t.c_lflag & (libc::ECHO | libc::ICANON | libc::ISIG) == 0).then_some(())
+        });
+        if raw.is_none() {
+            self.kill();
+            panic!("the terminal never went raw:\n{}", self.seen());
+        }
+    }
+
+    fn wait(&mut self) -> std::process::ExitStatus {
+        let done = wait_for(Duration::from_secs(120), || self.child().try_wait().unwrap());
+        done.unwrap_or_else(|| {
+            self.kill();
+            panic!("warden run did not end:\n{}", self.seen())
+        })
+    }
+
+    fn records(&self) -> Vec<serde_json::Value> {
+        let text = fs::read_to_string(self.dir.path().join("events.jsonl")).unwrap_or_default();
+        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    }
+
+    /// Bytes typed at the terminal that nobody read (the user's shell would read them next).
+    fn unread_input(&self) -> i32 {
+        let mut n: libc::c_int = 0;
+        // SAFETY: FIONREAD writes an int.
+        assert_eq!(unsafe { libc::ioctl(self.slave.as_raw_fd(), libc::FIONREAD, &mut n) }, 0);
+        n
+    }
+
+    /// `major:minor` of the terminal, as `stat -c %t:%T` prints it.
+    fn dev(&self) -> String {
+        // SAFETY: stat is plain data filled by fstat.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: fstat with a valid pointer.
+        assert_eq!(unsafe { libc::fstat(self.slave.as_raw_fd(), &mut st) }, 0);
+        format!("{:x}:{:x}", libc::major(st.st_rdev), libc::minor(st.st_rdev))
+    }
+
+    /// The terminal's path (`/dev/pts/N`).
+    fn path(&self) -> String {
+        fs::read_link(format!("/proc/self/fd/{}", self.slave.as_raw_fd())).unwrap().display().to_string()
+    }
+}
+
+impl Drop for UserTerminal {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[test]
+fn an_interactive_shell_gets_a_terminal_of_its_own() {
+    if !require("an_interactive_shell_gets_a_terminal_of_its_own", "landlock") {
+        return;
+    }
+    let ws = tempfile::tempdir().unwrap();
+    // Writes restricted to a workspace: the terminal is writable by a grant of its own.
+    let scope = format!("version: 1\ntask: shell\nfiles:\n  write: [{}]\n", ws.path().display());
+    let mut term = UserTerminal::new(33, 111);
+    term.start(&scope, &[], &["/bin/sh"]);
+    let before = termios_of(&term.slave);
+    term.expect_raw();
+    // What the shell reads is what the user typed; the arithmetic shows it ran, not the echo.
+    // Its terminal is a pty of its own: opened by path and as /dev/tty (its controlling
+    // terminal) through the scope's Landlock domain.
+    term.type_in("echo $((6*7))-answer; stty size; tty; echo via-$((1+1))path > $(tty); echo via-$((2+1))devtty > /dev/tty\n");
+    term.expect("42-answer");
+    term.expect("33 111");
+    term.expect("via-2path");
+    term.expect("via-3devtty");
+    let seen = term.seen();
+    let pts = seen
+        .split(|c: char| c.is_whitespace())
+        .find(|w| w.starts_with("/dev/pts/"))
+        .unwrap_or_else(|| panic!("tty printed no pty:\n{seen}"))
+        .to_string();
+    assert_ne!(pts, term.path(), "the task's terminal is not the user's");
+    // A resize of the user's window reaches the task's terminal.
+    set_winsize(&term.master, 44, 122);
+    term.type_in("stty size\n");
+    term.expect("44 122");
+    // A typed ^\ quits the task's foreground job through its own terminal; warden run is not
+    // touched (the user's terminal is raw: its line discipline sends no signal).
+    term.type_in("sh -c 'echo st$((1))arted; sleep 60'; echo rc-$?\n");
+    term.expect("st1arted");
+    std::thread::sleep(Duration::from_millis(300));
+    term.type_in("\x1c");
+    term.expect("rc-131");
+    term.type_in("exit 7\n");
+    let status = term.wait();
+    assert_eq!(status.code(), Some(7), "warden run ends as the shell did:\n{}", term.seen());
+    assert_eq!(modes(&termios_of(&term.slave)), modes(&before), "the user's terminal is as it was");
+    let recs = term.records();
+    let end = recs.iter().find(|r| r["kind"] == "task_end").expect("task_end");
+    assert_eq!(end["reason"], "exited", "{end}");
+    let judged: Vec<_> =
+        recs.iter().filter(|r| r["decision"] == "deny" || r["decision"] == "audit").collect();
+    assert!(judged.is_empty(), "the terminal costs no refusal: {judged:#?}");
+    assert_eq!(term.unread_input(), 0, "nothing left for the user's shell");
+}
+
+#[test]
+fn the_tasks_terminal_is_its_own() {
+    if !require("the_tasks_terminal_is_its_own", "tp_btf") {
+        return;
+    }
+    let outs = tempfile::tempdir().unwrap();
+    let o = outs.path().display().to_string();
+    let p = PROBE;
+    let mut term = UserTerminal::new(24, 80);
+    let user_pts = term.path();
+    let user_dev = term.dev();
+    // Pushed input lands in the task's own pty, where the task itself reads it back (on
+    // kernels that refuse TIOCSTI to everyone without CAP_SYS_ADMIN it is refused). The
+    // user's terminal, reached by its path, refuses it: it is not the task's controlling
+    // terminal and the task has no capability.
+    let script = format!(
+        "echo dev $(stat -L -c %t:%T /proc/self/fd/0) $(stat -L -c %t:%T /proc/self/fd/1) $(stat -L -c %t:%T /proc/self/fd/2)
+         {p} tiocsti 'echo INJECTED\\n' > {o}/own.out
+         {p} tiocsti 'echo INJECTED\\n' < {user_pts} > {o}/user.out
+         {p} vhangup > {o}/vhangup.out
+         read line; echo \"got:$line\""
+    );
+    term.start("version: 1\ntask: tty\n", &[], &["/bin/sh", "-c", &script]);
+    term.expect_raw();
+    let read = |f: &str| fs::read_to_string(outs.path().join(f)).unwrap_or_default();
+    let own = wait_for(Duration::from_secs(60), || Some(read("own.out")).filter(|s| !s.is_empty()));
+    let own = own.unwrap_or_else(|| panic!("the probe never ran:\n{}", term.seen()));
+    // Kernels before 6.2 have no such switch and let a process push into its controlling
+    // terminal; with `dev.tty.legacy_tiocsti=0` only CAP_SYS_ADMIN may.
+    let legacy = fs::read_to_string("/proc/sys/dev/tty/legacy_tiocsti").map_or(true, |v| v.trim() == "1");
+    if legacy {
+        assert_eq!(own.trim(), "tiocsti ok", "pushed into its own controlling terminal");
+        term.expect("got:echo INJECTED");
+    } else {
+        assert!(own.contains(" err "), "refused without CAP_SYS_ADMIN: {own}");
+        // The task reads what the user types instead.
+        term.type_in("from-user\n");
+        term.expect("got:from-user");
+    }
+    let status = term.wait();
+    assert_eq!(status.code(), Some(0), "{}", term.seen());
+    let seen = term.seen();
+    let devs = seen.lines().find_map(|l| l.trim().strip_prefix("dev ")).expect("dev line").trim().to_string();
+    for d in devs.split(' ') {
+        assert_ne!(d, user_dev, "the task holds the user's terminal: {devs}");
+    }
+    assert!(read("user.out").contains(" err "), "TIOCSTI into the user's terminal: {}", read("user.out"));
+    assert!(read("vhangup.out").contains(" err "), "vhangup: {}", read("vhangup.out"));
+    assert_eq!(term.unread_input(), 0, "the user's shell would read injected input");
+    coverage("terminal injection (relayed pty)", "syscall", "enforced (no record)");
+}
+
+#[test]
+fn the_users_terminal_is_restored_on_every_way_out() {
+    if !require("the_users_terminal_is_restored_on_every_way_out", "tp_btf") {
+        return;
+    }
+    // Ended by a signal: SIGTERM to warden run while the task runs.
+    let mut term = UserTerminal::new(24, 80);
+    term.start("version: 1\ntask: restore\n", &[], &["/bin/sh", "-c", "echo up-$((2*2)); exec sleep 300"]);
+    let before = termios_of(&term.slave);
+    term.expect_raw();
+    term.expect("up-4");
+    // SAFETY: kill(2) of our own child.
+    unsafe { libc::kill(term.child().id() as i32, libc::SIGTERM) };
+    let status = term.wait();
+    assert_eq!(status.code(), Some(143), "{}", term.seen());
+    assert_eq!(modes(&termios_of(&term.slave)), modes(&before), "restored after SIGTERM");
+    // A command that cannot start: the terminal was never touched, or is restored.
+    let mut term = UserTerminal::new(24, 80);
+    term.start("version: 1\ntask: restore\n", &[], &["/nonexistent/cmd"]);
+    let before = termios_of(&term.slave);
+    let status = term.wait();
+    assert_eq!(status.code(), Some(127), "{}", term.seen());
+    assert_eq!(modes(&termios_of(&term.slave)), modes(&before), "restored after a failed start");
+    // --no-tty: the task gets the terminal itself, and Warden leaves its modes alone.
+    let mut term = UserTerminal::new(24, 80);
+    term.start("version: 1\ntask: restore\n", &["--no-tty"], &["/bin/sh", "-c", "tty"]);
+    let status = term.wait();
+    assert_eq!(status.code(), Some(0), "{}", term.seen());
+    assert!(
+        term.seen().contains(&term.path()),
+        "--no-tty: the task's stdin is the terminal itself:\n{}",
+        term.seen()
+    );
+}
+
+#[test]
+fn input_that_ends_ends_the_tasks_input() {
+    if !require("input_that_ends_ends_the_tasks_input", "tp_btf") {
+        return;
+    }
+    // --tty with a pipe for stdin: the pipe's end becomes the pty's EOF, twice when the last
+    // line has no newline (the first EOF only ends the line).
+    for input in ["first line\nsecond line\n", "no newline at the end"] {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        fs::write(d.join("scope.yaml"), "version: 1\ntask: eof\n").unwrap();
+        let mut child = Command::new(warden_bin())
+            .arg("run")
+            .arg("--key")
+            .arg(d.join("node.key"))
+            .arg("--scope")
+            .arg(d.join("scope.yaml"))
+            .arg("--log")
+            .arg(d.join("events.jsonl"))
+            .args(["--tty", "--", "/bin/sh", "-c", "wc -c; test -t 0 && echo stdin-is-a-terminal"])
+            .env("WARDEN_SOCKET", d.join("no-daemon.sock"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        {
+            use std::io::Write;
+            let mut stdin = child.stdin.take().unwrap();
+            stdin.write_all(input.as_bytes()).unwrap();
+        }
+        let done = wait_for(Duration::from_secs(120), || child.try_wait().unwrap());
+        if done.is_none() {
+            let _ = child.kill();
+        }
+        let out = child.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(done.is_some(), "the task never saw the end of its input:\n{stdout}");
+        assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+        assert!(stdout.contains("stdin-is-a-terminal"), "{stdout}");
+        assert!(stdout.contains(&input.len().to_string()), "wc counted every byte: {stdout}");
+    }
 }

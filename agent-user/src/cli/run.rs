@@ -23,6 +23,7 @@ use crate::{
     pipeline::Pipeline,
     sandbox::cgroup2_mount,
     sandbox::launch::Started,
+    sandbox::tty::{Pty, TtyArgs},
     scope::{
         Mode, Scope,
         compile::{self, CompiledScope},
@@ -103,6 +104,8 @@ pub struct RunArgs {
     /// through it.
     #[arg(long, env = "WARDEN_SOCKET", default_value = super::task::DEFAULT_SOCKET)]
     pub socket: PathBuf,
+    #[command(flatten)]
+    pub tty: TtyArgs,
     /// The command and its arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub cmd: Vec<String>,
@@ -193,7 +196,14 @@ async fn run_via_daemon(args: RunArgs, client: crate::daemon::api::Client) -> Re
     }
     // As without a daemon: a command that cannot start ends the task, 127 if not found. This
     // process owns the command: it dies with it.
-    let spawned = spawn_in_task(&info, &args.cmd, true).map_err(|e| match e {
+    let pty = match args.tty.open() {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = client.end(&info.id, Some("spawn failed".into())).await;
+            return Err(runtime(anyhow!(e).context("opening the task's terminal")));
+        }
+    };
+    let spawned = spawn_in_task(&info, &args.cmd, true, pty.as_ref()).map_err(|e| match e {
         LaunchError::Spawn(e) => {
             let code = if e.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 };
             (code, anyhow!("cannot start {}: {e}", args.cmd[0]))
@@ -206,6 +216,13 @@ async fn run_via_daemon(args: RunArgs, client: crate::daemon::api::Client) -> Re
             let _ = client.end(&info.id, Some("spawn failed".into())).await;
             eprintln!("warden: {e:#}");
             return Ok(code);
+        }
+    };
+    let relay = match pty.map(Pty::relay).transpose() {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = client.end(&info.id, Some("spawn failed".into())).await;
+            return Err(runtime(anyhow!(e).context("relaying the task's terminal")));
         }
     };
     let mut signals = EndSignals::new().map_err(runtime)?;
@@ -229,6 +246,9 @@ async fn run_via_daemon(args: RunArgs, client: crate::daemon::api::Client) -> Re
         None => child.main_exit().await.map_err(runtime)?,
     };
     child.finish().await.map_err(runtime)?;
+    if let Some(r) = relay {
+        r.finish();
+    }
     for e in &end.errors {
         eprintln!("warden: revocation step failed: {e}");
     }
@@ -324,12 +344,13 @@ async fn run_task(
     // The first process starts once every step has, before `task_start` (which carries its
     // pid). What fails before the exec is recorded as the task's end.
     let mut spawned: Option<Result<Started, LaunchFailure>> = None;
+    let pty = args.tty.open().context("opening the task's terminal").map_err(runtime)?;
     let task = Task::new(task_id.clone(), SLOT, scope, SandboxSpec::Create);
     let started = {
         let mut host =
             Live::new(&node, &mut sensor, Some(&mut source), &mut pipeline).with_feed(feed.as_mut());
         lc.start(task, &mut host, &mut |t| {
-            let r = first_process(t, engine, &args);
+            let r = first_process(t, engine, &args, pty.as_ref());
             let pid = r.as_ref().ok().and_then(Started::id);
             spawned = Some(r);
             Launched {
@@ -365,6 +386,19 @@ async fn run_task(
                 }
                 LaunchFailure::Warden(e) => Err(runtime(e)),
             };
+        }
+    };
+    // The user's terminal is raw from here on; every way out of this function restores it.
+    let relay = match pty.map(Pty::relay).transpose() {
+        Ok(r) => r,
+        Err(e) => {
+            lc.end(
+                run,
+                &mut Live::new(&node, &mut sensor, Some(&mut source), &mut pipeline).with_feed(feed.as_mut()),
+                format!("warden failed: relaying the task's terminal: {e}"),
+            );
+            let _ = pipeline.flush();
+            return Err(runtime(anyhow!(e).context("relaying the task's terminal")));
         }
     };
     let child_pid = child.id();
@@ -407,6 +441,10 @@ async fn run_task(
     };
     // The sandbox is empty: the helper and the namespace's init go too.
     child.finish().await.map_err(runtime)?;
+    // Everything the task wrote is out; the user's terminal is as it was before the summary.
+    if let Some(r) = relay {
+        r.finish();
+    }
     let code = exit_code(status, &reason);
     reap_orphans();
     let facts = EndFacts {
@@ -461,7 +499,12 @@ enum LaunchFailure {
 
 /// Writes the identity document (`--identity`) and starts CMD in the task. `warden run` is
 /// the only enforcer of the fallback engine: the task dies with it.
-fn first_process(t: &Task, engine: Engine, args: &RunArgs) -> Result<Started, LaunchFailure> {
+fn first_process(
+    t: &Task,
+    engine: Engine,
+    args: &RunArgs,
+    tty: Option<&Pty>,
+) -> Result<Started, LaunchFailure> {
     if let Some(path) = &args.identity {
         let doc = serde_json::to_string_pretty(&t.identity).map_err(|e| LaunchFailure::Warden(e.into()))?;
         std::fs::write(path, doc + "\n")
@@ -469,7 +512,7 @@ fn first_process(t: &Task, engine: Engine, args: &RunArgs) -> Result<Started, La
             .map_err(LaunchFailure::Warden)?;
     }
     let compiled = t.compiled.as_ref().ok_or_else(|| LaunchFailure::Warden(anyhow!("scope not compiled")))?;
-    launch::spawn(&t.launch, compiled, engine, &args.cmd, true).map_err(|e| match e {
+    launch::spawn(&t.launch, compiled, engine, &args.cmd, true, tty).map_err(|e| match e {
         LaunchError::Spawn(e) => LaunchFailure::Spawn(e),
         e => LaunchFailure::Warden(e.into()),
     })

@@ -11,7 +11,10 @@ use crate::{
     },
     lifecycle::{Launch, launch::LaunchError},
     loader::Engine,
-    sandbox::launch::Started,
+    sandbox::{
+        launch::Started,
+        tty::{Pty, TtyArgs},
+    },
     scope::{Mode, Scope, compile::CompiledScope},
 };
 
@@ -62,6 +65,8 @@ pub enum TaskCmd {
     /// Run a command inside a task's sandbox, confined by its scope; exits with its status.
     Exec {
         id: String,
+        #[command(flatten)]
+        tty: TtyArgs,
         #[arg(last = true, required = true, value_name = "CMD")]
         cmd: Vec<String>,
     },
@@ -142,13 +147,23 @@ pub fn task(args: TaskArgs) -> Result<i32, Failure> {
             }
             Ok(0)
         }
-        TaskCmd::Exec { id, cmd } => {
+        TaskCmd::Exec { id, tty, cmd } => {
             let info = rt.block_on(client.task(&id)).map_err(client_failure)?;
+            let pty =
+                tty.open().map_err(|e| Failure::Runtime(anyhow!("opening the task's terminal: {e}")))?;
             rt.block_on(async {
                 // The task's enforcement is the daemon's: its processes outlive this client.
-                let mut child = spawn_in_task(&info, &cmd, false)
+                let mut child = spawn_in_task(&info, &cmd, false, pty.as_ref())
                     .map_err(|e| Failure::Runtime(anyhow!("cannot start {}: {e}", cmd[0])))?;
+                let relay = pty
+                    .map(Pty::relay)
+                    .transpose()
+                    .map_err(|e| Failure::Runtime(anyhow!("relaying the task's terminal: {e}")))?;
                 let status = child.main_exit().await.map_err(|e| Failure::Runtime(e.into()))?;
+                // Processes CMD left behind keep the daemon's task (and lose the terminal).
+                if let Some(r) = relay {
+                    r.finish();
+                }
                 Ok(super::run::exit_code(status, "exited"))
             })
         }
@@ -262,7 +277,12 @@ pub fn start_request(
 /// ([`crate::lifecycle::launch::spawn`]): behind the task's process boundary, it joins the
 /// sandbox before its first instruction, gets the task's environment (issued secrets are named
 /// by their variables) and, in enforce mode, the confinement compiled from the task's scope.
-pub fn spawn_in_task(info: &TaskInfo, cmd: &[String], die_with_caller: bool) -> Result<Started, LaunchError> {
+pub fn spawn_in_task(
+    info: &TaskInfo,
+    cmd: &[String],
+    die_with_caller: bool,
+    tty: Option<&Pty>,
+) -> Result<Started, LaunchError> {
     let prep = |e: anyhow::Error| LaunchError::Scope(format!("{e:#}"));
     let mut scope = Scope::parse(&info.scope_text, &info.scope_path).map_err(|e| prep(e.into()))?;
     scope.mode = info.mode.parse().map_err(|e: String| prep(anyhow!(e)))?;
@@ -273,5 +293,5 @@ pub fn spawn_in_task(info: &TaskInfo, cmd: &[String], die_with_caller: bool) -> 
     let engine: Engine = info.engine.parse().map_err(|e: String| prep(anyhow!(e)))?;
     let mut launch = Launch { procs_files: info.procs_files.clone(), env: info.env.clone() };
     launch.env.push(("WARDEN_TASK".into(), info.id.clone()));
-    crate::lifecycle::launch::spawn(&launch, &compiled, engine, cmd, die_with_caller)
+    crate::lifecycle::launch::spawn(&launch, &compiled, engine, cmd, die_with_caller, tty)
 }

@@ -2,7 +2,7 @@
 //! instruction. Steps add to [`Launch`] as they start; [`spawn`] applies it, for the first
 //! process of `warden run` and for `warden task exec` (which gets it from the daemon in
 //! `TaskInfo`), behind the task's process boundary (`sandbox::boundary`).
-use std::path::PathBuf;
+use std::{os::fd::AsRawFd, path::PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -12,6 +12,7 @@ use crate::{
         boundary::{Boundary, BoundaryError},
         confine::{ConfineError, Confinement},
         launch::{Start, Started, spawn_in_sandbox},
+        tty::Pty,
     },
     scope::{Mode, compile::CompiledScope},
 };
@@ -34,6 +35,8 @@ pub enum LaunchError {
     Confine(#[from] ConfineError),
     #[error("preparing the task's process boundary: {0}")]
     Boundary(#[from] BoundaryError),
+    #[error("giving the task its terminal: {0}")]
+    Terminal(std::io::Error),
     #[error("the task has no sandbox cgroup to start in")]
     NoSandbox,
     #[error("reading the task's scope: {0}")]
@@ -49,16 +52,18 @@ pub enum LaunchError {
 /// mode carries the confinement compiled from the scope (the fallback engine's Landlock domain
 /// and seccomp filter; under BPF LSM only the seccomp filter for what no hook judges).
 /// `die_with_caller`: the task is killed when the caller dies (see
-/// [`crate::sandbox::launch::Start`]).
+/// [`crate::sandbox::launch::Start`]). With `tty`, the command's terminal is that pty (its
+/// controlling terminal; the caller relays it: [`crate::sandbox::tty`]).
 pub fn spawn(
     launch: &Launch,
     scope: &CompiledScope,
     engine: Engine,
     cmd: &[String],
     die_with_caller: bool,
+    tty: Option<&Pty>,
 ) -> Result<Started, LaunchError> {
     let enforce = scope.scope.mode == Mode::Enforce;
-    let confine = if enforce { Some(Confinement::prepare(scope, engine.is_lsm())?) } else { None };
+    let mut confine = if enforce { Some(Confinement::prepare(scope, engine.is_lsm())?) } else { None };
     // The first `cgroup.procs` is the sandbox's own (cgroup v2); a v1 pids twin may follow.
     let sandbox_dir = launch.procs_files.first().and_then(|p| p.parent()).ok_or(LaunchError::NoSandbox)?;
     let boundary = Boundary::prepare(scope, sandbox_dir, enforce)?;
@@ -67,6 +72,26 @@ pub fn spawn(
     for (k, v) in &launch.env {
         c.env(k, v);
     }
-    let start = Start { procs_files: launch.procs_files.clone(), confine, boundary, die_with_caller };
+    if let Some(pty) = tty {
+        let [i, o, e] = pty.stdio().map_err(LaunchError::Terminal)?;
+        c.stdin(i).stdout(o).stderr(e);
+        if let Some(conf) = confine.as_mut() {
+            conf.grant_terminal(pty.slave())?;
+        }
+        if let Some((uid, gid)) = scope.scope.user {
+            // The task's terminal is its user's, as login(1) does it.
+            // SAFETY: fchown(2) on the slave we hold.
+            if unsafe { libc::fchown(pty.slave().as_raw_fd(), uid, gid) } != 0 {
+                return Err(LaunchError::Terminal(std::io::Error::last_os_error()));
+            }
+        }
+    }
+    let start = Start {
+        procs_files: launch.procs_files.clone(),
+        confine,
+        boundary,
+        die_with_caller,
+        ctty: tty.is_some(),
+    };
     spawn_in_sandbox(c, start).map_err(LaunchError::Spawn)
 }

@@ -261,16 +261,21 @@ impl Boundary {
     }
 
     /// In the task's first process, after it joined the sandbox cgroup and before the scope's
-    /// confinement: its own cgroup namespace (rooted at the sandbox), its own session and
-    /// session keyring, `no_new_privs`, and only the granted capabilities (as `user` when the
-    /// scope names one). Returns the errno of the first failing step.
-    pub fn enter_task(&self) -> Result<(), i32> {
+    /// confinement: its own cgroup namespace (rooted at the sandbox), its own session (with
+    /// the terminal on fd 0 as its controlling terminal when `ctty`: the task's own pty, see
+    /// `tty.rs`) and session keyring, `no_new_privs`, and only the granted capabilities (as
+    /// `user` when the scope names one). Returns the errno of the first failing step.
+    pub fn enter_task(&self, ctty: bool) -> Result<(), i32> {
         // SAFETY: (this block and every one below) plain syscalls with integer arguments or pointers to
         // locals that outlive the call.
         unsafe {
             check(libc::unshare(libc::CLONE_NEWCGROUP))?;
             if libc::setsid() < 0 {
                 return Err(errno());
+            }
+            // A terminal that is no session's controlling terminal needs no capability.
+            if ctty {
+                check(libc::ioctl(0, libc::TIOCSCTTY, 0))?;
             }
             if libc::syscall(libc::SYS_keyctl, KEYCTL_JOIN_SESSION_KEYRING, 0usize) < 0 {
                 return Err(errno());

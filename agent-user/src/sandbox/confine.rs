@@ -133,6 +133,16 @@ impl Confinement {
         if r == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
     }
 
+    /// Lets the task read, write and set up its own terminal (`slave`, the pty Warden relays:
+    /// `tty.rs`) by its path too, as `tty`, `ssh` and editors open it. In the parent.
+    pub fn grant_terminal(&mut self, slave: std::os::fd::BorrowedFd<'_>) -> Result<(), ConfineError> {
+        if let Some(rs) = self.ruleset.take() {
+            let access = AccessFs::ReadFile | AccessFs::WriteFile | AccessFs::IoctlDev;
+            self.ruleset = Some(rs.add_rule(PathBeneath::new(slave, access))?);
+        }
+        Ok(())
+    }
+
     fn seccomp(c: &CompiledScope, lsm_engine: bool) -> Result<Option<BpfProgram>, ConfineError> {
         let deny: Vec<i64> = c
             .seccomp_deny

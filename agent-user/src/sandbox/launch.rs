@@ -15,7 +15,8 @@
 //!        │     (procfs of the namespace, only the sandbox's cgroup, the scope's mounts);
 //!        │     forwards signals to CMD, reaps orphans, reports CMD's exit status on a pipe
 //!        │     and exits when nothing is left
-//!        └─ CMD joins the sandbox cgroup, enters its cgroup namespace, own session and
+//!        └─ CMD joins the sandbox cgroup, enters its cgroup namespace, own session (its
+//!               own pty as controlling terminal, when Warden relays one: `tty.rs`) and
 //!               keyring, no_new_privs, granted capabilities only, the scope's confinement
 //!               (Landlock, seccomp); then exec — its first instruction runs inside
 //! ```
@@ -53,6 +54,9 @@ pub struct Start {
     /// Kill the task when the caller dies: set when the caller is the only enforcer
     /// (`warden run`); a daemon task's enforcement outlives its launcher.
     pub die_with_caller: bool,
+    /// CMD's stdin is the task's own pty (`tty.rs`): it becomes the controlling terminal of
+    /// CMD's session.
+    pub ctty: bool,
 }
 
 /// A task's first process, started.
@@ -204,7 +208,7 @@ pub fn spawn_in_sandbox(mut cmd: Command, start: Start) -> io::Result<Started> {
     let (rx, tx) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
     let tx_raw = tx.as_raw_fd();
     let caller = std::process::id() as libc::pid_t;
-    let Start { mut confine, boundary, die_with_caller, .. } = start;
+    let Start { mut confine, boundary, die_with_caller, ctty, .. } = start;
     let mut procs_fds = vec![-1; paths.len()];
     // SAFETY: the closure runs between fork and exec. It makes raw syscalls on memory
     // prepared before the fork (paths, fd slots, the boundary's strings, the Landlock ruleset
@@ -278,7 +282,7 @@ pub fn spawn_in_sandbox(mut cmd: Command, start: Start) -> io::Result<Started> {
                     return Err(err);
                 }
             }
-            boundary.enter_task().map_err(io::Error::from_raw_os_error)?;
+            boundary.enter_task(ctty).map_err(io::Error::from_raw_os_error)?;
             if let Some(c) = confine.as_mut() {
                 c.grant_read(proc_fd)?;
                 libc::close(proc_fd);

@@ -7,5 +7,6 @@ pub mod launch;
 pub mod limits;
 pub mod seccomp;
 pub mod secrets;
+pub mod tty;
 
 pub use cgroup::{Cgroup, CgroupError, cgroup2_mount};
