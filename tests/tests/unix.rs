@@ -204,3 +204,46 @@ fn processes_outside_the_sandbox_still_connect() {
     assert_eq!(out.result("denied"), "err 13", "the task was refused meanwhile");
     assert_eq!(l.denied.reached(), 2, "only this process's connection and datagram arrived");
 }
+
+/// Under the node daemon the unix programs are pinned with the task's egress links: they keep
+/// refusing while no daemon runs (a process the test puts in the task's cgroup), a restarted
+/// daemon re-adopts them without attaching twice, and task end removes them.
+#[test]
+fn daemon_tasks_pin_the_unix_programs() {
+    if !require("daemon_tasks_pin_the_unix_programs", "root") || engine() == "bpf-lsm" {
+        // Under BPF LSM the LSM hooks judge; nothing is attached per task.
+        return;
+    }
+    let l = Layout::new();
+    let mut d = warden_tests::daemon::TestDaemon::start("");
+    let t = d.start_task("unix-daemon", &l.scope("unix-daemon"));
+    let id = t["id"].as_str().unwrap().to_string();
+    let cgroup = PathBuf::from(t["cgroup"].as_str().unwrap());
+    let ds = l.denied.stream.display().to_string();
+    let out = d.exec(&id, &format!("{NODE} unix-connect {ds}"));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "unix-connect err 13", "{}", d.stderr());
+    let version = d.ready["startup"]["version"].as_str().unwrap().to_string();
+    let pins = d.pin_root.join(&version).join("tasks").join(&id);
+    for p in ["unix_connect", "unix_sendmsg"] {
+        assert!(pins.join(p).exists(), "{p} not pinned in {}", pins.display());
+    }
+    let in_task = || {
+        let cg = agent_user::sandbox::Cgroup::open(&cgroup).unwrap();
+        let o = warden_tests::command_in(&cg, NODE, &["unix-connect", &ds]).output().unwrap();
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    d.kill9();
+    assert_eq!(in_task(), "unix-connect err 13", "refused while no daemon runs");
+    d.launch(&[]);
+    let st = &d.ready["startup"];
+    assert!(st["adopted_tasks"].as_array().unwrap().iter().any(|t| t == id.as_str()), "{st}");
+    let out = d.exec(&id, &format!("{NODE} unix-connect {ds}"));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "unix-connect err 13", "{}", d.stderr());
+    let denied = d.wait_record(&id, Duration::from_secs(5), |r| {
+        r["kind"] == "unix_connect" && r["decision"] == "deny" && r["path"] == ds.as_str()
+    });
+    assert_eq!(denied["rule"], "files.deny");
+    assert!(d.end(&id).status.success());
+    assert!(!pins.exists(), "the task's unix links outlived it");
+    assert_eq!(l.denied.reached(), 0);
+}
