@@ -323,7 +323,7 @@ impl Pipeline {
                     kind: Kind::Finding,
                     pid: f.pid.map(|p| p as u32),
                     rule_id: Some(f.rule),
-                    severity: Some(format!("{:?}", f.severity).to_lowercase()),
+                    severity: Some(f.severity),
                     description: Some(f.description),
                     records: Some(f.seqs),
                     ..Default::default()

@@ -502,7 +502,7 @@ fn start_record(task: &Task, host: &mut dyn Host, launched: &Launched) -> AuditR
         cmd: launched.cmd.clone(),
         cgroup: cgroup.map(|c| c.path().display().to_string()),
         cgroup_id: cgroup.map(Cgroup::id),
-        mode: Some(task.scope.mode.as_str()),
+        mode: Some(task.scope.mode),
         scope_hash: Some(scope_hash(&task.scope.text)),
         node: Some(host.node().name.clone()),
         engine: Some(host.engine().as_str()),

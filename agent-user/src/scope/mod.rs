@@ -19,7 +19,7 @@ use self::raw::{Grant, OnGap, PortRange, Protocol, RawScope, SecretSource};
 
 /// Enforcement mode of a task: the scope's `mode:` (enforce when omitted), `--mode`, and what
 /// records carry (`mode`, and decision `audit` for what enforce would have refused).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Refuse out-of-scope actions.
