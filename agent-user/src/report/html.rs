@@ -8,7 +8,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::{
-    Integrity, Report,
+    Integrity, MAX_DENIALS, MAX_FINDINGS, MAX_TIMELINE_ALLOWED, MAX_TIMELINE_JUDGED, Report, Row,
     tree::{ProcNode, ProcessTree},
     usage::{Grant, Use},
 };
@@ -21,8 +21,6 @@ pub const AUDIT_COLOUR: &str = "#ffb300";
 /// Background of the process tree's container.
 pub const TREE_COLOUR: &str = "#e6f0fa";
 
-/// Allowed records shown in the timeline at most (refusals and audits are always shown).
-pub const MAX_TIMELINE_ALLOWED: usize = 20_000;
 /// Processes drawn in the tree at most.
 pub const MAX_TREE_NODES: usize = 5_000;
 
@@ -157,15 +155,8 @@ fn clock(t: &str) -> &str {
 }
 
 /// Task ids in order of appearance; their index names rows and processes in element ids.
-fn tasks(records: &[Value]) -> Vec<&str> {
-    let mut v: Vec<&str> = Vec::new();
-    for r in records {
-        let t = str_of(r, "task");
-        if !v.contains(&t) {
-            v.push(t);
-        }
-    }
-    v
+fn tasks(report: &Report) -> Vec<&str> {
+    report.tasks.iter().map(|t| t.id.as_str()).collect()
 }
 
 /// The one-line detail of a record, by kind (unescaped).
@@ -213,7 +204,7 @@ fn detail(r: &Value) -> String {
     }
 }
 
-fn decision_class(r: &Value) -> &'static str {
+pub(super) fn decision_class(r: &Value) -> &'static str {
     match str_of(r, "decision") {
         "deny" => "deny",
         "audit" => "audit",
@@ -221,25 +212,8 @@ fn decision_class(r: &Value) -> &'static str {
     }
 }
 
-fn row(out: &mut String, r: &Value, task_ix: usize, multi: bool, anchor: bool) {
-    let seq = int_of(r, "seq").unwrap_or(0);
-    let pid = int_of(r, "pid");
-    let class = decision_class(r);
-    out.push_str("<tr");
-    if anchor {
-        let _ = write!(out, " id=\"r-{task_ix}-{seq}\"");
-    }
-    if !class.is_empty() {
-        let _ = write!(out, " class=\"{class}\"");
-    }
-    if let Some(p) = pid {
-        let _ = write!(out, " data-proc=\"{task_ix}:{p}\"");
-    }
-    let time = str_of(r, "time");
-    let _ = write!(out, "><td>{seq}</td><td title=\"{}\">{}</td>", Esc(time), Esc(clock(time)));
-    if multi {
-        let _ = write!(out, "<td class=\"mono\">{}</td>", Esc(str_of(r, "task")));
-    }
+/// What a table row shows of a record of task `task_ix`.
+pub(super) fn row_of(r: &Value, task_ix: usize) -> Row {
     let decision = str_of(r, "decision");
     let verdict = match (decision, str_of(r, "action")) {
         ("deny", "") => "deny".to_string(),
@@ -251,15 +225,47 @@ fn row(out: &mut String, r: &Value, task_ix: usize, multi: bool, anchor: bool) {
         (c, "") => c.to_string(),
         (c, e) => format!("{c} {e}"),
     };
+    Row {
+        seq: int_of(r, "seq").unwrap_or(0),
+        time: str_of(r, "time").to_string(),
+        task_ix,
+        class: decision_class(r),
+        pid: int_of(r, "pid"),
+        kind: str_of(r, "kind").to_string(),
+        verdict,
+        who,
+        detail: detail(r),
+        rule: str_of(r, "rule").to_string(),
+    }
+}
+
+fn row(out: &mut String, r: &Row, task_ids: &[&str], anchor: bool) {
+    let (seq, pid, class, task_ix) = (r.seq, r.pid, r.class, r.task_ix);
+    let multi = task_ids.len() > 1;
+    out.push_str("<tr");
+    if anchor {
+        let _ = write!(out, " id=\"r-{task_ix}-{seq}\"");
+    }
+    if !class.is_empty() {
+        let _ = write!(out, " class=\"{class}\"");
+    }
+    if let Some(p) = pid {
+        let _ = write!(out, " data-proc=\"{task_ix}:{p}\"");
+    }
+    let time = &r.time;
+    let _ = write!(out, "><td>{seq}</td><td title=\"{}\">{}</td>", Esc(time), Esc(clock(time)));
+    if multi {
+        let _ = write!(out, "<td class=\"mono\">{}</td>", Esc(task_ids.get(task_ix).copied().unwrap_or("")));
+    }
     let _ = write!(
         out,
         "<td>{}</td><td>{}</td><td>{}</td><td class=\"exe\">{}</td><td class=\"detail\">{}</td><td>{}</td></tr>",
-        Esc(str_of(r, "kind")),
-        Esc(&verdict),
+        Esc(&r.kind),
+        Esc(&r.verdict),
         pid.map_or(String::new(), |p| p.to_string()),
-        Esc(&who),
-        Esc(&detail(r)),
-        Esc(str_of(r, "rule")),
+        Esc(&r.who),
+        Esc(&r.detail),
+        Esc(&r.rule),
     );
 }
 
@@ -297,11 +303,11 @@ fn integrity(out: &mut String, report: &Report) {
             );
         }
     }
-    if !report.skipped.is_empty() {
+    if report.skipped_total > 0 {
         let _ = write!(
             out,
             "<section class=\"banner warn\"><b>{} line(s) could not be read and are left out.</b><ul>",
-            report.skipped.len()
+            report.skipped_total
         );
         for (line, why) in report.skipped.iter().take(20) {
             let _ = write!(out, "<li>line {line}: {}</li>", Esc(why));
@@ -316,11 +322,8 @@ fn summary(out: &mut String, report: &Report, task_ids: &[&str]) {
          <th>mode / engine</th><th>started</th><th>ended</th><th>records</th><th>refused</th><th>audit</th></tr>\
          </thead><tbody>",
     );
-    for t in task_ids {
-        let of_task = || report.records.iter().filter(move |r| str_of(r, "task") == *t);
-        let start = of_task().find(|r| str_of(r, "kind") == "task_start");
-        let end = of_task().find(|r| str_of(r, "kind") == "task_end");
-        let count = |d: &str| of_task().filter(|r| str_of(r, "decision") == d).count();
+    for (task, t) in report.tasks.iter().zip(task_ids) {
+        let (start, end) = (task.start.as_ref(), task.end.as_ref());
         let cmd = start.map(detail).unwrap_or_default();
         let cmd = cmd.split(" (scope ").next().unwrap_or("");
         let mode = start.map_or(String::new(), |s| {
@@ -347,30 +350,35 @@ fn summary(out: &mut String, report: &Report, task_ids: &[&str]) {
             Esc(start.map_or("", |s| str_of(s, "time"))),
             Esc(start.map_or("", |s| clock(str_of(s, "time")))),
             Esc(&ended),
-            of_task().count(),
-            count("deny"),
-            count("audit"),
+            task.records,
+            task.deny,
+            task.audit,
         );
     }
     out.push_str("</tbody></table></section>");
 }
 
 fn denials(out: &mut String, report: &Report, task_ids: &[&str]) {
-    let judged: Vec<&Value> =
-        report.records.iter().filter(|r| matches!(str_of(r, "decision"), "deny" | "audit")).collect();
-    let _ =
-        write!(out, "<section id=\"denials\"><h2>Refusals and audit-mode violations ({})</h2>", judged.len());
-    if judged.is_empty() {
+    let total = report.denials_total;
+    let _ = write!(out, "<section id=\"denials\"><h2>Refusals and audit-mode violations ({total})</h2>");
+    if total == 0 {
         out.push_str("<p class=\"muted\">None: everything the task did was within its scope.</p></section>");
         return;
     }
-    let multi = task_ids.len() > 1;
-    table_head(out, multi);
-    for r in judged {
-        let ix = task_ids.iter().position(|t| *t == str_of(r, "task")).unwrap_or(0);
-        row(out, r, ix, multi, false);
+    table_head(out, task_ids.len() > 1);
+    for r in &report.denials {
+        row(out, r, task_ids, false);
     }
-    out.push_str("</tbody></table></section>");
+    out.push_str("</tbody></table>");
+    if total > report.denials.len() {
+        let _ = write!(
+            out,
+            "<p class=\"hint\">The first {} of {total} are listed ({MAX_DENIALS} at most); the timeline and \
+             <code>warden replay</code> have the rest.</p>",
+            report.denials.len()
+        );
+    }
+    out.push_str("</section>");
 }
 
 fn node_line(out: &mut String, n: &ProcNode, task_ix: usize) {
@@ -477,8 +485,8 @@ fn severity_label(s: Severity) -> &'static str {
     }
 }
 
-fn findings(out: &mut String, found: &[Finding], task_ids: &[&str]) {
-    let _ = write!(out, "<section id=\"findings\"><h2>Findings ({})</h2>", found.len());
+fn findings(out: &mut String, found: &[Finding], total: usize, task_ids: &[&str]) {
+    let _ = write!(out, "<section id=\"findings\"><h2>Findings ({total})</h2>");
     if found.is_empty() {
         out.push_str("<p class=\"muted\">No rule fired.</p></section>");
         return;
@@ -503,7 +511,16 @@ fn findings(out: &mut String, found: &[Finding], task_ids: &[&str]) {
             Esc(clock(&f.time)),
         );
     }
-    out.push_str("</tbody></table></section>");
+    out.push_str("</tbody></table>");
+    if total > found.len() {
+        let _ = write!(
+            out,
+            "<p class=\"hint\">The first {} of {total} findings are listed ({MAX_FINDINGS} at most); \
+             <code>warden replay --rules</code> prints them all.</p>",
+            found.len()
+        );
+    }
+    out.push_str("</section>");
 }
 
 fn scope_usage(out: &mut String, path: &str, grants: &[Grant]) {
@@ -551,7 +568,7 @@ fn scope_usage(out: &mut String, path: &str, grants: &[Grant]) {
 
 fn timeline(out: &mut String, report: &Report, task_ids: &[&str]) {
     let multi = task_ids.len() > 1;
-    let total = report.records.len();
+    let total = report.records;
     let _ = write!(
         out,
         "<section id=\"timeline\"><h2>Timeline ({total} records)</h2><div class=\"controls\">\
@@ -560,25 +577,42 @@ fn timeline(out: &mut String, report: &Report, task_ids: &[&str]) {
          <span><span id=\"shown\">{total}</span> shown</span><span id=\"pid-filter\"></span></div>"
     );
     table_head(out, multi);
-    let mut allowed = 0usize;
-    let mut left_out = 0usize;
-    for r in &report.records {
-        if decision_class(r).is_empty() {
-            allowed += 1;
-            if allowed > MAX_TIMELINE_ALLOWED {
-                left_out += 1;
-                continue;
-            }
-        }
-        let ix = task_ids.iter().position(|t| *t == str_of(r, "task")).unwrap_or(0);
-        row(out, r, ix, multi, true);
+    for r in &report.timeline {
+        row(out, r, task_ids, true);
     }
     out.push_str("</tbody></table>");
+    let left_out: usize = report.left_out.values().map(|l| l.count).sum();
     if left_out > 0 {
+        let judged: usize = report
+            .left_out
+            .iter()
+            .filter(|((_, d), _)| matches!(d.as_str(), "deny" | "audit"))
+            .map(|(_, l)| l.count)
+            .sum();
         let _ = write!(
             out,
-            "<p class=\"hint\">{left_out} later allowed records are not shown (every refusal and audit is); \
-             use <code>warden replay</code> or the log itself for the rest.</p>"
+            "<div id=\"left-out\"><p class=\"hint\">The timeline is summarized beyond its limits: {left_out} \
+             later records are not shown — {} allowed (the first {MAX_TIMELINE_ALLOWED} allowed are shown) and \
+             {judged} refused or audited (the first {MAX_TIMELINE_JUDGED} are shown). By kind:</p>\
+             <table><thead><tr><th>kind</th><th>decision</th><th>records not shown</th><th>first</th><th>last</th>\
+             </tr></thead><tbody>",
+            left_out - judged
+        );
+        for ((kind, decision), l) in &report.left_out {
+            let _ = write!(
+                out,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td title=\"{}\">{}</td><td title=\"{}\">{}</td></tr>",
+                Esc(kind),
+                Esc(decision),
+                l.count,
+                Esc(&l.first_time),
+                Esc(clock(&l.first_time)),
+                Esc(&l.last_time),
+                Esc(clock(&l.last_time)),
+            );
+        }
+        out.push_str(
+            "</tbody></table><p class=\"hint\">Use <code>warden replay</code> or the log itself for the rest.</p></div>",
         );
     }
     out.push_str("</section>");
@@ -586,8 +620,8 @@ fn timeline(out: &mut String, report: &Report, task_ids: &[&str]) {
 
 /// Renders the whole page.
 pub fn render(report: &Report) -> String {
-    let task_ids = tasks(&report.records);
-    let mut out = String::with_capacity(4096 + report.records.len() * 400);
+    let task_ids = tasks(report);
+    let mut out = String::with_capacity(4096 + (report.timeline.len() + report.denials.len()) * 400);
     let title = match task_ids.as_slice() {
         [one] => format!("Warden report: {one}"),
         _ => format!("Warden report: {}", report.source),
@@ -603,7 +637,7 @@ pub fn render(report: &Report) -> String {
         Esc(&title),
         Esc(&title),
         Esc(&report.source),
-        report.records.len(),
+        report.records,
         task_ids.len(),
         env!("CARGO_PKG_VERSION"),
     );
@@ -612,7 +646,7 @@ pub fn render(report: &Report) -> String {
     denials(&mut out, report, &task_ids);
     process_tree(&mut out, &report.tree, &task_ids);
     if let Some(f) = &report.findings {
-        findings(&mut out, f, &task_ids);
+        findings(&mut out, f, report.findings_total, &task_ids);
     }
     if let Some((path, grants)) = &report.scope {
         scope_usage(&mut out, path, grants);
@@ -733,6 +767,39 @@ mod tests {
         let tree = &html[html.find("id=\"tree\"").unwrap()..html.find("id=\"findings\"").unwrap()];
         assert_eq!(tree.matches("<ul>").count(), tree.matches("</ul>").count());
         assert_eq!(tree.matches("<li ").count(), tree.matches("</li>").count());
+    }
+
+    /// Beyond its limits the page keeps rows up to them, counts the rest and says so, with a
+    /// summary by kind; the totals still count every record.
+    #[test]
+    fn the_timeline_is_summarized_beyond_its_limits() {
+        use crate::report::{MAX_DENIALS, MAX_TIMELINE_ALLOWED, MAX_TIMELINE_JUDGED};
+        let allowed = MAX_TIMELINE_ALLOWED + 500;
+        let judged = MAX_TIMELINE_JUDGED + 7;
+        let mut records = Vec::with_capacity(allowed + judged);
+        let mut denied = 0;
+        for i in 0..allowed + judged {
+            let deny = (i % 2 == 1 || i + judged - denied >= allowed + judged) && denied < judged;
+            denied += usize::from(deny);
+            let (kind, decision) = if deny { ("exec", "deny") } else { ("connect", "allow") };
+            records.push(json!({"v": 2, "seq": i + 1, "time": format!("2026-01-01T00:00:{:02}.000Z", i % 60),
+                "task": "t", "kind": kind, "decision": decision, "pid": 10 + i % 3, "path": "/x", "addr": "10.0.0.1",
+                "port": 1, "protocol": "tcp"}));
+        }
+        let r = report(records, None);
+        assert_eq!(r.records, allowed + judged);
+        assert_eq!(r.timeline.len(), MAX_TIMELINE_ALLOWED + MAX_TIMELINE_JUDGED);
+        assert_eq!((r.denials.len(), r.denials_total), (MAX_DENIALS, judged));
+        assert_eq!(r.left_out[&("connect".to_string(), "allow".to_string())].count, 500);
+        assert_eq!(r.left_out[&("exec".to_string(), "deny".to_string())].count, 7);
+        assert_eq!(r.tasks[0].records, allowed + judged);
+        assert_eq!(r.tasks[0].deny, judged);
+        let html = render(&r);
+        assert!(html.contains("id=\"left-out\""), "the page says the timeline is summarized");
+        assert!(html.contains("507 later records are not shown — 500 allowed"), "counts on the page");
+        assert!(html.contains(&format!("The first {MAX_DENIALS} of {judged} are listed")));
+        assert!(html.contains(&format!("Timeline ({} records)", allowed + judged)));
+        assert_eq!(html.matches("<tr id=\"r-").count(), MAX_TIMELINE_ALLOWED + MAX_TIMELINE_JUDGED);
     }
 
     #[test]

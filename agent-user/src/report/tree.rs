@@ -70,8 +70,9 @@ fn n(rec: &Value, k: &str) -> Option<u64> {
     rec.get(k).and_then(Value::as_u64)
 }
 
+/// Builds a [`ProcessTree`] one record at a time, in log order: its memory is the tree's.
 #[derive(Default)]
-struct Builder {
+pub struct Builder {
     tree: ProcessTree,
     /// (task, pid) → the node that pid names now.
     live: HashMap<(String, u64), usize>,
@@ -113,7 +114,8 @@ impl Builder {
         self.new_node(task, pid, seq, parent)
     }
 
-    fn observe(&mut self, rec: &Value) {
+    /// Takes one record into the tree.
+    pub fn observe(&mut self, rec: &Value) {
         let Some(kind) = rec.get("kind").and_then(Value::as_str) else { return };
         let Some(pid) = n(rec, "pid") else { return };
         let task = rec.get("task").and_then(Value::as_str).unwrap_or("");
@@ -211,14 +213,10 @@ impl Builder {
     }
 }
 
-impl ProcessTree {
-    /// Builds the tree from records in log order.
-    pub fn build<'a>(records: impl IntoIterator<Item = &'a Value>) -> Self {
-        let mut b = Builder::default();
-        for r in records {
-            b.observe(r);
-        }
-        let mut tree = b.tree;
+impl Builder {
+    /// The tree of the records observed.
+    pub fn finish(self) -> ProcessTree {
+        let mut tree = self.tree;
         for i in 0..tree.nodes.len() {
             match tree.nodes[i].parent {
                 Some(p) => tree.nodes[p].children.push(i),
@@ -226,6 +224,17 @@ impl ProcessTree {
             }
         }
         tree
+    }
+}
+
+impl ProcessTree {
+    /// Builds the tree from records in log order.
+    pub fn build<'a>(records: impl IntoIterator<Item = &'a Value>) -> Self {
+        let mut b = Builder::default();
+        for r in records {
+            b.observe(r);
+        }
+        b.finish()
     }
 
     /// Nodes in display order (depth first, children in order of appearance) with their depth.

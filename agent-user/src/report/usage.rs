@@ -123,29 +123,129 @@ fn egress_matches(r: &EgressRule, addr: IpAddr, port: u16, proto: &str) -> bool 
 
 /// Every grant of `scope`, marked from `records`.
 pub fn scope_usage(scope: &Scope, records: &[Value], fs: &dyn Resolve) -> Vec<Grant> {
-    let mut out = Vec::new();
-    if let Some(allow) = &scope.exec_allow {
-        let execs: Vec<&Value> =
-            records.iter().filter(|r| str_of(r, "kind") == Some("exec") && went_through(r)).collect();
-        for entry in allow {
-            let id = fs.identity(entry);
-            let names = spellings(entry, fs);
-            let count = execs
+    let mut c = UsageCounter::new(scope, fs);
+    for r in records {
+        c.observe(r);
+    }
+    c.finish()
+}
+
+/// An `exec.allow` entry being counted: its (st_dev, inode) here, its spellings, its uses.
+type ExecEntry = (Option<(u64, u64)>, Vec<PathBuf>, usize);
+
+/// The grants of a scope, marked one record at a time (a log is read once, in order, and
+/// not kept).
+pub struct UsageCounter<'a> {
+    scope: &'a Scope,
+    /// Per `exec.allow` entry: its identity here, its spellings, the execs that used it.
+    exec: Vec<ExecEntry>,
+    /// Per egress rule: the connects/datagrams it decided.
+    egress: Vec<usize>,
+    /// Per `files.read` and `files.write` root: its spellings, the recorded uses under it.
+    files: [Vec<(Vec<PathBuf>, usize)>; 2],
+    /// Per secret: its spellings, allowed opens, refused or audited opens.
+    secrets: Vec<(Vec<PathBuf>, usize, usize)>,
+}
+
+impl<'a> UsageCounter<'a> {
+    /// Resolves the scope's paths with `fs` once.
+    pub fn new(scope: &'a Scope, fs: &dyn Resolve) -> Self {
+        let exec = scope
+            .exec_allow
+            .iter()
+            .flatten()
+            .map(|entry| (fs.identity(entry), spellings(entry, fs), 0))
+            .collect();
+        let roots = |r: &Option<Vec<PathBuf>>| -> Vec<(Vec<PathBuf>, usize)> {
+            r.iter().flatten().map(|root| (spellings(root, fs), 0)).collect()
+        };
+        UsageCounter {
+            scope,
+            exec,
+            egress: vec![0; scope.egress.as_ref().map_or(0, Vec::len)],
+            files: [roots(&scope.read), roots(&scope.write)],
+            secrets: scope.secrets.iter().map(|s| (spellings(&s.path, fs), 0, 0)).collect(),
+        }
+    }
+
+    /// Marks what one record used.
+    pub fn observe(&mut self, r: &Value) {
+        let kind = str_of(r, "kind");
+        if kind == Some("exec") && went_through(r) {
+            for (id, names, count) in &mut self.exec {
+                let by_id = match (*id, r["dev"].as_u64(), r["ino"].as_u64()) {
+                    (Some((dev, ino)), Some(rdev), Some(rino)) => {
+                        ino == rino && user_dev_to_kernel(dev) == user_dev_to_kernel(rdev)
+                    }
+                    _ => false,
+                };
+                if by_id
+                    || ["path", "exe"]
+                        .iter()
+                        .filter_map(|k| str_of(r, k))
+                        .any(|p| names.iter().any(|n| Path::new(p) == n))
+                {
+                    *count += 1;
+                }
+            }
+        }
+        if let Some(rules) = &self.scope.egress
+            && matches!(kind, Some("connect" | "sendmsg"))
+            && went_through(r)
+            && let (Some(addr), Some(port), Some(proto)) = (
+                str_of(r, "addr").and_then(|a| a.parse::<IpAddr>().ok()),
+                r["port"].as_u64().and_then(|p| u16::try_from(p).ok()),
+                str_of(r, "protocol"),
+            )
+            // The kernel decides by the longest matching prefix: credit that rule.
+            && let Some((i, _)) = rules
                 .iter()
-                .filter(|r| {
-                    let by_id = match (id, r["dev"].as_u64(), r["ino"].as_u64()) {
-                        (Some((dev, ino)), Some(rdev), Some(rino)) => {
-                            ino == rino && user_dev_to_kernel(dev) == user_dev_to_kernel(rdev)
+                .enumerate()
+                .filter(|(_, rule)| egress_matches(rule, addr, port, proto))
+                .max_by_key(|(_, rule)| rule.net.prefix_len())
+        {
+            self.egress[i] += 1;
+        }
+        // Files: exec'd and mapped files are recorded; allowed opens are not.
+        if went_through(r)
+            && let Some(path) = str_of(r, "path")
+        {
+            for (write, roots) in [false, true].into_iter().zip(&mut self.files) {
+                let counts = match kind {
+                    Some("exec" | "mmap") => !write,
+                    // f_mode: FMODE_READ 0x1, FMODE_WRITE 0x2.
+                    Some("open") => r["arg"].as_u64().is_some_and(|m| m & if write { 2 } else { 1 } != 0),
+                    _ => false,
+                };
+                if counts {
+                    for (names, count) in roots.iter_mut() {
+                        if under(path, names) {
+                            *count += 1;
                         }
-                        _ => false,
-                    };
-                    by_id
-                        || ["path", "exe"]
-                            .iter()
-                            .filter_map(|k| str_of(r, k))
-                            .any(|p| names.iter().any(|n| Path::new(p) == n))
-                })
-                .count();
+                    }
+                }
+            }
+        }
+        if kind == Some("open")
+            && let Some(path) = str_of(r, "path")
+        {
+            for (names, used, refused) in &mut self.secrets {
+                if names.iter().any(|n| Path::new(path) == n) {
+                    match str_of(r, "decision") {
+                        Some("allow") => *used += 1,
+                        Some("deny" | "audit") => *refused += 1,
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every grant of the scope, marked.
+    pub fn finish(self) -> Vec<Grant> {
+        let scope = self.scope;
+        let mut out = Vec::new();
+        for (entry, (_, _, count)) in scope.exec_allow.iter().flatten().zip(self.exec) {
             out.push(Grant {
                 section: "exec.allow",
                 entry: entry.display().to_string(),
@@ -153,31 +253,7 @@ pub fn scope_usage(scope: &Scope, records: &[Value], fs: &dyn Resolve) -> Vec<Gr
                 refused: 0,
             });
         }
-    }
-    if let Some(rules) = &scope.egress {
-        let mut counts = vec![0usize; rules.len()];
-        for r in records {
-            if !matches!(str_of(r, "kind"), Some("connect" | "sendmsg")) || !went_through(r) {
-                continue;
-            }
-            let (Some(addr), Some(port), Some(proto)) = (
-                str_of(r, "addr").and_then(|a| a.parse::<IpAddr>().ok()),
-                r["port"].as_u64().and_then(|p| u16::try_from(p).ok()),
-                str_of(r, "protocol"),
-            ) else {
-                continue;
-            };
-            // The kernel decides by the longest matching prefix: credit that rule.
-            if let Some((i, _)) = rules
-                .iter()
-                .enumerate()
-                .filter(|(_, rule)| egress_matches(rule, addr, port, proto))
-                .max_by_key(|(_, rule)| rule.net.prefix_len())
-            {
-                counts[i] += 1;
-            }
-        }
-        for (rule, count) in rules.iter().zip(counts) {
+        for (rule, count) in scope.egress.iter().flatten().zip(self.egress) {
             out.push(Grant {
                 section: "network.egress",
                 entry: egress_label(rule),
@@ -185,58 +261,30 @@ pub fn scope_usage(scope: &Scope, records: &[Value], fs: &dyn Resolve) -> Vec<Gr
                 refused: 0,
             });
         }
-    }
-    // Files: exec'd and mapped files are recorded; allowed opens are not.
-    let file_paths = |write: bool| -> Vec<&str> {
-        records
-            .iter()
-            .filter(|r| went_through(r))
-            .filter(|r| match str_of(r, "kind") {
-                Some("exec" | "mmap") => !write,
-                // f_mode: FMODE_READ 0x1, FMODE_WRITE 0x2.
-                Some("open") => r["arg"].as_u64().is_some_and(|m| m & if write { 2 } else { 1 } != 0),
-                _ => false,
-            })
-            .filter_map(|r| str_of(r, "path"))
-            .collect()
-    };
-    for (section, roots, write) in [("files.read", &scope.read, false), ("files.write", &scope.write, true)] {
-        let Some(roots) = roots else { continue };
-        let paths = file_paths(write);
-        for root in roots {
-            let names = spellings(root, fs);
-            let count = paths.iter().filter(|p| under(p, &names)).count();
-            out.push(Grant {
-                section,
-                entry: root.display().to_string(),
-                used: if count > 0 { Use::Used(count) } else { Use::NoRecordedUse },
-                refused: 0,
-            });
-        }
-    }
-    for secret in &scope.secrets {
-        let names = spellings(&secret.path, fs);
-        let opens = records
-            .iter()
-            .filter(|r| str_of(r, "kind") == Some("open"))
-            .filter(|r| str_of(r, "path").is_some_and(|p| names.iter().any(|n| Path::new(p) == n)));
-        let (mut used, mut refused) = (0, 0);
-        for r in opens {
-            match str_of(r, "decision") {
-                Some("allow") => used += 1,
-                Some("deny" | "audit") => refused += 1,
-                _ => {}
+        let [read, write] = self.files;
+        for (section, roots, counts) in
+            [("files.read", &scope.read, read), ("files.write", &scope.write, write)]
+        {
+            for (root, (_, count)) in roots.iter().flatten().zip(counts) {
+                out.push(Grant {
+                    section,
+                    entry: root.display().to_string(),
+                    used: if count > 0 { Use::Used(count) } else { Use::NoRecordedUse },
+                    refused: 0,
+                });
             }
         }
-        let tools: Vec<String> = secret.tools.iter().map(|t| t.display().to_string()).collect();
-        out.push(Grant {
-            section: "secrets",
-            entry: format!("{} (tools: {})", secret.path.display(), tools.join(", ")),
-            used: if used > 0 { Use::Used(used) } else { Use::NoRecordedUse },
-            refused,
-        });
+        for (secret, (_, used, refused)) in scope.secrets.iter().zip(self.secrets) {
+            let tools: Vec<String> = secret.tools.iter().map(|t| t.display().to_string()).collect();
+            out.push(Grant {
+                section: "secrets",
+                entry: format!("{} (tools: {})", secret.path.display(), tools.join(", ")),
+                used: if used > 0 { Use::Used(used) } else { Use::NoRecordedUse },
+                refused,
+            });
+        }
+        out
     }
-    out
 }
 
 #[cfg(test)]
