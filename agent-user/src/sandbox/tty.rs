@@ -42,9 +42,28 @@ impl TtyArgs {
         self.tty || (!self.no_tty && interactive)
     }
 
-    /// A pty for the task, if one is wanted.
+    /// A pty for the task, if one is wanted. When only the terminals asked for one (no
+    /// `--tty`) and this host cannot open a pty (no devpts), the task runs as with `--no-tty`
+    /// — in a session of its own, never holding the terminal — and a warning says so; with
+    /// `--tty` that is an error that says how to fix it.
     pub fn open(&self) -> io::Result<Option<Pty>> {
-        if self.wanted() { Pty::open().map(Some) } else { Ok(None) }
+        if !self.wanted() {
+            return Ok(None);
+        }
+        match Pty::open() {
+            Ok(p) => Ok(Some(p)),
+            Err(e) if !self.tty => {
+                tracing::warn!(
+                    error = %e,
+                    "cannot open a pty for the task; it runs without a terminal of its own (as with --no-tty)"
+                );
+                Ok(None)
+            }
+            Err(e) => Err(io::Error::new(
+                e.kind(),
+                format!("{e} (is devpts mounted at /dev/pts? --no-tty runs the task without a terminal)"),
+            )),
+        }
     }
 }
 

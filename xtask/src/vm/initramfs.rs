@@ -158,6 +158,8 @@ mnt() {{ mkdir -p "$3"; mount -t "$1" "$2" "$3" || echo "{m} mount-failed $1 $3"
 mnt proc proc /proc
 mnt sysfs sysfs /sys
 mnt devtmpfs devtmpfs /dev
+# Ptys for the tests that drive interactive tasks (devtmpfs's /dev/ptmx opens this instance).
+mnt devpts devpts /dev/pts
 # /tmp stays the initramfs root's own (writable) directory: a tmpfs over it would hide the
 # test programs packed at their host paths when the checkout lives under /tmp.
 mkdir -p /tmp && chmod 1777 /tmp
@@ -177,8 +179,10 @@ echo "{m} probe-end status=$rc"
 overall=0
 for t in {tests}; do
   echo "{m} test-begin $t"
+  # stdin is not the console: tests are not interactive (as in CI), and a process that
+  # inherits stdio does not take the console for a user's terminal.
   WARDEN_REQUIRE={require} WARDEN_BIN={warden} WARDEN_COVERAGE_OUT=/tmp/coverage.jsonl RUST_BACKTRACE=1 \
-    {dir}/$t --test-threads=1 --show-output --color=never {args} 2>&1
+    {dir}/$t --test-threads=1 --show-output --color=never {args} </dev/null 2>&1
   rc=$?
   echo "{m} test-end $t status=$rc"
   [ $rc -eq 0 ] || overall=1
