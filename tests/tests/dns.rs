@@ -15,6 +15,7 @@ fn zone() -> Vec<String> {
     let mut z: Vec<String> = [
         "--host-record=allowed.test,127.0.99.1,::1",
         "--host-record=other.test,127.0.99.2",
+        "--host-record=uring.test,127.0.99.4",
         "--host-record=short.test,127.0.99.3,1",
         "--cname=alias.test,mid.test",
         "--cname=mid.test,allowed.test",
@@ -59,9 +60,9 @@ fn names_in_the_scope_resolve_and_connect_nothing_else_leaves() {
         return;
     }
     let dns = Dnsmasq::start(&zone());
-    let (_l, port) = listeners_on(&["127.0.99.1", "127.0.99.2", "::1", "127.0.97.1"]);
+    let (_l, port) = listeners_on(&["127.0.99.1", "127.0.99.2", "::1", "127.0.97.1", "127.0.99.4"]);
     let up = dns.addr;
-    let scope = scope("dns-names", &["allowed.test", "internal.test", "meta.test"], up, port);
+    let scope = scope("dns-names", &["allowed.test", "internal.test", "meta.test", "uring.test"], up, port);
     let p = PROBE;
     let script = format!(
         "{p} connect 127.0.99.1 {port} | sed s/^connect/before/
@@ -82,7 +83,19 @@ fn names_in_the_scope_resolve_and_connect_nothing_else_leaves() {
          {p} dns udp ::ffff:8.8.8.8 53 allowed.test A | sed s/^dns/q-mapped/
          {p} connect ::ffff:127.0.99.1 {port} | sed s/^connect/mapped-after/
          {p} dns udp 2001:db8::53 53 allowed.test A | sed s/^dns/q-v6-unconnected/
+         {p} udp-peer 10.0.0.53 53 | sed s/^udp-peer/peer-v4/
+         {p} udp-peer ::1 53 | sed s/^udp-peer/peer-v6/
+         {p} udp-peer ::ffff:8.8.8.8 53 | sed s/^udp-peer/peer-mapped/
+         {p} connect 127.0.99.4 {port} | sed s/^connect/uring-before/
+         {p} dns uring-sendmsg 8.8.8.8 53 uring.test A | sed s/^dns/uq-sendmsg/
+         {p} connect 127.0.99.4 {port} | sed s/^connect/uring-granted/
+         {p} dns uring-connect 10.0.0.53 53 other.test A | sed s/^dns/uq-other/
+         {p} dns uring-sendmsg 9.9.9.9 53 other.test A | sed s/^dns/uq-other-sendmsg/
+         {p} dns uring-connect ::1 53 allowed.test AAAA | sed s/^dns/uq-v6/
+         {p} dns uring-sendmsg {} {} allowed.test A | sed s/^dns/uq-direct/
          true",
+        up.ip(),
+        up.port(),
         up.ip(),
         up.port()
     );
@@ -120,6 +133,22 @@ fn names_in_the_scope_resolve_and_connect_nothing_else_leaves() {
     assert_eq!(out.result("q-mapped"), "ok NoError 127.0.99.1 from=[::ffff:8.8.8.8]:53");
     assert_eq!(out.result("mapped-after"), "ok");
     assert_eq!(out.result("q-v6-unconnected"), "err 1");
+    // getpeername on a socket connected to a DNS server reports that server, not the
+    // resolver's address the kernel connected it to (glibc and musl compare reply sources).
+    assert_eq!(out.result("peer-v4"), "ok 10.0.0.53:53");
+    assert_eq!(out.result("peer-v6"), "ok [::1]:53");
+    assert_eq!(out.result("peer-mapped"), "ok [::ffff:8.8.8.8]:53");
+    // DNS through io_uring (IORING_OP_SENDMSG / CONNECT, reply by IORING_OP_RECVMSG) is
+    // redirected and judged as the plain syscalls are: an allowed name is answered and
+    // grants, a name outside the scope is refused and recorded, the real server's own
+    // address is refused.
+    assert_eq!(out.result("uring-before"), "err 1");
+    assert_eq!(out.result("uq-sendmsg"), "ok NoError 127.0.99.4 from=8.8.8.8:53");
+    assert_eq!(out.result("uring-granted"), "ok");
+    assert_eq!(out.result("uq-other"), "ok Refused - from=10.0.0.53:53");
+    assert_eq!(out.result("uq-other-sendmsg"), "ok Refused - from=9.9.9.9:53");
+    assert_eq!(out.result("uq-v6"), "ok NoError ::1 from=[::1]:53");
+    assert_eq!(out.result("uq-direct"), "err 1");
 
     let dns_recs = |decision: &str, name: &str| {
         out.records_of("dns", decision)
@@ -129,13 +158,18 @@ fn names_in_the_scope_resolve_and_connect_nothing_else_leaves() {
             .collect::<Vec<_>>()
     };
     let refused = dns_recs("deny", "other.test");
-    assert_eq!(refused.len(), 2, "{:#?}", out.judged());
+    assert_eq!(refused.len(), 4, "two syscall, two io_uring queries: {:#?}", out.judged());
     assert!(refused.iter().all(|r| r["rcode"] == "REFUSED" && r["rule"] == "network.egress"));
     assert!(refused.iter().any(|r| r["qtype"] == "TXT" && r["protocol"] == "tcp"));
     let allowed = dns_recs("allow", "allowed.test");
     assert!(allowed.iter().any(|r| r["qtype"] == "A" && r["answers"] == serde_json::json!(["127.0.99.1"])));
     assert!(allowed.iter().any(|r| r["qtype"] == "AAAA" && r["answers"] == serde_json::json!(["::1"])));
     assert!(allowed.iter().all(|r| r["host"] == "allowed.test" && r["latency_us"].is_u64()));
+    let uring = &dns_recs("allow", "uring.test")[0];
+    assert_eq!(
+        (&uring["answers"], &uring["protocol"]),
+        (&serde_json::json!(["127.0.99.4"]), &serde_json::json!("udp"))
+    );
     let private = &dns_recs("allow", "internal.test")[0];
     assert_eq!(private["dropped"], serde_json::json!(["10.1.2.3 (private)"]));
     let meta = &dns_recs("allow", "meta.test")[0];
@@ -145,8 +179,9 @@ fn names_in_the_scope_resolve_and_connect_nothing_else_leaves() {
     };
     assert_eq!(denied("connect", "127.0.99.1", port.into()), 1, "only the connect before resolving");
     assert_eq!(denied("connect", "127.0.99.2", port.into()), 2, "syscall and io_uring");
+    assert_eq!(denied("connect", "127.0.99.4", port.into()), 1, "only the connect before resolving");
     assert_eq!(denied("connect", "10.1.2.3", port.into()), 1);
-    assert_eq!(denied("sendmsg", &up.ip().to_string(), up.port().into()), 1);
+    assert_eq!(denied("sendmsg", &up.ip().to_string(), up.port().into()), 2, "syscall and io_uring");
     assert_eq!(denied("sendmsg", "2001:db8::53", 53), 1);
     coverage("egress by name", "syscall", "enforced");
     coverage("egress by name", "io_uring", "enforced");

@@ -47,7 +47,10 @@ fn sockaddr(addr: &str, port: &str) -> SocketAddr {
 }
 
 /// One DNS query the way a stub resolver makes it: `udp` (unconnected `sendto`/`recvfrom`),
-/// `udp-connected` (`connect`, then `send`/`recvfrom`) or `tcp`. Prints
+/// `udp-connected` (`connect`, then `send`/`recvfrom`) or `tcp`; or over UDP through io_uring:
+/// `uring-sendmsg` (IORING_OP_SENDMSG with the server as `msg_name`) or `uring-connect`
+/// (IORING_OP_CONNECT, then IORING_OP_SENDMSG without a name), the reply read with
+/// IORING_OP_RECVMSG. Prints
 /// `dns ok RCODE ADDRS from=SOURCE` (ADDRS comma-separated, `-` for none; SOURCE the address
 /// the reply came from) or `dns err ERRNO`.
 fn dns(mode: &str, server: SocketAddr, name: &str, qtype: &str) -> Result<(), i32> {
@@ -64,7 +67,9 @@ fn dns(mode: &str, server: SocketAddr, name: &str, qtype: &str) -> Result<(), i3
     q.add_query(Query::query(Name::from_ascii(name).map_err(|_| libc::EINVAL)?, qtype));
     let bytes = q.to_vec().map_err(|_| libc::EINVAL)?;
     let timeout = Some(std::time::Duration::from_secs(5));
-    let (raw, from) = if mode == "tcp" {
+    let (raw, from) = if let Some(how) = mode.strip_prefix("uring-") {
+        uring_udp_exchange(how, server, &bytes)?
+    } else if mode == "tcp" {
         let mut s = TcpStream::connect(server).map_err(io)?;
         s.set_read_timeout(timeout).map_err(io)?;
         let mut framed = (bytes.len() as u16).to_be_bytes().to_vec();
@@ -103,6 +108,99 @@ fn dns(mode: &str, server: SocketAddr, name: &str, qtype: &str) -> Result<(), i3
     let addrs = if addrs.is_empty() { "-".to_string() } else { addrs.join(",") };
     let tc = if m.metadata.truncation { " tc" } else { "" };
     println!("dns ok {:?}{tc} {addrs} from={from}", m.metadata.response_code);
+    let _ = std::io::stdout().flush();
+    std::process::exit(0)
+}
+
+/// One io_uring submission, completed within 5 s: its result, or the errno.
+fn uring_one(ring: &mut io_uring::IoUring, op: &io_uring::squeue::Entry) -> Result<i32, i32> {
+    // SAFETY: the caller keeps every buffer the entry points to alive until this returns,
+    // and it returns only after the completion (or with the ring, and the op, still pending
+    // on a timeout, when the caller exits at once).
+    unsafe { ring.submission().push(op).map_err(|_| libc::EBUSY)? };
+    let ts = io_uring::types::Timespec::new().sec(5);
+    let args = io_uring::types::SubmitArgs::new().timespec(&ts);
+    ring.submitter().submit_with_args(1, &args).map_err(|e| e.raw_os_error().unwrap_or(0))?;
+    let res = ring.completion().next().ok_or(libc::ETIME)?.result();
+    if res < 0 { Err(-res) } else { Ok(res) }
+}
+
+/// A UDP query and its reply entirely through io_uring (see [`dns`]): the reply and the
+/// address `recvmsg` reported it from.
+fn uring_udp_exchange(how: &str, server: SocketAddr, query: &[u8]) -> Result<(Vec<u8>, SocketAddr), i32> {
+    let domain = if server.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    // SAFETY: plain socket(2).
+    let s = unsafe { libc::socket(domain, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if s < 0 {
+        return Err(errno());
+    }
+    // SAFETY: fd just created.
+    let sock = unsafe { OwnedFd::from_raw_fd(s) };
+    let fd = io_uring::types::Fd(sock.as_raw_fd());
+    let mut ring = io_uring::IoUring::new(4).map_err(|e| e.raw_os_error().unwrap_or(0))?;
+    let (mut dst, dst_len) = to_storage(server);
+    let mut iov = libc::iovec { iov_base: query.as_ptr() as *mut libc::c_void, iov_len: query.len() };
+    // SAFETY: a zeroed msghdr is valid; the fields set below point to locals that outlive it.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    match how {
+        "sendmsg" => {
+            msg.msg_name = (&mut dst as *mut libc::sockaddr_storage).cast();
+            msg.msg_namelen = dst_len;
+        }
+        "connect" => {
+            let c =
+                io_uring::opcode::Connect::new(fd, (&dst as *const libc::sockaddr_storage).cast(), dst_len);
+            uring_one(&mut ring, &c.build())?;
+        }
+        _ => return Err(libc::EINVAL),
+    }
+    uring_one(&mut ring, &io_uring::opcode::SendMsg::new(fd, &msg).build())?;
+    let mut buf = vec![0u8; 65535];
+    // SAFETY: as above.
+    let mut from: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut riov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    // SAFETY: as above.
+    let mut rmsg: libc::msghdr = unsafe { std::mem::zeroed() };
+    rmsg.msg_iov = &mut riov;
+    rmsg.msg_iovlen = 1;
+    rmsg.msg_name = (&mut from as *mut libc::sockaddr_storage).cast();
+    rmsg.msg_namelen = size_of::<libc::sockaddr_storage>() as u32;
+    let n = uring_one(&mut ring, &io_uring::opcode::RecvMsg::new(fd, &mut rmsg).build())?;
+    buf.truncate(n as usize);
+    Ok((buf, from_storage(&from).ok_or(libc::EAFNOSUPPORT)?))
+}
+
+/// The address in a `sockaddr_storage` the kernel filled.
+fn from_storage(st: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    let p = (st as *const libc::sockaddr_storage).cast::<u8>();
+    match i32::from(st.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the family says it holds a sockaddr_in.
+            let sin = unsafe { std::ptr::read(p.cast::<libc::sockaddr_in>()) };
+            let ip = std::net::Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes());
+            Some(SocketAddr::new(ip.into(), u16::from_be(sin.sin_port)))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the family says it holds a sockaddr_in6.
+            let sin6 = unsafe { std::ptr::read(p.cast::<libc::sockaddr_in6>()) };
+            let ip = std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+            Some(SocketAddr::new(ip.into(), u16::from_be(sin6.sin6_port)))
+        }
+        _ => None,
+    }
+}
+
+/// A UDP socket `connect`ed to ADDR PORT, then `getpeername`: prints `udp-peer ok PEER`, the
+/// peer the kernel reports (what a stub resolver compares replies against).
+fn udp_peer(sa: SocketAddr) -> Result<(), i32> {
+    let bind = if sa.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+    let io = |e: std::io::Error| e.raw_os_error().unwrap_or(libc::EIO);
+    let s = UdpSocket::bind(bind).map_err(io)?;
+    s.connect(sa).map_err(io)?;
+    let peer = s.peer_addr().map_err(io)?;
+    println!("udp-peer ok {peer}");
     let _ = std::io::stdout().flush();
     std::process::exit(0)
 }
@@ -466,6 +564,7 @@ fn main() {
                 .map(drop)
                 .map_err(|e| e.raw_os_error().unwrap_or(0))
         }
+        "udp-peer" => udp_peer(sockaddr(a(1), a(2))),
         "udp-connect" => {
             let sa = sockaddr(a(1), a(2));
             let bind = if sa.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
