@@ -35,8 +35,9 @@ use crate::util::{self, cargo, is_root, target_dir, workspace_root};
 /// Test binaries (`tests/tests/<name>.rs`) that run in the VM by default: `lsm` needs what
 /// this host's kernel refuses; `lifecycle` and `drops` give every kernel of the matrix the
 /// core event path; `scope` runs the scope scenarios under the BPF LSM engine (the host tier
-/// runs them under the fallback), with the host programs the initramfs carries.
-pub const VM_TESTS: &[&str] = &["lsm", "lifecycle", "drops", "scope", "node"];
+/// runs them under the fallback), with the host programs the initramfs carries; `boundary`
+/// the task's process boundary (namespaces, capabilities, its own pty) under BPF LSM.
+pub const VM_TESTS: &[&str] = &["lsm", "lifecycle", "drops", "scope", "node", "boundary"];
 /// Features that must be available in every guest (`WARDEN_REQUIRE`): a skip for one of
 /// them fails the run.
 pub const REQUIRED_FEATURES: &[&str] = &["bpf_lsm"];

@@ -170,6 +170,15 @@ fn task_slot(task: *const u8, off: &KernelOffsets) -> Option<u32> {
     unsafe { WATCHED.get(id) }.map(|s| s.slot)
 }
 
+/// Whether `inode` is on a procfs superblock.
+#[inline(always)]
+fn on_procfs(inode: *const u8, off: &KernelOffsets) -> bool {
+    read::<*const u8>(inode, off.inode_sb)
+        .ok()
+        .and_then(|sb| read::<u64>(sb, off.sb_magic).ok())
+        .is_some_and(|m| m == PROC_SUPER_MAGIC)
+}
+
 /// The process a guarded `/proc/<pid>/...` file (see [`GUARDED_PROC_FILES`]) belongs to,
 /// if `dentry`/`inode` is one: the task behind the procfs inode's `struct pid`.
 #[inline(always)]
@@ -485,7 +494,10 @@ pub fn lsm_file_open(ctx: LsmContext) -> i32 {
             rule_id = rule::PROTECTED_CONTROL;
         } else if want_write && !write_ok(&sandbox, bits, w.complete) {
             rule_id = rule::FILES_WRITE;
-        } else if want_read && !read_ok(&sandbox, bits, w.complete) {
+        } else if want_read && !read_ok(&sandbox, bits, w.complete) && !on_procfs(inode, off) {
+            // procfs is always readable (as `/proc` is in the scope's read grants): the task's
+            // own procfs is a mount of its PID namespace that no rule names by identity, and
+            // other processes' memory and environment are guarded above.
             rule_id = rule::FILES_READ;
         }
     }

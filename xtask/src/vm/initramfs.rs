@@ -35,6 +35,12 @@ pub const HOST_PROGRAMS: &[&str] = &[
     "/usr/bin/head",
     "/usr/bin/rm",
     "/usr/bin/mktemp",
+    // The boundary scenarios: exec identity (cp, mv) and the task's own terminal.
+    "/usr/bin/cp",
+    "/usr/bin/mv",
+    "/usr/bin/stty",
+    "/usr/bin/tty",
+    "/usr/bin/stat",
     PYTHON,
 ];
 /// The python3 whose standard library (`/usr/lib/<its real name>`) comes along.
