@@ -41,6 +41,9 @@ pub struct BenchArgs {
     /// The consumer also drains every N ms, besides its own 10 ms tick and the kernel's wake-ups.
     #[arg(long)]
     pub poll_ms: Option<u64>,
+    /// Skip the storms inside a `warden run` task, live rules, DNS and replay/OCSF/report.
+    #[arg(long)]
+    pub no_extra: bool,
     /// Results file (default target/bench/results.json).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -50,13 +53,32 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     if !is_root() {
         bail!("the benchmark loads BPF programs and creates cgroups: run `cargo xtask bench` as root");
     }
-    util::run(cargo().args(["build", "--release", "--package", "warden-tests", "--bin", "warden-bench"]))?;
+    // `warden` too: the storms inside a task, live rules, DNS and the offline paths run it.
+    util::run(cargo().args([
+        "build",
+        "--release",
+        "--package",
+        "warden-tests",
+        "--bin",
+        "warden-bench",
+        "--package",
+        "agent-user",
+        "--bin",
+        "warden",
+    ]))?;
+    if !args.no_extra {
+        // The DNS storm's upstream, as the DNS host tests start it.
+        util::ensure_apt("/usr/sbin/dnsmasq", "dnsmasq-base")?;
+    }
     let bin = target_dir().join("release/warden-bench");
     let out = args.out.unwrap_or_else(|| target_dir().join("bench/results.json"));
     let mut cmd = Command::new(&bin);
-    for (on, flag) in
-        [(args.quick, "--quick"), (args.bpf_stats, "--bpf-stats"), (args.pause_consumer, "--pause-consumer")]
-    {
+    for (on, flag) in [
+        (args.quick, "--quick"),
+        (args.bpf_stats, "--bpf-stats"),
+        (args.pause_consumer, "--pause-consumer"),
+        (args.no_extra, "--no-extra"),
+    ] {
         if on {
             cmd.arg(flag);
         }

@@ -14,6 +14,8 @@
 mod consumer;
 #[path = "bench/report.rs"]
 mod report;
+#[path = "bench/tasks.rs"]
+mod tasks;
 #[path = "bench/throughput.rs"]
 mod throughput;
 #[path = "bench/workload.rs"]
@@ -57,6 +59,8 @@ usage: warden-bench [options]        (as root; normally via `cargo xtask bench`)
   --retries N          repeat a run during which other processes used more than 0.25
                        core, up to N times (default 2)
   --out PATH           results file (default: <target>/bench/results.json)
+  --no-extra           skip what follows the rounds: the storms inside a warden run task
+                       (run in every round), live rules, DNS, replay/OCSF/report
 diagnostics (they change what (b)/(c) measure; the output says so):
   --bpf-stats          count run time per BPF program (BPF_ENABLE_STATS) and report the
                        in-kernel cost per operation; adds two clock reads per program run
@@ -78,6 +82,8 @@ struct Opts {
     pause_consumer: bool,
     poll: Option<Duration>,
     retries: u32,
+    /// The storms inside a task, live rules, DNS and the offline paths.
+    extra: bool,
 }
 
 impl Opts {
@@ -94,6 +100,7 @@ impl Opts {
         let mut pause_consumer = false;
         let mut poll = None;
         let mut retries = 2;
+        let mut extra = true;
         let mut it = args.iter();
         while let Some(a) = it.next() {
             let (flag, inline) = match a.split_once('=') {
@@ -108,6 +115,7 @@ impl Opts {
             };
             match flag {
                 "--quick" => quick = true,
+                "--no-extra" => extra = false,
                 "--bpf-stats" => bpf_stats = true,
                 "--pause-consumer" => pause_consumer = true,
                 "--poll-ms" => {
@@ -172,6 +180,7 @@ impl Opts {
             pause_consumer,
             poll,
             retries,
+            extra,
         })
     }
 }
@@ -255,15 +264,36 @@ fn bench(opts: Opts) -> anyhow::Result<()> {
     );
     let mut runs = Vec::new();
     let mut sensor = SensorInfo::default();
+    let tools = if opts.extra { Some(tasks::Tools::find(&env.exe, dir.path())?) } else { None };
+    let audit_before = agent_user::kaudit::netlink::status().map(|s| s.enabled != 0).ok();
+    // (d): per round, the storm inside a `warden run` task, paired with that round's (a).
+    let mut in_task: Vec<(u32, Workload, f64, f64)> = Vec::new();
     for round in 1..=opts.rounds {
         for &(w, ops) in &opts.workloads {
             ensure!(!INTERRUPTED.load(Ordering::Relaxed), "interrupted");
             let r = measure(&env, &opts, round, w, ops, &mut sensor)
                 .with_context(|| format!("round {round}, workload {}", w.name()))?;
             eprintln!("{}", progress(round, opts.rounds, &r));
+            if let Some(t) = &tools
+                && tasks::target_in_task(w).is_some()
+            {
+                settle(env.settle);
+                let d = t
+                    .storm_in_task(w, ops, &env.file)
+                    .with_context(|| format!("round {round}, workload {} inside a task", w.name()))?;
+                let a = r.iter().find(|x| x.config == Config::A).map_or(0.0, Run::ops_per_sec);
+                eprintln!(
+                    "[round {round}/{}] {:<8} d (in a warden run task) {:>10}/s",
+                    opts.rounds,
+                    w.name(),
+                    thousands(d)
+                );
+                in_task.push((round, w, a, d));
+            }
             runs.extend(r);
         }
     }
+    let audit_after = agent_user::kaudit::netlink::status().map(|s| s.enabled != 0).ok();
 
     let summaries: Vec<Summary> = opts.workloads.iter().map(|&(w, _)| Summary::new(w, &runs)).collect();
     println!(
@@ -294,6 +324,23 @@ fn bench(opts: Opts) -> anyhow::Result<()> {
     }
     print!("{}", report::render_table(&summaries));
     let rules = throughput::measure(if opts.quick { 50_000 } else { 200_000 }).context("rules throughput")?;
+    let task_storms = report_in_task(&in_task, &opts);
+    let mut extra = json!(null);
+    if let Some(t) = &tools {
+        let live = t.rules_storm(if opts.quick { 25_000 } else { 100_000 }).context("live rules storm")?;
+        let dns = t
+            .dns_storm(if opts.quick { 3 } else { 5 }, if opts.quick { 500 } else { 2_000 })
+            .context("dns storm")?;
+        let offline =
+            t.offline(if opts.quick { 100_000 } else { 300_000 }, 3).context("replay/OCSF/report")?;
+        extra = json!({ "live_rules": live, "dns": dns, "offline": offline });
+    }
+    println!(
+        "kernel audit: {} before the run, {} after (Warden turns it on with `-a never,task` when it is off; (b) \
+         and (c) ran with it on)",
+        audit_before.map_or("unknown", |on| if on { "on" } else { "off" }),
+        audit_after.map_or("unknown", |on| if on { "on" } else { "off" })
+    );
     for w in &warnings {
         println!("WARNING: {w}");
     }
@@ -323,6 +370,9 @@ fn bench(opts: Opts) -> anyhow::Result<()> {
         },
         "workloads": summaries.iter().map(Summary::json).collect::<Vec<_>>(),
         "rules_throughput": rules,
+        "in_task": task_storms,
+        "extra": extra,
+        "kernel_audit": { "enabled_before": audit_before, "enabled_after": audit_after },
         "runs": runs.iter().map(|r| json!({
             "round": r.round,
             "workload": r.workload.name(),
@@ -398,6 +448,11 @@ fn measure(
     }
     let mut sensor = Sensor::load(&load).context("configuration (b)/(c): cannot load Warden's sensor")?;
     // As `warden run --engine auto`: the BPF LSM engine where the kernel allows it.
+    // As `warden run`: kernel audit on (with `-a never,task`), so (b) shows what it costs the
+    // processes outside every sandbox.
+    if let Err(e) = agent_user::kaudit::netlink::ensure_enabled() {
+        eprintln!("warden-bench: WARNING: cannot turn kernel audit on: {e}");
+    }
     let engine = match sensor.attach_lsm_engine() {
         Ok(()) => "bpf-lsm".to_string(),
         Err(e) => format!("fallback (BPF LSM unavailable: {e})"),
@@ -461,6 +516,44 @@ fn measure(
         std::thread::sleep(Duration::from_millis(5));
     }
     Ok(out)
+}
+
+/// The storms inside a task beside (a): medians, paired ratios, targets.
+fn report_in_task(runs: &[(u32, Workload, f64, f64)], opts: &Opts) -> serde_json::Value {
+    let med = |mut x: Vec<f64>| {
+        x.sort_by(f64::total_cmp);
+        if x.is_empty() { 0.0 } else { x[x.len() / 2] }
+    };
+    let mut out = Vec::new();
+    if !runs.is_empty() {
+        println!("\nInside a `warden run` task (Landlock, seccomp, sensor, pipeline) vs (a), same rounds:");
+        println!("| workload | (a) ops/s | (d) in task ops/s | (d)/(a) | paired | target | |");
+        println!("|---|---|---|---|---|---|---|");
+    }
+    for &(w, _) in &opts.workloads {
+        let mine: Vec<_> = runs.iter().filter(|r| r.1 == w).collect();
+        let Some(target) = tasks::target_in_task(w) else { continue };
+        if mine.is_empty() {
+            continue;
+        }
+        let a = med(mine.iter().map(|r| r.2).collect());
+        let d = med(mine.iter().map(|r| r.3).collect());
+        let paired = med(mine.iter().map(|r| r.2 / r.3).collect());
+        let ratio = a / d;
+        println!(
+            "| {} | {} | {} | {ratio:.3}× | {paired:.3}× | ≤ {target:.2}× | {} |",
+            w.name(),
+            thousands(a),
+            thousands(d),
+            if ratio <= target { "met" } else { "missed" }
+        );
+        out.push(json!({
+            "workload": w.name(), "a_ops_per_sec": a, "d_ops_per_sec": d, "slowdown": ratio,
+            "slowdown_paired": paired, "target": target, "met": ratio <= target,
+            "runs": mine.iter().map(|r| json!({"round": r.0, "a": r.2, "d": r.3})).collect::<Vec<_>>(),
+        }));
+    }
+    serde_json::Value::Array(out)
 }
 
 /// Spawns `/bin/true` in the sandbox and waits for its exec and exit to come through.

@@ -139,6 +139,9 @@ pub fn worker_main(args: &[String]) -> anyhow::Result<()> {
     let [w, ops, warmup, file] = args else {
         bail!("usage: warden-bench __worker <workload> <ops> <warmup-ops> <file>");
     };
+    if w == "dns" {
+        return dns_worker(ops.parse().context("ops")?, warmup.parse().context("warmup ops")?, file);
+    }
     let w = Workload::parse(w)?;
     let ops: u64 = ops.parse().context("ops")?;
     let warmup: u64 = warmup.parse().context("warmup ops")?;
@@ -323,4 +326,75 @@ impl ConnectStorm {
         self.stop.store(true, Ordering::Relaxed);
         self.server.join().map_err(|_| anyhow::anyhow!("connect storm: server thread panicked"))?
     }
+}
+
+/// The name every DNS storm query asks for (A, class IN).
+pub const DNS_NAME: &str = "allowed.test";
+
+/// A DNS query for [`DNS_NAME`] with id `id`, recursion desired.
+fn dns_query(id: u16) -> Vec<u8> {
+    let mut q = Vec::with_capacity(32);
+    q.extend_from_slice(&id.to_be_bytes());
+    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in DNS_NAME.split('.') {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    q
+}
+
+/// `warden-bench __worker dns <queries> <warmup> <server>`: one UDP query at a time to
+/// `server`, each waiting for its answer (which must be NOERROR with an answer); prints the
+/// worker report plus p50/p99/max latency.
+fn dns_worker(ops: u64, warmup: u64, server: &str) -> anyhow::Result<()> {
+    let server: SocketAddr = server.parse().context("dns: server address")?;
+    let sock = std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).context("dns: bind")?;
+    sock.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let mut buf = [0u8; 1500];
+    let mut id: u16 = 0;
+    let mut one = |lat: Option<&mut Vec<u64>>| -> anyhow::Result<()> {
+        id = id.wrapping_add(1);
+        let q = dns_query(id);
+        let t = Instant::now();
+        sock.send_to(&q, server).context("dns: send")?;
+        loop {
+            let n = sock.recv(&mut buf).context("dns: no answer within 2 s")?;
+            if n >= 12 && buf[..2] == id.to_be_bytes() {
+                let rcode = buf[3] & 0x0f;
+                let answers = u16::from_be_bytes([buf[6], buf[7]]);
+                ensure!(rcode == 0 && answers > 0, "dns: rcode {rcode}, {answers} answers for {DNS_NAME}");
+                break;
+            }
+        }
+        if let Some(l) = lat {
+            l.push(t.elapsed().as_nanos() as u64);
+        }
+        Ok(())
+    };
+    for _ in 0..warmup {
+        one(None)?;
+    }
+    let mut lat = Vec::with_capacity(ops as usize);
+    let start_boot_ns = boot_ns();
+    for _ in 0..ops {
+        one(Some(&mut lat))?;
+    }
+    let end_boot_ns = boot_ns();
+    lat.sort_unstable();
+    let pct = |p: f64| lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied();
+    let report = serde_json::json!({
+        "ops": ops,
+        "elapsed_ns": end_boot_ns - start_boot_ns,
+        "start_boot_ns": start_boot_ns,
+        "end_boot_ns": end_boot_ns,
+        "cgroup": own_cgroup(),
+        "p50_ns": pct(0.50),
+        "p99_ns": pct(0.99),
+        "max_ns": lat.last(),
+    });
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{report}")?;
+    out.flush()?;
+    Ok(())
 }
