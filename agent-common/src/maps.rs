@@ -82,8 +82,10 @@ pub mod file_rule {
 pub const UNIX_RULES: &str = "UNIX_RULES";
 /// Name of the per-CPU scratch where a `UNIX_RULES` lookup key is built.
 pub const UNIX_SCRATCH: &str = "UNIX_SCRATCH";
-/// Default number of `UNIX_RULES` entries over all sandboxes.
-pub const DEFAULT_MAX_UNIX_RULES: u32 = 16384;
+/// Default number of `UNIX_RULES` entries over all sandboxes: a minimal scope compiles to
+/// about 40 (protected paths and their symlinked names), so 128 per slot of the default
+/// [`DEFAULT_MAX_TASKS`]. The trie is not preallocated: entries cost memory only when written.
+pub const DEFAULT_MAX_UNIX_RULES: u32 = 128 * DEFAULT_MAX_TASKS;
 /// Bytes of a socket path in [`UnixPathKey`]: `sun_path` holds at most 108, and the bytes
 /// after the name are always zero (an exact-name entry ends in one NUL).
 pub const UNIX_PATH_KEY: usize = 112;

@@ -53,12 +53,38 @@ pub enum LoadError {
     Link { name: &'static str, source: aya::programs::links::LinkError },
     #[error(transparent)]
     Unix(#[from] raw_unix::RawError),
+    #[error(
+        "map `{name}` is full: raise `maps.{setting}` in the daemon config (`warden run`: the same \
+         limit) or end tasks; nothing of this task's scope was left in the kernel"
+    )]
+    Full { name: &'static str, setting: &'static str },
     #[error("pinned state {path}: {source}")]
     PinDir { path: String, source: std::io::Error },
     #[error(
         "LSM hook `{hook}` takes {found:?} parameters on this kernel, `{name}` was written for {expected}"
     )]
     HookPrototype { name: &'static str, hook: &'static str, expected: usize, found: Option<usize> },
+}
+
+impl LoadError {
+    /// A map insert that failed because the map is full (`E2BIG` from hash maps, `ENOSPC`
+    /// from LPM tries) becomes [`LoadError::Full`], naming the setting that sizes it.
+    pub fn full_or_self(self) -> Self {
+        if let LoadError::Map { name, source: aya::maps::MapError::SyscallError(e) } = &self
+            && matches!(e.io_error.raw_os_error(), Some(libc::E2BIG) | Some(libc::ENOSPC))
+        {
+            let setting = match *name {
+                maps::EXEC_ALLOW => "max_exec",
+                maps::EGRESS => "max_egress",
+                maps::FILE_RULES => "max_file_rules",
+                maps::UNIX_RULES => "max_unix_rules",
+                maps::SECRET_TOOLS => "max_exec",
+                _ => return self,
+            };
+            return LoadError::Full { name, setting };
+        }
+        self
+    }
 }
 
 /// Sizes chosen at load time (also the daemon config's `maps` section, so strict: unknown

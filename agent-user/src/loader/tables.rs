@@ -10,8 +10,12 @@ use crate::scope::compile::CompiledScope;
 impl Sensor {
     /// Writes a compiled scope's kernel state for `slot` and then marks `cgroup_ids` as that
     /// sandbox (the watch entry goes last, so no check ever sees half a scope).
+    /// A table that fills up leaves nothing of the scope behind (what was written is removed).
     pub fn bind(&mut self, slot: u32, cgroup_ids: &[u64], scope: &CompiledScope) -> Result<(), LoadError> {
-        self.write_scope_tables(slot, scope, true)?;
+        if let Err(e) = self.write_scope_tables(slot, scope, true) {
+            let _ = self.write_scope_tables(slot, scope, false);
+            return Err(e.full_or_self());
+        }
         let mut flags = scope.flags;
         if self.lsm_engine {
             flags |= maps::sandbox_flags::LSM;
