@@ -41,6 +41,9 @@ pub struct BenchArgs {
     /// The consumer also drains every N ms, besides its own 10 ms tick and the kernel's wake-ups.
     #[arg(long)]
     pub poll_ms: Option<u64>,
+    /// Also run the storms under peers' watching (bpftrace counting the same syscalls).
+    #[arg(long)]
+    pub peers: bool,
     /// Skip the storms inside a `warden run` task, live rules, DNS and replay/OCSF/report.
     #[arg(long)]
     pub no_extra: bool,
@@ -66,6 +69,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         "--bin",
         "warden",
     ]))?;
+    if args.peers {
+        util::ensure_apt("/usr/bin/bpftrace", "bpftrace")?;
+    }
     if !args.no_extra {
         // The DNS storm's upstream, as the DNS host tests start it.
         util::ensure_apt("/usr/sbin/dnsmasq", "dnsmasq-base")?;

@@ -59,6 +59,8 @@ usage: warden-bench [options]        (as root; normally via `cargo xtask bench`)
   --retries N          repeat a run during which other processes used more than 0.25
                        core, up to N times (default 2)
   --out PATH           results file (default: <target>/bench/results.json)
+  --peers              also run open, exec and connect, outside any sandbox, under a peer's
+                       watching: bpftrace counting the same syscalls (needs bpftrace)
   --no-extra           skip what follows the rounds: the storms inside a warden run task
                        (run in every round), live rules, DNS, replay/OCSF/report
 diagnostics (they change what (b)/(c) measure; the output says so):
@@ -84,6 +86,8 @@ struct Opts {
     retries: u32,
     /// The storms inside a task, live rules, DNS and the offline paths.
     extra: bool,
+    /// The storms under peers' watching.
+    peers: bool,
 }
 
 impl Opts {
@@ -101,6 +105,7 @@ impl Opts {
         let mut poll = None;
         let mut retries = 2;
         let mut extra = true;
+        let mut peers = false;
         let mut it = args.iter();
         while let Some(a) = it.next() {
             let (flag, inline) = match a.split_once('=') {
@@ -116,6 +121,7 @@ impl Opts {
             match flag {
                 "--quick" => quick = true,
                 "--no-extra" => extra = false,
+                "--peers" => peers = true,
                 "--bpf-stats" => bpf_stats = true,
                 "--pause-consumer" => pause_consumer = true,
                 "--poll-ms" => {
@@ -181,6 +187,7 @@ impl Opts {
             poll,
             retries,
             extra,
+            peers,
         })
     }
 }
@@ -268,6 +275,8 @@ fn bench(opts: Opts) -> anyhow::Result<()> {
     let audit_before = agent_user::kaudit::netlink::status().map(|s| s.enabled != 0).ok();
     // (d): per round, the storm inside a `warden run` task, paired with that round's (a).
     let mut in_task: Vec<(u32, Workload, f64, f64)> = Vec::new();
+    // --peers: per round, the storm outside any sandbox under bpftrace, paired with (a).
+    let mut peer_runs: Vec<(u32, Workload, f64, f64)> = Vec::new();
     for round in 1..=opts.rounds {
         for &(w, ops) in &opts.workloads {
             ensure!(!INTERRUPTED.load(Ordering::Relaxed), "interrupted");
@@ -289,6 +298,21 @@ fn bench(opts: Opts) -> anyhow::Result<()> {
                     thousands(d)
                 );
                 in_task.push((round, w, a, d));
+            }
+            if opts.peers && tasks::target_in_task(w).is_some() {
+                let mut peer = tasks::Peer::bpftrace().context("--peers: bpftrace")?;
+                let p = worker(&env, w, ops, None).with_context(|| format!("{} under bpftrace", w.name()));
+                peer.stop();
+                let (p, _, _) = p?;
+                let a = r.iter().find(|x| x.config == Config::A).map_or(0.0, Run::ops_per_sec);
+                let ops_s = p.ops as f64 / (p.elapsed_ns as f64 / 1e9);
+                eprintln!(
+                    "[round {round}/{}] {:<8} bpftrace watching {:>10}/s",
+                    opts.rounds,
+                    w.name(),
+                    thousands(ops_s)
+                );
+                peer_runs.push((round, w, a, ops_s));
             }
             runs.extend(r);
         }
@@ -325,6 +349,7 @@ fn bench(opts: Opts) -> anyhow::Result<()> {
     print!("{}", report::render_table(&summaries));
     let rules = throughput::measure(if opts.quick { 50_000 } else { 200_000 }).context("rules throughput")?;
     let task_storms = report_in_task(&in_task, &opts);
+    let peers = report_peers(&peer_runs, &in_task, &opts);
     let mut extra = json!(null);
     if let Some(t) = &tools {
         let live = t.rules_storm(if opts.quick { 25_000 } else { 100_000 }).context("live rules storm")?;
@@ -371,6 +396,7 @@ fn bench(opts: Opts) -> anyhow::Result<()> {
         "workloads": summaries.iter().map(Summary::json).collect::<Vec<_>>(),
         "rules_throughput": rules,
         "in_task": task_storms,
+        "peers": peers,
         "extra": extra,
         "kernel_audit": { "enabled_before": audit_before, "enabled_after": audit_after },
         "runs": runs.iter().map(|r| json!({
@@ -552,6 +578,43 @@ fn report_in_task(runs: &[(u32, Workload, f64, f64)], opts: &Opts) -> serde_json
             "slowdown_paired": paired, "target": target, "met": ratio <= target,
             "runs": mine.iter().map(|r| json!({"round": r.0, "a": r.2, "d": r.3})).collect::<Vec<_>>(),
         }));
+    }
+    serde_json::Value::Array(out)
+}
+
+/// `--peers`: bpftrace's cost beside Warden's (c) and (d), same rounds.
+fn report_peers(
+    peer: &[(u32, Workload, f64, f64)],
+    in_task: &[(u32, Workload, f64, f64)],
+    opts: &Opts,
+) -> serde_json::Value {
+    if peer.is_empty() {
+        return json!(null);
+    }
+    let med = |mut x: Vec<f64>| {
+        x.sort_by(f64::total_cmp);
+        if x.is_empty() { f64::NAN } else { x[x.len() / 2] }
+    };
+    println!("\nPeers (same rounds; time per op over (a)):");
+    println!(
+        "| workload | bpftrace counting the syscalls (unwatched worker) | Warden, worker in a task (d) |"
+    );
+    println!("|---|---|---|");
+    let mut out = Vec::new();
+    for &(w, _) in &opts.workloads {
+        let p: Vec<_> = peer.iter().filter(|r| r.1 == w).collect();
+        if p.is_empty() {
+            continue;
+        }
+        let bt = med(p.iter().map(|r| r.2 / r.3).collect());
+        let d = med(in_task.iter().filter(|r| r.1 == w).map(|r| r.2 / r.3).collect());
+        println!(
+            "| {} | {bt:.3}× | {} |",
+            w.name(),
+            if d.is_nan() { "-".into() } else { format!("{d:.3}×") }
+        );
+        out.push(json!({ "workload": w.name(), "bpftrace_paired": bt, "warden_in_task_paired": (!d.is_nan()).then_some(d),
+            "runs": p.iter().map(|r| json!({"round": r.0, "a": r.2, "bpftrace": r.3})).collect::<Vec<_>>() }));
     }
     serde_json::Value::Array(out)
 }

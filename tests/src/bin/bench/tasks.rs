@@ -363,3 +363,73 @@ pub fn write_log(path: &Path, n: u64) -> anyhow::Result<u64> {
     w.flush()?;
     Ok(std::fs::metadata(path)?.len())
 }
+
+/// `--peers`: a peer's watching running around an unwatched worker. Today: `bpftrace`
+/// counting the syscalls of the three storms (the way syscall-tracepoint tools watch).
+pub struct Peer {
+    child: std::process::Child,
+}
+
+/// The bpftrace program: count every openat, execve and connect on the machine.
+const BPFTRACE_PROGRAM: &str = "tracepoint:syscalls:sys_enter_openat, tracepoint:syscalls:sys_enter_execve, \
+     tracepoint:syscalls:sys_enter_connect { @[probe] = count(); }";
+
+impl Peer {
+    /// Starts bpftrace and waits until its probes are attached.
+    pub fn bpftrace() -> anyhow::Result<Self> {
+        use std::io::BufRead as _;
+        // bpftrace finds syscall tracepoints through tracefs.
+        if !Path::new("/sys/kernel/tracing/events").exists() {
+            let ok =
+                Command::new("mount").args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"]).status()?;
+            ensure!(ok.success(), "cannot mount tracefs on /sys/kernel/tracing");
+        }
+        let mut child = Command::new("/usr/bin/bpftrace")
+            .args(["-e", BPFTRACE_PROGRAM])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("start bpftrace (apt-get install bpftrace)")?;
+        let stdout = child.stdout.take().context("bpftrace stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.starts_with("Attaching") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        let mut peer = Peer { child };
+        if rx.recv_timeout(std::time::Duration::from_secs(60)).is_err() {
+            peer.stop();
+            anyhow::bail!("bpftrace did not attach its probes within 60 s");
+        }
+        // "Attaching" is printed before the last probe is in: give it a moment.
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        Ok(peer)
+    }
+
+    /// Stops it (SIGINT, as a user would) and waits for it.
+    pub fn stop(&mut self) {
+        // SAFETY: signals our own child by its pid.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGINT) };
+        let start = Instant::now();
+        while start.elapsed() < std::time::Duration::from_secs(10) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.stop();
+        }
+    }
+}
