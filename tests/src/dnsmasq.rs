@@ -40,6 +40,8 @@ impl Dnsmasq {
                     "--no-hosts",
                     "--bind-interfaces",
                     "--user=root",
+                    // Named: its default group (`dip`) is not in the VM tier's /etc/group.
+                    "--group=root",
                     "--pid-file=",
                     "--log-queries",
                 ])

@@ -36,8 +36,9 @@ use crate::util::{self, cargo, is_root, target_dir, workspace_root};
 /// this host's kernel refuses; `lifecycle` and `drops` give every kernel of the matrix the
 /// core event path; `scope` runs the scope scenarios under the BPF LSM engine (the host tier
 /// runs them under the fallback), with the host programs the initramfs carries; `boundary`
-/// the task's process boundary (namespaces, capabilities, its own pty) under BPF LSM.
-pub const VM_TESTS: &[&str] = &["lsm", "lifecycle", "drops", "scope", "node", "boundary"];
+/// the task's process boundary (namespaces, capabilities, its own pty) under BPF LSM; `dns`
+/// egress by name against the dnsmasq the initramfs carries.
+pub const VM_TESTS: &[&str] = &["lsm", "lifecycle", "drops", "scope", "node", "boundary", "dns"];
 /// Features that must be available in every guest (`WARDEN_REQUIRE`): a skip for one of
 /// them fails the run.
 pub const REQUIRED_FEATURES: &[&str] = &["bpf_lsm"];
@@ -53,7 +54,7 @@ pub struct VmArgs {
     #[arg(long = "kernel", value_name = "FAMILY")]
     pub kernels: Vec<String>,
     /// Test binaries (tests/tests/<NAME>.rs) to run in the guest. Default: lsm, lifecycle,
-    /// drops, scope.
+    /// drops, scope, node, boundary, dns.
     #[arg(long = "test", value_name = "NAME")]
     pub tests: Vec<String>,
     /// Features the guest must have (WARDEN_REQUIRE, comma-separated). Default: bpf_lsm.
@@ -112,6 +113,8 @@ pub fn run(args: VmArgs) -> anyhow::Result<()> {
         let apt = apt::Apt::new(&cache)?;
         let lists_ok = apt.ensure_lists(args.refresh)?;
         let tools = host::ensure(&apt, lists_ok, &cache)?;
+        // The guest's DNS server is the host's dnsmasq (see initramfs::DNSMASQ).
+        util::ensure_apt(initramfs::DNSMASQ, "dnsmasq-base")?;
         let kernels = kernels::resolve(&apt, lists_ok, &cache, &families)?;
         (tools, kernels)
     };

@@ -19,8 +19,8 @@ pub const GUEST_TESTS_DIR: &str = "/tests";
 pub const GUEST_BUSYBOX: &str = "/bin/busybox";
 
 /// Host programs the tests run by absolute path, copied at their host paths: the shell
-/// (`/bin/sh` resolves to the host's dash, with the link kept) and the tools the scope
-/// scenarios call, each its own file as on the host.
+/// (`/bin/sh` resolves to the host's dash, with the link kept), the tools the scope
+/// scenarios call, each its own file as on the host, and dnsmasq.
 pub const HOST_PROGRAMS: &[&str] = &[
     "/bin/sh",
     "/usr/bin/cat",
@@ -42,7 +42,11 @@ pub const HOST_PROGRAMS: &[&str] = &[
     "/usr/bin/tty",
     "/usr/bin/stat",
     PYTHON,
+    DNSMASQ,
 ];
+/// The real DNS server the egress-by-name tests (`tests/tests/dns.rs`) start on loopback, the
+/// same binary as in the host tier (`dnsmasq-base`), so both engines are judged against it.
+pub const DNSMASQ: &str = "/usr/sbin/dnsmasq";
 /// The python3 whose standard library (`/usr/lib/<its real name>`) comes along.
 pub const PYTHON: &str = "/usr/bin/python3";
 /// Standard library directories no scenario imports.
