@@ -185,6 +185,8 @@ fn names_in_the_scope_resolve_and_connect_nothing_else_leaves() {
     assert_eq!(denied("sendmsg", "2001:db8::53", 53), 1);
     coverage("egress by name", "syscall", "enforced");
     coverage("egress by name", "io_uring", "enforced");
+    // uq-direct: a UDP datagram through IORING_OP_SENDMSG to an address no rule grants.
+    coverage("egress UDP", "io_uring", "enforced");
 }
 
 #[test]
@@ -298,7 +300,10 @@ fn the_daemon_resolves_for_each_task_and_grants_outlive_a_restart() {
     );
     // A connect loop in task A runs across a daemon kill -9: the granted address stays
     // reachable while no daemon runs (for its 60 s min_ttl).
-    let out = d.dir.path().join("a.out");
+    // Not in the daemon's directory: it holds the daemon's log and key (Warden's evidence),
+    // and under the BPF LSM engine the task cannot create a file there (EACCES in the guest).
+    let loop_dir = tempfile::tempdir().unwrap();
+    let out = loop_dir.path().join("a.out");
     let mut bg = d
         .command(&[
             "task",
