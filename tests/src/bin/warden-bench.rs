@@ -196,6 +196,9 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = if args.first().map(String::as_str) == Some("__worker") {
         workload::worker_main(&args[1..])
+    } else if args.first().map(String::as_str) == Some("--daemon-rss-only") {
+        // The daemon's memory with 256 tasks, alone (also part of every full run).
+        daemon_rss_only()
     } else {
         Opts::parse(&args).and_then(bench)
     };
@@ -206,6 +209,14 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `warden-bench --daemon-rss-only`.
+fn daemon_rss_only() -> anyhow::Result<()> {
+    let exe = std::env::current_exe()?;
+    let dir = tempfile::tempdir()?;
+    tasks::Tools::find(exe.to_str().context("non-UTF-8 executable path")?, dir.path())?.daemon_rss(256)?;
+    Ok(())
 }
 
 /// What configurations (b) and (c) had loaded.
@@ -358,7 +369,8 @@ fn bench(opts: Opts) -> anyhow::Result<()> {
             .context("dns storm")?;
         let offline =
             t.offline(if opts.quick { 100_000 } else { 300_000 }, 3).context("replay/OCSF/report")?;
-        extra = json!({ "live_rules": live, "dns": dns, "offline": offline });
+        let daemon = t.daemon_rss(256).context("daemon RSS")?;
+        extra = json!({ "live_rules": live, "dns": dns, "offline": offline, "daemon_rss": daemon });
     }
     println!(
         "kernel audit: {} before the run, {} after (Warden turns it on with `-a never,task` when it is off; (b) \

@@ -433,3 +433,56 @@ impl Drop for Peer {
         }
     }
 }
+
+/// Kernel memory accounting of a process: (VmRSS, VmHWM) in KiB.
+fn rss_of(pid: u32) -> (u64, u64) {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib = |k: &str| {
+        s.lines()
+            .find_map(|l| l.strip_prefix(k))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    (kib("VmRSS:"), kib("VmHWM:"))
+}
+
+impl Tools {
+    /// `warden daemon` with `tasks` tasks started at once (each a scope granting one exec and
+    /// one egress rule): its RSS idle, with the tasks, and its peak.
+    pub fn daemon_rss(&self, tasks: usize) -> anyhow::Result<Value> {
+        // SAFETY: set before any daemon helper reads it; no other thread of the bench reads
+        // the environment now (the ring consumer has stopped).
+        unsafe { std::env::set_var("WARDEN_BIN", &self.warden) };
+        let d = warden_tests::daemon::TestDaemon::start(&format!("maps:\n  max_tasks: {}\n", tasks + 44));
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let (idle, _) = rss_of(d.pid());
+        let start = Instant::now();
+        let mut ids = Vec::with_capacity(tasks);
+        for i in 0..tasks {
+            let scope = format!(
+                "version: 1\ntask: rss-{i}\nexec:\n  allow: [/usr/bin/true]\nnetwork:\n  egress:\n    - to: 127.0.0.{}/32\n      ports: [443]\n",
+                i % 250 + 1
+            );
+            let t = d.start_task(&format!("rss-{i}"), &scope);
+            ids.push(t["id"].as_str().context("task id")?.to_string());
+        }
+        let started_s = start.elapsed().as_secs_f64();
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let (full, hwm) = rss_of(d.pid());
+        for id in &ids {
+            let _ = d.end(id);
+        }
+        let mib = |k: u64| k as f64 / 1024.0;
+        println!(
+            "daemon RSS: {:.1} MiB idle, {:.1} MiB with {tasks} tasks (peak {:.1} MiB) = {:.2}× the 64 MiB target \
+             ({}); {tasks} tasks started in {started_s:.1} s",
+            mib(idle),
+            mib(full),
+            mib(hwm),
+            mib(hwm) / 64.0,
+            if mib(hwm) <= 64.0 { "met" } else { "missed" }
+        );
+        Ok(json!({ "tasks": tasks, "idle_kib": idle, "with_tasks_kib": full, "peak_kib": hwm,
+            "target_mib": 64, "met": mib(hwm) <= 64.0, "start_s": started_s }))
+    }
+}
