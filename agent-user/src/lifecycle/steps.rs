@@ -264,6 +264,11 @@ impl Step for Refusals {
         }
         let lsm = host.engine() == crate::loader::Engine::BpfLsm;
         task.unrecorded = crate::kaudit::unrecorded(lsm, host.refusals_recorded());
+        if task.compiled.as_ref().is_some_and(|c| c.exec.is_some() && !c.write_roots.is_empty()) {
+            // The write roots are mounted noexec (sandbox/boundary.rs): running a file the task
+            // wrote there fails in the kernel's open path before any hook (docs/scope.md).
+            task.unrecorded.push("exec-from-write-roots".to_string());
+        }
         if let (Some(cg), Some(c)) = (&task.cgroup, &task.compiled) {
             let mount = host.node().cgroup_mount.clone();
             host.refusals_register(crate::kaudit::TaskInfo::new(task.slot, None, cg, &mount, c));
