@@ -44,6 +44,9 @@ enum Cmd {
     Fuzz(fuzz::FuzzArgs),
     /// Lint the Helm chart, check deploy/kubernetes/ is its rendering, validate every object
     /// against the Kubernetes schemas (offline once the tools are cached).
+    /// Regenerate docs/coverage.md from the cells the last host and VM runs left in
+    /// target/coverage (`cargo xtask test` does this after its privileged tiers).
+    Coverage,
     K8s {
         /// Regenerate deploy/kubernetes/warden.yaml from the chart.
         #[arg(long)]
@@ -62,6 +65,11 @@ fn main() -> anyhow::Result<()> {
         Cmd::Demo => demo(),
         Cmd::Vm(args) => vm::run(args),
         Cmd::Fuzz(args) => fuzz::run_fuzz(args),
+        Cmd::Coverage => {
+            let n = coverage::generate(&util::workspace_root())?;
+            eprintln!("coverage: {n} cells observed; docs/coverage.md regenerated");
+            Ok(())
+        }
         Cmd::K8s { write } => k8s::run(write),
     }
 }
