@@ -261,7 +261,9 @@ impl Core {
                     tracing::error!(task = %id, error = %why, "cannot re-adopt task; ending it");
                     self.startup.vanished_tasks.push(id.clone());
                     self.lc.end_recorded(t, &mut live!(self), &why);
-                    self.forget_task(&id);
+                    if let Err(e) = self.forget_task(&id) {
+                        tracing::error!(task = %id, error = %e, "cannot remove the task record");
+                    }
                     continue;
                 }
             };
@@ -301,7 +303,9 @@ impl Core {
                 Err((why, _ended)) => {
                     tracing::error!(task = %id, error = %why, "cannot re-adopt task; ended it");
                     self.startup.vanished_tasks.push(id.clone());
-                    self.forget_task(&id);
+                    if let Err(e) = self.forget_task(&id) {
+                        tracing::error!(task = %id, error = %e, "cannot remove the task record");
+                    }
                 }
             }
         }

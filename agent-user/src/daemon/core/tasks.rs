@@ -41,17 +41,16 @@ impl Task {
 }
 
 impl Core {
-    /// Forgets an ended task's routes, counters and record.
-    pub(super) fn forget_task(&mut self, id: &str) {
+    /// Forgets an ended task's routes, counters and record; a record that cannot be removed
+    /// is the caller's to report.
+    pub(super) fn forget_task(&mut self, id: &str) -> std::io::Result<()> {
         let mut routes = self.routes();
         if let Some(mut log) = routes.task_logs.remove(id) {
             let _ = log.flush();
         }
         routes.counters.remove(id);
         drop(routes);
-        if let Err(e) = self.state.remove_task(id) {
-            tracing::error!(task = %id, error = %e, "cannot remove the task record");
-        }
+        self.state.remove_task(id)
     }
 
     /// Starts a task through the lifecycle (every step, or none: a failure undoes the
@@ -265,13 +264,7 @@ impl Core {
         self.publish_sandboxes();
         let ended = self.lc.end(t.run, &mut live!(self), reason.clone());
         let mut errors = ended.errors;
-        let mut routes = self.routes();
-        if let Some(mut log) = routes.task_logs.remove(id) {
-            let _ = log.flush();
-        }
-        routes.counters.remove(id);
-        drop(routes);
-        if let Err(e) = self.state.remove_task(id) {
+        if let Err(e) = self.forget_task(id) {
             errors.push(format!("task record: {e}"));
         }
         let resp = EndResponse {
