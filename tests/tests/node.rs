@@ -442,3 +442,73 @@ fn unix_socket_connects_are_judged_like_files() {
     assert!(records.iter().any(|r| r["path"] == os_.to_str().unwrap() && r["rule"] == "files.read"));
     coverage("unix socket connect", "syscall", "enforced");
 }
+
+/// A hijacked task of the node daemon (no `files` section: everything readable and writable
+/// but what Warden protects) reaches for the daemon's own files and another task's secret. The
+/// task is root without capabilities, and every target is root's own file: nothing but
+/// Warden's rules stands between the task and them (the test reads each one itself first).
+#[test]
+fn the_daemons_files_and_other_tasks_secrets_are_out_of_reach() {
+    if !require("the_daemons_files_and_other_tasks_secrets_are_out_of_reach", "root") {
+        return;
+    }
+    let d = warden_tests::daemon::TestDaemon::start("");
+    let vault = d.dir.path().join("vault-a");
+    fs::write(&vault, "TOKEN-of-task-a-41d").unwrap();
+    let cat = fs::canonicalize("/bin/cat").unwrap();
+    let a = d.start_task(
+        "owner",
+        &format!(
+            "version: 1\ntask: owner\nsecrets:\n  - name: tok\n    from: file:{}\n    tools: [{}]\n",
+            vault.display(),
+            cat.display()
+        ),
+    );
+    let a_id = a["id"].as_str().unwrap().to_string();
+    let a_secret = PathBuf::from(a["secrets"][0]["path"].as_str().unwrap());
+    let b = d.start_task("intruder", "version: 1\ntask: intruder\n");
+    let b_id = b["id"].as_str().unwrap().to_string();
+
+    let key = d.dir.path().join("node.key");
+    let state = d.dir.path().join("state");
+    let reads = [("key", &key), ("log", &d.log), ("secret", &a_secret), ("source", &vault)];
+    for (what, p) in reads {
+        assert!(fs::read(p).is_ok_and(|b| !b.is_empty()), "{what} {} must exist for the test", p.display());
+    }
+    let mut script = String::new();
+    for (what, p) in reads {
+        script.push_str(&format!(
+            "e=$(cat {} 2>&1 >/dev/null) && echo 'REACHED read {what}' || echo \"$e\"; ",
+            p.display()
+        ));
+    }
+    script.push_str(&format!(
+        "e=$(touch {s}/planted 2>&1) && echo 'REACHED planted state' || echo \"$e\"; \
+         e=$( (echo forged >> {log}) 2>&1) && echo 'REACHED appended log' || echo \"$e\"; \
+         e=$(touch {dir}/beside-log 2>&1) && echo 'REACHED created beside log' || echo \"$e\"",
+        s = state.display(),
+        log = d.log.display(),
+        dir = d.dir.path().display(),
+    ));
+    let o = d.exec(&b_id, &script);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(o.status.success(), "{out}\n{}", String::from_utf8_lossy(&o.stderr));
+    assert!(!out.contains("REACHED"), "the task reached Warden's files:\n{out}");
+    // Each one refused by Warden's rules (EACCES), not missing.
+    // (Names stay listable on the fallback engine: its read roots grant listing directories,
+    // and carving that would refuse `ls` of every parent of a protected file.)
+    assert_eq!(out.matches("Permission denied").count(), 7, "{out}");
+    assert!(!state.join("planted").exists() && !d.dir.path().join("beside-log").exists());
+    // The owner's tool still reads the owner's secret: the secrets directory is carved for
+    // every task but each task's own secrets are granted back.
+    let o = d.exec(&a_id, &format!("{} \"$WARDEN_SECRET_TOK\"", cat.display()));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "TOKEN-of-task-a-41d", "{}", d.stderr());
+    // Each refusal is on the intruder's record (Landlock's records carry no path on this
+    // kernel's fallback engine; the BPF LSM engine names each file).
+    let denied = d.wait_record(&b_id, std::time::Duration::from_secs(5), |r| r["decision"] == "deny");
+    if engine() == "bpf-lsm" {
+        assert!(denied["path"].is_string(), "{denied}");
+    }
+    coverage("daemon files and other tasks' secrets", "syscall", "enforced");
+    assert!(d.end(&b_id).status.success() && d.end(&a_id).status.success());
+}

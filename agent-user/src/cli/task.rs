@@ -289,6 +289,16 @@ pub fn spawn_in_task(
     if let Some(dir) = &info.secrets_dir {
         scope.place_issued_secrets(dir);
     }
+    // What the daemon protects (its key, log, state, every task's secrets) is carved from this
+    // confinement too: this process has none of the daemon's configuration, and a compile
+    // without it would leave them readable and writable to the task on the fallback engine.
+    if info.protected.is_empty() {
+        return Err(prep(anyhow!(
+            "the daemon did not say which paths it protects (an older daemon?): refusing to start a \
+             process that could reach its key and log; run a `warden` of the daemon's version"
+        )));
+    }
+    crate::scope::compile::protect_evidence(info.protected.iter().cloned());
     let compiled = CompiledScope::compile(&scope).map_err(|e| prep(e.into()))?;
     let engine: Engine = info.engine.parse().map_err(|e: String| prep(anyhow!(e)))?;
     let mut launch = Launch { procs_files: info.procs_files.clone(), env: info.env.clone() };

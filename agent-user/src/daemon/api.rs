@@ -100,6 +100,12 @@ pub struct TaskInfo {
     /// Processes in the sandbox now.
     pub processes: u64,
     pub identity: IdentityDoc,
+    /// Paths no process of the task may read or write, as the daemon protects them (its key,
+    /// log, state, pins, secrets directory and secret sources): the confinement a client
+    /// compiles for `task exec` must carve exactly what the daemon's own compile carved, so
+    /// the daemon says it instead of each client guessing from its own configuration.
+    #[serde(default)]
+    pub protected: Vec<PathBuf>,
     /// The pod and container, for a task bound by `warden oci-hook`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<PodIdentity>,

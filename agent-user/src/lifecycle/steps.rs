@@ -7,6 +7,7 @@ use crate::{
     scope::compile::CompiledScope,
     task::{IdentityDoc, scope_hash},
 };
+use std::path::Path;
 
 /// The steps every task goes through, in start order.
 pub fn standard_steps() -> Vec<Box<dyn Step>> {
@@ -40,6 +41,11 @@ impl Step for Secrets {
     }
 
     fn start(&mut self, task: &mut Task, host: &mut dyn Host) -> Result<(), StepError> {
+        // A `file:` secret's source is a secret of every task that names it: out of the reach
+        // of this task (which reads its copy) and of every task compiled from now on.
+        crate::scope::compile::protect_evidence(
+            task.scope.secrets.iter().filter_map(|s| s.issue.as_ref()?.file().map(Path::to_path_buf)),
+        );
         let issued = match task.origin {
             Origin::New if task.scope.has_issued_secrets() => {
                 host.secrets_issue(&task.id, &task.scope).map_err(|e| StepError::usage(self.name(), e))?

@@ -83,13 +83,20 @@ impl Core {
     ) -> Result<Self, StartError> {
         let opts: LoadOptions = cfg.maps;
         let key = NodeKey::load_or_create(&cfg.key)?;
-        // The node's key, log, state and pins are out of every task's reach.
+        // The node's key, log, state, pins and every task's issued secrets are out of every
+        // task's reach (a task's own secrets are granted back file by file when it compiles).
         let log = &cfg.log.path;
         let keep = cfg.log.keep.unwrap_or(16).min(64);
         crate::scope::compile::protect_evidence(
-            [cfg.key.clone(), log.clone(), cfg.state_dir.clone(), cfg.bpffs.join(&cfg.pin_name)]
-                .into_iter()
-                .chain((1..=keep).map(|n| PathBuf::from(format!("{}.{n}", log.display())))),
+            [
+                cfg.key.clone(),
+                log.clone(),
+                cfg.state_dir.clone(),
+                cfg.secrets_dir.clone(),
+                cfg.bpffs.join(&cfg.pin_name),
+            ]
+            .into_iter()
+            .chain((1..=keep).map(|n| PathBuf::from(format!("{}.{n}", log.display())))),
         );
         let rules = match &cfg.rules {
             Some(dir) => {

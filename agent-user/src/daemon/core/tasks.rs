@@ -240,6 +240,7 @@ impl Core {
             credentials: t.credentials.clone(),
             processes: 0,
             pod: t.container.as_ref().map(|c| c.pod.clone()),
+            protected: crate::scope::compile::evidence_paths(),
             identity: t.identity.clone().unwrap_or_else(|| {
                 crate::task::IdentityDoc::new_signed(
                     &self.node.key,
