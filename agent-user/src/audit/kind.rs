@@ -84,6 +84,10 @@ kinds! {
     BindFailed = "bind_failed",
     /// A sandboxed process called the daemon's API and was refused.
     Api = "api",
+    /// A call (a tool call or pipeline stage) began inside a task or another call.
+    CallStart = "call_start",
+    /// A call ended.
+    CallEnd = "call_end",
 }
 
 impl std::fmt::Display for Kind {

@@ -11,5 +11,5 @@ pub mod sink;
 pub mod verify;
 
 pub use kind::Kind;
-pub use record::{AuditRecord, Decision, SCHEMA_VERSION};
+pub use record::{AuditRecord, Decision, INTENT_MAX_DEFAULT, Intent, SCHEMA_VERSION};
 pub use sink::{AuditSink, JsonlSink};

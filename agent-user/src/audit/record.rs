@@ -30,6 +30,19 @@ pub struct AuditRecord {
     pub task: String,
     /// `task_start`, `task_end`, `exec`, `fork`, `exit`, ...
     pub kind: super::Kind,
+    /// The call (tool call, pipeline stage) the process belongs to, by its cgroup: on every
+    /// record of a process inside a call, and on `call_start`/`call_end`. Absent outside calls.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub call: Option<std::sync::Arc<str>>,
+    /// The call's name (`--name`/`--call`), beside `call`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub call_name: Option<std::sync::Arc<str>>,
+    /// call_start: the task id (a call directly under the task) or the parent call's id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    /// call_start: nesting depth, 1 for a call directly under its task.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub depth: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub decision: Option<Decision>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -105,6 +118,13 @@ pub struct AuditRecord {
     pub scope: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cmd: Option<Vec<String>>,
+    /// call_start: the working directory the call's command starts in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    /// call_start: why the call was made, as its caller stated it (digest, and the text
+    /// unless the scope sets `evidence.intent: digest`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub intent: Option<Intent>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cgroup: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -137,9 +157,15 @@ pub struct AuditRecord {
     /// task_start: refusals this engine enforces but cannot record on this kernel.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unrecorded: Option<Vec<String>>,
-    /// task_end: how many actions were refused during the task.
+    /// task_end / call_end: how many actions were refused during the task (the call).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub denials: Option<u64>,
+    /// call_end: wall-clock milliseconds from `call_start` to the end.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    /// call_end: how many records were written for the call's processes (this one excluded).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub events: Option<u64>,
     /// task_end: processes still in the sandbox when it was ended, killed by Warden.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub killed: Option<u64>,
@@ -215,6 +241,40 @@ pub struct AuditRecord {
     pub prev: Option<String>,
 }
 
+/// A call's stated intent (`call_start.intent`). The digest always; the text up to a size
+/// limit unless the scope keeps digests only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Intent {
+    /// SHA-256 (hex) of the whole intent as given (bytes).
+    pub sha256: String,
+    /// The intent's text (lossy UTF-8), cut to the limit at a character boundary; omitted
+    /// when the scope sets `evidence.intent: digest`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub text: Option<String>,
+    /// `text` is shorter than the intent (cut at the limit). False when `text` is omitted.
+    pub truncated: bool,
+}
+
+/// Default limit of `call_start.intent.text`, in bytes (`evidence.intent_max`).
+pub const INTENT_MAX_DEFAULT: usize = 4096;
+
+impl Intent {
+    /// The record of `bytes` as an intent: its digest, and with `keep_text` its text cut to
+    /// at most `max` bytes (never inside a character).
+    pub fn new(bytes: &[u8], keep_text: bool, max: usize) -> Intent {
+        let sha256 = super::chain::sha256_hex(bytes);
+        if !keep_text {
+            return Intent { sha256, text: None, truncated: false };
+        }
+        let full = String::from_utf8_lossy(bytes);
+        let mut end = full.len().min(max);
+        while !full.is_char_boundary(end) {
+            end -= 1;
+        }
+        Intent { sha256, text: Some(full[..end].to_string()), truncated: end < full.len() }
+    }
+}
+
 /// Converts a kernel `dev_t` (`major << 20 | minor`) to the userspace `st_dev` encoding
 /// glibc's `makedev` uses.
 pub fn kernel_dev_to_user(dev: u32) -> u64 {
@@ -245,6 +305,87 @@ mod tests {
     fn wait_status_split() {
         assert_eq!(wait_status(3 << 8), (Some(3), None));
         assert_eq!(wait_status(9), (None, Some(9)));
+    }
+
+    #[test]
+    fn call_records_serialize_with_the_documented_names() {
+        let start = AuditRecord {
+            v: SCHEMA_VERSION,
+            seq: 7,
+            time: "t".into(),
+            task: "job-1".into(),
+            kind: crate::audit::Kind::CallStart,
+            call: Some("job-1/c2".into()),
+            call_name: Some("fetch".into()),
+            parent: Some("job-1/c1".into()),
+            depth: Some(2),
+            cmd: Some(vec!["curl".into(), "x".into()]),
+            cwd: Some("/work".into()),
+            scope_hash: Some("ab".into()),
+            intent: Some(Intent::new(b"get the page", true, 4096)),
+            ..Default::default()
+        };
+        let v: serde_json::Value = serde_json::to_value(&start).unwrap();
+        assert_eq!(v["kind"], "call_start");
+        assert_eq!(v["call"], "job-1/c2");
+        assert_eq!(v["call_name"], "fetch");
+        assert_eq!(v["parent"], "job-1/c1");
+        assert_eq!(v["depth"], 2);
+        assert_eq!(v["cwd"], "/work");
+        assert_eq!(v["cmd"][0], "curl");
+        assert_eq!(v["scope_hash"], "ab");
+        assert_eq!(v["intent"]["text"], "get the page");
+        assert_eq!(v["intent"]["truncated"], false);
+        assert_eq!(v["intent"]["sha256"], crate::audit::chain::sha256_hex(b"get the page"));
+        // The call fields sit right after `kind`, in this order.
+        let s = serde_json::to_string(&start).unwrap();
+        assert!(
+            s.contains(
+                r#""kind":"call_start","call":"job-1/c2","call_name":"fetch","parent":"job-1/c1","depth":2"#
+            ),
+            "{s}"
+        );
+
+        let end = AuditRecord {
+            kind: crate::audit::Kind::CallEnd,
+            call: Some("job-1/c2".into()),
+            call_name: Some("fetch".into()),
+            exit_status: Some(0),
+            duration_ms: Some(12),
+            events: Some(5),
+            denials: Some(1),
+            drops: Some(0),
+            ..Default::default()
+        };
+        let v: serde_json::Value = serde_json::to_value(&end).unwrap();
+        for f in ["exit_status", "duration_ms", "events", "denials", "drops"] {
+            assert!(v[f].is_u64() || v[f].is_i64(), "{f} missing: {v}");
+        }
+        assert!(v.get("signal").is_none() && v.get("intent").is_none() && v.get("parent").is_none());
+        // Outside calls the fields are absent.
+        let plain = serde_json::to_value(AuditRecord::default()).unwrap();
+        assert!(plain.get("call").is_none() && plain.get("call_name").is_none());
+    }
+
+    #[test]
+    fn intent_digest_text_and_truncation() {
+        let d = Intent::new(b"secret plan", false, 4096);
+        assert_eq!(d.text, None);
+        assert!(!d.truncated);
+        assert_eq!(d.sha256, crate::audit::chain::sha256_hex(b"secret plan"));
+        let v = serde_json::to_value(&d).unwrap();
+        assert!(v.get("text").is_none(), "digest mode omits the text: {v}");
+        // Cut at the limit, never inside a character; the digest is of the whole intent.
+        let t = Intent::new("aé".repeat(3).as_bytes(), true, 4);
+        assert_eq!(t.text.as_deref(), Some("aéa"));
+        assert!(t.truncated);
+        assert_eq!(t.sha256, crate::audit::chain::sha256_hex("aé".repeat(3).as_bytes()));
+        let exact = Intent::new(b"abcd", true, 4);
+        assert_eq!((exact.text.as_deref(), exact.truncated), (Some("abcd"), false));
+        // Not UTF-8: shown lossily, digested as given.
+        let raw = Intent::new(&[0xff, b'a'], true, 4096);
+        assert_eq!(raw.text.as_deref(), Some("\u{fffd}a"));
+        assert_eq!(raw.sha256, crate::audit::chain::sha256_hex(&[0xff, b'a']));
     }
 
     #[test]
