@@ -73,6 +73,10 @@ pub fn run(tiers: &[Tier]) -> anyhow::Result<()> {
         // The Kubernetes tests run real containers: runc with a busybox-static root.
         util::ensure_apt("/usr/sbin/runc", "runc")?;
         util::ensure_apt("/bin/busybox", "busybox-static")?;
+        // ... and containerd driven through CRI (tests/fixtures/containerd/cri.py: gRPC with
+        // Debian's python3-grpcio, for /usr/bin/python3).
+        util::ensure_apt("/usr/bin/containerd", "containerd")?;
+        util::ensure_apt("/usr/lib/python3/dist-packages/grpc/__init__.py", "python3-grpcio")?;
         // The credentials test verifies Warden's tokens with PyJWT (EdDSA needs cryptography).
         util::ensure_apt("/usr/lib/python3/dist-packages/jwt/__init__.py", "python3-jwt")?;
         util::ensure_apt("/usr/lib/python3/dist-packages/cryptography/__init__.py", "python3-cryptography")?;
