@@ -1,5 +1,6 @@
 //! The `warden` command line (clap derive). Raw arguments here; each verb turns
 //! them into resolved settings and runs.
+mod call_filter;
 mod identity;
 mod nats;
 mod oci_hook;

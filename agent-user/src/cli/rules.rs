@@ -9,7 +9,10 @@ use std::{
 use anyhow::anyhow;
 use serde_json::Value;
 
-use super::Failure;
+use super::{
+    Failure,
+    call_filter::{CallFilter, Take},
+};
 use crate::{
     audit::{ocsf, schema},
     loader::user_dev_to_kernel,
@@ -85,6 +88,10 @@ pub struct ReplayArgs {
     /// Only this task.
     #[arg(long)]
     pub task: Option<String>,
+    /// Only this call (a tool call or stage) and the calls under it, with their task's
+    /// task_start and task_end as context.
+    #[arg(long, value_name = "ID")]
+    pub call: Option<String>,
     #[arg(long, value_enum, default_value = "text")]
     pub format: ReplayFormat,
     /// Skip (and count) corrupt lines instead of stopping at the first one.
@@ -187,6 +194,7 @@ pub fn replay(args: ReplayArgs) -> Result<i32, Failure> {
         ctx,
         out: std::io::BufWriter::new(stdout.lock()),
         args: &args,
+        calls: args.call.as_deref().map(CallFilter::new),
         records: 0,
         findings: 0,
         skipped: 0,
@@ -225,6 +233,15 @@ pub fn replay(args: ReplayArgs) -> Result<i32, Failure> {
     if let Some(b) = bar {
         b.finish_and_clear();
     }
+    if let Some(c) = &r.calls {
+        eprintln!(
+            "replay: call {}: {} records matched (the call and {} calls under it), {} task records as context",
+            c.root(),
+            c.matched,
+            c.descendants,
+            c.context
+        );
+    }
     eprintln!(
         "replay: {} records, {} findings, {} lines skipped, {} expressions failed to evaluate",
         r.records, r.findings, r.skipped, r.engine.eval_errors
@@ -241,6 +258,8 @@ struct Replayer<'a, W: Write> {
     ctx: ocsf::Context,
     out: W,
     args: &'a ReplayArgs,
+    /// `--call`: which records belong to the call.
+    calls: Option<CallFilter>,
     records: u64,
     findings: u64,
     skipped: u64,
@@ -556,7 +575,7 @@ impl<W: Write> Replayer<'_, W> {
                 };
                 let go = match a {
                     Ahead::Record(rec) => {
-                        self.record(rec, event, Steps::Ahead(&d.outcomes[i * steps..(i + 1) * steps]))?
+                        self.record(rec, line, event, Steps::Ahead(&d.outcomes[i * steps..(i + 1) * steps]))?
                     }
                     Ahead::Tree => self.line(source, *n, &String::from_utf8_lossy(line))?,
                     Ahead::Bad(e) => self.bad_line(source, *n, e.clone())?,
@@ -582,7 +601,7 @@ impl<W: Write> Replayer<'_, W> {
                 .and_then(|r| schema::check(r.u64_field("v")).map(|v| (r, v)).map_err(|e| e.to_string()));
             match typed {
                 Ok((rec, v)) if v == u64::from(crate::audit::SCHEMA_VERSION) => {
-                    return self.record(&rec, Ocsf::None, Steps::Now);
+                    return self.record(&rec, line.as_bytes(), Ocsf::None, Steps::Now);
                 }
                 Ok(_) => {} // older: through the converter below
                 Err(e) => return self.bad_line(source, n, e),
@@ -594,7 +613,7 @@ impl<W: Write> Replayer<'_, W> {
         match parsed {
             Ok(rec) => {
                 self.ctx.learn(&rec);
-                self.record(&rec, Ocsf::Tree(&rec), Steps::Now)
+                self.record(&rec, line.as_bytes(), Ocsf::Tree(&rec), Steps::Now)
             }
             Err(e) => self.bad_line(source, n, e),
         }
@@ -614,9 +633,28 @@ impl<W: Write> Replayer<'_, W> {
 
     /// Handles one readable record (`event`: its OCSF event, written ahead or to write from
     /// the record's JSON tree, for OCSF output).
-    fn record(&mut self, rec: &dyn RecordView, event: Ocsf<'_>, steps: Steps<'_>) -> Result<bool, Failure> {
+    fn record(
+        &mut self,
+        rec: &dyn RecordView,
+        line: &[u8],
+        event: Ocsf<'_>,
+        steps: Steps<'_>,
+    ) -> Result<bool, Failure> {
         if self.args.task.as_deref().is_some_and(|t| rec.str_field("task") != Some(t)) {
             return Ok(true);
+        }
+        if let Some(calls) = &mut self.calls {
+            match calls.take(rec, || String::from_utf8_lossy(line).into_owned()) {
+                Take::Skip => return Ok(true),
+                Take::Keep => {}
+                // The task's task_start, held until now: replayed first, in the slow way (it
+                // is one line per task).
+                Take::KeepAfter(start) => {
+                    if !self.line("task_start", 0, &start)? {
+                        return Ok(false);
+                    }
+                }
+            }
         }
         self.records += 1;
         if self.args.format == ReplayFormat::Ocsf {
@@ -745,4 +783,100 @@ fn replay_stream<W: Write>(
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/calls/calls.jsonl");
+
+    fn args(call: Option<&str>, format: ReplayFormat) -> ReplayArgs {
+        ReplayArgs {
+            files: vec![FIXTURE.into()],
+            nats: None,
+            stream: String::new(),
+            rules: None,
+            scope: None,
+            task: None,
+            call: call.map(str::to_string),
+            format,
+            keep_going: false,
+            jobs: None,
+            host: Some("h".into()),
+        }
+    }
+
+    /// Replays the fixture with a rule that fires on every record it is fed, and returns the
+    /// seqs the findings name (so: the records replayed, in order) and the filter's counts.
+    fn replayed(
+        call: Option<&str>,
+        jobs: usize,
+        format: ReplayFormat,
+    ) -> (Vec<u64>, String, (u64, u64, u64)) {
+        let mut set = RuleSet::empty();
+        set.add(
+            "- id: every\n  description: every record\n  severity: info\n  match: kind != \"\"\n",
+            std::path::Path::new("every.yaml"),
+        )
+        .unwrap();
+        let a = args(call, format);
+        let mut r = Replayer {
+            uses_event: false,
+            engine: Engine::new(&set),
+            scope: None,
+            ctx: ocsf::Context::new(a.host.clone(), None),
+            out: Vec::new(),
+            args: &a,
+            calls: a.call.as_deref().map(CallFilter::new),
+            records: 0,
+            findings: 0,
+            skipped: 0,
+        };
+        let mut ahead: Vec<Evaluator<'_>> = (0..jobs).map(|_| Evaluator::new(&set)).collect();
+        assert!(r.file(File::open(FIXTURE).unwrap(), "calls.jsonl", &mut ahead, None).unwrap());
+        let out = String::from_utf8(r.out.clone()).unwrap();
+        let seqs = out
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["rule"] == "every")
+            .map(|v| v["seqs"][0].as_u64().unwrap())
+            .collect();
+        let counts = r.calls.as_ref().map_or((r.records, 0, 0), |c| (c.matched, c.context, c.descendants));
+        (seqs, out, counts)
+    }
+
+    /// `--call` over a recorded log: the call, its sub-call, and the task's start and end; not
+    /// the sibling call, the task's own records or the other task. Whatever the parallelism.
+    #[test]
+    fn replay_of_one_call_keeps_its_records_and_its_sub_calls() {
+        let (all, _, (n, ..)) = replayed(None, 1, ReplayFormat::Json);
+        assert_eq!(all, (1..=21).collect::<Vec<u64>>());
+        assert_eq!(n, 21);
+        for jobs in [1, 3] {
+            let (seqs, _, counts) = replayed(Some("agent-7f3a/c1"), jobs, ReplayFormat::Json);
+            assert_eq!(seqs, vec![1, 4, 5, 7, 8, 9, 10, 11, 12, 13, 14, 21], "jobs {jobs}");
+            assert_eq!(counts, (10, 2, 1), "matched, context, descendants");
+        }
+        let (seqs, _, counts) = replayed(Some("agent-7f3a/c1/c2"), 2, ReplayFormat::Json);
+        assert_eq!(seqs, vec![1, 8, 9, 10, 11, 12, 21]);
+        assert_eq!(counts, (5, 2, 0));
+        let (seqs, _, counts) = replayed(Some("nope"), 2, ReplayFormat::Json);
+        assert!(seqs.is_empty());
+        assert_eq!(counts, (0, 0, 0));
+    }
+
+    /// OCSF output of one call: the held task_start is written (first), then the call's events.
+    #[test]
+    fn ocsf_replay_of_one_call_starts_with_its_task() {
+        let (_, out, _) = replayed(Some("agent-7f3a/c3"), 2, ReplayFormat::Ocsf);
+        let events: Vec<Value> = out
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .filter(|v| v.get("class_uid").is_some_and(|c| c != 2004))
+            .collect();
+        let seqs: Vec<i64> = events.iter().map(|e| e["metadata"]["sequence"].as_i64().unwrap()).collect();
+        assert_eq!(seqs, vec![1, 15, 16, 17, 18, 21]);
+        assert_eq!(events[0]["device"]["hostname"], "h");
+    }
 }

@@ -18,7 +18,22 @@ use serde::Deserialize;
 
 /// Fields of an audit record a rule may use (all bound, with "" / 0 / false when absent).
 pub const STRING_FIELDS: &[&str] = &[
-    "time", "task", "kind", "decision", "action", "rule", "exe", "path", "addr", "protocol", "comm", "reason",
+    "time",
+    "task",
+    "kind",
+    "decision",
+    "action",
+    "rule",
+    "exe",
+    "path",
+    "addr",
+    "protocol",
+    "comm",
+    "reason",
+    "call",
+    "call_name",
+    "intent",
+    "intent_sha256",
 ];
 pub const INT_FIELDS: &[&str] = &[
     "v",

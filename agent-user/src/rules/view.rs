@@ -28,9 +28,22 @@ pub trait RecordView: Sync {
     fn json(&self) -> Value;
 }
 
+/// Where a rule field lives in the record: most are top-level keys; `intent` and
+/// `intent_sha256` are `call_start`'s `intent.text` and `intent.sha256`.
+fn intent_key(name: &str) -> Option<&'static str> {
+    match name {
+        "intent" => Some("text"),
+        "intent_sha256" => Some("sha256"),
+        _ => None,
+    }
+}
+
 impl RecordView for Value {
     fn str_field(&self, name: &str) -> Option<&str> {
-        self.get(name).and_then(Value::as_str)
+        match intent_key(name) {
+            Some(k) => self.get("intent")?.get(k)?.as_str(),
+            None => self.get(name).and_then(Value::as_str),
+        }
     }
     fn int_field(&self, name: &str) -> Option<i64> {
         self.get(name).and_then(Value::as_i64)
@@ -224,7 +237,16 @@ const KEPT: &[&str] = &[
     "target_pid",
     "arg",
     "drops",
+    "call",
+    "call_name",
+    "parent",
+    "intent",
+    "intent_sha256",
 ];
+
+/// Slots of `intent.text` and `intent.sha256`, read from the nested `intent` object.
+const INTENT: usize = 30;
+const INTENT_SHA256: usize = 31;
 
 /// The slot of a kept name (a `match`, which compiles to a switch on length and bytes: this
 /// runs for every key of every replayed line).
@@ -257,6 +279,11 @@ fn slot(name: &str) -> Option<usize> {
         "target_pid" => 24,
         "arg" => 25,
         "drops" => 26,
+        "call" => 27,
+        "call_name" => 28,
+        "parent" => 29,
+        "intent" => INTENT,
+        "intent_sha256" => INTENT_SHA256,
         _ => return None,
     })
 }
@@ -297,7 +324,14 @@ impl<'de: 'a, 'a> de::Deserialize<'de> for ReplayRecord<'a> {
                 // Keys as borrowed strings: no allocation for a key without escapes.
                 while let Some(key) = a.next_key::<Field<'de>>()? {
                     let key = key.as_str().unwrap_or_default();
-                    if let Some(i) = slot(key) {
+                    if key == "intent" {
+                        let i: IntentObject<'a> = a.next_value()?;
+                        r.fields[INTENT] = i.text;
+                        r.fields[INTENT_SHA256] = i.sha256;
+                    } else if key == "intent_sha256" {
+                        // Not a record key: the rule field is `intent.sha256`.
+                        a.next_value::<IgnoredAny>()?;
+                    } else if let Some(i) = slot(key) {
                         r.fields[i] = a.next_value()?;
                     } else if key == "ancestry" {
                         let list: AncestryList = a.next_value()?;
@@ -339,6 +373,61 @@ impl<'de: 'a, 'a> de::Deserialize<'de> for ReplayRecord<'a> {
     }
 }
 
+/// `call_start`'s `intent` object: its `text` and `sha256` (anything else reads as absent).
+#[derive(Default)]
+struct IntentObject<'a> {
+    text: Field<'a>,
+    sha256: Field<'a>,
+}
+
+impl<'de: 'a, 'a> de::Deserialize<'de> for IntentObject<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = IntentObject<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+                let mut i = IntentObject::default();
+                while let Some(key) = a.next_key::<Field<'de>>()? {
+                    match key.as_str().unwrap_or_default() {
+                        "text" => i.text = a.next_value()?,
+                        "sha256" => i.sha256 = a.next_value()?,
+                        _ => {
+                            a.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(i)
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+                while a.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(IntentObject::default())
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(IntentObject::default())
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(IntentObject::default())
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(IntentObject::default())
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(IntentObject::default())
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(IntentObject::default())
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(IntentObject::default())
+            }
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
+}
+
 /// `ancestry` as `Value::as_array` + `filter_map(as_i64)` reads it: a non-list is empty.
 struct AncestryList(Vec<i64>);
 
@@ -368,12 +457,21 @@ impl RecordView for ReplayRecord<'_> {
     /// `event` (see [`super::RuleSet::uses_event`]).
     fn json(&self) -> Value {
         let mut m = serde_json::Map::new();
-        for (k, f) in KEPT.iter().zip(&self.fields) {
-            match f {
-                Field::Str(s) => m.insert((*k).to_string(), Value::from(s.as_ref())),
-                Field::Num(n) => m.insert((*k).to_string(), Value::Number(n.clone())),
-                Field::Other => None,
+        let mut intent = serde_json::Map::new();
+        for (i, f) in self.fields.iter().enumerate() {
+            let value = match f {
+                Field::Str(s) => Value::from(s.as_ref()),
+                Field::Num(n) => Value::Number(n.clone()),
+                Field::Other => continue,
             };
+            match i {
+                INTENT => intent.insert("text".into(), value),
+                INTENT_SHA256 => intent.insert("sha256".into(), value),
+                _ => m.insert(KEPT[i].to_string(), value),
+            };
+        }
+        if !intent.is_empty() {
+            m.insert("intent".into(), Value::Object(intent));
         }
         Value::Object(m)
     }
@@ -428,6 +526,27 @@ mod tests {
         assert_eq!(live.json(), tree);
     }
 
+    /// A call's fields, and `call_start`'s nested intent, read as rules see them.
+    #[test]
+    fn call_fields_read_through_every_view() {
+        let line = r#"{"v":2,"seq":3,"kind":"call_start","call":"job/c1","call_name":"fetch","parent":"job","intent":{"sha256":"ab12","text":"get the page","truncated":false}}"#;
+        let tree: Value = serde_json::from_str(line).unwrap();
+        let replay = ReplayRecord::parse(line).unwrap();
+        for v in [&tree as &dyn RecordView, &replay] {
+            assert_eq!(v.str_field("call"), Some("job/c1"));
+            assert_eq!(v.str_field("call_name"), Some("fetch"));
+            assert_eq!(v.str_field("parent"), Some("job"));
+            assert_eq!(v.str_field("intent"), Some("get the page"));
+            assert_eq!(v.str_field("intent_sha256"), Some("ab12"));
+        }
+        // Digest only (`evidence.intent: digest`): the text reads as absent.
+        let digest = r#"{"kind":"call_start","intent":{"sha256":"ab12","truncated":false}}"#;
+        let r = ReplayRecord::parse(digest).unwrap();
+        assert_eq!(r.str_field("intent"), None);
+        assert_eq!(r.str_field("intent_sha256"), Some("ab12"));
+        assert_eq!(r.json()["intent"]["sha256"], "ab12");
+    }
+
     #[test]
     fn slots_follow_the_kept_names() {
         for (i, k) in KEPT.iter().enumerate() {
@@ -443,6 +562,10 @@ mod tests {
             r#"{"pid":-3,"seq":18446744073709551615,"ancestry":[1,"a",2.0,3],"extra":{"a":[1,{}]}}"#,
             r#"[1,2]"#,
             r#""str""#,
+            r#"{"kind":"call_start","call":"t/c1","call_name":"fe\"tch","parent":"t","intent":{"sha256":"ab","text":"get \"x\"","truncated":false}}"#,
+            r#"{"intent":"str","intent_sha256":"zz","call":5}"#,
+            r#"{"intent":{"text":1,"sha256":["a"],"x":{}},"intent":{"sha256":"cd"}}"#,
+            r#"{"intent":[{"text":"a"}],"call_name":null}"#,
         ] {
             let tree: Value = serde_json::from_str(line).unwrap();
             let r = ReplayRecord::parse(line).unwrap();
