@@ -939,6 +939,17 @@ fn base<'r>(
     if container.is_some() {
         profiles.push("container".into());
     }
+    // A record of a process inside a call: the call, as a tool invocation of the agent's
+    // task, in the `ai_operation` profile's `message_context` (the classes OCSF 1.8.0 gives
+    // that profile: here, Process Activity). Elsewhere `call` and `call_name` stay unmapped.
+    let call = if class.uid == PROCESS_ACTIVITY
+        && let Some(call) = r.str("call")
+    {
+        profiles.push("ai_operation".into());
+        Some(message_context(call, r.str("call_name"), task))
+    } else {
+        None
+    };
     let mut md = Obj(Vec::with_capacity(11));
     md.insert("version", OCSF_VERSION);
     md.insert("product", product());
@@ -956,6 +967,9 @@ fn base<'r>(
     e.insert("device", device(hostname));
     if let Some(ct) = container {
         e.insert("container", ct);
+    }
+    if let Some(m) = call {
+        e.insert("message_context", m);
     }
     match c {
         Some(c) => {
@@ -1021,6 +1035,21 @@ fn container_obj<'r>(r: &mut Rec<'r>) -> Option<Obj<'r>> {
         c.insert("labels", labels);
     }
     Some(c)
+}
+
+/// `message_context` (OCSF 1.8.0, `ai_operation` profile) of a record made inside a call: the
+/// call (`uid`, `name`) as a tool invocation (`ai_role_id` 3 Tool) of the agent that the task
+/// runs (`application.uid` = the task).
+fn message_context<'r>(call: &'r str, name: Option<&'r str>, task: &'r str) -> Obj<'r> {
+    let mut m = Obj(Vec::with_capacity(5));
+    m.insert("uid", call);
+    if let Some(n) = name {
+        m.insert("name", n);
+    }
+    m.insert("ai_role_id", 3i64);
+    m.insert("ai_role", "Tool");
+    m.insert("application", one("uid", task));
+    m
 }
 
 /// The OCSF event uid of a record: task and sequence number, unique per log.
@@ -1198,6 +1227,63 @@ pub fn event<'r>(fields: &'r Fields<'r>, ctx: &'r Context) -> Option<Event<'r>> 
             e.insert("actor", actor);
             e.insert("process", p);
             finish(e, &r, format!("task started under scope {scope} ({mode} mode)"))
+        }
+        "call_start" => {
+            // Warden starts the call's command in the call's own cgroup, under its own scope.
+            let mut e = base(&mut r, PROCESS, 1, "Launch", "Launch", ctx);
+            e.insert("launch_type_id", 1i64);
+            e.insert("launch_type", "Spawn");
+            let mut p = Obj::default();
+            if let Some(cmd) = r.peek("cmd").and_then(FieldValue::tree).and_then(Value::as_array) {
+                r.mark("cmd", true);
+                let words: Vec<&str> = cmd.iter().filter_map(Value::as_str).collect();
+                p.insert("cmd_line", words.join(" "));
+            }
+            if let Some(cwd) = r.str("cwd") {
+                p.insert("working_directory", cwd);
+            }
+            if let Some(task) = r.peek_str("task") {
+                p.insert("sandbox", task);
+            }
+            let msg = format!(
+                "call {} ({}) started under {}",
+                r.peek_str("call_name").unwrap_or("?"),
+                r.peek_str("call").unwrap_or("?"),
+                r.peek_str("parent").unwrap_or("?")
+            );
+            e.insert("actor", one("app_name", "Warden"));
+            e.insert("process", p);
+            finish(e, &r, msg)
+        }
+        "call_end" => {
+            let mut e = base(&mut r, PROCESS, 2, "Terminate", "Terminate", ctx);
+            let status = r.int("exit_status");
+            let signal = r.int("signal");
+            if let Some(s) = status {
+                e.insert("exit_code", s);
+            }
+            if let Some(d) = r.int("duration_ms") {
+                e.insert("duration", d);
+            }
+            let how = match (status, signal) {
+                (_, Some(sig)) => format!("killed by signal {sig}"),
+                (Some(s), _) => format!("exited with status {s}"),
+                _ => "ended".into(),
+            };
+            let msg = format!(
+                "call {} ({}) {how} after {} ms, {} refusal(s)",
+                r.peek_str("call_name").unwrap_or("?"),
+                r.peek_str("call").unwrap_or("?"),
+                r.peek_int("duration_ms").map_or("?".into(), |d| d.to_string()),
+                r.peek_int("denials").map_or("?".into(), |d| d.to_string()),
+            );
+            let mut p = Obj::default();
+            if let Some(task) = r.peek_str("task") {
+                p.insert("sandbox", task);
+            }
+            e.insert("actor", one("app_name", "Warden"));
+            e.insert("process", p);
+            finish(e, &r, msg)
         }
         "bind_failed" => {
             // A pod's container that could not be bound: its start refused (or, fail-open,
@@ -1971,6 +2057,87 @@ mod tests {
         assert_eq!(e["severity_id"], 1);
         assert!(e.get("evidences").is_none());
         assert!(e["device"].get("hostname").is_none());
+    }
+
+    /// Calls: call_start/call_end are Process Activity Launch/Terminate; every Process
+    /// Activity event of a process inside a call names the call in `message_context` (the
+    /// `ai_operation` profile); other classes keep `call`/`call_name` in `unmapped`. The
+    /// writer and the tree agree on them.
+    #[test]
+    fn calls_map_to_the_ai_operation_message_context() {
+        let call = json!({"call": "t-00/c1", "call_name": "fetch"});
+        let mut start = call.clone();
+        start.as_object_mut().unwrap().extend(
+            json!({"kind": "call_start", "parent": "t-00", "depth": 1, "cmd": ["curl", "-s", "x"], "cwd": "/work",
+                   "scope_hash": "ab", "intent": {"sha256": "cd", "text": "get x", "truncated": false}})
+            .as_object()
+            .unwrap()
+            .clone(),
+        );
+        let mut r = rec(start);
+        for k in ["pid", "ppid", "exe", "comm", "uid", "cgroup_id", "decision"] {
+            r.as_object_mut().unwrap().remove(k);
+        }
+        let e = record(&r, &ctx()).unwrap();
+        assert_eq!((e["class_uid"].as_u64(), e["activity_id"].as_u64()), (Some(1007), Some(1)));
+        assert_eq!(e["launch_type_id"], 1);
+        assert_eq!(e["process"]["cmd_line"], "curl -s x");
+        assert_eq!(e["process"]["working_directory"], "/work");
+        let m = &e["message_context"];
+        assert_eq!(m["uid"], "t-00/c1");
+        assert_eq!(m["name"], "fetch");
+        assert_eq!((m["ai_role_id"].as_u64(), m["ai_role"].as_str()), (Some(3), Some("Tool")));
+        assert_eq!(m["application"]["uid"], "t-00");
+        assert!(e["metadata"]["profiles"].as_array().unwrap().contains(&json!("ai_operation")));
+        // The intent, parent and depth are kept verbatim.
+        assert_eq!(e["unmapped"]["intent"]["text"], "get x");
+        assert_eq!(e["unmapped"]["parent"], "t-00");
+        assert!(e["unmapped"].get("call").is_none());
+        assert_eq!(e["message"], "call fetch (t-00/c1) started under t-00");
+
+        let mut end = call.clone();
+        end.as_object_mut().unwrap().extend(
+            json!({"kind": "call_end", "exit_status": 7, "duration_ms": 1250, "events": 8, "denials": 2, "drops": 0})
+                .as_object()
+                .unwrap()
+                .clone(),
+        );
+        let e = record(&rec(end), &ctx()).unwrap();
+        assert_eq!((e["class_uid"].as_u64(), e["activity_id"].as_u64()), (Some(1007), Some(2)));
+        assert_eq!((e["exit_code"].as_i64(), e["duration"].as_i64()), (Some(7), Some(1250)));
+        assert_eq!(e["message_context"]["uid"], "t-00/c1");
+        assert_eq!(e["unmapped"]["denials"], 2);
+        assert_eq!(e["message"], "call fetch (t-00/c1) exited with status 7 after 1250 ms, 2 refusal(s)");
+
+        let mut exec = call.clone();
+        exec.as_object_mut().unwrap().insert("kind".into(), json!("exec"));
+        exec.as_object_mut().unwrap().insert("path".into(), json!("/usr/bin/curl"));
+        let e = record(&rec(exec), &ctx()).unwrap();
+        assert_eq!(e["message_context"]["name"], "fetch");
+        let mut conn = call;
+        conn.as_object_mut().unwrap().extend(
+            json!({"kind": "connect", "addr": "10.0.0.9", "port": 80, "protocol": "tcp"})
+                .as_object()
+                .unwrap()
+                .clone(),
+        );
+        let e = record(&rec(conn), &ctx()).unwrap();
+        assert_eq!(e["class_uid"], 4001);
+        assert!(e.get("message_context").is_none());
+        assert_eq!(e["unmapped"]["call"], "t-00/c1");
+        assert!(!e["metadata"]["profiles"].as_array().unwrap().contains(&json!("ai_operation")));
+        // No call: no profile, no context.
+        let e = record(&rec(json!({"kind": "exec", "path": "/usr/bin/id"})), &ctx()).unwrap();
+        assert!(e.get("message_context").is_none());
+        // The writer gives the tree's bytes for every record of the calls fixture.
+        let fixture = include_str!("../../../tests/fixtures/calls/calls.jsonl");
+        for line in fixture.lines() {
+            let tree: Value = serde_json::from_str(line).unwrap();
+            let want = serde_json::to_string(&record(&tree, &ctx()).unwrap()).unwrap() + "\n";
+            let mut got = Vec::new();
+            assert!(write_line(&Fields::parse(line).unwrap().unwrap(), &ctx(), &mut got));
+            assert_eq!(String::from_utf8(got).unwrap(), want, "{line}");
+        }
     }
 
     #[test]
