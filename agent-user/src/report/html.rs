@@ -8,7 +8,8 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::{
-    Integrity, MAX_DENIALS, MAX_FINDINGS, MAX_TIMELINE_ALLOWED, MAX_TIMELINE_JUDGED, Report, Row,
+    CallSummary, Integrity, MAX_CALL_ROWS, MAX_CALLS, MAX_DENIALS, MAX_FINDINGS, MAX_TIMELINE_ALLOWED,
+    MAX_TIMELINE_JUDGED, Report, Row,
     tree::{ProcNode, ProcessTree},
     usage::{Grant, Use},
 };
@@ -99,6 +100,15 @@ tr.unused td{background:#fff8e1}
 .controls input[type=search]{width:320px;padding:3px 6px}
 #pid-filter{cursor:pointer;color:#0d47a1}
 .muted{color:#607d8b}
+.calls{list-style:none;padding-left:0}
+.calls ul{list-style:none;margin:0;padding-left:22px;border-left:2px solid #b0bec5}
+li.call{margin:6px 0;background:#fff;padding:4px 8px;border-radius:4px}
+.call-name{font-weight:700;cursor:pointer;text-decoration:underline dotted}
+.call .exit{margin-left:6px;padding:0 5px;border-radius:3px;background:#cfd8dc;font-size:12px}
+.call .exit.bad{background:#546e7a;color:#fff}
+.intent{margin:2px 0 2px 4px}
+.intent-text{white-space:pre-wrap}
+.call .cmd{color:#37474f;margin-left:4px}
 "#;
 
 const SCRIPT: &str = r#"
@@ -108,26 +118,40 @@ const SCRIPT: &str = r#"
   var q = document.getElementById('q');
   var shown = document.getElementById('shown');
   var label = document.getElementById('pid-filter');
-  var proc = null;
+  var proc = null, call = null, callName = '';
   function apply() {
     var text = q.value.toLowerCase(), n = 0;
     rows.forEach(function (r) {
       var judged = r.classList.contains('deny') || r.classList.contains('audit');
+      var path = r.getAttribute('data-call');
       var show = (!only.checked || judged) &&
         (!text || r.textContent.toLowerCase().indexOf(text) >= 0) &&
-        (proc === null || r.getAttribute('data-proc') === proc);
+        (proc === null || r.getAttribute('data-proc') === proc) &&
+        (call === null || (path !== null && path.indexOf(call) === 0));
       r.hidden = !show;
       if (show) n++;
     });
     shown.textContent = n;
-    label.textContent = proc === null ? '' : 'only process ' + proc.split(':')[1] + ' (click to show all)';
+    label.textContent = proc !== null ? 'only process ' + proc.split(':')[1] + ' (click to show all)'
+      : call !== null ? 'only call ' + callName + ' and the calls under it (click to show all)' : '';
   }
   only.addEventListener('change', apply);
   q.addEventListener('input', apply);
-  label.addEventListener('click', function () { proc = null; apply(); });
+  label.addEventListener('click', function () { proc = null; call = null; apply(); });
+  Array.prototype.forEach.call(document.querySelectorAll('.call-name'), function (e) {
+    e.addEventListener('click', function () {
+      var li = e.parentNode.parentNode;
+      proc = null;
+      call = li.getAttribute('data-call-path');
+      callName = e.textContent;
+      apply();
+      document.getElementById('timeline').scrollIntoView();
+    });
+  });
   Array.prototype.forEach.call(document.querySelectorAll('.tree .pid'), function (e) {
     e.addEventListener('click', function () {
       proc = e.parentNode.getAttribute('data-proc');
+      call = null;
       apply();
       document.getElementById('timeline').scrollIntoView();
     });
@@ -198,6 +222,29 @@ fn detail(r: &Value) -> String {
             };
             format!("{}: {how}; killed {}, drops {}", str_of(r, "reason"), n("killed"), n("drops"))
         }
+        "call_start" => {
+            let cmd: Vec<&str> = r
+                .get("cmd")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            format!("{} started: {} (under {})", str_of(r, "call_name"), cmd.join(" "), str_of(r, "parent"))
+        }
+        "call_end" => {
+            let how = match (int_of(r, "exit_status"), int_of(r, "signal")) {
+                (_, Some(sig)) => format!("signal {sig}"),
+                (Some(st), _) => format!("exit status {st}"),
+                _ => "?".into(),
+            };
+            format!(
+                "{} ended: {how} after {} ms; {} refused, {} records, drops {}",
+                str_of(r, "call_name"),
+                n("duration_ms"),
+                n("denials"),
+                n("events"),
+                n("drops")
+            )
+        }
         "gap" => format!("{} dropped, {} malformed", n("drops"), n("decode_errors")),
         "checkpoint" => "signed chain head".into(),
         _ => String::new(),
@@ -236,10 +283,58 @@ pub(super) fn row_of(r: &Value, task_ix: usize) -> Row {
         who,
         detail: detail(r),
         rule: str_of(r, "rule").to_string(),
+        call: None,
     }
 }
 
-fn row(out: &mut String, r: &Row, task_ids: &[&str], anchor: bool) {
+/// The calls of a report as rows name them: each call's path of indices from its outermost
+/// call (`/0/3/`, for filtering by a call and everything under it) and name. Empty when the log
+/// has no calls (no call column then).
+struct Calls<'a> {
+    list: &'a [CallSummary],
+    /// Each call's parent, where following parents ends (a damaged log could loop).
+    parent: Vec<Option<usize>>,
+    path: Vec<String>,
+}
+
+/// Nesting followed at most when drawing calls (the runtime allows fewer).
+const MAX_CALL_DEPTH: usize = 64;
+
+impl<'a> Calls<'a> {
+    fn new(list: &'a [CallSummary]) -> Self {
+        let mut parent = Vec::with_capacity(list.len());
+        let mut path = Vec::with_capacity(list.len());
+        for (i, _) in list.iter().enumerate() {
+            let mut chain = vec![i];
+            let mut at = i;
+            let mut ok = true;
+            while let Some(p) = list[at].parent {
+                if chain.len() > MAX_CALL_DEPTH || chain.contains(&p) {
+                    ok = false;
+                    break;
+                }
+                chain.push(p);
+                at = p;
+            }
+            if !ok {
+                chain.truncate(1);
+            }
+            parent.push(if ok { list[i].parent } else { None });
+            let mut s = String::from("/");
+            for ix in chain.iter().rev() {
+                let _ = write!(s, "{ix}/");
+            }
+            path.push(s);
+        }
+        Calls { list, parent, path }
+    }
+
+    fn any(&self) -> bool {
+        !self.list.is_empty()
+    }
+}
+
+fn row(out: &mut String, r: &Row, task_ids: &[&str], anchor: bool, calls: &Calls<'_>) {
     let (seq, pid, class, task_ix) = (r.seq, r.pid, r.class, r.task_ix);
     let multi = task_ids.len() > 1;
     out.push_str("<tr");
@@ -252,10 +347,21 @@ fn row(out: &mut String, r: &Row, task_ids: &[&str], anchor: bool) {
     if let Some(p) = pid {
         let _ = write!(out, " data-proc=\"{task_ix}:{p}\"");
     }
+    if let Some(c) = r.call {
+        let _ = write!(out, " data-call=\"{}\"", calls.path[c]);
+    }
     let time = &r.time;
     let _ = write!(out, "><td>{seq}</td><td title=\"{}\">{}</td>", Esc(time), Esc(clock(time)));
     if multi {
         let _ = write!(out, "<td class=\"mono\">{}</td>", Esc(task_ids.get(task_ix).copied().unwrap_or("")));
+    }
+    if calls.any() {
+        match r.call.map(|c| &calls.list[c]) {
+            Some(c) => {
+                let _ = write!(out, "<td class=\"mono\" title=\"{}\">{}</td>", Esc(&c.id), Esc(&c.name));
+            }
+            None => out.push_str("<td></td>"),
+        }
     }
     let _ = write!(
         out,
@@ -269,10 +375,13 @@ fn row(out: &mut String, r: &Row, task_ids: &[&str], anchor: bool) {
     );
 }
 
-fn table_head(out: &mut String, multi: bool) {
+fn table_head(out: &mut String, multi: bool, calls: bool) {
     out.push_str("<table><thead><tr><th>seq</th><th>time</th>");
     if multi {
         out.push_str("<th>task</th>");
+    }
+    if calls {
+        out.push_str("<th>call</th>");
     }
     out.push_str(
         "<th>kind</th><th>decision</th><th>pid</th><th>process</th><th>detail</th><th>rule</th></tr></thead><tbody>",
@@ -358,16 +467,16 @@ fn summary(out: &mut String, report: &Report, task_ids: &[&str]) {
     out.push_str("</tbody></table></section>");
 }
 
-fn denials(out: &mut String, report: &Report, task_ids: &[&str]) {
+fn denials(out: &mut String, report: &Report, task_ids: &[&str], calls: &Calls<'_>) {
     let total = report.denials_total;
     let _ = write!(out, "<section id=\"denials\"><h2>Refusals and audit-mode violations ({total})</h2>");
     if total == 0 {
         out.push_str("<p class=\"muted\">None: everything the task did was within its scope.</p></section>");
         return;
     }
-    table_head(out, task_ids.len() > 1);
+    table_head(out, task_ids.len() > 1, calls.any());
     for r in &report.denials {
-        row(out, r, task_ids, false);
+        row(out, r, task_ids, false, calls);
     }
     out.push_str("</tbody></table>");
     if total > report.denials.len() {
@@ -475,6 +584,168 @@ fn process_tree(out: &mut String, tree: &ProcessTree, task_ids: &[&str]) {
     out.push_str("</div></section>");
 }
 
+/// One call's line in the Calls section: name, id, how it ended, its intent and command, its
+/// first records; then the calls under it.
+fn call_item(
+    out: &mut String,
+    report: &Report,
+    calls: &Calls<'_>,
+    children: &[Vec<usize>],
+    rows: &[(Vec<usize>, usize)],
+    task_ids: &[&str],
+    ix: usize,
+) {
+    let c = &calls.list[ix];
+    let _ = write!(
+        out,
+        "<li class=\"call\" data-call-path=\"{}\"><div class=\"call-head\"><span class=\"call-name\" \
+         title=\"show only this call (and the calls under it) in the timeline\">{}</span> <code>{}</code>",
+        calls.path[ix],
+        Esc(if c.name.is_empty() { "(no name)" } else { &c.name }),
+        Esc(&c.id),
+    );
+    match &c.end {
+        Some(e) => {
+            let (text, bad) = match (e.exit_status, e.signal) {
+                (_, Some(sig)) => (format!("killed by signal {sig}"), true),
+                (Some(s), _) => (format!("exit {s}"), s != 0),
+                _ => ("ended".to_string(), false),
+            };
+            let _ = write!(out, " <span class=\"exit{}\">{text}</span>", if bad { " bad" } else { "" });
+            if let Some(d) = e.duration_ms {
+                let _ = write!(out, " <span class=\"muted\">{d} ms</span>");
+            }
+        }
+        None => out.push_str(" <span class=\"exit\">no call_end recorded</span>"),
+    }
+    // The call_end's count is the kernel side's; without one, the refusals the log shows.
+    let denials = c.end.as_ref().and_then(|e| e.denials).map_or(c.deny as i64, |d| d);
+    if denials > 0 {
+        let _ = write!(out, " <span class=\"badge sev-high\">{denials} refused</span>");
+    }
+    if c.audit > 0 {
+        let _ = write!(out, " <span class=\"badge\">{} audited</span>", c.audit);
+    }
+    let _ = write!(out, " <span class=\"muted\">{} records</span></div>", c.records);
+    match &c.intent {
+        Some(i) => match &i.text {
+            Some(t) => {
+                let _ = write!(
+                    out,
+                    "<div class=\"intent\"><b>Intent</b>{}: <span class=\"intent-text\">{}</span> \
+                     <span class=\"muted mono\" title=\"SHA-256 of the whole intent\">sha256 {}</span></div>",
+                    if i.truncated { " (cut)" } else { "" },
+                    Esc(t),
+                    Esc(&i.sha256),
+                );
+            }
+            None => {
+                let _ = write!(
+                    out,
+                    "<div class=\"intent\"><b>Intent</b>: digest only (the scope keeps no intent text) \
+                     <span class=\"mono\">sha256 {}</span></div>",
+                    Esc(&i.sha256)
+                );
+            }
+        },
+        None if c.start.is_empty() => {
+            out.push_str("<div class=\"intent muted\">no call_start in this log (intent unknown)</div>")
+        }
+        None => out.push_str("<div class=\"intent muted\">no intent given</div>"),
+    }
+    if !c.cmd.is_empty() {
+        let _ = write!(
+            out,
+            "<div class=\"cmd mono\">$ {}{}</div>",
+            Esc(&c.cmd),
+            if c.cwd.is_empty() { String::new() } else { format!("  (in {})", escape(&c.cwd)) }
+        );
+    }
+    let (shown, total) = &rows[ix];
+    if *total > 0 {
+        let _ = write!(out, "<details><summary>its records ({total})</summary>");
+        table_head(out, task_ids.len() > 1, true);
+        for &r in shown {
+            row(out, &report.timeline[r], task_ids, false, calls);
+        }
+        out.push_str("</tbody></table>");
+        if *total > shown.len() {
+            let _ = write!(
+                out,
+                "<p class=\"hint\">The first {} are listed here; click the call's name for all of them in the \
+                 timeline.</p>",
+                shown.len()
+            );
+        }
+        out.push_str("</details>");
+    }
+    if !children[ix].is_empty() {
+        out.push_str("<ul>");
+        for &k in &children[ix] {
+            call_item(out, report, calls, children, rows, task_ids, k);
+        }
+        out.push_str("</ul>");
+    }
+    out.push_str("</li>");
+}
+
+/// The calls (tool calls, stages) of each task, nested as they were started, each with its
+/// intent, how it ended and its records.
+fn calls_section(out: &mut String, report: &Report, task_ids: &[&str], calls: &Calls<'_>) {
+    if !calls.any() {
+        return;
+    }
+    let _ = write!(
+        out,
+        "<section id=\"calls\"><h2>Calls ({})</h2><p class=\"muted\">Each call ran in its own cgroup under its \
+         own scope, no wider than its parent's; a record belongs to a call because its process was in the call's \
+         cgroup. Click a call's name to show only its records (and those of the calls under it) in the \
+         timeline.</p>",
+        report.calls_total
+    );
+    let mut children = vec![Vec::new(); calls.list.len()];
+    let tasks = task_ids.len().max(1);
+    let mut roots: Vec<Vec<usize>> = vec![Vec::new(); tasks];
+    for (i, p) in calls.parent.iter().enumerate() {
+        match p {
+            Some(p) => children[*p].push(i),
+            None => roots[calls.list[i].task_ix.min(tasks - 1)].push(i),
+        }
+    }
+    let mut rows: Vec<(Vec<usize>, usize)> = vec![(Vec::new(), 0); calls.list.len()];
+    for (i, r) in report.timeline.iter().enumerate() {
+        if let Some(c) = r.call {
+            let (shown, total) = &mut rows[c];
+            *total += 1;
+            if shown.len() < MAX_CALL_ROWS {
+                shown.push(i);
+            }
+        }
+    }
+    for (t, top) in roots.iter().enumerate() {
+        if top.is_empty() {
+            continue;
+        }
+        if task_ids.len() > 1 {
+            let _ = write!(out, "<h3>task <code>{}</code></h3>", Esc(task_ids.get(t).copied().unwrap_or("")));
+        }
+        out.push_str("<ul class=\"calls\">");
+        for &i in top {
+            call_item(out, report, calls, &children, &rows, task_ids, i);
+        }
+        out.push_str("</ul>");
+    }
+    if report.calls_total > calls.list.len() {
+        let _ = write!(
+            out,
+            "<p class=\"hint\">{} more calls are not listed ({MAX_CALLS} at most); their records show in the \
+             timeline without a call.</p>",
+            report.calls_total - calls.list.len()
+        );
+    }
+    out.push_str("</section>");
+}
+
 fn severity_label(s: Severity) -> &'static str {
     match s {
         Severity::Info => "info",
@@ -566,7 +837,7 @@ fn scope_usage(out: &mut String, path: &str, grants: &[Grant]) {
     out.push_str("</tbody></table></section>");
 }
 
-fn timeline(out: &mut String, report: &Report, task_ids: &[&str]) {
+fn timeline(out: &mut String, report: &Report, task_ids: &[&str], calls: &Calls<'_>) {
     let multi = task_ids.len() > 1;
     let total = report.records;
     let _ = write!(
@@ -576,9 +847,9 @@ fn timeline(out: &mut String, report: &Report, task_ids: &[&str]) {
          <input type=\"search\" id=\"q\" placeholder=\"filter: path, address, kind…\">\
          <span><span id=\"shown\">{total}</span> shown</span><span id=\"pid-filter\"></span></div>"
     );
-    table_head(out, multi);
+    table_head(out, multi, calls.any());
     for r in &report.timeline {
-        row(out, r, task_ids, true);
+        row(out, r, task_ids, true, calls);
     }
     out.push_str("</tbody></table>");
     let left_out: usize = report.left_out.values().map(|l| l.count).sum();
@@ -621,6 +892,7 @@ fn timeline(out: &mut String, report: &Report, task_ids: &[&str]) {
 /// Renders the whole page.
 pub fn render(report: &Report) -> String {
     let task_ids = tasks(report);
+    let calls = Calls::new(&report.calls);
     let mut out = String::with_capacity(4096 + (report.timeline.len() + report.denials.len()) * 400);
     let title = match task_ids.as_slice() {
         [one] => format!("Warden report: {one}"),
@@ -643,15 +915,16 @@ pub fn render(report: &Report) -> String {
     );
     integrity(&mut out, report);
     summary(&mut out, report, &task_ids);
-    denials(&mut out, report, &task_ids);
+    denials(&mut out, report, &task_ids, &calls);
     process_tree(&mut out, &report.tree, &task_ids);
+    calls_section(&mut out, report, &task_ids, &calls);
     if let Some(f) = &report.findings {
         findings(&mut out, f, report.findings_total, &task_ids);
     }
     if let Some((path, grants)) = &report.scope {
         scope_usage(&mut out, path, grants);
     }
-    timeline(&mut out, report, &task_ids);
+    timeline(&mut out, report, &task_ids, &calls);
     let _ = writeln!(out, "</main><script>{SCRIPT}</script></body></html>");
     out
 }
@@ -696,6 +969,103 @@ mod tests {
             findings,
             &NoFs,
         )
+    }
+
+    fn fixture() -> Vec<Value> {
+        include_str!("../../../tests/fixtures/calls/calls.jsonl")
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// The calls of the fixture: `fetch` (exit 7, 1250 ms, 2 refused) with `parse` under it
+    /// (intent kept as a digest only), then `list-files`; each with its intent and its records.
+    #[test]
+    fn calls_are_nested_with_intent_exit_duration_and_refusals() {
+        let rep = report(fixture(), None);
+        assert_eq!((rep.calls.len(), rep.calls_total), (3, 3));
+        let (fetch, parse, list) = (&rep.calls[0], &rep.calls[1], &rep.calls[2]);
+        assert_eq!((fetch.name.as_str(), fetch.parent, fetch.id.as_str()), ("fetch", None, "agent-7f3a/c1"));
+        assert_eq!((parse.name.as_str(), parse.parent), ("parse", Some(0)));
+        assert_eq!((list.name.as_str(), list.parent), ("list-files", None));
+        // exec, refused connect, exit / exec, killed exec, exit.
+        assert_eq!((fetch.records, fetch.deny), (3, 1));
+        assert_eq!((parse.records, parse.deny), (3, 1));
+        let end = fetch.end.as_ref().unwrap();
+        assert_eq!((end.exit_status, end.duration_ms, end.denials), (Some(7), Some(1250), Some(2)));
+        assert_eq!(
+            fetch.intent.as_ref().unwrap().text.as_deref(),
+            Some("Fetch the release notes from the mirror and summarize them.")
+        );
+        let digest = parse.intent.as_ref().unwrap();
+        assert_eq!((digest.text.as_deref(), digest.sha256.len()), (None, 64));
+        assert_eq!(fetch.cmd, "curl -s http://10.0.0.9/notes");
+        // Rows know their call; the task's own records have none.
+        let call_of = |seq: i64| rep.timeline.iter().find(|r| r.seq == seq).unwrap().call;
+        assert_eq!((call_of(2), call_of(5), call_of(9), call_of(16)), (None, Some(0), Some(1), Some(2)));
+        assert_eq!(rep.denials.iter().map(|r| r.call).collect::<Vec<_>>(), vec![Some(0), Some(1)]);
+
+        let page = render(&rep);
+        let at = |needle: &str| page.find(needle).unwrap_or_else(|| panic!("{needle} not in the page"));
+        // parse is drawn inside fetch's item, list-files after it, at the top level.
+        let (f, p, l) = (
+            at(r#"<li class="call" data-call-path="/0/">"#),
+            at(r#"<ul><li class="call" data-call-path="/0/1/">"#),
+            at(r#"</ul></li><li class="call" data-call-path="/2/">"#),
+        );
+        assert!(f < p && p < l, "{f} {p} {l}");
+        let fetch_item = &page[f..p];
+        for want in [
+            "Fetch the release notes from the mirror and summarize them.",
+            "exit 7",
+            "1250 ms",
+            "2 refused",
+            "$ curl -s http://10.0.0.9/notes",
+        ] {
+            assert!(fetch_item.contains(want), "{want} not in fetch's item");
+        }
+        assert!(page[p..l].contains("digest only"), "parse's intent is a digest");
+        assert!(page[p..l].contains("exit 0"));
+        // Timeline rows carry the call's path (for the filter) and the call column.
+        assert!(page.contains(r#"data-call="/0/1/"><td>9</td>"#));
+        assert!(page.contains("<th>call</th>"));
+        // A log without calls has no Calls section and no call column.
+        let plain =
+            render(&report(fixture().into_iter().filter(|r| r.get("call").is_none()).collect(), None));
+        assert!(!plain.contains("id=\"calls\"") && !plain.contains("<th>call</th>"));
+    }
+
+    /// A call's name, id, intent, command and cwd are log text: escaped.
+    #[test]
+    fn call_text_is_escaped() {
+        let records = vec![
+            json!({"v": 2, "seq": 1, "time": "t", "task": "t", "kind": "call_start", "call": EVIL, "call_name": EVIL, "parent": EVIL, "cmd": [EVIL], "cwd": EVIL, "intent": {"sha256": EVIL, "text": EVIL, "truncated": false}}),
+            json!({"v": 2, "seq": 2, "time": "t", "task": "t", "kind": "exec", "call": EVIL, "call_name": EVIL, "path": "/x", "decision": "deny"}),
+        ];
+        let html = render(&report(records, None));
+        assert!(!html.contains("<script>alert") && !html.contains("<img"));
+        assert!(html.contains("&lt;script&gt;alert(1)"));
+        assert_eq!(html.matches("<script>").count(), 1);
+    }
+
+    /// Memory stays bounded: calls beyond the limit are counted, not kept; an intent text
+    /// longer than the page keeps is cut at a character boundary and marked.
+    #[test]
+    fn calls_and_intents_are_bounded() {
+        let long = "é".repeat(super::super::MAX_INTENT_BYTES);
+        let mut records = vec![
+            json!({"v": 2, "seq": 0, "time": "t", "task": "t", "kind": "call_start", "call": "big", "parent": "t", "intent": {"sha256": "x", "text": long, "truncated": false}}),
+        ];
+        for i in 0..MAX_CALLS + 5 {
+            records.push(json!({"v": 2, "seq": i + 1, "time": "t", "task": "t", "kind": "call_start", "call": format!("c{i}"), "parent": "t"}));
+        }
+        records.push(json!({"v": 2, "seq": 0, "time": "t", "task": "t", "kind": "exec", "call": format!("c{}", MAX_CALLS + 1)}));
+        let rep = report(records, None);
+        assert_eq!((rep.calls.len(), rep.calls_total), (MAX_CALLS, MAX_CALLS + 6));
+        assert_eq!(rep.timeline.last().unwrap().call, None);
+        let i = rep.calls[0].intent.as_ref().unwrap();
+        assert!(i.truncated);
+        assert_eq!(i.text.as_ref().unwrap().len(), super::super::MAX_INTENT_BYTES);
     }
 
     #[test]

@@ -32,6 +32,12 @@ pub const MAX_DENIALS: usize = 10_000;
 pub const MAX_FINDINGS: usize = 10_000;
 /// Unreadable lines listed at most (all are counted).
 pub const MAX_SKIPPED: usize = 20;
+/// Calls tracked at most; records of calls beyond are shown as outside any call (all counted).
+pub const MAX_CALLS: usize = 10_000;
+/// Rows listed under each call in the Calls section at most (the timeline has them all).
+pub const MAX_CALL_ROWS: usize = 200;
+/// Bytes of a call's intent text kept for the page at most.
+pub const MAX_INTENT_BYTES: usize = 4096;
 
 /// What `warden verify` says about the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +62,53 @@ pub struct Row {
     pub who: String,
     pub detail: String,
     pub rule: String,
+    /// Index of its call in [`Report::calls`] (none: outside any call, or beyond [`MAX_CALLS`]).
+    pub call: Option<usize>,
+}
+
+/// A call's stated intent as recorded (`call_start.intent`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IntentShown {
+    pub sha256: String,
+    /// None: the scope keeps digests only (`evidence.intent: digest`).
+    pub text: Option<String>,
+    /// The text is cut (by Warden at record time, or here at [`MAX_INTENT_BYTES`]).
+    pub truncated: bool,
+}
+
+/// How a call ended (`call_end`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CallEnd {
+    pub time: String,
+    pub exit_status: Option<i64>,
+    pub signal: Option<i64>,
+    pub duration_ms: Option<i64>,
+    pub events: Option<i64>,
+    pub denials: Option<i64>,
+    pub drops: Option<i64>,
+}
+
+/// One call (a tool call or stage) of a task.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CallSummary {
+    pub id: String,
+    pub task_ix: usize,
+    pub name: String,
+    /// Its parent call's index in [`Report::calls`]; none: directly under its task (or a
+    /// parent the log does not start).
+    pub parent: Option<usize>,
+    /// `call_start.parent` as recorded (a task or call id).
+    pub parent_id: String,
+    pub cmd: String,
+    pub cwd: String,
+    /// When its `call_start` was recorded (empty: not in the log).
+    pub start: String,
+    pub intent: Option<IntentShown>,
+    pub end: Option<CallEnd>,
+    /// Records of its processes (`call_start`/`call_end` excluded), refused and audited.
+    pub records: usize,
+    pub deny: usize,
+    pub audit: usize,
 }
 
 /// One task of the log.
@@ -107,6 +160,10 @@ pub struct Report {
     pub timeline: Vec<Row>,
     /// What the timeline leaves out, by (kind, decision).
     pub left_out: BTreeMap<(String, String), LeftOut>,
+    /// Calls in order of appearance (the first [`MAX_CALLS`] ...
+    pub calls: Vec<CallSummary>,
+    /// ... of this many).
+    pub calls_total: usize,
 }
 
 impl Report {
@@ -151,6 +208,10 @@ pub struct Builder<'a> {
     allowed_seen: usize,
     judged_seen: usize,
     left_out: BTreeMap<(String, String), LeftOut>,
+    calls: Vec<CallSummary>,
+    call_ix: HashMap<String, usize>,
+    /// `call_start`s of calls beyond [`MAX_CALLS`] (one per call).
+    calls_beyond: usize,
 }
 
 fn str_of<'a>(r: &'a Value, k: &str) -> &'a str {
@@ -175,7 +236,94 @@ impl<'a> Builder<'a> {
             allowed_seen: 0,
             judged_seen: 0,
             left_out: BTreeMap::new(),
+            calls: Vec::new(),
+            call_ix: HashMap::new(),
+            calls_beyond: 0,
         }
+    }
+
+    /// The call a record belongs to (by its `call` field), learning what its `call_start` and
+    /// `call_end` say and counting its records.
+    fn call(&mut self, r: &Value, task_ix: usize, class: &str) -> Option<usize> {
+        let id = r.get("call").and_then(Value::as_str)?;
+        let ix = match self.call_ix.get(id) {
+            Some(&i) => i,
+            None if self.calls.len() < MAX_CALLS => {
+                self.calls.push(CallSummary {
+                    id: id.to_string(),
+                    task_ix,
+                    name: str_of(r, "call_name").to_string(),
+                    ..Default::default()
+                });
+                self.call_ix.insert(id.to_string(), self.calls.len() - 1);
+                self.calls.len() - 1
+            }
+            None => {
+                self.calls_beyond += usize::from(str_of(r, "kind") == "call_start");
+                return None;
+            }
+        };
+        let parent = match str_of(r, "kind") {
+            "call_start" => self.call_ix.get(str_of(r, "parent")).copied().filter(|&p| p != ix),
+            _ => None,
+        };
+        let c = &mut self.calls[ix];
+        let int = |k: &str| r.get(k).and_then(Value::as_i64);
+        match str_of(r, "kind") {
+            "call_start" => {
+                c.parent = parent;
+                c.parent_id = str_of(r, "parent").to_string();
+                c.cmd = r
+                    .get("cmd")
+                    .and_then(Value::as_array)
+                    .map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(" "))
+                    .unwrap_or_default();
+                c.cwd = str_of(r, "cwd").to_string();
+                c.start = str_of(r, "time").to_string();
+                if let Some(i) = r.get("intent") {
+                    let mut text = i.get("text").and_then(Value::as_str).map(str::to_string);
+                    let mut truncated = i.get("truncated").and_then(Value::as_bool).unwrap_or(false);
+                    if let Some(t) = &mut text
+                        && t.len() > MAX_INTENT_BYTES
+                    {
+                        let mut end = MAX_INTENT_BYTES;
+                        while !t.is_char_boundary(end) {
+                            end -= 1;
+                        }
+                        t.truncate(end);
+                        truncated = true;
+                    }
+                    c.intent = Some(IntentShown {
+                        sha256: i.get("sha256").and_then(Value::as_str).unwrap_or("").to_string(),
+                        text,
+                        truncated,
+                    });
+                }
+            }
+            "call_end" => {
+                c.end = Some(CallEnd {
+                    time: str_of(r, "time").to_string(),
+                    exit_status: int("exit_status"),
+                    signal: int("signal"),
+                    duration_ms: int("duration_ms"),
+                    events: int("events"),
+                    denials: int("denials"),
+                    drops: int("drops"),
+                });
+            }
+            _ => {
+                c.records += 1;
+                match class {
+                    "deny" => c.deny += 1,
+                    "audit" => c.audit += 1,
+                    _ => {}
+                }
+            }
+        }
+        if c.name.is_empty() {
+            c.name = str_of(r, "call_name").to_string();
+        }
+        Some(ix)
     }
 
     /// A line that could not be read.
@@ -228,6 +376,7 @@ impl<'a> Builder<'a> {
             "audit" => t.audit += 1,
             _ => {}
         }
+        let call = self.call(r, ix, class);
         self.tree.observe(r);
         if let Some((_, u)) = &mut self.usage {
             u.observe(r);
@@ -235,7 +384,7 @@ impl<'a> Builder<'a> {
         if !class.is_empty() {
             self.denials_total += 1;
             if self.denials.len() < MAX_DENIALS {
-                self.denials.push(html::row_of(r, ix));
+                self.denials.push(Row { call, ..html::row_of(r, ix) });
             }
         }
         let shown = if class.is_empty() {
@@ -246,7 +395,7 @@ impl<'a> Builder<'a> {
             self.judged_seen <= MAX_TIMELINE_JUDGED
         };
         if shown {
-            self.timeline.push(html::row_of(r, ix));
+            self.timeline.push(Row { call, ..html::row_of(r, ix) });
         } else {
             let time = str_of(r, "time");
             let e = self
@@ -279,6 +428,8 @@ impl<'a> Builder<'a> {
             denials_total: self.denials_total,
             timeline: self.timeline,
             left_out: self.left_out,
+            calls_total: self.calls.len() + self.calls_beyond,
+            calls: self.calls,
         }
     }
 }

@@ -93,6 +93,11 @@ impl RecordView for LiveRecord<'_> {
             "protocol" => r.protocol.as_deref(),
             "comm" => r.comm.as_deref(),
             "reason" => r.reason.as_deref(),
+            "call" => r.call.as_deref(),
+            "call_name" => r.call_name.as_deref(),
+            "parent" => r.parent.as_deref(),
+            "intent" => r.intent.as_ref().and_then(|i| i.text.as_deref()),
+            "intent_sha256" => r.intent.as_ref().map(|i| i.sha256.as_str()),
             _ => None,
         }
     }
@@ -505,9 +510,28 @@ mod tests {
             prev: Some("00".into()),
             ..Default::default()
         };
-        let line = serde_json::to_string(&rec).unwrap();
+        let start = AuditRecord {
+            kind: crate::audit::Kind::CallStart,
+            call: Some("t/c\"1".into()),
+            call_name: Some("fetch".into()),
+            parent: Some("t".into()),
+            depth: Some(1),
+            intent: Some(crate::audit::Intent::new(b"get \"it\"", true, 4096)),
+            ..rec.clone()
+        };
+        let digest = AuditRecord {
+            intent: Some(crate::audit::Intent::new(b"secret plan", false, 4096)),
+            ..start.clone()
+        };
+        for r in [&rec, &start, &digest] {
+            agree(r);
+        }
+    }
+
+    fn agree(rec: &AuditRecord) {
+        let line = serde_json::to_string(rec).unwrap();
         let tree: Value = serde_json::from_str(&line).unwrap();
-        let live = LiveRecord { rec: &rec, line: &line };
+        let live = LiveRecord { rec, line: &line };
         let replay = ReplayRecord::parse(&line).unwrap();
         for f in super::super::STRING_FIELDS {
             assert_eq!(live.str_field(f), tree.str_field(f), "{f}");
@@ -521,6 +545,8 @@ mod tests {
             assert_eq!(live.u64_field(f), tree.u64_field(f), "{f}");
             assert_eq!(replay.u64_field(f), tree.u64_field(f), "{f}");
         }
+        assert_eq!(live.str_field("parent"), replay.str_field("parent"));
+        assert_eq!(live.str_field("intent_sha256").is_some(), rec.intent.is_some());
         assert_eq!(live.ancestry(), tree.ancestry());
         assert_eq!(replay.ancestry(), tree.ancestry());
         assert_eq!(live.json(), tree);
