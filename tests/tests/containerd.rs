@@ -433,12 +433,17 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// A daemon whose scopes directory holds `agent.yaml`: only the image's shell may run.
-fn daemon_with_scopes() -> TestDaemon {
-    let scopes = tempfile::tempdir().expect("tempdir").keep();
-    std::fs::write(scopes.join("agent.yaml"), "version: 1\ntask: pod-agent\nexec:\n  allow: [/bin/sh]\n")
-        .expect("scope");
-    TestDaemon::start(&format!("scopes: {}\n", scopes.display()))
+/// A daemon whose scopes directory holds `agent.yaml`: only the image's shell may run, and no
+/// egress.
+/// The directory is returned to be dropped after the daemon.
+fn daemon_with_scopes() -> (TestDaemon, tempfile::TempDir) {
+    let scopes = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        scopes.path().join("agent.yaml"),
+        "version: 1\ntask: pod-agent\nexec:\n  allow: [/bin/sh]\nnetwork:\n  egress: []\n",
+    )
+    .expect("scope");
+    (TestDaemon::start(&format!("scopes: {}\n", scopes.path().display())), scopes)
 }
 
 fn task_of(d: &TestDaemon, container_id: &str) -> String {
@@ -470,7 +475,8 @@ fn ended_by_exit(end: &Value) -> bool {
 
 /// An annotated pod run through containerd's CRI: a container whose first command is
 /// outside the scope is refused before it runs and recorded with the pod as CRI named it; an
-/// allowed container of the same pod runs with zero denials; each container's exit ends its
+/// allowed container of the same pod runs with zero denials; a third one's connection the
+/// scope does not list is refused and recorded with the pod; each container's exit ends its
 /// task; the pod's sandbox is never bound.
 #[test]
 fn containerd_cri_pod_containers_are_bound_before_their_first_instruction() {
@@ -480,7 +486,7 @@ fn containerd_cri_pod_containers_are_bound_before_their_first_instruction() {
     }
     let _serial = serial();
     let t0 = Instant::now();
-    let d = daemon_with_scopes();
+    let (d, _scopes) = daemon_with_scopes();
     let c = Containerd::start(&d);
     let pod = c.run_pod("agent-ctrd", json!({"warden.dev/scope": "agent"}));
 
@@ -538,6 +544,24 @@ fn containerd_cri_pod_containers_are_bound_before_their_first_instruction() {
         "the workload did not run under the task: {records:?}"
     );
 
+    // 3. Egress the scope does not grant (it grants none), from a container on the node's
+    // network to a listener of the test's: refused in the kernel and recorded with the pod.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let port = listener.local_addr().expect("port").port();
+    let script = format!("nc -w 2 127.0.0.1 {port} < /dev/null; echo $? > /out/nc");
+    let net = c.create(&pod, "net", &["/bin/sh", "-c", &script]);
+    c.start_container(&net).unwrap_or_else(|e| panic!("StartContainer: {e}\n{}", c.log()));
+    let task = task_of(&d, &net);
+    let deny =
+        d.wait_record(&task, Duration::from_secs(10), |r| r["kind"] == "connect" && r["decision"] == "deny");
+    assert_pod(&deny, &pod, "net", &net);
+    assert_eq!(deny["port"], port, "{deny}");
+    c.wait_exited(&net);
+    let nc = std::fs::read_to_string(c.out().join("nc")).expect("the net container ran");
+    assert_ne!(nc.trim(), "0", "the connection was made");
+    assert!(listener.accept().is_err(), "the listener was reached from the container");
+
     // The sandbox ("pause") container is never bound, and no task outlives its container.
     assert!(
         !d.records().iter().any(|r| r["pod"]["container_id"] == pod.id.as_str()),
@@ -561,7 +585,7 @@ fn containerd_cri_container_does_not_start_without_the_daemon() {
     }
     let _serial = serial();
     let t0 = Instant::now();
-    let mut d = daemon_with_scopes();
+    let (mut d, _scopes) = daemon_with_scopes();
     let c = Containerd::start(&d);
     let pod = c.run_pod("agent-closed", json!({"warden.dev/scope": "agent"}));
     d.stop();

@@ -53,9 +53,9 @@ file, secret, environ, signal, ptrace, bpf, mount, module, cgroup-escape and io_
 `none` for pods there, and `task_start.unenforced` lists them (`files-in-container`, ...). On both
 engines the protected defaults are the node's files (`protected-defaults-in-container`). Tested with
 real containers, on the fallback engine only: binding before the first instruction and exec
-identity (runc: `tests/kubernetes.rs`; containerd through CRI: `tests/containerd.rs`). Egress from
-a container and the BPF LSM rows for pods are not exercised with a container (the VM tier runs
-none).
+identity (runc: `tests/kubernetes.rs`; containerd through CRI: `tests/containerd.rs`), and egress
+(`tests/containerd.rs`). The BPF LSM rows for pods are not exercised with a container (the VM
+tier runs none).
 ";
 
 pub const PATHS: &[&str] = &["syscall", "io_uring"];
