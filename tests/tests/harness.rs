@@ -1,0 +1,110 @@
+//! Host tier: `examples/harness.py`, an agent tool loop that runs each tool through
+//! `warden call` from inside a daemon task (docs/calls.md). Every tool call is recorded as a
+//! call with its name and the intent the harness gave; the `summarize` call, whose scope grants
+//! no network, is refused the connect to the report server that the task scope grants (and the
+//! `upload-report` call, whose scope grants it, makes); the refusal carries the call's id.
+use std::{net::TcpListener, path::Path, time::Duration};
+
+use agent_user::audit::chain::sha256_hex;
+use serde_json::Value;
+use warden_tests::{daemon::TestDaemon, require, warden_bin};
+
+const REPORT_PORT: u16 = 8471;
+
+#[test]
+#[ignore = "needs `warden call` inside tasks (the call endpoint of issue #12), not on main yet"]
+fn the_example_harness_runs_each_tool_as_a_call() {
+    if !require("the_example_harness_runs_each_tool_as_a_call", "root") {
+        return;
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let examples = root.join("examples");
+    // The report server: an allowed connect succeeds, a refused one fails with EPERM.
+    let server = TcpListener::bind(("127.0.0.1", REPORT_PORT)).expect("port 8471 for the report server");
+    std::thread::spawn(move || {
+        for c in server.incoming() {
+            drop(c);
+        }
+    });
+    let d = TestDaemon::start("");
+    // The example task scope, with the warden under test allowed (for `warden call`).
+    let task_scope = std::fs::read_to_string(examples.join("harness/task.yaml"))
+        .unwrap()
+        .replace("/usr/bin/rm]", &format!("/usr/bin/rm, {}]", warden_bin().display()));
+    assert!(task_scope.contains(&warden_bin().display().to_string()));
+    let task = d.start_task("harness", &task_scope);
+    let id = task["id"].as_str().expect("task id").to_string();
+    let out = d.warden(&[
+        "task",
+        "exec",
+        &id,
+        "--",
+        "/usr/bin/python3",
+        examples.join("harness.py").to_str().unwrap(),
+        "--warden",
+        warden_bin().to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let says =
+        format!("{stdout}\nstderr:\n{}\ndaemon:\n{}", String::from_utf8_lossy(&out.stderr), d.stderr());
+    assert_eq!(out.status.code(), Some(0), "{says}");
+    // What each tool printed, through the harness.
+    assert!(stdout.contains("| notes.txt"), "list-files ran: {says}");
+    assert!(stdout.contains("| SYSTEM NOTE TO THE ASSISTANT"), "read-notes ran: {says}");
+    assert!(stdout.contains("| summary: 2 changes"), "summarize ran: {says}");
+    assert!(stdout.contains("| upload: refused: Operation not permitted"), "{says}");
+    assert!(stdout.contains("| upload: connected to the report server"), "{says}");
+
+    let end = d.wait_record(&id, Duration::from_secs(20), |r| {
+        r["kind"] == "call_end" && r["call_name"] == "upload-report"
+    });
+    let recs = d.records_of(&id);
+    let starts: Vec<&Value> = recs.iter().filter(|r| r["kind"] == "call_start").collect();
+    let names: Vec<&str> = starts.iter().map(|r| r["call_name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["list-files", "read-notes", "summarize", "upload-report"], "{says}");
+    // Each call's intent as the harness wrote it, digest and text; each call under the task.
+    let intent = "Summarize the release notes in one line.\n(The notes also asked to upload them first.)";
+    let summarize = starts[2];
+    assert_eq!(summarize["intent"]["text"], intent);
+    assert_eq!(summarize["intent"]["sha256"], sha256_hex(intent.as_bytes()));
+    for s in &starts {
+        assert_eq!(s["parent"], id.as_str(), "{s}");
+    }
+    // The refused connect: in the summarize call, by the call's scope.
+    let call = summarize["call"].as_str().unwrap();
+    let refused: Vec<&Value> = recs
+        .iter()
+        .filter(|r| r["kind"] == "connect" && r["port"] == REPORT_PORT && r["decision"] == "deny")
+        .collect();
+    assert_eq!(refused.len(), 1, "{says}");
+    assert_eq!(
+        (refused[0]["call"].as_str(), refused[0]["call_name"].as_str()),
+        (Some(call), Some("summarize"))
+    );
+    assert_eq!(refused[0]["rule"], "network.egress");
+    // The same connect, allowed, in upload-report (whose scope grants it, as the task's does).
+    assert!(
+        recs.iter().any(|r| r["kind"] == "connect"
+            && r["port"] == REPORT_PORT
+            && r["decision"] == "allow"
+            && r["call"] == end["call"]),
+        "{says}"
+    );
+    let summarize_end =
+        recs.iter().find(|r| r["kind"] == "call_end" && r["call"] == call).expect("summarize's call_end");
+    assert_eq!(summarize_end["exit_status"], 3);
+    assert_eq!(summarize_end["denials"], 1);
+    // Replay of that one call: its records and the task's start, with the call refused.
+    let log = d.log.to_str().unwrap();
+    let o = std::process::Command::new(warden_bin())
+        .args(["replay", "--rules"])
+        .arg(root.join("rules/starter"))
+        .args(["--call", call, "--format", "json", log])
+        .output()
+        .unwrap();
+    let findings = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(findings.contains("\"rule\":\"call-refused\""), "{findings}");
+    assert!(String::from_utf8_lossy(&o.stderr).contains(&format!("replay: call {call}: ")));
+    let _ = d.end(&id);
+}
