@@ -19,6 +19,11 @@ Each tool runs as
 
     warden call --name TOOL --scope examples/harness/TOOL.yaml --intent-file PROMPT -- CMD...
 
+A harness that drives the task from outside its sandbox (an orchestrator beside the task) uses
+the daemon's API instead: with `--task ID` each tool runs as
+
+    warden task exec ID --call TOOL --scope examples/harness/TOOL.yaml --intent-file PROMPT -- CMD...
+
 `--dry-run` prints those commands instead of running them (no Warden needed).
 """
 
@@ -80,6 +85,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--warden", default=os.environ.get("WARDEN", "warden"), help="the warden binary")
     ap.add_argument("--scopes", default=os.path.join(HERE, "harness"), help="directory of the tools' call scopes")
+    ap.add_argument("--task", metavar="ID", help="drive task ID from outside its sandbox (warden task exec --call)")
     ap.add_argument("--dry-run", action="store_true", help="print the warden call commands, run nothing")
     args = ap.parse_args()
 
@@ -92,8 +98,11 @@ def main():
         prompt = os.path.join(work, "intent-%d.txt" % n)
         with open(prompt, "w") as f:
             f.write(intent)
-        argv = [args.warden, "call", "--name", tool, "--scope", os.path.join(args.scopes, tool + ".yaml"),
-                "--intent-file", prompt, "--"] + cmd
+        if args.task:
+            start = [args.warden, "task", "exec", args.task, "--call", tool]
+        else:
+            start = [args.warden, "call", "--name", tool]
+        argv = start + ["--scope", os.path.join(args.scopes, tool + ".yaml"), "--intent-file", prompt, "--"] + cmd
         print("[call %d] %s: %s" % (n, tool, intent.splitlines()[0]), flush=True)
         if args.dry_run:
             print("  $ " + " ".join(shlex.quote(a) for a in argv))

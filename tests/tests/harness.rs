@@ -1,5 +1,6 @@
-//! Host tier: `examples/harness.py`, an agent tool loop that runs each tool through
-//! `warden call` from inside a daemon task (docs/calls.md). Every tool call is recorded as a
+//! Host tier: `examples/harness.py`, an agent tool loop that runs each tool as a call of a
+//! daemon task (docs/calls.md): through `warden call` from inside the task, or through
+//! `warden task exec ID --call` from outside it. Every tool call is recorded as a
 //! call with its name and the intent the harness gave; the `summarize` call, whose scope grants
 //! no network, is refused the connect to the report server that the task scope grants (and the
 //! `upload-report` call, whose scope grants it, makes); the refusal carries the call's id.
@@ -11,19 +12,51 @@ use warden_tests::{daemon::TestDaemon, require, warden_bin};
 
 const REPORT_PORT: u16 = 8471;
 
+/// How the harness starts its calls.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Via {
+    /// Runs inside the task: `warden call`.
+    Inside,
+    /// Runs beside the task: `warden task exec ID --call`.
+    Outside,
+}
+
 #[test]
 #[ignore = "needs `warden call` inside tasks (the call endpoint of issue #12), not on main yet"]
 fn the_example_harness_runs_each_tool_as_a_call() {
     if !require("the_example_harness_runs_each_tool_as_a_call", "root") {
         return;
     }
+    harness(Via::Inside);
+}
+
+#[test]
+#[ignore = "needs `warden task exec --call` (issue #12), not on main yet"]
+fn the_example_harness_drives_a_task_from_outside() {
+    if !require("the_example_harness_drives_a_task_from_outside", "root") {
+        return;
+    }
+    harness(Via::Outside);
+}
+
+/// Serializes the tests: both need the report server's port.
+static PORT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn harness(via: Via) {
+    let _port = PORT.lock().unwrap_or_else(|e| e.into_inner());
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let examples = root.join("examples");
     // The report server: an allowed connect succeeds, a refused one fails with EPERM.
     let server = TcpListener::bind(("127.0.0.1", REPORT_PORT)).expect("port 8471 for the report server");
-    std::thread::spawn(move || {
-        for c in server.incoming() {
-            drop(c);
+    server.set_nonblocking(true).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopped = stop.clone();
+    let accept = std::thread::spawn(move || {
+        while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+            match server.accept() {
+                Ok((c, _)) => drop(c),
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
         }
     });
     let d = TestDaemon::start("");
@@ -34,16 +67,27 @@ fn the_example_harness_runs_each_tool_as_a_call() {
     assert!(task_scope.contains(&warden_bin().display().to_string()));
     let task = d.start_task("harness", &task_scope);
     let id = task["id"].as_str().expect("task id").to_string();
-    let out = d.warden(&[
-        "task",
-        "exec",
-        &id,
-        "--",
-        "/usr/bin/python3",
-        examples.join("harness.py").to_str().unwrap(),
-        "--warden",
-        warden_bin().to_str().unwrap(),
-    ]);
+    let script = examples.join("harness.py");
+    let out = match via {
+        Via::Inside => d.warden(&[
+            "task",
+            "exec",
+            &id,
+            "--",
+            "/usr/bin/python3",
+            script.to_str().unwrap(),
+            "--warden",
+            warden_bin().to_str().unwrap(),
+        ]),
+        Via::Outside => std::process::Command::new("/usr/bin/python3")
+            .arg(&script)
+            .args(["--warden", warden_bin().to_str().unwrap(), "--task", &id])
+            .env("WARDEN_SOCKET", &d.socket)
+            .output()
+            .unwrap(),
+    };
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = accept.join();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let says =
         format!("{stdout}\nstderr:\n{}\ndaemon:\n{}", String::from_utf8_lossy(&out.stderr), d.stderr());

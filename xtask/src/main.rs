@@ -3,6 +3,7 @@
 //! Every command runs `setup` first, so a fresh machine needs no hand steps.
 mod bench;
 mod coverage;
+mod demo_calls;
 mod fuzz;
 mod k8s;
 mod setup;
@@ -167,6 +168,7 @@ fn demo_daemon(warden: &std::path::Path, root: &std::path::Path) -> anyhow::Resu
         println!("\n== warden task list; warden task end {id}");
         util::run(&mut cli(&["task", "list"]))?;
         util::run(&mut cli(&["task", "end", &id]))?;
+        demo_calls::run(warden, root, &dir, &dir.join("events.jsonl"), &cli)?;
         println!("\n== warden verify {}/events.jsonl (the node log, across the restart)", dir.display());
         util::run(std::process::Command::new(warden).arg("verify").arg(dir.join("events.jsonl")))?;
         Ok(())
