@@ -626,7 +626,7 @@ fn call_item(
     if c.audit > 0 {
         let _ = write!(out, " <span class=\"badge\">{} audited</span>", c.audit);
     }
-    let _ = write!(out, " <span class=\"muted\">{} records</span></div>", c.records);
+    let _ = write!(out, " <span class=\"muted\">{} records of its processes</span></div>", c.records);
     match &c.intent {
         Some(i) => match &i.text {
             Some(t) => {
