@@ -4,6 +4,7 @@
 //! Errors name the file, the line and column, the field and a fix; `warden scope check` and
 //! `warden run` exit 2 on them.
 pub mod compile;
+pub mod narrow;
 pub mod raw;
 pub mod suggest;
 
@@ -198,6 +199,10 @@ pub struct Scope {
     pub grants: BTreeSet<Grant>,
     /// Fail closed on evidence gaps.
     pub on_gap: OnGap,
+    /// `evidence.intent: digest`: calls' intents are recorded as digests only.
+    pub intent_digest: bool,
+    /// `evidence.intent_max`: longest intent text recorded, in bytes.
+    pub intent_max: usize,
     /// Capabilities the task's processes keep (bit `1 << nr`); 0 = none.
     pub capabilities: u64,
     /// Run as this (uid, gid) instead of root.
@@ -477,7 +482,13 @@ impl Scope {
             dns,
             process_limit: raw.limits.and_then(|l| l.processes).map(|p| p.0),
             grants: raw.grant.into_iter().collect(),
-            on_gap: raw.evidence.map(|e| e.on_gap).unwrap_or_default(),
+            on_gap: raw.evidence.as_ref().map(|e| e.on_gap).unwrap_or_default(),
+            intent_digest: raw.evidence.as_ref().is_some_and(|e| e.intent == raw::IntentMode::Digest),
+            intent_max: raw
+                .evidence
+                .as_ref()
+                .and_then(|e| e.intent_max)
+                .map_or(crate::audit::INTENT_MAX_DEFAULT, |m| m.0),
             capabilities,
             user: raw.user.map(|u| (u.uid, u.gid.unwrap_or(u.uid))),
             text: text.to_string(),

@@ -119,6 +119,37 @@ pub struct RawEvidence {
     /// `continue` (default: record a `gap` and go on) or `end` (fail closed: end the task).
     #[serde(default)]
     pub on_gap: OnGap,
+    /// `text` (default: `call_start.intent` carries the intent's text and digest) or `digest`
+    /// (the digest only).
+    #[serde(default)]
+    pub intent: IntentMode,
+    /// Longest intent text kept in `call_start.intent.text`, in bytes (default 4096).
+    #[serde(default)]
+    pub intent_max: Option<IntentMax>,
+}
+
+/// What `call_start.intent` keeps of a call's intent.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum IntentMode {
+    #[default]
+    Text,
+    Digest,
+}
+
+/// `evidence.intent_max`: 1 byte to 1 MiB.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(try_from = "u64")]
+pub struct IntentMax(pub usize);
+impl TryFrom<u64> for IntentMax {
+    type Error = String;
+    fn try_from(n: u64) -> Result<Self, String> {
+        if (1..=1 << 20).contains(&n) {
+            Ok(IntentMax(n as usize))
+        } else {
+            Err(format!("intent_max {n} must be from 1 to 1048576 (bytes)"))
+        }
+    }
 }
 
 /// Policy for evidence gaps.

@@ -376,6 +376,8 @@ fn unreadable_scope(info: &TaskInfo) -> Scope {
         process_limit: None,
         grants: Default::default(),
         on_gap: OnGap::Continue,
+        intent_digest: false,
+        intent_max: crate::audit::INTENT_MAX_DEFAULT,
         capabilities: 0,
         user: None,
         text: info.scope_text.clone(),
