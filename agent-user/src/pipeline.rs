@@ -26,6 +26,35 @@ pub use crate::scope::Mode;
 pub struct TaskCtx {
     pub id: String,
     pub mode: Mode,
+    /// The slot is a call's (a tool call or stage inside task `id`): its records carry it.
+    pub call: Option<CallTag>,
+}
+
+impl TaskCtx {
+    /// A task's own slot.
+    pub fn task(id: String, mode: Mode) -> Self {
+        Self { id, mode, call: None }
+    }
+}
+
+/// The call a slot belongs to, written on every record of the slot (`call`, `call_name`).
+#[derive(Debug, Clone)]
+pub struct CallTag {
+    pub id: Arc<str>,
+    pub name: Arc<str>,
+}
+
+/// What the pipeline saw of one call, for its `call_end`: counted from the records written,
+/// and the exit of its first process as the kernel reported it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CallStats {
+    /// Records of the call's processes (not `call_start`/`call_end`).
+    pub events: u64,
+    pub denials: u64,
+    /// The first process that ran a program in the call's cgroup (its command).
+    pub first_pid: Option<u32>,
+    /// That process's exit (status, signal), from its `exit` record.
+    pub exit: Option<(Option<i32>, Option<i32>)>,
 }
 
 /// Decode → correlate → audit.
@@ -55,6 +84,8 @@ pub struct Pipeline {
     /// Kernel audit reports lost before Warden read them (socket overruns), see
     /// [`crate::kaudit`]; every running task's [`GapTracker`] reports their growth.
     pub reports_lost: u64,
+    /// Per running call (by id): its counters for `call_end`.
+    calls: HashMap<Arc<str>, CallStats>,
 }
 
 /// How many exited pids keep their slot for late reports.
@@ -128,7 +159,18 @@ impl Pipeline {
             gone_slots: Default::default(),
             reports_lost: 0,
             denials: HashMap::new(),
+            calls: HashMap::new(),
         }
+    }
+
+    /// What was seen of a running call so far.
+    pub fn call_stats(&self, call: &str) -> CallStats {
+        self.calls.get(call).cloned().unwrap_or_default()
+    }
+
+    /// Forgets a call's counters (at its end) and returns them.
+    pub fn take_call_stats(&mut self, call: &str) -> CallStats {
+        self.calls.remove(call).unwrap_or_default()
     }
 
     /// The refusals written for `task` so far (and forgets them).
@@ -171,11 +213,13 @@ impl Pipeline {
             self.unattributed += 1;
             return Ok(());
         };
-        let task = task.id.clone();
+        let (task, call) = (task.id.clone(), task.call.clone());
         let ctx = r.pid.map(|p| self.table.context_of(p));
         let rec = AuditRecord {
             time: crate::audit::clock::format_wall(r.unix_ns),
             task,
+            call: call.as_ref().map(|c| c.id.clone()),
+            call_name: call.map(|c| c.name),
             kind: r.kind,
             decision: Some(Decision::Deny),
             action: Some(r.action),
@@ -312,6 +356,13 @@ impl Pipeline {
         if rec.decision == Some(Decision::Deny) {
             self.denials.entry(rec.task.clone()).or_default().note(&rec);
         }
+        if let Some(c) = &rec.call
+            && !matches!(rec.kind, Kind::CallStart | Kind::CallEnd)
+        {
+            let st = self.calls.entry(c.clone()).or_default();
+            st.events += 1;
+            st.denials += u64::from(rec.decision == Some(Decision::Deny));
+        }
         self.sink.write(&rec, &line)?;
         if let Some(engine) = self.rules.as_mut() {
             // The typed record itself, not its line parsed back (docs/rules.md, "Cost").
@@ -414,9 +465,24 @@ impl Pipeline {
             KDecision::Audit => Decision::Audit,
         };
         let judged = decision != Decision::Allow;
+        let call = task.call.clone();
+        if let Some(c) = &call {
+            // The call's command is the first process to run a program in its cgroup; its
+            // exit (from the kernel's record) is the call's.
+            let st = self.calls.entry(c.id.clone()).or_default();
+            match ev {
+                Event::Exec { .. } if st.first_pid.is_none() => st.first_pid = Some(ctx.pid),
+                Event::Exit { exit_code, .. } if st.first_pid == Some(ctx.pid) => {
+                    st.exit = Some(record::wait_status(*exit_code));
+                }
+                _ => {}
+            }
+        }
         let mut rec = AuditRecord {
             time: self.clock.format(meta.ktime_ns),
             task: task.id.clone(),
+            call: call.as_ref().map(|c| c.id.clone()),
+            call_name: call.map(|c| c.name),
             kind: ev.kind(),
             decision: Some(decision),
             action: match meta.action {
@@ -548,7 +614,7 @@ mod tests {
         let mem = Arc::new(Mutex::new(MemorySink::default()));
         let mut p =
             Pipeline::new(ProcessTable::default(), Clock::with_offset(0), Box::new(Shared(mem.clone())));
-        p.register(3, TaskCtx { id: "t-1".into(), mode: Mode::Enforce });
+        p.register(3, TaskCtx::task("t-1".into(), Mode::Enforce));
         let mut src =
             MemorySource::new([exec_bytes(10, 1, "/bin/sh"), vec![0u8; 7], exec_bytes(11, 10, "/bin/ls")]);
         assert!(src.wait().await.unwrap());
@@ -586,8 +652,8 @@ mod tests {
         let mem = Arc::new(Mutex::new(MemorySink::default()));
         let mut p =
             Pipeline::new(ProcessTable::default(), Clock::with_offset(0), Box::new(Shared(mem.clone())));
-        p.register(3, TaskCtx { id: "t-1".into(), mode: Mode::Enforce });
-        p.register(4, TaskCtx { id: "t-2".into(), mode: Mode::Enforce });
+        p.register(3, TaskCtx::task("t-1".into(), Mode::Enforce));
+        p.register(4, TaskCtx::task("t-2".into(), Mode::Enforce));
         let pod = PodIdentity {
             uid: "u".into(),
             name: "agent".into(),

@@ -36,6 +36,17 @@ pub struct IdentityDoc {
     /// documents without it are signed as before).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<crate::k8s::pod::PodIdentity>,
+    /// A call's document: the call's id (`<task>/c1/c3`: its parent's id and its own part).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call: Option<String>,
+    /// A call's document: its name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call_name: Option<String>,
+    /// A call's document: its parent's whole signed document (the task's, or the parent
+    /// call's, which holds its own parent): the delegation chain up to the task, each link
+    /// signed by the node key. Signed with the rest, so no link can be swapped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<Box<IdentityDoc>>,
     /// The signer's ed25519 public key (hex).
     pub key: String,
     /// base64 ed25519 signature over the document's JSON with `sig` empty.
@@ -53,6 +64,8 @@ pub enum IdentityError {
     Signature(String),
     #[error("signed by {found}, not by the trusted key {trusted}")]
     Untrusted { found: String, trusted: String },
+    #[error("delegation chain broken: {0}")]
+    Chain(String),
 }
 
 /// This node's name (its host name; empty if it has none).
@@ -80,10 +93,54 @@ impl IdentityDoc {
             started,
             expires,
             pod: None,
+            call: None,
+            call_name: None,
+            parent: None,
             key: String::new(),
             sig: String::new(),
         }
         .sign(key)
+    }
+
+    /// A call's document under `parent` (the task's or the parent call's document), signed
+    /// with `key`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new_call(
+        key: &NodeKey,
+        parent: &IdentityDoc,
+        call: &str,
+        name: &str,
+        scope_hash: String,
+        cgroup_id: u64,
+        started: String,
+        expires: Option<String>,
+    ) -> Self {
+        IdentityDoc {
+            v: 1,
+            task: parent.task.clone(),
+            scope_hash,
+            cgroup_id,
+            node: parent.node.clone(),
+            started,
+            expires,
+            pod: parent.pod.clone(),
+            call: Some(call.to_string()),
+            call_name: Some(name.to_string()),
+            parent: Some(Box::new(parent.clone())),
+            key: String::new(),
+            sig: String::new(),
+        }
+        .sign(key)
+    }
+
+    /// The id this document names: the call's, or the task's.
+    pub fn subject(&self) -> &str {
+        self.call.as_deref().unwrap_or(&self.task)
+    }
+
+    /// How many links lie above this document (0 for a task's).
+    pub fn depth(&self) -> usize {
+        self.parent.as_ref().map_or(0, |p| 1 + p.depth())
     }
 
     fn signed_bytes(&self) -> Vec<u8> {
@@ -111,10 +168,42 @@ impl IdentityDoc {
         {
             return Err(IdentityError::Untrusted { found: doc.key.clone(), trusted: t.to_string() });
         }
-        if !verify_sig(&doc.key, &doc.signed_bytes(), &doc.sig) {
-            return Err(IdentityError::Signature(doc.key.clone()));
-        }
+        doc.check(trusted)?;
         Ok(doc)
+    }
+
+    /// Checks this document's signature, then each link of its delegation chain up to the
+    /// task's document: every link signed by the same node key, of the same task and node,
+    /// and each call's id below its parent's.
+    fn check(&self, trusted: Option<&str>) -> Result<(), IdentityError> {
+        if self.v != 1 {
+            return Err(IdentityError::Version(self.v));
+        }
+        if let Some(t) = trusted
+            && t != self.key
+        {
+            return Err(IdentityError::Untrusted { found: self.key.clone(), trusted: t.to_string() });
+        }
+        if !verify_sig(&self.key, &self.signed_bytes(), &self.sig) {
+            return Err(IdentityError::Signature(self.key.clone()));
+        }
+        match (&self.call, &self.parent) {
+            (None, None) => Ok(()),
+            (Some(call), Some(p)) => {
+                if p.task != self.task || p.node != self.node {
+                    return Err(IdentityError::Chain(format!("{call}'s parent is of another task or node")));
+                }
+                if !call.strip_prefix(p.subject()).is_some_and(|rest| rest.starts_with("/c")) {
+                    return Err(IdentityError::Chain(format!("{call} is not a call of {}", p.subject())));
+                }
+                p.check(Some(&self.key)).map_err(|e| match e {
+                    IdentityError::Chain(_) => e,
+                    other => IdentityError::Chain(format!("the link {}: {other}", p.subject())),
+                })
+            }
+            (Some(call), None) => Err(IdentityError::Chain(format!("{call} names no parent"))),
+            (None, Some(_)) => Err(IdentityError::Chain("a task's document names a parent".into())),
+        }
     }
 }
 
@@ -148,12 +237,16 @@ mod tests {
             started: "2026-01-01T00:00:00.000000000Z".into(),
             expires: None,
             pod: None,
+            call: None,
+            call_name: None,
+            parent: None,
             key: String::new(),
             sig: String::new(),
         }
         .sign(&key);
         let text = serde_json::to_string(&doc).unwrap();
         assert_eq!(IdentityDoc::verify(&text, Some(&key.public_hex())).unwrap(), doc);
+        assert!(!text.contains("parent"), "a task's document is signed as before: {text}");
         let tampered = text.replace("\"cgroup_id\":7", "\"cgroup_id\":8");
         assert!(matches!(IdentityDoc::verify(&tampered, None), Err(IdentityError::Signature(_))));
         assert!(matches!(IdentityDoc::verify(&text, Some("00")), Err(IdentityError::Untrusted { .. })));
@@ -173,5 +266,52 @@ mod tests {
         assert_eq!(IdentityDoc::verify(&text, None).unwrap(), doc);
         let moved = text.replace("agent-1", "agent-2");
         assert!(matches!(IdentityDoc::verify(&moved, None), Err(IdentityError::Signature(_))));
+    }
+
+    #[test]
+    fn call_chains_verify_to_the_task_and_a_tampered_link_fails() {
+        let d = tempfile::tempdir().unwrap();
+        let key = NodeKey::load_or_create(&d.path().join("k")).unwrap();
+        let other = NodeKey::load_or_create(&d.path().join("k2")).unwrap();
+        let task = IdentityDoc::new_signed(&key, "t-1", "aa".into(), 7, "n".into(), "s".into(), None);
+        let mut doc = task.clone();
+        for (i, id) in ["t-1/c1", "t-1/c1/c2", "t-1/c1/c2/c3", "t-1/c1/c2/c3/c4"].iter().enumerate() {
+            doc = IdentityDoc::new_call(&key, &doc, id, "step", "bb".into(), 8 + i as u64, "s".into(), None);
+        }
+        assert_eq!(doc.depth(), 4);
+        let text = serde_json::to_string(&doc).unwrap();
+        assert_eq!(IdentityDoc::verify(&text, Some(&key.public_hex())).unwrap(), doc);
+        // A link in the middle altered: its signature (and its child's) fails.
+        let tampered = text.replace(r#""cgroup_id":9"#, r#""cgroup_id":99"#);
+        assert_ne!(tampered, text);
+        assert!(IdentityDoc::verify(&tampered, None).is_err());
+        // A link re-signed by another key after tampering: the chain names the break.
+        let mut bad = doc.clone();
+        let mid = bad.parent.as_mut().unwrap().parent.as_mut().unwrap();
+        mid.cgroup_id = 99;
+        **mid = (**mid).clone().sign(&other);
+        let bad = bad
+            .parent
+            .take()
+            .map(|p| {
+                IdentityDoc::new_call(&key, &p, "t-1/c1/c2/c3/c4", "x", "bb".into(), 1, "s".into(), None)
+            })
+            .unwrap();
+        assert!(matches!(
+            IdentityDoc::verify(&serde_json::to_string(&bad).unwrap(), None),
+            Err(IdentityError::Chain(_))
+        ));
+        // A call that claims a parent it is not below.
+        let stray = IdentityDoc::new_call(&key, &task, "t-2/c1", "x", "bb".into(), 1, "s".into(), None);
+        assert!(matches!(
+            IdentityDoc::verify(&serde_json::to_string(&stray).unwrap(), None),
+            Err(IdentityError::Chain(_))
+        ));
+        // The parent link removed.
+        let orphan = IdentityDoc { parent: None, ..doc.clone() }.sign(&key);
+        assert!(matches!(
+            IdentityDoc::verify(&serde_json::to_string(&orphan).unwrap(), None),
+            Err(IdentityError::Chain(_))
+        ));
     }
 }

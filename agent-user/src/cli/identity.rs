@@ -21,6 +21,20 @@ pub fn run(cmd: IdentityCmd) -> Result<i32, Failure> {
         .map_err(|e| Failure::Usage(anyhow::anyhow!("cannot read {}: {e}", doc.display())))?;
     match IdentityDoc::verify(&text, key.as_deref()) {
         Ok(d) => {
+            let mut link = d.parent.as_deref();
+            if d.call.is_some() {
+                println!(
+                    "{}: call {} ({}) of task {}",
+                    doc.display(),
+                    d.subject(),
+                    d.call_name.as_deref().unwrap_or(""),
+                    d.task
+                );
+            }
+            while let Some(p) = link {
+                println!("  delegated by {} (scope {}), signed by {}", p.subject(), p.scope_hash, p.key);
+                link = p.parent.as_deref();
+            }
             println!(
                 "{}: valid: task {} on {} (scope {}), signed by {}",
                 doc.display(),

@@ -1,5 +1,6 @@
 //! The `warden` command line (clap derive). Raw arguments here; each verb turns
 //! them into resolved settings and runs.
+mod call;
 mod call_filter;
 mod identity;
 mod nats;
@@ -64,6 +65,8 @@ pub enum Command {
     /// Inside a task: fetch a brokered secret from the task's broker.
     #[command(subcommand)]
     Secret(secret::SecretCmd),
+    /// Inside a task: run a command as a call (tool call, stage) of the caller's task.
+    Call(call::CallArgs),
 }
 
 /// How a verb failed.
@@ -109,6 +112,7 @@ pub fn main() -> i32 {
         Command::Events(a) => task::events(a),
         Command::OciHook(a) => oci_hook::run(a),
         Command::Secret(c) => secret::run(c),
+        Command::Call(a) => call::run(a),
     };
     match result {
         Ok(code) => code,

@@ -67,6 +67,23 @@ pub enum TaskCmd {
         id: String,
         #[command(flatten)]
         tty: TtyArgs,
+        /// Run CMD as a call (a tool call, a pipeline stage) of the task, named NAME: its own
+        /// cgroup, kernel slot and scope, every record of it carrying the call's id.
+        #[arg(long, value_name = "NAME")]
+        call: Option<String>,
+        /// With --call: the call's scope, no wider than its parent's (default: the parent's).
+        #[arg(long, value_name = "SCOPE.yaml", requires = "call")]
+        scope: Option<PathBuf>,
+        /// With --call: start it below this running call of the task (its id) instead of
+        /// directly under the task.
+        #[arg(long, value_name = "CALL_ID", requires = "call")]
+        parent: Option<String>,
+        /// With --call: why the call is made (`call_start.intent`).
+        #[arg(long, value_name = "TEXT", requires = "call", conflicts_with = "intent_file")]
+        intent: Option<String>,
+        /// With --call: the intent, read from a file.
+        #[arg(long, value_name = "FILE", requires = "call")]
+        intent_file: Option<PathBuf>,
         #[arg(last = true, required = true, value_name = "CMD")]
         cmd: Vec<String>,
     },
@@ -147,8 +164,17 @@ pub fn task(args: TaskArgs) -> Result<i32, Failure> {
             }
             Ok(0)
         }
-        TaskCmd::Exec { id, tty, cmd } => {
-            let info = rt.block_on(client.task(&id)).map_err(client_failure)?;
+        TaskCmd::Exec { id, tty, call, scope, parent, intent, intent_file, cmd } => {
+            let info = match call {
+                None => rt.block_on(client.task(&id)).map_err(client_failure)?,
+                Some(name) => {
+                    let req =
+                        call_request(name, scope.as_deref(), parent, intent, intent_file.as_deref(), &cmd)?;
+                    let c = rt.block_on(client.start_call(&id, &req)).map_err(client_failure)?;
+                    tracing::info!(call = %c.call, "call started");
+                    c.task
+                }
+            };
             let pty =
                 tty.open().map_err(|e| Failure::Runtime(anyhow!("opening the task's terminal: {e}")))?;
             rt.block_on(async {
@@ -252,6 +278,40 @@ pub(super) fn absolute(p: PathBuf) -> PathBuf {
     if p.is_absolute() { p } else { std::env::current_dir().map(|d| d.join(&p)).unwrap_or(p) }
 }
 
+/// Builds a call's start request (`task exec --call`, `warden call`): the scope file read and
+/// checked here (its narrowing is the daemon's to check), the intent read.
+pub fn call_request(
+    name: String,
+    scope: Option<&Path>,
+    parent: Option<String>,
+    intent: Option<String>,
+    intent_file: Option<&Path>,
+    cmd: &[String],
+) -> Result<crate::daemon::api::CallRequest, Failure> {
+    let scope = scope
+        .map(|p| Scope::load(p).map(|s| (s.text, absolute(p.to_path_buf()))))
+        .transpose()
+        .map_err(|e| Failure::Usage(e.into()))?;
+    let intent = match intent_file {
+        Some(f) => Some(
+            std::fs::read(f)
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .map_err(|e| Failure::Usage(anyhow!("--intent-file {}: {e}", f.display())))?,
+        ),
+        None => intent,
+    };
+    let (scope_text, scope_path) = scope.unzip();
+    Ok(crate::daemon::api::CallRequest {
+        name,
+        parent,
+        scope_text,
+        scope_path,
+        intent,
+        cmd: cmd.to_vec(),
+        cwd: std::env::current_dir().ok().map(|d| d.display().to_string()),
+    })
+}
+
 /// Reads and checks a scope file and builds the start request (nothing is sent).
 pub fn start_request(
     scope: &Path,
@@ -299,7 +359,9 @@ pub fn spawn_in_task(
         )));
     }
     crate::scope::compile::protect_evidence(info.protected.iter().cloned());
-    let compiled = CompiledScope::compile(&scope).map_err(|e| prep(e.into()))?;
+    let mut compiled = CompiledScope::compile(&scope).map_err(|e| prep(e.into()))?;
+    // A call's processes may not fork into another cgroup (seccomp: `clone3` → ENOSYS).
+    compiled.call = info.identity.call.is_some();
     let engine: Engine = info.engine.parse().map_err(|e: String| prep(anyhow!(e)))?;
     let mut launch = Launch { procs_files: info.procs_files.clone(), env: info.env.clone() };
     launch.env.push(("WARDEN_TASK".into(), info.id.clone()));

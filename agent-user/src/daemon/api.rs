@@ -120,6 +120,44 @@ pub struct EndRequest {
     pub reason: Option<String>,
 }
 
+/// `POST /v1/tasks/{id}/calls`: start a call (a tool call, a pipeline stage) in a task.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallRequest {
+    /// The call's name (`[A-Za-z0-9._-]`, at most 64 bytes).
+    pub name: String,
+    /// The parent call's id; absent: the call is directly under the task.
+    #[serde(default)]
+    pub parent: Option<String>,
+    /// The call's scope (no wider than its parent's); absent: the parent's.
+    #[serde(default)]
+    pub scope_text: Option<String>,
+    #[serde(default)]
+    pub scope_path: Option<PathBuf>,
+    /// Why the call is made (`call_start.intent`).
+    #[serde(default)]
+    pub intent: Option<String>,
+    /// The command, as `call_start.cmd` records it.
+    #[serde(default)]
+    pub cmd: Vec<String>,
+    /// Its working directory (`call_start.cwd`).
+    #[serde(default)]
+    pub cwd: Option<String>,
+}
+
+/// A started call: its id and a [`TaskInfo`] to start its command with (the call's cgroup,
+/// scope, identity; the task's id, environment and secrets).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallInfo {
+    pub call: String,
+    pub name: String,
+    /// The task's id or the parent call's.
+    pub parent: String,
+    pub depth: u32,
+    pub task: TaskInfo,
+}
+
 /// How a task ended.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -266,6 +304,22 @@ impl Client {
     pub async fn end_container(&self, id: &str, reason: Option<String>) -> Result<EndResponse, ClientError> {
         let body = serde_json::to_vec(&EndRequest { reason })?;
         self.call(Method::POST, &format!("/containers/{}/end", enc(id)), Some(body)).await
+    }
+
+    /// Starts a call in task `id`.
+    pub async fn start_call(&self, id: &str, req: &CallRequest) -> Result<CallInfo, ClientError> {
+        self.call(Method::POST, &format!("/tasks/{}/calls", enc(id)), Some(serde_json::to_vec(req)?)).await
+    }
+
+    /// Ends a call of task `id` (and the calls below it).
+    pub async fn end_call(
+        &self,
+        id: &str,
+        call: &str,
+        reason: Option<String>,
+    ) -> Result<EndResponse, ClientError> {
+        let body = serde_json::to_vec(&EndRequest { reason })?;
+        self.call(Method::POST, &format!("/tasks/{}/calls/{}/end", enc(id), enc(call)), Some(body)).await
     }
 
     pub async fn identity(&self, id: &str) -> Result<IdentityDoc, ClientError> {

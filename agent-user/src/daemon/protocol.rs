@@ -2,7 +2,7 @@
 //! with a reply channel; failures are [`ApiError`]s (an HTTP status and a message).
 use tokio::sync::oneshot;
 
-use super::api::{ContainerRequest, EndRequest, EndResponse, StartRequest, TaskInfo};
+use super::api::{CallInfo, CallRequest, ContainerRequest, EndRequest, EndResponse, StartRequest, TaskInfo};
 
 /// An API failure: HTTP status and message.
 #[derive(Debug, Clone)]
@@ -38,6 +38,10 @@ pub enum Cmd {
     StartContainer(Box<ContainerRequest>, Reply<TaskInfo>),
     /// End the task bound to a container (by the runtime's container id).
     EndContainer(String, EndRequest, Reply<EndResponse>),
+    /// Start a call in a task (`task`, request).
+    StartCall(String, Box<CallRequest>, Reply<CallInfo>),
+    /// End a call of a task (`task`, call id).
+    EndCall(String, String, EndRequest, Reply<EndResponse>),
     /// A process inside a task called the API and was refused (403): recorded on its task.
     ApiRefused(ApiRefusal),
 }

@@ -64,6 +64,8 @@ pub fn api_router(state: AppState) -> Router {
         .route("/v1/tasks/{id}", get(task))
         .route("/v1/tasks/{id}/end", post(end))
         .route("/v1/tasks/{id}/identity", get(identity))
+        .route("/v1/tasks/{id}/calls", post(start_call))
+        .route("/v1/tasks/{id}/calls/{call}/end", post(end_call))
         .route("/v1/containers", post(start_container))
         .route("/v1/containers/{id}/end", post(end_container))
         .route("/v1/events", get(events))
@@ -215,6 +217,34 @@ async fn task(
 ) -> Result<Json<super::api::TaskInfo>, ApiError> {
     guard(&s, &p)?;
     Ok(Json(ask(&s, |tx| Cmd::Get(id, tx)).await?))
+}
+
+async fn start_call(
+    State(s): State<AppState>,
+    ConnectInfo(p): ConnectInfo<Peer>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<super::api::CallInfo>), ApiError> {
+    guard(&s, &p)?;
+    let req: super::api::CallRequest =
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad(format!("request body: {e}")))?;
+    let info = ask(&s, |tx| Cmd::StartCall(id, Box::new(req), tx)).await?;
+    Ok((StatusCode::CREATED, Json(info)))
+}
+
+async fn end_call(
+    State(s): State<AppState>,
+    ConnectInfo(p): ConnectInfo<Peer>,
+    Path((id, call)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Result<Json<super::api::EndResponse>, ApiError> {
+    guard(&s, &p)?;
+    let req: EndRequest = if body.is_empty() {
+        EndRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad(format!("request body: {e}")))?
+    };
+    Ok(Json(ask(&s, |tx| Cmd::EndCall(id, call, req, tx)).await?))
 }
 
 async fn identity(

@@ -329,10 +329,13 @@ impl Tracker {
         };
         let Some(path) = text.lines().find_map(|l| l.strip_prefix("0::")) else { return ProcSlot::Gone };
         let path = path.trim_start_matches('/');
+        // The deepest registered cgroup holding the process: a call's cgroup is inside its
+        // task's, and its processes are the call's.
         match self
             .tasks
             .values()
-            .find(|t| path == t.cgroup_rel || path.starts_with(&format!("{}/", t.cgroup_rel)))
+            .filter(|t| path == t.cgroup_rel || path.starts_with(&format!("{}/", t.cgroup_rel)))
+            .max_by_key(|t| t.cgroup_rel.len())
         {
             Some(t) => ProcSlot::Task(t.slot),
             None => ProcSlot::Foreign,
@@ -522,6 +525,11 @@ const RET_TRAP: u32 = 0x0003_0000;
 const RET_ERRNO: u32 = 0x0005_0000;
 
 fn seccomp_refusal(t: &TaskInfo, s: &Seccomp) -> Option<Refusal> {
+    // A call's `clone3` answered ENOSYS (libc falls back to `clone`): not a refusal of
+    // anything the process meant (docs/daemon.md, Calls).
+    if s.arch == ARCH_X86_64 && s.syscall == libc::SYS_clone3 && s.code & 0xffff == libc::ENOSYS as u32 {
+        return None;
+    }
     let action = match s.code & RET_ACTION_FULL {
         RET_ERRNO | RET_TRAP => "refuse",
         RET_KILL_PROCESS | RET_KILL_THREAD => "kill",

@@ -361,7 +361,7 @@ impl Step for Records {
                 reports_lost: host.pipeline().reports_lost,
             };
         }
-        host.pipeline().register(task.slot, TaskCtx { id: task.id.clone(), mode: task.scope.mode });
+        host.pipeline().register(task.slot, TaskCtx::task(task.id.clone(), task.scope.mode));
         Ok(())
     }
 

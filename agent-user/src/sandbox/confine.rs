@@ -151,7 +151,7 @@ impl Confinement {
             .map(|(_, nr)| *nr)
             .collect();
         // Always a filter: the ABI check and the socket families hold even with nothing denied.
-        Ok(Some(super::seccomp::build(&deny, c.sockets)))
+        Ok(Some(super::seccomp::build_with(&deny, c.call, c.sockets)))
     }
 
     /// Applies the confinement to the calling process. Meant for the child between fork and

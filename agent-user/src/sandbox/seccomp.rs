@@ -117,6 +117,14 @@ impl Asm {
 
 /// Builds the filter: `deny` numbers refused with `EPERM`, sockets judged by `sockets`.
 pub fn build(deny: &[i64], sockets: SocketPolicy) -> Vec<sock_filter> {
+    build_with(deny, false, sockets)
+}
+
+/// [`build`], and with `no_clone3` `clone3` answers `ENOSYS`: a call's processes must not
+/// create children in another cgroup (`CLONE_INTO_CGROUP` with a descriptor of their
+/// parent's cgroup handed to them), and the flag is in a struct seccomp cannot read. libc
+/// falls back to `clone(2)`, which has no such flag.
+pub fn build_with(deny: &[i64], no_clone3: bool, sockets: SocketPolicy) -> Vec<sock_filter> {
     let eperm = RET_ERRNO | libc::EPERM as u32;
     let mut a = Asm::new();
     let (native, refuse, allow, sock) = (a.label(), a.label(), a.label(), a.label());
@@ -132,6 +140,13 @@ pub fn build(deny: &[i64], sockets: SocketPolicy) -> Vec<sock_filter> {
     a.bind(x32);
     a.ret(eperm);
     a.bind(not_x32);
+    if no_clone3 {
+        let (hit, next) = (a.label(), a.label());
+        a.jump(JEQ_K, libc::SYS_clone3 as u32, hit, next);
+        a.bind(hit);
+        a.ret(RET_ERRNO | libc::ENOSYS as u32);
+        a.bind(next);
+    }
     for &nr in deny {
         let next = a.label();
         let hit = a.label();
@@ -265,7 +280,14 @@ mod tests {
 
     #[test]
     fn ordinary_sockets_pass_and_the_rest_is_refused() {
+        let c = build_with(&[], true, SocketPolicy::default());
+        assert_eq!(
+            evaluate(&c, AUDIT_ARCH_X86_64, libc::SYS_clone3 as u32, [0; 6]),
+            RET_ERRNO | libc::ENOSYS as u32
+        );
+        assert_eq!(evaluate(&c, AUDIT_ARCH_X86_64, libc::SYS_clone as u32, [0; 6]), RET_ALLOW);
         let p = build(&[], SocketPolicy::default());
+        assert_eq!(evaluate(&p, AUDIT_ARCH_X86_64, libc::SYS_clone3 as u32, [0; 6]), RET_ALLOW);
         let nb = libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
         assert_eq!(sock(&p, libc::AF_INET, libc::SOCK_STREAM | nb, 0), RET_ALLOW);
         assert_eq!(sock(&p, libc::AF_INET6, libc::SOCK_DGRAM, libc::IPPROTO_UDP), RET_ALLOW);

@@ -233,6 +233,9 @@ pub struct CompiledScope {
     pub write_roots: Vec<PathBuf>,
     /// Protected paths, for naming the rule of a refusal reported by path.
     pub protected: Protected,
+    /// The scope is a call's: its processes may not create children in other cgroups
+    /// (`clone3` answers `ENOSYS`, `sandbox/seccomp.rs`).
+    pub call: bool,
 }
 
 impl CompiledScope {
@@ -989,6 +992,7 @@ impl CompiledScope {
             unix_rules,
             seccomp_deny: seccomp_list(&scope.grants),
             sockets: socket_policy(&scope.grants),
+            call: false,
             flags,
             exec_paths: {
                 exec_paths.sort();

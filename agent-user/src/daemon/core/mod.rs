@@ -25,6 +25,7 @@ use crate::{
     source::{EventSource, RingBufSource},
 };
 
+mod calls;
 mod creds;
 mod metrics;
 mod routes;
@@ -143,7 +144,11 @@ impl Core {
     }
 
     fn free_slot(&self) -> Option<u32> {
-        let used: std::collections::BTreeSet<u32> = self.tasks.values().map(|t| t.info.slot).collect();
+        let used: std::collections::BTreeSet<u32> = self
+            .tasks
+            .values()
+            .flat_map(|t| std::iter::once(t.info.slot).chain(t.calls.iter().map(|c| c.slot)))
+            .collect();
         (1..self.cfg.maps.max_tasks).find(|s| !used.contains(s))
     }
 
@@ -241,6 +246,16 @@ impl Core {
                 };
                 let _ = reply.send(r);
             }
+            Cmd::StartCall(task, req, reply) => {
+                let r = self.start_call(&task, *req);
+                let _ = self.pipeline.flush();
+                let _ = reply.send(r);
+            }
+            Cmd::EndCall(task, call, req, reply) => {
+                let reason = req.reason.unwrap_or_else(|| "ended by request".into());
+                let r = self.end_call(&task, &call, &reason);
+                let _ = reply.send(r);
+            }
             Cmd::StartContainer(req, reply) => {
                 let r = self.start_container(*req);
                 let _ = self.pipeline.flush();
@@ -294,6 +309,22 @@ impl Core {
     }
 
     fn info(&self, id: &str) -> Option<TaskInfo> {
+        if let Some((task, _)) = id.split_once('/') {
+            // A call: its task's info with the call's cgroup, scope and identity document.
+            let t = self.tasks.get(task)?;
+            let c = t.calls.iter().find(|c| c.id == id)?;
+            let mut info = t.info.clone();
+            info.slot = c.slot;
+            info.cgroup = c.cgroup.path().to_path_buf();
+            info.cgroup_id = c.cgroup.id();
+            info.scope_text = c.scope.text.clone();
+            info.scope_hash = crate::task::scope_hash(&c.scope.text);
+            info.identity = c.identity.clone();
+            info.procs_files =
+                std::iter::once(c.cgroup.procs_file()).chain(info.procs_files.into_iter().skip(1)).collect();
+            info.processes = c.cgroup.pids().map_or(0, |p| p.len() as u64);
+            return Some(info);
+        }
         let t = self.tasks.get(id)?;
         let mut info = t.info.clone();
         info.processes = t.run.task.cgroup.as_ref().and_then(|c| c.pids().ok()).map_or(0, |p| p.len() as u64);
@@ -312,6 +343,8 @@ impl Core {
                 self.end_task(&id, "ttl expired".into());
                 continue;
             }
+            self.call_housekeeping(&id);
+            let Some(t) = self.tasks.get_mut(&id) else { continue };
             if t.end_when_empty {
                 let populated = t.run.task.cgroup.as_ref().is_some_and(|c| c.populated().unwrap_or(false));
                 if populated {

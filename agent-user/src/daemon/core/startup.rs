@@ -303,6 +303,10 @@ impl Core {
                         end_when_empty: rec.end_when_empty,
                         seen_populated: true,
                         log: rec.log.clone(),
+                        // Calls are not re-adopted: their cgroups are below the task's, which
+                        // the `tables` step re-bound to the task's slot (docs/daemon.md).
+                        calls: Vec::new(),
+                        next_call: 0,
                     };
                     self.tasks.insert(id.clone(), task);
                     self.persist(&id);

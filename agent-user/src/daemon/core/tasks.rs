@@ -23,6 +23,10 @@ pub(super) struct Task {
     pub(super) end_when_empty: bool,
     pub(super) seen_populated: bool,
     pub(super) log: Option<PathBuf>,
+    /// Its running calls, in start order (`calls.rs`).
+    pub(super) calls: Vec<super::calls::Call>,
+    /// Calls started so far (call ids count from 1).
+    pub(super) next_call: u32,
 }
 
 impl Task {
@@ -188,6 +192,8 @@ impl Core {
             end_when_empty: req.end_when_empty,
             seen_populated,
             log: req.log,
+            calls: Vec::new(),
+            next_call: 0,
         };
         self.tasks.insert(id.clone(), task);
         self.persist(&id);
@@ -259,6 +265,8 @@ impl Core {
     /// sandbox, collect its last records, revoke every step, write `task_end`. A failing
     /// step does not stop the others; failures are reported in the answer and the record.
     pub(super) fn end_task(&mut self, id: &str, reason: String) -> EndResponse {
+        // Its calls end first, deepest first: every call_end before task_end.
+        self.end_all_calls(id);
         let Some(t) = self.tasks.remove(id) else {
             return EndResponse { id: id.into(), reason, killed: 0, drops: 0, already: true, errors: vec![] };
         };
