@@ -37,8 +37,9 @@ use crate::util::{self, cargo, is_root, target_dir, workspace_root};
 /// core event path; `scope` runs the scope scenarios under the BPF LSM engine (the host tier
 /// runs them under the fallback), with the host programs the initramfs carries; `boundary`
 /// the task's process boundary (namespaces, capabilities, its own pty) under BPF LSM; `dns`
-/// egress by name against the dnsmasq the initramfs carries.
-pub const VM_TESTS: &[&str] = &["lsm", "lifecycle", "drops", "scope", "node", "boundary", "dns"];
+/// egress by name against the dnsmasq the initramfs carries; `calls` tool calls' own slots and
+/// narrower scopes under the daemon.
+pub const VM_TESTS: &[&str] = &["lsm", "lifecycle", "drops", "scope", "node", "boundary", "dns", "calls"];
 /// Features that must be available in every guest (`WARDEN_REQUIRE`): a skip for one of
 /// them fails the run.
 pub const REQUIRED_FEATURES: &[&str] = &["bpf_lsm"];
