@@ -87,19 +87,133 @@ pub fn run(tiers: &[Tier]) -> anyhow::Result<()> {
         std::fs::create_dir_all(&cells)?;
         let out = cells.join("host.jsonl");
         let _ = std::fs::remove_file(&out);
-        util::run(
-            cargo()
-                .args(["test", "--package", "warden-tests"])
-                .env("WARDEN_BIN", &warden)
-                .env("WARDEN_COVERAGE_OUT", &out),
-        )?;
-    }
-    if want(Tier::Vm) {
+        let tests = host_test_binaries()?;
+        // The VM tier's guests are CPU-bound (TCG) while the host tier's tests mostly wait on
+        // the processes they start: both tiers run at once, which takes the suite from their
+        // sum to about the longer of the two. The host tier's binaries run directly, not under
+        // `cargo test`, which would hold the build directory's lock the VM tier builds in.
+        let vm = if want(Tier::Vm) { Some(BackgroundVm::start()?) } else { None };
+        let host = run_host_tests(&tests, &warden, &out);
+        let vm = vm.map(BackgroundVm::finish);
+        host?;
+        if let Some(vm) = vm {
+            vm?;
+        }
+    } else if want(Tier::Vm) {
         crate::vm::run(crate::vm::VmArgs::default())?;
     }
     if want(Tier::Host) || want(Tier::Vm) {
         let n = crate::coverage::generate(&util::workspace_root())?;
         eprintln!("coverage: {n} cells observed; docs/coverage.md regenerated");
+    }
+    Ok(())
+}
+
+/// `cargo xtask vm` (every kernel, every VM test binary) in a child process, its output in
+/// `target/vm/tier.log` so that it does not interleave with the host tier's.
+struct BackgroundVm {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+    started: std::time::Instant,
+}
+
+impl BackgroundVm {
+    fn start() -> anyhow::Result<Self> {
+        use anyhow::Context as _;
+        let dir = util::target_dir().join("vm");
+        std::fs::create_dir_all(&dir)?;
+        let log = dir.join("tier.log");
+        let file = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let child = std::process::Command::new(std::env::current_exe()?)
+            .current_dir(util::workspace_root())
+            .arg("vm")
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .spawn()
+            .context("starting the VM tier")?;
+        eprintln!("vm: the VM tier runs beside the host tier; its output: {}", log.display());
+        Ok(Self { child, log, started: std::time::Instant::now() })
+    }
+
+    /// Waits for the VM tier; prints its summary, or its last lines when it failed.
+    fn finish(mut self) -> anyhow::Result<()> {
+        let status = self.child.wait()?;
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let shown = if status.success() {
+            let from = lines.iter().rposition(|l| l.starts_with("vm summary")).unwrap_or(lines.len());
+            &lines[from..]
+        } else {
+            &lines[lines.len().saturating_sub(200)..]
+        };
+        println!(
+            "\n--- VM tier ({:.0}s; whole output in {}) ---",
+            self.started.elapsed().as_secs_f64(),
+            self.log.display()
+        );
+        for l in shown {
+            println!("{l}");
+        }
+        if !status.success() {
+            bail!("the VM tier failed ({status}); see {}", self.log.display());
+        }
+        Ok(())
+    }
+}
+
+/// Builds the host tier (`cargo test -p warden-tests --no-run`) and returns its test
+/// executables (name, path), in name order.
+fn host_test_binaries() -> anyhow::Result<Vec<(String, std::path::PathBuf)>> {
+    use std::io::BufRead as _;
+    let mut c = cargo();
+    c.args(["test", "--package", "warden-tests", "--no-run", "--message-format=json-render-diagnostics"]);
+    eprintln!("+ {c:?}");
+    let mut child = c.stdout(std::process::Stdio::piped()).spawn()?;
+    let stdout = child.stdout.take().ok_or_else(|| anyhow::anyhow!("cargo has no stdout"))?;
+    let mut found = Vec::new();
+    for line in std::io::BufReader::new(stdout).lines() {
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(&line?) else { continue };
+        let is_test = msg["reason"] == "compiler-artifact" && msg["profile"]["test"] == true;
+        if let (true, Some(name), Some(exe)) =
+            (is_test, msg["target"]["name"].as_str(), msg["executable"].as_str())
+        {
+            found.push((name.to_string(), std::path::PathBuf::from(exe)));
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("building the host tier failed: {status}");
+    }
+    found.sort();
+    found.dedup();
+    if found.is_empty() {
+        bail!("cargo built no test binary of warden-tests");
+    }
+    Ok(found)
+}
+
+/// Runs every host-tier test binary as `cargo test` would (from the package's directory),
+/// all of them even when one fails; fails naming the ones that failed.
+fn run_host_tests(
+    tests: &[(String, std::path::PathBuf)],
+    warden: &std::path::Path,
+    coverage: &std::path::Path,
+) -> anyhow::Result<()> {
+    let dir = util::workspace_root().join("tests");
+    let mut failed = Vec::new();
+    for (name, exe) in tests {
+        println!("\n     Running {name} ({})", exe.display());
+        let status = std::process::Command::new(exe)
+            .current_dir(&dir)
+            .env("WARDEN_BIN", warden)
+            .env("WARDEN_COVERAGE_OUT", coverage)
+            .status()?;
+        if !status.success() {
+            failed.push(name.as_str());
+        }
+    }
+    if !failed.is_empty() {
+        bail!("host tier: {} test binaries failed: {}", failed.len(), failed.join(", "));
     }
     Ok(())
 }
