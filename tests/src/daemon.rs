@@ -17,6 +17,9 @@ use crate::warden_bin;
 
 static N: AtomicU32 = AtomicU32::new(0);
 
+/// Where test daemons keep their socket, state, secrets, log and key.
+pub const DAEMONS_DIR: &str = "/var/lib/warden-tests";
+
 /// A daemon under test.
 pub struct TestDaemon {
     pub dir: tempfile::TempDir,
@@ -49,7 +52,12 @@ impl TestDaemon {
 
     pub fn start_with_env(extra: &str, env: &[(&str, &str)]) -> Self {
         let n = N.fetch_add(1, Ordering::Relaxed);
-        let dir = tempfile::tempdir().expect("tempdir");
+        // A directory of its own, as a deployment gives the daemon (/var/lib/warden,
+        // /run/warden): on the fallback engine the parents of the daemon's protected files lose
+        // the right to create entries (Landlock grants whole directories), so a daemon whose
+        // key sat directly in /tmp would take /tmp away from every task.
+        std::fs::create_dir_all(DAEMONS_DIR).expect("daemons dir");
+        let dir = tempfile::Builder::new().prefix("d-").tempdir_in(DAEMONS_DIR).expect("tempdir");
         let d = dir.path();
         let pin_name = format!("warden-test-{}-{n}", std::process::id());
         let cg_rel = format!("warden-test/daemon-{}-{n}", std::process::id());
@@ -193,6 +201,7 @@ impl TestDaemon {
         timeout: Duration,
         f: impl Fn(&serde_json::Value) -> bool,
     ) -> serde_json::Value {
+        let timeout = timeout * crate::WAIT_SLACK;
         let t0 = Instant::now();
         loop {
             if let Some(r) = self.records_of(task).into_iter().find(|r| f(r)) {

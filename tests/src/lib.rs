@@ -114,8 +114,15 @@ pub fn command_in(cg: &Cgroup, program: &str, args: &[&str]) -> std::process::Co
     c
 }
 
-/// Polls `f` until it returns `Some` or `timeout` passes.
+/// Every wait for something to happen lasts this many times its stated timeout: the VM tier
+/// runs beside the host tier and a loaded machine slows what the tests wait for. A wait ends
+/// as soon as what it waits for happens, and no test waits for something *not* to happen with
+/// it, so the slack costs nothing when things work.
+pub const WAIT_SLACK: u32 = 3;
+
+/// Polls `f` until it returns `Some` or `timeout` (times [`WAIT_SLACK`]) passes.
 pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let timeout = timeout * WAIT_SLACK;
     let start = Instant::now();
     loop {
         if let Some(v) = f() {

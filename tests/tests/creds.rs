@@ -576,7 +576,7 @@ fn git_gets_its_credential_through_the_helper_and_a_shell_does_not() {
     let o = d.exec(&id, &script);
     assert!(o.status.success(), "{}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout).to_string();
-    assert!(out.starts_with("1\n"), "{out}");
+    assert!(out.starts_with("1\n"), "{}", text(&o));
     assert!(out.contains(&digest), "git did not get the credential: {out}");
     // The same helper run by a shell of the task, not by git: refused.
     let o = d.exec(

@@ -246,7 +246,9 @@ fn kill_9_keeps_enforcing_and_a_restart_readopts() {
     let open = listener();
     let t = d.start_task("k9", &scope_with("k9", &["/usr/bin/sleep"], None, ""));
     let id = t["id"].as_str().unwrap().to_string();
-    let out = d.dir.path().join("k9.out");
+    // Not in the daemon's directory: tasks cannot create files beside its evidence.
+    let outdir = tempfile::tempdir().unwrap();
+    let out = outdir.path().join("k9.out");
     let mut bg = denied_loop(&d, &id, open, &out, 80);
     assert!(
         warden_tests::wait_for(Duration::from_secs(10), || (lines(&out).len() >= 3).then_some(())).is_some()
@@ -304,7 +306,9 @@ fn a_new_version_migrates_old_pins_without_a_window() {
     let open = listener();
     let t = d.start_task("mig", &scope_with("mig", &["/usr/bin/sleep"], None, ""));
     let id = t["id"].as_str().unwrap().to_string();
-    let out = d.dir.path().join("mig.out");
+    // Not in the daemon's directory: tasks cannot create files beside its evidence.
+    let outdir = tempfile::tempdir().unwrap();
+    let out = outdir.path().join("mig.out");
     let mut bg = denied_loop(&d, &id, open, &out, 60);
     assert!(
         warden_tests::wait_for(Duration::from_secs(10), || (lines(&out).len() >= 3).then_some(())).is_some()

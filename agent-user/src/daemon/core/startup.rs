@@ -111,6 +111,9 @@ impl Core {
             layout.other_versions().into_iter().filter(PinLayout::has_links).collect();
         let mut sensor = Sensor::load_pinned(&opts, &layout)?;
         let engine = select_engine(&mut sensor, cfg.engine)?;
+        if !engine.is_lsm() {
+            warn_shared_parents(&crate::scope::compile::evidence_paths());
+        }
         // After the LSM engine: its pinned links are adopted there.
         let startup = Startup {
             version: layout.version.clone(),
@@ -386,5 +389,30 @@ fn unreadable_scope(info: &TaskInfo) -> Scope {
         user: None,
         text: info.scope_text.clone(),
         broker: None,
+    }
+}
+
+/// On the fallback engine a protected file's parent directories lose the right to create
+/// entries for every task (Landlock grants whole directories). In a shared directory such as
+/// `/tmp` that is a refusal of ordinary work: say so once, with the fix.
+fn warn_shared_parents(protected: &[PathBuf]) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut warned = std::collections::BTreeSet::new();
+    for p in protected {
+        for dir in p.ancestors().skip(1) {
+            let Ok(m) = std::fs::metadata(dir) else { continue };
+            // World-writable with the sticky bit: a directory every program creates files in.
+            if m.permissions().mode() & 0o1002 == 0o1002 && warned.insert(dir.to_path_buf()) {
+                tracing::warn!(
+                    protected = %p.display(),
+                    dir = %dir.display(),
+                    "on the fallback engine tasks cannot create files in {} while this daemon keeps \
+                     {} there; give the daemon's key, log, state and secrets directories of their own \
+                     (e.g. /var/lib/warden, /var/log/warden, /run/warden)",
+                    dir.display(),
+                    p.display()
+                );
+            }
+        }
     }
 }
