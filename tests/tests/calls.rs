@@ -377,3 +377,75 @@ fn four_deep_nesting_identity_chain_and_task_end() {
     let v = std::process::Command::new(warden_bin()).arg("verify").arg(&d.log).output().unwrap();
     assert!(v.status.success(), "node log does not verify: {}", text(&v));
 }
+
+/// Inside a task, `warden call` starts a call through the daemon's call endpoint — under the
+/// caller's own task or call, which the caller's cgroup decides, never wider — and the
+/// endpoint offers nothing else: a sandboxed caller cannot end its parent (the main API
+/// refuses it) and cannot reach another task.
+#[test]
+fn the_inside_endpoint_starts_calls_only_under_the_caller_never_wider() {
+    if !require("the_inside_endpoint_starts_calls_only_under_the_caller_never_wider", "root") {
+        return;
+    }
+    let _s = serial();
+    let d = TestDaemon::start("");
+    let port = listener();
+    let w = warden_bin();
+    let w = w.display();
+    let scope = task_scope("inside", port).replace("/bin/sh,", &format!("/bin/sh, {w},"));
+    let a = d.start_task("inside", &scope);
+    let b = d.start_task("other", "version: 1\ntask: other\n");
+    let (a_id, b_id) = (a["id"].as_str().unwrap(), b["id"].as_str().unwrap());
+    let wider = d.dir.path().join("wider.yaml");
+    std::fs::write(&wider, scope.replace("/usr/bin/id,", "/usr/bin/id, /usr/bin/curl,")).unwrap();
+    let narrow = d.dir.path().join("narrow.yaml");
+    std::fs::write(
+        &narrow,
+        format!(
+            "version: 1\ntask: inside\nexec:\n  allow: [/bin/sh, {w}, {PROBE}]\nnetwork:\n  egress: []\n"
+        ),
+    )
+    .unwrap();
+    let script = format!(
+        "{w} call --name plain --intent 'say hi' -- /bin/sh -c 'echo inside-ok'; echo plain=$?
+         {w} call --name wide --scope {wider} -- /bin/sh -c 'echo WIDE-RAN' 2>/tmp/calls-wide.$$; echo wide=$?; cat /tmp/calls-wide.$$ 2>/dev/null || true
+         {w} call --name outer -- /bin/sh -c '{w} call --name inner --scope {narrow} -- /bin/sh -c \"/usr/bin/id >/dev/null 2>&1 && echo inner-id-ok || echo inner-id-refused\"'; echo outer=$?
+         WARDEN_SOCKET={api} {w} task end {a_id} >/dev/null 2>&1; echo endparent=$?
+         WARDEN_SOCKET={api} {w} task end {b_id} >/dev/null 2>&1; echo endother=$?",
+        wider = wider.display(),
+        narrow = narrow.display(),
+        api = d.socket.display(),
+    );
+    let out = d.exec(a_id, &script);
+    let o = text(&out);
+    assert!(o.contains("inside-ok") && o.contains("plain=0"), "{o}");
+    assert!(o.contains("wide=2") && !o.contains("WIDE-RAN"), "a wider call ran: {o}");
+    assert!(o.contains("inner-id-refused") && o.contains("outer=0"), "{o}");
+    assert!(!o.contains("endparent=0") && !o.contains("endother=0"), "a sandboxed caller ended a task: {o}");
+    // Every call is the caller's task's, under the caller: the plain and outer ones under the
+    // task, the inner one under outer.
+    let recs = d.records_of(a_id);
+    let starts: Vec<&Value> = recs.iter().filter(|r| r["kind"] == "call_start").collect();
+    let by = |n: &str| {
+        starts.iter().find(|r| r["call_name"] == n).copied().unwrap_or_else(|| panic!("no {n}: {starts:?}"))
+    };
+    assert_eq!(by("plain")["parent"], a_id);
+    assert_eq!(by("plain")["intent"]["text"], "say hi");
+    assert_eq!(by("outer")["parent"], a_id);
+    assert_eq!(by("inner")["parent"], by("outer")["call"]);
+    assert_eq!(by("inner")["depth"], 2);
+    assert!(starts.iter().all(|r| r["call_name"] != "wide"), "{starts:?}");
+    assert!(d.records_of(b_id).iter().all(|r| r["kind"] != "call_start"), "a call landed in another task");
+    // The inner call's refused exec is the inner call's.
+    let inner = by("inner")["call"].as_str().unwrap().to_string();
+    d.wait_record(a_id, Duration::from_secs(10), |r| {
+        r["kind"] == "exec" && r["decision"] == "deny" && r["call"] == inner.as_str()
+    });
+    // Both tasks still run: nothing was ended from inside.
+    let list = d.warden(&["task", "list", "--json"]);
+    let ls = String::from_utf8_lossy(&list.stdout);
+    assert!(ls.contains(a_id) && ls.contains(b_id), "{ls}");
+    for id in [a_id, b_id] {
+        assert!(d.end(id).status.success());
+    }
+}

@@ -343,6 +343,17 @@ pub fn spawn_in_task(
     die_with_caller: bool,
     tty: Option<&Pty>,
 ) -> Result<Started, LaunchError> {
+    spawn_in_task_io(info, cmd, die_with_caller, tty, None)
+}
+
+/// [`spawn_in_task`] on the given standard streams (the daemon's call endpoint).
+pub fn spawn_in_task_io(
+    info: &TaskInfo,
+    cmd: &[String],
+    die_with_caller: bool,
+    tty: Option<&Pty>,
+    stdio: Option<[std::os::fd::OwnedFd; 3]>,
+) -> Result<Started, LaunchError> {
     let prep = |e: anyhow::Error| LaunchError::Scope(format!("{e:#}"));
     let mut scope = Scope::parse(&info.scope_text, &info.scope_path).map_err(|e| prep(e.into()))?;
     scope.mode = info.mode.parse().map_err(|e: String| prep(anyhow!(e)))?;
@@ -359,11 +370,15 @@ pub fn spawn_in_task(
         )));
     }
     crate::scope::compile::protect_evidence(info.protected.iter().cloned());
+    // The daemon's call endpoint stays reachable, as in the daemon's own compile.
+    if let Some((_, p)) = info.env.iter().find(|(k, _)| k == crate::daemon::inside::ENV) {
+        crate::scope::compile::allow_call_socket(PathBuf::from(p));
+    }
     let mut compiled = CompiledScope::compile(&scope).map_err(|e| prep(e.into()))?;
     // A call's processes may not fork into another cgroup (seccomp: `clone3` → ENOSYS).
     compiled.call = info.identity.call.is_some();
     let engine: Engine = info.engine.parse().map_err(|e: String| prep(anyhow!(e)))?;
     let mut launch = Launch { procs_files: info.procs_files.clone(), env: info.env.clone() };
     launch.env.push(("WARDEN_TASK".into(), info.id.clone()));
-    crate::lifecycle::launch::spawn(&launch, &compiled, engine, cmd, die_with_caller, tty)
+    crate::lifecycle::launch::spawn_io(&launch, &compiled, engine, cmd, die_with_caller, tty, stdio)
 }

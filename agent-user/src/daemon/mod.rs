@@ -10,6 +10,7 @@
 pub mod api;
 pub mod config;
 pub mod core;
+pub mod inside;
 pub mod metrics;
 pub mod protocol;
 pub mod server;
@@ -114,7 +115,13 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         log,
         cgroup_mount: crate::sandbox::cgroup2_mount()?,
     };
+    let cgroup_mount = state.cgroup_mount.clone();
     let listener = bind_socket(&socket)?;
+    // The call endpoint inside tasks, beside the API socket (docs/daemon.md, Calls).
+    let call_socket = inside::socket_path(&socket);
+    crate::scope::compile::allow_call_socket(call_socket.clone());
+    inside::serve(&call_socket, cmd_tx.clone(), cgroup_mount, tokio::runtime::Handle::current())
+        .with_context(|| format!("serving the call endpoint {}", call_socket.display()))?;
     let app = server::api_router(state).into_make_service_with_connect_info::<Peer>();
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
@@ -144,5 +151,6 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     };
     core.run(cmd_rx, shutdown).await;
     let _ = std::fs::remove_file(&socket);
+    let _ = std::fs::remove_file(&call_socket);
     Ok(())
 }

@@ -40,6 +40,9 @@ pub enum Cmd {
     EndContainer(String, EndRequest, Reply<EndResponse>),
     /// Start a call in a task (`task`, request).
     StartCall(String, Box<CallRequest>, Reply<CallInfo>),
+    /// Start a call for a caller inside a task (`daemon/inside.rs`): the caller's cgroup
+    /// (absolute) decides the task and the parent.
+    StartInsideCall(std::path::PathBuf, Box<CallRequest>, Reply<CallInfo>),
     /// End a call of a task (`task`, call id).
     EndCall(String, String, EndRequest, Reply<EndResponse>),
     /// A process inside a task called the API and was refused (403): recorded on its task.

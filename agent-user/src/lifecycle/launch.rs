@@ -62,6 +62,20 @@ pub fn spawn(
     die_with_caller: bool,
     tty: Option<&Pty>,
 ) -> Result<Started, LaunchError> {
+    spawn_io(launch, scope, engine, cmd, die_with_caller, tty, None)
+}
+
+/// [`spawn`], with `stdio` (stdin, stdout, stderr) as the command's standard streams: the
+/// caller's, passed to the daemon's call endpoint.
+pub fn spawn_io(
+    launch: &Launch,
+    scope: &CompiledScope,
+    engine: Engine,
+    cmd: &[String],
+    die_with_caller: bool,
+    tty: Option<&Pty>,
+    stdio: Option<[std::os::fd::OwnedFd; 3]>,
+) -> Result<Started, LaunchError> {
     let enforce = scope.scope.mode == Mode::Enforce;
     let mut confine = if enforce { Some(Confinement::prepare(scope, engine.is_lsm())?) } else { None };
     // The first `cgroup.procs` is the sandbox's own (cgroup v2); a v1 pids twin may follow.
@@ -71,6 +85,9 @@ pub fn spawn(
     c.args(&cmd[1..]);
     for (k, v) in &launch.env {
         c.env(k, v);
+    }
+    if let Some([i, o, e]) = stdio {
+        c.stdin(i).stdout(o).stderr(e);
     }
     if let Some(pty) = tty {
         let [i, o, e] = pty.stdio().map_err(LaunchError::Terminal)?;

@@ -79,6 +79,20 @@ pub struct UnixRule {
     pub bits: u32,
 }
 
+/// The node daemon's call endpoint (`daemon/inside.rs`), when there is one: every task may
+/// connect to it (it judges callers by their cgroup), like its own broker.
+static CALL_SOCKET: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Makes the call endpoint at `p` reachable from every task compiled from now on.
+pub fn allow_call_socket(p: PathBuf) {
+    let _ = CALL_SOCKET.set(p);
+}
+
+/// The call endpoint every task may reach, if set.
+pub fn call_socket() -> Option<&'static PathBuf> {
+    CALL_SOCKET.get()
+}
+
 /// Names under which other names resolve through magic links (the task's own `/proc`, and
 /// `/dev/fd`, `/dev/std*` into it): a unix socket named through them cannot be judged by
 /// name. Other symlinks are followed at compile time (see [`unix_rules`]).
@@ -929,6 +943,7 @@ impl CompiledScope {
         // Connecting to a unix socket is writing to it: the task's own broker is reachable
         // although it lies below the secrets directory (often below protected /run/warden).
         write.extend(scope.broker.iter().cloned());
+        write.extend(call_socket().cloned());
         for v in [&mut read, &mut write] {
             v.retain(|p| p.exists());
             v.sort();
@@ -950,8 +965,8 @@ impl CompiledScope {
                 .chain(ALWAYS_READ.iter().map(PathBuf::from))
                 .collect()
         });
-        let unix_rules =
-            unix_rules(&unix_deny, unix_read.as_deref(), &scope.broker.iter().cloned().collect::<Vec<_>>());
+        let unix_allow: Vec<PathBuf> = scope.broker.iter().chain(call_socket()).cloned().collect();
+        let unix_rules = unix_rules(&unix_deny, unix_read.as_deref(), &unix_allow);
         let protected = Protected {
             deny: deny_all.clone(),
             secrets: secret_paths.clone(),

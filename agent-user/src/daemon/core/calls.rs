@@ -219,6 +219,34 @@ impl Core {
         Ok(CallInfo { call: id, name: req.name, parent: parent_id, depth: depth + 1, task: info })
     }
 
+    /// Starts a call for a process inside a task: the deepest task or call whose cgroup holds
+    /// `cgroup` (the caller's, from the kernel) is the parent; the request names neither.
+    pub(super) fn start_inside_call(
+        &mut self,
+        cgroup: &std::path::Path,
+        mut req: CallRequest,
+    ) -> Result<CallInfo, ApiError> {
+        let (task_id, parent) = self
+            .tasks
+            .iter()
+            .find_map(|(id, t)| {
+                let tcg = t.run.task.cgroup.as_ref()?;
+                if !cgroup.starts_with(tcg.path()) {
+                    return None;
+                }
+                let call = t
+                    .calls
+                    .iter()
+                    .filter(|c| cgroup.starts_with(c.cgroup.path()))
+                    .max_by_key(|c| c.depth)
+                    .map(|c| c.id.clone());
+                Some((id.clone(), call))
+            })
+            .ok_or_else(|| ApiError { status: 403, message: "the caller is in no task".into() })?;
+        req.parent = parent;
+        self.start_call(&task_id, req)
+    }
+
     /// Ends call `call` of `task_id` and every call below it (deepest first).
     pub(super) fn end_call(
         &mut self,

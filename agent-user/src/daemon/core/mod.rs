@@ -251,6 +251,11 @@ impl Core {
                 let _ = self.pipeline.flush();
                 let _ = reply.send(r);
             }
+            Cmd::StartInsideCall(cgroup, req, reply) => {
+                let r = self.start_inside_call(&cgroup, *req);
+                let _ = self.pipeline.flush();
+                let _ = reply.send(r);
+            }
             Cmd::EndCall(task, call, req, reply) => {
                 let reason = req.reason.unwrap_or_else(|| "ended by request".into());
                 let r = self.end_call(&task, &call, &reason);

@@ -232,7 +232,13 @@ impl Core {
             cgroup_id,
             created: t.created(),
             procs_files: t.launch.procs_files.clone(),
-            env: t.launch.env.clone(),
+            env: {
+                let mut env = t.launch.env.clone();
+                if let Some(p) = crate::scope::compile::call_socket() {
+                    env.push((crate::daemon::inside::ENV.to_string(), p.display().to_string()));
+                }
+                env
+            },
             scope_path: t.scope.source.clone(),
             scope_text: t.scope.text.clone(),
             scope_hash: scope_hash(&t.scope.text),
