@@ -10,7 +10,7 @@ so the kernel refuses that connect, and the refusal is recorded with the call's 
 the intent the harness gave for it.
 
 Run it inside a Warden task (the node daemon's), where `warden call` reaches the task's call
-endpoint:
+endpoint (not built yet: in this build `warden call` exits 2; use --task below):
 
     warden task start --scope my-harness-task.yaml          # examples/harness/task.yaml + warden
     warden task exec ID -- python3 examples/harness.py --warden "$(command -v warden)"

@@ -31,7 +31,6 @@ fn the_example_harness_runs_each_tool_as_a_call() {
 }
 
 #[test]
-#[ignore = "needs `warden task exec --call` (issue #12), not on main yet"]
 fn the_example_harness_drives_a_task_from_outside() {
     if !require("the_example_harness_drives_a_task_from_outside", "root") {
         return;

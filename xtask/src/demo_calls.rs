@@ -58,15 +58,16 @@ pub fn run(
         .arg(warden)
         .stdin(Stdio::null())
         .output()?;
-    print!("{}", String::from_utf8_lossy(&inside.stdout));
+    let said = String::from_utf8_lossy(&inside.stdout);
     let status = if inside.status.success() {
+        print!("{said}");
         inside.status.code()
     } else {
         // `warden call` needs the task's call endpoint; a harness beside the task uses the API.
+        let why = said.lines().find(|l| l.contains("error")).unwrap_or("").trim_start_matches("  | ");
         println!(
-            "\n== `warden call` did not run inside the task (exit {:?}); the same harness drives the task from outside: \
-             python3 examples/harness.py --task {id}   (each tool: warden task exec {id} --call TOOL ...)",
-            inside.status.code()
+            "{why}\n\n== `warden call` did not run inside the task; the same harness drives the task from outside: \
+             python3 examples/harness.py --task {id}   (each tool: warden task exec {id} --call TOOL ...)"
         );
         Command::new("/usr/bin/python3")
             .arg(&harness)
@@ -85,16 +86,25 @@ pub fn run(
 
 /// Prints the calls' records, checks the refusal is there, replays the call and writes the report.
 fn show(warden: &Path, root: &Path, log: &Path, id: &str, status: Option<i32>) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        status == Some(0),
-        "the harness failed (exit {status:?}); is `warden call` available in tasks?"
-    );
-    let text = std::fs::read_to_string(log)?;
-    let recs: Vec<Value> = text
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|r| r["task"] == id)
-        .collect();
+    anyhow::ensure!(status == Some(0), "the harness failed (exit {status:?})");
+    // The daemon writes the last call's records as its ring is drained: wait for its call_end.
+    let read = || -> anyhow::Result<Vec<Value>> {
+        let text = std::fs::read_to_string(log)?;
+        Ok(text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|r| r["task"] == id)
+            .collect())
+    };
+    let t0 = std::time::Instant::now();
+    let recs = loop {
+        let recs = read()?;
+        let done = recs.iter().any(|r| r["kind"] == "call_end" && r["call_name"] == "upload-report");
+        if done || t0.elapsed() > std::time::Duration::from_secs(15) {
+            break recs;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
     let s = |r: &Value, k: &str| r[k].as_str().unwrap_or("").to_string();
     println!("\n== the calls' records (node log):");
     for r in recs.iter().filter(|r| r.get("call").is_some()) {
