@@ -183,10 +183,66 @@ impl Inner {
     }
 }
 
-/// The node's resolver: serves every registered task on its slot's address.
+/// The resolver's own runtime: one thread (`warden-dns`) that does nothing but answer
+/// queries. Queries never wait for the owner's work — in `warden run` the same thread drains
+/// and writes the task's records, and a batch of records every drain tick held queries up for
+/// milliseconds (issue 11's p99; docs/benchmarks.md). Shut down when the last [`Resolver`]
+/// handle goes, which ends every serving task with it.
+struct Runtime(Option<tokio::runtime::Runtime>);
+
+impl Runtime {
+    fn start() -> Self {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .max_blocking_threads(1)
+            .thread_name("warden-dns")
+            .on_thread_start(raise_priority)
+            .enable_all()
+            .build()
+            .expect("the resolver's runtime (one thread) cannot be built");
+        Self(Some(rt))
+    }
+
+    fn handle(&self) -> &tokio::runtime::Handle {
+        self.0.as_ref().expect("runtime present until drop").handle()
+    }
+}
+
+/// Nice value of the resolver's thread. A task waits on every query it sends, so the thread
+/// that answers is latency-bound: at the default nice, on a node busy with other work, the
+/// scheduler let a woken resolver wait for another process's whole slice (2–8 ms measured with
+/// a compiler on both cores, docs/benchmarks.md). The work it does at this priority is bounded
+/// per task (`IN_FLIGHT` queries, each a parse, one forward, a table write and an encode).
+pub const RESOLVER_NICE: i32 = -10;
+
+/// Runs on the resolver's thread(s): raises this thread's priority to [`RESOLVER_NICE`].
+/// Without the privilege (`CAP_SYS_NICE`) the thread keeps its nice and answers all the same.
+fn raise_priority() {
+    // SAFETY: gettid takes nothing; setpriority on this thread's id (Linux's nice is
+    // per-thread) with an integer value.
+    let r = unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, RESOLVER_NICE)
+    };
+    if r != 0 {
+        tracing::debug!(error = %io::Error::last_os_error(), nice = RESOLVER_NICE, "resolver thread keeps its priority");
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// The node's resolver: serves every registered task on its slot's address, on a thread of
+/// its own.
 #[derive(Clone)]
 pub struct Resolver {
     inner: Arc<Inner>,
+    rt: Arc<Runtime>,
 }
 
 impl Resolver {
@@ -208,6 +264,7 @@ impl Resolver {
                 events: Mutex::new(VecDeque::new()),
                 event_ready: Notify::new(),
             }),
+            rt: Arc::new(Runtime::start()),
         }
     }
 
@@ -260,10 +317,13 @@ impl Resolver {
             .ok_or(DnsError::Slot(slot))
     }
 
-    /// Starts serving `task` on its slot's address (UDP and TCP). Must run inside a tokio
-    /// runtime. Returns the port.
+    /// Starts serving `task` on its slot's address (UDP and TCP), on the resolver's own
+    /// thread. Returns the port.
     pub fn register(&self, task: TaskDns) -> Result<u16, DnsError> {
         let addr = self.slot_addr(task.slot)?;
+        let rt = self.rt.handle();
+        // The sockets belong to the resolver's runtime (its reactor drives them).
+        let _in_rt = rt.enter();
         let mut port = self.inner.port.lock().expect("port lock");
         let (udp, tcp) = bind_pair(addr, *port)?;
         *port = udp.local_addr().map(|a| a.port()).unwrap_or(*port);
@@ -275,8 +335,8 @@ impl Resolver {
         let gate = Arc::new(Semaphore::new(IN_FLIGHT));
         let udp = Arc::new(udp);
         let handles = vec![
-            tokio::spawn(serve_udp(self.inner.clone(), task.clone(), udp, gate.clone())),
-            tokio::spawn(serve_tcp(self.inner.clone(), task, tcp, gate)),
+            rt.spawn(serve_udp(self.inner.clone(), task.clone(), udp, gate.clone())),
+            rt.spawn(serve_tcp(self.inner.clone(), task, tcp, gate)),
         ];
         if let Some((_, old)) = self.inner.tasks.lock().expect("tasks lock").insert(slot, (id, handles)) {
             old.iter().for_each(JoinHandle::abort);
@@ -342,8 +402,13 @@ async fn serve_udp(inner: Arc<Inner>, task: Arc<TaskDns>, sock: Arc<UdpSocket>, 
         let query = buf[..n].to_vec();
         let (inner, task, sock) = (inner.clone(), task.clone(), sock.clone());
         tokio::spawn(async move {
-            if let Some(resp) = answer(&inner, &task, &query, "udp").await {
-                let _ = sock.send_to(&resp, peer).await;
+            if let Some((resp, ev)) = answer(&inner, &task, &query, "udp").await {
+                if let Some(resp) = resp {
+                    let _ = sock.send_to(&resp, peer).await;
+                }
+                // After the answer is out: the record's owner, woken by this, must not run
+                // between the decision and the task getting its answer.
+                inner.push_event(ev);
             }
             drop(permit);
         });
@@ -372,10 +437,18 @@ async fn serve_tcp_conn(inner: &Inner, task: &TaskDns, mut s: TcpStream, gate: &
         let mut q = vec![0u8; usize::from(len)];
         tokio::time::timeout(TCP_IDLE, s.read_exact(&mut q)).await.map_err(io::Error::other)??;
         let _permit = gate.acquire().await.map_err(io::Error::other)?;
-        let Some(resp) = answer(inner, task, &q, "tcp").await else { return Ok(()) };
-        let Ok(rlen) = u16::try_from(resp.len()) else { return Ok(()) };
-        s.write_u16(rlen).await?;
-        s.write_all(&resp).await?;
+        let Some((resp, ev)) = answer(inner, task, &q, "tcp").await else { return Ok(()) };
+        let Some(rlen) = resp.as_ref().and_then(|r| u16::try_from(r.len()).ok()) else {
+            inner.push_event(ev);
+            return Ok(());
+        };
+        let sent = async {
+            s.write_u16(rlen).await?;
+            s.write_all(resp.as_deref().unwrap_or_default()).await
+        }
+        .await;
+        inner.push_event(ev);
+        sent?;
     }
 }
 
@@ -388,8 +461,15 @@ fn bare_response(q: &Message, code: ResponseCode) -> Option<Vec<u8>> {
     r.to_vec().ok()
 }
 
-/// Judges and answers one query; `None` drops it (not a DNS query at all).
-async fn answer(inner: &Inner, task: &TaskDns, query: &[u8], transport: &'static str) -> Option<Vec<u8>> {
+/// Judges and answers one query: the response (none if it cannot be encoded) and the query's
+/// event, which the caller records once the response is sent; `None` drops the query (not a
+/// DNS query at all).
+async fn answer(
+    inner: &Inner,
+    task: &TaskDns,
+    query: &[u8],
+    transport: &'static str,
+) -> Option<(Option<Vec<u8>>, DnsEvent)> {
     let started = Instant::now();
     let boot_ns = Clock::boot_now_ns();
     // Bytes from the task: parsed by hickory, never trusted.
@@ -418,14 +498,13 @@ async fn answer(inner: &Inner, task: &TaskDns, query: &[u8], transport: &'static
     let finish = |mut ev: DnsEvent, code: ResponseCode| {
         ev.rcode = format!("{code:?}").to_uppercase();
         ev.latency_us = started.elapsed().as_micros() as u64;
-        inner.push_event(ev);
+        ev
     };
     if msg.metadata.op_code != OpCode::Query || msg.queries.len() != 1 {
         // NOTIFY, UPDATE, several questions: nothing a task needs, a channel it could use.
         ev.name = msg.queries.first().map(|q| norm_name(q.name())).unwrap_or_default();
         ev.qtype = format!("{:?}", msg.metadata.op_code).to_uppercase();
-        finish(ev, ResponseCode::Refused);
-        return bare_response(&msg, ResponseCode::Refused);
+        return Some((bare_response(&msg, ResponseCode::Refused), finish(ev, ResponseCode::Refused)));
     }
     let q = &msg.queries[0];
     ev.name = norm_name(q.name());
@@ -433,13 +512,11 @@ async fn answer(inner: &Inner, task: &TaskDns, query: &[u8], transport: &'static
     let rule = rule_for(&task.hosts, &ev.name);
     ev.host = rule.map(|r| r.pattern.clone());
     if rule.is_none() && !audit {
-        finish(ev, ResponseCode::Refused);
-        return bare_response(&msg, ResponseCode::Refused);
+        return Some((bare_response(&msg, ResponseCode::Refused), finish(ev, ResponseCode::Refused)));
     }
     ev.decision = if rule.is_some() { Decision::Allow } else { Decision::Audit };
     let Some(mut resp) = forward(&task.settings.upstream, query, &msg, transport).await else {
-        finish(ev, ResponseCode::ServFail);
-        return bare_response(&msg, ResponseCode::ServFail);
+        return Some((bare_response(&msg, ResponseCode::ServFail), finish(ev, ResponseCode::ServFail)));
     };
     let filtered = filter_answer(&mut resp, &ev.name, &task.settings);
     let mut dropped = filtered.dropped;
@@ -469,8 +546,7 @@ async fn answer(inner: &Inner, task: &TaskDns, query: &[u8], transport: &'static
     ev.dropped = dropped.iter().map(|(ip, why)| format!("{ip} ({})", why.as_str())).collect();
     let code = resp.metadata.response_code;
     let out = resp.to_vec().ok();
-    finish(ev, code);
-    out
+    Some((out, finish(ev, code)))
 }
 
 impl Inner {
