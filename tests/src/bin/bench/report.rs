@@ -79,6 +79,8 @@ pub struct Run {
     pub config: Config,
     pub ops: u64,
     pub elapsed_ns: u64,
+    /// CPU time of the worker (and its children) in its timed loop.
+    pub cpu_ns: u64,
     pub events: Option<EventStats>,
     /// Lifecycle BPF programs of others loaded during an (a) run (should be 0).
     pub foreign_programs: usize,
@@ -109,6 +111,11 @@ impl Run {
 
     pub fn ops_per_sec(&self) -> f64 {
         self.ops as f64 / (self.elapsed_ns as f64 / 1e9)
+    }
+
+    /// Worker CPU time per operation (ns).
+    pub fn cpu_per_op(&self) -> f64 {
+        self.cpu_ns as f64 / self.ops.max(1) as f64
     }
 
     pub fn events_per_sec(&self) -> Option<f64> {
@@ -157,6 +164,11 @@ pub struct Summary {
     pub total_runs: [usize; 3],
     /// Median over rounds whose three runs were all undisturbed of (a)/(b) and (a)/(c).
     pub paired: Option<(f64, f64)>,
+    /// Median over every round (disturbed or not) of the worker's CPU time per operation in
+    /// (b) and (c) over (a) of the same round: the ratio a shared host moves least.
+    pub cpu_paired: Option<(f64, f64)>,
+    /// Median worker CPU ns per operation per configuration.
+    pub cpu_per_op: [f64; 3],
     /// Time-per-operation ratios to (a), from the medians.
     pub slowdown_b: f64,
     pub slowdown_c: f64,
@@ -214,6 +226,19 @@ impl Summary {
             }
         }
         let paired = (!pb.is_empty()).then(|| (median(&pb), median(&pc)));
+        let (mut cb, mut cc) = (Vec::new(), Vec::new());
+        for round in mine.iter().map(|r| r.round).collect::<std::collections::BTreeSet<_>>() {
+            let get = |c: Config| of(c).find(|r| r.round == round && r.cpu_ns > 0);
+            if let (Some(a), Some(b), Some(c)) = (get(Config::A), get(Config::B), get(Config::C)) {
+                cb.push(b.cpu_per_op() / a.cpu_per_op());
+                cc.push(c.cpu_per_op() / a.cpu_per_op());
+            }
+        }
+        let cpu_paired = (!cb.is_empty()).then(|| (median(&cb), median(&cc)));
+        let cpu_per_op = Config::ALL.map(|c| {
+            let v: Vec<f64> = of(c).filter(|r| r.cpu_ns > 0).map(|r| r.cpu_per_op()).collect();
+            if v.is_empty() { 0.0 } else { median(&v) }
+        });
         let c_ev: Vec<f64> = used(Config::C).filter_map(|r| r.events_per_sec()).collect();
         let c_per_op: Vec<f64> = of(Config::C)
             .filter_map(|r| r.events.as_ref().map(|e| e.in_window as f64 / r.ops as f64))
@@ -228,6 +253,8 @@ impl Summary {
             samples,
             total_runs,
             paired,
+            cpu_paired,
+            cpu_per_op,
             c_events_per_sec: median(&c_ev),
             c_events_per_sec_max: c_ev.iter().copied().fold(0.0, f64::max),
             c_events_per_op: median(&c_per_op),
@@ -317,6 +344,13 @@ impl Summary {
                 "  per-round paired ratios (median of undisturbed rounds): (b) {b:.3}×, (c) {c:.3}×"
             );
         }
+        if let Some((b, c)) = self.cpu_paired {
+            let _ = writeln!(
+                out,
+                "  worker CPU time per op (median of paired rounds, all rounds): (a) {:.2} µs, (b) {b:.3}×, (c) {c:.3}×",
+                self.cpu_per_op[0] / 1e3
+            );
+        }
         if self.c_latency_max_ns > 0 {
             let _ = writeln!(
                 out,
@@ -386,6 +420,8 @@ impl Summary {
             "c": cfg(2),
             "slowdown": { "b": self.slowdown_b, "c": self.slowdown_c },
             "paired_slowdown": self.paired.map(|(b, c)| json!({ "b": b, "c": c })),
+            "cpu_paired_slowdown": self.cpu_paired.map(|(b, c)| json!({ "b": b, "c": c })),
+            "cpu_ns_per_op": { "a": self.cpu_per_op[0], "b": self.cpu_per_op[1], "c": self.cpu_per_op[2] },
             "target": { "b": TARGET_B, "c": self.workload.target_c() },
             "met": { "b": self.slowdown_b <= TARGET_B, "c": self.met_c(), "zero_drops": self.drops_target_met() },
             "c_events": {

@@ -97,6 +97,9 @@ pub struct WorkerReport {
     pub end_boot_ns: u64,
     /// The worker's cgroup v2 path (the `0::` line of `/proc/self/cgroup`).
     pub cgroup: String,
+    /// CPU time (user + system) the worker and its waited-for children used in the timed
+    /// loop: what a shared host's other processes move far less than wall time.
+    pub cpu_ns: u64,
 }
 
 impl WorkerReport {
@@ -112,7 +115,13 @@ impl WorkerReport {
             start_boot_ns: n("start_boot_ns")?,
             end_boot_ns: n("end_boot_ns")?,
             cgroup: v.get("cgroup").and_then(serde_json::Value::as_str).unwrap_or_default().to_string(),
+            cpu_ns: n("cpu_ns")?,
         })
+    }
+
+    /// CPU time per operation of the timed loop, in ns.
+    pub fn cpu_ns_per_op(&self) -> f64 {
+        self.cpu_ns as f64 / self.ops.max(1) as f64
     }
 }
 
@@ -122,6 +131,23 @@ pub fn boot_ns() -> u64 {
     // SAFETY: valid out-pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// CPU time (user + system) of this process, all its threads, plus that of its children
+/// waited for so far, in ns (`getrusage` `RUSAGE_SELF` + `RUSAGE_CHILDREN`). An exec's kernel
+/// work (and the hooks on it) runs in the child, so the children's share is part of the
+/// operation's cost.
+pub fn cpu_ns() -> u64 {
+    let tv = |t: libc::timeval| t.tv_sec as u64 * 1_000_000_000 + t.tv_usec as u64 * 1_000;
+    let mut total = 0;
+    for who in [libc::RUSAGE_SELF, libc::RUSAGE_CHILDREN] {
+        // SAFETY: valid out-pointer of the right type.
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: getrusage with a valid `who` and out-pointer.
+        unsafe { libc::getrusage(who, &mut ru) };
+        total += tv(ru.ru_utime) + tv(ru.ru_stime);
+    }
+    total
 }
 
 /// The cgroup v2 path of this process.
@@ -147,12 +173,16 @@ pub fn worker_main(args: &[String]) -> anyhow::Result<()> {
     let warmup: u64 = warmup.parse().context("warmup ops")?;
     let mut runner = Runner::new(w, file, ops + warmup)?;
     runner.run(warmup)?;
+    let start_cpu = cpu_ns();
     let start_boot_ns = boot_ns();
     runner.run(ops)?;
     let end_boot_ns = boot_ns();
+    let cpu = cpu_ns() - start_cpu;
     runner.finish()?;
     let report = serde_json::json!({
         "ops": ops,
+        "cpu_ns": cpu,
+        "cpu_total_ns": cpu_ns(),
         "elapsed_ns": end_boot_ns - start_boot_ns,
         "start_boot_ns": start_boot_ns,
         "end_boot_ns": end_boot_ns,
@@ -376,15 +406,18 @@ fn dns_worker(ops: u64, warmup: u64, server: &str) -> anyhow::Result<()> {
         one(None)?;
     }
     let mut lat = Vec::with_capacity(ops as usize);
+    let start_cpu = cpu_ns();
     let start_boot_ns = boot_ns();
     for _ in 0..ops {
         one(Some(&mut lat))?;
     }
     let end_boot_ns = boot_ns();
+    let cpu = cpu_ns() - start_cpu;
     lat.sort_unstable();
     let pct = |p: f64| lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied();
     let report = serde_json::json!({
         "ops": ops,
+        "cpu_ns": cpu,
         "elapsed_ns": end_boot_ns - start_boot_ns,
         "start_boot_ns": start_boot_ns,
         "end_boot_ns": end_boot_ns,
