@@ -84,6 +84,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         (args.bpf_stats, "--bpf-stats"),
         (args.pause_consumer, "--pause-consumer"),
         (args.no_extra, "--no-extra"),
+        (args.peers, "--peers"),
     ] {
         if on {
             cmd.arg(flag);
