@@ -9,8 +9,8 @@ tool; the `summarize` call's scope (examples/harness/summarize.yaml) grants no n
 so the kernel refuses that connect, and the refusal is recorded with the call's id, name and
 the intent the harness gave for it.
 
-Run it inside a Warden task (the node daemon's), where `warden call` reaches the task's call
-endpoint (not built yet: in this build `warden call` exits 2; use --task below):
+Run it inside a Warden task (the node daemon's), where `warden call` reaches the daemon's call
+endpoint:
 
     warden task start --scope my-harness-task.yaml          # examples/harness/task.yaml + warden
     warden task exec ID -- python3 examples/harness.py --warden "$(command -v warden)"

@@ -22,7 +22,6 @@ enum Via {
 }
 
 #[test]
-#[ignore = "needs `warden call` inside tasks (the call endpoint of issue #12), not on main yet"]
 fn the_example_harness_runs_each_tool_as_a_call() {
     if !require("the_example_harness_runs_each_tool_as_a_call", "root") {
         return;
