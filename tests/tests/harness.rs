@@ -57,7 +57,8 @@ fn harness(via: Via) {
             }
         }
     });
-    let d = TestDaemon::start("");
+    // The starter rules run live: their findings on the calls' records are written as records.
+    let d = TestDaemon::start(&format!("rules: {}\n", root.join("rules/starter").display()));
     // The example task scope, with the warden under test allowed (for `warden call`).
     let task_scope = std::fs::read_to_string(examples.join("harness/task.yaml"))
         .unwrap()
@@ -146,7 +147,18 @@ fn harness(via: Via) {
         .unwrap();
     let findings = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert!(findings.contains("\"rule\":\"call-refused\""), "{findings}");
     assert!(String::from_utf8_lossy(&o.stderr).contains(&format!("replay: call {call}: ")));
+    let replayed: Vec<Value> = findings
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|f| f["rule"] == "call-refused")
+        .collect();
+    assert_eq!(replayed.len(), 1, "{findings}");
+    assert_eq!(replayed[0]["seqs"], serde_json::json!([refused[0]["seq"]]));
+    // Live, the same rule read the call from the typed record and fired on the same record.
+    let live: Vec<&Value> =
+        recs.iter().filter(|r| r["kind"] == "finding" && r["rule_id"] == "call-refused").collect();
+    assert_eq!(live.len(), 1, "{says}");
+    assert_eq!(live[0]["records"], replayed[0]["seqs"]);
     let _ = d.end(&id);
 }
