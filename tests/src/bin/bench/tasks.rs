@@ -104,6 +104,36 @@ impl Tools {
         Ok((v, log))
     }
 
+    /// The CPU time `warden run` uses for a task that records next to nothing (`/bin/true`
+    /// under the storm scope): its start-up and end, median of 3. Subtracted from the storms'
+    /// `warden_cpu_ns` to get the pipeline's CPU per operation.
+    pub fn idle_task_cpu_ns(&self) -> anyhow::Result<u64> {
+        let scope = self.storm_scope()?;
+        let log = self.dir.join("task-idle.jsonl");
+        let mut v = Vec::new();
+        for _ in 0..3 {
+            let before = children_cpu_ns();
+            let out = Command::new(&self.warden)
+                .arg("run")
+                .arg("--scope")
+                .arg(&scope)
+                .arg("--log")
+                .arg(&log)
+                .args(["--", "/bin/true"])
+                .stdin(Stdio::null())
+                .output()
+                .context("start warden run -- /bin/true")?;
+            ensure!(
+                out.status.success(),
+                "warden run -- /bin/true: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            v.push(children_cpu_ns() - before);
+        }
+        v.sort_unstable();
+        Ok(v[1])
+    }
+
     /// The storm `w` inside a task: the worker's report, and the CPU time `warden run` used
     /// for the whole task (start-up included).
     pub fn storm_in_task(&self, w: Workload, ops: u64, file: &Path) -> anyhow::Result<(WorkerReport, u64)> {
