@@ -8,6 +8,7 @@
 //! missing it prints `SKIP <test>: <reason>` and the test returns early; when
 //! `WARDEN_REQUIRE` lists the feature (the VM tier sets it), a missing feature
 //! fails the test instead, so a skip can never be the normal state there.
+pub mod containers;
 pub mod daemon;
 pub mod dnsmasq;
 

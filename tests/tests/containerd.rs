@@ -15,13 +15,16 @@ use std::{
 };
 
 use serde_json::{Value, json};
-use warden_tests::{daemon::TestDaemon, engine, require, wait_for, warden_bin};
+use warden_tests::{
+    containers::{BUSYBOX, busybox_rootfs, ended_by_exit, random_hex, remove_tree},
+    daemon::TestDaemon,
+    engine, require, wait_for, warden_bin,
+};
 
 const CONTAINERD: &str = "/usr/bin/containerd";
 const CTR: &str = "/usr/bin/ctr";
 const SHIM: &str = "/usr/bin/containerd-shim-runc-v2";
 const RUNC: &str = "/usr/sbin/runc";
-const BUSYBOX: &str = "/bin/busybox";
 /// Debian's interpreter: the one python3-grpcio is installed for (a `python3` earlier on
 /// PATH, e.g. pyenv's, may not have it).
 const PYTHON: &str = "/usr/bin/python3";
@@ -35,14 +38,6 @@ const NODE: u32 = 2;
 const CONTAINER: u32 = 1;
 /// CRI's `ContainerState`.
 const CONTAINER_EXITED: i64 = 2;
-
-fn random_hex(bytes: usize) -> String {
-    let mut b = vec![0u8; bytes];
-    // SAFETY: valid buffer of the given length.
-    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
-    assert_eq!(n as usize, bytes);
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
 
 fn cri_py() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/containerd/cri.py")
@@ -191,16 +186,7 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
 
         // The image: an OCI archive of a busybox-static root.
         let rootfs = d.join("image-rootfs");
-        for sub in ["bin", "opt", "tmp", "proc", "dev", "sys", "etc"] {
-            std::fs::create_dir_all(rootfs.join(sub)).expect("rootfs dirs");
-        }
-        std::fs::copy(BUSYBOX, rootfs.join("bin/busybox")).expect("copy busybox");
-        for applet in ["sh", "cat", "echo", "ls", "sleep"] {
-            std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).expect("applet link");
-        }
-        // The same program as another file (busybox runs the applet its name says: a shell):
-        // not in the scope.
-        std::fs::copy(BUSYBOX, rootfs.join("opt/sh")).expect("copy busybox");
+        busybox_rootfs(&rootfs);
         let archive = d.join("image.tar");
         let out = Command::new(PYTHON)
             .arg(cri_py())
@@ -338,17 +324,6 @@ fn list(dir: &Path) -> BTreeSet<String> {
         .unwrap_or_default()
 }
 
-fn remove_tree(p: &Path) {
-    if let Ok(rd) = std::fs::read_dir(p) {
-        for e in rd.flatten() {
-            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                remove_tree(&e.path());
-            }
-        }
-    }
-    let _ = std::fs::remove_dir(p);
-}
-
 impl Drop for Containerd {
     fn drop(&mut self) {
         let d = self.dir.path().to_path_buf();
@@ -465,12 +440,6 @@ fn assert_pod(r: &Value, pod: &Pod, container: &str, container_id: &str) {
     assert_eq!(p["container"], container, "{r}");
     assert_eq!(p["container_id"], container_id, "{r}");
     assert_eq!(p["runtime"], "containerd", "{r}");
-}
-
-/// The task ended because the container did: the shim's poststop hook, or the daemon seeing
-/// the container's cgroup empty, whichever came first.
-fn ended_by_exit(end: &Value) -> bool {
-    end["reason"] == "container stopped" || end["reason"] == "exited"
 }
 
 /// An annotated pod run through containerd's CRI: a container whose first command is

@@ -10,18 +10,13 @@ use std::{
 };
 
 use agent_user::sandbox::cgroup2_mount;
-use warden_tests::{daemon::TestDaemon, engine, require, warden_bin};
+use warden_tests::{
+    containers::{BUSYBOX, busybox_rootfs, ended_by_exit, random_hex, remove_tree},
+    daemon::TestDaemon,
+    engine, require, warden_bin,
+};
 
 const RUNC: &str = "/usr/sbin/runc";
-const BUSYBOX: &str = "/bin/busybox";
-
-fn random_hex(bytes: usize) -> String {
-    let mut b = vec![0u8; bytes];
-    // SAFETY: valid buffer of the given length.
-    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
-    assert_eq!(n as usize, bytes);
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
 
 /// One pod's container: its bundle, runc state dir and kubepods-style cgroup. Dropping it
 /// kills and deletes the container and removes its cgroups in every hierarchy.
@@ -46,16 +41,7 @@ impl Pod {
         let top = format!("warden-test-k8s-{}-{n}", std::process::id());
         let cgroup_rel = format!("/{top}/kubepods/burstable/pod{uid}/{id}");
         let rootfs = dir.path().join("bundle/rootfs");
-        for d in ["bin", "opt", "tmp", "proc", "dev", "sys", "etc"] {
-            std::fs::create_dir_all(rootfs.join(d)).expect("rootfs dirs");
-        }
-        std::fs::copy(BUSYBOX, rootfs.join("bin/busybox")).expect("copy busybox");
-        for applet in ["sh", "cat", "echo", "ls", "sleep"] {
-            std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).expect("applet link");
-        }
-        // The same program as another file (busybox runs the applet its name says: a shell):
-        // not in any scope.
-        std::fs::copy(BUSYBOX, rootfs.join("opt/sh")).expect("copy busybox");
+        busybox_rootfs(&rootfs);
         let bundle = dir.path().join("bundle");
         let out = Command::new(RUNC).args(["spec", "--bundle"]).arg(&bundle).output().expect("runc spec");
         assert!(out.status.success(), "runc spec: {}", String::from_utf8_lossy(&out.stderr));
@@ -147,17 +133,6 @@ impl Drop for Pod {
     }
 }
 
-fn remove_tree(p: &Path) {
-    if let Ok(rd) = std::fs::read_dir(p) {
-        for e in rd.flatten() {
-            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                remove_tree(&e.path());
-            }
-        }
-    }
-    let _ = std::fs::remove_dir(p);
-}
-
 /// One container test at a time: each restarts or stops its own daemon and runs real
 /// containers; run side by side on two cores they starve each other's timing.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -212,12 +187,6 @@ fn task_of(d: &TestDaemon, pod: &Pod) -> String {
         .find(|r| r["kind"] == "task_start" && r["pod"]["container_id"] == pod.id.as_str())
         .unwrap_or_else(|| panic!("no task_start for container {}; daemon:\n{}", pod.id, d.stderr()));
     start["task"].as_str().expect("task id").to_string()
-}
-
-/// The task ended because the container did: runc's poststop hook, or the daemon seeing the
-/// container's cgroup empty, whichever came first.
-fn ended_by_exit(end: &serde_json::Value) -> bool {
-    end["reason"] == "container stopped" || end["reason"] == "exited"
 }
 
 /// The container's very first command is outside the scope: it is killed before its first
