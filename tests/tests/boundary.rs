@@ -861,3 +861,53 @@ echo fds $(ls /proc/self/fd | wc -l)"#;
     assert!(!out.stdout.contains("outside-text"), "{}", out.stdout);
     assert!(!out.judged().is_empty(), "the refusal is recorded: {:#?}", out.records);
 }
+
+/// The caller's own descriptors beyond stdin, stdout and stderr do not cross into the task: a
+/// harness (or a shell's `7<file`) that holds a file the scope does not grant, inherited without
+/// close-on-exec, must not hand the task a way around its file rules — an open descriptor is
+/// not judged again.
+#[test]
+fn the_callers_other_descriptors_do_not_reach_the_task() {
+    if !require("the_callers_other_descriptors_do_not_reach_the_task", "landlock") {
+        return;
+    }
+    use std::os::unix::process::CommandExt as _;
+    let t = tempfile::tempdir().unwrap();
+    let secret = fs::canonicalize(t.path()).unwrap().join("held-by-the-caller");
+    fs::write(&secret, "caller-held-7f3e\n").unwrap();
+    let held = fs::File::open(&secret).unwrap();
+    let scope = "version: 1\ntask: fds\nfiles:\n  read: [/usr, /lib, /lib64, /bin, /etc]\n";
+    let dir = tempfile::tempdir().unwrap();
+    let sp = dir.path().join("scope.yaml");
+    fs::write(&sp, scope).unwrap();
+    let log = dir.path().join("events.jsonl");
+    let script = "cat <&7 && echo REACHED fd7; echo fds $(ls /proc/self/fd | tr '\\n' ' ')";
+    let raw = held.as_raw_fd();
+    let mut cmd = Command::new(warden_bin());
+    cmd.args(["run", "--no-tty", "--key"])
+        .arg(dir.path().join("node.key"))
+        .arg("--scope")
+        .arg(&sp)
+        .arg("--log")
+        .arg(&log)
+        .args(["--", "/bin/sh", "-c", script])
+        .env("WARDEN_SOCKET", dir.path().join("no-daemon.sock"))
+        .stdin(std::process::Stdio::null());
+    // SAFETY: dup2(2) between fork and exec onto a number the child does not otherwise use;
+    // the copy has no close-on-exec flag, as a shell's redirection would.
+    unsafe {
+        cmd.pre_exec(
+            move || if libc::dup2(raw, 7) < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) },
+        );
+    }
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // The descriptor really reaches `warden run` itself (the attack is real), not the task.
+    assert!(!stdout.contains("caller-held-7f3e") && !stdout.contains("REACHED"), "{stdout}\n{stderr}");
+    let fds = stdout.lines().find_map(|l| l.strip_prefix("fds ")).unwrap_or_default().to_string();
+    // 0, 1, 2 and the descriptor `ls` reads /proc/self/fd through.
+    assert_eq!(fds.split_whitespace().count(), 4, "the task's descriptors: {fds}\n{stderr}");
+    assert!(!fds.split_whitespace().any(|f| f == "7"), "{fds}");
+    coverage("inherited descriptors", "syscall", "enforced (no record)");
+}

@@ -288,6 +288,14 @@ pub fn spawn_in_sandbox(mut cmd: Command, start: Start) -> io::Result<Started> {
                 libc::close(proc_fd);
                 c.apply()?;
             }
+            // Only stdin, stdout and stderr cross into the task. Every other descriptor the
+            // caller had open without close-on-exec (a shell's redirections, a harness's files,
+            // sockets, the user's terminal under another number) would reach past the
+            // confinement: an open descriptor is not judged again. Close-on-exec rather than
+            // closed, so what this process still needs until exec (the exec-error pipe) stays.
+            if libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) != 0 {
+                return Err(last_err());
+            }
             Ok(())
         });
     }
