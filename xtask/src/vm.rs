@@ -128,7 +128,7 @@ pub fn run(args: VmArgs) -> anyhow::Result<()> {
     let out = target_dir().join("vm");
     fs::create_dir_all(&out)?;
     // One run at a time per work tree: runs share the initramfs, the outputs and the coverage
-    // cells (and two guests on this machine's two cores would only slow each other down).
+    // cells. Its guests already share the cores.
     let _run_lock = FileLock::take(&out.join("lock"))?;
     let initramfs = out.join("initramfs.cpio");
     let size = initramfs::build(
@@ -167,22 +167,41 @@ pub fn run(args: VmArgs) -> anyhow::Result<()> {
         }
     }
 
+    // The guests boot at once. Under TCG a guest keeps about one core busy whatever its -smp
+    // (its tests mostly wait on the processes they start), so the guests share this machine's
+    // cores with little loss and the tier takes about its longest cycle instead of the sum.
+    let memory = args.memory.as_deref().unwrap_or("1G");
+    let cpus = args.cpus.unwrap_or(2);
+    let runs: Vec<_> = std::thread::scope(|scope| {
+        let guests: Vec<_> = kernels
+            .into_iter()
+            .map(|k| {
+                let tag = KernelReport::tag(&k);
+                let dir = out.join(&k.release);
+                let _ = fs::remove_dir_all(&dir);
+                println!("\nvm: booting {} ({})", k.release, k.families.join(", "));
+                let (qemu, initramfs) = (&tools.qemu, &initramfs);
+                scope.spawn(move || {
+                    let run = qemu::Boot {
+                        qemu,
+                        vmlinuz: &k.vmlinuz,
+                        initramfs,
+                        out_dir: &dir,
+                        timeout,
+                        memory,
+                        cpus,
+                    }
+                    .run(|line| println!("  [{tag}] {line}"));
+                    (k, dir, run)
+                })
+            })
+            .collect();
+        guests.into_iter().map(|g| g.join().expect("a guest's thread panicked")).collect()
+    });
+
     let mut reports = Vec::new();
-    for k in kernels {
-        let tag = KernelReport::tag(&k);
-        let dir = out.join(&k.release);
-        let _ = fs::remove_dir_all(&dir);
-        println!("\nvm: booting {} ({})", k.release, k.families.join(", "));
-        let boot = qemu::Boot {
-            qemu: &tools.qemu,
-            vmlinuz: &k.vmlinuz,
-            initramfs: &initramfs,
-            out_dir: &dir,
-            timeout,
-            memory: args.memory.as_deref().unwrap_or("1G"),
-            cpus: args.cpus.unwrap_or(2),
-        };
-        let run = boot.run(|line| println!("  [{tag}] {line}"))?;
+    for (k, dir, run) in runs {
+        let run = run?;
         let r = KernelReport::assess(k, run, &tests, &required, timeout);
         let probe = r.run.console.probe_json.trim();
         if !probe.is_empty() {
