@@ -42,14 +42,33 @@ pub struct Caller {
     pub ancestors: Vec<Proc>,
 }
 
-/// The peer's pidfd, taken from the connected socket.
+/// The peer's pidfd, taken from the connected socket. Before Linux 6.5 (no `SO_PEERPIDFD`)
+/// the peer is found by the pid the kernel recorded at connect (`SO_PEERCRED`) and pinned
+/// with `pidfd_open` now: a peer that exited in between and whose pid was reused would be
+/// mistaken for the new process (docs/daemon.md says so); from 6.5 the kernel pins it itself.
 pub fn peer_pidfd(sock: RawFd) -> io::Result<OwnedFd> {
     let mut fd: libc::c_int = -1;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: fd and len are valid out-pointers of the sizes given.
     let r = unsafe { libc::getsockopt(sock, libc::SOL_SOCKET, SO_PEERPIDFD, (&raw mut fd).cast(), &mut len) };
     if r != 0 {
-        return Err(io::Error::last_os_error());
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::ENOPROTOOPT) {
+            return Err(err);
+        }
+        let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
+        let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+        // SAFETY: cred and len are valid out-pointers of the sizes given.
+        let r = unsafe {
+            libc::getsockopt(sock, libc::SOL_SOCKET, libc::SO_PEERCRED, (&raw mut cred).cast(), &mut len)
+        };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if cred.pid <= 0 {
+            return Err(io::Error::other("the kernel gave no peer pid"));
+        }
+        return pidfd_open(cred.pid as u32);
     }
     if fd < 0 {
         return Err(io::Error::other("the kernel gave no peer pidfd"));
