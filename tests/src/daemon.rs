@@ -216,6 +216,17 @@ impl TestDaemon {
         }
     }
 
+    /// `warden verify` of the node log: the whole chain, across restarts, findings included.
+    pub fn assert_log_verifies(&self) {
+        let v = Command::new(warden_bin()).arg("verify").arg(&self.log).output().expect("run warden verify");
+        assert!(
+            v.status.success(),
+            "node log does not verify:\n{}{}",
+            String::from_utf8_lossy(&v.stdout),
+            String::from_utf8_lossy(&v.stderr)
+        );
+    }
+
     /// GET /metrics.
     pub fn metrics(&self) -> String {
         use std::io::{Read, Write};

@@ -229,8 +229,7 @@ fn an_action_the_task_grants_but_the_call_does_not_is_refused_and_attributed() {
     assert!(ended["events"].as_u64().unwrap() >= ended["denials"].as_u64().unwrap(), "{ended}");
     assert!(ended["duration_ms"].is_u64(), "{ended}");
     assert!(d.end(id).status.success());
-    let v = std::process::Command::new(warden_bin()).arg("verify").arg(&d.log).output().unwrap();
-    assert!(v.status.success(), "node log does not verify: {}", text(&v));
+    d.assert_log_verifies();
 }
 
 /// A process in a call cannot move itself to its parent's cgroup: not by `cgroup.procs`, not
@@ -379,8 +378,7 @@ fn four_deep_nesting_identity_chain_and_task_end() {
         assert!(r["reason"] == "task ended" || r["reason"] == "parent ended", "{r}");
         assert_eq!(r["signal"], 9, "{r}");
     }
-    let v = std::process::Command::new(warden_bin()).arg("verify").arg(&d.log).output().unwrap();
-    assert!(v.status.success(), "node log does not verify: {}", text(&v));
+    d.assert_log_verifies();
 }
 
 /// Inside a task, `warden call` starts a call through the daemon's call endpoint — under the

@@ -88,8 +88,7 @@ fn two_tasks_are_judged_each_by_its_own_scope() {
     for id in [a_id, b_id] {
         assert!(d.end(id).status.success());
     }
-    let v = std::process::Command::new(warden_bin()).arg("verify").arg(&d.log).output().unwrap();
-    assert!(v.status.success(), "node log does not verify: {}", text(&v));
+    d.assert_log_verifies();
 }
 
 #[test]
@@ -292,8 +291,7 @@ fn kill_9_keeps_enforcing_and_a_restart_readopts() {
     let denied = denied();
     assert!(denied >= 80, "only {denied} of 80 refused connects were recorded");
     assert!(d.end(&id).status.success());
-    let v = std::process::Command::new(warden_bin()).arg("verify").arg(&d.log).output().unwrap();
-    assert!(v.status.success(), "the chain did not survive the restart: {}", text(&v));
+    d.assert_log_verifies();
 }
 
 #[test]
@@ -633,8 +631,7 @@ fn live_rules_in_the_daemon_become_finding_records() {
     assert_eq!(f["records"].as_array().unwrap().len(), 5, "{f}");
     assert!(d.end(id).status.success());
     // Findings are part of the chain like any record.
-    let v = std::process::Command::new(warden_bin()).arg("verify").arg(&d.log).output().unwrap();
-    assert!(v.status.success(), "{}", text(&v));
+    d.assert_log_verifies();
 }
 
 #[test]

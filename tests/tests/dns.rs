@@ -346,7 +346,5 @@ fn the_daemon_resolves_for_each_task_and_grants_outlive_a_restart() {
     assert!(d.end(&ida).status.success());
     assert_eq!(trie_entries(&d, slot_a), 0, "task A's entries are gone");
     assert!(d.end(&idb).status.success());
-    let v =
-        std::process::Command::new(warden_tests::warden_bin()).arg("verify").arg(&d.log).output().unwrap();
-    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
+    d.assert_log_verifies();
 }

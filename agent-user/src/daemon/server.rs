@@ -174,11 +174,7 @@ async fn end_container(
     body: axum::body::Bytes,
 ) -> Result<Json<super::api::EndResponse>, ApiError> {
     guard(&s, &p)?;
-    let req: EndRequest = if body.is_empty() {
-        EndRequest::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError::bad(format!("request body: {e}")))?
-    };
+    let req = end_request(&body)?;
     Ok(Json(ask(&s, |tx| Cmd::EndContainer(id, req, tx)).await?))
 }
 
@@ -239,11 +235,7 @@ async fn end_call(
     body: axum::body::Bytes,
 ) -> Result<Json<super::api::EndResponse>, ApiError> {
     guard(&s, &p)?;
-    let req: EndRequest = if body.is_empty() {
-        EndRequest::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError::bad(format!("request body: {e}")))?
-    };
+    let req = end_request(&body)?;
     Ok(Json(ask(&s, |tx| Cmd::EndCall(id, call, req, tx)).await?))
 }
 
@@ -263,11 +255,7 @@ async fn end(
     body: axum::body::Bytes,
 ) -> Result<Json<super::api::EndResponse>, ApiError> {
     guard(&s, &p)?;
-    let req: EndRequest = if body.is_empty() {
-        EndRequest::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError::bad(format!("request body: {e}")))?
-    };
+    let req = end_request(&body)?;
     Ok(Json(ask(&s, |tx| Cmd::End(id, req, tx)).await?))
 }
 
@@ -362,4 +350,12 @@ async fn metrics(State(cmds): State<mpsc::Sender<Cmd>>) -> Response {
         Ok(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
         Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "stopping\n").into_response(),
     }
+}
+
+/// The body of an end request (task, container or call): empty means the defaults.
+fn end_request(body: &[u8]) -> Result<EndRequest, ApiError> {
+    if body.is_empty() {
+        return Ok(EndRequest::default());
+    }
+    serde_json::from_slice(body).map_err(|e| ApiError::bad(format!("request body: {e}")))
 }
