@@ -41,7 +41,8 @@ pub struct BenchArgs {
     /// The consumer also drains every N ms, besides its own 10 ms tick and the kernel's wake-ups.
     #[arg(long)]
     pub poll_ms: Option<u64>,
-    /// Also run the storms under peers' watching (bpftrace counting the same syscalls).
+    /// Also run the storms under peers' watching (bpftrace counting the same syscalls; auditd
+    /// with exec/open/connect rules, its rules undone after each run).
     #[arg(long)]
     pub peers: bool,
     /// Skip the storms inside a `warden run` task, live rules, DNS and replay/OCSF/report.
@@ -71,6 +72,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     ]))?;
     if args.peers {
         util::ensure_apt("/usr/bin/bpftrace", "bpftrace")?;
+        util::ensure_apt("/usr/sbin/auditd", "auditd")?;
     }
     if !args.no_extra {
         // The DNS storm's upstream, as the DNS host tests start it.

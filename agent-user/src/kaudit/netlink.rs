@@ -1,6 +1,7 @@
 //! The audit netlink socket: reading the kernel's records from the read-only multicast group
 //! (`AUDIT_NLGRP_READLOG`, which leaves auditd in charge of the unicast stream), and the
-//! status requests Warden makes (`AUDIT_GET`, `AUDIT_SET`, `AUDIT_ADD_RULE`).
+//! status requests Warden makes (`AUDIT_GET`, `AUDIT_SET`, `AUDIT_ADD_RULE`; `AUDIT_DEL_RULE`
+//! for the benchmark's auditd peer only).
 use std::{io, os::fd::AsRawFd, os::fd::FromRawFd, os::fd::OwnedFd};
 
 const NETLINK_AUDIT: i32 = 9;
@@ -9,6 +10,7 @@ const NLGRP_READLOG: u32 = 1;
 const AUDIT_GET: u16 = 1000;
 const AUDIT_SET: u16 = 1001;
 const AUDIT_ADD_RULE: u16 = 1011;
+const AUDIT_DEL_RULE: u16 = 1012;
 const NLMSG_ERROR: u16 = 2;
 const NLM_F_REQUEST: u16 = 1;
 const NLM_F_ACK: u16 = 4;
@@ -196,20 +198,33 @@ fn set(mask: u32, enabled: u32, backlog_limit: u32) -> io::Result<()> {
     request(AUDIT_SET, &payload, None).map(|_| ())
 }
 
-/// Adds the rule `-a never,task`: no task gets a syscall-audit context, so enabling audit
-/// costs no process a syscall slow path. An identical rule already there is fine.
-fn add_never_task_rule() -> io::Result<()> {
-    // struct audit_rule_data: flags, action, field_count, mask[64], fields[64], values[64],
-    // fieldflags[64], buflen.
+/// `struct audit_rule_data` of `-a never,task`: flags, action, field_count, mask[64],
+/// fields[64], values[64], fieldflags[64], buflen.
+fn never_task_rule() -> Vec<u8> {
     let mut words = Vec::with_capacity(3 + AUDIT_BITMASK_SIZE + 3 * AUDIT_MAX_FIELDS + 1);
     words.extend([AUDIT_FILTER_TASK, AUDIT_NEVER, 0]);
     words.extend([u32::MAX; AUDIT_BITMASK_SIZE]);
     words.extend([0u32; 3 * AUDIT_MAX_FIELDS]);
     words.push(0);
-    let payload: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
-    match request(AUDIT_ADD_RULE, &payload, None) {
+    words.iter().flat_map(|w| w.to_ne_bytes()).collect()
+}
+
+/// Adds the rule `-a never,task`: no task gets a syscall-audit context, so enabling audit
+/// costs no process a syscall slow path. An identical rule already there is fine.
+pub fn add_never_task_rule() -> io::Result<()> {
+    match request(AUDIT_ADD_RULE, &never_task_rule(), None) {
         Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
         r => r.map(|_| ()),
+    }
+}
+
+/// Deletes the rule [`add_never_task_rule`] adds, returning whether it was there. Only the
+/// benchmark's auditd peer does this (its syscall rules match no process while the rule is
+/// in), and it puts the rule back with [`add_never_task_rule`] when it stops.
+pub fn delete_never_task_rule() -> io::Result<bool> {
+    match request(AUDIT_DEL_RULE, &never_task_rule(), None) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+        r => r.map(|_| true),
     }
 }
 

@@ -60,7 +60,8 @@ usage: warden-bench [options]        (as root; normally via `cargo xtask bench`)
                        core, up to N times (default 2)
   --out PATH           results file (default: <target>/bench/results.json)
   --peers              also run open, exec and connect, outside any sandbox, under a peer's
-                       watching: bpftrace counting the same syscalls (needs bpftrace)
+                       watching: bpftrace counting the same syscalls, and auditd with
+                       exec/open/connect rules (needs bpftrace, auditd; restores the audit rules)
   --no-extra           skip what follows the rounds: the storms inside a warden run task
                        (run in every round), live rules, DNS, replay/OCSF/report
 diagnostics (they change what (b)/(c) measure; the output says so):
@@ -306,9 +307,10 @@ fn bench(opts: Opts) -> anyhow::Result<()> {
     let audit_before = agent_user::kaudit::netlink::status().map(|s| s.enabled != 0).ok();
     // (d): per round, the storm inside a `warden run` task, paired with that round's (a).
     let mut in_task: Vec<InTask> = Vec::new();
-    // --peers: per round, the storm outside any sandbox under bpftrace, paired with (a).
-    // (round, workload, (a) ops/s, bpftrace ops/s, worker CPU per op bpftrace/(a)).
-    let mut peer_runs: Vec<(u32, Workload, f64, f64, f64)> = Vec::new();
+    // --peers: per round, the storm outside any sandbox under each peer, paired with (a).
+    let mut peer_runs: Vec<PeerRun> = Vec::new();
+    // Why a peer did not run (not installed, another audit daemon registered), reported.
+    let mut peer_skipped: Vec<String> = Vec::new();
     for round in 1..=opts.rounds {
         for &(w, ops) in &opts.workloads {
             ensure!(!INTERRUPTED.load(Ordering::Relaxed), "interrupted");
@@ -344,21 +346,38 @@ fn bench(opts: Opts) -> anyhow::Result<()> {
                 in_task.push(x);
             }
             if opts.peers && tasks::target_in_task(w).is_some() {
-                let mut peer = tasks::Peer::bpftrace().context("--peers: bpftrace")?;
-                let p = worker(&env, w, ops, None).with_context(|| format!("{} under bpftrace", w.name()));
-                peer.stop();
-                let (p, _, _) = p?;
                 let a_run = r.iter().find(|x| x.config == Config::A).context("(a) run")?;
-                let a = a_run.ops_per_sec();
-                let ops_s = p.ops as f64 / (p.elapsed_ns as f64 / 1e9);
-                let cpu = p.cpu_ns_per_op() / a_run.cpu_per_op();
-                eprintln!(
-                    "[round {round}/{}] {:<8} bpftrace watching {:>10}/s",
-                    opts.rounds,
-                    w.name(),
-                    thousands(ops_s)
-                );
-                peer_runs.push((round, w, a, ops_s, cpu));
+                for start in
+                    [tasks::Peer::bpftrace as fn() -> anyhow::Result<tasks::Peer>, tasks::Peer::auditd]
+                {
+                    settle(env.settle);
+                    let mut peer = match start() {
+                        Ok(p) => p,
+                        Err(e) => {
+                            let e = format!("{e:#}");
+                            eprintln!("[round {round}/{}] {:<8} peer not run: {e}", opts.rounds, w.name());
+                            if !peer_skipped.contains(&e) {
+                                peer_skipped.push(e);
+                            }
+                            continue;
+                        }
+                    };
+                    let name = peer.name();
+                    let p = worker(&env, w, ops, None).with_context(|| format!("{} under {name}", w.name()));
+                    peer.stop();
+                    drop(peer);
+                    let (p, _, _) = p?;
+                    let a = a_run.ops_per_sec();
+                    let ops_s = p.ops as f64 / (p.elapsed_ns as f64 / 1e9);
+                    let cpu = p.cpu_ns_per_op() / a_run.cpu_per_op();
+                    eprintln!(
+                        "[round {round}/{}] {:<8} {name} watching {:>10}/s, worker CPU {cpu:.3}× (a)'s",
+                        opts.rounds,
+                        w.name(),
+                        thousands(ops_s)
+                    );
+                    peer_runs.push(PeerRun { round, w, peer: name, a, ops_s, cpu });
+                }
             }
             runs.extend(r);
         }
@@ -401,7 +420,7 @@ fn bench(opts: Opts) -> anyhow::Result<()> {
         );
     }
     let task_storms = report_in_task(&in_task, &opts);
-    let peers = report_peers(&peer_runs, &in_task, &opts);
+    let peers = report_peers(&peer_runs, &peer_skipped, &in_task, &opts);
     let mut extra = json!(null);
     if let Some(t) = &tools {
         let live = t.rules_storm(if opts.quick { 25_000 } else { 100_000 }).context("live rules storm")?;
@@ -662,44 +681,66 @@ fn report_in_task(runs: &[InTask], opts: &Opts) -> serde_json::Value {
     serde_json::Value::Array(out)
 }
 
-/// `--peers`: bpftrace's cost beside Warden's (c) and (d), same rounds.
-fn report_peers(
-    peer: &[(u32, Workload, f64, f64, f64)],
-    in_task: &[InTask],
-    opts: &Opts,
-) -> serde_json::Value {
-    if peer.is_empty() {
+/// One storm under a peer's watching, paired with (a) of the same round.
+struct PeerRun {
+    round: u32,
+    w: Workload,
+    peer: &'static str,
+    /// (a)'s ops/s.
+    a: f64,
+    /// ops/s under the peer.
+    ops_s: f64,
+    /// Worker CPU per op under the peer over (a)'s.
+    cpu: f64,
+}
+
+/// `--peers`: the peers' cost beside Warden's (d), same rounds.
+fn report_peers(peer: &[PeerRun], skipped: &[String], in_task: &[InTask], opts: &Opts) -> serde_json::Value {
+    if peer.is_empty() && skipped.is_empty() {
         return json!(null);
     }
     let med = |mut x: Vec<f64>| {
         x.sort_by(f64::total_cmp);
         if x.is_empty() { f64::NAN } else { x[x.len() / 2] }
     };
+    let cell = |wall: f64, cpu: f64| {
+        if wall.is_nan() { "-".to_string() } else { format!("{wall:.3}× / {cpu:.3}×") }
+    };
     println!("\nPeers (same rounds; time per op over (a), wall / worker CPU, medians of paired rounds):");
     println!(
-        "| workload | bpftrace counting the syscalls (unwatched worker) | Warden, worker in a task (d) |"
+        "| workload | bpftrace counting the syscalls (worker unwatched by Warden) | auditd with exec/open/connect rules | Warden, worker in a task (d) |"
     );
-    println!("|---|---|---|");
+    println!("|---|---|---|---|");
     let mut out = Vec::new();
     for &(w, _) in &opts.workloads {
-        let p: Vec<_> = peer.iter().filter(|r| r.1 == w).collect();
-        if p.is_empty() {
+        let of = |name: &str| -> (f64, f64, Vec<serde_json::Value>) {
+            let p: Vec<_> = peer.iter().filter(|r| r.w == w && r.peer == name).collect();
+            (
+                med(p.iter().map(|r| r.a / r.ops_s).collect()),
+                med(p.iter().map(|r| r.cpu).collect()),
+                p.iter()
+                    .map(|r| json!({"round": r.round, "a": r.a, "peer": r.ops_s, "cpu_ratio": r.cpu}))
+                    .collect(),
+            )
+        };
+        let (bt, bt_cpu, bt_runs) = of("bpftrace");
+        let (ad, ad_cpu, ad_runs) = of("auditd");
+        if bt_runs.is_empty() && ad_runs.is_empty() {
             continue;
         }
-        let bt = med(p.iter().map(|r| r.2 / r.3).collect());
-        let bt_cpu = med(p.iter().map(|r| r.4).collect());
         let d = med(in_task.iter().filter(|r| r.w == w).map(|r| r.a / r.d).collect());
         let d_cpu = med(in_task.iter().filter(|r| r.w == w).map(|r| r.d_cpu / r.a_cpu).collect());
-        println!(
-            "| {} | {bt:.3}× / {bt_cpu:.3}× | {} |",
-            w.name(),
-            if d.is_nan() { "-".into() } else { format!("{d:.3}× / {d_cpu:.3}×") }
-        );
-        out.push(json!({ "workload": w.name(), "bpftrace_paired": bt, "bpftrace_cpu_paired": bt_cpu,
-            "warden_in_task_paired": (!d.is_nan()).then_some(d), "warden_in_task_cpu_paired": (!d_cpu.is_nan()).then_some(d_cpu),
-            "runs": p.iter().map(|r| json!({"round": r.0, "a": r.2, "bpftrace": r.3, "cpu_ratio": r.4})).collect::<Vec<_>>() }));
+        println!("| {} | {} | {} | {} |", w.name(), cell(bt, bt_cpu), cell(ad, ad_cpu), cell(d, d_cpu));
+        let some = |x: f64| (!x.is_nan()).then_some(x);
+        out.push(json!({ "workload": w.name(),
+            "bpftrace_paired": some(bt), "bpftrace_cpu_paired": some(bt_cpu), "bpftrace_runs": bt_runs,
+            "auditd_paired": some(ad), "auditd_cpu_paired": some(ad_cpu), "auditd_runs": ad_runs,
+            "warden_in_task_paired": some(d), "warden_in_task_cpu_paired": some(d_cpu) }));
     }
-    serde_json::Value::Array(out)
+    for e in skipped {
+        println!("peer not run: {e}");
+    }
+    json!({ "workloads": out, "not_run": skipped })
 }
 
 /// Spawns `/bin/true` in the sandbox and waits for its exec and exit to come through.

@@ -433,15 +433,46 @@ pub fn write_log(path: &Path, n: u64) -> anyhow::Result<u64> {
     Ok(std::fs::metadata(path)?.len())
 }
 
-/// `--peers`: a peer's watching running around an unwatched worker. Today: `bpftrace`
-/// counting the syscalls of the three storms (the way syscall-tracepoint tools watch).
+/// `--peers`: a peer's watching running around an unwatched worker: `bpftrace` counting the
+/// syscalls of the three storms (the way syscall-tracepoint tools watch), or `auditd` with
+/// exec/open/connect rules (the way audit-based tools watch).
 pub struct Peer {
+    name: &'static str,
     child: std::process::Child,
+    /// auditd only: the kernel audit state to put back when it stops.
+    audit: Option<AuditRestore>,
 }
 
 /// The bpftrace program: count every openat, execve and connect on the machine.
 const BPFTRACE_PROGRAM: &str = "tracepoint:syscalls:sys_enter_openat, tracepoint:syscalls:sys_enter_execve, \
      tracepoint:syscalls:sys_enter_connect { @[probe] = count(); }";
+
+/// The key of the rules the auditd peer adds, so that exactly those are deleted again.
+const AUDIT_PEER_KEY: &str = "warden-bench-peer";
+
+/// Where the auditd peer's configuration and log live (bounded by rotation: 2 × 64 MB).
+const AUDIT_PEER_DIR: &str = "/tmp/warden-bench-auditd";
+
+/// What the auditd peer changed in the node's kernel audit state, to undo exactly.
+struct AuditRestore {
+    /// `auditctl -l` before the peer started.
+    rules_before: String,
+    /// Whether `-a never,task` was in the list (the peer deletes it so that the worker gets an
+    /// audit context: with it no process does and syscall rules never match).
+    had_never_task: bool,
+}
+
+fn auditctl(args: &[&str]) -> anyhow::Result<String> {
+    let out =
+        Command::new("auditctl").args(args).output().context("run auditctl (apt-get install auditd)")?;
+    ensure!(
+        out.status.success(),
+        "auditctl {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
 
 impl Peer {
     /// Starts bpftrace and waits until its probes are attached.
@@ -469,7 +500,7 @@ impl Peer {
                 }
             }
         });
-        let mut peer = Peer { child };
+        let mut peer = Peer { name: "bpftrace", child, audit: None };
         if rx.recv_timeout(std::time::Duration::from_secs(60)).is_err() {
             peer.stop();
             anyhow::bail!("bpftrace did not attach its probes within 60 s");
@@ -479,25 +510,155 @@ impl Peer {
         Ok(peer)
     }
 
-    /// Stops it (SIGINT, as a user would) and waits for it.
-    pub fn stop(&mut self) {
-        // SAFETY: signals our own child by its pid.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGINT) };
+    /// Starts Debian's auditd as the node's audit daemon, logging to [`AUDIT_PEER_DIR`], with
+    /// the rules an audit-based watcher of exec, open and connect uses (`-a always,exit -S
+    /// openat,execve,connect`), and waits until the kernel sends it records. Refuses when
+    /// another audit daemon is registered. Everything it changes is undone by [`Peer::stop`]:
+    /// its rules deleted by key, `-a never,task` put back, the rule list checked against the
+    /// one saved here.
+    pub fn auditd() -> anyhow::Result<Self> {
+        let status = agent_user::kaudit::netlink::status().context("kernel audit status")?;
+        ensure!(
+            status.pid == 0,
+            "an audit daemon (port id {}) is already registered; the auditd peer runs only on a node without one",
+            status.pid
+        );
+        let rules_before = auditctl(&["-l"])?;
+        ensure!(
+            !rules_before.contains(AUDIT_PEER_KEY),
+            "audit rules keyed {AUDIT_PEER_KEY} are present: an earlier peer run was not cleaned up \
+             (auditctl -D -k {AUDIT_PEER_KEY})"
+        );
+        let dir = Path::new(AUDIT_PEER_DIR);
+        let _ = std::fs::remove_dir_all(dir);
+        std::fs::create_dir_all(dir)?;
+        // Debian's configuration, with the log moved here and bounded; nothing else changed.
+        let base = std::fs::read_to_string("/etc/audit/auditd.conf").context("/etc/audit/auditd.conf")?;
+        let mut conf = String::new();
+        for line in base.lines() {
+            let key = line.split('=').next().unwrap_or("").trim();
+            match key {
+                "log_file" => conf.push_str(&format!("log_file = {AUDIT_PEER_DIR}/audit.log\n")),
+                "max_log_file" => conf.push_str("max_log_file = 64\n"),
+                "num_logs" => conf.push_str("num_logs = 2\n"),
+                "max_log_file_action" => conf.push_str("max_log_file_action = ROTATE\n"),
+                "space_left_action"
+                | "admin_space_left_action"
+                | "disk_full_action"
+                | "disk_error_action" => conf.push_str(&format!("{key} = IGNORE\n")),
+                _ => {
+                    conf.push_str(line);
+                    conf.push('\n');
+                }
+            }
+        }
+        let conf_path = dir.join("auditd.conf");
+        std::fs::write(&conf_path, conf)?;
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&conf_path, std::fs::Permissions::from_mode(0o640))?;
+        let child = Command::new("auditd")
+            .args(["-n", "-c", AUDIT_PEER_DIR])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("start auditd (apt-get install auditd)")?;
+        let mut peer =
+            Peer { name: "auditd", child, audit: Some(AuditRestore { rules_before, had_never_task: false }) };
         let start = Instant::now();
+        loop {
+            if agent_user::kaudit::netlink::status().is_ok_and(|s| s.pid != 0) {
+                break;
+            }
+            if start.elapsed() > std::time::Duration::from_secs(20)
+                || !matches!(peer.child.try_wait(), Ok(None))
+            {
+                peer.stop();
+                anyhow::bail!(
+                    "auditd did not register as the audit daemon within 20 s (see {AUDIT_PEER_DIR})"
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let added = (|| -> anyhow::Result<()> {
+            // Warden's own rule bytes (auditctl builds `never,task` with another mask, so its
+            // `-d` does not match the rule Warden added).
+            let had =
+                agent_user::kaudit::netlink::delete_never_task_rule().context("delete -a never,task")?;
+            if let Some(a) = peer.audit.as_mut() {
+                a.had_never_task = had;
+            }
+            auditctl(&[
+                "-a",
+                "always,exit",
+                "-F",
+                "arch=b64",
+                "-S",
+                "openat",
+                "-S",
+                "execve",
+                "-S",
+                "connect",
+                "-k",
+                AUDIT_PEER_KEY,
+            ])?;
+            Ok(())
+        })();
+        if let Err(e) = added {
+            peer.stop();
+            return Err(e.context("add the auditd peer's rules"));
+        }
+        Ok(peer)
+    }
+
+    /// The peer's name as reported.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// Stops it (SIGINT for bpftrace, SIGTERM for auditd, as a user would), waits for it, and
+    /// for auditd puts the node's audit rules back as they were.
+    pub fn stop(&mut self) {
+        let sig = if self.audit.is_some() { libc::SIGTERM } else { libc::SIGINT };
+        if let Ok(None) = self.child.try_wait() {
+            // SAFETY: signals our own child by its pid.
+            unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
+        }
+        let start = Instant::now();
+        let mut exited = false;
         while start.elapsed() < std::time::Duration::from_secs(10) {
             if let Ok(Some(_)) = self.child.try_wait() {
-                return;
+                exited = true;
+                break;
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if !exited {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if let Some(a) = self.audit.take() {
+            let _ = auditctl(&["-D", "-k", AUDIT_PEER_KEY]);
+            if a.had_never_task
+                && let Err(e) = agent_user::kaudit::netlink::add_never_task_rule()
+            {
+                eprintln!("WARNING: the auditd peer could not put `-a never,task` back: {e}");
+            }
+            let after = auditctl(&["-l"]).unwrap_or_default();
+            if after != a.rules_before {
+                eprintln!(
+                    "WARNING: the auditd peer could not restore the audit rules exactly.\nbefore:\n{}\nafter:\n{}",
+                    a.rules_before, after
+                );
+            }
+            let _ = std::fs::remove_dir_all(AUDIT_PEER_DIR);
+        }
     }
 }
 
 impl Drop for Peer {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
+        if self.audit.is_some() || matches!(self.child.try_wait(), Ok(None)) {
             self.stop();
         }
     }
