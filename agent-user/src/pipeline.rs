@@ -168,6 +168,12 @@ impl Pipeline {
         self.calls.get(call).cloned().unwrap_or_default()
     }
 
+    /// A call re-adopted by a restarted daemon: its first process, if a previous daemon saw
+    /// it, so that its `exit` record still ends the call.
+    pub fn seed_call(&mut self, call: &str, first_pid: Option<u32>) {
+        self.calls.entry(Arc::from(call)).or_default().first_pid = first_pid;
+    }
+
     /// Forgets a call's counters (at its end) and returns them.
     pub fn take_call_stats(&mut self, call: &str) -> CallStats {
         self.calls.remove(call).unwrap_or_default()

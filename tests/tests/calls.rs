@@ -452,3 +452,69 @@ fn the_inside_endpoint_starts_calls_only_under_the_caller_never_wider() {
         assert!(d.end(id).status.success());
     }
 }
+
+/// A daemon killed with `-9` and restarted re-adopts a running call: its processes stay in
+/// the call's narrower scope (not the task's, which adopting the task binds to the whole
+/// subtree), their records still carry the call, and the call still ends with its command.
+/// Break-checked: without re-adopting calls, the call's process ran `/usr/bin/id` (the task
+/// allows it) after the restart. Before its command's process was found again from the
+/// cgroup, a restart right after the call's first exec ended the call at its next `sleep`.
+#[test]
+fn a_call_keeps_its_scope_across_a_daemon_restart() {
+    if !require("a_call_keeps_its_scope_across_a_daemon_restart", "root") {
+        return;
+    }
+    let _s = serial();
+    let mut d = TestDaemon::start("");
+    let port = listener();
+    let t = d.start_task("restart", &task_scope("restart", port));
+    let id = t["id"].as_str().unwrap().to_string();
+    let sync = tempfile::tempdir().unwrap();
+    let go = sync.path().join("go");
+    let narrow = format!(
+        "version: 1\ntask: restart\nexec:\n  allow: [/bin/sh, /usr/bin/sleep, {PROBE}]\nnetwork:\n  egress: []\n"
+    );
+    // The call waits for the restart, then tries what the task grants and it does not.
+    let script = format!(
+        "while [ ! -e {go} ]; do /usr/bin/sleep 0.1; done
+         /usr/bin/id >/dev/null 2>&1 && echo exec ok || echo exec refused
+         {PROBE} connect 127.0.0.1 {port}",
+        go = go.display()
+    );
+    let client = call_cmd(&d, &id, "tool", Some(&narrow), None, &script)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn warden");
+    let start = d
+        .wait_record(&id, Duration::from_secs(10), |r| r["kind"] == "call_start" && r["call_name"] == "tool");
+    let cid = start["call"].as_str().unwrap().to_string();
+    // Its first process is running (and seen) before the daemon dies.
+    d.wait_record(&id, Duration::from_secs(10), |r| r["kind"] == "exec" && r["call"] == cid.as_str());
+    d.kill9();
+    d.launch(&[]);
+    let st = &d.ready["startup"];
+    assert!(st["adopted_tasks"].as_array().unwrap().iter().any(|t| t == id.as_str()), "{st}");
+    assert!(st["adopted_calls"].as_array().unwrap().iter().any(|c| c == cid.as_str()), "{st}");
+    std::fs::write(&go, "").unwrap();
+    let out = client.wait_with_output().expect("wait for the call");
+    let o = text(&out);
+    assert!(o.contains("exec refused"), "the call ran a program only its task allows ({}): {o}", out.status);
+    assert!(o.contains("connect err 1"), "the call reached its task's port: {o}");
+    // Both refusals are on the record, as the call's, and the call ended with its command.
+    let ended =
+        d.wait_record(&id, Duration::from_secs(15), |r| r["kind"] == "call_end" && r["call"] == cid.as_str());
+    assert_eq!(ended["reason"], "exited", "{ended}");
+    let recs = d.records_of(&id);
+    for (kind, rule) in [("exec", "exec.allow"), ("connect", "network.egress")] {
+        let r = recs
+            .iter()
+            .find(|r| r["kind"] == kind && r["decision"] == "deny")
+            .unwrap_or_else(|| panic!("no {kind} refusal recorded: {recs:?}"));
+        assert_eq!(r["call"], cid.as_str(), "{r}");
+        assert_eq!(r["call_name"], "tool", "{r}");
+        assert_eq!(r["rule"], rule, "{r}");
+    }
+    assert!(d.end(&id).status.success());
+    d.assert_log_verifies();
+}

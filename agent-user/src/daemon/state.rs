@@ -28,6 +28,31 @@ pub struct TaskRecord {
     /// What lifecycle steps keep to find their state again (`lifecycle::Task::saved`).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub saved: BTreeMap<String, serde_json::Value>,
+    /// Its running calls, parents before children, for a restarted daemon to bind each
+    /// call's cgroup to its own slot again (else its processes would fall back to the task's
+    /// wider scope).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub calls: Vec<CallRecord>,
+}
+
+/// One running call, as a restarted daemon needs it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CallRecord {
+    pub id: String,
+    pub name: String,
+    pub depth: u32,
+    pub slot: u32,
+    /// The call's own scope text, or `None` when it runs under its parent's scope.
+    pub scope_text: Option<String>,
+    pub scope_path: PathBuf,
+    pub cgroup: PathBuf,
+    pub started_boot_ns: u64,
+    pub expires_boot_ns: Option<u64>,
+    pub identity: crate::task::IdentityDoc,
+    /// The call's first process (its command), once the pipeline has seen its exec: its
+    /// exit ends the call.
+    pub first_pid: Option<u32>,
 }
 
 /// The daemon's heartbeat: when it was last known alive.

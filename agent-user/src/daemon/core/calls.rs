@@ -18,7 +18,10 @@ use std::{sync::Arc, time::Duration};
 use super::{ApiError, Core, live};
 use crate::{
     audit::{AuditRecord, Decision, Intent, Kind, clock::Clock},
-    daemon::api::{CallInfo, CallRequest, EndResponse},
+    daemon::{
+        api::{CallInfo, CallRequest, EndResponse},
+        state::CallRecord,
+    },
     lifecycle::{Host, host::KILL_TIMEOUT},
     pipeline::{CallTag, TaskCtx},
     sandbox::Cgroup,
@@ -42,6 +45,67 @@ pub(super) struct Call {
     pub(super) expires_boot_ns: Option<u64>,
     pub(super) identity: IdentityDoc,
     seen_populated: bool,
+    /// The call's own scope text and path (`None`: it runs under its parent's scope), kept
+    /// for a restarted daemon.
+    scope_text: Option<String>,
+    scope_path: std::path::PathBuf,
+    /// Its first process, once the pipeline has seen its exec (persisted for re-adoption).
+    first_pid: Option<u32>,
+}
+
+impl Call {
+    pub(super) fn record(&self) -> CallRecord {
+        CallRecord {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            depth: self.depth,
+            slot: self.slot,
+            scope_text: self.scope_text.clone(),
+            scope_path: self.scope_path.clone(),
+            cgroup: self.cgroup.path().to_path_buf(),
+            started_boot_ns: self.started_boot_ns,
+            expires_boot_ns: self.expires_boot_ns,
+            identity: self.identity.clone(),
+            first_pid: self.first_pid,
+        }
+    }
+}
+
+/// The oldest process in `cg` (or below) whose parent is not: a call's command, started by
+/// the task's init outside the cgroup. Orphans re-parented to the init are younger than it.
+/// `None` when the cgroup is empty or `/proc` says nothing usable.
+fn first_process(cg: &Cgroup) -> Option<u32> {
+    let pids = cg.pids().ok()?;
+    let inside: std::collections::HashSet<i32> = pids.iter().copied().collect();
+    pids.iter()
+        .filter_map(|&pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let (ppid, start) = parse_stat(&stat)?;
+            (!inside.contains(&ppid)).then_some((start, pid))
+        })
+        .min()
+        .and_then(|(_, pid)| u32::try_from(pid).ok())
+}
+
+/// `(ppid, starttime)` from `/proc/PID/stat`: the fields after the command name, which may
+/// itself hold spaces and parentheses (so split at the last `)`).
+fn parse_stat(stat: &str) -> Option<(i32, u64)> {
+    let rest = stat.get(stat.rfind(')')? + 1..)?;
+    let f: Vec<&str> = rest.split_ascii_whitespace().collect();
+    // After the name: state(3) ppid(4) ... starttime(22); `f[0]` is field 3.
+    Some((f.get(1)?.parse().ok()?, f.get(19)?.parse().ok()?))
+}
+
+/// A call's scope: its own text checked no wider than its parent's, keeping the task's
+/// issued secrets and broker; or, without a text, its parent's.
+fn call_scope(parent: &Scope, text: Option<&str>, path: &std::path::Path) -> Result<Scope, String> {
+    let Some(text) = text else { return Ok(parent.clone()) };
+    let mut s = Scope::parse(text, path).map_err(|e| e.to_string())?;
+    narrow::check(parent, &s).map_err(|w| w.to_string())?;
+    // The task's issued secrets stay in the call's reach under the task's tools.
+    s.secrets.extend(parent.secrets.iter().filter(|x| x.issue.is_some()).cloned());
+    s.broker = parent.broker.clone();
+    Ok(s)
 }
 
 fn valid_name(n: &str) -> bool {
@@ -87,19 +151,9 @@ impl Core {
         if depth + 1 > MAX_DEPTH {
             return Err(ApiError::bad(format!("calls nest at most {MAX_DEPTH} deep")));
         }
-        let mut scope = match &req.scope_text {
-            None => parent_scope.clone(),
-            Some(text) => {
-                let path = req.scope_path.clone().unwrap_or_else(|| "call-scope.yaml".into());
-                let s = Scope::parse(text, &path).map_err(|e| ApiError::bad(e.to_string()))?;
-                narrow::check(&parent_scope, &s).map_err(|w| ApiError::bad(w.to_string()))?;
-                let mut s = s;
-                // The task's issued secrets stay in the call's reach under the task's tools.
-                s.secrets.extend(parent_scope.secrets.iter().filter(|x| x.issue.is_some()).cloned());
-                s.broker = parent_scope.broker.clone();
-                s
-            }
-        };
+        let scope_path = req.scope_path.clone().unwrap_or_else(|| "call-scope.yaml".into());
+        let mut scope =
+            call_scope(&parent_scope, req.scope_text.as_deref(), &scope_path).map_err(ApiError::bad)?;
         let remaining = parent_expires.map(|e| Duration::from_nanos(e.saturating_sub(now)));
         let ttl = narrow::ttl(remaining, scope.ttl).map_err(|w| ApiError::bad(w.to_string()))?;
         scope.ttl = ttl;
@@ -214,9 +268,133 @@ impl Core {
             expires_boot_ns,
             identity,
             seen_populated: false,
+            scope_text: req.scope_text.clone(),
+            scope_path,
+            first_pid: None,
         });
+        self.persist(task_id);
         tracing::info!(task = %task_id, call = %id, name = %req.name, slot, "call started");
         Ok(CallInfo { call: id, name: req.name, parent: parent_id, depth: depth + 1, task: info })
+    }
+
+    /// Re-adopts the calls a previous daemon left running in task `task_id` (just adopted):
+    /// parents first, each call's cgroup and everything below it bound to the call's own
+    /// slot again — adopting the task bound its whole subtree to the task's slot, the wider
+    /// scope —, its records attributed to it, its refusals fed, its names resolved. A call
+    /// whose cgroup is gone gets its `call_end`; one whose scope no longer compiles is killed
+    /// and ended (its processes must not keep running under the task's wider scope).
+    pub(super) fn readopt_calls(&mut self, task_id: &str, mut records: Vec<CallRecord>) -> Vec<String> {
+        records.sort_by_key(|r| r.depth);
+        let mut adopted = Vec::new();
+        for rec in records {
+            match self.readopt_call(task_id, &rec) {
+                Ok(()) => adopted.push(rec.id.clone()),
+                Err((why, cgroup)) => {
+                    tracing::error!(task = %task_id, call = %rec.id, error = %why, "cannot re-adopt call; ending it");
+                    let killed = cgroup.as_ref().and_then(|c| c.pids().ok()).map_or(0, |p| p.len() as u64);
+                    if let Some(cg) = &cgroup {
+                        let _ = cg.kill_all(KILL_TIMEOUT);
+                        let _ = cg.remove();
+                    }
+                    let rec = AuditRecord {
+                        time: self.now(),
+                        task: task_id.to_string(),
+                        call: Some(Arc::from(rec.id.as_str())),
+                        call_name: Some(Arc::from(rec.name.as_str())),
+                        kind: Kind::CallEnd,
+                        decision: Some(Decision::Allow),
+                        reason: Some(format!("not re-adopted after a daemon restart: {why}")),
+                        killed: Some(killed),
+                        duration_ms: Some(
+                            Clock::boot_now_ns().saturating_sub(rec.started_boot_ns) / 1_000_000,
+                        ),
+                        ..Default::default()
+                    };
+                    self.emit(rec);
+                }
+            }
+        }
+        if let Some(t) = self.tasks.get_mut(task_id) {
+            let highest = t
+                .calls
+                .iter()
+                .filter_map(|c| c.id.rsplit('/').next()?.strip_prefix('c')?.parse::<u32>().ok())
+                .max()
+                .unwrap_or(0);
+            t.next_call = t.next_call.max(highest);
+        }
+        self.persist(task_id);
+        adopted
+    }
+
+    fn readopt_call(&mut self, task_id: &str, rec: &CallRecord) -> Result<(), (String, Option<Cgroup>)> {
+        let t = self.tasks.get(task_id).ok_or_else(|| ("its task is gone".to_string(), None))?;
+        let parent_id = rec.id.rsplit_once('/').map(|(p, _)| p).unwrap_or(task_id);
+        let parent_scope = if parent_id == task_id {
+            t.run.task.scope.clone()
+        } else {
+            let p = t.calls.iter().find(|c| c.id == parent_id);
+            p.ok_or_else(|| (format!("its parent {parent_id} was not re-adopted"), None))?.scope.clone()
+        };
+        let cgroup = Cgroup::open(&rec.cgroup)
+            .map_err(|e| (format!("its cgroup {} is gone ({e})", rec.cgroup.display()), None))?;
+        let fail = |why: String, cg: &Cgroup| (why, Some(cg.clone()));
+        let mut scope = call_scope(&parent_scope, rec.scope_text.as_deref(), &rec.scope_path)
+            .map_err(|e| fail(format!("its scope: {e}"), &cgroup))?;
+        scope.ttl = rec.expires_boot_ns.map(|e| Duration::from_nanos(e.saturating_sub(rec.started_boot_ns)));
+        let mut compiled =
+            CompiledScope::compile(&scope).map_err(|e| fail(format!("its scope: {e}"), &cgroup))?;
+        compiled.call = true;
+        let tag = CallTag { id: Arc::from(rec.id.as_str()), name: Arc::from(rec.name.as_str()) };
+        self.pipeline
+            .register(rec.slot, TaskCtx { id: task_id.to_string(), mode: scope.mode, call: Some(tag) });
+        // Its command's process, if the previous daemon died before saving it: the oldest
+        // process of the call whose parent is outside it (the task's init).
+        let first_pid = rec.first_pid.or_else(|| first_process(&cgroup));
+        self.pipeline.seed_call(&rec.id, first_pid);
+        let mut ids = vec![cgroup.id()];
+        ids.extend(cgroup.descendant_ids().unwrap_or_default());
+        let bound = (|| -> Result<(), String> {
+            self.sensor.bind(rec.slot, &ids, &compiled).map_err(|e| e.to_string())?;
+            if let Some(d) = crate::dns::TaskDns::new(task_id, rec.slot, &scope).map_err(|e| e.to_string())? {
+                live!(self).dns_register(d).map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = bound {
+            self.pipeline.unregister(rec.slot);
+            return Err(fail(format!("binding its scope: {e}"), &cgroup));
+        }
+        if let Some(feed) = self.feed.as_mut() {
+            feed.register(crate::kaudit::TaskInfo::new(
+                rec.slot,
+                None,
+                &cgroup,
+                &self.node.cgroup_mount,
+                &compiled,
+            ));
+        }
+        let Some(t) = self.tasks.get_mut(task_id) else {
+            return Err(("its task is gone".into(), Some(cgroup)));
+        };
+        t.calls.push(Call {
+            id: rec.id.clone(),
+            name: rec.name.clone(),
+            depth: rec.depth,
+            slot: rec.slot,
+            scope,
+            compiled,
+            cgroup,
+            started_boot_ns: rec.started_boot_ns,
+            expires_boot_ns: rec.expires_boot_ns,
+            identity: rec.identity.clone(),
+            seen_populated: true,
+            scope_text: rec.scope_text.clone(),
+            scope_path: rec.scope_path.clone(),
+            first_pid,
+        });
+        tracing::info!(task = %task_id, call = %rec.id, slot = rec.slot, ?first_pid, "call re-adopted");
+        Ok(())
     }
 
     /// Starts a call for a process inside a task: the deepest task or call whose cgroup holds
@@ -296,6 +474,7 @@ impl Core {
         let Some(t) = self.tasks.get_mut(task_id) else { return gone };
         let Some(i) = t.calls.iter().position(|c| c.id == call) else { return gone };
         let c = t.calls.remove(i);
+        self.persist(task_id);
         let mut errors = Vec::new();
         let killed = c.cgroup.pids().map(|p| p.len() as u64).unwrap_or(0);
         if let Err(e) = c.cgroup.kill_all(KILL_TIMEOUT) {
@@ -357,15 +536,23 @@ impl Core {
         let now = Clock::boot_now_ns();
         let Some(t) = self.tasks.get_mut(task_id) else { return };
         let mut due = Vec::new();
+        let mut learned = false;
         for c in &mut t.calls {
             let populated = c.cgroup.populated().unwrap_or(false);
             c.seen_populated |= populated;
             let st = self.pipeline.call_stats(&c.id);
+            if c.first_pid.is_none() && st.first_pid.is_some() {
+                c.first_pid = st.first_pid;
+                learned = true;
+            }
             if c.expires_boot_ns.is_some_and(|e| e <= now) {
                 due.push((c.depth, c.id.clone(), "ttl expired"));
             } else if st.exit.is_some() || (c.seen_populated && !populated) {
                 due.push((c.depth, c.id.clone(), "exited"));
             }
+        }
+        if learned {
+            self.persist(task_id);
         }
         due.sort_by_key(|c| std::cmp::Reverse(c.0));
         for (_, id, why) in due {
@@ -374,5 +561,18 @@ impl Core {
                 let _ = self.end_call(task_id, &id, why);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_stat;
+
+    #[test]
+    fn stat_fields_are_read_after_the_last_parenthesis() {
+        let s = "4242 (a) b) (c) S 17 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
+        assert_eq!(parse_stat(s), Some((17, 987654)));
+        assert_eq!(parse_stat("4242 (sh) S 17"), None, "a truncated line is refused");
+        assert_eq!(parse_stat("garbage"), None);
     }
 }

@@ -68,6 +68,8 @@ pub struct Startup {
     pub version: String,
     pub adopted_links: Vec<String>,
     pub adopted_tasks: Vec<String>,
+    /// Calls re-adopted with their tasks (`task/cN`).
+    pub adopted_calls: Vec<String>,
     pub vanished_tasks: Vec<String>,
     pub migrated_from: Vec<String>,
     pub down_since: Option<String>,
@@ -306,13 +308,14 @@ impl Core {
                         end_when_empty: rec.end_when_empty,
                         seen_populated: true,
                         log: rec.log.clone(),
-                        // Calls are not re-adopted: their cgroups are below the task's, which
-                        // the `tables` step re-bound to the task's slot (docs/daemon.md).
+                        // Re-adopted just below: adopting bound the task's whole subtree,
+                        // the calls' cgroups included, to the task's slot.
                         calls: Vec::new(),
                         next_call: 0,
                     };
                     self.tasks.insert(id.clone(), task);
-                    self.persist(&id);
+                    let calls = self.readopt_calls(&id, rec.calls.clone());
+                    self.startup.adopted_calls.extend(calls);
                 }
                 Err((why, _ended)) => {
                     tracing::error!(task = %id, error = %why, "cannot re-adopt task; ended it");

@@ -40,6 +40,7 @@ impl Task {
             pids_v1: t.pids_v1.clone(),
             drops_reported: t.gaps.drops,
             saved: t.saved.clone(),
+            calls: self.calls.iter().map(|c| c.record()).collect(),
         }
     }
 }
