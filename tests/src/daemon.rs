@@ -267,5 +267,9 @@ impl Drop for TestDaemon {
         }
         // Unpinning detaches whatever the daemon left attached.
         let _ = std::fs::remove_dir_all(&self.pin_root);
+        // The call endpoint's directory, beside the socket's (left by a killed daemon).
+        if let Some(dir) = agent_user::daemon::inside::socket_path(&self.socket).parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }

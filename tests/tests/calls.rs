@@ -518,3 +518,35 @@ fn a_call_keeps_its_scope_across_a_daemon_restart() {
     assert!(d.end(&id).status.success());
     d.assert_log_verifies();
 }
+
+/// A task that runs as another user (`user:`) starts calls through the endpoint too: it is
+/// not in the API socket's 0700 directory. The call runs as the task's user, under the call's
+/// name. Break-checked: with the endpoint beside the API socket again, `warden call` exited 1
+/// and no call started.
+#[test]
+fn a_task_running_as_another_user_reaches_the_call_endpoint() {
+    if !require("a_task_running_as_another_user_reaches_the_call_endpoint", "root") {
+        return;
+    }
+    let _s = serial();
+    let d = TestDaemon::start("");
+    let w = warden_bin();
+    let w = w.display();
+    let scope = format!(
+        "version: 1\ntask: nobody\nuser: {{uid: 65534, gid: 65534}}\nexec:\n  allow: [/bin/sh, {w}, /usr/bin/id]\n"
+    );
+    let t = d.start_task("nobody", &scope);
+    let id = t["id"].as_str().unwrap();
+    let out = d.exec(id, &format!("{w} call --name who --intent 'who am i' -- /usr/bin/id -u; echo call=$?"));
+    let o = text(&out);
+    assert!(o.contains("65534\n") && o.contains("call=0"), "{o}");
+    let start = d.wait_record(id, Duration::from_secs(10), |r| r["kind"] == "call_start");
+    assert_eq!(start["call_name"], "who", "{start}");
+    assert_eq!(start["parent"], id, "{start}");
+    let cid = start["call"].as_str().unwrap().to_string();
+    let exec = d.wait_record(id, Duration::from_secs(10), |r| {
+        r["kind"] == "exec" && r["call"] == cid.as_str() && r["path"] == "/usr/bin/id"
+    });
+    assert_eq!(exec["uid"], 65534, "{exec}");
+    assert!(d.end(id).status.success());
+}

@@ -1,7 +1,7 @@
 //! The call endpoint inside tasks: `warden call` in a task's process starts a call of the
-//! caller's **own** task or call. One unix socket per daemon (`call.sock` beside the API
-//! socket, named to tasks by `WARDEN_CALL_SOCKET`); every task's confinement lets it connect
-//! (like its broker). The caller is identified from the kernel — the socket's peer pidfd,
+//! caller's **own** task or call. One unix socket per daemon (`call.sock`, in a directory
+//! beside the API socket's so that tasks running as another user reach it too; named to
+//! tasks by `WARDEN_CALL_SOCKET`); every task's confinement lets it connect (like its broker). The caller is identified from the kernel — the socket's peer pidfd,
 //! then its cgroup — and that cgroup alone decides the parent: the request names no task and
 //! no parent, and there is no way to end anything through it. The daemon then starts the call
 //! as `task exec --call` would (scope no wider than the parent's, its own cgroup and slot) and
@@ -79,9 +79,44 @@ pub struct InsideAnswer {
     pub usage: bool,
 }
 
-/// Where a daemon whose API socket is `api` serves calls.
+/// Where a daemon whose API socket is `api` serves calls: in a directory of its own beside the
+/// API socket's (`/run/warden/warden.sock` → `/run/warden.calls/call.sock`). The API socket's
+/// directory is 0700, which keeps tasks that run as another `user:` from reaching anything
+/// in it; the endpoint's directory is 0755 and holds nothing else.
 pub fn socket_path(api: &Path) -> PathBuf {
-    api.with_file_name(SOCKET_NAME)
+    let dir = api.parent().filter(|d| d.file_name().is_some()).unwrap_or(Path::new("/run/warden"));
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    dir.with_file_name(format!("{name}.calls")).join(SOCKET_NAME)
+}
+
+/// The endpoint's directory: created 0755 owned by root, or, when it exists, accepted only as
+/// a real directory (not a symlink) owned by root that nobody else can write to — anyone who
+/// could would be able to put their own socket in the daemon's place.
+fn endpoint_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    match std::fs::DirBuilder::new().mode(0o755).create(dir) {
+        Ok(()) => std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let md = std::fs::symlink_metadata(dir)?;
+            if !md.is_dir() || md.uid() != 0 || md.mode() & 0o022 != 0 {
+                return Err(std::io::Error::other(format!(
+                    "{} must be a directory owned by root and writable by nobody else (remove it; the \
+                     daemon recreates it)",
+                    dir.display()
+                )));
+            }
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Removes the endpoint and its directory (at the daemon's exit).
+pub fn remove(path: &Path) {
+    let _ = std::fs::remove_file(path);
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::remove_dir(dir);
+    }
 }
 
 /// Binds the endpoint (mode 0666: any process of any task may ask; its cgroup decides what
@@ -92,6 +127,9 @@ pub fn serve(
     cgroup_mount: PathBuf,
     rt: tokio::runtime::Handle,
 ) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        endpoint_dir(dir)?;
+    }
     if path.exists() {
         std::fs::remove_file(path)?;
     }

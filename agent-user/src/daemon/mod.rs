@@ -151,6 +151,6 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     };
     core.run(cmd_rx, shutdown).await;
     let _ = std::fs::remove_file(&socket);
-    let _ = std::fs::remove_file(&call_socket);
+    inside::remove(&call_socket);
     Ok(())
 }
