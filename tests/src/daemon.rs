@@ -1,8 +1,9 @@
 //! A `warden daemon` of the test's own: its socket, state, secrets, log and key in a temp
 //! directory, its pins under `<bpffs>/warden-test-<pid>-<n>` and its sandboxes under
-//! `<cgroup2>/warden-test/daemon-<pid>-<n>`. Dropping it kills the daemon, every process
-//! left in its sandboxes, and removes the cgroups, pins and secret mounts, also when the
-//! test panicked.
+//! `<cgroup2>/warden-test/daemon-<pid>-<n>` (on hosts that bind `pids` to cgroup v1, their
+//! process-limit twins under `<v1 pids>/warden-test/daemon-<pid>-<n>`). Dropping it kills the
+//! daemon, every process left in its sandboxes, and removes the cgroups (both hierarchies),
+//! pins and secret mounts, also when the test panicked.
 use std::{
     io::{BufRead, BufReader},
     path::{Path, PathBuf},
@@ -31,6 +32,9 @@ pub struct TestDaemon {
     pub pin_root: PathBuf,
     /// The sandboxes' parent cgroup.
     pub cgroup_parent: PathBuf,
+    /// The parent of the sandboxes' v1 pids twins, on hosts where cgroup v1 has `pids` (the
+    /// daemon removes a twin when its task ends, but not when it is killed).
+    pub pids_v1_parent: Option<PathBuf>,
     pub metrics_port: u16,
     child: Option<Child>,
     /// The `ready` line of the last start.
@@ -79,7 +83,11 @@ impl TestDaemon {
             log: d.join("events.jsonl"),
             secrets_dir: d.join("secrets"),
             pin_root: PathBuf::from("/sys/fs/bpf").join(pin_name),
-            cgroup_parent: mount.join(cg_rel),
+            pids_v1_parent: std::fs::read_to_string("/proc/self/mountinfo")
+                .ok()
+                .and_then(|mi| agent_user::util::mountinfo::v1_pids_mount_in(&mi))
+                .map(|v1| v1.join(&cg_rel)),
+            cgroup_parent: mount.join(&cg_rel),
             metrics_port,
             config,
             dir,
@@ -258,6 +266,16 @@ impl Drop for TestDaemon {
         remove_cgroup_tree(&self.cgroup_parent);
         if let Some(parent) = self.cgroup_parent.parent() {
             let _ = std::fs::remove_dir(parent);
+        }
+        // The v1 twins hold the same processes as the v2 sandboxes, killed above: only the
+        // directories are left, deepest first; then `warden-test` there too once empty.
+        if let Some(v1) = &self.pids_v1_parent
+            && let Ok(cg) = Cgroup::open(v1)
+        {
+            let _ = cg.remove();
+            if let Some(parent) = v1.parent() {
+                let _ = std::fs::remove_dir(parent);
+            }
         }
         // Issued secrets are tmpfs mounts under secrets_dir.
         if let Ok(rd) = std::fs::read_dir(&self.secrets_dir) {

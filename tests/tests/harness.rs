@@ -10,7 +10,9 @@ use agent_user::audit::chain::sha256_hex;
 use serde_json::Value;
 use warden_tests::{daemon::TestDaemon, require, warden_bin};
 
-const REPORT_PORT: u16 = 8471;
+/// The report server's port in the example scopes (`examples/harness/*.yaml`): the test moves
+/// the server to a free port and gives the harness copies of the scopes that grant that one.
+const EXAMPLE_PORT: &str = "8471";
 
 /// How the harness starts its calls.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -37,15 +39,24 @@ fn the_example_harness_drives_a_task_from_outside() {
     harness(Via::Outside);
 }
 
-/// Serializes the tests: both need the report server's port.
-static PORT: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 fn harness(via: Via) {
-    let _port = PORT.lock().unwrap_or_else(|e| e.into_inner());
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let examples = root.join("examples");
-    // The report server: an allowed connect succeeds, a refused one fails with EPERM.
-    let server = TcpListener::bind(("127.0.0.1", REPORT_PORT)).expect("port 8471 for the report server");
+    // The report server, on a free port: an allowed connect succeeds, a refused one fails with
+    // EPERM. The example scopes grant its port, rewritten from the example's.
+    let server = TcpListener::bind(("127.0.0.1", 0)).expect("a port for the report server");
+    let port = server.local_addr().unwrap().port();
+    let with_port = |text: String| {
+        let rewritten = text.replace(&format!("ports: [{EXAMPLE_PORT}]"), &format!("ports: [{port}]"));
+        assert!(rewritten != text || !text.contains(EXAMPLE_PORT), "the example port moved: {text}");
+        rewritten
+    };
+    let scopes = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(examples.join("harness")).unwrap() {
+        let e = e.unwrap();
+        let text = std::fs::read_to_string(e.path()).unwrap();
+        std::fs::write(scopes.path().join(e.file_name()), with_port(text)).unwrap();
+    }
     server.set_nonblocking(true).unwrap();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stopped = stop.clone();
@@ -60,10 +71,13 @@ fn harness(via: Via) {
     // The starter rules run live: their findings on the calls' records are written as records.
     let d = TestDaemon::start(&format!("rules: {}\n", root.join("rules/starter").display()));
     // The example task scope, with the warden under test allowed (for `warden call`).
-    let task_scope = std::fs::read_to_string(examples.join("harness/task.yaml"))
+    let task_scope = std::fs::read_to_string(scopes.path().join("task.yaml"))
         .unwrap()
         .replace("/usr/bin/rm]", &format!("/usr/bin/rm, {}]", warden_bin().display()));
     assert!(task_scope.contains(&warden_bin().display().to_string()));
+    assert!(task_scope.contains(&format!("ports: [{port}]")), "{task_scope}");
+    let port_arg = port.to_string();
+    let harness_args = ["--scopes", scopes.path().to_str().unwrap(), "--report-port", &port_arg];
     let task = d.start_task("harness", &task_scope);
     let id = task["id"].as_str().expect("task id").to_string();
     let script = examples.join("harness.py");
@@ -77,10 +91,15 @@ fn harness(via: Via) {
             script.to_str().unwrap(),
             "--warden",
             warden_bin().to_str().unwrap(),
+            harness_args[0],
+            harness_args[1],
+            harness_args[2],
+            harness_args[3],
         ]),
         Via::Outside => std::process::Command::new("/usr/bin/python3")
             .arg(&script)
             .args(["--warden", warden_bin().to_str().unwrap(), "--task", &id])
+            .args(harness_args)
             .env("WARDEN_SOCKET", &d.socket)
             .output()
             .unwrap(),
@@ -117,7 +136,7 @@ fn harness(via: Via) {
     let call = summarize["call"].as_str().unwrap();
     let refused: Vec<&Value> = recs
         .iter()
-        .filter(|r| r["kind"] == "connect" && r["port"] == REPORT_PORT && r["decision"] == "deny")
+        .filter(|r| r["kind"] == "connect" && r["port"] == port && r["decision"] == "deny")
         .collect();
     assert_eq!(refused.len(), 1, "{says}");
     assert_eq!(
@@ -128,7 +147,7 @@ fn harness(via: Via) {
     // The same connect, allowed, in upload-report (whose scope grants it, as the task's does).
     assert!(
         recs.iter().any(|r| r["kind"] == "connect"
-            && r["port"] == REPORT_PORT
+            && r["port"] == port
             && r["decision"] == "allow"
             && r["call"] == end["call"]),
         "{says}"

@@ -159,12 +159,16 @@ fn ready(test: &str) -> bool {
     true
 }
 
-/// A daemon whose scopes directory holds `agent.yaml`: only the image's shell may run.
-fn daemon_with_scopes() -> TestDaemon {
-    let scopes = tempfile::tempdir().expect("tempdir").keep();
-    std::fs::write(scopes.join("agent.yaml"), "version: 1\ntask: pod-agent\nexec:\n  allow: [/bin/sh]\n")
-        .expect("scope");
-    TestDaemon::start(&format!("scopes: {}\n", scopes.display()))
+/// A daemon whose scopes directory holds `agent.yaml`: only the image's shell may run. The
+/// directory is removed when the caller drops it, at the end of the test.
+fn daemon_with_scopes() -> (TestDaemon, tempfile::TempDir) {
+    let scopes = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        scopes.path().join("agent.yaml"),
+        "version: 1\ntask: pod-agent\nexec:\n  allow: [/bin/sh]\n",
+    )
+    .expect("scope");
+    (TestDaemon::start(&format!("scopes: {}\n", scopes.path().display())), scopes)
 }
 
 fn http_get(port: u16, path: &str) -> String {
@@ -197,7 +201,7 @@ fn container_first_command_outside_scope_is_refused_with_pod_fields() {
         return;
     }
     let _serial = serial();
-    let d = daemon_with_scopes();
+    let (d, _scopes) = daemon_with_scopes();
     let pod =
         Pod::new(&d, &["/opt/sh", "-c", "echo escaped > /tmp/escaped"], &[("warden.dev/scope", "agent")]);
     let out = pod.run();
@@ -248,7 +252,7 @@ fn container_allowed_workload_runs_without_denials() {
         return;
     }
     let _serial = serial();
-    let d = daemon_with_scopes();
+    let (d, _scopes) = daemon_with_scopes();
     let pod = Pod::new(
         &d,
         &[
@@ -308,7 +312,7 @@ fn container_does_not_start_without_the_daemon() {
         return;
     }
     let _serial = serial();
-    let mut d = daemon_with_scopes();
+    let (mut d, _scopes) = daemon_with_scopes();
     d.stop();
     let pod = Pod::new(&d, &["/bin/sh", "-c", "echo ran > /tmp/ran"], &[("warden.dev/scope", "agent")]);
     let out = pod.run();
@@ -341,7 +345,7 @@ fn container_with_unknown_scope_is_refused_on_the_record() {
         return;
     }
     let _serial = serial();
-    let d = daemon_with_scopes();
+    let (d, _scopes) = daemon_with_scopes();
     let pod =
         Pod::new(&d, &["/bin/sh", "-c", "echo ran > /tmp/ran"], &[("warden.dev/scope", "no-such-scope")]);
     let out = pod.run();
@@ -365,7 +369,7 @@ fn container_task_is_readopted_with_its_pod_after_a_daemon_crash() {
         return;
     }
     let _serial = serial();
-    let mut d = daemon_with_scopes();
+    let (mut d, _scopes) = daemon_with_scopes();
     let pod = Pod::new(
         &d,
         &[
