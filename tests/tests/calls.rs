@@ -18,7 +18,7 @@ use std::{
 };
 
 use serde_json::Value;
-use warden_tests::{daemon::TestDaemon, require, warden_bin};
+use warden_tests::{coverage, daemon::TestDaemon, require, warden_bin};
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
@@ -200,19 +200,29 @@ fn an_action_the_task_grants_but_the_call_does_not_is_refused_and_attributed() {
         assert_eq!(r["call"], cid.as_str(), "{r}");
         assert_eq!(r["call_name"], "tool");
         assert_eq!(r["rule"], rule);
+        if kind == "exec" {
+            // The fallback engine kills at sched_process_exec; BPF LSM refuses the exec.
+            coverage("tool call exec", "syscall", if r["action"] == "kill" { "killed" } else { "enforced" });
+        } else {
+            coverage("tool call egress", "syscall", "enforced");
+        }
     }
     // The read: Landlock's refusal (fallback engine, reported by the kernel) or the LSM hook.
     let read = denied
         .iter()
         .find(|r| r["kind"] == "open" && r["path"].as_str().is_some_and(|p| p.contains("notes.txt")));
     match read {
-        Some(r) => assert_eq!(r["call"], cid.as_str(), "{r}"),
+        Some(r) => {
+            assert_eq!(r["call"], cid.as_str(), "{r}");
+            coverage("tool call files", "syscall", "enforced");
+        }
         None => {
             let unrecorded = recs.iter().find(|r| r["kind"] == "task_start").unwrap()["unrecorded"].clone();
             assert!(
                 unrecorded.to_string().contains("files"),
                 "the refused read was not recorded: {denied:?}"
             );
+            coverage("tool call files", "syscall", "enforced (no record)");
         }
     }
     // The task's own processes' records carry no call; the call's allowed ones do.
@@ -276,6 +286,7 @@ fn a_call_cannot_move_to_its_parents_cgroup() {
     let execs: Vec<Value> = d.records_of(id).into_iter().filter(|r| r["kind"] == "exec").collect();
     assert!(!execs.is_empty());
     assert!(execs.iter().all(|r| r["call"] == cid), "a call process left its call: {execs:?}");
+    coverage("tool call cgroup escape", "syscall", "enforced (no record)");
     assert!(d.end(id).status.success());
 }
 

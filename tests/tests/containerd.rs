@@ -17,6 +17,7 @@ use std::{
 use serde_json::{Value, json};
 use warden_tests::{
     containers::{BUSYBOX, busybox_rootfs, ended_by_exit, random_hex, remove_tree},
+    coverage,
     daemon::TestDaemon,
     engine, require, wait_for, warden_bin,
 };
@@ -473,6 +474,8 @@ fn containerd_cri_pod_containers_are_bound_before_their_first_instruction() {
     if engine() == "fallback" {
         assert_eq!(deny["action"], "kill", "the fallback engine kills before the first instruction: {deny}");
     }
+    let exec = if deny["action"] == "kill" { "killed" } else { "enforced" };
+    coverage("pod exec identity (containerd)", "syscall", exec);
     let start = d.records_of(&task).into_iter().find(|r| r["kind"] == "task_start").expect("task_start");
     assert_pod(&start, &pod, "refused", &refused);
     assert!(
@@ -530,6 +533,7 @@ fn containerd_cri_pod_containers_are_bound_before_their_first_instruction() {
     let nc = std::fs::read_to_string(c.out().join("nc")).expect("the net container ran");
     assert_ne!(nc.trim(), "0", "the connection was made");
     assert!(listener.accept().is_err(), "the listener was reached from the container");
+    coverage("pod egress (containerd)", "syscall", "enforced");
 
     // The sandbox ("pause") container is never bound, and no task outlives its container.
     assert!(
@@ -562,5 +566,6 @@ fn containerd_cri_container_does_not_start_without_the_daemon() {
     let err = c.start_container(&id).expect_err("the container started without the daemon");
     assert!(err.contains("cannot be bound"), "containerd's error does not carry the hook's reason: {err}");
     assert!(!c.out().join("ran").exists(), "the container's command ran unbound");
+    coverage("pod without the daemon (containerd)", "syscall", "enforced (no record)");
     println!("{test}: {:.1} s", t0.elapsed().as_secs_f64());
 }

@@ -43,11 +43,12 @@ enum Cmd {
     Vm(vm::VmArgs),
     /// Run the fuzz targets (decoder, scope parser, rule parser, verifier).
     Fuzz(fuzz::FuzzArgs),
+    /// Regenerate docs/coverage.md and docs/coverage.json from the cells the last host and VM
+    /// runs left in target/coverage (`cargo xtask test` does this after its privileged tiers).
+    /// Run it after a full `cargo xtask test`: a partial run leaves only its own cells.
+    Coverage,
     /// Lint the Helm chart, check deploy/kubernetes/ is its rendering, validate every object
     /// against the Kubernetes schemas (offline once the tools are cached).
-    /// Regenerate docs/coverage.md from the cells the last host and VM runs left in
-    /// target/coverage (`cargo xtask test` does this after its privileged tiers).
-    Coverage,
     K8s {
         /// Regenerate deploy/kubernetes/warden.yaml from the chart.
         #[arg(long)]
