@@ -14,6 +14,11 @@ use super::{
 /// Where things go inside the guest.
 pub const GUEST_WARDEN: &str = "/bin/warden";
 pub const GUEST_TESTS_DIR: &str = "/tests";
+/// The kernel command line parameter (`warden.tests=lsm,lifecycle`) that names the test
+/// binaries one guest runs, of those the initramfs carries: one initramfs serves every kernel
+/// of the matrix. Without it, the guest runs them all. (A dotted name is a module parameter to
+/// the kernel: an unknown one is ignored, not handed to `/init`.)
+pub const TESTS_PARAM: &str = "warden.tests";
 /// Busybox runs `/init` and its applets fill in what [`HOST_PROGRAMS`] leaves out. It is not
 /// `/bin/sh`: busybox applets are one inode, which exec-identity scenarios cannot tell apart.
 pub const GUEST_BUSYBOX: &str = "/bin/busybox";
@@ -81,7 +86,7 @@ const STDLIB_SKIP_MODULES: &[&str] = &[
 pub struct Contents<'a> {
     pub busybox: &'a Path,
     pub warden: &'a Path,
-    /// (name, host path) of each test binary, run in this order.
+    /// (name, host path) of each test binary, run in this order (those [`TESTS_PARAM`] names).
     pub tests: &'a [(String, PathBuf)],
     /// Programs the tests run by absolute host path; placed at that same path.
     pub helpers: &'a [PathBuf],
@@ -187,7 +192,11 @@ rc=$?
 echo "{m} probe-end status=$rc"
 [ $rc -eq 0 ] || cat /tmp/probe.err
 overall=0
-for t in {tests}; do
+tests="{tests}"
+for p in $(cat /proc/cmdline); do
+  case "$p" in {param}=*) tests=$(echo "${{p#{param}=}}" | tr , ' ') ;; esac
+done
+for t in $tests; do
   echo "{m} test-begin $t"
   # stdin is not the console: tests are not interactive (as in CI), and a process that
   # inherits stdio does not take the console for a user's terminal.
@@ -214,6 +223,7 @@ poweroff -f
         warden = GUEST_WARDEN,
         dir = GUEST_TESTS_DIR,
         tests = tests.join(" "),
+        param = TESTS_PARAM,
         require = shell_quote(c.require),
     )
 }
@@ -240,7 +250,9 @@ mod tests {
             require: "bpf_lsm",
         };
         let s = init_script(&c);
-        assert!(s.contains("for t in lsm; do"));
+        assert!(s.contains("tests=\"lsm\"\n"));
+        assert!(s.contains("warden.tests=*) tests=$(echo \"${p#warden.tests=}\" | tr , ' ')"));
+        assert!(s.contains("for t in $tests; do"));
         assert!(s.contains("WARDEN_REQUIRE='bpf_lsm' WARDEN_BIN=/bin/warden"));
         assert!(s.contains("WARDEN_COVERAGE_OUT=/tmp/coverage.jsonl"));
         assert!(s.contains("/tests/$t --test-threads=1 --show-output --color=never 'exec_deny'"));

@@ -14,7 +14,7 @@
 //! WARDEN-VM: dmesg-begin / dmesg-end      (only when something failed)
 //! WARDEN-VM: done status=<0|1>
 //! ```
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, time::Duration};
 
 pub const MARKER: &str = "WARDEN-VM:";
 
@@ -52,8 +52,17 @@ pub struct Binary {
     pub summary: Option<String>,
     /// Everything it printed.
     pub lines: Vec<String>,
+    /// Test name → how long it ran in the guest, by when the host read its result line (the
+    /// guest runs one test at a time, and libtest prints `test <name> ... ` as a test starts
+    /// and its outcome as it ends, so the time between two result lines is the later test's).
+    pub seconds: BTreeMap<String, f64>,
+    /// From `test-begin` to `test-end`, when the console lines were timed.
+    pub total: Option<Duration>,
     /// The `---- <name> stdout ----` section being read.
     section: Option<String>,
+    /// When the binary started, and when its last test ended (console time).
+    began: Option<Duration>,
+    last_end: Option<Duration>,
 }
 
 impl Binary {
@@ -103,6 +112,8 @@ pub struct Console {
     /// Kernel messages before `/init` and the guest's dmesg dump, if any.
     pub kernel_lines: Vec<String>,
     section: Section,
+    /// When the line being fed was read (from the guest's start), if the caller timed it.
+    now: Option<Duration>,
 }
 
 impl Default for Console {
@@ -118,6 +129,7 @@ impl Default for Console {
             coverage: Vec::new(),
             kernel_lines: Vec::new(),
             section: Section::Boot,
+            now: None,
         }
     }
 }
@@ -127,6 +139,12 @@ fn status_of(rest: &str) -> Option<i32> {
 }
 
 impl Console {
+    /// Feeds one console line read `at` this long after the guest started: tests are timed.
+    pub fn feed_at(&mut self, line: &str, at: Duration) -> Seen {
+        self.now = Some(at);
+        self.feed(line)
+    }
+
     /// Feeds one console line (without its line ending).
     pub fn feed(&mut self, line: &str) -> Seen {
         let line = line.trim_end_matches(['\r', '\n']);
@@ -159,7 +177,7 @@ impl Console {
             Section::Test => {
                 if let Some(b) = self.binaries.last_mut() {
                     b.lines.push(line.to_string());
-                    test_line(b, line);
+                    test_line(b, line, self.now);
                 }
                 if line.trim().is_empty() { Seen::Quiet } else { Seen::Show }
             }
@@ -187,12 +205,18 @@ impl Console {
                 self.section = Section::Init;
             }
             "test-begin" => {
-                self.binaries.push(Binary { name: args.trim().to_string(), ..Binary::default() });
+                self.binaries.push(Binary {
+                    name: args.trim().to_string(),
+                    began: self.now,
+                    last_end: self.now,
+                    ..Binary::default()
+                });
                 self.section = Section::Test;
             }
             "test-end" => {
                 if let Some(b) = self.binaries.last_mut() {
                     b.exit = status_of(args);
+                    b.total = self.now.zip(b.began).map(|(now, began)| now.saturating_sub(began));
                 }
                 self.section = Section::Init;
             }
@@ -217,8 +241,9 @@ impl Console {
     }
 }
 
-/// Reads libtest's pretty output, `--show-output` sections and Warden's `SKIP` lines.
-fn test_line(b: &mut Binary, line: &str) {
+/// Reads libtest's pretty output, `--show-output` sections and Warden's `SKIP` lines; `now`
+/// (console time) times each test.
+fn test_line(b: &mut Binary, line: &str, now: Option<Duration>) {
     if let Some(rest) = line.strip_prefix("test ") {
         if let Some(summary) = rest.strip_prefix("result: ") {
             b.summary = Some(format!("test result: {summary}"));
@@ -231,6 +256,11 @@ fn test_line(b: &mut Binary, line: &str) {
                 o if o.starts_with("ignored") => Outcome::Ignored,
                 _ => return,
             };
+            if let (Some(now), Some(from)) = (now, b.last_end) {
+                let secs = now.saturating_sub(from).as_secs_f64();
+                b.seconds.insert(name.trim().to_string(), (secs * 10.0).round() / 10.0);
+                b.last_end = Some(now);
+            }
             b.set(name.trim(), outcome);
         }
         return;
@@ -327,6 +357,27 @@ WARDEN-VM: done status=1\r
         assert!(b.summary.as_deref().unwrap().starts_with("test result: FAILED. 2 passed; 1 failed"));
         assert_eq!(c.kernel_lines.len(), 2);
         assert_eq!(c.coverage, ["{\"control\":\"exec identity\"}"]);
+    }
+
+    #[test]
+    fn tests_are_timed_by_when_their_results_arrive() {
+        let mut c = Console::default();
+        let s = Duration::from_secs;
+        for (l, t) in [
+            ("WARDEN-VM: init kernel=x lsm=bpf", 5),
+            ("WARDEN-VM: test-begin scope", 10),
+            ("running 2 tests", 11),
+            ("test a ... ok", 14),
+            ("test b ... FAILED", 30),
+            ("test result: FAILED. 1 passed; 1 failed", 31),
+            ("WARDEN-VM: test-end scope status=101", 32),
+        ] {
+            c.feed_at(l, s(t));
+        }
+        let b = &c.binaries[0];
+        assert_eq!(b.seconds["a"], 4.0);
+        assert_eq!(b.seconds["b"], 16.0);
+        assert_eq!(b.total, Some(s(22)));
     }
 
     #[test]

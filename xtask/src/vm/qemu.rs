@@ -33,6 +33,8 @@ pub struct Boot<'a> {
     pub timeout: Duration,
     pub memory: &'a str,
     pub cpus: u32,
+    /// Added to [`CMDLINE`] (e.g. `warden.tests=...`, which `/init` reads).
+    pub append: &'a str,
 }
 
 pub struct Run {
@@ -59,7 +61,9 @@ impl Boot<'_> {
             .arg(self.vmlinuz)
             .arg("-initrd")
             .arg(self.initramfs)
-            .args(["-append", CMDLINE, "-serial", "stdio"]);
+            .arg("-append")
+            .arg(format!("{CMDLINE} {}", self.append).trim_end())
+            .args(["-serial", "stdio"]);
         c
     }
 
@@ -117,7 +121,7 @@ impl Boot<'_> {
                     if tail.len() > 60 {
                         tail.remove(0);
                     }
-                    match console.feed(line) {
+                    match console.feed_at(line, start.elapsed()) {
                         Seen::Init => {
                             boot = Some(start.elapsed());
                             show(line);

@@ -13,8 +13,13 @@ use super::{
 pub struct KernelReport {
     pub kernel: Kernel,
     pub run: Run,
+    /// The test binaries this guest was to run.
+    pub binaries: Vec<String>,
     /// (binary::test, outcome), in run order.
     pub tests: Vec<(String, Outcome)>,
+    /// binary::test → seconds it ran in the guest; binary → seconds for the whole binary.
+    pub seconds: Vec<(String, f64)>,
+    pub binary_seconds: Vec<(String, f64)>,
     /// binary::test → skip reason, or why a skip counts as a failure.
     pub notes: Vec<(String, String)>,
     /// What went wrong outside single tests (timeouts, crashes, a binary with no result).
@@ -37,6 +42,8 @@ impl KernelReport {
         timeout: Duration,
     ) -> Self {
         let mut tests = Vec::new();
+        let mut seconds = Vec::new();
+        let mut binary_seconds = Vec::new();
         let mut notes = Vec::new();
         let mut problems = Vec::new();
         let mut extra_failures = 0;
@@ -63,6 +70,10 @@ impl KernelReport {
                 continue;
             };
             let failed_tests = judge_binary(b, required, &mut tests, &mut notes);
+            seconds.extend(b.seconds.iter().map(|(t, s)| (format!("{name}::{t}"), *s)));
+            if let Some(t) = b.total {
+                binary_seconds.push((name.clone(), (t.as_secs_f64() * 10.0).round() / 10.0));
+            }
             match b.exit {
                 None => {
                     problems.push(format!("{name}: no result (the guest stopped during the run)"));
@@ -88,7 +99,20 @@ impl KernelReport {
         let count = |o: Outcome| tests.iter().filter(|(_, x)| *x == o).count();
         let (passed, skipped) = (count(Outcome::Ok), count(Outcome::Skipped));
         let failed = count(Outcome::Failed) + extra_failures;
-        Self { kernel, run, tests, notes, problems, passed, failed, skipped, probe }
+        Self {
+            kernel,
+            run,
+            binaries: expected.to_vec(),
+            tests,
+            seconds,
+            binary_seconds,
+            notes,
+            problems,
+            passed,
+            failed,
+            skipped,
+            probe,
+        }
     }
 
     pub fn ok(&self) -> bool {
@@ -117,7 +141,14 @@ impl KernelReport {
             println!("  probe: {}", probe_line(p));
         }
         for (name, o) in &self.tests {
-            println!("test {name} ... {}", o.as_str());
+            match self.seconds.iter().find(|(n, _)| n == name) {
+                Some((_, s)) => println!("test {name} ... {} ({s:.1}s)", o.as_str()),
+                None => println!("test {name} ... {}", o.as_str()),
+            }
+        }
+        if !self.binary_seconds.is_empty() {
+            let each: Vec<String> = self.binary_seconds.iter().map(|(b, s)| format!("{b} {s:.0}s")).collect();
+            println!("  binaries: {}", each.join(", "));
         }
         for (name, why) in &self.notes {
             println!("SKIP {name}: {why}");
@@ -176,6 +207,10 @@ impl KernelReport {
             self.tests.iter().map(|(n, o)| (n.clone(), json!(o.as_str()))).collect();
         let notes: serde_json::Map<String, Value> =
             self.notes.iter().map(|(n, w)| (n.clone(), json!(w))).collect();
+        let seconds: serde_json::Map<String, Value> =
+            self.seconds.iter().map(|(n, s)| (n.clone(), json!(s))).collect();
+        let binary_seconds: serde_json::Map<String, Value> =
+            self.binary_seconds.iter().map(|(n, s)| (n.clone(), json!(s))).collect();
         json!({
             "families": k.families,
             "package": k.package,
@@ -191,7 +226,10 @@ impl KernelReport {
             "failed": self.failed,
             "skipped": self.skipped,
             "engine": self.probe.as_ref().and_then(|p| p.pointer("/engine/primary")).cloned(),
+            "binaries": self.binaries,
+            "binary_seconds": binary_seconds,
             "tests": tests,
+            "test_seconds": seconds,
             "notes": notes,
         })
     }
