@@ -11,14 +11,24 @@ pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask has a parent").to_path_buf()
 }
 
-/// Runs a command, echoing it, and fails on a non-zero exit.
+/// Runs a command, echoing it (and how long it took: the suite's logs show where its time
+/// goes), and fails on a non-zero exit.
 pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
     eprintln!("+ {cmd:?}");
+    let t0 = std::time::Instant::now();
     let status = cmd.status().with_context(|| format!("cannot start {cmd:?}"))?;
+    eprintln!("+ ({:.1}s) {}", t0.elapsed().as_secs_f64(), short(cmd));
     if !status.success() {
         bail!("{cmd:?} failed: {status}");
     }
     Ok(())
+}
+
+/// A command's program name and first few arguments, for timing lines.
+fn short(cmd: &Command) -> String {
+    let program = Path::new(cmd.get_program()).file_name().unwrap_or_default().to_string_lossy().into_owned();
+    let args: Vec<String> = cmd.get_args().take(6).map(|a| a.to_string_lossy().into_owned()).collect();
+    format!("{program} {}", args.join(" "))
 }
 
 /// Runs a command and returns its stdout (trimmed); fails on a non-zero exit.
