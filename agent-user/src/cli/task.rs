@@ -374,10 +374,12 @@ pub fn spawn_in_task_io(
     if let Some((_, p)) = info.env.iter().find(|(k, _)| k == crate::daemon::inside::ENV) {
         crate::scope::compile::allow_call_socket(PathBuf::from(p));
     }
-    let mut compiled = CompiledScope::compile(&scope).map_err(|e| prep(e.into()))?;
+    let engine: Engine = info.engine.parse().map_err(|e: String| prep(anyhow!(e)))?;
+    // The confinement only: the daemon binds the kernel tables.
+    let build = crate::scope::compile::Build::for_engine(engine.is_lsm(), false, true);
+    let mut compiled = CompiledScope::compile_with(&scope, None, build).map_err(|e| prep(e.into()))?;
     // A call's processes may not fork into another cgroup (seccomp: `clone3` → ENOSYS).
     compiled.call = info.identity.call.is_some();
-    let engine: Engine = info.engine.parse().map_err(|e: String| prep(anyhow!(e)))?;
     let mut launch = Launch { procs_files: info.procs_files.clone(), env: info.env.clone() };
     launch.env.push(("WARDEN_TASK".into(), info.id.clone()));
     crate::lifecycle::launch::spawn_io(&launch, &compiled, engine, cmd, die_with_caller, tty, stdio)

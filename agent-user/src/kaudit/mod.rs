@@ -63,7 +63,8 @@ pub struct TaskInfo {
     pub first_pid: Option<u32>,
     /// The sandbox cgroup, relative to the cgroup2 mount (e.g. `warden/t-1`).
     pub cgroup_rel: String,
-    pub protected: crate::scope::compile::Protected,
+    /// The compiled scope's, shared (not a copy per task).
+    pub protected: std::sync::Arc<crate::scope::compile::Protected>,
     /// Syscalls the task's seccomp filter refuses: number → name.
     pub syscalls: HashMap<i64, &'static str>,
 }
@@ -576,13 +577,13 @@ mod tests {
             slot,
             first_pid: Some(first_pid),
             cgroup_rel: format!("warden/t{slot}"),
-            protected: Protected {
+            protected: std::sync::Arc::new(Protected {
                 deny: vec!["/etc/shadow".into(), "/data/secret".into()],
                 secrets: vec!["/data/secret/token".into()],
                 control: vec!["/sys/fs/cgroup".into()],
                 read_roots: None,
                 write_roots: Some(vec!["/data/out".into()]),
-            },
+            }),
             syscalls: [(321, "bpf"), (425, "io_uring_setup")].into_iter().collect(),
         }
     }
@@ -659,7 +660,7 @@ mod tests {
             feed(&mut tr, 1423, "audit(1.000:20): domain=a blockers=fs.write_file path=\"/tmp/x\"", &none);
         let [Output::Refusal(r)] = out.as_slice() else { panic!() };
         assert_eq!(r.rule, "files.write");
-        tr.tasks.get_mut(&3).unwrap().protected.write_roots = None;
+        std::sync::Arc::make_mut(&mut tr.tasks.get_mut(&3).unwrap().protected).write_roots = None;
         feed(&mut tr, 1423, "audit(1.000:21): domain=a blockers=fs.make_reg path=\"/data\"", &none);
         let mut out = Vec::new();
         tr.release_held(Duration::ZERO, &mut out);

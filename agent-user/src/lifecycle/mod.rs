@@ -154,6 +154,10 @@ pub struct Task {
     pub sandbox: SandboxSpec,
     /// Set by the `scope` step.
     pub compiled: Option<CompiledScope>,
+    /// Whether the process running this lifecycle launches the task's processes itself
+    /// (`warden run`; the default). The node daemon does not (a `task exec` client compiles
+    /// its own confinement): its `scope` step leaves the Landlock plan out.
+    pub launches: bool,
     /// Set by the `sandbox` step.
     pub cgroup: Option<Cgroup>,
     /// When re-adopting: the cgroup id the task was started with.
@@ -209,6 +213,7 @@ impl Task {
             scope,
             sandbox,
             compiled: None,
+            launches: true,
             cgroup: None,
             cgroup_id: None,
             cgroup_path: None,

@@ -4,7 +4,7 @@ use crate::{
     audit::clock::Clock,
     pipeline::{GapTracker, TaskCtx},
     sandbox::{limits::PidsLimit, secrets::IssuedSecrets},
-    scope::compile::CompiledScope,
+    scope::compile::{Build, CompiledScope},
     task::{IdentityDoc, scope_hash},
 };
 use std::path::Path;
@@ -84,10 +84,12 @@ impl Step for CompileScope {
         "scope"
     }
 
-    fn start(&mut self, task: &mut Task, _host: &mut dyn Host) -> Result<(), StepError> {
+    fn start(&mut self, task: &mut Task, host: &mut dyn Host) -> Result<(), StepError> {
         let root = task.container.as_ref().and_then(|c| c.root.as_ref());
-        let compiled =
-            CompiledScope::compile_in(&task.scope, root).map_err(|e| StepError::usage(self.name(), e))?;
+        // Only the tables this engine binds, and the Landlock plan only for a launcher.
+        let build = Build::for_engine(host.engine().is_lsm(), true, task.launches);
+        let compiled = CompiledScope::compile_with(&task.scope, root, build)
+            .map_err(|e| StepError::usage(self.name(), e))?;
         task.compiled = Some(compiled);
         Ok(())
     }

@@ -216,6 +216,34 @@ pub struct Protected {
     pub write_roots: Option<Vec<PathBuf>>,
 }
 
+/// Which engine-specific tables a compile builds. Each is a snapshot of the filesystem at
+/// compile time and together they are most of a compiled scope (on a test node ≈ 1,400 object
+/// rules and a few hundred carve-out paths per task, ≈ 230 KiB): a process builds only the
+/// ones it uses, so the node daemon does not keep 256 copies of tables nothing reads
+/// (`docs/benchmarks.md`, daemon memory). What is built is built exactly as in a full compile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Build {
+    /// The Landlock plan: used by whoever launches a task's processes on the fallback engine
+    /// (`warden run`, the `task exec` client), never by the daemon.
+    pub landlock: bool,
+    /// Object rules for the BPF LSM engine's maps.
+    pub file_rules: bool,
+    /// Unix-socket name rules for the fallback engine's maps.
+    pub unix_rules: bool,
+}
+
+impl Build {
+    /// Every table (`warden scope check`, tests, offline tools).
+    pub const ALL: Build = Build { landlock: true, file_rules: true, unix_rules: true };
+
+    /// What a process on `engine` (BPF LSM when `lsm`) needs: the map tables of its engine
+    /// when it binds them (`bind`), the Landlock plan when it launches processes on the
+    /// fallback engine (`launch`).
+    pub fn for_engine(lsm: bool, bind: bool, launch: bool) -> Build {
+        Build { landlock: launch && !lsm, file_rules: bind && lsm, unix_rules: bind && !lsm }
+    }
+}
+
 /// Everything a task's sandbox is built from.
 #[derive(Debug, Clone)]
 pub struct CompiledScope {
@@ -228,10 +256,12 @@ pub struct CompiledScope {
     pub secrets: Vec<CompiledSecret>,
     /// `None`: egress not restricted.
     pub egress: Option<Vec<EgressEntry>>,
+    /// Empty unless built ([`Build::landlock`]).
     pub landlock: LandlockPlan,
-    /// Object rules for the BPF LSM engine.
+    /// Object rules for the BPF LSM engine; empty unless built ([`Build::file_rules`]).
     pub file_rules: Vec<FileRule>,
-    /// Unix-socket name rules for the fallback engine.
+    /// Unix-socket name rules for the fallback engine; empty unless built
+    /// ([`Build::unix_rules`]).
     pub unix_rules: Vec<UnixRule>,
     /// Syscalls refused with EPERM: (name, number).
     pub seccomp_deny: Vec<(&'static str, i64)>,
@@ -245,8 +275,9 @@ pub struct CompiledScope {
     /// The `files.write` roots as they resolve now (empty when writes are not restricted):
     /// the sandbox's mount namespace mounts them `noexec`.
     pub write_roots: Vec<PathBuf>,
-    /// Protected paths, for naming the rule of a refusal reported by path.
-    pub protected: Protected,
+    /// Protected paths, for naming the rule of a refusal reported by path (shared with the
+    /// refusal reader's copy of the task, `kaudit::TaskInfo`).
+    pub protected: std::sync::Arc<Protected>,
     /// The scope is a call's: its processes may not create children in other cgroups
     /// (`clone3` answers `ENOSYS`, `sandbox/seccomp.rs`).
     pub call: bool,
@@ -785,13 +816,23 @@ impl CompiledScope {
     /// Resolves identities and builds every table. Filesystem errors (a missing executable,
     /// a script whose interpreter is not allowed) are scope errors at their line.
     pub fn compile(scope: &Scope) -> Result<Self, ScopeError> {
-        Self::compile_in(scope, None)
+        Self::compile_with(scope, None, Build::ALL)
     }
 
     /// [`CompiledScope::compile`] for a scope whose paths were placed in a container's root
     /// ([`crate::k8s::root::Root::place`]): the interpreters that executables and scripts
     /// name are the container's too.
     pub fn compile_in(scope: &Scope, root: Option<&crate::k8s::root::Root>) -> Result<Self, ScopeError> {
+        Self::compile_with(scope, root, Build::ALL)
+    }
+
+    /// [`CompiledScope::compile_in`], building only the tables `build` names (the others are
+    /// left empty); everything else, the checks included, is the same.
+    pub fn compile_with(
+        scope: &Scope,
+        root: Option<&crate::k8s::root::Root>,
+        build: Build,
+    ) -> Result<Self, ScopeError> {
         let place = |p: PathBuf| match root {
             Some(r) => r.resolve(&p).unwrap_or(p),
             None => fs::canonicalize(&p).unwrap_or(p),
@@ -928,52 +969,65 @@ impl CompiledScope {
             Some(v) => canon(v).into_iter().filter(|p| p.exists()).collect(),
             None => Vec::new(),
         };
-        let mut read = carve(&read_roots, &deny_read);
-        read.extend(ALWAYS_READ.iter().map(PathBuf::from));
-        read.extend(secret_paths.iter().cloned());
-        // Executables and their loaders must be readable to be mapped.
-        read.extend(exec_paths.iter().cloned());
-        // Programs in an exec.allow directory must be readable to run (their loader maps them).
-        read.extend(exec_dirs.iter().map(|d| d.path.clone()));
-        let mut list: Vec<PathBuf> = read_roots.iter().filter(|p| p.is_dir()).cloned().collect();
-        list.sort();
-        list.dedup();
-        let mut write = carve(&write_roots, &deny_write);
-        write.extend(ALWAYS_WRITE.iter().map(PathBuf::from));
-        // Connecting to a unix socket is writing to it: the task's own broker is reachable
-        // although it lies below the secrets directory (often below protected /run/warden).
-        write.extend(scope.broker.iter().cloned());
-        write.extend(call_socket().cloned());
-        for v in [&mut read, &mut write] {
-            v.retain(|p| p.exists());
-            v.sort();
-            v.dedup();
-        }
+        let landlock = if build.landlock {
+            let mut read = carve(&read_roots, &deny_read);
+            read.extend(ALWAYS_READ.iter().map(PathBuf::from));
+            read.extend(secret_paths.iter().cloned());
+            // Executables and their loaders must be readable to be mapped.
+            read.extend(exec_paths.iter().cloned());
+            // Programs in an exec.allow directory must be readable to run (their loader maps
+            // them).
+            read.extend(exec_dirs.iter().map(|d| d.path.clone()));
+            let mut list: Vec<PathBuf> = read_roots.iter().filter(|p| p.is_dir()).cloned().collect();
+            list.sort();
+            list.dedup();
+            let mut write = carve(&write_roots, &deny_write);
+            write.extend(ALWAYS_WRITE.iter().map(PathBuf::from));
+            // Connecting to a unix socket is writing to it: the task's own broker is reachable
+            // although it lies below the secrets directory (often below protected /run/warden).
+            write.extend(scope.broker.iter().cloned());
+            write.extend(call_socket().cloned());
+            for v in [&mut read, &mut write] {
+                v.retain(|p| p.exists());
+                v.sort();
+                v.dedup();
+            }
+            LandlockPlan { read, write, list }
+        } else {
+            LandlockPlan::default()
+        };
 
         let readable_exec: Vec<PathBuf> =
             exec_paths.iter().cloned().chain(exec_dirs.iter().map(|d| d.path.clone())).collect();
-        let file_rules =
-            lsm_file_rules(scope, &deny_all, &secret_paths, &readable_exec, &canon(&control_paths()));
-        // Node devices are no sockets (and are many): left out of the unix rules.
-        let devices = node_devices();
-        let unix_deny: Vec<PathBuf> =
-            deny_all.iter().chain(&secret_paths).filter(|p| !devices.contains(p)).cloned().collect();
-        let unix_read: Option<Vec<PathBuf>> = scope.read.as_ref().map(|r| {
-            canon(r)
-                .into_iter()
-                .chain(readable_exec.iter().cloned())
-                .chain(ALWAYS_READ.iter().map(PathBuf::from))
-                .collect()
-        });
-        let unix_allow: Vec<PathBuf> = scope.broker.iter().chain(call_socket()).cloned().collect();
-        let unix_rules = unix_rules(&unix_deny, unix_read.as_deref(), &unix_allow);
-        let protected = Protected {
-            deny: deny_all.clone(),
-            secrets: secret_paths.clone(),
+        let file_rules = if build.file_rules {
+            lsm_file_rules(scope, &deny_all, &secret_paths, &readable_exec, &canon(&control_paths()))
+        } else {
+            Vec::new()
+        };
+        let unix_rules = if build.unix_rules {
+            // Node devices are no sockets (and are many): left out of the unix rules.
+            let devices = node_devices();
+            let unix_deny: Vec<PathBuf> =
+                deny_all.iter().chain(&secret_paths).filter(|p| !devices.contains(p)).cloned().collect();
+            let unix_read: Option<Vec<PathBuf>> = scope.read.as_ref().map(|r| {
+                canon(r)
+                    .into_iter()
+                    .chain(readable_exec.iter().cloned())
+                    .chain(ALWAYS_READ.iter().map(PathBuf::from))
+                    .collect()
+            });
+            let unix_allow: Vec<PathBuf> = scope.broker.iter().chain(call_socket()).cloned().collect();
+            unix_rules(&unix_deny, unix_read.as_deref(), &unix_allow)
+        } else {
+            Vec::new()
+        };
+        let protected = std::sync::Arc::new(Protected {
+            deny: deny_all,
+            secrets: secret_paths,
             control: canon(&control_paths()),
             read_roots: scope.read.as_ref().map(|v| canon(v)),
             write_roots: scope.write.as_ref().map(|v| canon(v)),
-        };
+        });
         let mut flags = 0;
         if scope.read.is_some() {
             flags |= sandbox_flags::READ_RESTRICTED;
@@ -1002,7 +1056,7 @@ impl CompiledScope {
             exec_dirs,
             secrets,
             egress,
-            landlock: LandlockPlan { read, write, list },
+            landlock,
             file_rules,
             unix_rules,
             seccomp_deny: seccomp_list(&scope.grants),
@@ -1286,6 +1340,49 @@ mod tests {
         assert!(!g.seccomp_deny.iter().any(|(m, _)| *m == "perf_event_open" || *m == "keyctl"));
         assert!(g.sockets.raw && !g.sockets.packet);
         assert!(covered(&g.landlock.read, "/dev/kmsg"), "granted devices");
+    }
+
+    /// A compile that builds only some tables builds them exactly as the full compile does:
+    /// the `task exec` client's Landlock plan is `warden scope check`'s, the daemon's map
+    /// tables are what a full compile would bind. (Paths under `/proc/<pid>` come and go
+    /// between two compiles: left out of the comparison.)
+    #[test]
+    fn partial_builds_are_the_full_compiles_tables() {
+        let s =
+            Scope::parse("version: 1\ntask: t\nexec:\n  allow: [/bin/sh]\n", Path::new("s.yaml")).unwrap();
+        let stable = |v: &[PathBuf]| -> Vec<PathBuf> {
+            v.iter()
+                .filter(|p| !p.starts_with("/proc") || p.as_path() == Path::new("/proc"))
+                .cloned()
+                .collect()
+        };
+        let same_plan = |a: &LandlockPlan, b: &LandlockPlan| {
+            stable(&a.read) == stable(&b.read) && stable(&a.write) == stable(&b.write) && a.list == b.list
+        };
+        let full = CompiledScope::compile(&s).unwrap();
+        assert!(!full.landlock.read.is_empty() && !full.file_rules.is_empty() && !full.unix_rules.is_empty());
+        let with =
+            |lsm, bind, launch| CompiledScope::compile_with(&s, None, Build::for_engine(lsm, bind, launch));
+
+        let client = with(false, false, true).unwrap();
+        assert!(same_plan(&client.landlock, &full.landlock), "the client's Landlock plan is the full one");
+        assert!(client.file_rules.is_empty() && client.unix_rules.is_empty());
+        assert_eq!(client.protected, full.protected);
+
+        let daemon = with(false, true, false).unwrap();
+        assert_eq!(daemon.landlock, LandlockPlan::default(), "the daemon launches nothing");
+        assert!(daemon.file_rules.is_empty(), "no BPF LSM rules on the fallback engine");
+        assert_eq!(daemon.unix_rules, full.unix_rules);
+        assert_eq!(
+            (&daemon.exec, &daemon.seccomp_deny, daemon.flags),
+            (&full.exec, &full.seccomp_deny, full.flags)
+        );
+
+        let lsm = with(true, true, false).unwrap();
+        assert_eq!(lsm.file_rules, full.file_rules);
+        assert!(lsm.unix_rules.is_empty() && lsm.landlock == LandlockPlan::default());
+        // A launcher on the BPF LSM engine applies no Landlock domain.
+        assert_eq!(with(true, false, true).unwrap().landlock, LandlockPlan::default());
     }
 
     #[test]

@@ -25,7 +25,11 @@ use crate::{
     lifecycle::{Host, host::KILL_TIMEOUT},
     pipeline::{CallTag, TaskCtx},
     sandbox::Cgroup,
-    scope::{Scope, compile::CompiledScope, narrow},
+    scope::{
+        Scope,
+        compile::{Build, CompiledScope},
+        narrow,
+    },
     task::{IdentityDoc, scope_hash},
 };
 
@@ -157,7 +161,10 @@ impl Core {
         let remaining = parent_expires.map(|e| Duration::from_nanos(e.saturating_sub(now)));
         let ttl = narrow::ttl(remaining, scope.ttl).map_err(|w| ApiError::bad(w.to_string()))?;
         scope.ttl = ttl;
-        let mut compiled = CompiledScope::compile(&scope).map_err(|e| ApiError::bad(e.to_string()))?;
+        // The tables this engine binds; the Landlock plan is the `task exec` client's.
+        let build = Build::for_engine(self.engine.is_lsm(), true, false);
+        let mut compiled =
+            CompiledScope::compile_with(&scope, None, build).map_err(|e| ApiError::bad(e.to_string()))?;
         compiled.call = true;
         // A number no cgroup below the task has (calls a previous daemon started keep theirs).
         let (n, cgroup) = loop {

@@ -352,6 +352,7 @@ fn recorded_task(rec: &TaskRecord) -> (lifecycle::Task, Option<String>) {
     let sandbox = if info.created { SandboxSpec::Create } else { SandboxSpec::Bind(info.cgroup.clone()) };
     let mut t = lifecycle::Task::new(info.id.clone(), info.slot, scope, sandbox);
     t.origin = Origin::Adopted;
+    t.launches = false;
     t.cgroup_id = Some(info.cgroup_id);
     t.cgroup_path = Some(info.cgroup.clone());
     t.secrets_dir = info.secrets_dir.clone();

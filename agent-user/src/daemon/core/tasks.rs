@@ -170,6 +170,8 @@ impl Core {
         }
         let mut task = lifecycle::Task::new(id.clone(), slot, scope, sandbox);
         task.container = container;
+        // Clients launch the task's processes (`task exec`), not the daemon.
+        task.launches = false;
         let cmd = req.cmd.clone();
         let started = self
             .lc
