@@ -173,12 +173,16 @@ pub const SCHED_PROGRAMS: [&str; 5] =
 pub fn load_object(
     offsets: &KernelOffsets,
     opts: &LoadOptions,
-    aya_btf: &aya::Btf,
+    aya_btf: Option<&aya::Btf>,
     pins: Option<&PinLayout>,
 ) -> Result<Ebpf, LoadError> {
+    // `new` reads the kernel's BTF itself; `None` uses that copy (freed with the loader)
+    // instead of keeping a second one alive at the process's memory peak.
     let mut loader = EbpfLoader::new();
+    if let Some(b) = aya_btf {
+        loader.btf(Some(b));
+    }
     loader
-        .btf(Some(aya_btf))
         .override_global(OFFSETS_GLOBAL, offsets, true)
         .map_max_entries(maps::EVENTS, opts.ring_bytes)
         .map_max_entries(maps::WATCHED, opts.max_cgroups)
@@ -229,7 +233,9 @@ pub struct Sensor {
     adopted: Vec<&'static str>,
     ebpf: Ebpf,
     ring: Option<RingBuf<MapData>>,
-    aya_btf: aya::Btf,
+    /// The kernel's BTF as aya reads it (≈ 13 MiB), for loading programs; `None` once
+    /// [`Sensor::release_btf`] dropped it (read again if a program is loaded later).
+    aya_btf: Option<aya::Btf>,
     /// `bpf_lsm_<hook>` parameter counts of the running kernel, for the LSM programs.
     lsm_hook_params: Vec<(&'static str, Option<usize>)>,
     pub offsets: KernelOffsets,
@@ -251,14 +257,20 @@ impl Sensor {
     }
 
     fn load_with(opts: &LoadOptions, pins: Option<&PinLayout>) -> Result<Self, LoadError> {
-        let kbtf = KernelBtf::from_sys()?;
-        let offsets = kbtf.kernel_offsets()?;
-        let lsm_hook_params = LSM_PROGRAMS
-            .iter()
-            .map(|(_, hook, _)| (*hook, kbtf.func_params(&format!("bpf_lsm_{hook}"))))
-            .collect();
+        // Dropped before aya reads the BTF again: btf-rs's tables of the running kernel take
+        // ≈ 35 MiB, which would otherwise add to aya's at the process's peak.
+        let (offsets, lsm_hook_params) = {
+            let kbtf = KernelBtf::from_sys()?;
+            let offsets = kbtf.kernel_offsets()?;
+            let params: Vec<(&'static str, Option<usize>)> = LSM_PROGRAMS
+                .iter()
+                .map(|(_, hook, _)| (*hook, kbtf.func_params(&format!("bpf_lsm_{hook}"))))
+                .collect();
+            (offsets, params)
+        };
+        let mut ebpf = load_object(&offsets, opts, None, pins)?;
+        // Read after the object's load, whose loader held (and freed) its own copy.
         let aya_btf = aya::Btf::from_sys_fs()?;
-        let mut ebpf = load_object(&offsets, opts, &aya_btf, pins)?;
         let mut adopted = Vec::new();
         for name in SCHED_PROGRAMS {
             let pin_path = pins.map(|p| p.link_path(name));
@@ -294,7 +306,7 @@ impl Sensor {
             adopted,
             ebpf,
             ring: Some(ring),
-            aya_btf,
+            aya_btf: Some(aya_btf),
             lsm_hook_params,
             offsets,
         })
@@ -434,8 +446,12 @@ impl Sensor {
                 if found != Some(params) {
                     return Err(LoadError::HookPrototype { name, hook, expected: params, found });
                 }
+                let btf = match &mut self.aya_btf {
+                    Some(b) => &*b,
+                    slot => &*slot.insert(aya::Btf::from_sys_fs()?),
+                };
                 let prog: &mut Lsm = program(&mut self.ebpf, name)?;
-                prog.load(hook, &self.aya_btf).map_err(|source| LoadError::Program { name, source })?;
+                prog.load(hook, btf).map_err(|source| LoadError::Program { name, source })?;
                 let link = prog.attach().map_err(|source| LoadError::Program { name, source })?;
                 Ok::<_, LoadError>(link)
             })();
@@ -461,6 +477,21 @@ impl Sensor {
         }
         self.lsm_engine = true;
         Ok(())
+    }
+
+    /// Drops the kernel BTF kept for loading programs (≈ 13 MiB of a daemon's heap): for a
+    /// process that has attached its engine. A later program load reads it again.
+    pub fn release_btf(&mut self) {
+        self.aya_btf = None;
+    }
+
+    /// The kernel BTF, read again if [`Sensor::release_btf`] dropped it.
+    #[cfg(feature = "test-hooks")]
+    pub(crate) fn btf(&mut self) -> Result<&aya::Btf, LoadError> {
+        if self.aya_btf.is_none() {
+            self.aya_btf = Some(aya::Btf::from_sys_fs()?);
+        }
+        Ok(self.aya_btf.as_ref().expect("just set"))
     }
 
     /// Whether the BPF LSM engine is attached.

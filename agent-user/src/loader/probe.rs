@@ -110,7 +110,7 @@ pub fn probe() -> ProbeReport {
                 max_cgroups: 16,
                 ..LoadOptions::default()
             };
-            let ebpf = load_object(&off, &opts, &btf, None).map_err(|e| err_chain(&e))?;
+            let ebpf = load_object(&off, &opts, Some(&btf), None).map_err(|e| err_chain(&e))?;
             Ok((ebpf, btf))
         });
     match programs {

@@ -20,9 +20,10 @@ impl Sensor {
     /// BPF LSM (see `warden probe`).
     pub fn attach_lsm_exec(&mut self) -> Result<(), LoadError> {
         const NAME: &str = "lsm_bprm_check";
+        self.btf()?;
+        let btf = self.aya_btf.as_ref().expect("read just now");
         let prog: &mut Lsm = program(&mut self.ebpf, NAME)?;
-        prog.load("bprm_check_security", &self.aya_btf)
-            .map_err(|source| LoadError::Program { name: NAME, source })?;
+        prog.load("bprm_check_security", btf).map_err(|source| LoadError::Program { name: NAME, source })?;
         prog.attach().map_err(|source| LoadError::Program { name: NAME, source })?;
         Ok(())
     }

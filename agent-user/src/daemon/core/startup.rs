@@ -113,6 +113,8 @@ impl Core {
             layout.other_versions().into_iter().filter(PinLayout::has_links).collect();
         let mut sensor = Sensor::load_pinned(&opts, &layout)?;
         let engine = select_engine(&mut sensor, cfg.engine)?;
+        // Every program is loaded: the kernel BTF read for them is no longer needed.
+        sensor.release_btf();
         if !engine.is_lsm() {
             warn_shared_parents(&crate::scope::compile::evidence_paths());
         }
