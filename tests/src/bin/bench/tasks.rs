@@ -745,9 +745,11 @@ impl Tools {
             let _ = d.end(id);
         }
         let mib = |k: u64| k as f64 / 1024.0;
+        // What each task adds, on average (KiB).
+        let per_task_kib = full.saturating_sub(idle) as f64 / tasks.max(1) as f64;
         println!(
-            "daemon RSS: {:.1} MiB idle, {:.1} MiB with {tasks} tasks (peak {:.1} MiB) = {:.2}× the 64 MiB target \
-             ({}); {tasks} tasks started in {started_s:.1} s",
+            "daemon RSS: {:.1} MiB idle, {:.1} MiB with {tasks} tasks ({per_task_kib:.1} KiB per task; peak {:.1} MiB, \
+             start-up included) = {:.2}× the 64 MiB target ({}); {tasks} tasks started in {started_s:.1} s",
             mib(idle),
             mib(full),
             mib(hwm),
@@ -783,6 +785,7 @@ impl Tools {
         println!("  idle: {}", line(&idle_mem));
         println!("  with {tasks} tasks: {}", line(&full_mem));
         Ok(json!({ "tasks": tasks, "idle_kib": idle, "with_tasks_kib": full, "peak_kib": hwm,
+            "per_task_kib": per_task_kib,
             "target_mib": 64, "met": mib(hwm) <= 64.0, "start_s": started_s,
             "idle_breakdown": idle_mem, "with_tasks_breakdown": full_mem }))
     }
