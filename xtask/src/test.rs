@@ -168,7 +168,7 @@ fn host_tier(times: &mut Times) -> anyhow::Result<anyhow::Result<()>> {
 
 /// `cargo xtask vm` (every kernel, every VM test binary) in a child process, its output in
 /// `target/vm/tier.log` so that it does not interleave with the other tiers'. Dropped before
-/// [`BackgroundVm::finish`], it stops the tier (its whole process group: cargo, QEMU).
+/// [`BackgroundVm::finish`], it stops the tier (the child and every process below it).
 struct BackgroundVm {
     child: Option<std::process::Child>,
     log: std::path::PathBuf,
@@ -177,8 +177,6 @@ struct BackgroundVm {
 
 impl BackgroundVm {
     fn start() -> anyhow::Result<Self> {
-        use std::os::unix::process::CommandExt as _;
-
         use anyhow::Context as _;
         let dir = util::target_dir().join("vm");
         std::fs::create_dir_all(&dir)?;
@@ -189,7 +187,6 @@ impl BackgroundVm {
             .arg("vm")
             .stdout(file.try_clone()?)
             .stderr(file)
-            .process_group(0)
             .spawn()
             .context("starting the VM tier")?;
         eprintln!("vm: the VM tier runs beside the other tiers; its output: {}", log.display());
@@ -230,11 +227,39 @@ impl Drop for BackgroundVm {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
             eprintln!("vm: stopping the VM tier");
-            // SAFETY: signals the process group the child leads (it was spawned with its own).
-            unsafe { libc::kill(-(child.id() as i32), libc::SIGTERM) };
+            kill_tree(child.id() as i32);
             let _ = child.wait();
         }
     }
+}
+
+/// SIGTERM to `pid` and every process below it (its cargo and rustc runs; QEMU dies with its
+/// parent anyway). The tree is read from /proc before anything is signalled, while the
+/// parent links still hold. The child stays in our process group so that Ctrl-C reaches it.
+fn kill_tree(pid: i32) {
+    let mut tree = vec![pid];
+    let mut i = 0;
+    while i < tree.len() {
+        tree.extend(children_of(tree[i]));
+        i += 1;
+    }
+    for p in tree.into_iter().rev() {
+        // SAFETY: plain kill(2) on processes we started (directly or through the child).
+        unsafe { libc::kill(p, libc::SIGTERM) };
+    }
+}
+
+/// The processes whose parent is `pid` (field 4 of /proc/<n>/stat).
+fn children_of(pid: i32) -> Vec<i32> {
+    let Ok(rd) = std::fs::read_dir("/proc") else { return Vec::new() };
+    rd.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|n| {
+            let stat = std::fs::read_to_string(format!("/proc/{n}/stat")).unwrap_or_default();
+            let ppid = stat.rsplit_once(") ").and_then(|(_, rest)| rest.split_whitespace().nth(1));
+            ppid.and_then(|p| p.parse::<i32>().ok()) == Some(pid)
+        })
+        .collect()
 }
 
 /// Builds the host tier (`cargo test -p warden-tests --no-run`) and returns its test
@@ -292,4 +317,32 @@ fn run_host_tests(
         bail!("host tier: {} test binaries failed: {}", failed.len(), failed.join(", "));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stopping_the_vm_tier_ends_its_whole_tree() {
+        let mut sh = std::process::Command::new("/bin/sh").args(["-c", "sleep 30 & wait"]).spawn().unwrap();
+        let pid = sh.id() as i32;
+        let t0 = Instant::now();
+        let sleep = loop {
+            if let Some(&s) = children_of(pid).first() {
+                break s;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(10), "sh started no sleep");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        kill_tree(pid);
+        sh.wait().unwrap();
+        let t0 = Instant::now();
+        while std::path::Path::new(&format!("/proc/{sleep}/stat")).exists()
+            && !std::fs::read_to_string(format!("/proc/{sleep}/stat")).unwrap_or_default().contains(") Z ")
+        {
+            assert!(t0.elapsed() < Duration::from_secs(10), "the grandchild outlived kill_tree");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
 }
