@@ -89,6 +89,19 @@ impl TaskInfo {
                 .iter()
                 .map(|(name, nr)| (*nr, *name))
                 .chain([(libc::SYS_socket, "socket"), (libc::SYS_socketpair, "socketpair")])
+                // Refused by their arguments (sandbox/seccomp.rs): aimed at the namespace's
+                // init, or creating a user namespace.
+                .chain([
+                    (libc::SYS_prlimit64, "prlimit64"),
+                    (libc::SYS_setpriority, "setpriority"),
+                    (libc::SYS_ioprio_set, "ioprio_set"),
+                    (libc::SYS_sched_setaffinity, "sched_setaffinity"),
+                    (libc::SYS_sched_setscheduler, "sched_setscheduler"),
+                    (libc::SYS_sched_setparam, "sched_setparam"),
+                    (libc::SYS_sched_setattr, "sched_setattr"),
+                    (libc::SYS_unshare, "unshare"),
+                    (libc::SYS_clone, "clone"),
+                ])
                 .collect(),
         }
     }
@@ -512,6 +525,9 @@ pub fn syscall_kind_rule(name: &str) -> (Kind, &'static str) {
             (Kind::Module, "protected.modules")
         }
         "ptrace" | "process_vm_readv" | "process_vm_writev" => (Kind::Ptrace, "protected.process"),
+        "prlimit64" | "setpriority" | "ioprio_set" | "sched_setaffinity" | "sched_setscheduler"
+        | "sched_setparam" | "sched_setattr" => (Kind::Syscall, "protected.process"),
+        "unshare" | "clone" => (Kind::Syscall, "protected.userns"),
         "io_uring_setup" | "io_uring_enter" | "io_uring_register" => (Kind::Syscall, "protected.io_uring"),
         "socket" | "socketpair" => (Kind::Socket, "protected.sockets"),
         _ => (Kind::Syscall, "protected.syscalls"),
@@ -526,11 +542,9 @@ const RET_TRAP: u32 = 0x0003_0000;
 const RET_ERRNO: u32 = 0x0005_0000;
 
 fn seccomp_refusal(t: &TaskInfo, s: &Seccomp) -> Option<Refusal> {
-    // A call's `clone3` answered ENOSYS (libc falls back to `clone`): not a refusal of
-    // anything the process meant (docs/daemon.md, Calls).
-    if s.arch == ARCH_X86_64 && s.syscall == libc::SYS_clone3 && s.code & 0xffff == libc::ENOSYS as u32 {
-        return None;
-    }
+    // (`clone3` answering ENOSYS is never logged: its filter is installed without
+    // SECCOMP_FILTER_FLAG_LOG, sandbox/seccomp.rs `build_no_clone3` — the kernel's record
+    // carries the action, not the errno, so it could not be told apart here.)
     let action = match s.code & RET_ACTION_FULL {
         RET_ERRNO | RET_TRAP => "refuse",
         RET_KILL_PROCESS | RET_KILL_THREAD => "kill",

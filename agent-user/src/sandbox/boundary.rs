@@ -47,6 +47,69 @@ struct CapData {
 /// `KEYCTL_JOIN_SESSION_KEYRING`.
 const KEYCTL_JOIN_SESSION_KEYRING: libc::c_long = 1;
 
+/// Binds the file `fd` (an `O_PATH` descriptor in the caller's mount namespace) onto
+/// `target`, through `/proc/self/fd/N` (the node's procfs: before the task's replaces it).
+/// Between fork and exec: the path is built on the stack.
+///
+/// SAFETY (callers): `target` is a NUL-terminated path.
+unsafe fn bind_fd(fd: libc::c_int, target: *const libc::c_char) -> Result<(), i32> {
+    let mut src = *b"/proc/self/fd/\0\0\0\0\0\0\0\0\0\0\0\0";
+    let mut digits = [0u8; 10];
+    let (mut n, mut d) = (fd as u32, 0);
+    loop {
+        digits[d] = b'0' + (n % 10) as u8;
+        d += 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let mut i = 14;
+    while d > 0 {
+        d -= 1;
+        src[i] = digits[d];
+        i += 1;
+    }
+    // SAFETY: both paths are NUL-terminated (src on the stack, target by the caller).
+    check(unsafe {
+        libc::mount(src.as_ptr().cast(), target, std::ptr::null(), libc::MS_BIND, std::ptr::null())
+    })
+}
+
+/// What [`Boundary::mount_view`] leaves open: descriptors for the task's confinement and
+/// the init.
+#[derive(Debug, Clone, Copy)]
+pub struct View {
+    /// `O_PATH` of the task's procfs (Landlock rules naming the node's do not cover it).
+    pub proc_fd: libc::c_int,
+    pub terminals: TerminalView,
+}
+
+/// The task's devpts instance ([`Boundary::terminal_view`]).
+#[derive(Debug, Clone, Copy)]
+pub struct TerminalView {
+    /// `O_PATH` of its root (`-1`: no `/dev/pts`): Landlock's walk leaves a bind mount at its
+    /// root for the mount point's parent, so the task's ptys get a rule of their own
+    /// ([`crate::sandbox::confine::Confinement::grant_ptys`]).
+    pub pts_fd: libc::c_int,
+    /// Placeholder pty masters the init keeps open for the task's life: each holds the entry
+    /// a terminal the task already had is bound onto (`-1`: none).
+    pub keep: [libc::c_int; 3],
+}
+
+impl TerminalView {
+    /// Closes every descriptor (between fork and exec).
+    fn close(&mut self) {
+        for fd in std::iter::once(&mut self.pts_fd).chain(self.keep.iter_mut()) {
+            if *fd >= 0 {
+                // SAFETY: closing a descriptor this view owns.
+                unsafe { libc::close(*fd) };
+                *fd = -1;
+            }
+        }
+    }
+}
+
 /// Which mount covers which path in the task's mount namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountPlan {
@@ -168,10 +231,11 @@ impl Boundary {
 
     /// In the namespace's init, in its new mount namespace (before the task's first process
     /// is forked): stop propagation to the node, mount a procfs of the new PID namespace, show
-    /// only the sandbox's own cgroup, and apply the scope's mounts. Returns an `O_PATH`
-    /// descriptor of the new `/proc` (rules naming the node's procfs do not cover it), or the
+    /// only the sandbox's own cgroup, a devpts instance of the task's own, and apply the scope's
+    /// mounts. Returns the [`View`]'s descriptors (`O_PATH` of the new `/proc` — rules naming
+    /// the node's procfs do not cover it — and of the task's devpts, placeholders), or the
     /// errno of the first failing step.
-    pub fn mount_view(&self) -> Result<libc::c_int, i32> {
+    pub fn mount_view(&self) -> Result<View, i32> {
         // SAFETY: (this block and every one below) mount(2)/umount2(2) with NUL-terminated strings that
         // live in `self` or are static; no memory is written.
         unsafe {
@@ -182,6 +246,8 @@ impl Boundary {
                 libc::MS_REC | libc::MS_SLAVE,
                 std::ptr::null(),
             ))?;
+            // Before /proc is replaced (the node's procfs names the held terminals).
+            let terminals = self.terminal_view()?;
             // The node's procfs shows every process of the node: replace it with one of the
             // task's PID namespace.
             libc::umount2(cs!("/proc"), libc::MNT_DETACH);
@@ -241,10 +307,159 @@ impl Boundary {
             if proc_fd < 0 {
                 return Err(errno());
             }
-            Ok(proc_fd)
+            Ok(View { proc_fd, terminals })
         }
     }
 
+    /// Hides the node's terminals: `/dev/pts` of the node holds every pty on it — the user's
+    /// terminal, other users' ssh sessions — and a task running as root could open any of them
+    /// by path, read what is typed there and write into it. The task's `/dev/pts` is a devpts
+    /// instance of its own instead (its `ptmx`, mode 0666, also bound over `/dev/ptmx`): ptys
+    /// the task creates work as usual, by path too, and no other pty of the node is there.
+    /// The ptys it already holds on its standard streams (its relayed pty, or the terminal
+    /// `--no-tty` handed it) keep their path, so `tty` and `echo > $(tty)` work: each is bound
+    /// onto the entry of the same number in the new instance, which a placeholder pty the
+    /// init keeps open holds (pty numbers are handed out lowest first: the init opens ptys
+    /// until it gets that number, then closes the ones below). Between fork and exec, in the
+    /// new mount namespace: no allocation (paths and descriptors on the stack).
+    fn terminal_view(&self) -> Result<TerminalView, i32> {
+        const PTS: &[u8] = b"/dev/pts/";
+        let mut view = TerminalView { pts_fd: -1, keep: [-1; 3] };
+        // The held terminals' numbers (u32::MAX: none), from the node's procfs.
+        let mut num = [u32::MAX; 3];
+        let mut held = [-1; 3];
+        // SAFETY: (this block) readlink/open/ioctl/mount on NUL-terminated stack buffers and
+        // static strings; every descriptor opened here is closed or handed to the caller.
+        unsafe {
+            let mut st: libc::stat = std::mem::zeroed();
+            if libc::stat(cs!("/dev/pts"), &mut st) != 0 || st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+                return Ok(view); // a host without ptys
+            }
+            for fd in 0..3 {
+                let mut buf = [0u8; 32];
+                let mut link = *b"/proc/self/fd/0\0";
+                link[14] = b'0' + fd as u8;
+                let n = libc::readlink(link.as_ptr().cast(), buf.as_mut_ptr().cast(), buf.len() - 1);
+                if n <= PTS.len() as isize || !buf.starts_with(PTS) {
+                    continue;
+                }
+                let digits = &buf[PTS.len()..n as usize];
+                if digits.len() > 6 || !digits.iter().all(u8::is_ascii_digit) {
+                    continue;
+                }
+                let nr = digits.iter().fold(0u32, |a, d| a * 10 + u32::from(d - b'0'));
+                if num[..fd].contains(&nr) {
+                    continue; // the same terminal on another stream
+                }
+                // The same file in this namespace's copy of the node's devpts (a bind source
+                // must be in the caller's mount namespace).
+                let f = libc::open(buf.as_ptr().cast(), libc::O_PATH | libc::O_CLOEXEC);
+                if f >= 0 {
+                    num[fd] = nr;
+                    held[fd] = f;
+                }
+            }
+            let r = self.own_devpts(&num, &held, &mut view);
+            for f in held {
+                if f >= 0 {
+                    libc::close(f);
+                }
+            }
+            if let Err(e) = r {
+                view.close();
+                return Err(e);
+            }
+        }
+        Ok(view)
+    }
+
+    /// [`Self::terminal_view`]'s mounts and placeholders.
+    fn own_devpts(
+        &self,
+        num: &[u32; 3],
+        held: &[libc::c_int; 3],
+        view: &mut TerminalView,
+    ) -> Result<(), i32> {
+        /// Placeholders are found for numbers below this (above it, that terminal has no
+        /// path in the task's view: `tty` says "not a tty").
+        const MAX_PLACEHOLDER: usize = 1024;
+        // SAFETY: mount/open/ioctl/close with NUL-terminated static strings and stack buffers.
+        unsafe {
+            check(libc::mount(
+                cs!("devpts"),
+                cs!("/dev/pts"),
+                cs!("devpts"),
+                libc::MS_NOSUID | libc::MS_NOEXEC,
+                cs!("newinstance,ptmxmode=0666,mode=0620").cast(),
+            ))?;
+            view.pts_fd = libc::open(cs!("/dev/pts"), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC);
+            if view.pts_fd < 0 {
+                return Err(errno());
+            }
+            let mut st: libc::stat = std::mem::zeroed();
+            if libc::lstat(cs!("/dev/ptmx"), &mut st) == 0 && st.st_mode & libc::S_IFMT == libc::S_IFCHR {
+                check(libc::mount(
+                    cs!("/dev/pts/ptmx"),
+                    cs!("/dev/ptmx"),
+                    std::ptr::null(),
+                    libc::MS_BIND,
+                    std::ptr::null(),
+                ))?;
+            }
+            for i in 0..3 {
+                let want = num[i];
+                if want == u32::MAX || want as usize >= MAX_PLACEHOLDER {
+                    continue;
+                }
+                let mut below = [-1; MAX_PLACEHOLDER];
+                let mut got = -1;
+                for slot in below.iter_mut() {
+                    let m = libc::open(cs!("/dev/pts/ptmx"), libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
+                    if m < 0 {
+                        break;
+                    }
+                    let mut n: libc::c_uint = 0;
+                    if libc::ioctl(m, libc::TIOCGPTN, &mut n) != 0 || n > want {
+                        libc::close(m);
+                        break;
+                    }
+                    if n == want {
+                        got = m;
+                        break;
+                    }
+                    *slot = m;
+                }
+                for m in below {
+                    if m >= 0 {
+                        libc::close(m);
+                    }
+                }
+                if got < 0 {
+                    continue;
+                }
+                view.keep[i] = got;
+                let mut target = *b"/dev/pts/\0\0\0\0\0\0\0\0";
+                let mut digits = [0u8; 7];
+                let (mut n, mut d) = (want, 0);
+                loop {
+                    digits[d] = b'0' + (n % 10) as u8;
+                    d += 1;
+                    n /= 10;
+                    if n == 0 {
+                        break;
+                    }
+                }
+                let mut j = 9;
+                while d > 0 {
+                    d -= 1;
+                    target[j] = digits[d];
+                    j += 1;
+                }
+                bind_fd(held[i], target.as_ptr().cast())?;
+            }
+        }
+        Ok(())
+    }
     /// Binds `p` onto itself and sets exactly `flags` on the new mount.
     fn bind_self(&self, p: &CString, flags: libc::c_ulong) -> Result<(), i32> {
         // SAFETY: mount(2) with NUL-terminated strings owned by `self`.

@@ -43,6 +43,8 @@ pub struct Confinement {
     /// after the fork (the procfs of the task's PID namespace).
     ruleset_fd: Option<std::os::fd::OwnedFd>,
     seccomp: Option<BpfProgram>,
+    /// The unlogged `clone3` filter (`seccomp::build_no_clone3`), when the scope needs it.
+    no_clone3: Option<BpfProgram>,
 }
 
 /// `struct landlock_path_beneath_attr` (packed in the kernel's UAPI).
@@ -82,8 +84,9 @@ impl Confinement {
     /// judges (io_uring setup, kexec, ...). In the parent: this opens files and allocates.
     pub fn prepare(c: &CompiledScope, lsm_engine: bool) -> Result<Self, ConfineError> {
         let seccomp = Self::seccomp(c, lsm_engine)?;
+        let no_clone3 = Self::process_policy(c).no_clone3().then(super::seccomp::build_no_clone3);
         if lsm_engine {
-            return Ok(Self { ruleset: None, ruleset_fd: None, seccomp });
+            return Ok(Self { ruleset: None, ruleset_fd: None, seccomp, no_clone3 });
         }
         let abi = landlock_abi().map_err(ConfineError::NoLandlock)?;
         tracing::debug!(abi, "landlock");
@@ -111,15 +114,44 @@ impl Confinement {
         }
         let ruleset_fd: Option<std::os::fd::OwnedFd> =
             rs.try_clone().map_err(ConfineError::RulesetDup)?.into();
-        Ok(Self { ruleset: Some(rs), ruleset_fd, seccomp })
+        Ok(Self { ruleset: Some(rs), ruleset_fd, seccomp, no_clone3 })
     }
 
     /// Lets the task read beneath `dir_fd` (an `O_PATH` descriptor). For the child between
     /// fork and exec, before [`Self::apply`]: one raw syscall.
     pub fn grant_read(&self, dir_fd: libc::c_int) -> std::io::Result<()> {
+        self.grant_beneath(dir_fd, read_access())
+    }
+
+    /// Lets the task use the ptys of its own devpts instance (`dir_fd`, an `O_PATH`
+    /// descriptor of its root: `boundary.rs`, `terminal_view`) — new ptys through
+    /// `/dev/ptmx`, which hold nothing but what the task itself puts there. Between fork and
+    /// exec, before [`Self::apply`].
+    pub fn grant_ptys(&self, dir_fd: libc::c_int) -> std::io::Result<()> {
+        let rw = AccessFs::ReadFile | AccessFs::WriteFile | AccessFs::IoctlDev;
+        // The slaves, reached through `TIOCGPTPEER` at their place in the instance.
+        self.grant_beneath(dir_fd, rw)?;
+        // Its `ptmx`, reached through binds (`/dev/ptmx`): a bind's root is the file itself,
+        // and Landlock's walk leaves a mount at its root for the mount point's parent.
+        // SAFETY: openat(2) with a static NUL-terminated name; the descriptor is closed below.
+        let ptmx = unsafe { libc::openat(dir_fd, c"ptmx".as_ptr(), libc::O_PATH | libc::O_CLOEXEC) };
+        if ptmx < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let r = self.grant_beneath(ptmx, rw);
+        // SAFETY: closing the descriptor opened above.
+        unsafe { libc::close(ptmx) };
+        r
+    }
+
+    fn grant_beneath(
+        &self,
+        dir_fd: libc::c_int,
+        access: landlock::BitFlags<AccessFs>,
+    ) -> std::io::Result<()> {
         use std::os::fd::AsRawFd;
         let Some(rs) = &self.ruleset_fd else { return Ok(()) };
-        let attr = PathBeneathAttr { allowed_access: read_access().bits(), parent_fd: dir_fd };
+        let attr = PathBeneathAttr { allowed_access: access.bits(), parent_fd: dir_fd };
         // SAFETY: landlock_add_rule(2) reads `attr`, which outlives the call.
         let r = unsafe {
             libc::syscall(
@@ -151,7 +183,14 @@ impl Confinement {
             .map(|(_, nr)| *nr)
             .collect();
         // Always a filter: the ABI check and the socket families hold even with nothing denied.
-        Ok(Some(super::seccomp::build_with(&deny, c.call, c.sockets)))
+        Ok(Some(super::seccomp::build_with(&deny, Self::process_policy(c), c.sockets)))
+    }
+
+    fn process_policy(c: &CompiledScope) -> super::seccomp::ProcessPolicy {
+        super::seccomp::ProcessPolicy {
+            no_clone3: c.call,
+            userns: c.scope.grants.contains(&crate::scope::raw::Grant::Userns),
+        }
     }
 
     /// Applies the confinement to the calling process. Meant for the child between fork and
@@ -164,7 +203,10 @@ impl Confinement {
             }
         }
         if let Some(prog) = &self.seccomp {
-            apply_logged_filter(prog)?;
+            apply_filter(prog, SECCOMP_FILTER_FLAG_LOG)?;
+        }
+        if let Some(prog) = &self.no_clone3 {
+            apply_filter(prog, 0)?;
         }
         Ok(())
     }
@@ -174,9 +216,9 @@ impl Confinement {
 const SECCOMP_FILTER_FLAG_LOG: c_ulong = 2;
 const SECCOMP_SET_MODE_FILTER: c_ulong = 1;
 
-/// Installs `prog` with `SECCOMP_FILTER_FLAG_LOG`, so each refused call becomes an audit
-/// record. Only syscalls: safe between fork and exec.
-fn apply_logged_filter(prog: &BpfProgram) -> std::io::Result<()> {
+/// Installs `prog` with `flags` (`SECCOMP_FILTER_FLAG_LOG`: each refused call becomes an
+/// audit record). Only syscalls: safe between fork and exec.
+fn apply_filter(prog: &BpfProgram, flags: c_ulong) -> std::io::Result<()> {
     let fprog = libc::sock_fprog {
         len: u16::try_from(prog.len()).map_err(|_| std::io::Error::from_raw_os_error(libc::E2BIG))?,
         filter: prog.as_ptr() as *mut libc::sock_filter,
@@ -187,9 +229,7 @@ fn apply_logged_filter(prog: &BpfProgram) -> std::io::Result<()> {
     }
     // SAFETY: fprog points to `prog`'s instructions (same layout as `sock_filter`), which
     // outlive the call; the kernel copies them.
-    let r = unsafe {
-        libc::syscall(libc::SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_LOG, &raw const fprog)
-    };
+    let r = unsafe { libc::syscall(libc::SYS_seccomp, SECCOMP_SET_MODE_FILTER, flags, &raw const fprog) };
     if r != 0 {
         return Err(std::io::Error::last_os_error());
     }

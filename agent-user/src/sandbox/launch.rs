@@ -129,6 +129,27 @@ unsafe fn close_all_but(first: u32, keep: libc::c_int) {
     }
 }
 
+/// Closes every fd but those in `keep` (`-1`: an unused slot).
+///
+/// SAFETY (callers): only between fork and exec, or in the init, in a process that no longer
+/// needs them.
+unsafe fn close_all_except(mut keep: [libc::c_int; 4]) {
+    keep.sort_unstable();
+    let mut from: u32 = 0;
+    for k in keep {
+        if k < 0 {
+            continue;
+        }
+        if k as u32 > from {
+            // SAFETY: close_range(2) on our own descriptor table.
+            unsafe { libc::syscall(libc::SYS_close_range, from, k as u32 - 1, 0u32) };
+        }
+        from = k as u32 + 1;
+    }
+    // SAFETY: as above.
+    unsafe { libc::syscall(libc::SYS_close_range, from, u32::MAX, 0u32) };
+}
+
 /// The helper: waits for the init and exits as it did.
 ///
 /// SAFETY (callers): only in the forked helper; never returns.
@@ -151,13 +172,19 @@ unsafe fn helper_wait(init: libc::pid_t) -> ! {
 }
 
 /// The init: forwards signals to `main`, reaps every child, reports `main`'s wait status on
-/// `status_fd`, exits when it has no child left.
+/// `status_fd`, exits when it has no child left. `keep`: the placeholder ptys of the task's
+/// terminal view (`boundary.rs`), held open as long as the task lives.
 ///
 /// SAFETY (callers): only in the forked init, with `set` blocked; never returns.
-unsafe fn init_loop(main: libc::pid_t, status_fd: libc::c_int, set: &libc::sigset_t) -> ! {
+unsafe fn init_loop(
+    main: libc::pid_t,
+    status_fd: libc::c_int,
+    keep: [libc::c_int; 3],
+    set: &libc::sigset_t,
+) -> ! {
     // SAFETY: async-signal-safe calls; `set` and the locals outlive each call.
     unsafe {
-        close_all_but(0, status_fd);
+        close_all_except([status_fd, keep[0], keep[1], keep[2]]);
         let mut main_alive = true;
         loop {
             let sig = libc::sigwaitinfo(set, std::ptr::null_mut());
@@ -250,7 +277,10 @@ pub fn spawn_in_sandbox(mut cmd: Command, start: Start) -> io::Result<Started> {
                 }
             }
             let view = opened.and_then(|()| boundary.mount_view().map_err(io::Error::from_raw_os_error));
-            let proc_fd = *view.as_ref().unwrap_or(&-1);
+            let (proc_fd, pts_fd, keep) = match &view {
+                Ok(v) => (v.proc_fd, v.terminals.pts_fd, v.terminals.keep),
+                Err(_) => (-1, -1, [-1; 3]),
+            };
             libc::signal(libc::SIGPIPE, libc::SIG_IGN);
             let mut set: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut set);
@@ -264,7 +294,7 @@ pub fn spawn_in_sandbox(mut cmd: Command, start: Start) -> io::Result<Started> {
                 libc::_exit(127);
             }
             if main > 0 {
-                init_loop(main, tx_raw, &set);
+                init_loop(main, tx_raw, keep, &set);
             }
             // --- CMD ---
             let mut empty: libc::sigset_t = std::mem::zeroed();
@@ -273,6 +303,12 @@ pub fn spawn_in_sandbox(mut cmd: Command, start: Start) -> io::Result<Started> {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
             libc::close(tx_raw);
             view?;
+            // The placeholders are the init's (close-on-exec: gone at exec anyway).
+            for fd in keep {
+                if fd >= 0 {
+                    libc::close(fd);
+                }
+            }
             for fd in &procs_fds {
                 // "0" means the writing process itself.
                 let n = libc::write(*fd, b"0".as_ptr().cast(), 1);
@@ -286,6 +322,10 @@ pub fn spawn_in_sandbox(mut cmd: Command, start: Start) -> io::Result<Started> {
             if let Some(c) = confine.as_mut() {
                 c.grant_read(proc_fd)?;
                 libc::close(proc_fd);
+                if pts_fd >= 0 {
+                    c.grant_ptys(pts_fd)?;
+                    libc::close(pts_fd);
+                }
                 c.apply()?;
             }
             // Only stdin, stdout and stderr cross into the task. Every other descriptor the

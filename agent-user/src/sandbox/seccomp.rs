@@ -115,16 +115,71 @@ impl Asm {
     }
 }
 
-/// Builds the filter: `deny` numbers refused with `EPERM`, sockets judged by `sockets`.
+/// Builds the filter: `deny` numbers refused with `EPERM`, sockets judged by `sockets`,
+/// user namespaces allowed.
 pub fn build(deny: &[i64], sockets: SocketPolicy) -> Vec<sock_filter> {
-    build_with(deny, false, sockets)
+    build_with(deny, ProcessPolicy { no_clone3: false, userns: true }, sockets)
 }
 
-/// [`build`], and with `no_clone3` `clone3` answers `ENOSYS`: a call's processes must not
-/// create children in another cgroup (`CLONE_INTO_CGROUP` with a descriptor of their
-/// parent's cgroup handed to them), and the flag is in a struct seccomp cannot read. libc
-/// falls back to `clone(2)`, which has no such flag.
-pub fn build_with(deny: &[i64], no_clone3: bool, sockets: SocketPolicy) -> Vec<sock_filter> {
+/// What the filter lets a task's processes do to other processes and namespaces.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProcessPolicy {
+    /// `clone3` answers `ENOSYS` (libc falls back to `clone(2)`, whose flags seccomp can
+    /// read): a call's processes must not create children in another cgroup
+    /// (`CLONE_INTO_CGROUP` with a descriptor of their parent's cgroup handed to them), and
+    /// a task without `userns` must not create a user namespace through it.
+    pub no_clone3: bool,
+    /// User namespaces may be created (`unshare`/`clone` with `CLONE_NEWUSER`; the `userns`
+    /// grant). Without it they are refused: a user namespace hands its creator every
+    /// capability over namespaces it then creates — a network namespace's netlink
+    /// configuration (traffic control, interfaces), a mount namespace — kernel code a task
+    /// without capabilities never reaches otherwise.
+    pub userns: bool,
+}
+
+/// The one process outside the sandbox that a task sees: PID 1 of its PID namespace,
+/// Warden's init. Calls that change another process's limits or scheduling by pid answer
+/// only to uid checks (no LSM hook Landlock uses), so same-uid tasks could cap the init's CPU
+/// time (`prlimit`) or starve it; they are refused for pid 1.
+pub const INIT_PID: u32 = 1;
+
+/// `PRIO_PROCESS`, `PRIO_USER` (setpriority), `IOPRIO_WHO_PROCESS`, `IOPRIO_WHO_USER`.
+const PRIO_PROCESS: u32 = 0;
+const PRIO_USER: u32 = 2;
+const IOPRIO_WHO_PROCESS: u32 = 1;
+const IOPRIO_WHO_USER: u32 = 3;
+
+impl ProcessPolicy {
+    /// Whether `clone3` answers `ENOSYS` ([`build_no_clone3`]).
+    pub fn no_clone3(&self) -> bool {
+        self.no_clone3 || !self.userns
+    }
+}
+
+/// A second, unlogged filter: `clone3` answers `ENOSYS`, as on a kernel without it, and libc
+/// falls back to `clone(2)` (every thread glibc starts tries `clone3` first). Apart from the
+/// logged filter because the kernel's audit record of a refused call carries the action
+/// (`code=0x50000`), not the errno: from the logged filter, each thread would be a refusal
+/// record. The kernel logs a call's action only when the filter that decided it asked to.
+pub fn build_no_clone3() -> Vec<sock_filter> {
+    let mut a = Asm::new();
+    let (native, kill, hit, allow) = (a.label(), a.label(), a.label(), a.label());
+    a.load(ARCH);
+    a.jump(JEQ_K, AUDIT_ARCH_X86_64, native, kill);
+    a.bind(kill);
+    a.ret(RET_KILL_PROCESS);
+    a.bind(native);
+    a.load(NR);
+    a.jump(JEQ_K, libc::SYS_clone3 as u32, hit, allow);
+    a.bind(hit);
+    a.ret(RET_ERRNO | libc::ENOSYS as u32);
+    a.bind(allow);
+    a.ret(RET_ALLOW);
+    a.finish()
+}
+
+/// [`build`] with a [`ProcessPolicy`] (its `clone3` refusal is [`build_no_clone3`]'s).
+pub fn build_with(deny: &[i64], process: ProcessPolicy, sockets: SocketPolicy) -> Vec<sock_filter> {
     let eperm = RET_ERRNO | libc::EPERM as u32;
     let mut a = Asm::new();
     let (native, refuse, allow, sock) = (a.label(), a.label(), a.label(), a.label());
@@ -140,13 +195,6 @@ pub fn build_with(deny: &[i64], no_clone3: bool, sockets: SocketPolicy) -> Vec<s
     a.bind(x32);
     a.ret(eperm);
     a.bind(not_x32);
-    if no_clone3 {
-        let (hit, next) = (a.label(), a.label());
-        a.jump(JEQ_K, libc::SYS_clone3 as u32, hit, next);
-        a.bind(hit);
-        a.ret(RET_ERRNO | libc::ENOSYS as u32);
-        a.bind(next);
-    }
     for &nr in deny {
         let next = a.label();
         let hit = a.label();
@@ -154,6 +202,64 @@ pub fn build_with(deny: &[i64], no_clone3: bool, sockets: SocketPolicy) -> Vec<s
         a.bind(hit);
         a.ret(eperm);
         a.bind(next);
+    }
+    // Calls judged by their arguments, each ending in its own returns (A is clobbered).
+    let by_pid_arg0 = [
+        libc::SYS_prlimit64,
+        libc::SYS_sched_setaffinity,
+        libc::SYS_sched_setscheduler,
+        libc::SYS_sched_setparam,
+        libc::SYS_sched_setattr,
+    ];
+    for nr in by_pid_arg0 {
+        let (hit, next, r, ok) = (a.label(), a.label(), a.label(), a.label());
+        a.jump(JEQ_K, nr as u32, hit, next);
+        a.bind(hit);
+        a.load(arg_lo(0));
+        a.jump(JEQ_K, INIT_PID, r, ok);
+        a.bind(r);
+        a.ret(eperm);
+        a.bind(ok);
+        a.ret(RET_ALLOW);
+        a.bind(next);
+    }
+    // setpriority(which, who) and ioprio_set(which, who): by pid 1, or for every process of
+    // a uid (the init's among them).
+    for (nr, by_pid, by_user) in [
+        (libc::SYS_setpriority, PRIO_PROCESS, PRIO_USER),
+        (libc::SYS_ioprio_set, IOPRIO_WHO_PROCESS, IOPRIO_WHO_USER),
+    ] {
+        let (hit, next, r, ok, w2, pid) = (a.label(), a.label(), a.label(), a.label(), a.label(), a.label());
+        a.jump(JEQ_K, nr as u32, hit, next);
+        a.bind(hit);
+        a.load(arg_lo(0));
+        a.jump(JEQ_K, by_user, r, w2);
+        a.bind(w2);
+        a.jump(JEQ_K, by_pid, pid, ok);
+        a.bind(pid);
+        a.load(arg_lo(1));
+        a.jump(JEQ_K, INIT_PID, r, ok);
+        a.bind(r);
+        a.ret(eperm);
+        a.bind(ok);
+        a.ret(RET_ALLOW);
+        a.bind(next);
+    }
+    if !process.userns {
+        // unshare(flags) and clone(flags, ...): CLONE_NEWUSER in the first argument.
+        for nr in [libc::SYS_unshare, libc::SYS_clone] {
+            let (hit, next, r, ok) = (a.label(), a.label(), a.label(), a.label());
+            a.jump(JEQ_K, nr as u32, hit, next);
+            a.bind(hit);
+            a.load(arg_lo(0));
+            a.stmt(AND_K, libc::CLONE_NEWUSER as u32);
+            a.jump(JEQ_K, 0, ok, r);
+            a.bind(r);
+            a.ret(eperm);
+            a.bind(ok);
+            a.ret(RET_ALLOW);
+            a.bind(next);
+        }
     }
     let restrict_sockets = !(sockets.raw && sockets.packet && sockets.netlink && sockets.other);
     if restrict_sockets {
@@ -279,13 +385,45 @@ mod tests {
     }
 
     #[test]
-    fn ordinary_sockets_pass_and_the_rest_is_refused() {
-        let c = build_with(&[], true, SocketPolicy::default());
+    fn the_init_and_user_namespaces_are_out_of_reach() {
+        let p = build_with(&[], ProcessPolicy::default(), SocketPolicy::default());
+        let call = |nr: i64, a0: u64, a1: u64| evaluate(&p, X86, nr as u32, [a0, a1, 0, 0, 0, 0]);
+        for nr in [libc::SYS_prlimit64, libc::SYS_sched_setaffinity, libc::SYS_sched_setattr] {
+            assert_eq!(call(nr, 1, 0), EPERM, "{nr} on the init");
+            assert_eq!(call(nr, 0, 0), RET_ALLOW, "{nr} on itself");
+            assert_eq!(call(nr, 7, 0), RET_ALLOW, "{nr} on a process of the task");
+        }
+        assert_eq!(call(libc::SYS_setpriority, 0, 1), EPERM, "PRIO_PROCESS of the init");
+        assert_eq!(call(libc::SYS_setpriority, 0, 0), RET_ALLOW, "itself");
+        assert_eq!(call(libc::SYS_setpriority, 1, 1), RET_ALLOW, "PRIO_PGRP: the init's is not visible");
+        assert_eq!(call(libc::SYS_setpriority, 2, 0), EPERM, "PRIO_USER reaches the init");
+        assert_eq!(call(libc::SYS_ioprio_set, 1, 1), EPERM);
+        assert_eq!(call(libc::SYS_ioprio_set, 3, 0), EPERM);
+        assert_eq!(call(libc::SYS_ioprio_set, 1, 0), RET_ALLOW);
+        let newuser = libc::CLONE_NEWUSER as u64;
+        assert_eq!(call(libc::SYS_unshare, newuser | libc::CLONE_NEWNS as u64, 0), EPERM);
+        assert_eq!(call(libc::SYS_unshare, libc::CLONE_FILES as u64, 0), RET_ALLOW);
+        assert_eq!(call(libc::SYS_clone, newuser | libc::SIGCHLD as u64, 0), EPERM);
+        assert_eq!(call(libc::SYS_clone, 0x3d0f00, 0), RET_ALLOW, "a thread");
+        assert!(ProcessPolicy::default().no_clone3(), "clone3 could create a user namespace");
+        let q = build_no_clone3();
+        assert_eq!(evaluate(&q, X86, libc::SYS_clone3 as u32, [0; 6]), RET_ERRNO | libc::ENOSYS as u32);
+        assert_eq!(evaluate(&q, X86, libc::SYS_clone as u32, [0; 6]), RET_ALLOW);
+        assert_eq!(evaluate(&q, I386, 120, [0; 6]), RET_KILL_PROCESS);
+        let granted =
+            build_with(&[], ProcessPolicy { no_clone3: false, userns: true }, SocketPolicy::default());
+        assert_eq!(evaluate(&granted, X86, libc::SYS_unshare as u32, [newuser, 0, 0, 0, 0, 0]), RET_ALLOW);
+        assert!(!ProcessPolicy { no_clone3: false, userns: true }.no_clone3());
+        assert!(ProcessPolicy { no_clone3: true, userns: true }.no_clone3(), "a call");
         assert_eq!(
-            evaluate(&c, AUDIT_ARCH_X86_64, libc::SYS_clone3 as u32, [0; 6]),
-            RET_ERRNO | libc::ENOSYS as u32
+            evaluate(&granted, X86, libc::SYS_prlimit64 as u32, [1, 0, 0, 0, 0, 0]),
+            EPERM,
+            "the init stays out of reach"
         );
-        assert_eq!(evaluate(&c, AUDIT_ARCH_X86_64, libc::SYS_clone as u32, [0; 6]), RET_ALLOW);
+    }
+
+    #[test]
+    fn ordinary_sockets_pass_and_the_rest_is_refused() {
         let p = build(&[], SocketPolicy::default());
         assert_eq!(evaluate(&p, AUDIT_ARCH_X86_64, libc::SYS_clone3 as u32, [0; 6]), RET_ALLOW);
         let nb = libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
@@ -356,7 +494,15 @@ mod tests {
                 libc::AF_PACKET => pol.packet,
                 _ => pol.other,
             };
-            let want = if x32 || deny.contains(&i64::from(nr)) || (is_sock && !sock_ok()) {
+            let (a0, a1) = (family as u32, ty as u32);
+            let on_init = match nr as i64 {
+                libc::SYS_prlimit64 | libc::SYS_sched_setaffinity | libc::SYS_sched_setscheduler
+                | libc::SYS_sched_setparam | libc::SYS_sched_setattr => a0 == 1,
+                libc::SYS_setpriority => a0 == 2 || (a0 == 0 && a1 == 1),
+                libc::SYS_ioprio_set => a0 == 3 || (a0 == 1 && a1 == 1),
+                _ => false,
+            };
+            let want = if x32 || deny.contains(&i64::from(nr)) || on_init || (is_sock && !sock_ok()) {
                 EPERM
             } else {
                 RET_ALLOW

@@ -312,6 +312,11 @@ pub enum Grant {
     PerfEvents,
     /// Let the task manage keys (`add_key`, `request_key`, `keyctl`).
     Keyring,
+    /// Let the task create user namespaces (`unshare`/`clone` with `CLONE_NEWUSER`, and
+    /// `clone3`): sandboxes of its own (bubblewrap, Chromium's sandbox, rootless containers).
+    /// Inside one a process holds every capability over the namespaces it creates there,
+    /// which reaches kernel code (network configuration, mounts) a task cannot otherwise.
+    Userns,
     /// Let the task open node devices (`/dev` beyond the pseudo-devices, terminals and shared
     /// memory every program uses): disks, input devices, `/dev/kmsg`, ...
     Devices,
