@@ -188,6 +188,7 @@ fn why_not(rule: &str) -> &'static str {
             "`grant: [net-raw | net-packet | net-netlink | net-other]` gives the socket class back"
         }
         "protected.credentials" => "`grant: [credentials]` gives credential locations back",
+        "protected.userns" => "`grant: [userns]` gives user namespaces back",
         _ => "a protected default: see docs/scope.md, Protected by default",
     }
 }
