@@ -333,6 +333,57 @@ impl<'a> Fields<'a> {
     }
 }
 
+impl FieldValue<'_> {
+    /// As `serde_json::Value::as_u64`.
+    fn as_u64(&self) -> Option<u64> {
+        match *self {
+            Self::U64(u) => Some(u),
+            _ => None,
+        }
+    }
+
+    /// As `serde_json::Value` of the same JSON.
+    fn to_value(&self) -> Value {
+        match self {
+            Self::Null => Value::Null,
+            Self::Bool(b) => Value::Bool(*b),
+            Self::U64(u) => Value::from(*u),
+            Self::I64(i) => Value::from(*i),
+            Self::F64(f) => Value::from(*f),
+            Self::Str(s) => Value::from(s.as_ref()),
+            Self::Tree(v) => v.as_ref().clone(),
+        }
+    }
+}
+
+/// Rules read a record's fields as they read its JSON tree (the `serde_json::Value` view, field
+/// for field), so OCSF replay parses each line once for both.
+impl crate::rules::view::RecordView for Fields<'_> {
+    fn str_field(&self, name: &str) -> Option<&str> {
+        match name {
+            "intent" => self.get("intent")?.tree()?.get("text")?.as_str(),
+            "intent_sha256" => self.get("intent")?.tree()?.get("sha256")?.as_str(),
+            _ => self.get(name)?.as_str(),
+        }
+    }
+    fn int_field(&self, name: &str) -> Option<i64> {
+        self.get(name)?.as_i64()
+    }
+    fn u64_field(&self, name: &str) -> Option<u64> {
+        self.get(name)?.as_u64()
+    }
+    fn ancestry(&self) -> Vec<i64> {
+        self.get("ancestry")
+            .and_then(FieldValue::tree)
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_i64).collect())
+            .unwrap_or_default()
+    }
+    fn json(&self) -> Value {
+        Value::Object(self.0.iter().map(|(k, v)| (k.to_string(), v.to_value())).collect())
+    }
+}
+
 /// A line's top-level value: fields if it is an object.
 struct MaybeFields<'a>(Option<Fields<'a>>);
 
@@ -412,20 +463,21 @@ impl<'r> Obj<'r> {
     fn get(&self, k: &str) -> Option<&J<'r>> {
         self.0.iter().rev().find(|e| e.0 == k).map(|e| &e.1)
     }
-    fn contains_key(&self, k: &str) -> bool {
-        self.get(k).is_some()
-    }
     fn sort(&mut self) {
-        // Stable: of a key inserted twice, the value inserted last is last; keep it.
-        self.0.sort_by(|a, b| key_cmp(a.0, b.0));
-        self.0.dedup_by(|later, kept| {
-            if later.0 == kept.0 {
-                std::mem::swap(later, kept);
-                true
-            } else {
-                false
-            }
-        });
+        // Objects built in key order (most of the small ones) are left as they are: strictly
+        // increasing keys also means no key was inserted twice.
+        if !self.0.is_sorted_by(|a, b| key_cmp(a.0, b.0).is_lt()) {
+            // Stable: of a key inserted twice, the value inserted last is last; keep it.
+            self.0.sort_by(|a, b| key_cmp(a.0, b.0));
+            self.0.dedup_by(|later, kept| {
+                if later.0 == kept.0 {
+                    std::mem::swap(later, kept);
+                    true
+                } else {
+                    false
+                }
+            });
+        }
         for (_, v) in &mut self.0 {
             v.sort();
         }
@@ -539,10 +591,30 @@ fn needs_escape(b: u8) -> bool {
     b < 0x20 || b == b'"' || b == b'\\'
 }
 
+/// Whether `s` holds a byte `serde_json` escapes ([`needs_escape`]), tested 8 bytes at a time:
+/// a word has a byte below 0x20 iff `(x - 0x20…20) & !x & 0x80…80` is non-zero, and a byte equal
+/// to `c` iff the same test for 1 holds on `x ^ c…c` (exact for the word as a whole).
+#[inline]
+fn has_escape(s: &[u8]) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([1; 8]);
+    const HIGH: u64 = ONES << 7;
+    let below = |x: u64, n: u64| x.wrapping_sub(ONES * n) & !x & HIGH;
+    let mut words = s.chunks_exact(8);
+    for w in &mut words {
+        let x = u64::from_ne_bytes(w.try_into().expect("8 bytes"));
+        if below(x, 0x20) | below(x ^ (ONES * u64::from(b'"')), 1) | below(x ^ (ONES * u64::from(b'\\')), 1)
+            != 0
+        {
+            return true;
+        }
+    }
+    words.remainder().iter().any(|&b| needs_escape(b))
+}
+
 /// A JSON string as `serde_json` writes it: as is between quotes when nothing needs escaping
 /// (nearly always), else by `serde_json` itself.
 fn write_str(out: &mut Vec<u8>, s: &str) {
-    if s.bytes().any(needs_escape) {
+    if has_escape(s.as_bytes()) {
         serde_json::to_writer(&mut *out, s).expect("writing to memory");
     } else {
         out.reserve(s.len() + 2);
@@ -744,13 +816,14 @@ fn basename(path: &str) -> &str {
 
 /// An OCSF `file` object (`name` and `type_id` are required).
 fn file_obj<'r>(path: Option<&'r str>, type_id: i64, dev_ino: Option<(i64, i64)>) -> J<'r> {
+    // Inserted in key order (see `Obj::sort`).
     let mut f = Obj(Vec::with_capacity(5));
     f.insert("name", path.map_or("unknown", basename));
     if let Some(p) = path {
         f.insert("path", p);
     }
-    f.insert("type_id", type_id);
     f.insert("type", file_type_name(type_id));
+    f.insert("type_id", type_id);
     if let Some((dev, ino)) = dev_ino {
         // The file system's own identity: st_dev and inode.
         f.insert("uid", format!("{dev}:{ino}"));
@@ -779,32 +852,35 @@ const EXECUTABLE_FILE: i64 = 8;
 
 /// The process a record is about: pid, comm, executable, parent, user, sandbox (task).
 fn process_obj<'r>(r: &mut Rec<'r>) -> Obj<'r> {
+    let pid = r.int("pid");
+    let comm = r.str("comm");
+    let exe = r.str("exe");
+    let ppid = r.int("ppid");
+    let uid = r.int("uid");
+    // Inserted in key order (see `Obj::sort`).
     let mut p = Obj(Vec::with_capacity(8));
-    if let Some(pid) = r.int("pid") {
-        p.insert("pid", pid);
-    }
-    if let Some(comm) = r.str("comm") {
-        p.insert("name", comm);
-    }
-    if let Some(exe) = r.str("exe") {
-        if !p.contains_key("name") {
-            p.insert("name", basename(exe));
-        }
-        p.insert("file", file_obj(Some(exe), EXECUTABLE_FILE, None));
-    }
-    if let Some(ppid) = r.int("ppid") {
-        p.insert("parent_process", one("pid", ppid));
-    }
-    if let Some(uid) = r.int("uid") {
-        p.insert("user", one("uid", uid.to_string()));
-    }
     if let Some(a) = r.peek("ancestry").and_then(FieldValue::tree).and_then(Value::as_array) {
         r.mark("ancestry", true);
         let chain: Vec<J<'r>> = a.iter().filter_map(Value::as_i64).map(|pid| one("pid", pid)).collect();
         p.insert("ancestry", chain);
     }
+    if let Some(exe) = exe {
+        p.insert("file", file_obj(Some(exe), EXECUTABLE_FILE, None));
+    }
+    if let Some(name) = comm.or(exe.map(basename)) {
+        p.insert("name", name);
+    }
+    if let Some(ppid) = ppid {
+        p.insert("parent_process", one("pid", ppid));
+    }
+    if let Some(pid) = pid {
+        p.insert("pid", pid);
+    }
     if let Some(task) = r.peek_str("task") {
         p.insert("sandbox", task);
+    }
+    if let Some(uid) = uid {
+        p.insert("user", one("uid", uid.to_string()));
     }
     p
 }
@@ -950,19 +1026,20 @@ fn base<'r>(
     } else {
         None
     };
+    // Inserted in key order (see `Obj::sort`).
     let mut md = Obj(Vec::with_capacity(11));
-    md.insert("version", OCSF_VERSION);
-    md.insert("product", product());
-    md.insert("profiles", profiles);
     md.insert("correlation_uid", task);
-    if let Some(seq) = seq {
-        md.insert("uid", event_uid(task, seq as u64));
-        md.insert("sequence", seq);
-    }
     md.insert("event_code", kind);
-    md.insert("original_time", time);
     md.insert("log_name", "warden-audit");
     md.insert("log_version", J::S(version_str(r.peek_int("v").unwrap_or(0))));
+    md.insert("original_time", time);
+    md.insert("product", product());
+    md.insert("profiles", profiles);
+    if let Some(seq) = seq {
+        md.insert("sequence", seq);
+        md.insert("uid", event_uid(task, seq as u64));
+    }
+    md.insert("version", OCSF_VERSION);
     e.insert("metadata", md);
     e.insert("device", device(hostname));
     if let Some(ct) = container {
@@ -989,9 +1066,9 @@ fn base<'r>(
                 e.insert(
                     "policy",
                     Obj::with(vec![
+                        ("is_applied", (c.action_id == 2).into()),
                         ("name", rule.into()),
                         ("type", "Warden task scope".into()),
-                        ("is_applied", (c.action_id == 2).into()),
                     ]),
                 );
             }
@@ -1041,14 +1118,15 @@ fn container_obj<'r>(r: &mut Rec<'r>) -> Option<Obj<'r>> {
 /// call (`uid`, `name`) as a tool invocation (`ai_role_id` 3 Tool) of the agent that the task
 /// runs (`application.uid` = the task).
 fn message_context<'r>(call: &'r str, name: Option<&'r str>, task: &'r str) -> Obj<'r> {
+    // Inserted in key order (see `Obj::sort`).
     let mut m = Obj(Vec::with_capacity(5));
-    m.insert("uid", call);
+    m.insert("ai_role", "Tool");
+    m.insert("ai_role_id", 3i64);
+    m.insert("application", one("uid", task));
     if let Some(n) = name {
         m.insert("name", n);
     }
-    m.insert("ai_role_id", 3i64);
-    m.insert("ai_role", "Tool");
-    m.insert("application", one("uid", task));
+    m.insert("uid", call);
     m
 }
 
@@ -1066,12 +1144,13 @@ fn product<'r>() -> Obj<'r> {
 }
 
 fn device(hostname: Option<&str>) -> Obj<'_> {
+    // Inserted in key order (see `Obj::sort`).
     let mut d = Obj(Vec::with_capacity(3));
-    d.insert("type_id", 0i64);
-    d.insert("type", "Unknown");
     if let Some(h) = hostname {
         d.insert("hostname", h);
     }
+    d.insert("type", "Unknown");
+    d.insert("type_id", 0i64);
     d
 }
 
@@ -1436,9 +1515,10 @@ fn network<'r>(r: &mut Rec<'r>, kind: &str, out: &str, ctx: &'r Context) -> Even
     if let Some(p) = port {
         dst.insert("port", p);
     }
+    // Inserted in key order (see `Obj::sort`).
     let mut conn = Obj(Vec::with_capacity(6));
-    conn.insert("direction_id", 2i64);
     conn.insert("direction", "Outbound");
+    conn.insert("direction_id", 2i64);
     let num = match proto {
         Some("tcp") => Some(6),
         Some("udp") => Some(17),
@@ -1453,7 +1533,6 @@ fn network<'r>(r: &mut Rec<'r>, kind: &str, out: &str, ctx: &'r Context) -> Even
     }
     if let Some(a) = addr {
         let ver = if a.contains(':') { 6i64 } else { 4 };
-        conn.insert("protocol_ver_id", ver);
         conn.insert(
             "protocol_ver",
             if ver == 6 {
@@ -1462,6 +1541,7 @@ fn network<'r>(r: &mut Rec<'r>, kind: &str, out: &str, ctx: &'r Context) -> Even
                 "Internet Protocol version 4 (IPv4)"
             },
         );
+        conn.insert("protocol_ver_id", ver);
     }
     e.insert("actor", one("process", actor));
     e.insert("dst_endpoint", dst);
@@ -2219,6 +2299,25 @@ mod tests {
             r#""a string""#.into(),
         ]);
         lines
+    }
+
+    /// The word-at-a-time escape test agrees with the byte test for every byte at every
+    /// position, next to bytes that are close to the limits.
+    #[test]
+    fn escape_test_agrees_with_the_byte_test() {
+        for filler in [b'a', b' ', b'!', b'#', b'[', b']', 0x7f, 0x80, 0xff] {
+            for len in 0..20 {
+                let clean = vec![filler; len];
+                assert_eq!(has_escape(&clean), needs_escape(filler), "{filler:#x} × {len}");
+                for at in 0..len {
+                    for b in 0..=255u8 {
+                        let mut s = clean.clone();
+                        s[at] = b;
+                        assert_eq!(has_escape(&s), s.iter().any(|&c| needs_escape(c)), "{s:?}");
+                    }
+                }
+            }
+        }
     }
 
     /// The writer's bytes are those of the tree-building mapping it replaced, record for

@@ -187,12 +187,13 @@ pub fn replay(args: ReplayArgs) -> Result<i32, Failure> {
         nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()),
     );
     let stdout = std::io::stdout();
+    // Big writes: OCSF output is ~1.5 KB per record.
     let mut r = Replayer {
         uses_event: set.uses_event(),
         engine: Engine::new(&set),
         scope: scope.as_ref(),
         ctx,
-        out: std::io::BufWriter::new(stdout.lock()),
+        out: std::io::BufWriter::with_capacity(1 << 20, stdout.lock()),
         args: &args,
         calls: args.call.as_deref().map(CallFilter::new),
         records: 0,
@@ -265,28 +266,49 @@ struct Replayer<'a, W: Write> {
     skipped: u64,
 }
 
-/// Bytes of a log read and handled as one block: its lines are parsed and their rule steps
-/// evaluated ahead, split across threads, then fed to the rule state in order. Bounds replay's
-/// memory (the block, its parsed records and their outcomes) whatever the log's size.
+/// Bytes of a log read and handled as one block: a block's lines are parsed, their rule steps
+/// evaluated and their OCSF events written by one worker thread, while other workers do the
+/// next blocks; the blocks' results are then fed to the rule state in order. Bounds replay's
+/// memory (the blocks in flight, their parsed records, outcomes and events) whatever the log's
+/// size.
 const BLOCK_BYTES: usize = 2 << 20;
 
-/// A line of a block, as the threads that read ahead left it.
+/// Blocks a worker may hold at once: one waiting for it, one it works on, one done and waiting
+/// for the rule state. With `--jobs N`, at most 3N + 1 blocks are in memory.
+const QUEUED_PER_WORKER: usize = 1;
+
+/// A line of a block, as the worker that read it ahead left it.
 // Nearly every line is a `Record`: boxing it would cost an allocation per line and save nothing.
 #[allow(clippy::large_enum_variant)]
 enum Ahead<'b> {
-    /// A current-schema record; its steps' outcomes are at its index × steps.
+    /// A current-schema record read for rules; its steps' outcomes are at its index × steps.
     Record(ReplayRecord<'b>),
+    /// A current-schema record read whole (OCSF output): the same fields serve the rules and
+    /// the event, so the line is parsed once.
+    Fields(ocsf::Fields<'b>),
     /// Readable only through the JSON tree (older schema): handled in order, the slow way.
     Tree,
     /// Not a record: why.
     Bad(String),
 }
 
-/// Reads one line ahead: parse, check the schema, evaluate every rule step.
+/// Checks a parsed line's schema version: `Ok(true)` current, `Ok(false)` older (to be upgraded
+/// through the JSON tree), `Err` unreadable.
+fn current_schema(v: Option<u64>) -> Result<bool, String> {
+    match schema::check(v) {
+        Ok(v) => Ok(v == u64::from(crate::audit::SCHEMA_VERSION)),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Reads one line ahead: parse, check the schema, evaluate every rule step. With `whole`
+/// (OCSF output) the line is read into all its fields, which the event is then written from.
 fn read_ahead<'b>(
     line: &'b [u8],
     task: Option<&str>,
+    whole: bool,
     eval: &mut Evaluator<'_>,
+    one: &mut Vec<Outcome>,
     outcomes: &mut Vec<Outcome>,
 ) -> Ahead<'b> {
     let steps = eval.step_count();
@@ -298,6 +320,24 @@ fn read_ahead<'b>(
             return Ahead::Bad(format!("not UTF-8: {e}"));
         }
     };
+    // OCSF output: all fields, parsed once. A line that is not an object (or not JSON) takes
+    // the rules' reading below, so it is judged with the same words as without OCSF.
+    if whole && let Ok(Some(f)) = ocsf::Fields::parse(line) {
+        let rec: &dyn RecordView = &f;
+        match current_schema(rec.u64_field("v")) {
+            Ok(true) => {}
+            Ok(false) => {
+                skip(outcomes);
+                return Ahead::Tree;
+            }
+            Err(e) => {
+                skip(outcomes);
+                return Ahead::Bad(e);
+            }
+        }
+        evaluate(rec, task, eval, one, outcomes);
+        return Ahead::Fields(f);
+    }
     let rec = match ReplayRecord::parse(line) {
         Ok(r) => r,
         Err(e) => {
@@ -305,27 +345,37 @@ fn read_ahead<'b>(
             return Ahead::Bad(format!("not a JSON record: {e}"));
         }
     };
-    match schema::check(rec.u64_field("v")) {
-        Ok(v) if v == u64::from(crate::audit::SCHEMA_VERSION) => {}
-        Ok(_) => {
+    match current_schema(rec.u64_field("v")) {
+        Ok(true) => {}
+        Ok(false) => {
             skip(outcomes);
             return Ahead::Tree;
         }
         Err(e) => {
             skip(outcomes);
-            return Ahead::Bad(e.to_string());
+            return Ahead::Bad(e);
         }
     }
-    if task.is_some_and(|t| rec.str_field("task") != Some(t)) {
-        skip(outcomes);
-    } else {
-        let start = outcomes.len();
-        let mut one = Vec::with_capacity(steps);
-        eval.outcomes(&rec, &mut one);
-        outcomes.extend_from_slice(&one);
-        debug_assert_eq!(outcomes.len(), start + steps);
-    }
+    evaluate(&rec, task, eval, one, outcomes);
     Ahead::Record(rec)
+}
+
+/// Appends the outcomes of every rule step for `rec` (all "no" for another task's record).
+fn evaluate(
+    rec: &dyn RecordView,
+    task: Option<&str>,
+    eval: &mut Evaluator<'_>,
+    one: &mut Vec<Outcome>,
+    outcomes: &mut Vec<Outcome>,
+) {
+    let steps = eval.step_count();
+    if task.is_some_and(|t| rec.str_field("task") != Some(t)) {
+        outcomes.extend(std::iter::repeat_n(Outcome::No, steps));
+    } else {
+        eval.outcomes(rec, one);
+        debug_assert_eq!(one.len(), steps);
+        outcomes.extend_from_slice(one);
+    }
 }
 
 /// A record's OCSF event, as [`Replayer::record`] gets it.
@@ -336,17 +386,6 @@ enum Ocsf<'x> {
     Tree(&'x Value),
     /// Written ahead, newline included.
     Bytes(&'x [u8]),
-}
-
-/// One thread's share of a block, read ahead.
-struct Done<'b> {
-    read: Vec<Ahead<'b>>,
-    /// The rule steps' outcomes, `steps` per line.
-    outcomes: Vec<Outcome>,
-    /// The OCSF events of the lines (OCSF output only) ...
-    ocsf: Vec<u8>,
-    /// ... and where each line's ends in `ocsf`.
-    ends: Vec<usize>,
 }
 
 /// What records of a block teach the OCSF context: (line index in the block, task, node) of
@@ -367,7 +406,28 @@ fn teachings(lines: &[&[u8]]) -> Vec<(usize, String, String)> {
         .collect()
 }
 
-/// One thread's OCSF conversion ahead: the context as of each line, and the events written.
+/// [`teachings`] of a block's lines; most blocks hold neither word and are not split.
+fn teachings_of(block: &[u8]) -> Vec<(usize, String, String)> {
+    if memchr::memmem::find(block, b"task_start").is_none() && memchr::memmem::find(block, b"\\u").is_none() {
+        return Vec::new();
+    }
+    teachings(&lines_of(block))
+}
+
+/// The lines of a block (whole lines, the last one's newline optional).
+fn lines_of(block: &[u8]) -> Vec<&[u8]> {
+    let body = block.strip_suffix(b"\n").unwrap_or(block);
+    let mut lines: Vec<&[u8]> = Vec::with_capacity(body.len() / 256 + 1);
+    let mut from = 0;
+    for i in memchr::memchr_iter(b'\n', body) {
+        lines.push(&body[from..i]);
+        from = i + 1;
+    }
+    lines.push(&body[from..]);
+    lines
+}
+
+/// One worker's OCSF conversion of a block: the context as of each line, and the events written.
 struct OcsfAhead<'c> {
     on: bool,
     ctx: std::borrow::Cow<'c, ocsf::Context>,
@@ -379,29 +439,19 @@ struct OcsfAhead<'c> {
 }
 
 impl<'c> OcsfAhead<'c> {
-    /// For the lines from `first` (index in the block) on, `n` of them; `ctx` is the context
-    /// as of the block's start.
-    fn new(
-        on: bool,
-        ctx: &'c ocsf::Context,
-        teach: &'c [(usize, String, String)],
-        first: usize,
-        n: usize,
-    ) -> Self {
-        let mut me = OcsfAhead {
+    /// For the `n` lines of a block; `ctx` is the context as of the block's start.
+    fn new(on: bool, ctx: &'c ocsf::Context, teach: &'c [(usize, String, String)], n: usize) -> Self {
+        OcsfAhead {
             on,
             ctx: std::borrow::Cow::Borrowed(ctx),
             teach,
             next: 0,
             out: Vec::with_capacity(if on { n * 1536 } else { 0 }),
             ends: Vec::with_capacity(if on { n } else { 0 }),
-        };
-        me.learn_up_to(first.checked_sub(1));
-        me
+        }
     }
 
-    fn learn_up_to(&mut self, at: Option<usize>) {
-        let Some(at) = at else { return };
+    fn learn_up_to(&mut self, at: usize) {
         while let Some((i, task, node)) = self.teach.get(self.next)
             && *i <= at
         {
@@ -416,8 +466,14 @@ impl<'c> OcsfAhead<'c> {
         if !self.on {
             return a;
         }
-        self.learn_up_to(Some(at));
+        self.learn_up_to(at);
         let a = match a {
+            Ahead::Fields(f) => {
+                if task.is_none_or(|t| f.str("task") == Some(t)) {
+                    ocsf::write_line(&f, &self.ctx, &mut self.out);
+                }
+                Ahead::Fields(f)
+            }
             Ahead::Record(rec) if task.is_none_or(|t| rec.str_field("task") == Some(t)) => {
                 let fields =
                     std::str::from_utf8(line).ok().and_then(|l| ocsf::Fields::parse(l).ok().flatten());
@@ -444,150 +500,284 @@ enum Steps<'o> {
     Ahead(&'o [Outcome]),
 }
 
+/// A block on its way to a worker: its bytes, and what the OCSF context is as of its first
+/// line and learns from its lines.
+struct Job {
+    block: Vec<u8>,
+    ctx: std::sync::Arc<ocsf::Context>,
+    teach: Vec<(usize, String, String)>,
+}
+
+/// A block as a worker left it: its lines read, their rule steps evaluated, their OCSF events
+/// written.
+struct Parsed {
+    // The fields that borrow from `block` come first: they are dropped before it.
+    /// Each line's reading; borrows `block`'s bytes (see [`Parsed::read`]).
+    read: Vec<Ahead<'static>>,
+    /// Each line; borrows `block`'s bytes.
+    lines: Vec<&'static [u8]>,
+    /// The rule steps' outcomes, `steps` per line.
+    outcomes: Vec<Outcome>,
+    /// The OCSF events of the lines (OCSF output only) ...
+    ocsf: Vec<u8>,
+    /// ... and where each line's ends in `ocsf`.
+    ends: Vec<usize>,
+    teach: Vec<(usize, String, String)>,
+    /// Rule steps per line.
+    steps: usize,
+    /// Never changed, moved out or freed while `read` and `lines` exist.
+    #[allow(dead_code)]
+    block: Vec<u8>,
+}
+
+impl Parsed {
+    /// Reads a block's lines: the worker's share of a replay.
+    fn of(job: Job, eval: &mut Evaluator<'_>, task: Option<&str>, ocsf_out: bool) -> Parsed {
+        let Job { block, ctx, teach } = job;
+        // SAFETY: the slice points into `block`'s heap buffer, which `Parsed` owns and never
+        // changes, moves out of or frees while it exists; moving a `Vec` does not move its
+        // buffer. Everything borrowing it (`read`, `lines`) is dropped before `block` (field
+        // order) and is handed out only with the lifetime of a borrow of the `Parsed`
+        // ([`Parsed::read`], [`Parsed::lines`]).
+        let bytes: &'static [u8] = unsafe { std::slice::from_raw_parts(block.as_ptr(), block.len()) };
+        let lines = lines_of(bytes);
+        let steps = eval.step_count();
+        let mut outcomes = Vec::with_capacity(lines.len() * steps);
+        let mut one = Vec::with_capacity(steps);
+        let mut ocsf = OcsfAhead::new(ocsf_out, &ctx, &teach, lines.len());
+        let read = lines
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                let a = read_ahead(l, task, ocsf_out, eval, &mut one, &mut outcomes);
+                ocsf.line(i, l, a, task)
+            })
+            .collect();
+        let (ocsf, ends) = (ocsf.out, ocsf.ends);
+        Parsed { read, lines, outcomes, ocsf, ends, teach, steps, block }
+    }
+
+    fn read(&self) -> &[Ahead<'_>] {
+        &self.read
+    }
+
+    fn lines(&self) -> &[&[u8]] {
+        &self.lines
+    }
+}
+
+/// Reads a log in blocks of whole lines (the last line of a file may lack its newline).
+struct Blocks<R> {
+    r: R,
+    /// The start of the next block's first line.
+    carry: Vec<u8>,
+    eof: bool,
+}
+
+impl<R: Read> Blocks<R> {
+    fn new(r: R) -> Self {
+        Blocks { r, carry: Vec::new(), eof: false }
+    }
+
+    /// The next block, `None` at the end.
+    fn next_block(&mut self) -> std::io::Result<Option<Vec<u8>>> {
+        let mut buf = Vec::with_capacity(BLOCK_BYTES);
+        buf.append(&mut self.carry);
+        let mut want = BLOCK_BYTES;
+        loop {
+            if buf.len() < want && !self.eof {
+                // Into the buffer's spare room (no zeroing first); short of `want` only at the end.
+                let room = want - buf.len();
+                let got = (&mut self.r).take(room as u64).read_to_end(&mut buf)?;
+                self.eof = got < room;
+            }
+            if buf.is_empty() {
+                return Ok(None);
+            }
+            if self.eof {
+                return Ok(Some(buf));
+            }
+            match memchr::memrchr(b'\n', &buf) {
+                Some(i) => {
+                    self.carry = buf[i + 1..].to_vec();
+                    buf.truncate(i + 1);
+                    return Ok(Some(buf));
+                }
+                // One line longer than a block: read more of it.
+                None => want *= 2,
+            }
+        }
+    }
+}
+
+/// What the reader hands a worker, in log order.
+enum Work {
+    Block(Job),
+    Failed(String),
+}
+
+/// What a worker hands the rule state, in log order.
+enum Done {
+    Block(Parsed),
+    Failed(String),
+}
+
 impl<W: Write> Replayer<'_, W> {
     /// Replays one log file block by block; `Ok(false)`: stopped at a corrupt line.
+    ///
+    /// Three stages run at once: a reader thread cuts the file into blocks (and notes what
+    /// they teach the OCSF context), `ahead.len()` workers read one block each (parse,
+    /// evaluate rule steps, write OCSF events), and this thread feeds their results to the rule
+    /// state in log order (block i is worker i mod N's), so the output is the same whatever
+    /// the number of workers.
     fn file(
         &mut self,
-        mut f: File,
+        f: File,
         source: &str,
         ahead: &mut [Evaluator<'_>],
         bar: Option<&indicatif::ProgressBar>,
     ) -> Result<bool, Failure> {
-        let mut buf: Vec<u8> = Vec::with_capacity(BLOCK_BYTES);
-        let mut want = BLOCK_BYTES;
-        let mut eof = false;
-        let mut n = 0usize;
-        loop {
-            while buf.len() < want && !eof {
-                let start = buf.len();
-                buf.resize(want, 0);
-                let got = f.read(&mut buf[start..]).map_err(|e| Failure::Runtime(anyhow!("{source}: {e}")));
-                buf.truncate(start + *got.as_ref().unwrap_or(&0));
-                eof = got? == 0;
-            }
-            if buf.is_empty() {
-                return Ok(true);
-            }
-            let end = if eof {
-                buf.len()
-            } else {
-                match memchr::memrchr(b'\n', &buf) {
-                    Some(i) => i + 1,
-                    None => {
-                        // One line longer than a block: read more of it.
-                        want *= 2;
-                        continue;
-                    }
-                }
-            };
-            want = BLOCK_BYTES;
-            let block = &buf[..end];
-            if !self.block(block, source, &mut n, ahead)? {
-                return Ok(false);
-            }
-            if let Some(b) = bar {
-                b.inc(end as u64);
-            }
-            buf.drain(..end);
-        }
-    }
-
-    /// Handles the lines of one block (whole lines, the last one's newline optional).
-    fn block(
-        &mut self,
-        block: &[u8],
-        source: &str,
-        n: &mut usize,
-        ahead: &mut [Evaluator<'_>],
-    ) -> Result<bool, Failure> {
-        let body = block.strip_suffix(b"\n").unwrap_or(block);
-        let mut lines: Vec<&[u8]> = Vec::new();
-        let mut from = 0;
-        for i in memchr::memchr_iter(b'\n', body) {
-            lines.push(&body[from..i]);
-            from = i + 1;
-        }
-        lines.push(&body[from..]);
         if self.uses_event {
-            // Every record is needed as a JSON tree anyway: one at a time, in order.
-            for line in lines {
-                *n += 1;
-                let line = String::from_utf8_lossy(line);
-                if !self.line(source, *n, &line)? {
-                    return Ok(false);
-                }
-            }
-            return Ok(true);
+            return self.file_in_order(f, source, bar);
         }
         let ocsf_out = self.args.format == ReplayFormat::Ocsf;
-        // What the records of this block teach the OCSF context (a task_start's node), by line:
-        // the threads converting ahead see, at every line, what the log taught up to it.
-        let teach: Vec<(usize, String, String)> = if ocsf_out { teachings(&lines) } else { Vec::new() };
-        let steps = ahead[0].step_count();
-        let task = self.args.task.as_deref();
-        // Contiguous shares of the block, one per thread; results come back in line order.
-        let share = lines.len().div_ceil(ahead.len()).max(1);
-        let ctx = &self.ctx;
-        let teach_ref = &teach;
-        let done: Vec<Done<'_>> = std::thread::scope(|s| {
-            let handles: Vec<_> = lines
-                .chunks(share)
-                .zip(ahead.iter_mut())
-                .enumerate()
-                .map(|(c, (chunk, eval))| {
-                    s.spawn(move || {
-                        let first = c * share;
-                        let mut outcomes = Vec::with_capacity(chunk.len() * steps);
-                        let mut ocsf = OcsfAhead::new(ocsf_out, ctx, teach_ref, first, chunk.len());
-                        let read = chunk
-                            .iter()
-                            .enumerate()
-                            .map(|(i, l)| {
-                                let a = read_ahead(l, task, eval, &mut outcomes);
-                                ocsf.line(first + i, l, a, task)
-                            })
-                            .collect();
-                        Done { read, outcomes, ocsf: ocsf.out, ends: ocsf.ends }
+        let task = self.args.task.clone();
+        let workers = ahead.len();
+        let start_ctx = self.ctx.clone();
+        std::thread::scope(|s| {
+            let mut to_workers = Vec::with_capacity(workers);
+            let mut from_workers = Vec::with_capacity(workers);
+            for eval in ahead.iter_mut() {
+                let (work_tx, work_rx) = std::sync::mpsc::sync_channel::<Work>(QUEUED_PER_WORKER);
+                let (done_tx, done_rx) = std::sync::mpsc::sync_channel::<Done>(QUEUED_PER_WORKER);
+                let task = task.as_deref().map(str::to_string);
+                std::thread::Builder::new()
+                    .name("replay-worker".into())
+                    .spawn_scoped(s, move || {
+                        for w in work_rx {
+                            let done = match w {
+                                Work::Block(job) => {
+                                    Done::Block(Parsed::of(job, eval, task.as_deref(), ocsf_out))
+                                }
+                                Work::Failed(e) => Done::Failed(e),
+                            };
+                            if done_tx.send(done).is_err() {
+                                return; // the rule state stopped
+                            }
+                        }
                     })
+                    .expect("spawn a replay worker");
+                to_workers.push(work_tx);
+                from_workers.push(done_rx);
+            }
+            std::thread::Builder::new()
+                .name("replay-reader".into())
+                .spawn_scoped(s, move || {
+                    let mut blocks = Blocks::new(f);
+                    let mut ctx = std::sync::Arc::new(start_ctx);
+                    for i in 0.. {
+                        let work = match blocks.next_block() {
+                            Ok(Some(block)) => {
+                                let teach = if ocsf_out { teachings_of(&block) } else { Vec::new() };
+                                let job = Job { block, ctx: ctx.clone(), teach };
+                                for (_, t, node) in &job.teach {
+                                    std::sync::Arc::make_mut(&mut ctx).learn_node(t, node);
+                                }
+                                Work::Block(job)
+                            }
+                            Ok(None) => return,
+                            Err(e) => Work::Failed(e.to_string()),
+                        };
+                        let failed = matches!(work, Work::Failed(_));
+                        if to_workers[i % workers].send(work).is_err() || failed {
+                            return;
+                        }
+                    }
                 })
-                .collect();
-            handles.into_iter().map(|h| h.join().expect("replay worker panicked")).collect()
-        });
-        let mut line_of = lines.iter();
-        let mut teach_next = teach.iter().peekable();
-        let mut index = 0usize;
-        for d in &done {
-            let mut from = 0usize;
-            for (i, a) in d.read.iter().enumerate() {
-                *n += 1;
-                let line = line_of.next().expect("one result per line");
-                while let Some((_, t, node)) = teach_next.next_if(|(at, ..)| *at <= index) {
-                    self.ctx.learn_node(t, node);
+                .expect("spawn the replay reader");
+            let mut n = 0usize;
+            for i in 0.. {
+                let Ok(done) = from_workers[i % workers].recv() else {
+                    return Ok(true); // the reader reached the end
+                };
+                let go = match done {
+                    Done::Block(p) => {
+                        if let Some(b) = bar {
+                            b.inc(p.block.len() as u64);
+                        }
+                        self.consume(&p, source, &mut n, ocsf_out)
+                    }
+                    Done::Failed(e) => Err(Failure::Runtime(anyhow!("{source}: {e}"))),
+                };
+                match go {
+                    Ok(true) => {}
+                    // Stopping: the workers' and the reader's next sends fail, and they end.
+                    other => {
+                        drop(from_workers);
+                        return other;
+                    }
                 }
-                index += 1;
-                let event = match d.ends.get(i) {
-                    Some(&end) if ocsf_out => {
-                        let bytes = &d.ocsf[from..end];
-                        from = end;
-                        Ocsf::Bytes(bytes)
-                    }
-                    _ => Ocsf::None,
-                };
-                let go = match a {
-                    Ahead::Record(rec) => {
-                        self.record(rec, line, event, Steps::Ahead(&d.outcomes[i * steps..(i + 1) * steps]))?
-                    }
-                    Ahead::Tree => self.line(source, *n, &String::from_utf8_lossy(line))?,
-                    Ahead::Bad(e) => self.bad_line(source, *n, e.clone())?,
-                };
-                if !go {
+            }
+            unreachable!("blocks are counted in usize")
+        })
+    }
+
+    /// Replays one log file a line at a time on this thread (rules that read `event` need
+    /// every record as a JSON tree anyway).
+    fn file_in_order(
+        &mut self,
+        f: File,
+        source: &str,
+        bar: Option<&indicatif::ProgressBar>,
+    ) -> Result<bool, Failure> {
+        let mut blocks = Blocks::new(f);
+        let mut n = 0usize;
+        while let Some(block) = blocks.next_block().map_err(|e| Failure::Runtime(anyhow!("{source}: {e}")))? {
+            for line in lines_of(&block) {
+                n += 1;
+                let line = String::from_utf8_lossy(line);
+                if !self.line(source, n, &line)? {
                     return Ok(false);
                 }
+            }
+            if let Some(b) = bar {
+                b.inc(block.len() as u64);
             }
         }
         Ok(true)
     }
 
+    /// Feeds a block's records, as a worker read them, to the rule state in order.
+    fn consume(&mut self, p: &Parsed, source: &str, n: &mut usize, ocsf_out: bool) -> Result<bool, Failure> {
+        let steps = p.steps;
+        let mut teach_next = p.teach.iter().peekable();
+        let mut from = 0usize;
+        for (i, (a, line)) in p.read().iter().zip(p.lines()).enumerate() {
+            *n += 1;
+            while let Some((_, t, node)) = teach_next.next_if(|(at, ..)| *at <= i) {
+                self.ctx.learn_node(t, node);
+            }
+            let event = match p.ends.get(i) {
+                Some(&end) if ocsf_out => {
+                    let bytes = &p.ocsf[from..end];
+                    from = end;
+                    Ocsf::Bytes(bytes)
+                }
+                _ => Ocsf::None,
+            };
+            let outcomes = Steps::Ahead(&p.outcomes[i * steps..(i + 1) * steps]);
+            let go = match a {
+                Ahead::Record(rec) => self.record(rec, line, event, outcomes)?,
+                Ahead::Fields(f) => self.record(f, line, event, outcomes)?,
+                Ahead::Tree => self.line(source, *n, &String::from_utf8_lossy(line))?,
+                Ahead::Bad(e) => self.bad_line(source, *n, e.clone())?,
+            };
+            if !go {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
     /// Handles one line from `source` (line `n`); `Ok(false)` means stop: a corrupt line
     /// without --keep-going (the error is printed).
     ///

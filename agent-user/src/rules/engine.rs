@@ -233,9 +233,23 @@ impl<'a> Evaluator<'a> {
             out.resize(self.steps.len(), Outcome::No);
             return;
         }
-        let mask = self.candidates(kind).to_vec();
-        for (id, candidate) in mask.into_iter().enumerate() {
-            out.push(if candidate { self.outcome_unindexed(rec, id) } else { Outcome::No });
+        // The kind's mask, borrowed out of `self` for the loop (no copy per record).
+        self.candidates(kind);
+        let remembered = self.by_kind.get(self.last).is_some_and(|(k, _)| k == kind);
+        let mask = if remembered {
+            std::mem::take(&mut self.by_kind[self.last].1)
+        } else {
+            std::mem::take(&mut self.scratch)
+        };
+        out.extend(
+            mask.iter().enumerate().map(|(id, &candidate)| {
+                if candidate { self.outcome_unindexed(rec, id) } else { Outcome::No }
+            }),
+        );
+        if remembered {
+            self.by_kind[self.last].1 = mask;
+        } else {
+            self.scratch = mask;
         }
     }
 }

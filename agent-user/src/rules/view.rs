@@ -293,10 +293,32 @@ fn slot(name: &str) -> Option<usize> {
     })
 }
 
+/// The index of the first byte of `s` that ends or breaks a plain JSON string: a quote, a
+/// backslash or a control character. Eight bytes at a time: in `(x - n…n) & !x & 0x80…80` the
+/// lowest flagged byte is always one below `n` (a borrow only runs upwards), so the lowest flag
+/// of the three tests is the first such byte.
+#[inline]
+fn special(s: &[u8]) -> Option<usize> {
+    const ONES: u64 = u64::from_ne_bytes([1; 8]);
+    const HIGH: u64 = ONES << 7;
+    let below = |x: u64, n: u64| x.wrapping_sub(ONES * n) & !x & HIGH;
+    let mut at = 0;
+    while let Some(w) = s.get(at..at + 8) {
+        let x = u64::from_le_bytes(w.try_into().expect("8 bytes"));
+        let m =
+            below(x, 0x20) | below(x ^ (ONES * u64::from(b'"')), 1) | below(x ^ (ONES * u64::from(b'\\')), 1);
+        if m != 0 {
+            return Some(at + m.trailing_zeros() as usize / 8);
+        }
+        at += 8;
+    }
+    s[at..].iter().position(|&c| c < 0x20 || c == b'"' || c == b'\\').map(|p| at + p)
+}
+
 /// A replayed record, parsed from its line without building a JSON tree: the fields rules and
 /// re-judging read, borrowed from the line where it has no escapes, and `ancestry`. Duplicate
 /// keys keep the last value, as `serde_json::Value` does.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq)]
 pub struct ReplayRecord<'a> {
     fields: [Field<'a>; KEPT.len()],
     ancestry: Vec<i64>,
@@ -307,7 +329,100 @@ pub struct ReplayRecord<'a> {
 impl<'a> ReplayRecord<'a> {
     /// Parses one line. Errors are those of `serde_json` (not JSON, trailing characters).
     pub fn parse(line: &'a str) -> Result<Self, serde_json::Error> {
-        serde_json::from_str(line)
+        match Self::parse_flat(line) {
+            Some(r) => Ok(r),
+            None => serde_json::from_str(line),
+        }
+    }
+
+    /// The common case read without serde's machinery: a flat object whose values are strings
+    /// without escapes, non-negative integers, booleans or null. `None` for anything else —
+    /// nested values, escapes, numbers of other forms, and every malformed line — which
+    /// [`ReplayRecord::parse`] then hands to `serde_json` (so errors, and every odd case, read
+    /// as before). What it accepts, it reads as `serde_json` does (a test compares both).
+    fn parse_flat(line: &'a str) -> Option<Self> {
+        let b = line.as_bytes();
+        let ws = |mut i: usize| {
+            while i < b.len() && matches!(b[i], b' ' | b'\n' | b'\t' | b'\r') {
+                i += 1;
+            }
+            i
+        };
+        // A string from the byte after its opening quote: (contents, index after the closing
+        // quote). Escapes and control characters go to serde.
+        let string = |i: usize| -> Option<(&'a str, usize)> {
+            let end = i + special(&b[i..])?;
+            if b[end] != b'"' {
+                return None;
+            }
+            // Between two ASCII quotes of a valid UTF-8 line: a valid UTF-8 slice.
+            Some((&line[i..end], end + 1))
+        };
+        let mut r = ReplayRecord { object: true, ..Default::default() };
+        let mut i = ws(0);
+        if b.get(i) != Some(&b'{') {
+            return None;
+        }
+        i = ws(i + 1);
+        if b.get(i) == Some(&b'}') {
+            return (ws(i + 1) == b.len()).then_some(r);
+        }
+        loop {
+            if b.get(i) != Some(&b'"') {
+                return None;
+            }
+            let (key, next) = string(i + 1)?;
+            i = ws(next);
+            if b.get(i) != Some(&b':') {
+                return None;
+            }
+            i = ws(i + 1);
+            let (value, next) = match *b.get(i)? {
+                b'"' => {
+                    let (s, next) = string(i + 1)?;
+                    (Field::Str(Cow::Borrowed(s)), next)
+                }
+                b'0' => {
+                    if b.get(i + 1).is_some_and(|c| c.is_ascii_digit()) {
+                        return None;
+                    }
+                    (Field::Num(0u64.into()), i + 1)
+                }
+                b'1'..=b'9' => {
+                    let mut n: u64 = 0;
+                    let mut j = i;
+                    while let Some(d) = b.get(j).filter(|c| c.is_ascii_digit()) {
+                        n = n.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
+                        j += 1;
+                    }
+                    (Field::Num(n.into()), j)
+                }
+                b't' if b[i..].starts_with(b"true") => (Field::Other, i + 4),
+                b'f' if b[i..].starts_with(b"false") => (Field::Other, i + 5),
+                b'n' if b[i..].starts_with(b"null") => (Field::Other, i + 4),
+                _ => return None,
+            };
+            // A number must end here (no fraction or exponent), a literal must not run on.
+            if b.get(next).is_some_and(|c| !matches!(c, b' ' | b'\n' | b'\t' | b'\r' | b',' | b'}')) {
+                return None;
+            }
+            match key {
+                // Read through their own visitors (an object, a list): serde's way.
+                "intent" | "ancestry" => return None,
+                "intent_sha256" => {}
+                _ => {
+                    if let Some(s) = slot(key) {
+                        r.fields[s] = value;
+                    }
+                }
+            }
+            i = ws(next);
+            match b.get(i)? {
+                b',' => i = ws(i + 1),
+                b'}' => return (ws(i + 1) == b.len()).then_some(r),
+                _ => return None,
+            }
+        }
     }
 
     /// Whether the line held a JSON object (anything else is not a record).
@@ -533,18 +648,24 @@ mod tests {
         let tree: Value = serde_json::from_str(&line).unwrap();
         let live = LiveRecord { rec, line: &line };
         let replay = ReplayRecord::parse(&line).unwrap();
+        let whole = crate::audit::ocsf::Fields::parse(&line).unwrap().unwrap();
         for f in super::super::STRING_FIELDS {
             assert_eq!(live.str_field(f), tree.str_field(f), "{f}");
             assert_eq!(replay.str_field(f), tree.str_field(f), "{f}");
+            assert_eq!(whole.str_field(f), tree.str_field(f), "{f}");
         }
         for f in super::super::INT_FIELDS {
             assert_eq!(live.int_field(f), tree.int_field(f), "{f}");
             assert_eq!(replay.int_field(f), tree.int_field(f), "{f}");
+            assert_eq!(whole.int_field(f), tree.int_field(f), "{f}");
         }
         for f in ["seq", "pid"] {
             assert_eq!(live.u64_field(f), tree.u64_field(f), "{f}");
             assert_eq!(replay.u64_field(f), tree.u64_field(f), "{f}");
+            assert_eq!(whole.u64_field(f), tree.u64_field(f), "{f}");
         }
+        assert_eq!(whole.ancestry(), tree.ancestry());
+        assert_eq!(whole.json(), tree);
         assert_eq!(live.str_field("parent"), replay.str_field("parent"));
         assert_eq!(live.str_field("intent_sha256").is_some(), rec.intent.is_some());
         assert_eq!(live.ancestry(), tree.ancestry());
@@ -581,6 +702,78 @@ mod tests {
         assert_eq!(slot("hash"), None);
     }
 
+    /// The word-at-a-time scan finds the first quote, backslash or control byte.
+    #[test]
+    fn special_bytes_are_found_first() {
+        for filler in [b'a', b' ', b'!', b'#', b'[', b']', 0x7f, 0x80, 0xff] {
+            for len in 0..20 {
+                let plain = vec![filler; len];
+                let first = |s: &[u8]| s.iter().position(|&c| c < 0x20 || c == b'"' || c == b'\\');
+                assert_eq!(special(&plain), first(&plain));
+                for at in 0..len {
+                    for c in 0..=255u8 {
+                        let mut s = plain.clone();
+                        s[at] = c;
+                        assert_eq!(special(&s), first(&s), "{s:?}");
+                        // And a second special byte later on does not hide the first.
+                        if at + 3 < len {
+                            s[at + 3] = b'"';
+                            assert_eq!(special(&s), first(&s), "{s:?}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The flat reader accepts only what serde accepts, and reads it as serde does: every
+    /// truncation and many one-byte changes of typical lines.
+    #[test]
+    fn the_flat_reader_agrees_with_serde() {
+        let lines = [
+            r#"{"cgroup_id":12345,"comm":"warden-bench","decision":"allow","exe":"/usr/local/bin/warden-bench","hash":"9e37","kind":"connect","pid":1003,"port":40000,"protocol":"tcp","seq":18446744073709551615,"task":"storm","time":"2026-12-03T10:00:01.000001000Z","uid":0,"v":2,"ok":true,"no":false,"x":null}"#,
+            r#" { "kind" : "exec" , "path":"/bin/true","pid":0 , "kind":"open","port":7}  "#,
+            r#"{"v":2,"exit_status":-1,"kind":"exit"}"#,
+            r#"{"v":2,"kind":"exec","ancestry":[1,2],"intent":{"text":"a"}}"#,
+            r#"{"v":2,"kind":"e\"x","path":"a\u0041"}"#,
+            r#"{"port":1.5,"pid":1e3,"seq":18446744073709551616,"uid":01}"#,
+            r#"{}"#,
+            "{\"a\":\"\u{e9}t\u{e9}\",\"kind\":\"\u{1F600}\"}",
+        ];
+        let check = |line: &str| {
+            let slow: Result<ReplayRecord<'_>, _> = serde_json::from_str(line);
+            if let Some(fast) = ReplayRecord::parse_flat(line) {
+                assert_eq!(Some(&fast), slow.as_ref().ok(), "{line}");
+            }
+            assert_eq!(ReplayRecord::parse(line).ok(), slow.ok(), "{line}");
+        };
+        for line in lines {
+            check(line);
+            for end in 0..line.len() {
+                if let Some(l) = line.get(..end) {
+                    check(l);
+                }
+            }
+            for at in 0..line.len() {
+                for c in [
+                    " ", "\"", "\\", "{", "}", ",", ":", "0", "1", "-", ".", "e", "t", "n", "x", "\t",
+                    "\u{1}",
+                ] {
+                    if line.is_char_boundary(at) {
+                        let mut l = line.to_string();
+                        if l.is_char_boundary(at + 1) {
+                            l.replace_range(at..at + 1, c);
+                            check(&l);
+                        }
+                        let mut l = line.to_string();
+                        l.insert_str(at, c);
+                        check(&l);
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn replay_records_read_odd_lines_like_the_json_tree() {
         for line in [
@@ -596,6 +789,20 @@ mod tests {
             let tree: Value = serde_json::from_str(line).unwrap();
             let r = ReplayRecord::parse(line).unwrap();
             assert_eq!(r.is_object(), tree.is_object(), "{line}");
+            // OCSF replay reads a line into all its fields and gives those to rules.
+            let whole = crate::audit::ocsf::Fields::parse(line).unwrap();
+            assert_eq!(whole.is_some(), tree.is_object(), "{line}");
+            if let Some(w) = &whole {
+                for f in super::super::STRING_FIELDS {
+                    assert_eq!(w.str_field(f), tree.str_field(f), "{line} {f}");
+                }
+                for f in super::super::INT_FIELDS.iter().chain(&["seq", "pid", "v"]) {
+                    assert_eq!(w.int_field(f), tree.int_field(f), "{line} {f}");
+                    assert_eq!(w.u64_field(f), tree.u64_field(f), "{line} {f}");
+                }
+                assert_eq!(w.ancestry(), tree.ancestry(), "{line}");
+                assert_eq!(&w.json(), &tree, "{line}");
+            }
             for f in super::super::STRING_FIELDS {
                 assert_eq!(r.str_field(f), tree.str_field(f), "{line} {f}");
             }
