@@ -48,12 +48,32 @@ pub struct BenchArgs {
     /// Skip the storms inside a `warden run` task, live rules, DNS and replay/OCSF/report.
     #[arg(long)]
     pub no_extra: bool,
+    /// Only the offline paths (replay --rules, replay --format ocsf, report) on a written log of
+    /// this many records (300000 if no number is given), 3 runs each; loads nothing, needs no root.
+    #[arg(long, value_name = "RECORDS", num_args = 0..=1, default_missing_value = "300000")]
+    pub offline_only: Option<u64>,
     /// Results file (default target/bench/results.json).
     #[arg(long)]
     pub out: Option<PathBuf>,
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if let Some(records) = args.offline_only {
+        util::run(cargo().args([
+            "build",
+            "--release",
+            "--package",
+            "warden-tests",
+            "--bin",
+            "warden-bench",
+            "--package",
+            "agent-user",
+            "--bin",
+            "warden",
+        ]))?;
+        let bin = target_dir().join("release/warden-bench");
+        return util::run(Command::new(&bin).arg("--offline-only").arg(records.to_string()));
+    }
     if !is_root() {
         bail!("the benchmark loads BPF programs and creates cgroups: run `cargo xtask bench` as root");
     }

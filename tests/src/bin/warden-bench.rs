@@ -70,7 +70,12 @@ diagnostics (they change what (b)/(c) measure; the output says so):
   --pause-consumer     in (c), do not drain the ring while the worker runs (drain after):
                        separates the kernel side from the consumer's wake-ups and CPU
   --poll-ms N          the consumer also drains every N ms, besides RingBufSource's own
-                       tick (DRAIN_TICK, 10 ms) and the kernel's wake-ups";
+                       tick (DRAIN_TICK, 10 ms) and the kernel's wake-ups
+alone (first argument; nothing is loaded, needs no root):
+  --offline-only [RECORDS [REPS]]   replay --rules, replay --format ocsf and report on a
+                       written log (default 300000 records, 3 repetitions)
+  --dns-only [ROUNDS [QUERIES]]     the DNS storm
+  --daemon-rss-only    the daemon's RSS with 256 tasks";
 
 /// Resolved options.
 #[derive(Debug)]
@@ -200,6 +205,9 @@ fn main() -> ExitCode {
     } else if args.first().map(String::as_str) == Some("--daemon-rss-only") {
         // The daemon's memory with 256 tasks, alone (also part of every full run).
         daemon_rss_only()
+    } else if args.first().map(String::as_str) == Some("--offline-only") {
+        // The offline paths alone (also part of every full run): `--offline-only [RECORDS [REPS]]`.
+        offline_only(&args[1..])
     } else if args.first().map(String::as_str) == Some("--dns-only") {
         // The DNS storm alone (also part of every full run): `--dns-only [ROUNDS [QUERIES]]`.
         dns_only(&args[1..])
@@ -220,6 +228,18 @@ fn daemon_rss_only() -> anyhow::Result<()> {
     let exe = std::env::current_exe()?;
     let dir = tempfile::tempdir()?;
     tasks::Tools::find(exe.to_str().context("non-UTF-8 executable path")?, dir.path())?.daemon_rss(256)?;
+    Ok(())
+}
+
+/// `warden-bench --offline-only [RECORDS [REPS]]`.
+fn offline_only(args: &[String]) -> anyhow::Result<()> {
+    let records = args.first().map(|a| a.parse()).transpose().context("records")?.unwrap_or(300_000);
+    let reps = args.get(1).map(|a| a.parse()).transpose().context("repetitions")?.unwrap_or(3);
+    ensure!(records >= 2 && reps >= 1, "--offline-only: at least 2 records and 1 repetition");
+    let exe = std::env::current_exe()?;
+    let dir = tempfile::tempdir()?;
+    tasks::Tools::find(exe.to_str().context("non-UTF-8 executable path")?, dir.path())?
+        .offline(records, reps)?;
     Ok(())
 }
 

@@ -303,6 +303,7 @@ impl Tools {
             ),
         ];
         let mut out = Vec::new();
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
         for (name, args, target) in cases {
             let mut runs = Vec::new();
             for _ in 0..reps {
@@ -312,7 +313,12 @@ impl Tools {
                 let mut c = Command::new("/usr/bin/time");
                 c.args(["-f", "%M", "-o"]).arg(&rss_file).arg(&self.warden);
                 c.args(&args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+                let busy = busy_ticks();
                 let mut t = timed(c)?;
+                // Other processes' CPU meanwhile (the machine's busy time minus the run's own).
+                t.bg_cores = busy
+                    .zip(busy_ticks())
+                    .map(|(a, b)| ((b - a) as f64 / clock_ticks() - t.cpu_s).max(0.0) / t.wall_s);
                 t.maxrss_kib = std::fs::read_to_string(&rss_file)
                     .ok()
                     .and_then(|s| s.lines().last()?.trim().parse().ok())
@@ -325,25 +331,38 @@ impl Tools {
                 x[x.len() / 2]
             };
             let (wall, cpu, rss) = (med(|t| t.wall_s), med(|t| t.cpu_s), med(|t| t.maxrss_kib as f64));
+            let bg = med(|t| t.bg_cores.unwrap_or(f64::NAN));
             let rate = n as f64 / wall;
+            // What the CPU per record allows when every core is the replay's (the wall-clock
+            // ratio on a shared machine says more about the neighbours than about Warden).
+            let ceiling = n as f64 / cpu * cores as f64;
             println!(
-                "{name}: {n} records ({:.0} MB) in {wall:.2} s wall, {cpu:.2} s CPU → {rate:.0} records/s{}, \
-                 {:.0} records per CPU-second, peak RSS {:.0} MiB",
+                "{name}: {n} records ({:.0} MB) in {wall:.2} s wall, {cpu:.2} s CPU ({:.2} µs per record) → \
+                 {rate:.0} records/s{}, {:.0} records per CPU-second{}, peak RSS {:.0} MiB, other processes \
+                 used {bg:.2} of {cores} cores meanwhile",
                 bytes as f64 / 1e6,
+                cpu / n as f64 * 1e6,
                 if target > 0.0 {
-                    format!(" = {:.2}× the {target:.0}/s target", rate / target)
+                    format!(" = {:.2}× the {target:.0}/s target (wall)", rate / target)
                 } else {
                     String::new()
                 },
                 n as f64 / cpu,
+                if target > 0.0 {
+                    format!(" (× {cores} cores = {:.2}× the target with the cores free)", ceiling / target)
+                } else {
+                    String::new()
+                },
                 rss / 1024.0
             );
             out.push(json!({
                 "command": name, "records": n, "log_bytes": bytes, "wall_s": wall, "cpu_s": cpu,
                 "records_per_sec": rate, "records_per_cpu_sec": n as f64 / cpu, "maxrss_kib": rss,
+                "cpu_us_per_record": cpu / n as f64 * 1e6, "cores": cores, "background_cores": bg,
                 "target_records_per_sec": (target > 0.0).then_some(target),
                 "ratio_to_target": (target > 0.0).then(|| rate / target),
-                "runs": runs.iter().map(|t| json!({"wall_s": t.wall_s, "cpu_s": t.cpu_s, "maxrss_kib": t.maxrss_kib})).collect::<Vec<_>>(),
+                "ratio_to_target_cores_free": (target > 0.0).then(|| ceiling / target),
+                "runs": runs.iter().map(|t| json!({"wall_s": t.wall_s, "cpu_s": t.cpu_s, "maxrss_kib": t.maxrss_kib, "background_cores": t.bg_cores})).collect::<Vec<_>>(),
             }));
         }
         let _ = std::fs::remove_file(&log);
@@ -356,6 +375,24 @@ pub struct Timed {
     pub wall_s: f64,
     pub cpu_s: f64,
     pub maxrss_kib: i64,
+    /// Cores other processes used during the run (offline paths only).
+    pub bg_cores: Option<f64>,
+}
+
+/// The machine's busy time so far, in clock ticks (`/proc/stat`: all but idle and iowait).
+fn busy_ticks() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let cpu = stat.lines().next()?.strip_prefix("cpu ")?;
+    let f: Vec<u64> = cpu.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal (guest time is inside user).
+    Some(f.iter().take(8).enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, v)| v).sum())
+}
+
+/// Clock ticks per second (`USER_HZ`).
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf reads a constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if hz > 0 { hz as f64 } else { 100.0 }
 }
 
 /// Runs `cmd` to its end; its wall time, CPU time (user + system) and peak RSS (`wait4`).
@@ -373,7 +410,7 @@ pub fn timed(mut cmd: Command) -> anyhow::Result<Timed> {
     ensure!(r == pid, "wait4: {}", std::io::Error::last_os_error());
     ensure!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "{cmd:?} failed: status {status:#x}");
     let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    Ok(Timed { wall_s, cpu_s: tv(ru.ru_utime) + tv(ru.ru_stime), maxrss_kib: ru.ru_maxrss })
+    Ok(Timed { wall_s, cpu_s: tv(ru.ru_utime) + tv(ru.ru_stime), maxrss_kib: ru.ru_maxrss, bg_cores: None })
 }
 
 /// A log like a connect storm's under `warden run`: a task_start, then forks, execs, exits
