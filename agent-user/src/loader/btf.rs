@@ -7,7 +7,6 @@
 use std::path::Path;
 
 use agent_common::config::KernelOffsets;
-use btf_rs::{Btf, Type};
 
 /// Where the running kernel publishes its BTF.
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -27,9 +26,48 @@ pub enum BtfError {
     Malformed(String),
 }
 
-/// A parsed BTF with field-offset lookups.
+// BTF kinds (`include/uapi/linux/btf.h`).
+const KIND_INT: u32 = 1;
+const KIND_ARRAY: u32 = 3;
+const KIND_STRUCT: u32 = 4;
+const KIND_UNION: u32 = 5;
+const KIND_ENUM: u32 = 6;
+const KIND_TYPEDEF: u32 = 8;
+const KIND_VOLATILE: u32 = 9;
+const KIND_CONST: u32 = 10;
+const KIND_FUNC: u32 = 12;
+const KIND_FUNC_PROTO: u32 = 13;
+const KIND_VAR: u32 = 14;
+const KIND_DATASEC: u32 = 15;
+const KIND_DECL_TAG: u32 = 17;
+const KIND_TYPE_TAG: u32 = 18;
+const KIND_ENUM64: u32 = 19;
+
+/// One type record: where it starts in the type section, and its header.
+#[derive(Clone, Copy)]
+struct Ty {
+    /// Byte offset of the record's first member (after the 12-byte header).
+    body: usize,
+    kind: u32,
+    vlen: usize,
+    kind_flag: bool,
+    /// `size` or `type`, by kind.
+    size_type: u32,
+}
+
+/// The kernel's BTF, read for field offsets: the raw bytes and where each type record starts
+/// (one `u32` per type). Lookups by name scan the records; the daemon asks ~45 of them once.
+/// A general BTF library builds tables of every name and member instead: ≈ 42 MiB for
+/// 6.18's 5.5 MB BTF, which was the daemon's memory peak (`docs/benchmarks.md`).
 pub struct KernelBtf {
-    btf: Btf,
+    /// The whole blob, as read.
+    data: Vec<u8>,
+    /// Where the type and string sections are in `data`.
+    types: std::ops::Range<usize>,
+    strings: std::ops::Range<usize>,
+    /// Offset into `types` of the record of type id `i + 1`.
+    offsets: Vec<u32>,
+    big_endian: bool,
 }
 
 impl KernelBtf {
@@ -39,15 +77,102 @@ impl KernelBtf {
     }
 
     pub fn from_file(path: &Path) -> Result<Self, BtfError> {
-        let btf = Btf::from_file(path)
-            .map_err(|e| BtfError::Read { path: path.display().to_string(), message: format!("{e:#}") })?;
-        Ok(Self { btf })
+        let bytes = std::fs::read(path)
+            .map_err(|e| BtfError::Read { path: path.display().to_string(), message: e.to_string() })?;
+        Self::parse(bytes).map_err(|message| BtfError::Read { path: path.display().to_string(), message })
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, BtfError> {
-        let btf = Btf::from_bytes(bytes)
-            .map_err(|e| BtfError::Read { path: "<bytes>".into(), message: format!("{e:#}") })?;
-        Ok(Self { btf })
+        Self::parse(bytes.to_vec()).map_err(|message| BtfError::Read { path: "<bytes>".into(), message })
+    }
+
+    fn parse(data: Vec<u8>) -> Result<Self, String> {
+        let b = data.as_slice();
+        let big_endian = match b.get(..2) {
+            Some([0x9f, 0xeb]) => false,
+            Some([0xeb, 0x9f]) => true,
+            _ => return Err("not BTF (bad magic)".into()),
+        };
+        let word = |o: usize| -> Result<u32, String> {
+            let w: [u8; 4] = b.get(o..o + 4).and_then(|s| s.try_into().ok()).ok_or("truncated header")?;
+            Ok(if big_endian { u32::from_be_bytes(w) } else { u32::from_le_bytes(w) })
+        };
+        let hdr_len = word(4)? as usize;
+        let (type_off, type_len) = (word(8)? as usize, word(12)? as usize);
+        let (str_off, str_len) = (word(16)? as usize, word(20)? as usize);
+        let section = |off: usize, len: usize| {
+            hdr_len
+                .checked_add(off)
+                .and_then(|s| Some(s..s.checked_add(len)?))
+                .filter(|r| r.end <= b.len())
+                .ok_or_else(|| "section out of bounds".to_string())
+        };
+        let (types, strings) = (section(type_off, type_len)?, section(str_off, str_len)?);
+        let mut me = Self { data, types, strings, offsets: Vec::new(), big_endian };
+        let mut at = 0usize;
+        while at < me.types.len() {
+            me.offsets.push(u32::try_from(at).map_err(|_| "type section too large")?);
+            let t = me.header(at).ok_or("truncated type")?;
+            let extra = match t.kind {
+                KIND_INT | KIND_VAR | KIND_DECL_TAG => 4,
+                KIND_ARRAY => 12,
+                KIND_STRUCT | KIND_UNION | KIND_DATASEC | KIND_ENUM64 => 12 * t.vlen,
+                KIND_ENUM | KIND_FUNC_PROTO => 8 * t.vlen,
+                2 | 7 | 8..=12 | 16 | 18 => 0,
+                k => return Err(format!("unknown BTF kind {k}")),
+            };
+            at = t.body + extra;
+        }
+        if at != me.types.len() {
+            return Err("truncated type section".into());
+        }
+        Ok(me)
+    }
+
+    fn u32_at(&self, o: usize) -> Option<u32> {
+        let w: [u8; 4] = self.data[self.types.clone()].get(o..o + 4)?.try_into().ok()?;
+        Some(if self.big_endian { u32::from_be_bytes(w) } else { u32::from_le_bytes(w) })
+    }
+
+    fn header(&self, at: usize) -> Option<Ty> {
+        let info = self.u32_at(at + 4)?;
+        Some(Ty {
+            body: at + 12,
+            kind: (info >> 24) & 0x1f,
+            vlen: (info & 0xffff) as usize,
+            kind_flag: info >> 31 == 1,
+            size_type: self.u32_at(at + 8)?,
+        })
+    }
+
+    /// The type with id `id` (0 is `void`: none).
+    fn ty(&self, id: u32) -> Result<Ty, BtfError> {
+        let at = id
+            .checked_sub(1)
+            .and_then(|i| self.offsets.get(i as usize))
+            .ok_or_else(|| BtfError::Malformed(format!("type id {id} out of range")))?;
+        self.header(*at as usize).ok_or_else(|| BtfError::Malformed(format!("type {id} truncated")))
+    }
+
+    fn name(&self, off: u32) -> &[u8] {
+        let rest = self.data[self.strings.clone()].get(off as usize..).unwrap_or_default();
+        &rest[..rest.iter().position(|&c| c == 0).unwrap_or(rest.len())]
+    }
+
+    /// Whether the string at `off` is `name`.
+    fn name_is(&self, off: u32, name: &[u8]) -> bool {
+        let rest = self.data[self.strings.clone()].get(off as usize..).unwrap_or_default();
+        rest.starts_with(name) && rest.get(name.len()) == Some(&0)
+    }
+
+    /// Every type named `name`, in id order.
+    fn named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = Ty> + 'a {
+        self.offsets
+            .iter()
+            .filter(move |&&at| {
+                self.u32_at(at as usize).is_some_and(|off| off != 0 && self.name_is(off, name.as_bytes()))
+            })
+            .filter_map(|&at| self.header(at as usize))
     }
 
     /// Byte offset of `field` (first name that exists, in order) in `struct strukt`.
@@ -64,33 +189,36 @@ impl KernelBtf {
         Err(BtfError::NoField { strukt: strukt.into(), field: field.join("|") })
     }
 
-    fn find_struct(&self, name: &str) -> Result<btf_rs::Struct, BtfError> {
-        let types = self.btf.resolve_types_by_name(name).unwrap_or_default();
-        types
-            .into_iter()
-            .find_map(|t| match t {
-                Type::Struct(s) if !s.members.is_empty() => Some(s),
-                _ => None,
-            })
+    /// The first struct named `name` that has members (not a forward declaration).
+    fn find_struct(&self, name: &str) -> Result<Ty, BtfError> {
+        self.named(name)
+            .find(|t| t.kind == KIND_STRUCT && t.vlen > 0)
             .ok_or_else(|| BtfError::NoStruct(name.into()))
     }
 
-    /// Bit offset of `name` in `s`, searching anonymous struct/union members.
-    fn member_bits(&self, s: &btf_rs::Struct, name: &str, base: u32) -> Result<Option<u32>, BtfError> {
-        for m in &s.members {
-            let mname = self.btf.resolve_name(m).unwrap_or_default();
-            if mname == name {
-                if m.bitfield_size().is_some_and(|b| b != 0) {
-                    return Ok(Some(base + m.bit_offset() + 1)); // forces the bitfield error
+    /// Bit offset of `name` in the struct or union `s`, searching anonymous members.
+    fn member_bits(&self, s: &Ty, name: &str, base: u32) -> Result<Option<u32>, BtfError> {
+        for i in 0..s.vlen {
+            let m = s.body + 12 * i;
+            let (Some(name_off), Some(ty), Some(off)) =
+                (self.u32_at(m), self.u32_at(m + 4), self.u32_at(m + 8))
+            else {
+                return Err(BtfError::Malformed("truncated member".into()));
+            };
+            // With `kind_flag`, the offset holds the bitfield size in its top byte.
+            let (bit_offset, bitfield_size) =
+                if s.kind_flag { (off & 0xff_ffff, off >> 24) } else { (off, 0) };
+            let mname = self.name(name_off);
+            if mname == name.as_bytes() {
+                if bitfield_size != 0 {
+                    return Ok(Some(base + bit_offset + 1)); // forces the bitfield error
                 }
-                return Ok(Some(base + m.bit_offset()));
+                return Ok(Some(base + bit_offset));
             }
             if mname.is_empty() {
-                let inner =
-                    self.btf.resolve_chained_type(m).map_err(|e| BtfError::Malformed(e.to_string()))?;
-                let inner = self.strip_modifiers(inner)?;
-                if let Type::Struct(inner) | Type::Union(inner) = inner
-                    && let Some(bits) = self.member_bits(&inner, name, base + m.bit_offset())?
+                let inner = self.strip_modifiers(self.ty(ty)?)?;
+                if matches!(inner.kind, KIND_STRUCT | KIND_UNION)
+                    && let Some(bits) = self.member_bits(&inner, name, base + bit_offset)?
                 {
                     return Ok(Some(bits));
                 }
@@ -99,37 +227,26 @@ impl KernelBtf {
         Ok(None)
     }
 
-    fn strip_modifiers(&self, mut t: Type) -> Result<Type, BtfError> {
+    fn strip_modifiers(&self, mut t: Ty) -> Result<Ty, BtfError> {
         for _ in 0..16 {
-            let next = match &t {
-                Type::Const(c) => self.btf.resolve_chained_type(c),
-                Type::Volatile(v) => self.btf.resolve_chained_type(v),
-                Type::Typedef(td) => self.btf.resolve_chained_type(td),
-                Type::TypeTag(tt) => self.btf.resolve_chained_type(tt),
+            match t.kind {
+                KIND_CONST | KIND_VOLATILE | KIND_TYPEDEF | KIND_TYPE_TAG => t = self.ty(t.size_type)?,
                 _ => return Ok(t),
-            };
-            t = next.map_err(|e| BtfError::Malformed(e.to_string()))?;
+            }
         }
         Err(BtfError::Malformed("modifier chain too long".into()))
     }
 
     /// Whether the kernel has a BTF function (e.g. an LSM hook's `bpf_lsm_<hook>`).
     pub fn has_func(&self, name: &str) -> bool {
-        self.btf
-            .resolve_types_by_name(name)
-            .map(|ts| ts.iter().any(|t| matches!(t, Type::Func(_))))
-            .unwrap_or(false)
+        self.named(name).any(|t| t.kind == KIND_FUNC)
     }
 
     /// Number of parameters of a BTF function (e.g. an LSM hook's `bpf_lsm_<hook>`).
     pub fn func_params(&self, name: &str) -> Option<usize> {
-        let types = self.btf.resolve_types_by_name(name).ok()?;
-        types.iter().find_map(|t| match t {
-            Type::Func(f) => match self.btf.resolve_chained_type(f).ok()? {
-                Type::FuncProto(p) => Some(p.parameters.len()),
-                _ => None,
-            },
-            _ => None,
+        self.named(name).filter(|t| t.kind == KIND_FUNC).find_map(|f| {
+            let proto = self.ty(f.size_type).ok()?;
+            (proto.kind == KIND_FUNC_PROTO).then_some(proto.vlen)
         })
     }
 
@@ -188,6 +305,182 @@ impl KernelBtf {
             valid: 1,
             _pad0: 0,
         })
+    }
+}
+
+/// The previous resolver, on `btf-rs` (which builds tables of every type): the reference
+/// the scanning reader above must agree with, offset for offset.
+#[cfg(test)]
+mod reference {
+    #![allow(dead_code)]
+    use super::{BtfError, KernelOffsets, VMLINUX_BTF};
+    use btf_rs::{Btf, Type};
+    use std::path::Path;
+
+    /// A parsed BTF with field-offset lookups.
+    pub struct RefBtf {
+        btf: Btf,
+    }
+
+    impl RefBtf {
+        /// Parses the running kernel's BTF.
+        pub fn from_sys() -> Result<Self, BtfError> {
+            Self::from_file(Path::new(VMLINUX_BTF))
+        }
+
+        pub fn from_file(path: &Path) -> Result<Self, BtfError> {
+            let btf = Btf::from_file(path).map_err(|e| BtfError::Read {
+                path: path.display().to_string(),
+                message: format!("{e:#}"),
+            })?;
+            Ok(Self { btf })
+        }
+
+        pub fn from_bytes(bytes: &[u8]) -> Result<Self, BtfError> {
+            let btf = Btf::from_bytes(bytes)
+                .map_err(|e| BtfError::Read { path: "<bytes>".into(), message: format!("{e:#}") })?;
+            Ok(Self { btf })
+        }
+
+        /// Byte offset of `field` (first name that exists, in order) in `struct strukt`.
+        pub fn offset(&self, strukt: &str, field: &[&str]) -> Result<u32, BtfError> {
+            let s = self.find_struct(strukt)?;
+            for name in field {
+                if let Some(bits) = self.member_bits(&s, name, 0)? {
+                    if bits % 8 != 0 {
+                        return Err(BtfError::Bitfield { strukt: strukt.into(), field: (*name).into() });
+                    }
+                    return Ok(bits / 8);
+                }
+            }
+            Err(BtfError::NoField { strukt: strukt.into(), field: field.join("|") })
+        }
+
+        fn find_struct(&self, name: &str) -> Result<btf_rs::Struct, BtfError> {
+            let types = self.btf.resolve_types_by_name(name).unwrap_or_default();
+            types
+                .into_iter()
+                .find_map(|t| match t {
+                    Type::Struct(s) if !s.members.is_empty() => Some(s),
+                    _ => None,
+                })
+                .ok_or_else(|| BtfError::NoStruct(name.into()))
+        }
+
+        /// Bit offset of `name` in `s`, searching anonymous struct/union members.
+        fn member_bits(&self, s: &btf_rs::Struct, name: &str, base: u32) -> Result<Option<u32>, BtfError> {
+            for m in &s.members {
+                let mname = self.btf.resolve_name(m).unwrap_or_default();
+                if mname == name {
+                    if m.bitfield_size().is_some_and(|b| b != 0) {
+                        return Ok(Some(base + m.bit_offset() + 1)); // forces the bitfield error
+                    }
+                    return Ok(Some(base + m.bit_offset()));
+                }
+                if mname.is_empty() {
+                    let inner =
+                        self.btf.resolve_chained_type(m).map_err(|e| BtfError::Malformed(e.to_string()))?;
+                    let inner = self.strip_modifiers(inner)?;
+                    if let Type::Struct(inner) | Type::Union(inner) = inner
+                        && let Some(bits) = self.member_bits(&inner, name, base + m.bit_offset())?
+                    {
+                        return Ok(Some(bits));
+                    }
+                }
+            }
+            Ok(None)
+        }
+
+        fn strip_modifiers(&self, mut t: Type) -> Result<Type, BtfError> {
+            for _ in 0..16 {
+                let next = match &t {
+                    Type::Const(c) => self.btf.resolve_chained_type(c),
+                    Type::Volatile(v) => self.btf.resolve_chained_type(v),
+                    Type::Typedef(td) => self.btf.resolve_chained_type(td),
+                    Type::TypeTag(tt) => self.btf.resolve_chained_type(tt),
+                    _ => return Ok(t),
+                };
+                t = next.map_err(|e| BtfError::Malformed(e.to_string()))?;
+            }
+            Err(BtfError::Malformed("modifier chain too long".into()))
+        }
+
+        /// Whether the kernel has a BTF function (e.g. an LSM hook's `bpf_lsm_<hook>`).
+        pub fn has_func(&self, name: &str) -> bool {
+            self.btf
+                .resolve_types_by_name(name)
+                .map(|ts| ts.iter().any(|t| matches!(t, Type::Func(_))))
+                .unwrap_or(false)
+        }
+
+        /// Number of parameters of a BTF function (e.g. an LSM hook's `bpf_lsm_<hook>`).
+        pub fn func_params(&self, name: &str) -> Option<usize> {
+            let types = self.btf.resolve_types_by_name(name).ok()?;
+            types.iter().find_map(|t| match t {
+                Type::Func(f) => match self.btf.resolve_chained_type(f).ok()? {
+                    Type::FuncProto(p) => Some(p.parameters.len()),
+                    _ => None,
+                },
+                _ => None,
+            })
+        }
+
+        /// Resolves every offset the kernel programs need.
+        pub fn kernel_offsets(&self) -> Result<KernelOffsets, BtfError> {
+            // The LSM engine's path walk reads `vfsmount.mnt_root` at offset 0.
+            if self.offset("vfsmount", &["mnt_root"])? != 0 {
+                return Err(BtfError::Malformed("vfsmount.mnt_root is not the first field".into()));
+            }
+            Ok(KernelOffsets {
+                task_pid: self.offset("task_struct", &["pid"])?,
+                task_tgid: self.offset("task_struct", &["tgid"])?,
+                task_real_parent: self.offset("task_struct", &["real_parent"])?,
+                task_exit_code: self.offset("task_struct", &["exit_code"])?,
+                bprm_file: self.offset("linux_binprm", &["file"])?,
+                bprm_filename: self.offset("linux_binprm", &["filename"])?,
+                file_inode: self.offset("file", &["f_inode"])?,
+                inode_ino: self.offset("inode", &["i_ino"])?,
+                inode_sb: self.offset("inode", &["i_sb"])?,
+                sb_dev: self.offset("super_block", &["s_dev"])?,
+                cgroup_kn: self.offset("cgroup", &["kn"])?,
+                kn_id: self.offset("kernfs_node", &["id"])?,
+                kn_parent: self.offset("kernfs_node", &["__parent", "parent"])?,
+                bprm_buf: self.offset("linux_binprm", &["buf"])?,
+                file_path: self.offset("file", &["f_path"])?,
+                path_mnt: self.offset("path", &["mnt"])?,
+                path_dentry: self.offset("path", &["dentry"])?,
+                file_mode: self.offset("file", &["f_mode"])?,
+                dentry_parent: self.offset("dentry", &["d_parent"])?,
+                dentry_inode: self.offset("dentry", &["d_inode"])?,
+                mount_mnt: self.offset("mount", &["mnt"])?,
+                mount_parent: self.offset("mount", &["mnt_parent"])?,
+                mount_mountpoint: self.offset("mount", &["mnt_mountpoint"])?,
+                task_mm: self.offset("task_struct", &["mm"])?,
+                mm_exe_file: self.offset("mm_struct", &["exe_file"])?,
+                task_cgroups: self.offset("task_struct", &["cgroups"])?,
+                css_set_dfl_cgrp: self.offset("css_set", &["dfl_cgrp"])?,
+                sb_flags: self.offset("super_block", &["s_flags"])?,
+                vma_file: self.offset("vm_area_struct", &["vm_file"])?,
+                dentry_name: self.offset("dentry", &["d_name"])?,
+                qstr_len: self.offset("qstr", &["len"])?,
+                qstr_name: self.offset("qstr", &["name"])?,
+                sb_magic: self.offset("super_block", &["s_magic"])?,
+                proc_inode_pid: self.offset("proc_inode", &["pid"])?,
+                proc_inode_vfs_inode: self.offset("proc_inode", &["vfs_inode"])?,
+                pid_tasks: self.offset("pid", &["tasks"])?,
+                task_pid_links: self.offset("task_struct", &["pid_links"])?,
+                // `ret` follows the hook's own parameters.
+                lsm_bpf_ret: self.func_params("bpf_lsm_bpf").map_or(3, |n| n as u32),
+                unix_sock_path: self.offset("unix_sock", &["path"])?,
+                socket_sk: self.offset("socket", &["sk"])?,
+                // The unix cgroup hooks (6.7) came with `uaddrlen`; older kernels judge no unix
+                // socket there (the programs do not load) and need neither.
+                sock_addr_uaddr: self.offset("bpf_sock_addr_kern", &["uaddr"]).unwrap_or(0),
+                sock_addr_uaddrlen: self.offset("bpf_sock_addr_kern", &["uaddrlen"]).unwrap_or(0),
+                valid: 1,
+                _pad0: 0,
+            })
+        }
     }
 }
 
@@ -386,5 +679,35 @@ mod tests {
         assert!(off.task_real_parent > off.task_tgid);
         assert!(btf.has_func("bpf_lsm_bprm_check_security"));
         assert!(!btf.has_func("bpf_lsm_definitely_not_a_hook"));
+    }
+
+    /// The scanning reader agrees with the `btf-rs` resolver it replaced: every offset and
+    /// every LSM hook's parameter count, on the captured 6.18 BTF and on this kernel's.
+    #[test]
+    fn agrees_with_the_btf_rs_resolver() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/btf/vmlinux-6.18.btf.zst");
+        let compressed = std::fs::read(path).expect("fixture present");
+        let mut raw = Vec::new();
+        let mut dec = ruzstd::decoding::StreamingDecoder::new(compressed.as_slice()).expect("zstd");
+        std::io::Read::read_to_end(&mut dec, &mut raw).expect("decompress");
+        let mut blobs = vec![raw];
+        if let Ok(b) = std::fs::read(VMLINUX_BTF) {
+            blobs.push(b);
+        }
+        for raw in &blobs {
+            let new = KernelBtf::from_bytes(raw).unwrap();
+            let old = super::reference::RefBtf::from_bytes(raw).unwrap();
+            assert_eq!(new.kernel_offsets().unwrap(), old.kernel_offsets().unwrap());
+            for (_, hook, _) in crate::loader::LSM_PROGRAMS {
+                let f = format!("bpf_lsm_{hook}");
+                assert_eq!(new.func_params(&f), old.func_params(&f), "{f}");
+                assert_eq!(new.has_func(&f), old.has_func(&f), "{f}");
+            }
+            assert_eq!(new.offset("qstr", &["hash_len"]).ok(), old.offset("qstr", &["hash_len"]).ok());
+            assert!(matches!(new.offset("task_struct", &["no_such_field"]), Err(BtfError::NoField { .. })));
+        }
+        // Not BTF, or cut short: errors, not panics.
+        assert!(KernelBtf::from_bytes(b"nope").is_err());
+        assert!(KernelBtf::from_bytes(&blobs[0][..blobs[0].len() / 2]).is_err());
     }
 }
