@@ -273,8 +273,9 @@ struct Replayer<'a, W: Write> {
 /// size.
 const BLOCK_BYTES: usize = 2 << 20;
 
-/// Blocks a worker may hold at once: one waiting for it, one it works on, one done and waiting
-/// for the rule state. With `--jobs N`, at most 3N + 1 blocks are in memory.
+/// Blocks queued for a worker: with one waiting for it and the one it works on (or has done and
+/// hands over when the rule state asks for it), `--jobs N` keeps at most 2N + 1 blocks in memory
+/// (the reader's own included).
 const QUEUED_PER_WORKER: usize = 1;
 
 /// A line of a block, as the worker that read it ahead left it.
@@ -649,7 +650,8 @@ impl<W: Write> Replayer<'_, W> {
             let mut from_workers = Vec::with_capacity(workers);
             for eval in ahead.iter_mut() {
                 let (work_tx, work_rx) = std::sync::mpsc::sync_channel::<Work>(QUEUED_PER_WORKER);
-                let (done_tx, done_rx) = std::sync::mpsc::sync_channel::<Done>(QUEUED_PER_WORKER);
+                // A rendezvous: a done block stays with its worker until the rule state takes it.
+                let (done_tx, done_rx) = std::sync::mpsc::sync_channel::<Done>(0);
                 let task = task.as_deref().map(str::to_string);
                 std::thread::Builder::new()
                     .name("replay-worker".into())
