@@ -252,64 +252,85 @@ impl KernelBtf {
 
     /// Resolves every offset the kernel programs need.
     pub fn kernel_offsets(&self) -> Result<KernelOffsets, BtfError> {
-        // The LSM engine's path walk reads `vfsmount.mnt_root` at offset 0.
-        if self.offset("vfsmount", &["mnt_root"])? != 0 {
-            return Err(BtfError::Malformed("vfsmount.mnt_root is not the first field".into()));
-        }
-        Ok(KernelOffsets {
-            task_pid: self.offset("task_struct", &["pid"])?,
-            task_tgid: self.offset("task_struct", &["tgid"])?,
-            task_real_parent: self.offset("task_struct", &["real_parent"])?,
-            task_exit_code: self.offset("task_struct", &["exit_code"])?,
-            bprm_file: self.offset("linux_binprm", &["file"])?,
-            bprm_filename: self.offset("linux_binprm", &["filename"])?,
-            file_inode: self.offset("file", &["f_inode"])?,
-            inode_ino: self.offset("inode", &["i_ino"])?,
-            inode_sb: self.offset("inode", &["i_sb"])?,
-            sb_dev: self.offset("super_block", &["s_dev"])?,
-            cgroup_kn: self.offset("cgroup", &["kn"])?,
-            kn_id: self.offset("kernfs_node", &["id"])?,
-            kn_parent: self.offset("kernfs_node", &["__parent", "parent"])?,
-            bprm_buf: self.offset("linux_binprm", &["buf"])?,
-            file_path: self.offset("file", &["f_path"])?,
-            path_mnt: self.offset("path", &["mnt"])?,
-            path_dentry: self.offset("path", &["dentry"])?,
-            file_mode: self.offset("file", &["f_mode"])?,
-            dentry_parent: self.offset("dentry", &["d_parent"])?,
-            dentry_inode: self.offset("dentry", &["d_inode"])?,
-            mount_mnt: self.offset("mount", &["mnt"])?,
-            mount_parent: self.offset("mount", &["mnt_parent"])?,
-            mount_mountpoint: self.offset("mount", &["mnt_mountpoint"])?,
-            task_mm: self.offset("task_struct", &["mm"])?,
-            mm_exe_file: self.offset("mm_struct", &["exe_file"])?,
-            task_cgroups: self.offset("task_struct", &["cgroups"])?,
-            css_set_dfl_cgrp: self.offset("css_set", &["dfl_cgrp"])?,
-            sb_flags: self.offset("super_block", &["s_flags"])?,
-            vma_file: self.offset("vm_area_struct", &["vm_file"])?,
-            dentry_name: self.offset("dentry", &["d_name"])?,
-            qstr_len: self.offset("qstr", &["len"])?,
-            qstr_name: self.offset("qstr", &["name"])?,
-            sb_magic: self.offset("super_block", &["s_magic"])?,
-            proc_inode_pid: self.offset("proc_inode", &["pid"])?,
-            proc_inode_vfs_inode: self.offset("proc_inode", &["vfs_inode"])?,
-            pid_tasks: self.offset("pid", &["tasks"])?,
-            task_pid_links: self.offset("task_struct", &["pid_links"])?,
-            // `ret` follows the hook's own parameters.
-            lsm_bpf_ret: self.func_params("bpf_lsm_bpf").map_or(3, |n| n as u32),
-            unix_sock_path: self.offset("unix_sock", &["path"])?,
-            socket_sk: self.offset("socket", &["sk"])?,
-            // The unix cgroup hooks (6.7) came with `uaddrlen`; older kernels judge no unix
-            // socket there (the programs do not load) and need neither.
-            sock_addr_uaddr: self.offset("bpf_sock_addr_kern", &["uaddr"]).unwrap_or(0),
-            sock_addr_uaddrlen: self.offset("bpf_sock_addr_kern", &["uaddrlen"]).unwrap_or(0),
-            valid: 1,
-            _pad0: 0,
-        })
+        kernel_offsets(self)
     }
 }
 
 /// The previous resolver, on `btf-rs` (which builds tables of every type): the reference
 /// the scanning reader above must agree with, offset for offset.
+/// What [`kernel_offsets`] reads: this module's reader, and in the tests the `btf-rs`
+/// reference it is checked against (one list of offsets for both).
+trait OffsetSource {
+    fn offset(&self, strukt: &str, field: &[&str]) -> Result<u32, BtfError>;
+    fn func_params(&self, name: &str) -> Option<usize>;
+}
+
+impl OffsetSource for KernelBtf {
+    fn offset(&self, strukt: &str, field: &[&str]) -> Result<u32, BtfError> {
+        KernelBtf::offset(self, strukt, field)
+    }
+    fn func_params(&self, name: &str) -> Option<usize> {
+        KernelBtf::func_params(self, name)
+    }
+}
+
+/// Resolves every offset the kernel programs need.
+fn kernel_offsets(src: &impl OffsetSource) -> Result<KernelOffsets, BtfError> {
+    // The LSM engine's path walk reads `vfsmount.mnt_root` at offset 0.
+    if src.offset("vfsmount", &["mnt_root"])? != 0 {
+        return Err(BtfError::Malformed("vfsmount.mnt_root is not the first field".into()));
+    }
+    Ok(KernelOffsets {
+        task_pid: src.offset("task_struct", &["pid"])?,
+        task_tgid: src.offset("task_struct", &["tgid"])?,
+        task_real_parent: src.offset("task_struct", &["real_parent"])?,
+        task_exit_code: src.offset("task_struct", &["exit_code"])?,
+        bprm_file: src.offset("linux_binprm", &["file"])?,
+        bprm_filename: src.offset("linux_binprm", &["filename"])?,
+        file_inode: src.offset("file", &["f_inode"])?,
+        inode_ino: src.offset("inode", &["i_ino"])?,
+        inode_sb: src.offset("inode", &["i_sb"])?,
+        sb_dev: src.offset("super_block", &["s_dev"])?,
+        cgroup_kn: src.offset("cgroup", &["kn"])?,
+        kn_id: src.offset("kernfs_node", &["id"])?,
+        kn_parent: src.offset("kernfs_node", &["__parent", "parent"])?,
+        bprm_buf: src.offset("linux_binprm", &["buf"])?,
+        file_path: src.offset("file", &["f_path"])?,
+        path_mnt: src.offset("path", &["mnt"])?,
+        path_dentry: src.offset("path", &["dentry"])?,
+        file_mode: src.offset("file", &["f_mode"])?,
+        dentry_parent: src.offset("dentry", &["d_parent"])?,
+        dentry_inode: src.offset("dentry", &["d_inode"])?,
+        mount_mnt: src.offset("mount", &["mnt"])?,
+        mount_parent: src.offset("mount", &["mnt_parent"])?,
+        mount_mountpoint: src.offset("mount", &["mnt_mountpoint"])?,
+        task_mm: src.offset("task_struct", &["mm"])?,
+        mm_exe_file: src.offset("mm_struct", &["exe_file"])?,
+        task_cgroups: src.offset("task_struct", &["cgroups"])?,
+        css_set_dfl_cgrp: src.offset("css_set", &["dfl_cgrp"])?,
+        sb_flags: src.offset("super_block", &["s_flags"])?,
+        vma_file: src.offset("vm_area_struct", &["vm_file"])?,
+        dentry_name: src.offset("dentry", &["d_name"])?,
+        qstr_len: src.offset("qstr", &["len"])?,
+        qstr_name: src.offset("qstr", &["name"])?,
+        sb_magic: src.offset("super_block", &["s_magic"])?,
+        proc_inode_pid: src.offset("proc_inode", &["pid"])?,
+        proc_inode_vfs_inode: src.offset("proc_inode", &["vfs_inode"])?,
+        pid_tasks: src.offset("pid", &["tasks"])?,
+        task_pid_links: src.offset("task_struct", &["pid_links"])?,
+        // `ret` follows the hook's own parameters.
+        lsm_bpf_ret: src.func_params("bpf_lsm_bpf").map_or(3, |n| n as u32),
+        unix_sock_path: src.offset("unix_sock", &["path"])?,
+        socket_sk: src.offset("socket", &["sk"])?,
+        // The unix cgroup hooks (6.7) came with `uaddrlen`; older kernels judge no unix
+        // socket there (the programs do not load) and need neither.
+        sock_addr_uaddr: src.offset("bpf_sock_addr_kern", &["uaddr"]).unwrap_or(0),
+        sock_addr_uaddrlen: src.offset("bpf_sock_addr_kern", &["uaddrlen"]).unwrap_or(0),
+        valid: 1,
+        _pad0: 0,
+    })
+}
+
 #[cfg(test)]
 mod reference {
     #![allow(dead_code)]
@@ -425,61 +446,18 @@ mod reference {
             })
         }
 
-        /// Resolves every offset the kernel programs need.
+        /// Resolves every offset the kernel programs need, as the reader does.
         pub fn kernel_offsets(&self) -> Result<KernelOffsets, BtfError> {
-            // The LSM engine's path walk reads `vfsmount.mnt_root` at offset 0.
-            if self.offset("vfsmount", &["mnt_root"])? != 0 {
-                return Err(BtfError::Malformed("vfsmount.mnt_root is not the first field".into()));
-            }
-            Ok(KernelOffsets {
-                task_pid: self.offset("task_struct", &["pid"])?,
-                task_tgid: self.offset("task_struct", &["tgid"])?,
-                task_real_parent: self.offset("task_struct", &["real_parent"])?,
-                task_exit_code: self.offset("task_struct", &["exit_code"])?,
-                bprm_file: self.offset("linux_binprm", &["file"])?,
-                bprm_filename: self.offset("linux_binprm", &["filename"])?,
-                file_inode: self.offset("file", &["f_inode"])?,
-                inode_ino: self.offset("inode", &["i_ino"])?,
-                inode_sb: self.offset("inode", &["i_sb"])?,
-                sb_dev: self.offset("super_block", &["s_dev"])?,
-                cgroup_kn: self.offset("cgroup", &["kn"])?,
-                kn_id: self.offset("kernfs_node", &["id"])?,
-                kn_parent: self.offset("kernfs_node", &["__parent", "parent"])?,
-                bprm_buf: self.offset("linux_binprm", &["buf"])?,
-                file_path: self.offset("file", &["f_path"])?,
-                path_mnt: self.offset("path", &["mnt"])?,
-                path_dentry: self.offset("path", &["dentry"])?,
-                file_mode: self.offset("file", &["f_mode"])?,
-                dentry_parent: self.offset("dentry", &["d_parent"])?,
-                dentry_inode: self.offset("dentry", &["d_inode"])?,
-                mount_mnt: self.offset("mount", &["mnt"])?,
-                mount_parent: self.offset("mount", &["mnt_parent"])?,
-                mount_mountpoint: self.offset("mount", &["mnt_mountpoint"])?,
-                task_mm: self.offset("task_struct", &["mm"])?,
-                mm_exe_file: self.offset("mm_struct", &["exe_file"])?,
-                task_cgroups: self.offset("task_struct", &["cgroups"])?,
-                css_set_dfl_cgrp: self.offset("css_set", &["dfl_cgrp"])?,
-                sb_flags: self.offset("super_block", &["s_flags"])?,
-                vma_file: self.offset("vm_area_struct", &["vm_file"])?,
-                dentry_name: self.offset("dentry", &["d_name"])?,
-                qstr_len: self.offset("qstr", &["len"])?,
-                qstr_name: self.offset("qstr", &["name"])?,
-                sb_magic: self.offset("super_block", &["s_magic"])?,
-                proc_inode_pid: self.offset("proc_inode", &["pid"])?,
-                proc_inode_vfs_inode: self.offset("proc_inode", &["vfs_inode"])?,
-                pid_tasks: self.offset("pid", &["tasks"])?,
-                task_pid_links: self.offset("task_struct", &["pid_links"])?,
-                // `ret` follows the hook's own parameters.
-                lsm_bpf_ret: self.func_params("bpf_lsm_bpf").map_or(3, |n| n as u32),
-                unix_sock_path: self.offset("unix_sock", &["path"])?,
-                socket_sk: self.offset("socket", &["sk"])?,
-                // The unix cgroup hooks (6.7) came with `uaddrlen`; older kernels judge no unix
-                // socket there (the programs do not load) and need neither.
-                sock_addr_uaddr: self.offset("bpf_sock_addr_kern", &["uaddr"]).unwrap_or(0),
-                sock_addr_uaddrlen: self.offset("bpf_sock_addr_kern", &["uaddrlen"]).unwrap_or(0),
-                valid: 1,
-                _pad0: 0,
-            })
+            super::kernel_offsets(self)
+        }
+    }
+
+    impl super::OffsetSource for RefBtf {
+        fn offset(&self, strukt: &str, field: &[&str]) -> Result<u32, BtfError> {
+            RefBtf::offset(self, strukt, field)
+        }
+        fn func_params(&self, name: &str) -> Option<usize> {
+            RefBtf::func_params(self, name)
         }
     }
 }
