@@ -258,9 +258,20 @@ attempt("dev-pts-list", lambda: "ok " + ",".join(sorted(os.listdir("/dev/pts")))
 
 
 USER_PTS = E.get("A_USER_PTS", "")
+# The device of the node's devpts, where the user's terminal is.
+USER_PTS_DEV = int(E.get("A_USER_PTS_DEV", "-1"))
 
 
 def open_pts(path, flags):
+    # The same name in the task's own devpts instance is another terminal (the task's own
+    # ptys are numbered from 0 there, e.g. ptmx-new-pty's): reaching it reaches nothing of
+    # the user's. Only the node's devpts entry is the user's terminal.
+    try:
+        st = os.stat(path)
+    except OSError:
+        st = None
+    if st is not None and st.st_dev != USER_PTS_DEV:
+        return "err OTHERTERMINAL"
     fd = os.open(path, flags | os.O_NOCTTY)
     os.close(fd)
     return f"ok opened {path}"
