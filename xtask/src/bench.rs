@@ -57,27 +57,9 @@ pub struct BenchArgs {
     pub out: Option<PathBuf>,
 }
 
-pub fn run(args: BenchArgs) -> anyhow::Result<()> {
-    if let Some(records) = args.offline_only {
-        util::run(cargo().args([
-            "build",
-            "--release",
-            "--package",
-            "warden-tests",
-            "--bin",
-            "warden-bench",
-            "--package",
-            "agent-user",
-            "--bin",
-            "warden",
-        ]))?;
-        let bin = target_dir().join("release/warden-bench");
-        return util::run(Command::new(&bin).arg("--offline-only").arg(records.to_string()));
-    }
-    if !is_root() {
-        bail!("the benchmark loads BPF programs and creates cgroups: run `cargo xtask bench` as root");
-    }
-    // `warden` too: the storms inside a task, live rules, DNS and the offline paths run it.
+/// The bench and `warden`, in release (the storms inside a task, live rules, DNS and the
+/// offline paths run `warden`).
+fn build() -> anyhow::Result<()> {
     util::run(cargo().args([
         "build",
         "--release",
@@ -89,7 +71,19 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         "agent-user",
         "--bin",
         "warden",
-    ]))?;
+    ]))
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if let Some(records) = args.offline_only {
+        build()?;
+        let bin = target_dir().join("release/warden-bench");
+        return util::run(Command::new(&bin).arg("--offline-only").arg(records.to_string()));
+    }
+    if !is_root() {
+        bail!("the benchmark loads BPF programs and creates cgroups: run `cargo xtask bench` as root");
+    }
+    build()?;
     if args.peers {
         util::ensure_apt("/usr/bin/bpftrace", "bpftrace")?;
         util::ensure_apt("/usr/sbin/auditd", "auditd")?;
