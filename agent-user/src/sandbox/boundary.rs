@@ -47,15 +47,11 @@ struct CapData {
 /// `KEYCTL_JOIN_SESSION_KEYRING`.
 const KEYCTL_JOIN_SESSION_KEYRING: libc::c_long = 1;
 
-/// Binds the file `fd` (an `O_PATH` descriptor in the caller's mount namespace) onto
-/// `target`, through `/proc/self/fd/N` (the node's procfs: before the task's replaces it).
-/// Between fork and exec: the path is built on the stack.
-///
-/// SAFETY (callers): `target` is a NUL-terminated path.
-unsafe fn bind_fd(fd: libc::c_int, target: *const libc::c_char) -> Result<(), i32> {
-    let mut src = *b"/proc/self/fd/\0\0\0\0\0\0\0\0\0\0\0\0";
+/// Writes `n` in decimal at the start of `buf` (no allocation: between fork and exec). The
+/// callers' buffers keep a NUL after the longest number they can hold.
+fn put_decimal(buf: &mut [u8], mut n: u32) {
     let mut digits = [0u8; 10];
-    let (mut n, mut d) = (fd as u32, 0);
+    let mut d = 0;
     loop {
         digits[d] = b'0' + (n % 10) as u8;
         d += 1;
@@ -64,12 +60,19 @@ unsafe fn bind_fd(fd: libc::c_int, target: *const libc::c_char) -> Result<(), i3
             break;
         }
     }
-    let mut i = 14;
-    while d > 0 {
-        d -= 1;
-        src[i] = digits[d];
-        i += 1;
+    for (slot, digit) in buf.iter_mut().zip(digits[..d].iter().rev()) {
+        *slot = *digit;
     }
+}
+
+/// Binds the file `fd` (an `O_PATH` descriptor in the caller's mount namespace) onto
+/// `target`, through `/proc/self/fd/N` (the node's procfs: before the task's replaces it).
+/// Between fork and exec: the path is built on the stack.
+///
+/// SAFETY (callers): `target` is a NUL-terminated path.
+unsafe fn bind_fd(fd: libc::c_int, target: *const libc::c_char) -> Result<(), i32> {
+    let mut src = *b"/proc/self/fd/\0\0\0\0\0\0\0\0\0\0\0\0";
+    put_decimal(&mut src[14..], fd as u32);
     // SAFETY: both paths are NUL-terminated (src on the stack, target by the caller).
     check(unsafe {
         libc::mount(src.as_ptr().cast(), target, std::ptr::null(), libc::MS_BIND, std::ptr::null())
@@ -439,22 +442,7 @@ impl Boundary {
                 }
                 view.keep[i] = got;
                 let mut target = *b"/dev/pts/\0\0\0\0\0\0\0\0";
-                let mut digits = [0u8; 7];
-                let (mut n, mut d) = (want, 0);
-                loop {
-                    digits[d] = b'0' + (n % 10) as u8;
-                    d += 1;
-                    n /= 10;
-                    if n == 0 {
-                        break;
-                    }
-                }
-                let mut j = 9;
-                while d > 0 {
-                    d -= 1;
-                    target[j] = digits[d];
-                    j += 1;
-                }
+                put_decimal(&mut target[9..], want);
                 bind_fd(held[i], target.as_ptr().cast())?;
             }
         }
@@ -602,5 +590,21 @@ mod tests {
         );
         let audit = MountPlan::new(MOUNTINFO, &c, false);
         assert!(audit.noexec.is_empty() && audit.read_only.is_empty(), "audit mode refuses nothing");
+    }
+}
+
+#[cfg(test)]
+mod decimal_tests {
+    #[test]
+    fn put_decimal_writes_the_number_and_leaves_the_nul() {
+        let mut b = *b"/dev/pts/\0\0\0\0\0\0\0\0";
+        super::put_decimal(&mut b[9..], 1023);
+        assert_eq!(&b[..14], b"/dev/pts/1023\0");
+        let mut f = *b"/proc/self/fd/\0\0\0\0\0\0\0\0\0\0\0\0";
+        super::put_decimal(&mut f[14..], u32::MAX);
+        assert_eq!(&f[..25], b"/proc/self/fd/4294967295\0");
+        let mut z = [0u8; 3];
+        super::put_decimal(&mut z, 0);
+        assert_eq!(z, *b"0\0\0");
     }
 }
