@@ -269,10 +269,12 @@ impl Drop for TestDaemon {
         }
         // The v1 twins hold the same processes as the v2 sandboxes, killed above: only the
         // directories are left, deepest first; then `warden-test` there too once empty.
-        if let Some(v1) = &self.pids_v1_parent
-            && let Ok(cg) = Cgroup::open(v1)
-        {
-            let _ = cg.remove();
+        if let Some(v1) = &self.pids_v1_parent {
+            if let Ok(cg) = Cgroup::open(v1) {
+                let _ = cg.remove();
+            }
+            // Also when this daemon's twin is already gone (its tasks ended): the daemon
+            // made `warden-test` at start either way.
             if let Some(parent) = v1.parent() {
                 let _ = std::fs::remove_dir(parent);
             }
