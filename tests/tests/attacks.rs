@@ -9,7 +9,7 @@
 //! Each attempt's outcome is asserted with its reason (the errno, or the signal that ended
 //! it), and each refusal Warden can see is asserted to be on the record (its `deny` record
 //! with the rule and the syscall or path). What the kernel refuses without telling anyone
-//! (EROFS, ETXTBSY, Landlock's EXDEV, capability checks) is asserted as that errno and listed
+//! (EROFS, ETXTBSY, a link or rename across mounts (EXDEV), capability checks) is asserted as that errno and listed
 //! in docs/containment.md. Every attempt is harmless to the node if it succeeds.
 //!
 //! Break-checks (each protection removed, the test failed on its line, restored):
@@ -265,7 +265,8 @@ fn expected(lsm: bool) -> Vec<(&'static str, &'static str)> {
         ("sethostname", "EPERM"),
         ("acct", "EPERM"),
         ("fanotify_init", "EPERM"),
-        ("write-proc_sys_kernel_core_pattern", "EROFS"),
+        // Landlock refuses it first on the fallback (a record); a read-only mount under BPF LSM.
+        ("write-proc_sys_kernel_core_pattern", if lsm { "EROFS" } else { "EACCES" }),
         ("write-sys_power_state", "EACCES"),
         ("write-sys_kernel_mm_transparent_hugepage_enabled", "EACCES"),
         // Sockets no egress hook sees, and the audit switch.
@@ -313,7 +314,9 @@ fn expected(lsm: bool) -> Vec<(&'static str, &'static str)> {
         ("exec-shebang", "EACCES"),
         ("exec-proc-root", exec_refused),
         ("exec-symlink", exec_refused),
-        ("write-allowed-binary", "EROFS"),
+        // The fallback guards an allowed program outside the write grants with Landlock (a
+        // record), BPF LSM with a read-only mount (none).
+        ("write-allowed-binary", if lsm { "EROFS" } else { "EACCES" }),
         ("rename-over-allowed", if lsm { "EBUSY" } else { "EXDEV" }),
         ("unlink-allowed", if lsm { "EBUSY" } else { "EACCES" }),
         ("write-proc-self-exe", "ETXTBSY"),
@@ -425,6 +428,17 @@ fn assert_recorded(records: &[serde_json::Value], targets: &Targets, lsm: bool) 
             has("protected.control", &|r| r["path"].as_str().is_some_and(|p| p.ends_with("/cgroup.procs"))),
         ));
         want.push(("/dev/kmsg".into(), has("files.deny", &path_is("/dev/kmsg".into()))));
+        want.push((
+            "core_pattern".into(),
+            has("protected.control", &path_is("/proc/sys/kernel/core_pattern".into())),
+        ));
+        want.push((
+            "write to the allowed program".into(),
+            has("files.write", &|r| {
+                r["path"].as_str() == Some(targets.get("A_ALLOWED_TOOL"))
+                    && r["blockers"].as_str().is_some_and(|b| b.contains("fs.write_file"))
+            }),
+        ));
         want.push((
             "mknod".into(),
             has("files.write", &|r| r["blockers"].as_str().is_some_and(|b| b.contains("fs.make_char"))),

@@ -244,6 +244,64 @@ fn refused_syscalls_mounts_foreign_abis_and_forks_are_recorded() {
     assert_eq!(end["denials"].as_u64(), Some(denies(&out).len() as u64), "{end}");
 }
 
+/// An allowed program outside every write grant is guarded by Landlock, not by a read-only
+/// mount (which refuses first and leaves no record): a write to it is refused and recorded,
+/// the program still runs unchanged, and ordinary work beside it — a build that writes and
+/// runs its own program in an `exec.allow` directory, python, shell tools — is not refused.
+/// Running a copy in the `noexec` write root is refused unrecorded, and the task's start
+/// record says that class is unrecorded.
+#[test]
+fn a_write_to_an_allowed_program_is_refused_on_the_record() {
+    let test = "a_write_to_an_allowed_program_is_refused_on_the_record";
+    if !require(test, "landlock") || !require(test, "kernel_audit") {
+        return;
+    }
+    if engine() != "fallback" {
+        println!("SKIP {test}: under BPF LSM every allowed program is bound read-only (EROFS, unrecorded)");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let d = fs::canonicalize(t.path()).unwrap();
+    for sub in ["bin", "out/build"] {
+        fs::create_dir_all(d.join(sub)).unwrap();
+    }
+    let tool = d.join("bin/tool");
+    fs::copy("/usr/bin/true", &tool).unwrap();
+    let (dp, p) = (d.display(), PROBE);
+    let scope = format!(
+        "version: 1\ntask: programs\nexec:\n  allow: [/bin/sh, /usr/bin/cp, /usr/bin/python3, {p}, {dp}/bin/tool, \
+         {dp}/out/build]\nfiles:\n  write: [{dp}/out]\n"
+    );
+    let script = format!(
+        "{p} write {dp}/bin/tool
+         {dp}/bin/tool; echo tool-runs $?
+         /usr/bin/cp /usr/bin/true {dp}/out/build/mine && {dp}/out/build/mine; echo built-runs $?
+         /usr/bin/cp /usr/bin/true {dp}/out/copy; {dp}/out/copy 2>/dev/null; echo copy-runs $?
+         /usr/bin/python3 -c 'print(\"python\", 6 * 7)'"
+    );
+    let out = run_warden(&scope, &script, &[]);
+    assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
+    assert_eq!(out.result("write"), "err 13", "Landlock refuses it (EACCES), not a mount (EROFS)");
+    assert_eq!(out.result("tool-runs"), "0");
+    assert_eq!(fs::read(&tool).unwrap(), fs::read("/usr/bin/true").unwrap(), "unchanged");
+    assert_eq!(out.result("built-runs"), "0", "what the task builds in its exec.allow directory runs");
+    assert_eq!(out.result("copy-runs"), "126", "a copy in the noexec write root does not run");
+    assert_eq!(out.result("python"), "42");
+    let path = tool.display().to_string();
+    let r = one(&out, "write to the allowed program", |r| r["path"] == path.as_str());
+    assert_eq!((r["kind"].as_str(), r["rule"].as_str()), (Some("open"), Some("files.write")), "{r}");
+    assert_eq!((r["source"].as_str(), r["action"].as_str()), (Some("landlock"), Some("refuse")), "{r}");
+    assert!(r["blockers"].as_str().is_some_and(|b| b.contains("fs.write_file")), "{r}");
+    // Nothing else was refused on the record: the build, python and the tool ran clean (the
+    // noexec refusal of the copy is the kernel's mount, unrecorded: the start record says so).
+    assert_eq!(denies(&out).len(), 1, "{:#?}", denies(&out));
+    let start = &out.records[0];
+    let unrecorded = start["unrecorded"].to_string();
+    assert!(unrecorded.contains("exec-from-write-roots"), "{start}");
+    assert!(!unrecorded.contains("write-allowed-programs"), "Landlock guards every allowed program: {start}");
+    coverage("exec identity swap", "syscall", "enforced");
+}
+
 #[test]
 fn quiet_runs_say_nothing_and_clean_runs_say_nothing() {
     if !require("quiet_runs_say_nothing_and_clean_runs_say_nothing", "landlock") {

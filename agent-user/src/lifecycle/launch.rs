@@ -80,7 +80,7 @@ pub fn spawn_io(
     let mut confine = if enforce { Some(Confinement::prepare(scope, engine.is_lsm())?) } else { None };
     // The first `cgroup.procs` is the sandbox's own (cgroup v2); a v1 pids twin may follow.
     let sandbox_dir = launch.procs_files.first().and_then(|p| p.parent()).ok_or(LaunchError::NoSandbox)?;
-    let boundary = Boundary::prepare(scope, sandbox_dir, enforce)?;
+    let boundary = Boundary::prepare(scope, sandbox_dir, enforce, engine.is_lsm())?;
     let mut c = tokio::process::Command::new(&cmd[0]);
     c.args(&cmd[1..]);
     for (k, v) in &launch.env {

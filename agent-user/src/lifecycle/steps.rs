@@ -277,6 +277,12 @@ impl Step for Refusals {
             // wrote there fails in the kernel's open path before any hook (docs/scope.md).
             task.unrecorded.push("exec-from-write-roots".to_string());
         }
+        if task.compiled.as_ref().is_some_and(|c| crate::sandbox::boundary::unrecorded_program_writes(c, lsm))
+        {
+            // An allowed program Landlock cannot guard (in a write grant, or any under BPF
+            // LSM) is bound read-only: a write to it fails with EROFS before any hook.
+            task.unrecorded.push("write-allowed-programs".to_string());
+        }
         if let (Some(cg), Some(c)) = (&task.cgroup, &task.compiled) {
             let mount = host.node().cgroup_mount.clone();
             host.refusals_register(crate::kaudit::TaskInfo::new(task.slot, None, cg, &mount, c));

@@ -124,7 +124,10 @@ pub struct MountPlan {
     /// what runs: then nothing the task writes is mapped executable).
     pub noexec: Vec<PathBuf>,
     /// Bound onto themselves read-only (enforce mode), after the `noexec` ones, so an allowed
-    /// program inside a writable grant still runs.
+    /// program inside a writable grant still runs. On the fallback engine only the allowed
+    /// programs a Landlock write rule covers ([`landlock_guards_writes`]): the others are
+    /// guarded by Landlock, which refuses a write with a record, where the read-only mount
+    /// refuses it first (`EROFS`) and unrecorded.
     pub read_only: Vec<PathBuf>,
     /// `exec.allow` directories, bound onto themselves `nosuid,nodev` after the `noexec`
     /// write roots: what the task builds there may run (and be mapped executable) even when
@@ -139,7 +142,9 @@ const SYSTEM_DIRS: &[&str] = &["/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbi
 impl MountPlan {
     /// The plan for a sandbox: every cgroup mount in `mountinfo` (text of
     /// `/proc/self/mountinfo`), and, when `enforce`, the scope's executables and write roots.
-    pub fn new(mountinfo: &str, compiled: &CompiledScope, enforce: bool) -> Self {
+    /// `lsm`: the BPF LSM engine (no Landlock domain: every allowed program is bound
+    /// read-only).
+    pub fn new(mountinfo: &str, compiled: &CompiledScope, enforce: bool, lsm: bool) -> Self {
         let mut plan = MountPlan {
             cgroup2: vec![],
             cgroup1: vec![],
@@ -166,12 +171,44 @@ impl MountPlan {
                 })
                 .cloned()
                 .collect();
-            plan.read_only = compiled.exec_paths.iter().filter(|p| p.exists()).cloned().collect();
+            plan.read_only = compiled
+                .exec_paths
+                .iter()
+                .filter(|p| p.exists() && (lsm || !landlock_guards_writes(compiled, p)))
+                .cloned()
+                .collect();
             plan.exec_dirs =
                 compiled.exec_dirs.iter().map(|d| d.path.clone()).filter(|p| p.exists()).collect();
         }
         plan
     }
+}
+
+/// Whether the fallback engine's Landlock domain refuses — and so records — every write to
+/// `p`: no `files.write` root and no write rule of the domain covers it. Such a file needs no
+/// read-only mount, which would refuse first and leave no record: the kernel checks a
+/// mount's read-only flag when it opens a file for writing (`do_dentry_open`) and in
+/// `truncate`, before the LSM hooks. A rename over `p` or its removal needs write rights on
+/// its directory, which lies outside the write grants too (`p` itself is no directory rule).
+/// Without `files.write` every path is writable and nothing is guarded.
+pub fn landlock_guards_writes(compiled: &CompiledScope, p: &Path) -> bool {
+    let Some(roots) = &compiled.protected.write_roots else { return false };
+    !roots.iter().any(|r| p.starts_with(r)) && !compiled.landlock.write.iter().any(|w| p.starts_with(w))
+}
+
+/// Whether the fallback engine's Landlock domain refuses every write beneath `p`, by any
+/// path: no write rule of the built plan covers it (rules hold by hierarchy, so one on `/`
+/// would cover the task's own procfs too). False when no plan was built.
+pub fn landlock_refuses_writes(compiled: &CompiledScope, p: &Path) -> bool {
+    let built = !compiled.landlock.read.is_empty();
+    built && !compiled.landlock.write.iter().any(|w| p.starts_with(w) || w.starts_with(p))
+}
+
+/// Whether some allowed program of a task on `lsm` (the BPF LSM engine) or the fallback is
+/// bound read-only in its view ([`MountPlan::read_only`]): a write to it is refused with
+/// `EROFS` before any hook, unrecorded (`task_start.unrecorded`, `write-allowed-programs`).
+pub fn unrecorded_program_writes(compiled: &CompiledScope, lsm: bool) -> bool {
+    compiled.exec.is_some() && compiled.exec_paths.iter().any(|p| lsm || !landlock_guards_writes(compiled, p))
 }
 
 /// Everything the boundary needs between fork and exec, prepared in the parent.
@@ -183,6 +220,11 @@ pub struct Boundary {
     noexec: Vec<CString>,
     read_only: Vec<CString>,
     exec_dirs: Vec<CString>,
+    /// Bind the node's knobs in the task's procfs (`/proc/sys`, ...) read-only: always but
+    /// on the fallback engine in enforce mode, where Landlock refuses every write under
+    /// `/proc` (a protected control path) and records it — the read-only mount would refuse
+    /// first (`EROFS`), unrecorded.
+    proc_read_only: bool,
     /// Capabilities kept (bit `1 << nr`).
     caps: u64,
     user: Option<(u32, u32)>,
@@ -209,16 +251,18 @@ fn errno() -> i32 {
 
 impl Boundary {
     /// Prepares the boundary of a task whose cgroup is `sandbox_dir`. `enforce` adds the
-    /// scope's mounts (read-only executables, `noexec` write roots).
+    /// scope's mounts (read-only executables, `noexec` write roots); `lsm`: the BPF LSM engine
+    /// ([`MountPlan::new`]).
     pub fn prepare(
         compiled: &CompiledScope,
         sandbox_dir: &Path,
         enforce: bool,
+        lsm: bool,
     ) -> Result<Self, BoundaryError> {
         let mi = Path::new("/proc/self/mountinfo");
         let text = std::fs::read_to_string(mi)
             .map_err(|source| BoundaryError::Read { path: mi.to_path_buf(), source })?;
-        let plan = MountPlan::new(&text, compiled, enforce);
+        let plan = MountPlan::new(&text, compiled, enforce, lsm);
         let all = |v: &[PathBuf]| v.iter().map(|p| c_path(p)).collect::<Result<Vec<_>, _>>();
         Ok(Boundary {
             sandbox_dir: c_path(sandbox_dir)?,
@@ -227,6 +271,7 @@ impl Boundary {
             noexec: all(&plan.noexec)?,
             read_only: all(&plan.read_only)?,
             exec_dirs: all(&plan.exec_dirs)?,
+            proc_read_only: lsm || !enforce || !landlock_refuses_writes(compiled, Path::new("/proc")),
             caps: compiled.scope.capabilities,
             user: compiled.scope.user,
         })
@@ -262,8 +307,14 @@ impl Boundary {
                 std::ptr::null(),
             ))?;
             // The node's knobs in the new procfs stay read-only (rules that name the node's
-            // procfs by identity do not cover this one).
-            for p in [cs!("/proc/sys"), cs!("/proc/sysrq-trigger"), cs!("/proc/irq"), cs!("/proc/bus")] {
+            // procfs by identity do not cover this one) — by Landlock on the fallback engine,
+            // with a record ([`Boundary::proc_read_only`]).
+            let knobs: &[*const libc::c_char] = if self.proc_read_only {
+                &[cs!("/proc/sys"), cs!("/proc/sysrq-trigger"), cs!("/proc/irq"), cs!("/proc/bus")]
+            } else {
+                &[]
+            };
+            for &p in knobs {
                 if libc::mount(p, p, std::ptr::null(), libc::MS_BIND, std::ptr::null()) == 0 {
                     check(libc::mount(
                         std::ptr::null(),
@@ -556,7 +607,7 @@ mod tests {
     #[test]
     fn every_cgroup_mount_is_covered() {
         let c = compiled("version: 1\ntask: t\n");
-        let plan = MountPlan::new(MOUNTINFO, &c, true);
+        let plan = MountPlan::new(MOUNTINFO, &c, true, true);
         assert_eq!(plan.cgroup2, [PathBuf::from("/sys/fs/cgroup/unified"), PathBuf::from("/mnt/other cg")]);
         assert_eq!(plan.cgroup1, [PathBuf::from("/sys/fs/cgroup/pids")]);
         assert!(plan.noexec.is_empty() && plan.read_only.is_empty(), "nothing restricted, nothing mounted");
@@ -570,7 +621,7 @@ mod tests {
             "version: 1\ntask: t\nexec:\n  allow: [/bin/sh]\nfiles:\n  write: [{}, /usr, /dev/null]\n",
             w.display()
         ));
-        let plan = MountPlan::new(MOUNTINFO, &c, true);
+        let plan = MountPlan::new(MOUNTINFO, &c, true, true);
         assert_eq!(
             plan.noexec,
             std::slice::from_ref(&w),
@@ -578,7 +629,7 @@ mod tests {
         );
         let any_exec = compiled(&format!("version: 1\ntask: t\nfiles:\n  write: [{}]\n", w.display()));
         assert!(
-            MountPlan::new(MOUNTINFO, &any_exec, true).noexec.is_empty(),
+            MountPlan::new(MOUNTINFO, &any_exec, true, false).noexec.is_empty(),
             "without exec.allow, what the task builds may run"
         );
         let sh = std::fs::canonicalize("/bin/sh").unwrap();
@@ -588,8 +639,48 @@ mod tests {
             "the loader of an allowed program is protected too: {:?}",
             plan.read_only
         );
-        let audit = MountPlan::new(MOUNTINFO, &c, false);
+        let audit = MountPlan::new(MOUNTINFO, &c, false, false);
         assert!(audit.noexec.is_empty() && audit.read_only.is_empty(), "audit mode refuses nothing");
+    }
+
+    #[test]
+    fn on_the_fallback_only_programs_in_write_grants_are_bound_read_only() {
+        let d = tempfile::tempdir().unwrap();
+        let w = std::fs::canonicalize(d.path()).unwrap();
+        let tool = w.join("tool");
+        std::fs::copy("/usr/bin/true", &tool).unwrap();
+        let c = compiled(&format!(
+            "version: 1\ntask: t\nexec:\n  allow: [/bin/sh, {}]\nfiles:\n  write: [{}]\n",
+            tool.display(),
+            w.display()
+        ));
+        let sh = std::fs::canonicalize("/bin/sh").unwrap();
+        assert!(landlock_guards_writes(&c, &sh) && !landlock_guards_writes(&c, &tool));
+        let fallback = MountPlan::new(MOUNTINFO, &c, true, false);
+        assert_eq!(
+            fallback.read_only,
+            std::slice::from_ref(&tool),
+            "Landlock refuses (and records) writes to /bin/sh and its loader; only the program in \
+             the write root needs the mount"
+        );
+        assert_eq!(fallback.noexec, std::slice::from_ref(&w));
+        let lsm = MountPlan::new(MOUNTINFO, &c, true, true);
+        assert!(lsm.read_only.contains(&sh) && lsm.read_only.contains(&tool), "{:?}", lsm.read_only);
+        assert!(unrecorded_program_writes(&c, false) && unrecorded_program_writes(&c, true));
+        let outside = compiled(&format!(
+            "version: 1\ntask: t\nexec:\n  allow: [/bin/sh]\nfiles:\n  write: [{}]\n",
+            w.display()
+        ));
+        assert!(!unrecorded_program_writes(&outside, false), "every write to /bin/sh is Landlock's");
+        let proc = Path::new("/proc");
+        assert!(landlock_refuses_writes(&c, proc), "/proc is a protected control path");
+        let anywhere = compiled("version: 1\ntask: t\nexec:\n  allow: [/bin/sh]\n");
+        assert!(landlock_refuses_writes(&anywhere, proc), "also when files.write is unrestricted");
+        let mut unbuilt = anywhere.clone();
+        unbuilt.landlock = Default::default();
+        assert!(!landlock_refuses_writes(&unbuilt, proc), "no plan, no guard");
+        assert!(!landlock_guards_writes(&anywhere, &sh), "files.write unrestricted: nothing is guarded");
+        assert!(MountPlan::new(MOUNTINFO, &anywhere, true, false).read_only.contains(&sh));
     }
 }
 
