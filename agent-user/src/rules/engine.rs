@@ -121,6 +121,7 @@ impl<'a> Evaluator<'a> {
                 root.add_variable_from_value(name.as_str(), v);
             }
         }
+        set.regexes.bind(&mut root);
         let mut first = Vec::new();
         let mut steps = Vec::new();
         for (i, r) in set.rules.iter().enumerate() {
@@ -218,10 +219,13 @@ impl<'a> Evaluator<'a> {
         let resolver = Resolver(rec);
         let mut ctx = self.root.new_inner_scope();
         ctx.set_variable_resolver(&resolver);
-        match rule.steps[s].execute(&ctx) {
-            Ok(cel::Value::Bool(true)) => Outcome::Yes,
-            Ok(cel::Value::Bool(false)) => Outcome::No,
-            _ => Outcome::Error,
+        match cel::Value::resolve_val(&rule.exprs[s], &ctx) {
+            Ok(v) => match v.downcast_ref::<cel::common::types::CelBool>() {
+                Some(b) if *b.inner() => Outcome::Yes,
+                Some(_) => Outcome::No,
+                None => Outcome::Error,
+            },
+            Err(_) => Outcome::Error,
         }
     }
 
@@ -520,7 +524,7 @@ mod tests {
     use std::path::Path;
 
     fn set(yaml: &str) -> RuleSet {
-        let mut s = RuleSet { rules: Vec::new(), lists: BTreeMap::new() };
+        let mut s = RuleSet::empty();
         s.add(yaml, Path::new("r.yaml")).unwrap();
         s
     }
@@ -595,7 +599,7 @@ rules:
 
     #[test]
     fn loading_errors_name_file_rule_and_fix() {
-        let mut s = RuleSet { rules: Vec::new(), lists: BTreeMap::new() };
+        let mut s = RuleSet::empty();
         let e = s
             .add(
                 "- id: x\n  description: d\n  severity: high\n  match: kidn == \"exec\"\n",
@@ -659,9 +663,13 @@ mod equivalence {
         set.add(
             r#"
 - id: bad-regex
-  description: fails on every open
+  description: fails on every open (a pattern built at run time, so the builtin's error)
   severity: low
-  match: kind == "open" && path.matches("[")
+  match: kind == "open" && path.matches(comm + "[")
+- id: environ-or-deny
+  description: a literal pattern (compiled at load) under an or
+  severity: low
+  match: path.matches("^/proc/[0-9]+/environ$") || (decision == "deny" && matches(path, "^/usr/bin/(sh|curl)$"))
 - id: whole-event
   description: reads event
   severity: low

@@ -6,6 +6,7 @@
 //! the file, the rule and what to fix. The same [`engine::Engine`] runs in replay and live.
 pub mod engine;
 pub mod needs;
+pub mod regexes;
 pub mod view;
 
 use std::{
@@ -155,6 +156,9 @@ pub struct Rule {
     pub severity: Severity,
     /// One program for a single-match rule, one per step for a sequence.
     pub steps: Vec<cel::Program>,
+    /// What runs for each step: its program's expression with `matches("literal")` calls
+    /// bound to patterns compiled at load ([`regexes`]).
+    pub exprs: Vec<cel::IdedExpr>,
     /// What each step needs of a record before its program can be true (read once, here).
     pub needs: Vec<needs::Needs>,
     pub sequence: bool,
@@ -170,12 +174,14 @@ pub struct Rule {
 pub struct RuleSet {
     pub rules: Vec<Rule>,
     pub lists: BTreeMap<String, serde_json::Value>,
+    /// The literal patterns of every rule's `matches()` calls, compiled once.
+    pub regexes: regexes::Regexes,
 }
 
 impl RuleSet {
     /// No rules, no lists.
     pub fn empty() -> Self {
-        RuleSet { rules: Vec::new(), lists: BTreeMap::new() }
+        RuleSet { rules: Vec::new(), lists: BTreeMap::new(), regexes: regexes::Regexes::default() }
     }
 
     /// Whether any rule reads `event` (the whole record), which needs the record as a JSON
@@ -331,6 +337,7 @@ impl RuleSet {
             }
             // Stage 3: compile, after checking every name the expression uses.
             let mut steps = Vec::new();
+            let mut compiled = Vec::new();
             for (i, e) in exprs.iter().enumerate() {
                 let what = if sequence { format!("sequence[{i}].match") } else { "match".to_string() };
                 let expanded = expand_macros(e, &full.macros);
@@ -345,14 +352,24 @@ impl RuleSet {
                         ));
                     }
                 }
+                if refs.has_function(regexes::FUNCTION) {
+                    return Err(invalid(
+                        &r.id,
+                        format!("{what}: `{}` is Warden's own; use `matches()`", regexes::FUNCTION),
+                    ));
+                }
+                let mut expr = prog.expression().clone();
+                self.regexes.rewrite(&mut expr).map_err(|e| invalid(&r.id, format!("{what}: {e}")))?;
+                compiled.push(expr);
                 steps.push(prog);
             }
-            let needs = steps.iter().map(|p| needs::needs(p.expression())).collect();
+            let needs = compiled.iter().map(needs::needs).collect();
             self.rules.push(Rule {
                 id: r.id,
                 description: r.description,
                 severity: r.severity,
                 steps,
+                exprs: compiled,
                 needs,
                 sequence,
                 count,
