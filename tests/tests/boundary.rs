@@ -376,6 +376,15 @@ fn an_allowed_program_cannot_be_swapped_or_fed_foreign_code() {
     assert_eq!(fs::read(&tool).unwrap(), fs::read("/usr/bin/cat").unwrap());
     assert!(!out.stdout.contains("PWNED"), "foreign code ran inside an allowed program: {}", out.stdout);
     assert_ne!(out.result("dlopen"), "0");
+    // The program lies in the write root, where Landlock cannot take it out of the grant: the
+    // read-only bind refuses, unrecorded, and the task's start record names that class (with
+    // the noexec one of the library).
+    let start = out.records.iter().find(|r| r["kind"] == "task_start").expect("task_start");
+    let unrecorded = start["unrecorded"].to_string();
+    assert!(
+        unrecorded.contains("write-allowed-programs") && unrecorded.contains("exec-from-write-roots"),
+        "{start}"
+    );
     coverage("exec identity swap", "syscall", "enforced (no record)");
 }
 
