@@ -686,6 +686,31 @@ mod tests {
     }
 
     #[test]
+    fn writes_the_mounts_used_to_refuse_are_named_by_their_rule() {
+        // As logged on 6.18 once no read-only bind refuses first (sandbox/boundary.rs): a
+        // write to and a truncate of an allowed program outside files.write, a write to a
+        // knob of the task's own procfs.
+        let mut tr = Tracker::default();
+        let mut t = task(4, 200);
+        std::sync::Arc::make_mut(&mut t.protected).control.push("/proc".into());
+        tr.register(t);
+        let none = HashMap::new();
+        feed(&mut tr, 1424, "audit(1.000:1): domain=b status=allocated mode=enforcing pid=200 uid=0", &none);
+        for (serial, blockers, path, rule) in [
+            (2, "fs.write_file", "/usr/bin/python3.11", "files.write"),
+            (3, "fs.truncate", "/usr/bin/python3.11", "files.write"),
+            (4, "fs.write_file", "/proc/sys/kernel/core_pattern", "protected.control"),
+        ] {
+            let text = format!(
+                "audit(1.000:{serial}): domain=b blockers={blockers} path=\"{path}\" dev=\"vda\" ino=7"
+            );
+            let out = feed(&mut tr, 1423, &text, &none);
+            let [Output::Refusal(r)] = out.as_slice() else { panic!("{out:?}") };
+            assert_eq!((r.kind, r.rule, r.path.as_deref()), (Kind::Open, rule, Some(path)), "{blockers}");
+        }
+    }
+
+    #[test]
     fn a_create_and_write_denial_of_one_call_is_one_refusal() {
         let mut tr = Tracker::default();
         tr.register(task(1, 100));
