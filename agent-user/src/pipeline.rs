@@ -269,6 +269,36 @@ impl Pipeline {
         Ok(())
     }
 
+    /// Writes one `deny` record per process the kernel's OOM killer killed because the task
+    /// reached its memory limit (`memory.events` / `memory.oom_control`: `oom_kill`): like
+    /// the pids controller, the memory controller names neither the process nor the time.
+    pub fn oom_kills(&mut self, slot: u32, n: u64, limit: Option<u64>) -> io::Result<()> {
+        let Some(task) = self.tasks.get(&slot) else { return Ok(()) };
+        let task = task.id.clone();
+        for _ in 0..n {
+            let rec = AuditRecord {
+                time: self.clock.format(Clock::boot_now_ns()),
+                task: task.clone(),
+                kind: Kind::Exit,
+                decision: Some(Decision::Deny),
+                action: Some("kill"),
+                rule: Some("limits.memory"),
+                ancestry: Some(Vec::new()),
+                source: Some("memory"),
+                signal: Some(libc::SIGKILL),
+                reason: Some(match limit {
+                    Some(b) => {
+                        format!("the task reached its memory limit ({b} bytes): the kernel killed a process")
+                    }
+                    None => "the task ran out of memory: the kernel killed a process".into(),
+                }),
+                ..Default::default()
+            };
+            self.emit(rec)?;
+        }
+        Ok(())
+    }
+
     /// Writes a `gap` for `missing` refusals the kernel counted for task `slot` but Warden never
     /// received.
     pub fn refusals_gap(&mut self, slot: u32, missing: u64) -> io::Result<()> {

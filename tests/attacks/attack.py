@@ -553,6 +553,26 @@ def fork_bomb():
 
 
 attempt("fork-bomb", fork_bomb)
+
+MEMORY = int(E.get("A_MEMORY", "0"))
+
+
+def touch(n):
+    """Allocates n bytes and writes every page (the kernel charges only what is touched)."""
+    import mmap
+    m = mmap.mmap(-1, n)
+    chunk = b"\x01" * (1 << 20)
+    while m.tell() < n:
+        m.write(chunk[: n - m.tell()])
+    return 0
+
+
+# Ordinary use under the limit works; twice the limit is killed by the kernel (OOM at the
+# task's memory limit), and only the allocating child: the script goes on. Harmless if the
+# limit were missing: 2 x 256 MiB, freed at the child's exit.
+if MEMORY:
+    in_child("memory-under-limit", lambda: touch(MEMORY // 4))
+    in_child("memory-2x-limit", lambda: touch(2 * MEMORY))
 INF = (ctypes.c_ulong * 2)(2**64 - 1, 2**64 - 1)
 attempt("raise-own-hard-limit", lambda: sys_("prlimit64", 0, 7, ctypes.byref(INF), 0))  # RLIMIT_NOFILE
 attempt("oom-score-adj-lower", lambda: write("/proc/self/oom_score_adj", b"-1000"))

@@ -35,6 +35,8 @@ pub struct TestDaemon {
     /// The parent of the sandboxes' v1 pids twins, on hosts where cgroup v1 has `pids` (the
     /// daemon removes a twin when its task ends, but not when it is killed).
     pub pids_v1_parent: Option<PathBuf>,
+    /// The same for the memory twins, on hosts where cgroup v1 has `memory`.
+    pub memory_v1_parent: Option<PathBuf>,
     pub metrics_port: u16,
     child: Option<Child>,
     /// The `ready` line of the last start.
@@ -86,6 +88,10 @@ impl TestDaemon {
             pids_v1_parent: std::fs::read_to_string("/proc/self/mountinfo")
                 .ok()
                 .and_then(|mi| agent_user::util::mountinfo::v1_pids_mount_in(&mi))
+                .map(|v1| v1.join(&cg_rel)),
+            memory_v1_parent: std::fs::read_to_string("/proc/self/mountinfo")
+                .ok()
+                .and_then(|mi| agent_user::util::mountinfo::v1_mount_in(&mi, "memory"))
                 .map(|v1| v1.join(&cg_rel)),
             cgroup_parent: mount.join(&cg_rel),
             metrics_port,
@@ -269,7 +275,7 @@ impl Drop for TestDaemon {
         }
         // The v1 twins hold the same processes as the v2 sandboxes, killed above: only the
         // directories are left, deepest first; then `warden-test` there too once empty.
-        if let Some(v1) = &self.pids_v1_parent {
+        for v1 in [&self.pids_v1_parent, &self.memory_v1_parent].into_iter().flatten() {
             if let Ok(cg) = Cgroup::open(v1) {
                 let _ = cg.remove();
             }

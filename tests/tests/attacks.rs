@@ -101,6 +101,7 @@ impl Targets {
             ("A_USER_PTS".into(), p(&pts)),
             ("A_USER_PTS_DEV".into(), fs::metadata(&pts).map(|m| m.dev()).unwrap().to_string()),
             ("A_PROCS".into(), "32".into()),
+            ("A_MEMORY".into(), (256u64 << 20).to_string()),
         ];
         Targets {
             dir,
@@ -127,7 +128,7 @@ impl Targets {
             "version: 1\ntask: attacks\nexec:\n  allow: [/usr/bin/python3, /bin/sh, {tool}]\n\
              files:\n  write: [{work}, /dev/null]\n  deny: [{denied}]\n\
              network:\n  egress:\n    - to: 127.0.0.1\n      ports: [{port}]\n\
-             limits:\n  processes: 32\n",
+             limits:\n  processes: 32\n  memory: 256MiB\n",
             tool = self.get("A_ALLOWED_TOOL"),
             work = self.get("A_WORK"),
             denied = self.get("A_DENIED"),
@@ -322,6 +323,9 @@ fn expected(lsm: bool) -> Vec<(&'static str, &'static str)> {
         ("write-proc-self-exe", "ETXTBSY"),
         ("oom-score-adj-lower", "EACCES"),
         ("raise-own-hard-limit", "EPERM"),
+        // Resources: memory under the limit works, twice the limit is killed (OOM in the task).
+        ("memory-under-limit", "exit 0"),
+        ("memory-2x-limit", "killed SIGKILL"),
         ("bystander-alive-end", "ESRCH"),
         ("done", "ok"),
     ];
@@ -361,7 +365,7 @@ fn check(got: &[(String, String)], lsm: bool) -> Vec<String> {
         let ok = match want {
             "ok" => r == "ok" || r.starts_with("ok "),
             w if w.starts_with("ok:") => r.strip_prefix("ok ").is_some_and(|x| x == &w[3..]),
-            w if w.starts_with("killed ") => r == w,
+            w if w.starts_with("killed ") || w.starts_with("exit ") => r == w,
             errnos => errnos.split('|').any(|e| r == &format!("err {e}")),
         };
         if !ok {
@@ -451,6 +455,10 @@ fn assert_recorded(records: &[serde_json::Value], targets: &Targets, lsm: bool) 
     want.push(("unix socket".into(), has("files.deny", &|r| r["kind"] == "unix_connect")));
     want.push(("exec".into(), has("exec.allow", &|r| r["kind"] == "exec")));
     want.push(("fork limit".into(), has("limits.processes", &|_| true)));
+    want.push((
+        "memory limit".into(),
+        has("limits.memory", &|r| r["kind"] == "exit" && r["source"] == "memory" && r["action"] == "kill"),
+    ));
     let missing: Vec<&String> = want.iter().filter(|(_, ok)| !ok).map(|(n, _)| n).collect();
     assert!(
         missing.is_empty(),
@@ -529,6 +537,7 @@ fn a_hijacked_task_stays_inside_the_daemon() {
     assert!(list.status.success(), "the daemon answers after the attacks");
     // Every refusal reaches the node log (the daemon reads the kernel's reports every 200 ms).
     d.wait_record(&id, Duration::from_secs(10), |r| r["rule"] == "limits.processes");
+    d.wait_record(&id, Duration::from_secs(10), |r| r["rule"] == "limits.memory");
     std::thread::sleep(Duration::from_millis(600));
     let end = d.end(&id);
     assert!(end.status.success(), "{}", String::from_utf8_lossy(&end.stderr));
@@ -536,5 +545,168 @@ fn a_hijacked_task_stays_inside_the_daemon() {
     let records = d.records_of(&id);
     assert_recorded(&records, &t, lsm);
     assert!(!records.iter().any(|r| r["kind"] == "gap"), "no record was lost");
+    d.assert_log_verifies();
+}
+
+/// Where the task's memory limit is, from outside: the sandbox itself (cgroup v2 with the
+/// memory controller) or its v1 twin (`<v1 memory>/<the sandbox's path below cgroup2>`), and
+/// the limit file there.
+fn memory_limit_of(sandbox: &Path) -> (PathBuf, PathBuf) {
+    let mi = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let v2 = agent_user::util::mountinfo::cgroup2_mount_in(&mi).unwrap();
+    let controllers = fs::read_to_string(v2.join("cgroup.controllers")).unwrap_or_default();
+    if controllers.split_whitespace().any(|c| c == "memory") {
+        return (sandbox.to_path_buf(), sandbox.join("memory.max"));
+    }
+    let v1 = agent_user::util::mountinfo::v1_mount_in(&mi, "memory").expect("a memory controller");
+    let twin = v1.join(sandbox.strip_prefix(&v2).unwrap());
+    let file = twin.join("memory.limit_in_bytes");
+    (twin, file)
+}
+
+/// Waits for `task_start` in a running `warden run`'s log; returns the sandbox's path.
+fn sandbox_of(running: &warden_tests::RunningWarden) -> PathBuf {
+    for _ in 0..200 {
+        let text = fs::read_to_string(&running.log_path).unwrap_or_default();
+        if let Some(start) = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|r| r["kind"] == "task_start")
+        {
+            return PathBuf::from(start["cgroup"].as_str().expect("task_start.cgroup"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("no task_start in {}", running.log_path.display());
+}
+
+/// `limits.memory`: ordinary work under the limit (python, a shell pipeline) succeeds; a
+/// process allocating twice the limit is killed by the kernel inside the task, the record
+/// says so (`exit`, `deny`, `kill`, rule `limits.memory`) and so does `warden run` to the
+/// person at its terminal; a process outside is untouched; the limit's cgroup (the v1 twin on
+/// hybrid hosts) holds the task's processes while it runs and is gone after.
+///
+/// Break-checks: `memory.limit_in_bytes` not written (`MemoryLimit::apply` returning the twin
+/// without the limit) — `over` printed `survived`, no record, the test failed on both; the twin
+/// not joined (its `procs_file` not in the launch) — the twin's `cgroup.procs` was empty.
+#[test]
+fn a_task_beyond_its_memory_limit_is_killed_on_the_record() {
+    if !require("a_task_beyond_its_memory_limit_is_killed_on_the_record", "root") {
+        return;
+    }
+    let mut bystander = Command::new("/usr/bin/sleep").arg("60").spawn().unwrap();
+    let scope = "version: 1\ntask: memory\nlimits:\n  memory: 128MiB\n";
+    let script = "while [ ! -e \"$GO\" ]; do sleep 0.05; done; \
+        python3 -c 'b = bytearray(b\"x\") * (48 << 20); print(\"under\", len(b))' && \
+        seq 1 200000 | sort -rn -S 32M | head -n 1 && \
+        python3 -c 'import mmap\nm = mmap.mmap(-1, 256 << 20)\nfor _ in range(256): m.write(b\"x\" * (1 << 20))\nprint(\"over survived\")'; \
+        echo \"over exit $?\"";
+    // The script waits for this file. An assertion failing while it waits ends the task
+    // (SIGTERM to `warden run`, its un-reaped child: the pid is still ours), so that `warden
+    // run` cleans up after itself.
+    struct Go(PathBuf, Option<u32>);
+    impl Drop for Go {
+        fn drop(&mut self) {
+            let _ = fs::write(&self.0, "");
+            if let Some(pid) = self.1.filter(|_| std::thread::panicking()) {
+                // SAFETY: a signal to our own child, not yet waited for.
+                unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+                std::thread::sleep(Duration::from_secs(2));
+            }
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut go = Go(dir.path().join("go"), None);
+    let script = format!("GO={} ; {script}", go.0.display());
+    let running = spawn_warden(scope, &script, &["--no-tty"]);
+    go.1 = Some(running.child.id());
+    // While it runs: the limit is set and the task's processes are in its cgroup.
+    let sandbox = sandbox_of(&running);
+    let (limit_cg, limit_file) = memory_limit_of(&sandbox);
+    let limit = fs::read_to_string(&limit_file).unwrap_or_else(|e| panic!("{}: {e}", limit_file.display()));
+    assert_eq!(limit.trim(), (128u64 << 20).to_string(), "{}", limit_file.display());
+    let procs = fs::read_to_string(limit_cg.join("cgroup.procs")).unwrap();
+    assert!(!procs.trim().is_empty(), "the task's processes are not in {}", limit_cg.display());
+    go.1 = None;
+    drop(go);
+    let out = running.finish();
+    assert!(
+        out.stdout.contains(&format!("under {}", 48u64 << 20)),
+        "python under the limit:\n{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    assert!(out.stdout.contains("\n200000\n"), "the pipeline:\n{}", out.stdout);
+    assert!(!out.stdout.contains("over survived"), "twice the limit was allocated:\n{}", out.stdout);
+    assert!(out.stdout.contains("over exit 137"), "killed (SIGKILL):\n{}\n{}", out.stdout, out.stderr);
+    let kills: Vec<_> = out.records.iter().filter(|r| r["rule"] == "limits.memory").collect();
+    assert!(!kills.is_empty(), "no limits.memory record:\n{}", out.log);
+    for r in &kills {
+        assert_eq!(
+            (&r["kind"], &r["decision"], &r["action"], &r["source"]),
+            (&"exit".into(), &"deny".into(), &"kill".into(), &"memory".into()),
+            "{r}"
+        );
+        assert_eq!(r["signal"], 9, "{r}");
+        assert!(r["reason"].as_str().unwrap().contains(&(128u64 << 20).to_string()), "{r}");
+    }
+    assert!(
+        out.stderr.contains("reached its memory limit (128 MiB)"),
+        "the terminal is told:\n{}",
+        out.stderr
+    );
+    assert!(bystander.try_wait().unwrap().is_none(), "the process outside was killed");
+    let _ = bystander.kill();
+    let _ = bystander.wait();
+    assert!(!limit_cg.exists(), "{} is left behind", limit_cg.display());
+
+    // No `limits.memory`: the node's default, half of its memory.
+    let running = spawn_warden("version: 1\ntask: memory-default\n", "sleep 1", &["--no-tty"]);
+    let (limit_cg, limit_file) = memory_limit_of(&sandbox_of(&running));
+    let limit = fs::read_to_string(&limit_file).unwrap();
+    let want = agent_user::sandbox::limits::default_memory().unwrap();
+    assert_eq!(limit.trim(), want.to_string(), "{}", limit_file.display());
+    let out = running.finish();
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(!out.records.iter().any(|r| r["rule"] == "limits.memory"), "nothing was killed");
+    assert!(!limit_cg.exists(), "{} is left behind", limit_cg.display());
+}
+
+/// A daemon task's memory limit outlives a daemon restart: the restarted daemon adopts the
+/// limit (on hybrid hosts the v1 twin recorded with the task), a process `task exec` starts
+/// afterwards joins it and is killed at it, the kill is recorded by the new daemon and
+/// `task exec` tells its terminal; the task's end removes the twin.
+///
+/// Break-check: the `limits` step not re-acquiring the limit on adoption — the restarted daemon
+/// wrote no `limits.memory` record and the test failed on it.
+#[test]
+fn a_daemon_task_keeps_its_memory_limit_across_a_restart() {
+    if !require("a_daemon_task_keeps_its_memory_limit_across_a_restart", "root") {
+        return;
+    }
+    let mut d = TestDaemon::start("");
+    let task = d.start_task("memory", "version: 1\ntask: memory\nlimits:\n  memory: 96MiB\n");
+    let id = task["id"].as_str().expect("task id").to_string();
+    let sandbox = PathBuf::from(task["cgroup"].as_str().expect("cgroup"));
+    let (limit_cg, limit_file) = memory_limit_of(&sandbox);
+    assert_eq!(fs::read_to_string(&limit_file).unwrap().trim(), (96u64 << 20).to_string());
+    d.kill9();
+    d.launch(&[]);
+    assert!(limit_cg.exists(), "the restart removed {}", limit_cg.display());
+    let out = d.exec(
+        &id,
+        "python3 -c 'import mmap\nm = mmap.mmap(-1, 192 << 20)\nfor _ in range(192): m.write(b\"x\" * (1 << 20))\nprint(\"over survived\")'; echo \"over exit $?\"",
+    );
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("over exit 137") && !stdout.contains("survived"), "{stdout}\n{stderr}");
+    assert!(stderr.contains("reached its memory limit"), "task exec tells its terminal:\n{stderr}");
+    let r = d.wait_record(&id, Duration::from_secs(10), |r| r["rule"] == "limits.memory");
+    assert_eq!(
+        (&r["kind"], &r["action"], &r["source"]),
+        (&"exit".into(), &"kill".into(), &"memory".into()),
+        "{r}"
+    );
+    assert!(d.end(&id).status.success());
+    assert!(!limit_cg.exists(), "{} is left behind", limit_cg.display());
     d.assert_log_verifies();
 }

@@ -330,6 +330,7 @@ async fn run_task(
         name: node_name(),
         creds: None,
         resolver,
+        memory_default: crate::sandbox::limits::default_memory(),
     };
     let mut pipeline = Pipeline::new(ProcessTable::seed_from("/proc".as_ref()), Clock::new(), sink);
     pipeline.set_signer(key);
@@ -454,6 +455,7 @@ async fn run_task(
         exit_status: status.code(),
         signal: std::os::unix::process::ExitStatusExt::signal(&status),
     };
+    let memory_limit = run.task.memory_limit;
     let ended = lc.finish(
         run,
         &mut Live::new(&node, &mut sensor, Some(&mut source), &mut pipeline).with_feed(feed.as_mut()),
@@ -462,6 +464,10 @@ async fn run_task(
     pipeline.flush().map_err(runtime)?;
     if !args.quiet {
         eprint!("{}", ended.denials.summary());
+    }
+    // Said even with --quiet: the task's processes died of it.
+    if ended.oom_kills > 0 {
+        eprintln!("warden: {}", crate::sandbox::limits::oom_message(ended.oom_kills, memory_limit));
     }
     if let Some(e) = pipeline.take_io_error() {
         return Err(runtime(anyhow!(e).context("writing audit records")));
@@ -562,7 +568,10 @@ async fn watch(
                 pipeline.flush()?;
             }
             _ = gap_tick.tick() => {
-                lc.check_limits(run, pipeline);
+                let oom = lc.check_limits(run, pipeline);
+                if oom > 0 {
+                    eprintln!("warden: {}", crate::sandbox::limits::oom_message(oom, run.task.memory_limit));
+                }
                 let drops = sensor.drops(SLOT)?;
                 let gap = run.task.gaps.record(pipeline, &task_id, drops.total + source.overflow())?;
                 if gap && on_gap == OnGap::End {

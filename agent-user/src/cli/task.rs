@@ -179,6 +179,7 @@ pub fn task(args: TaskArgs) -> Result<i32, Failure> {
                 tty.open().map_err(|e| Failure::Runtime(anyhow!("opening the task's terminal: {e}")))?;
             rt.block_on(async {
                 // The task's enforcement is the daemon's: its processes outlive this client.
+                let oom_before = crate::sandbox::limits::task_oom_kills(&info.procs_files, &info.cgroup);
                 let mut child = spawn_in_task(&info, &cmd, false, pty.as_ref())
                     .map_err(|e| Failure::Runtime(anyhow!("cannot start {}: {e}", cmd[0])))?;
                 let relay = pty
@@ -189,6 +190,14 @@ pub fn task(args: TaskArgs) -> Result<i32, Failure> {
                 // Processes CMD left behind keep the daemon's task (and lose the terminal).
                 if let Some(r) = relay {
                     r.finish();
+                }
+                // Killed at the task's memory limit (by this command or another of the task's
+                // processes while it ran): say so; the daemon records it.
+                let oom_after = crate::sandbox::limits::task_oom_kills(&info.procs_files, &info.cgroup);
+                if let (Some(b), Some(a)) = (oom_before, oom_after)
+                    && a > b
+                {
+                    eprintln!("warden: {}", crate::sandbox::limits::oom_message(a - b, None));
                 }
                 Ok(super::run::exit_code(status, "exited"))
             })

@@ -16,7 +16,7 @@ use crate::{
     pipeline::Pipeline,
     sandbox::{
         Cgroup,
-        limits::PidsLimit,
+        limits::{MemoryLimit, PidsLimit},
         secrets::{IssuedInfo, IssuedSecrets},
     },
     scope::{Scope, compile::CompiledScope},
@@ -78,6 +78,7 @@ impl FakeHost {
             name: "node-1".into(),
             creds: None,
             resolver: None,
+            memory_default: Some(1 << 30),
         };
         let records = Records::default();
         let mut pipeline = Pipeline::new(ProcessTable::default(), Clock::new(), Box::new(records.clone()));
@@ -192,6 +193,29 @@ impl Host for FakeHost {
             let _ = self.op(format!("pids_remove {}", cg.path().display()));
             self.cgroups.remove(cg.path());
             self.held.remove(&format!("pids:{}", cg.path().display()));
+        }
+    }
+
+    fn memory_limit(
+        &mut self,
+        cg: &Cgroup,
+        name: &str,
+        bytes: u64,
+    ) -> Result<Option<MemoryLimit>, HostError> {
+        self.op(format!("memory_limit {} {bytes}", cg.path().display()))?;
+        // A hybrid host: the limit is a v1 twin cgroup.
+        let path = PathBuf::from("/fake/memory").join(&self.node.cgroup_parent).join(name);
+        self.next_id += 1;
+        self.cgroups.insert(path.clone(), self.next_id);
+        self.held.insert(format!("memory:{}", path.display()));
+        Ok(Some(MemoryLimit::V1(Cgroup::fake(path, self.next_id))))
+    }
+
+    fn memory_remove(&mut self, limit: &MemoryLimit) {
+        if let MemoryLimit::V1(cg) = limit {
+            let _ = self.op(format!("memory_remove {}", cg.path().display()));
+            self.cgroups.remove(cg.path());
+            self.held.remove(&format!("memory:{}", cg.path().display()));
         }
     }
 

@@ -19,7 +19,7 @@ use crate::{
     pipeline::Pipeline,
     sandbox::{
         Cgroup, CgroupError,
-        limits::PidsLimit,
+        limits::{MemoryLimit, PidsLimit},
         secrets::{IssuedInfo, IssuedSecrets, SecretError},
     },
     scope::{Scope, ScopeError, compile::CompiledScope},
@@ -71,6 +71,9 @@ pub struct Node {
     /// The resolver for tasks whose scopes name hosts (egress by name), if this sensor owner
     /// runs one.
     pub resolver: Option<crate::dns::Resolver>,
+    /// The memory limit of a task whose scope has none (`limits.memory`): by default half of
+    /// the node's memory (`sandbox::limits::default_memory`). `None`: no default limit.
+    pub memory_default: Option<u64>,
 }
 
 impl std::fmt::Debug for Node {
@@ -124,6 +127,11 @@ pub trait Host {
     fn pids_limit(&mut self, cg: &Cgroup, name: &str, max: u32) -> Result<PidsLimit, HostError>;
     /// Removes a limit's v1 twin cgroup (if it has one).
     fn pids_remove(&mut self, limit: &PidsLimit);
+    /// Limits the sandbox to `bytes` of memory; `None`: the node has no memory controller.
+    fn memory_limit(&mut self, cg: &Cgroup, name: &str, bytes: u64)
+    -> Result<Option<MemoryLimit>, HostError>;
+    /// Removes a memory limit's v1 twin cgroup (if it has one).
+    fn memory_remove(&mut self, limit: &MemoryLimit);
 
     /// Issues the scope's secrets onto the task's tmpfs.
     fn secrets_issue(&mut self, task: &str, scope: &Scope) -> Result<IssuedSecrets, HostError>;
@@ -309,6 +317,19 @@ impl Host for Live<'_> {
     }
 
     fn pids_remove(&mut self, limit: &PidsLimit) {
+        limit.remove(&self.node.cgroup_parent);
+    }
+
+    fn memory_limit(
+        &mut self,
+        cg: &Cgroup,
+        name: &str,
+        bytes: u64,
+    ) -> Result<Option<MemoryLimit>, HostError> {
+        Ok(MemoryLimit::apply(cg, &self.node.cgroup_parent, name, bytes)?)
+    }
+
+    fn memory_remove(&mut self, limit: &MemoryLimit) {
         limit.remove(&self.node.cgroup_parent);
     }
 

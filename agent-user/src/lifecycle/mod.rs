@@ -184,6 +184,10 @@ pub struct Task {
     pub unrecorded: Vec<String>,
     /// Forks the process limit refused, from `pids.events` (`limits`).
     pub limit_events: Option<crate::sandbox::limits::LimitEvents>,
+    /// The memory limit in bytes, when one was set at start (`limits`).
+    pub memory_limit: Option<u64>,
+    /// Processes the kernel killed at the memory limit (`limits`).
+    pub oom_kills: Option<crate::sandbox::limits::OomKills>,
     /// `CLOCK_BOOTTIME` ns when the tables were bound (`tables`).
     pub bound_boot_ns: Option<u64>,
     /// The signed workload-identity document (`identity`).
@@ -227,6 +231,8 @@ impl Task {
             unenforced: Vec::new(),
             unrecorded: Vec::new(),
             limit_events: None,
+            memory_limit: None,
+            oom_kills: None,
             bound_boot_ns: None,
             identity: None,
             started: String::new(),
@@ -276,6 +282,8 @@ pub struct Running {
     killed: u64,
     /// Failures of the end so far.
     errors: Vec<String>,
+    /// Processes the kernel killed at the memory limit so far.
+    oom_kills: u64,
 }
 
 impl std::fmt::Debug for Running {
@@ -294,6 +302,8 @@ pub struct Ended {
     pub denials: crate::pipeline::Denials,
     /// Steps of the end that failed (the others were still done).
     pub errors: Vec<String>,
+    /// Processes the kernel killed at the task's memory limit, over the whole task.
+    pub oom_kills: u64,
 }
 
 /// A failed start: which step failed; every step before it was undone.
@@ -365,12 +375,12 @@ impl Lifecycle {
         for i in 0..steps.len() {
             if let Err(e) = steps[i].start(&mut task, host) {
                 let why = e.to_string();
-                let run = Running { task, steps, killed: 0, errors: Vec::new() };
+                let run = Running { task, steps, killed: 0, errors: Vec::new(), oom_kills: 0 };
                 let ended = self.end_unadoptable(run, host, &why);
                 return Err((why, ended));
             }
         }
-        Ok(Running { task, steps, killed: 0, errors: Vec::new() })
+        Ok(Running { task, steps, killed: 0, errors: Vec::new(), oom_kills: 0 })
     }
 
     fn start_steps(&self, mut task: Task, host: &mut dyn Host) -> Result<Running, StartFailed> {
@@ -382,7 +392,7 @@ impl Lifecycle {
                 return Err(StartFailed { error, undone });
             }
         }
-        Ok(Running { task, steps, killed: 0, errors: Vec::new() })
+        Ok(Running { task, steps, killed: 0, errors: Vec::new(), oom_kills: 0 })
     }
 
     /// The first half of the end: freezes and kills every process of the sandbox, and
@@ -398,14 +408,24 @@ impl Lifecycle {
         host.drain();
     }
 
-    /// Writes a `deny` record for each fork the process limit refused since the last call
-    /// (the pids controller only counts them): call it where gaps are checked.
-    pub fn check_limits(&self, run: &mut Running, pipeline: &mut crate::pipeline::Pipeline) {
-        let Some(ev) = run.task.limit_events.as_mut() else { return };
-        let n = ev.new_refusals();
-        if let Err(e) = pipeline.limit_refusals(run.task.slot, n) {
+    /// Writes a `deny` record for each fork the process limit refused and each process the
+    /// kernel killed at the memory limit since the last call (the controllers only count
+    /// them): call it where gaps are checked. Returns the new memory kills, for the person at
+    /// the terminal.
+    pub fn check_limits(&self, run: &mut Running, pipeline: &mut crate::pipeline::Pipeline) -> u64 {
+        if let Some(ev) = run.task.limit_events.as_mut() {
+            let n = ev.new_refusals();
+            if let Err(e) = pipeline.limit_refusals(run.task.slot, n) {
+                run.errors.push(format!("limit records: {e}"));
+            }
+        }
+        let Some(oom) = run.task.oom_kills.as_mut() else { return 0 };
+        let n = oom.new_kills();
+        run.oom_kills += n;
+        if let Err(e) = pipeline.oom_kills(run.task.slot, n, run.task.memory_limit) {
             run.errors.push(format!("limit records: {e}"));
         }
+        n
     }
 
     /// The second half of the end: loss into a `gap` record, every step's end (last step
@@ -451,7 +471,7 @@ impl Lifecycle {
         }
         close(&run.task, host);
         tracing::info!(task = %id, reason = %facts.reason, killed = run.killed, "task ended");
-        Ended { killed: run.killed, drops, errors: run.errors, denials }
+        Ended { killed: run.killed, drops, errors: run.errors, denials, oom_kills: run.oom_kills }
     }
 
     /// Ends a task: [`Lifecycle::stop`], then [`Lifecycle::finish`].
@@ -469,7 +489,7 @@ impl Lifecycle {
     /// Ends a recorded task none of whose steps could start (e.g. its scope no longer
     /// parses): as [`Lifecycle::end_unadoptable`].
     pub fn end_recorded(&self, task: Task, host: &mut dyn Host, why: &str) -> Ended {
-        let run = Running { task, steps: (self.plan)(), killed: 0, errors: Vec::new() };
+        let run = Running { task, steps: (self.plan)(), killed: 0, errors: Vec::new(), oom_kills: 0 };
         self.end_unadoptable(run, host, why)
     }
 }

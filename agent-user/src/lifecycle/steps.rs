@@ -3,7 +3,10 @@ use super::{HostError, Origin, SandboxSpec, Step, StepError, Task, host::Host};
 use crate::{
     audit::clock::Clock,
     pipeline::{GapTracker, TaskCtx},
-    sandbox::{limits::PidsLimit, secrets::IssuedSecrets},
+    sandbox::{
+        limits::{MemoryLimit, PidsLimit},
+        secrets::IssuedSecrets,
+    },
     scope::compile::{Build, CompiledScope},
     task::{IdentityDoc, scope_hash},
 };
@@ -296,10 +299,69 @@ impl Step for Refusals {
     }
 }
 
-/// `limits`: the process limit (enforce mode), from the pids controller.
+/// `limits`: the process limit (enforce mode), from the pids controller, and the memory limit
+/// (both modes: it guards the node, not the scope), from the memory controller.
 #[derive(Default)]
 pub struct Limits {
     pids: Option<PidsLimit>,
+    memory: Option<MemoryLimit>,
+}
+
+/// Where the `limits` step keeps the v1 memory twin's path in [`Task::saved`].
+pub const SAVED_MEMORY_V1: &str = "limits.memory_v1";
+
+impl Limits {
+    /// The memory limit: the scope's, else the node's default; on a restart, the twin recorded.
+    fn start_memory(&mut self, task: &mut Task, host: &mut dyn Host) -> Result<(), StepError> {
+        let Some(cg) = task.cgroup.clone() else { return Ok(()) };
+        let limit = match task.origin {
+            Origin::New => {
+                let Some(bytes) = task.scope.memory_limit.or(host.node().memory_default) else {
+                    return Ok(());
+                };
+                match host
+                    .memory_limit(&cg, &task.id, bytes)
+                    .map_err(|e| StepError::runtime(self.name(), e))?
+                {
+                    Some(l) => {
+                        task.memory_limit = Some(bytes);
+                        l
+                    }
+                    None if task.scope.memory_limit.is_some() => {
+                        return Err(StepError::runtime(
+                            self.name(),
+                            crate::sandbox::CgroupError::NoMemory(
+                                "neither cgroup v2 nor a v1 hierarchy offers `memory`".into(),
+                            ),
+                        ));
+                    }
+                    None => {
+                        tracing::warn!(task = %task.id, "no memory controller on this node: the task has no memory limit");
+                        return Ok(());
+                    }
+                }
+            }
+            Origin::Adopted => match saved_memory_v1(task) {
+                Some(p) => {
+                    MemoryLimit::V1(host.cgroup_open(&p).map_err(|e| StepError::runtime(self.name(), e))?)
+                }
+                None if task.created() => MemoryLimit::Unified,
+                None => return Ok(()),
+            },
+        };
+        if let MemoryLimit::V1(twin) = &limit {
+            task.saved
+                .insert(SAVED_MEMORY_V1.into(), serde_json::Value::String(twin.path().display().to_string()));
+        }
+        task.launch.procs_files.extend(limit.procs_file());
+        task.oom_kills = Some(limit.oom_kills(&cg));
+        self.memory = Some(limit);
+        Ok(())
+    }
+}
+
+fn saved_memory_v1(task: &Task) -> Option<std::path::PathBuf> {
+    task.saved.get(SAVED_MEMORY_V1).and_then(|v| v.as_str()).map(std::path::PathBuf::from)
 }
 
 impl Step for Limits {
@@ -312,19 +374,32 @@ impl Step for Limits {
             // A container's cgroup belongs to the kubelet and the runtime: its limits are the pod's.
             Origin::New if task.container.is_some() => return Ok(()),
             Origin::New => {
+                self.start_memory(task, host)?;
                 let (Some(max), true, Some(cg)) = (task.scope.process_limit, task.enforce(), &task.cgroup)
                 else {
                     return Ok(());
                 };
                 let cg = cg.clone();
-                host.pids_limit(&cg, &task.id, max).map_err(|e| StepError::runtime(self.name(), e))?
-            }
-            Origin::Adopted => match &task.pids_v1 {
-                Some(p) => {
-                    PidsLimit::V1(host.cgroup_open(p).map_err(|e| StepError::runtime(self.name(), e))?)
+                match host.pids_limit(&cg, &task.id, max) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        // This step failed: nothing of it stays (no undo runs for it).
+                        if let Some(m) = self.memory.take() {
+                            host.memory_remove(&m);
+                        }
+                        return Err(StepError::runtime(self.name(), e));
+                    }
                 }
-                None => return Ok(()),
-            },
+            }
+            Origin::Adopted => {
+                self.start_memory(task, host)?;
+                match &task.pids_v1 {
+                    Some(p) => {
+                        PidsLimit::V1(host.cgroup_open(p).map_err(|e| StepError::runtime(self.name(), e))?)
+                    }
+                    None => return Ok(()),
+                }
+            }
         };
         if let PidsLimit::V1(cg) = &limit {
             task.pids_v1 = Some(cg.path().to_path_buf());
@@ -338,6 +413,16 @@ impl Step for Limits {
     }
 
     fn end(&mut self, task: &mut Task, host: &mut dyn Host) -> Result<(), StepError> {
+        let memory = match self.memory.take() {
+            Some(l) => Some(l),
+            None => match saved_memory_v1(task).map(|p| host.cgroup_open(&p)) {
+                Some(Ok(cg)) => Some(MemoryLimit::V1(cg)),
+                _ => None,
+            },
+        };
+        if let Some(m) = memory {
+            host.memory_remove(&m);
+        }
         let limit = match self.pids.take() {
             Some(l) => l,
             None => match task.pids_v1.as_ref().map(|p| host.cgroup_open(p)) {
@@ -435,6 +520,10 @@ impl Step for Tables {
         if task.container.is_some() {
             if task.enforce() {
                 unenforced.extend(crate::k8s::container_unenforced(lsm, task.scope.process_limit.is_some()));
+            }
+            // The pod's memory limits stand in for the scope's (both modes: see `limits`).
+            if task.scope.memory_limit.is_some() {
+                unenforced.push("limits.memory-in-container".into());
             }
         } else if task.enforce() && !lsm && !task.created() {
             // Landlock and seccomp confine processes Warden starts; processes already in a

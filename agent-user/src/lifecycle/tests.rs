@@ -44,10 +44,12 @@ fn a_task_starts_and_ends_through_every_step() {
     let mut host = FakeHost::new();
     let run = lc.start(task(&host), &mut host, &mut no_launch).unwrap();
     let held: Vec<_> = host.held.iter().map(|h| h.split(':').next().unwrap()).collect();
-    assert_eq!(held, ["bound", "cgroup", "dns", "egress", "pids", "secrets"]);
+    assert_eq!(held, ["bound", "cgroup", "dns", "egress", "memory", "pids", "secrets"]);
     let t = &run.task;
-    // The launch gets the sandbox, the v1 pids twin and the secret's variable.
-    assert_eq!(t.launch.procs_files.len(), 2);
+    // The launch gets the sandbox, the v1 memory and pids twins and the secret's variable.
+    assert_eq!(t.launch.procs_files.len(), 3);
+    // No `limits.memory` in the scope: the node's default.
+    assert_eq!(t.memory_limit, Some(1 << 30));
     assert_eq!(t.launch.env.len(), 1);
     assert_eq!(t.launch.env[0].0, "WARDEN_SECRET_TOK");
     assert!(t.identity.is_some());
@@ -81,6 +83,7 @@ fn the_end_revokes_in_reverse_order() {
             "dns_unregister",
             "unbind",
             "egress_detach",
+            "memory_remove",
             "pids_remove",
             "cgroup_remove",
             "secrets_destroy"
@@ -215,6 +218,7 @@ fn adopted(run: &super::Running) -> Task {
     a.secrets_dir = t.secrets_dir.clone();
     a.secrets = t.secrets.clone();
     a.pids_v1 = t.pids_v1.clone();
+    a.saved = t.saved.clone();
     a
 }
 
@@ -232,7 +236,7 @@ fn a_restarted_daemon_adopts_and_ends_the_task() {
     std::mem::forget(run);
     let run = lc.adopt(a, &mut host).unwrap();
     assert_eq!(host.held, held, "adoption re-binds what is there, nothing more");
-    assert_eq!(run.task.launch.procs_files.len(), 2);
+    assert_eq!(run.task.launch.procs_files.len(), 3);
     assert_eq!(run.task.launch.env.len(), 1);
     lc.end(run, &mut host, "done".into());
     assert_nothing_left(&mut host, "after ending an adopted task");

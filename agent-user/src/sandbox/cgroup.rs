@@ -18,6 +18,8 @@ pub enum CgroupError {
     Io { path: PathBuf, source: io::Error },
     #[error("cannot limit processes: {0}")]
     NoPids(String),
+    #[error("cannot limit memory: {0}")]
+    NoMemory(String),
     #[error("cgroup {path} still has processes after {waited:?}")]
     NotEmpty { path: PathBuf, waited: Duration },
 }

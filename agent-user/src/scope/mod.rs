@@ -196,6 +196,8 @@ pub struct Scope {
     /// a `network.dns` section.
     pub dns: Option<DnsSettings>,
     pub process_limit: Option<u32>,
+    /// `limits.memory` in bytes; absent: the node's default (`sandbox::limits::default_memory`).
+    pub memory_limit: Option<u64>,
     pub grants: BTreeSet<Grant>,
     /// Fail closed on evidence gaps.
     pub on_gap: OnGap,
@@ -480,7 +482,8 @@ impl Scope {
             egress,
             hosts,
             dns,
-            process_limit: raw.limits.and_then(|l| l.processes).map(|p| p.0),
+            process_limit: raw.limits.as_ref().and_then(|l| l.processes).map(|p| p.0),
+            memory_limit: raw.limits.as_ref().and_then(|l| l.memory).map(|m| m.0),
             grants: raw.grant.into_iter().collect(),
             on_gap: raw.evidence.as_ref().map(|e| e.on_gap).unwrap_or_default(),
             intent_digest: raw.evidence.as_ref().is_some_and(|e| e.intent == raw::IntentMode::Digest),
@@ -580,6 +583,7 @@ network:
       protocol: tcp
 limits:
   processes: 64
+  memory: 2GiB
 grant: [io-uring]
 ";
 
@@ -596,6 +600,7 @@ grant: [io-uring]
         assert_eq!(e.ports, [PortRange { lo: 443, hi: 443 }, PortRange { lo: 8000, hi: 8100 }]);
         assert_eq!(e.protocol, Protocol::Tcp);
         assert_eq!(s.process_limit, Some(64));
+        assert_eq!(s.memory_limit, Some(2 << 30));
         assert!(s.grants.contains(&Grant::IoUring));
     }
 
@@ -639,6 +644,35 @@ grant: [io-uring]
         assert!(e.contains("mode"), "{e}");
         let e = err("version: 1\ntask: a\ngrant: [root]\n");
         assert!(e.contains("grant"), "{e}");
+    }
+
+    #[test]
+    fn memory_limits_are_parsed_strictly() {
+        let mem = |v: &str| {
+            parse(&format!("version: 1\ntask: a\nlimits:\n  memory: {v}\n")).map(|s| s.memory_limit)
+        };
+        assert_eq!(mem("512MiB").unwrap(), Some(512 << 20));
+        assert_eq!(mem("16384KiB").unwrap(), Some(16 << 20));
+        assert_eq!(mem("\"3GiB\"").unwrap(), Some(3 << 30));
+        assert_eq!(mem("1TiB").unwrap(), Some(1 << 40));
+        for bad in [
+            "512M", "512MB", "512mib", "1.5GiB", "0x10MiB", "-1GiB", "512", "512 MiB", " 512MiB", "0512MiB",
+            "GiB", "1e3MiB",
+        ] {
+            let e = mem(&format!("{bad:?}")).unwrap_err().to_string();
+            assert!(e.contains("limits.memory") && e.contains("e.g. \"512MiB\""), "{bad}: {e}");
+            assert!(e.starts_with("s.yaml:4:"), "{e}");
+        }
+        for small_or_huge in ["15MiB", "0GiB", "1025TiB", "99999999999999999999TiB", "17592186044416MiB"] {
+            let e = mem(small_or_huge).unwrap_err().to_string();
+            assert!(
+                e.contains("from 16MiB to 1024TiB") || e.contains("whole number"),
+                "{small_or_huge}: {e}"
+            );
+        }
+        let e = mem("512").unwrap_err().to_string();
+        assert!(e.contains("limits.memory"), "a bare YAML number is refused too: {e}");
+        assert_eq!(parse("version: 1\ntask: a\n").unwrap().memory_limit, None);
     }
 
     #[test]

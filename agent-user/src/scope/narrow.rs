@@ -19,8 +19,8 @@
 //!   parent's (address range, ports, protocol); each `host` rule inside one of the parent's
 //!   (`api.x.com` inside `*.x.com`, `*.a.x.com` inside `*.x.com`); `network.dns.accept_private`
 //!   inside the parent's.
-//! - `limits.processes`: at most the parent's (absent: the parent's limit holds, the call's
-//!   cgroup is inside the parent's).
+//! - `limits.processes`, `limits.memory`: at most the parent's (absent: the parent's limit
+//!   holds, the call's cgroup is inside the parent's).
 //! - `ttl`: checked against the parent's *remaining* time when the call starts (not here).
 //! - `grant`, `capabilities`: subsets of the parent's. `user`: the parent's, if it has one.
 //! - `evidence.on_gap: end` and `evidence.intent: digest` of the parent hold for the call.
@@ -197,6 +197,11 @@ pub fn check(parent: &Scope, child: &Scope) -> Result<(), Widening> {
     {
         return widen("limits.processes", format!("{c} is more than the parent's {p}"));
     }
+    if let (Some(p), Some(c)) = (parent.memory_limit, child.memory_limit)
+        && c > p
+    {
+        return widen("limits.memory", format!("{c} bytes is more than the parent's {p}"));
+    }
     if let Some(g) = child.grants.iter().find(|g| !parent.grants.contains(g)) {
         return widen("grant", format!("{g:?} is not granted to the parent"));
     }
@@ -249,7 +254,7 @@ mod tests {
 
     #[test]
     fn each_section_refuses_a_wider_call_and_names_the_field() {
-        let p = "exec:\n  allow: [/usr/bin/sh, /usr/lib]\nfiles:\n  read: [/etc, /work]\n  write: [/work/out]\n  deny: [/work/secret]\nnetwork:\n  egress:\n    - {to: 10.0.0.0/8, ports: [443]}\n    - {host: '*.example.com', ports: [443]}\nlimits:\n  processes: 20\ngrant: [ptrace]\ncapabilities: [net_bind_service]\nevidence:\n  on_gap: end\n  intent: digest\n";
+        let p = "exec:\n  allow: [/usr/bin/sh, /usr/lib]\nfiles:\n  read: [/etc, /work]\n  write: [/work/out]\n  deny: [/work/secret]\nnetwork:\n  egress:\n    - {to: 10.0.0.0/8, ports: [443]}\n    - {host: '*.example.com', ports: [443]}\nlimits:\n  processes: 20\n  memory: 1GiB\ngrant: [ptrace]\ncapabilities: [net_bind_service]\nevidence:\n  on_gap: end\n  intent: digest\n";
         // The same scope is no wider.
         assert_eq!(field(p, p), None);
         let cases: &[(&str, &str)] = &[
@@ -261,6 +266,7 @@ mod tests {
             ("network.egress", "ports: [444]"),
             ("network.egress", "host: api.other.com"),
             ("limits.processes", "processes: 21"),
+            ("limits.memory", "memory: 1025MiB"),
             ("grant", "grant: [ptrace, io-uring]"),
             ("capabilities", "capabilities: [net_bind_service, chown]"),
             ("evidence.on_gap", "on_gap: continue"),
@@ -278,6 +284,7 @@ mod tests {
                 }
                 "network.egress" => p.replace("host: '*.example.com'", change),
                 "limits.processes" => p.replace("processes: 20", change),
+                "limits.memory" => p.replace("memory: 1GiB", change),
                 "grant" => p.replace("grant: [ptrace]", change),
                 "capabilities" => p.replace("capabilities: [net_bind_service]", change),
                 "evidence.on_gap" => p.replace("on_gap: end", change),
@@ -290,6 +297,10 @@ mod tests {
         assert_eq!(field(p, &p.replace("exec:\n  allow: [/usr/bin/sh, /usr/lib]\n", "")), Some("exec.allow"));
         assert_eq!(field("mode: enforce\n", "mode: audit\n"), Some("mode"));
         assert_eq!(field("user: {uid: 1000}\n", ""), Some("user"));
+        // A smaller memory limit narrows; none keeps the parent's.
+        assert_eq!(field(p, &p.replace("memory: 1GiB", "memory: 1024MiB")), None);
+        assert_eq!(field(p, &p.replace("memory: 1GiB", "memory: 64MiB")), None);
+        assert_eq!(field(p, &p.replace("  memory: 1GiB\n", "")), None);
     }
 
     #[test]

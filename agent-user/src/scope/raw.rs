@@ -286,6 +286,9 @@ pub struct RawLimits {
     /// At most this many processes in the sandbox at once.
     #[serde(default)]
     pub processes: Option<ProcessLimit>,
+    /// At most this much memory for the sandbox's processes together (`"512MiB"`).
+    #[serde(default)]
+    pub memory: Option<MemoryLimit>,
 }
 
 /// Protected defaults a scope can grant back.
@@ -507,6 +510,31 @@ impl TryFrom<u64> for ProcessLimit {
         }
     }
 }
+
+/// A memory limit in bytes, written as a whole number of `KiB`, `MiB`, `GiB` or `TiB`
+/// (`"512MiB"`): nothing else (no `M`, `MB`, fractions or bare numbers, whose unit a reader
+/// would have to guess), from 16 MiB (less cannot start an interpreter) to 1024 TiB.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(try_from = "String")]
+pub struct MemoryLimit(pub u64);
+string_newtype!(MemoryLimit, u64, |s| {
+    const MIN: u64 = 16 << 20;
+    const MAX: u64 = 1 << 50;
+    let bad =
+        || format!("limits.memory {s:?} must be a whole number of KiB, MiB, GiB or TiB, e.g. \"512MiB\"");
+    let (num, shift) = [("KiB", 10), ("MiB", 20), ("GiB", 30), ("TiB", 40)]
+        .iter()
+        .find_map(|(u, sh)| s.strip_suffix(u).map(|n| (n, *sh)))
+        .ok_or_else(bad)?;
+    if num.is_empty() || !num.bytes().all(|b| b.is_ascii_digit()) || (num.len() > 1 && num.starts_with('0')) {
+        return Err(bad());
+    }
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    match n.checked_shl(shift).filter(|v| v >> shift == n) {
+        Some(v) if (MIN..=MAX).contains(&v) => Ok(v),
+        _ => Err(format!("limits.memory {s:?} must be from 16MiB to 1024TiB")),
+    }
+});
 
 /// A secret's name: 1-64 of `[A-Za-z0-9._-]`, not starting with `.`.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]

@@ -32,8 +32,13 @@ pub fn cgroup2_mount_in(mountinfo: &str) -> Option<PathBuf> {
 
 /// The cgroup v1 hierarchy that has the `pids` controller, in a mountinfo text.
 pub fn v1_pids_mount_in(mountinfo: &str) -> Option<PathBuf> {
+    v1_mount_in(mountinfo, "pids")
+}
+
+/// The cgroup v1 hierarchy that has `controller` (`pids`, `memory`), in a mountinfo text.
+pub fn v1_mount_in(mountinfo: &str, controller: &str) -> Option<PathBuf> {
     mounts(mountinfo)
-        .find(|m| m.fstype == "cgroup" && m.super_options.split(',').any(|o| o == "pids"))
+        .find(|m| m.fstype == "cgroup" && m.super_options.split(',').any(|o| o == controller))
         .map(|m| PathBuf::from(m.mount_point))
 }
 
@@ -91,5 +96,7 @@ mod tests {
 35 25 0:30 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw";
         assert_eq!(v1_pids_mount_in(mi), Some(PathBuf::from("/sys/fs/cgroup/pids")));
         assert_eq!(v1_pids_mount_in("35 25 0:30 / /x rw - cgroup2 cgroup2 rw"), None);
+        assert_eq!(v1_mount_in(mi, "memory"), Some(PathBuf::from("/sys/fs/cgroup/memory")));
+        assert_eq!(v1_mount_in("33 25 0:28 / /m rw - cgroup cgroup rw,memoryx", "memory"), None);
     }
 }

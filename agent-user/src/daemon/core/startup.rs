@@ -189,6 +189,7 @@ impl Core {
             name,
             creds: Some(creds.clone()),
             resolver: Some(resolver),
+            memory_default: crate::sandbox::limits::default_memory(),
         };
         let mut core = Core {
             cfg,
@@ -387,6 +388,7 @@ fn unreadable_scope(info: &TaskInfo) -> Scope {
         hosts: Vec::new(),
         dns: None,
         process_limit: None,
+        memory_limit: None,
         grants: Default::default(),
         on_gap: OnGap::Continue,
         intent_digest: false,
