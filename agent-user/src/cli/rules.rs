@@ -324,41 +324,38 @@ fn read_ahead<'b>(
     // OCSF output: all fields, parsed once. A line that is not an object (or not JSON) takes
     // the rules' reading below, so it is judged with the same words as without OCSF.
     if whole && let Ok(Some(f)) = ocsf::Fields::parse(line) {
-        let rec: &dyn RecordView = &f;
-        match current_schema(rec.u64_field("v")) {
-            Ok(true) => {}
-            Ok(false) => {
-                skip(outcomes);
-                return Ahead::Tree;
-            }
-            Err(e) => {
-                skip(outcomes);
-                return Ahead::Bad(e);
-            }
-        }
-        evaluate(rec, task, eval, one, outcomes);
-        return Ahead::Fields(f);
+        return read_current(f, Ahead::Fields, task, eval, one, outcomes);
     }
-    let rec = match ReplayRecord::parse(line) {
-        Ok(r) => r,
+    match ReplayRecord::parse(line) {
+        Ok(rec) => read_current(rec, Ahead::Record, task, eval, one, outcomes),
         Err(e) => {
             skip(outcomes);
-            return Ahead::Bad(format!("not a JSON record: {e}"));
+            Ahead::Bad(format!("not a JSON record: {e}"))
         }
+    }
+}
+
+/// A parsed line, by its schema version: a current record has its rule steps evaluated and is
+/// kept (`keep`); an older one goes the JSON tree's way ([`Ahead::Tree`]); anything else is
+/// [`Ahead::Bad`], with why. The same check for both readings of [`read_ahead`].
+fn read_current<'b, R: RecordView>(
+    rec: R,
+    keep: impl FnOnce(R) -> Ahead<'b>,
+    task: Option<&str>,
+    eval: &mut Evaluator<'_>,
+    one: &mut Vec<Outcome>,
+    outcomes: &mut Vec<Outcome>,
+) -> Ahead<'b> {
+    let not_current = match current_schema(rec.u64_field("v")) {
+        Ok(true) => {
+            evaluate(&rec, task, eval, one, outcomes);
+            return keep(rec);
+        }
+        Ok(false) => Ahead::Tree,
+        Err(e) => Ahead::Bad(e),
     };
-    match current_schema(rec.u64_field("v")) {
-        Ok(true) => {}
-        Ok(false) => {
-            skip(outcomes);
-            return Ahead::Tree;
-        }
-        Err(e) => {
-            skip(outcomes);
-            return Ahead::Bad(e);
-        }
-    }
-    evaluate(&rec, task, eval, one, outcomes);
-    Ahead::Record(rec)
+    outcomes.extend(std::iter::repeat_n(Outcome::No, eval.step_count()));
+    not_current
 }
 
 /// Appends the outcomes of every rule step for `rec` (all "no" for another task's record).

@@ -294,11 +294,48 @@ fn slot(name: &str) -> Option<usize> {
 }
 
 /// The index of the first byte of `s` that ends or breaks a plain JSON string: a quote, a
-/// backslash or a control character. Eight bytes at a time: in `(x - n…n) & !x & 0x80…80` the
-/// lowest flagged byte is always one below `n` (a borrow only runs upwards), so the lowest flag
-/// of the three tests is the first such byte.
+/// backslash or a control character. Sixteen bytes at a time with SSE2 (part of every x86-64
+/// CPU), then eight at a time ([`special_swar`]).
 #[inline]
-fn special(s: &[u8]) -> Option<usize> {
+pub(crate) fn special(s: &[u8]) -> Option<usize> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{
+            __m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_min_epu8, _mm_movemask_epi8, _mm_or_si128,
+            _mm_set1_epi8,
+        };
+        let mut at = 0;
+        // SAFETY: SSE2 is in the x86-64 baseline; every load reads 16 bytes inside `s`
+        // (`at + 16 <= s.len()`), unaligned loads being allowed.
+        unsafe {
+            let quote = _mm_set1_epi8(b'"' as i8);
+            let backslash = _mm_set1_epi8(b'\\' as i8);
+            let control = _mm_set1_epi8(0x1f);
+            while at + 16 <= s.len() {
+                let x = _mm_loadu_si128(s.as_ptr().add(at).cast::<__m128i>());
+                // x <= 0x1f (unsigned) iff min(x, 0x1f) == x.
+                let hit = _mm_or_si128(
+                    _mm_or_si128(_mm_cmpeq_epi8(x, quote), _mm_cmpeq_epi8(x, backslash)),
+                    _mm_cmpeq_epi8(_mm_min_epu8(x, control), x),
+                );
+                let mask = _mm_movemask_epi8(hit) as u32;
+                if mask != 0 {
+                    return Some(at + mask.trailing_zeros() as usize);
+                }
+                at += 16;
+            }
+        }
+        special_swar(&s[at..]).map(|p| at + p)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    special_swar(s)
+}
+
+/// [`special`] eight bytes at a time: in `(x - n…n) & !x & 0x80…80` the lowest flagged byte is
+/// always one below `n` (a borrow only runs upwards), so the lowest flag of the three tests is
+/// the first such byte.
+#[inline]
+fn special_swar(s: &[u8]) -> Option<usize> {
     const ONES: u64 = u64::from_ne_bytes([1; 8]);
     const HIGH: u64 = ONES << 7;
     let below = |x: u64, n: u64| x.wrapping_sub(ONES * n) & !x & HIGH;
@@ -313,6 +350,20 @@ fn special(s: &[u8]) -> Option<usize> {
         at += 8;
     }
     s[at..].iter().position(|&c| c < 0x20 || c == b'"' || c == b'\\').map(|p| at + p)
+}
+
+/// A plain JSON string starting at `i` (the byte after its opening quote) of `line`: its
+/// contents and the index after its closing quote. `None` for escapes and control characters
+/// (left to serde).
+#[inline(always)]
+fn plain_string(line: &str, i: usize) -> Option<(&str, usize)> {
+    let b = line.as_bytes();
+    let end = i + special(b.get(i..)?)?;
+    if b[end] != b'"' {
+        return None;
+    }
+    // Between two ASCII quotes of a valid UTF-8 line: a valid UTF-8 slice.
+    Some((line.get(i..end)?, end + 1))
 }
 
 /// A replayed record, parsed from its line without building a JSON tree: the fields rules and
@@ -348,16 +399,7 @@ impl<'a> ReplayRecord<'a> {
             }
             i
         };
-        // A string from the byte after its opening quote: (contents, index after the closing
-        // quote). Escapes and control characters go to serde.
-        let string = |i: usize| -> Option<(&'a str, usize)> {
-            let end = i + special(&b[i..])?;
-            if b[end] != b'"' {
-                return None;
-            }
-            // Between two ASCII quotes of a valid UTF-8 line: a valid UTF-8 slice.
-            Some((&line[i..end], end + 1))
-        };
+        let string = |i: usize| plain_string(line, i);
         let mut r = ReplayRecord { object: true, ..Default::default() };
         let mut i = ws(0);
         if b.get(i) != Some(&b'{') {
@@ -706,7 +748,7 @@ mod tests {
     #[test]
     fn special_bytes_are_found_first() {
         for filler in [b'a', b' ', b'!', b'#', b'[', b']', 0x7f, 0x80, 0xff] {
-            for len in 0..20 {
+            for len in 0..40 {
                 let plain = vec![filler; len];
                 let first = |s: &[u8]| s.iter().position(|&c| c < 0x20 || c == b'"' || c == b'\\');
                 assert_eq!(special(&plain), first(&plain));
@@ -720,6 +762,7 @@ mod tests {
                             s[at + 3] = b'"';
                             assert_eq!(special(&s), first(&s), "{s:?}");
                         }
+                        assert_eq!(special_swar(&s), first(&s), "{s:?}");
                     }
                 }
             }
