@@ -11,6 +11,7 @@
 pub mod containers;
 pub mod daemon;
 pub mod dnsmasq;
+pub mod memory;
 
 use std::{
     path::{Path, PathBuf},
