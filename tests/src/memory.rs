@@ -108,7 +108,6 @@ pub fn daemon_rss(tasks: usize, config: &str) -> anyhow::Result<Value> {
     let (full, hwm) = rss_of(d.pid());
     let full_mem = memory_breakdown(d.pid());
     let file_rules = file_rules_in_use(&d.pin_root);
-    let engine = d.ready["engine"].as_str().unwrap_or("?").to_string();
     for id in &ids {
         let _ = d.end(id);
     }

@@ -147,8 +147,8 @@ impl Sensor {
             return Ok(());
         }
         let mut rules = self.hash_map::<maps::FileKey, u32>(maps::FILE_RULES)?;
-        for r in &scope.file_rules {
-            let key = maps::FileKey { slot, dev: user_dev_to_kernel(r.id.dev), ino: r.id.ino };
+        for r in scope.file_rules.iter() {
+            let key = maps::FileKey { slot, dev: user_dev_to_kernel(r.dev), ino: r.ino };
             set(&mut rules, maps::FILE_RULES, key, r.bits, insert)?;
         }
         let mut tools = self.hash_map::<maps::SecretToolKey, u32>(maps::SECRET_TOOLS)?;

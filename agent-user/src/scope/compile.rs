@@ -62,13 +62,8 @@ pub struct LandlockPlan {
     pub list: Vec<PathBuf>,
 }
 
-/// An object rule for the BPF LSM engine: `bits` of `agent_common::maps::file_rule` on the
-/// object (and, for directories, everything beneath it).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FileRule {
-    pub id: FileId,
-    pub bits: u32,
-}
+/// Object rules for the BPF LSM engine (`FILE_RULES`): (dev, inode) → bits, stored small.
+pub use super::file_rules::{FileRule, FileRules};
 
 /// A `UNIX_RULES` entry (fallback engine): `name` is the key's path bytes — a path followed
 /// by `/` (everything beneath) or by one NUL (the name itself) —, `bits` the `file_rule` bits
@@ -259,7 +254,7 @@ pub struct CompiledScope {
     /// Empty unless built ([`Build::landlock`]).
     pub landlock: LandlockPlan,
     /// Object rules for the BPF LSM engine; empty unless built ([`Build::file_rules`]).
-    pub file_rules: Vec<FileRule>,
+    pub file_rules: FileRules,
     /// Unix-socket name rules for the fallback engine; empty unless built
     /// ([`Build::unix_rules`]).
     pub unix_rules: Vec<UnixRule>,
@@ -590,11 +585,12 @@ fn lsm_file_rules(
     secret_paths: &[PathBuf],
     exec_paths: &[PathBuf],
     control: &[PathBuf],
-) -> Vec<FileRule> {
-    let mut by_id: BTreeMap<(u64, u64), FileRule> = BTreeMap::new();
+) -> FileRules {
+    // Objects are resolved as `FileId::of` does; only (dev, inode) is kept.
+    let mut by_id: BTreeMap<(u64, u64), u32> = BTreeMap::new();
     let mut add = |p: &Path, bits: u32| {
-        if let Ok(id) = FileId::of(p) {
-            by_id.entry((id.dev, id.ino)).or_insert(FileRule { id, bits: 0 }).bits |= bits;
+        if let Ok(md) = fs::canonicalize(p).and_then(fs::metadata) {
+            *by_id.entry((md.dev(), md.ino())).or_insert(0) |= bits;
         }
     };
     for p in scope.read.iter().flatten().chain(exec_paths) {
@@ -644,7 +640,7 @@ fn lsm_file_rules(
             add(&dir, file_rule::NO_NEW);
         }
     }
-    by_id.into_values().collect()
+    FileRules::share(by_id.into_iter().map(|((dev, ino), bits)| FileRule { dev, ino, bits }).collect())
 }
 
 /// What the kernel's egress programs decide for these trie entries: the longest matching
@@ -1002,7 +998,7 @@ impl CompiledScope {
         let file_rules = if build.file_rules {
             lsm_file_rules(scope, &deny_all, &secret_paths, &readable_exec, &canon(&control_paths()))
         } else {
-            Vec::new()
+            FileRules::default()
         };
         let unix_rules = if build.unix_rules {
             // Node devices are no sockets (and are many): left out of the unix rules.
@@ -1231,7 +1227,7 @@ mod tests {
         let c = compile_text(&text).unwrap();
         let bits = |p: &Path| {
             let id = FileId::of(p).unwrap();
-            c.file_rules.iter().find(|f| f.id.dev == id.dev && f.id.ino == id.ino).map(|f| f.bits)
+            c.file_rules.get(id.dev, id.ino)
         };
         assert_eq!(bits(&r).map(|b| b & !file_rule::NO_NEW), Some(file_rule::READ));
         assert_eq!(bits(&r.join("deny")).map(|b| b & !file_rule::NO_NEW), Some(file_rule::DENY));
@@ -1256,6 +1252,140 @@ mod tests {
         assert!(
             c.flags & sandbox_flags::READ_RESTRICTED != 0 && c.flags & sandbox_flags::WRITE_RESTRICTED == 0
         );
+    }
+
+    /// `lsm_file_rules` as it was before the tables were stored small and shared (paths
+    /// kept, one table per task): the reference the kernel map's contents are compared with.
+    fn reference_file_rules(
+        scope: &Scope,
+        deny_all: &[PathBuf],
+        secret_paths: &[PathBuf],
+        exec_paths: &[PathBuf],
+        control: &[PathBuf],
+    ) -> Vec<(u64, u64, u32)> {
+        let mut by_id: BTreeMap<(u64, u64), (FileId, u32)> = BTreeMap::new();
+        let mut add = |p: &Path, bits: u32| {
+            if let Ok(id) = FileId::of(p) {
+                by_id.entry((id.dev, id.ino)).or_insert((id, 0)).1 |= bits;
+            }
+        };
+        for p in scope.read.iter().flatten().chain(exec_paths) {
+            add(p, file_rule::READ);
+        }
+        for p in ALWAYS_READ {
+            add(Path::new(p), file_rule::READ);
+        }
+        for p in scope.write.iter().flatten() {
+            add(p, file_rule::WRITE);
+        }
+        for p in ALWAYS_WRITE {
+            add(Path::new(p), file_rule::WRITE);
+        }
+        for p in control_paths() {
+            add(&p, file_rule::DENY_WRITE);
+        }
+        for d in deny_all {
+            if secret_paths.iter().any(|s| s == d) {
+                continue;
+            }
+            add(d, file_rule::DENY);
+            let mut n = 0;
+            let mut stack = vec![d.clone()];
+            while let Some(dir) = stack.pop() {
+                let Ok(rd) = fs::read_dir(&dir) else { continue };
+                for e in rd.flatten() {
+                    let Ok(ft) = e.file_type() else { continue };
+                    let p = e.path();
+                    if secret_paths.contains(&p) {
+                        continue;
+                    }
+                    if ft.is_dir() {
+                        stack.push(p);
+                    } else if ft.is_file() && n < DENY_ENUM_LIMIT {
+                        add(&p, file_rule::DENY);
+                        n += 1;
+                    }
+                }
+            }
+        }
+        for s in secret_paths {
+            add(s, file_rule::SECRET);
+        }
+        for p in deny_all.iter().chain(secret_paths).chain(control) {
+            if let Some(dir) = no_new_dir(p) {
+                add(&dir, file_rule::NO_NEW);
+            }
+        }
+        by_id.into_iter().map(|((dev, ino), (_, bits))| (dev, ino, bits)).collect()
+    }
+
+    /// The kernel map gets exactly what it got before the tables were stored small and shared,
+    /// for a node-like scope (the protected defaults, a daemon's evidence directory that grows
+    /// as tasks start, a denied tree with a secret inside, symlinked and missing paths), task
+    /// after task, also for tables shared before the node changed.
+    #[test]
+    fn file_rules_are_the_tables_of_before() {
+        let d = tempfile::tempdir().unwrap();
+        let r = fs::canonicalize(d.path()).unwrap();
+        for p in ["deny/sub/deeper", "state/tasks", "pins/v1/maps", "work", "vault"] {
+            fs::create_dir_all(r.join(p)).unwrap();
+        }
+        for p in ["deny/a", "deny/sub/b", "deny/sub/deeper/c", "state/daemon.json", "pins/v1/maps/EVENTS"] {
+            fs::write(r.join(p), p).unwrap();
+        }
+        fs::write(r.join("deny/token"), "t").unwrap();
+        fs::write(r.join("vault/key"), "k").unwrap();
+        std::fs::hard_link(r.join("deny/a"), r.join("work/a-link")).unwrap();
+        symlink(r.join("deny/sub"), r.join("work/sub-link")).unwrap();
+        let text = format!(
+            "version: 1\ntask: t\nexec:\n  allow: [/usr/bin/cat, /bin/sh]\nfiles:\n  read: [{r}, /usr, /etc]\n  \
+             write: [{r}/work, /tmp]\n  deny: [{r}/deny, {r}/work/sub-link, {r}/missing/later, {r}/vault]\n\
+             secrets:\n  - path: {r}/deny/token\n    tools: [/usr/bin/cat]\n  - path: {r}/vault/key\n    tools: [/usr/bin/cat]\n",
+            r = r.display()
+        );
+        let scope = Scope::parse(&text, Path::new("s.yaml")).unwrap();
+        let evidence = [r.join("state"), r.join("pins"), r.join("node.key")];
+        let args = || {
+            let canon = |v: &[PathBuf]| v.iter().map(|p| canonical_prefix(p)).collect::<Vec<_>>();
+            let mut deny_all = canon(&scope.deny);
+            deny_all.extend(canon(&credential_paths()));
+            deny_all.extend(node_devices());
+            deny_all.extend(canon(&evidence_paths()));
+            deny_all.extend(canon(&evidence));
+            let secrets = vec![r.join("deny/token"), r.join("vault/key")];
+            let exec = vec![fs::canonicalize("/usr/bin/cat").unwrap(), fs::canonicalize("/bin/sh").unwrap()];
+            (deny_all, secrets, exec, canon(&control_paths()))
+        };
+        let mut kept = Vec::new();
+        for task in 0..40 {
+            // What each task start adds below the daemon's protected directories.
+            fs::write(r.join(format!("state/tasks/t{task}.json")), "{}").unwrap();
+            fs::create_dir_all(r.join(format!("pins/v1/tasks/t{task}"))).unwrap();
+            for l in ["connect4", "connect6", "sendmsg4"] {
+                fs::write(r.join(format!("pins/v1/tasks/t{task}/{l}")), l).unwrap();
+            }
+            if task % 10 == 9 {
+                fs::remove_file(r.join(format!("state/tasks/t{}.json", task - 5))).unwrap();
+            }
+            let (deny_all, secrets, exec, control) = args();
+            let want = reference_file_rules(&scope, &deny_all, &secrets, &exec, &control);
+            let got = lsm_file_rules(&scope, &deny_all, &secrets, &exec, &control);
+            let got_v: Vec<(u64, u64, u32)> = got.iter().map(|f| (f.dev, f.ino, f.bits)).collect();
+            assert_eq!(got_v, want, "task {task}");
+            assert!(want.len() > 40, "a realistic table: {}", want.len());
+            kept.push((got, want));
+        }
+        for (i, (got, want)) in kept.iter().enumerate() {
+            let got_v: Vec<(u64, u64, u32)> = got.iter().map(|f| (f.dev, f.ino, f.bits)).collect();
+            assert_eq!(&got_v, want, "task {i}, after later tasks");
+        }
+        // Most of the 40 tables are kept as differences, not copies.
+        let own: usize = kept.iter().map(|(g, _)| g.own_bytes()).sum();
+        let whole: usize = kept.iter().map(|(_, w)| w.len() * std::mem::size_of::<FileRule>()).sum();
+        assert!(own * 4 < whole, "{own} bytes of their own of {whole}");
+        // The hard link to a denied file is denied by identity.
+        let link = FileId::of(&r.join("work/a-link")).unwrap();
+        assert_eq!(kept[0].0.get(link.dev, link.ino).map(|b| b & file_rule::DENY), Some(file_rule::DENY));
     }
 
     /// What the kernel's unix programs find for a (judgeable) name: the longest entry that
@@ -1310,7 +1440,10 @@ mod tests {
         }
         assert!(covered(&c.landlock.read, &r.join("other")), "the rest of the grant stays");
         let key = FileId::of(&r.join("node.key")).unwrap();
-        assert!(c.file_rules.iter().any(|f| f.id == key && f.bits & file_rule::DENY != 0), "by identity too");
+        assert!(
+            c.file_rules.get(key.dev, key.ino).is_some_and(|b| b & file_rule::DENY != 0),
+            "by identity too"
+        );
         // An explicit write grant around the log is an error; elsewhere it is not.
         let s = Scope::parse(
             &format!("version: 1\ntask: t\nfiles:\n  write: [{}]\n", r.display()),

@@ -4,6 +4,7 @@
 //! Errors name the file, the line and column, the field and a fix; `warden scope check` and
 //! `warden run` exit 2 on them.
 pub mod compile;
+pub mod file_rules;
 pub mod narrow;
 pub mod raw;
 pub mod suggest;
