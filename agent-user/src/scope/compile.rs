@@ -1350,7 +1350,9 @@ mod tests {
             let mut deny_all = canon(&scope.deny);
             deny_all.extend(canon(&credential_paths()));
             deny_all.extend(node_devices());
-            deny_all.extend(canon(&evidence_paths()));
+            // Not `evidence_paths()`: other tests register temporary directories there, which
+            // may vanish between the two tables.
+            deny_all.extend(canon(&[PathBuf::from(NODE_STATE_DIR)]));
             deny_all.extend(canon(&evidence));
             let secrets = vec![r.join("deny/token"), r.join("vault/key")];
             let exec = vec![fs::canonicalize("/usr/bin/cat").unwrap(), fs::canonicalize("/bin/sh").unwrap()];
