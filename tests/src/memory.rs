@@ -149,7 +149,7 @@ pub fn daemon_rss(tasks: usize, config: &str) -> anyhow::Result<Value> {
                 .unwrap_or_default()
         )
     };
-    if let Some(n) = file_rules {
+    if let Some(n) = file_rules.filter(|n| *n > 0) {
         println!(
             "  FILE_RULES entries with {tasks} tasks: {n} ({:.0} per task)",
             n as f64 / tasks.max(1) as f64
