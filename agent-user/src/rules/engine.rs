@@ -67,6 +67,10 @@ pub enum Outcome {
     Yes,
     /// The expression did not evaluate to a boolean (counted, treated as no match).
     Error,
+    /// Not evaluated ahead ([`Evaluator::outcomes`]): a later step of a sequence, which the
+    /// rule state asks for only while a sequence is under way for the record's key. The engine
+    /// evaluates it then ([`Engine::observe_with`]).
+    Deferred,
 }
 
 /// Binds a record's fields to CEL names when an expression reads them.
@@ -99,6 +103,8 @@ pub struct Evaluator<'a> {
     first: Vec<usize>,
     /// (rule, step) of each global step.
     steps: Vec<(usize, usize)>,
+    /// Global steps left to the engine by [`Evaluator::outcomes`]: the later steps of sequences.
+    deferred: Vec<bool>,
     /// Per record kind: which global steps can match it at all (at most [`MAX_KINDS`] kinds;
     /// others are computed each time into `scratch`, so odd input cannot grow it).
     by_kind: Vec<(String, Vec<bool>)>,
@@ -128,11 +134,13 @@ impl<'a> Evaluator<'a> {
             first.push(steps.len());
             steps.extend((0..r.steps.len()).map(|s| (i, s)));
         }
+        let deferred = steps.iter().map(|&(r, s)| set.rules[r].sequence && s > 0).collect();
         Self {
             set,
             root,
             first,
             steps,
+            deferred,
             by_kind: Vec::new(),
             last: 0,
             scratch: Vec::new(),
@@ -229,7 +237,10 @@ impl<'a> Evaluator<'a> {
         }
     }
 
-    /// Every step's outcome for `rec` (for evaluation ahead of the engine, e.g. on other threads).
+    /// Every step's outcome for `rec` (for evaluation ahead of the engine, e.g. on other threads),
+    /// [`Outcome::Deferred`] for later sequence steps that could match it: the rule state asks
+    /// for those only while a sequence is under way (rarely), so evaluating them for every
+    /// record would be wasted (the starter pack's `egress` step on every connect).
     pub fn outcomes(&mut self, rec: &dyn RecordView, out: &mut Vec<Outcome>) {
         out.clear();
         let kind = rec.str_field("kind").unwrap_or("");
@@ -245,11 +256,15 @@ impl<'a> Evaluator<'a> {
         } else {
             std::mem::take(&mut self.scratch)
         };
-        out.extend(
-            mask.iter().enumerate().map(|(id, &candidate)| {
-                if candidate { self.outcome_unindexed(rec, id) } else { Outcome::No }
-            }),
-        );
+        out.extend(mask.iter().enumerate().map(|(id, &candidate)| {
+            if !candidate {
+                Outcome::No
+            } else if self.deferred[id] {
+                Outcome::Deferred
+            } else {
+                self.outcome_unindexed(rec, id)
+            }
+        }));
         if remembered {
             self.by_kind[self.last].1 = mask;
         } else {
@@ -329,12 +344,17 @@ impl<'a> Engine<'a> {
     }
 
     /// Feeds one record whose step outcomes were computed already ([`Evaluator::outcomes`],
-    /// by an evaluator of the same rule set).
+    /// by an evaluator of the same rule set); [`Outcome::Deferred`] steps are evaluated here if
+    /// the rule state asks for them.
     pub fn observe_with(&mut self, rec: &dyn RecordView, outcomes: &[Outcome]) -> Vec<Finding> {
         if matches!(rec.str_field("kind"), Some("finding" | "checkpoint")) {
             return Vec::new();
         }
-        self.machines.run(rec, &mut self.eval_errors, &mut |id| outcomes[id])
+        let eval = &self.eval;
+        self.machines.run(rec, &mut self.eval_errors, &mut |id| match outcomes[id] {
+            Outcome::Deferred => eval.outcome_unindexed(rec, id),
+            known => known,
+        })
     }
 }
 
@@ -349,7 +369,8 @@ impl Machines<'_> {
         let mut errors = 0u64;
         let mut consult = |id: usize| match outcome(id) {
             Outcome::Yes => true,
-            Outcome::No => false,
+            // Answered by the caller's `outcome` (see `Engine::observe_with`); never left here.
+            Outcome::No | Outcome::Deferred => false,
             Outcome::Error => {
                 errors += 1;
                 false
@@ -563,6 +584,27 @@ mod tests {
         e.observe(&ev(1, 0, "open", json!({"path": "/run/secrets/gh"})));
         assert!(e.observe(&ev(2, 61, "connect", json!({"decision": "allow"}))).is_empty());
         assert_eq!(e.eval_errors, 0);
+    }
+
+    /// Evaluated ahead, a sequence's later steps are left to the engine, which evaluates them
+    /// only while a sequence is under way, with the same findings.
+    #[test]
+    fn later_sequence_steps_are_left_to_the_engine() {
+        let s = set(SEQ);
+        let mut evaluator = Evaluator::new(&s);
+        let mut engine = Engine::new(&s);
+        let mut out = Vec::new();
+        let open = ev(1, 0, "open", json!({"path": "/run/secrets/gh"}));
+        evaluator.outcomes(&open, &mut out);
+        assert_eq!(out, [Outcome::Yes, Outcome::No]);
+        assert!(engine.observe_with(&open, &out).is_empty());
+        let connect = ev(2, 5, "connect", json!({"decision": "allow"}));
+        evaluator.outcomes(&connect, &mut out);
+        assert_eq!(out, [Outcome::No, Outcome::Deferred]);
+        let f = engine.observe_with(&connect, &out);
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].seqs, vec![1, 2]);
+        assert_eq!(engine.eval_errors, 0);
     }
 
     #[test]
