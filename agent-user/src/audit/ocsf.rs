@@ -464,19 +464,22 @@ impl<'r> Obj<'r> {
         self.0.iter().rev().find(|e| e.0 == k).map(|e| &e.1)
     }
     fn sort(&mut self) {
-        // Objects built in key order (most of the small ones) are left as they are: strictly
-        // increasing keys also means no key was inserted twice.
-        if !self.0.is_sorted_by(|a, b| key_cmp(a.0, b.0).is_lt()) {
-            // Stable: of a key inserted twice, the value inserted last is last; keep it.
-            self.0.sort_by(|a, b| key_cmp(a.0, b.0));
-            self.0.dedup_by(|later, kept| {
-                if later.0 == kept.0 {
-                    std::mem::swap(later, kept);
-                    true
-                } else {
-                    false
+        // Objects are built in key order as far as they can be (every small one, and an
+        // event's common part, [`base`]): the strictly increasing prefix is kept, which also
+        // means no key in it was inserted twice, and the entries after it (an event's
+        // class-specific ones, a few) are put in place one by one, a key inserted again
+        // replacing its value: the order and values of a stable sort keeping the last value
+        // of each key.
+        let sorted =
+            self.0.windows(2).position(|w| !key_cmp(w[0].0, w[1].0).is_lt()).map_or(self.0.len(), |i| i + 1);
+        if sorted < self.0.len() {
+            let rest = self.0.split_off(sorted);
+            for (k, v) in rest {
+                match self.0.binary_search_by(|(n, _)| key_cmp(n, k)) {
+                    Ok(i) => self.0[i].1 = v,
+                    Err(i) => self.0.insert(i, (k, v)),
                 }
-            });
+            }
         }
         for (_, v) in &mut self.0 {
             v.sort();
@@ -970,18 +973,7 @@ fn base<'r>(
     type_caption: &str,
     ctx: &'r Context,
 ) -> Obj<'r> {
-    let mut e = Obj(Vec::with_capacity(32));
-    e.insert("class_uid", class.uid);
-    e.insert("class_name", class.name);
-    e.insert("category_uid", class.category_uid);
-    e.insert("category_name", class.category_name);
-    e.insert("activity_id", activity_id);
-    e.insert("activity_name", activity_name);
-    e.insert("type_uid", i64::from(class.uid) * 100 + activity_id);
-    e.insert("type_name", format!("{}: {type_caption}", class.name));
     let time = r.str("time").unwrap_or("");
-    e.insert("time", epoch_ms(time));
-    e.insert("timezone_offset", 0i64);
     let task = r.str("task").unwrap_or("");
     let seq = r.int("seq");
     let kind = r.str("kind").unwrap_or("");
@@ -1027,28 +1019,33 @@ fn base<'r>(
         md.insert("uid", event_uid(task, seq as u64));
     }
     md.insert("version", OCSF_VERSION);
-    e.insert("metadata", md);
-    e.insert("device", device(hostname));
+    // Inserted in key order (see `Obj::sort`).
+    let mut e = Obj(Vec::with_capacity(32));
+    if let Some(c) = &c {
+        e.insert("action", c.action);
+        e.insert("action_id", c.action_id);
+    }
+    e.insert("activity_id", activity_id);
+    e.insert("activity_name", activity_name);
+    e.insert("category_name", class.category_name);
+    e.insert("category_uid", class.category_uid);
+    e.insert("class_name", class.name);
+    e.insert("class_uid", class.uid);
     if let Some(ct) = container {
         e.insert("container", ct);
+    }
+    e.insert("device", device(hostname));
+    if let Some(c) = &c {
+        e.insert("disposition", c.disposition);
+        e.insert("disposition_id", c.disposition_id);
+        e.insert("is_alert", c.action_id != 1);
     }
     if let Some(m) = call {
         e.insert("message_context", m);
     }
+    e.insert("metadata", md);
     match c {
         Some(c) => {
-            e.insert("action_id", c.action_id);
-            e.insert("action", c.action);
-            e.insert("disposition_id", c.disposition_id);
-            e.insert("disposition", c.disposition);
-            e.insert("status_id", c.status_id);
-            e.insert("status", c.status);
-            e.insert("severity_id", c.severity_id);
-            e.insert("severity", severity_name(c.severity_id));
-            e.insert("is_alert", c.action_id != 1);
-            if let Some(d) = c.detail {
-                e.insert("status_detail", d);
-            }
             if let Some(rule) = r.peek_str("rule") {
                 e.insert(
                     "policy",
@@ -1059,12 +1056,23 @@ fn base<'r>(
                     ]),
                 );
             }
+            e.insert("severity", severity_name(c.severity_id));
+            e.insert("severity_id", c.severity_id);
+            e.insert("status", c.status);
+            if let Some(d) = c.detail {
+                e.insert("status_detail", d);
+            }
+            e.insert("status_id", c.status_id);
         }
         None => {
-            e.insert("severity_id", 1i64);
             e.insert("severity", "Informational");
+            e.insert("severity_id", 1i64);
         }
     }
+    e.insert("time", epoch_ms(time));
+    e.insert("timezone_offset", 0i64);
+    e.insert("type_name", format!("{}: {type_caption}", class.name));
+    e.insert("type_uid", i64::from(class.uid) * 100 + activity_id);
     e
 }
 
