@@ -1,4 +1,5 @@
-//! Host tier: a hijacked task running as root attacks its boundary. One script
+//! Host tier (fallback engine) and the VM tier's 6.12 guest (BPF LSM engine, `expected(lsm)`):
+//! a hijacked task running as root attacks its boundary. One script
 //! (`tests/attacks/attack.py`, about 200 attempts in a few seconds) runs inside `warden run`
 //! and inside a node daemon's task (`warden task exec`) with a permissive-but-realistic scope,
 //! against real targets: an ordinary process of the same uid with a secret in its
@@ -138,7 +139,12 @@ impl Targets {
 
     /// `sh -c` text that runs the attack script with the targets in its environment.
     fn script(&self) -> String {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("attacks/attack.py");
+        // Compiled in and written beside the targets: the VM tier's guest has the test binary,
+        // not the source tree.
+        let script = self.root.join("attack.py");
+        if !script.exists() {
+            fs::write(&script, include_str!("../attacks/attack.py")).unwrap();
+        }
         let vars: Vec<String> = self.env.iter().map(|(k, v)| format!("{k}='{v}'")).collect();
         format!("{} exec /usr/bin/python3 {}", vars.join(" "), script.display())
     }
@@ -179,9 +185,14 @@ fn results(stdout: &str) -> Vec<(String, String)> {
 
 /// The expected outcome of each attempt, with its reason: `EPERM` / `EACCES` / ... (an errno
 /// the attempt must end with), `killed SIGKILL`, `ok` (must work: ordinary use), or `ok:X`
-/// (works and prints X). `lsm`: the BPF LSM engine's answer where it differs.
+/// (works and prints X), `=TEXT` (exactly TEXT: a refusal at an earlier step of the attempt),
+/// `HOLE:X` (a known hole: the attempt works and prints exactly X; listed in
+/// docs/containment.md, "Still open", and printed as `KNOWN HOLE` so that a fix makes the test
+/// fail until the expectation becomes the refusal). `lsm`: the BPF LSM engine's answer where
+/// it differs (measured in the VM tier's 6.12 guest).
 fn expected(lsm: bool) -> Vec<(&'static str, &'static str)> {
-    let exec_refused = if lsm { "EACCES" } else { "killed SIGKILL" };
+    // BPF LSM: `bprm_check_security` refuses with EPERM; fallback: killed at exec.
+    let exec_refused = if lsm { "EPERM" } else { "killed SIGKILL" };
     let mut v = vec![
         // The init of the task's PID namespace: outside the sandbox, not dumpable.
         ("kill-init", "EPERM"),
@@ -193,7 +204,8 @@ fn expected(lsm: bool) -> Vec<(&'static str, &'static str)> {
         ("proc-ns-init", "EACCES"),
         ("prlimit-init", "EPERM"),
         ("ptrace-init", "EPERM"),
-        ("pidfd_getfd-init", "EPERM"),
+        // BPF LSM: already `pidfd_open` of the init is refused (EACCES).
+        ("pidfd_getfd-init", if lsm { "=pidfd err EACCES" } else { "EPERM" }),
         ("bystander-visible", "ok:0"),
         ("perf_event_open-cpu-wide", "EPERM"),
         // Its cgroup: only its own in view, control files not writable.
@@ -232,8 +244,9 @@ fn expected(lsm: bool) -> Vec<(&'static str, &'static str)> {
         // Files.
         ("read-denied", "EACCES"),
         ("symlink-to-denied", "EACCES"),
-        ("hardlink-denied-out", if lsm { "EACCES" } else { "EXDEV" }),
-        ("rename-denied-out", if lsm { "EACCES" } else { "EXDEV" }),
+        // The work directory is a mount of its own (`noexec` write root): EXDEV on both.
+        ("hardlink-denied-out", "EXDEV"),
+        ("rename-denied-out", "EXDEV"),
         ("opath-reopen-denied", "EACCES"),
         ("proc-self-root-denied", "EACCES"),
         ("read-shadow", "EACCES"),
@@ -299,8 +312,12 @@ fn expected(lsm: bool) -> Vec<(&'static str, &'static str)> {
         ("unix-denied-relative", "EACCES"),
         ("unix-denied-dotdot", "EACCES"),
         ("unix-denied-proc-root", "EACCES"),
-        ("unix-denied-dgram", "EACCES"),
-        ("unix-abstract-outside", "EPERM"),
+        // BPF LSM: a datagram to the (stream) socket fails the kernel's type check before
+        // `unix_may_send` (nothing is delivered); the fallback's cgroup program refuses first.
+        ("unix-denied-dgram", if lsm { "EPROTOTYPE" } else { "EACCES" }),
+        // BPF LSM: nothing refuses an abstract socket of a process outside (no Landlock
+        // scope, no hook that judges abstract names). A hole, reported; see containment.md.
+        ("unix-abstract-outside", if lsm { "HOLE:ok" } else { "EPERM" }),
         // Privilege.
         ("capeff", "ok:0000000000000000"),
         ("capbnd", "ok:0000000000000000"),
@@ -318,8 +335,8 @@ fn expected(lsm: bool) -> Vec<(&'static str, &'static str)> {
         // The fallback guards an allowed program outside the write grants with Landlock (a
         // record), BPF LSM with a read-only mount (none).
         ("write-allowed-binary", if lsm { "EROFS" } else { "EACCES" }),
-        ("rename-over-allowed", if lsm { "EBUSY" } else { "EXDEV" }),
-        ("unlink-allowed", if lsm { "EBUSY" } else { "EACCES" }),
+        ("rename-over-allowed", "EXDEV"),
+        ("unlink-allowed", "EACCES"),
         ("write-proc-self-exe", "ETXTBSY"),
         ("oom-score-adj-lower", "EACCES"),
         ("raise-own-hard-limit", "EPERM"),
@@ -329,15 +346,18 @@ fn expected(lsm: bool) -> Vec<(&'static str, &'static str)> {
         ("bystander-alive-end", "ESRCH"),
         ("done", "ok"),
     ];
+    // BPF LSM: no seccomp entry for these (the LSM hooks judge ptrace); the process is not
+    // in the task's PID namespace.
+    let ptrace_refused = if lsm { "ESRCH" } else { "EPERM" };
     for who in ["bystander", "supervisor"] {
         let leak: &[(&str, &str)] = &[
             ("kill", "ESRCH"),
             ("sigstop", "ESRCH"),
             ("prlimit", "ESRCH"),
             ("setpriority", "ESRCH"),
-            ("ptrace", "EPERM"),
-            ("ptrace-seize", "EPERM"),
-            ("process_vm_readv", "EPERM"),
+            ("ptrace", ptrace_refused),
+            ("ptrace-seize", ptrace_refused),
+            ("process_vm_readv", ptrace_refused),
             ("pidfd_open", "ESRCH"),
             ("perf_event_open", "EPERM"),
             ("proc-environ", "ENOENT"),
@@ -363,6 +383,11 @@ fn check(got: &[(String, String)], lsm: bool) -> Vec<String> {
             continue;
         };
         let ok = match want {
+            w if w.starts_with("HOLE:") => {
+                println!("KNOWN HOLE {name}: {r} (docs/containment.md, Still open)");
+                r == &w[5..]
+            }
+            w if w.starts_with('=') => r == &w[1..],
             "ok" => r == "ok" || r.starts_with("ok "),
             w if w.starts_with("ok:") => r.strip_prefix("ok ").is_some_and(|x| x == &w[3..]),
             w if w.starts_with("killed ") || w.starts_with("exit ") => r == w,
@@ -598,7 +623,7 @@ fn a_task_beyond_its_memory_limit_is_killed_on_the_record() {
     let scope = "version: 1\ntask: memory\nlimits:\n  memory: 128MiB\n";
     let script = "while [ ! -e \"$GO\" ]; do sleep 0.05; done; \
         python3 -c 'b = bytearray(b\"x\") * (48 << 20); print(\"under\", len(b))' && \
-        seq 1 200000 | sort -rn -S 32M | head -n 1 && \
+        seq 1 200000 | sed -n '$p' && \
         python3 -c 'import mmap\nm = mmap.mmap(-1, 256 << 20)\nfor _ in range(256): m.write(b\"x\" * (1 << 20))\nprint(\"over survived\")'; \
         echo \"over exit $?\"";
     // The script waits for this file. An assertion failing while it waits ends the task

@@ -38,6 +38,9 @@ const EVERY_KERNEL: &[&str] = &["6.1", "6.12", "newest"];
 /// lacks `SO_PEERPIDFD`, detaches trampolines slowly; the newest has dropped BTF names older
 /// kernels had). Every BPF LSM engine test runs on both.
 const OLDEST_AND_NEWEST: &[&str] = &["6.1", "newest"];
+/// The middle kernel alone: BPF LSM engine binaries that need a guest but not both ends, put
+/// where the guest has time (the ends' guests are the tier's long poles).
+const MIDDLE: &[&str] = &["6.12"];
 
 /// Test binaries (`tests/tests/<name>.rs`) that run in the VM by default, in this order, and
 /// the kernel families each runs on. `lsm` (BPF LSM programs loaded, attached and denying
@@ -49,8 +52,10 @@ const OLDEST_AND_NEWEST: &[&str] = &["6.1", "newest"];
 /// against the dnsmasq the initramfs carries, `calls` tool calls' own slots and narrower scopes
 /// under the daemon. Each guest takes about one host core (TCG), and these five are about 85%
 /// of a guest's cycle: running them on the middle kernel too cost a third of the tier's CPU
-/// for no kernel difference the two ends do not already show. `--test` runs the binaries it
-/// names on every chosen kernel.
+/// for no kernel difference the two ends do not already show. `attacks` (a hijacked root task
+/// against its boundary, `docs/containment.md`) runs the held-out suite's engine on the middle
+/// kernel, whose guest has time to spare. `--test` runs the binaries it names on every chosen
+/// kernel.
 pub const VM_TESTS: &[(&str, &[&str])] = &[
     ("lsm", EVERY_KERNEL),
     ("lifecycle", EVERY_KERNEL),
@@ -60,6 +65,7 @@ pub const VM_TESTS: &[(&str, &[&str])] = &[
     ("boundary", OLDEST_AND_NEWEST),
     ("dns", OLDEST_AND_NEWEST),
     ("calls", OLDEST_AND_NEWEST),
+    ("attacks", MIDDLE),
 ];
 
 /// The test binaries a kernel of these families runs: `chosen` (from `--test`) on every
@@ -92,7 +98,7 @@ pub struct VmArgs {
     pub kernels: Vec<String>,
     /// Test binaries (tests/tests/<NAME>.rs) to run in the guest, on every chosen kernel.
     /// Default: lsm, lifecycle, drops on every kernel; scope, node, boundary, dns, calls on
-    /// 6.1 and the newest (docs/vm.md).
+    /// 6.1 and the newest; attacks on 6.12 (docs/vm.md).
     #[arg(long = "test", value_name = "NAME")]
     pub tests: Vec<String>,
     /// Features the guest must have (WARDEN_REQUIRE, comma-separated). Default: bpf_lsm.
@@ -426,15 +432,18 @@ mod tests {
     #[test]
     fn the_middle_kernel_runs_the_kernel_sensitive_binaries_and_the_ends_run_all() {
         let all: Vec<String> = VM_TESTS.iter().map(|(n, _)| n.to_string()).collect();
-        assert_eq!(tests_for(&["6.1"], &[]), all);
-        assert_eq!(tests_for(&["newest"], &[]), all);
-        assert_eq!(tests_for(&["6.12"], &[]), ["lsm", "lifecycle", "drops"]);
+        let ends: Vec<String> = all.iter().filter(|n| *n != "attacks").cloned().collect();
+        assert_eq!(tests_for(&["6.1"], &[]), ends);
+        assert_eq!(tests_for(&["newest"], &[]), ends);
+        assert_eq!(tests_for(&["6.12"], &[]), ["lsm", "lifecycle", "drops", "attacks"]);
         // One kernel standing for both 6.12 and the newest runs everything.
         assert_eq!(tests_for(&["6.12", "newest"], &[]), all);
         // --test runs what it names on every kernel.
         assert_eq!(tests_for(&["6.12"], &["scope".to_string()]), ["scope"]);
-        // Every binary runs on the oldest and the newest kernel.
-        assert!(VM_TESTS.iter().all(|(_, on)| on.contains(&"6.1") && on.contains(&"newest")));
+        // Every binary runs on the oldest and the newest kernel, but those of the middle one.
+        assert!(
+            VM_TESTS.iter().all(|(_, on)| *on == MIDDLE || (on.contains(&"6.1") && on.contains(&"newest")))
+        );
     }
 
     #[test]
