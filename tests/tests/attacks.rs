@@ -595,17 +595,17 @@ fn memory_limit_of(sandbox: &Path) -> (PathBuf, PathBuf) {
 }
 
 /// Waits for `task_start` in a running `warden run`'s log; returns the sandbox's path.
+/// Generous: in a TCG guest sharing the host's cores with two more guests and the host tier,
+/// loading the BPF LSM engine takes seconds (a 10 s wait failed there once).
 fn sandbox_of(running: &warden_tests::RunningWarden) -> PathBuf {
-    for _ in 0..200 {
+    let start = warden_tests::wait_for(Duration::from_secs(30), || {
         let text = fs::read_to_string(&running.log_path).unwrap_or_default();
-        if let Some(start) = text
-            .lines()
+        text.lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
             .find(|r| r["kind"] == "task_start")
-        {
-            return PathBuf::from(start["cgroup"].as_str().expect("task_start.cgroup"));
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    });
+    if let Some(start) = start {
+        return PathBuf::from(start["cgroup"].as_str().expect("task_start.cgroup"));
     }
     panic!("no task_start in {}", running.log_path.display());
 }
@@ -691,11 +691,17 @@ fn a_task_beyond_its_memory_limit_is_killed_on_the_record() {
     assert!(!limit_cg.exists(), "{} is left behind", limit_cg.display());
 
     // No `limits.memory`: the node's default, half of its memory.
-    let running = spawn_warden("version: 1\ntask: memory-default\n", "sleep 1", &["--no-tty"]);
+    // It waits for `go` too: read while it runs, however slow the start.
+    let mut go = Go(dir.path().join("go-default"), None);
+    let script = format!("while [ ! -e {} ]; do sleep 0.05; done", go.0.display());
+    let running = spawn_warden("version: 1\ntask: memory-default\n", &script, &["--no-tty"]);
+    go.1 = Some(running.child.id());
     let (limit_cg, limit_file) = memory_limit_of(&sandbox_of(&running));
     let limit = fs::read_to_string(&limit_file).unwrap();
     let want = agent_user::sandbox::limits::default_memory().unwrap();
     assert_eq!(limit.trim(), want.to_string(), "{}", limit_file.display());
+    go.1 = None;
+    drop(go);
     let out = running.finish();
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     assert!(!out.records.iter().any(|r| r["rule"] == "limits.memory"), "nothing was killed");
