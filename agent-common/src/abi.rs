@@ -67,6 +67,8 @@ pub mod file_op {
     pub const TRUNCATE: u32 = 8;
     /// `rename(RENAME_EXCHANGE)`.
     pub const EXCHANGE: u32 = 9;
+    /// `chmod` (any of its calls): a file's permissions.
+    pub const CHMOD: u32 = 10;
 }
 
 /// Unix-socket operations (`LsmRecord::arg` of `kind::UNIX`).
@@ -128,6 +130,8 @@ pub mod rule {
     /// A path-named unix socket named so that its name cannot be judged (relative, with `.`,
     /// `..` or empty components, or through `/proc`): fallback engine, which judges names.
     pub const UNIX_NAME: u16 = 13;
+    /// Protected default: the node's programs, libraries, configuration and state (writing).
+    pub const PROTECTED_SYSTEM: u16 = 14;
 }
 
 /// Connection operations (`ConnectRecord::op`).

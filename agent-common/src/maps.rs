@@ -75,6 +75,9 @@ pub mod file_rule {
     /// `UNIX_RULES` only: names beneath resolve elsewhere through magic links (`/proc`,
     /// `/dev/fd`), so a unix socket named through them cannot be judged by its name.
     pub const OPAQUE: u32 = 1 << 6;
+    /// Never written unless the scope grants `system`: the node's programs, libraries,
+    /// configuration and state, and its users' login files (see `scope::compile`).
+    pub const DENY_SYSTEM: u32 = 1 << 7;
 }
 
 /// Name of the LPM trie the fallback engine judges path-named unix sockets with (key: prefix

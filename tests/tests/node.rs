@@ -5,11 +5,12 @@
 use std::{
     ffi::CString,
     fs,
+    os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     process::Command,
 };
 
-use warden_tests::{coverage, engine, require, run_warden, warden_bin};
+use warden_tests::{coverage, engine, probe_report, require, run_warden, warden_bin};
 
 const NODE: &str = env!("CARGO_BIN_EXE_warden-node-probe");
 const PROBE: &str = env!("CARGO_BIN_EXE_warden-probe");
@@ -247,6 +248,98 @@ fn node_files_are_protected_without_a_write_section() {
         assert!(records >= 2, "{:#?}", out.judged());
     }
     coverage("node files", "syscall", outcome(records));
+}
+
+/// Removes a file the task might have created if a protection failed.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
+}
+
+#[test]
+fn the_nodes_own_files_are_protected_without_a_write_section() {
+    let test = "the_nodes_own_files_are_protected_without_a_write_section";
+    if !require(test, "landlock") {
+        return;
+    }
+    let lsm = engine() == "bpf-lsm";
+    let t = tempfile::tempdir().unwrap();
+    let work = fs::canonicalize(t.path()).unwrap();
+    fs::write(work.join("mine"), "x").unwrap();
+    let new_etc = RemoveOnDrop(PathBuf::from(format!("/etc/warden-test-{}", std::process::id())));
+    let new_tmp = RemoveOnDrop(PathBuf::from(format!("/var/tmp/warden-test-{}", std::process::id())));
+    let _link = RemoveOnDrop(work.join("env-link"));
+    // A node program the scope does not allow (allowed ones are read-only binds on the
+    // fallback engine, a different refusal), and its own mode: re-applying it changes nothing.
+    let env = fs::canonicalize("/usr/bin/env").unwrap();
+    let mode = fs::metadata(&env).unwrap().permissions().mode() & 0o7777;
+    let p = PROBE;
+    // Every attempt is harmless when let through: opening for writing writes nothing, the
+    // new names are removed on drop, the mode is the one the file has.
+    let script = format!(
+        "{p} write /etc/passwd | sed s/^write/etc-passwd/
+         {p} write {env} | sed s/^write/node-program/
+         {p} write {etc} | sed s/^write/etc-new/
+         {p} link {env} {w}/env-link | sed s/^link/link-out/
+         {p} chmod {env} {mode:o} | sed s/^chmod/chmod-node/
+         {p} chmod {w}/mine 4755 | sed s/^chmod/setuid-own/
+         {p} write {w}/mine | sed s/^write/own-file/
+         {p} write {tmp} | sed s/^write/var-tmp/
+         {p} open /etc/passwd | sed s/^open/read-passwd/",
+        env = env.display(),
+        etc = new_etc.0.display(),
+        tmp = new_tmp.0.display(),
+        w = work.display(),
+    );
+    let out = run_warden(&example_scope("node-own-files"), &script, &[]);
+    assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
+    for op in ["etc-passwd", "node-program", "etc-new", "link-out"] {
+        assert_eq!(out.result(op), "err 13", "{op}\n{}", out.stdout);
+    }
+    assert!(!new_etc.0.exists() && !work.join("env-link").exists());
+    // Making a file setuid: refused by seccomp on both engines (EPERM).
+    assert_eq!(out.result("setuid-own"), "err 1");
+    // The permissions of a node file: refused at `path_chmod` under BPF LSM; the fallback
+    // engine has no hook for it (Landlock has no right for it), only the setuid/setgid bits
+    // are refused there (docs/containment.md).
+    assert_eq!(out.result("chmod-node"), if lsm { "err 13" } else { "ok" });
+    // Ordinary work: the task's own files, the node's temporary directory, reading the node.
+    for op in ["own-file", "var-tmp", "read-passwd"] {
+        assert_eq!(out.result(op), "ok", "{op}\n{}", out.stdout);
+    }
+    // Each refusal on the record, named by the rule a responder can look up.
+    let denies: Vec<&serde_json::Value> = out.records.iter().filter(|r| r["decision"] == "deny").collect();
+    let system = |f: &dyn Fn(&str) -> bool| {
+        denies.iter().any(|r| r["rule"] == "protected.system" && r["path"].as_str().is_some_and(f))
+    };
+    let env_s = env.display().to_string();
+    let env_dir = env.parent().unwrap().display().to_string();
+    assert!(system(&|p| p == "/etc/passwd"), "etc-passwd: {denies:#?}");
+    assert!(system(&|p| p == env_s), "node-program: {denies:#?}");
+    assert!(system(&|p| p.starts_with("/etc") && p != "/etc/passwd"), "etc-new: {denies:#?}");
+    assert!(system(&|p| p == env_dir || p == env_s), "link-out: {denies:#?}");
+    if lsm {
+        assert!(
+            denies.iter().any(|r| r["rule"] == "protected.system" && r["kind"] == "file" && r["arg"] == 10),
+            "chmod-node: {denies:#?}"
+        );
+    }
+    // Seccomp's refusals reach the record through the kernel's audit (where it has one).
+    if probe_report().features.iter().any(|f| f.name == "kernel_audit" && f.available) {
+        assert!(
+            denies.iter().any(|r| r["rule"] == "protected.setid" && r["syscall"] == "chmod"),
+            "setuid-own: {denies:#?}"
+        );
+    }
+    assert!(
+        !denies.iter().any(|r| r["path"].as_str().is_some_and(|p| p.starts_with(work.to_str().unwrap())
+            && !p.ends_with("env-link"))),
+        "the task's own files were refused: {denies:#?}"
+    );
+    coverage("node's own files", "syscall", outcome(denies.len()));
 }
 
 /// Runs `warden run` with the key and log at the given places.

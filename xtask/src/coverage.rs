@@ -33,6 +33,7 @@ pub const CONTROLS: &[&str] = &[
     "node calls",
     "raw and packet sockets",
     "node files",
+    "node's own files",
     "evidence files",
     "other processes by pid",
     "supervisor reach",

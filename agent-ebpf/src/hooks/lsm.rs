@@ -492,6 +492,8 @@ pub fn lsm_file_open(ctx: LsmContext) -> i32 {
             rule_id = rule::FILES_DENY;
         } else if want_write && bits & file_rule::DENY_WRITE != 0 {
             rule_id = rule::PROTECTED_CONTROL;
+        } else if want_write && bits & file_rule::DENY_SYSTEM != 0 {
+            rule_id = rule::PROTECTED_SYSTEM;
         } else if want_write && !write_ok(&sandbox, bits, w.complete) {
             rule_id = rule::FILES_WRITE;
         } else if want_read && !read_ok(&sandbox, bits, w.complete) && !on_procfs(inode, off) {
@@ -571,10 +573,15 @@ lsm_program!(
 #[inline(always)]
 fn name_change_rule(sandbox: &Sandbox, w: &Walk, adding: bool) -> u16 {
     let bits = w.all();
-    if bits & file_rule::DENY != 0 || (adding && w.parent & file_rule::NO_NEW != 0) {
+    // A new name in a system directory is the system rule's (such a directory often holds a
+    // denied name too, e.g. /etc/shadow, whose carve-out refuses new names beside it).
+    let system = bits & file_rule::DENY_SYSTEM != 0;
+    if bits & file_rule::DENY != 0 || (adding && w.parent & file_rule::NO_NEW != 0 && !system) {
         rule::FILES_DENY
     } else if bits & file_rule::DENY_WRITE != 0 {
         rule::PROTECTED_CONTROL
+    } else if system {
+        rule::PROTECTED_SYSTEM
     } else if w.own & file_rule::SECRET != 0 {
         // A secret keeps the one name it was granted under.
         rule::SECRETS
@@ -674,6 +681,8 @@ fn guarded_object_rule(w: &Walk) -> u16 {
         rule::FILES_DENY
     } else if bits & file_rule::DENY_WRITE != 0 {
         rule::PROTECTED_CONTROL
+    } else if bits & file_rule::DENY_SYSTEM != 0 {
+        rule::PROTECTED_SYSTEM
     } else if w.own & file_rule::SECRET != 0 {
         rule::SECRETS
     } else {
@@ -704,6 +713,28 @@ pub fn lsm_path_truncate(ctx: LsmContext) -> i32 {
         rule_id = rule::FILES_WRITE;
     }
     tree_verdict(cgroup_id, &sandbox, off, rule_id, file_op::TRUNCATE, dentry, vfsmnt)
+}
+
+/// `path_chmod(const struct path *path, umode_t mode, int ret)`: changing the permissions of
+/// a file the task may not write (a denied, control, system or secret file) — e.g. making a
+/// node program setuid, or `/etc/passwd` writable by everyone — is refused like writing it.
+#[lsm(hook = "path_chmod")]
+pub fn lsm_path_chmod(ctx: LsmContext) -> i32 {
+    let prev: i32 = ctx.arg(2);
+    if prev != 0 {
+        return prev;
+    }
+    let Some((cgroup_id, sandbox, off)) = lsm_sandbox() else {
+        return 0;
+    };
+    let path: *const u8 = ctx.arg(0);
+    let (Ok(dentry), Ok(vfsmnt)) =
+        (read::<*const u8>(path, off.path_dentry), read::<*const u8>(path, off.path_mnt))
+    else {
+        return 0;
+    };
+    let w = walk(sandbox.slot, dentry, vfsmnt, off);
+    tree_verdict(cgroup_id, &sandbox, off, guarded_object_rule(&w), file_op::CHMOD, dentry, vfsmnt)
 }
 
 /// The rule that refuses giving the object `src` walked the name `dst` walked (link, or one

@@ -611,6 +611,7 @@ fn file_change(op: Option<i64>) -> (i64, &'static str, &'static str, i64, &'stat
         Some(7) => (4, "Delete", "Delete", FOLDER, "rmdir"),
         Some(8) => (3, "Update", "Update", REGULAR_FILE, "truncate"),
         Some(9) => (5, "Rename", "Rename", UNKNOWN_FILE, "rename (exchange)"),
+        Some(10) => (7, "Set Security", "Set Security", UNKNOWN_FILE, "chmod"),
         _ => (OTHER, "File Change", "Other", UNKNOWN_FILE, "file change"),
     }
 }

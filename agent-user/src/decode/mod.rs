@@ -61,6 +61,7 @@ pub enum KRule {
     ProtectedMount,
     ProtectedModule,
     ProtectedControl,
+    ProtectedSystem,
     ExecMmap,
     /// A unix socket named so the fallback engine cannot judge it (see `rule::UNIX_NAME`).
     UnixName,
@@ -82,6 +83,7 @@ impl KRule {
             KRule::ProtectedMount => Some("protected.mount"),
             KRule::ProtectedModule => Some("protected.modules"),
             KRule::ProtectedControl => Some("protected.control"),
+            KRule::ProtectedSystem => Some("protected.system"),
             KRule::ExecMmap => Some("exec.allow"),
             KRule::UnixName => Some("files.unix_name"),
         }
@@ -319,6 +321,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
             rule::PROTECTED_MOUNT => KRule::ProtectedMount,
             rule::PROTECTED_MODULE => KRule::ProtectedModule,
             rule::PROTECTED_CONTROL => KRule::ProtectedControl,
+            rule::PROTECTED_SYSTEM => KRule::ProtectedSystem,
             rule::EXEC_MMAP => KRule::ExecMmap,
             rule::UNIX_NAME => KRule::UnixName,
             v => return Err(bad("rule", v.into())),

@@ -101,6 +101,11 @@ impl TaskInfo {
                     (libc::SYS_sched_setattr, "sched_setattr"),
                     (libc::SYS_unshare, "unshare"),
                     (libc::SYS_clone, "clone"),
+                    // Making a file setuid or setgid.
+                    (libc::SYS_chmod, "chmod"),
+                    (libc::SYS_fchmod, "fchmod"),
+                    (libc::SYS_fchmodat, "fchmodat"),
+                    (452, "fchmodat2"),
                 ])
                 .collect(),
         }
@@ -466,12 +471,16 @@ fn landlock_kind_rule(t: &TaskInfo, blockers: &[String], path: Option<&str>) -> 
             "files.deny"
         } else if write && under(&pr.control) {
             "protected.control"
+        } else if write && under(&pr.system) {
+            "protected.system"
         } else if outside_roots {
             if write { "files.write" } else { "files.read" }
         } else if above(&pr.deny) {
             "files.deny"
         } else if write && above(&pr.control) {
             "protected.control"
+        } else if write && above(&pr.system) {
+            "protected.system"
         } else if write {
             "files.write"
         } else {
@@ -528,6 +537,7 @@ pub fn syscall_kind_rule(name: &str) -> (Kind, &'static str) {
         "prlimit64" | "setpriority" | "ioprio_set" | "sched_setaffinity" | "sched_setscheduler"
         | "sched_setparam" | "sched_setattr" => (Kind::Syscall, "protected.process"),
         "unshare" | "clone" => (Kind::Syscall, "protected.userns"),
+        "chmod" | "fchmod" | "fchmodat" | "fchmodat2" => (Kind::Syscall, "protected.setid"),
         "io_uring_setup" | "io_uring_enter" | "io_uring_register" => (Kind::Syscall, "protected.io_uring"),
         "socket" | "socketpair" => (Kind::Socket, "protected.sockets"),
         _ => (Kind::Syscall, "protected.syscalls"),
@@ -595,6 +605,7 @@ mod tests {
                 deny: vec!["/etc/shadow".into(), "/data/secret".into()],
                 secrets: vec!["/data/secret/token".into()],
                 control: vec!["/sys/fs/cgroup".into()],
+                system: vec!["/etc".into(), "/usr".into(), "/root/.bashrc".into()],
                 read_roots: None,
                 write_roots: Some(vec!["/data/out".into()]),
             }),
@@ -644,6 +655,18 @@ mod tests {
         );
         let [Output::Refusal(r)] = out.as_slice() else { panic!() };
         assert_eq!((r.kind, r.rule), (Kind::Open, "protected.control"));
+        // The node's own files: a write names protected.system, a read of them is no refusal
+        // of that rule (reads there are the read grants' business).
+        for (text, kind, rule) in [
+            ("blockers=fs.write_file path=\"/etc/ld.so.preload\" ino=11", Kind::Open, "protected.system"),
+            ("blockers=fs.write_file path=\"/root/.bashrc\" ino=13", Kind::Open, "protected.system"),
+            ("blockers=fs.write_file path=\"/usr/bin/env\" ino=12", Kind::Open, "protected.system"),
+            ("blockers=fs.read_file path=\"/etc/ld.so.preload\" ino=11", Kind::Open, "files.read"),
+        ] {
+            let out = feed(&mut tr, 1423, &format!("audit(1.000:3): domain=a {text}"), &none);
+            let [Output::Refusal(r)] = out.as_slice() else { panic!("{text}: {out:?}") };
+            assert_eq!((r.kind, r.rule), (kind, rule), "{text}");
+        }
         let out = feed(
             &mut tr,
             1423,
@@ -680,8 +703,8 @@ mod tests {
         tr.release_held(Duration::ZERO, &mut out);
         let [Output::Refusal(r)] = out.as_slice() else { panic!() };
         assert_eq!((r.kind, r.rule), (Kind::File, "files.deny"));
-        // 7 received; the domain says 8 were denied: one is missing.
-        let out = feed(&mut tr, 1424, "audit(2.000:22): domain=a status=deallocated denials=8", &none);
+        // 11 received; the domain says 12 were denied: one is missing.
+        let out = feed(&mut tr, 1424, "audit(2.000:22): domain=a status=deallocated denials=12", &none);
         assert_eq!(out, [Output::Gap { slot: 3, missing: 1 }]);
     }
 

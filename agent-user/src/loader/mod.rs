@@ -139,7 +139,7 @@ pub const EGRESS_PROGRAMS: [&str; 8] = [
 /// reads the previous verdict (`ret`) right after the hook's own parameters, so a hook whose
 /// prototype differs on the running kernel is refused before loading (the `bpf` hook, which
 /// gained a parameter in 6.14, has one program per prototype).
-pub const LSM_PROGRAMS: [(&str, &str, usize); 21] = [
+pub const LSM_PROGRAMS: [(&str, &str, usize); 22] = [
     ("lsm_bprm_check", "bprm_check_security", 1),
     ("lsm_file_open", "file_open", 1),
     ("lsm_mmap_file", "mmap_file", 4),
@@ -157,6 +157,7 @@ pub const LSM_PROGRAMS: [(&str, &str, usize); 21] = [
     ("lsm_path_unlink", "path_unlink", 2),
     ("lsm_path_rmdir", "path_rmdir", 2),
     ("lsm_path_truncate", "path_truncate", 1),
+    ("lsm_path_chmod", "path_chmod", 2),
     ("lsm_path_link", "path_link", 3),
     ("lsm_path_rename", "path_rename", 5),
     ("lsm_unix_stream_connect", "unix_stream_connect", 3),

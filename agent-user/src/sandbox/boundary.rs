@@ -618,7 +618,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let w = std::fs::canonicalize(d.path()).unwrap();
         let c = compiled(&format!(
-            "version: 1\ntask: t\nexec:\n  allow: [/bin/sh]\nfiles:\n  write: [{}, /usr, /dev/null]\n",
+            "version: 1\ntask: t\ngrant: [system]\nexec:\n  allow: [/bin/sh]\nfiles:\n  write: [{}, /usr, /dev/null]\n",
             w.display()
         ));
         let plan = MountPlan::new(MOUNTINFO, &c, true, true);

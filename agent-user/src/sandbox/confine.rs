@@ -190,6 +190,7 @@ impl Confinement {
         super::seccomp::ProcessPolicy {
             no_clone3: c.call,
             userns: c.scope.grants.contains(&crate::scope::raw::Grant::Userns),
+            setid: c.scope.grants.contains(&crate::scope::raw::Grant::System),
         }
     }
 

@@ -118,7 +118,7 @@ impl Asm {
 /// Builds the filter: `deny` numbers refused with `EPERM`, sockets judged by `sockets`,
 /// user namespaces allowed.
 pub fn build(deny: &[i64], sockets: SocketPolicy) -> Vec<sock_filter> {
-    build_with(deny, ProcessPolicy { no_clone3: false, userns: true }, sockets)
+    build_with(deny, ProcessPolicy { no_clone3: false, userns: true, setid: true }, sockets)
 }
 
 /// What the filter lets a task's processes do to other processes and namespaces.
@@ -135,7 +135,17 @@ pub struct ProcessPolicy {
     /// configuration (traffic control, interfaces), a mount namespace — kernel code a task
     /// without capabilities never reaches otherwise.
     pub userns: bool,
+    /// Files may be made setuid or setgid (`chmod` with `S_ISUID`/`S_ISGID`; the `system`
+    /// grant, for installing packages). Without it those calls are refused: a task's write
+    /// roots are mounted `nosuid`, so the only files where the bits would work are the
+    /// node's own, where they make a program run as its owner for every user of the node.
+    pub setid: bool,
 }
+
+/// `S_ISUID | S_ISGID`.
+const SETID_BITS: u32 = 0o6000;
+/// `fchmodat2` (Linux 6.6; not in every libc crate's table).
+const SYS_FCHMODAT2: i64 = 452;
 
 /// The one process outside the sandbox that a task sees: PID 1 of its PID namespace,
 /// Warden's init. Calls that change another process's limits or scheduling by pid answer
@@ -244,6 +254,25 @@ pub fn build_with(deny: &[i64], process: ProcessPolicy, sockets: SocketPolicy) -
         a.bind(ok);
         a.ret(RET_ALLOW);
         a.bind(next);
+    }
+    if !process.setid {
+        // chmod(path, mode), fchmod(fd, mode); fchmodat(dir, path, mode), fchmodat2(dir, path,
+        // mode, flags).
+        for (nr, mode_arg) in
+            [(libc::SYS_chmod, 1), (libc::SYS_fchmod, 1), (libc::SYS_fchmodat, 2), (SYS_FCHMODAT2, 2)]
+        {
+            let (hit, next, r, ok) = (a.label(), a.label(), a.label(), a.label());
+            a.jump(JEQ_K, nr as u32, hit, next);
+            a.bind(hit);
+            a.load(arg_lo(mode_arg));
+            a.stmt(AND_K, SETID_BITS);
+            a.jump(JEQ_K, 0, ok, r);
+            a.bind(r);
+            a.ret(eperm);
+            a.bind(ok);
+            a.ret(RET_ALLOW);
+            a.bind(next);
+        }
     }
     if !process.userns {
         // unshare(flags) and clone(flags, ...): CLONE_NEWUSER in the first argument.
@@ -410,16 +439,44 @@ mod tests {
         assert_eq!(evaluate(&q, X86, libc::SYS_clone3 as u32, [0; 6]), RET_ERRNO | libc::ENOSYS as u32);
         assert_eq!(evaluate(&q, X86, libc::SYS_clone as u32, [0; 6]), RET_ALLOW);
         assert_eq!(evaluate(&q, I386, 120, [0; 6]), RET_KILL_PROCESS);
-        let granted =
-            build_with(&[], ProcessPolicy { no_clone3: false, userns: true }, SocketPolicy::default());
+        let granted = build_with(
+            &[],
+            ProcessPolicy { no_clone3: false, userns: true, setid: false },
+            SocketPolicy::default(),
+        );
         assert_eq!(evaluate(&granted, X86, libc::SYS_unshare as u32, [newuser, 0, 0, 0, 0, 0]), RET_ALLOW);
-        assert!(!ProcessPolicy { no_clone3: false, userns: true }.no_clone3());
-        assert!(ProcessPolicy { no_clone3: true, userns: true }.no_clone3(), "a call");
+        assert!(!ProcessPolicy { no_clone3: false, userns: true, setid: false }.no_clone3());
+        assert!(ProcessPolicy { no_clone3: true, userns: true, setid: false }.no_clone3(), "a call");
         assert_eq!(
             evaluate(&granted, X86, libc::SYS_prlimit64 as u32, [1, 0, 0, 0, 0, 0]),
             EPERM,
             "the init stays out of reach"
         );
+    }
+
+    #[test]
+    fn setuid_and_setgid_modes_are_refused_unless_granted() {
+        let p = build_with(&[], ProcessPolicy::default(), SocketPolicy::default());
+        let call = |p: &[sock_filter], nr: i64, args: [u64; 6]| evaluate(p, X86, nr as u32, args);
+        for (nr, at) in [(libc::SYS_chmod, 1), (libc::SYS_fchmod, 1), (libc::SYS_fchmodat, 2), (SYS_FCHMODAT2, 2)] {
+            let with = |mode: u64| {
+                let mut a = [0u64; 6];
+                a[at] = mode;
+                a
+            };
+            assert_eq!(call(&p, nr, with(0o4755)), EPERM, "{nr}: setuid");
+            assert_eq!(call(&p, nr, with(0o2775)), EPERM, "{nr}: setgid");
+            assert_eq!(call(&p, nr, with(0o755)), RET_ALLOW, "{nr}: chmod +x");
+            assert_eq!(call(&p, nr, with(0o1777)), RET_ALLOW, "{nr}: sticky");
+            let granted = build_with(
+                &[],
+                ProcessPolicy { no_clone3: false, userns: false, setid: true },
+                SocketPolicy::default(),
+            );
+            assert_eq!(call(&granted, nr, with(0o4755)), RET_ALLOW, "{nr}: granted");
+        }
+        // The mode is judged in its own argument only.
+        assert_eq!(call(&p, libc::SYS_fchmodat, [0o4755, 0o4755, 0o644, 0, 0, 0]), RET_ALLOW);
     }
 
     #[test]

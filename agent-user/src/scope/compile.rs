@@ -206,6 +206,9 @@ pub struct Protected {
     pub secrets: Vec<PathBuf>,
     /// System control paths no task may write.
     pub control: Vec<PathBuf>,
+    /// The node's software, configuration and state, and its users' login files: no task
+    /// writes them unless the scope grants `system` (empty then).
+    pub system: Vec<PathBuf>,
     /// `files.read` / `files.write` roots; `None`: not restricted.
     pub read_roots: Option<Vec<PathBuf>>,
     pub write_roots: Option<Vec<PathBuf>>,
@@ -342,6 +345,46 @@ fn control_paths() -> Vec<PathBuf> {
         ["/sys", "/sys/fs/cgroup", "/sys/fs/bpf", "/proc", "/run/warden"].iter().map(PathBuf::from).collect();
     if let Ok(m) = crate::sandbox::cgroup2_mount() {
         v.push(m);
+    }
+    v
+}
+
+/// The node's programs, libraries, configuration and state. What a task writes there outlives
+/// it and runs outside its sandbox: a program or library every process of the node loads
+/// (`/usr`, `/lib*`, `/etc/ld.so.preload`), a cron job, a systemd unit, an account
+/// (`/etc/passwd`), a package database, the boot loader, the node's logs.
+const SYSTEM_DIRS: &[&str] =
+    &["/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/usr", "/boot", "/etc", "/var/lib", "/var/spool", "/var/log"];
+
+/// Files a login of a node user runs (relative to the home directory): a task that writes one
+/// runs code as that user, outside the sandbox, at the next login or session.
+const LOGIN_FILES: &[&str] = &[
+    ".bashrc",
+    ".bash_profile",
+    ".bash_login",
+    ".bash_logout",
+    ".profile",
+    ".zshrc",
+    ".zshenv",
+    ".zprofile",
+    ".zlogin",
+    ".pam_environment",
+    ".config/autostart",
+    ".config/environment.d",
+    ".config/systemd",
+];
+
+/// Paths no task may write unless the scope grants `system` ([`SYSTEM_DIRS`] and the login
+/// files of root and of every home directory under `/home`), as written (canonicalized by the
+/// caller).
+fn system_paths() -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = SYSTEM_DIRS.iter().map(PathBuf::from).collect();
+    let mut homes = vec![PathBuf::from("/root")];
+    if let Ok(rd) = fs::read_dir("/home") {
+        homes.extend(rd.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+    }
+    for h in homes {
+        v.extend(LOGIN_FILES.iter().map(|f| h.join(f)));
     }
     v
 }
@@ -585,6 +628,7 @@ fn lsm_file_rules(
     secret_paths: &[PathBuf],
     exec_paths: &[PathBuf],
     control: &[PathBuf],
+    system: &[PathBuf],
 ) -> FileRules {
     // Objects are resolved as `FileId::of` does; only (dev, inode) is kept.
     let mut by_id: BTreeMap<(u64, u64), u32> = BTreeMap::new();
@@ -607,6 +651,9 @@ fn lsm_file_rules(
     }
     for p in control_paths() {
         add(&p, file_rule::DENY_WRITE);
+    }
+    for p in system {
+        add(p, file_rule::DENY_SYSTEM);
     }
     for d in deny_all {
         if secret_paths.iter().any(|s| s == d) {
@@ -635,7 +682,7 @@ fn lsm_file_rules(
     for s in secret_paths {
         add(s, file_rule::SECRET);
     }
-    for p in deny_all.iter().chain(secret_paths).chain(control) {
+    for p in deny_all.iter().chain(secret_paths).chain(control).chain(system) {
         if let Some(dir) = no_new_dir(p) {
             add(&dir, file_rule::NO_NEW);
         }
@@ -958,6 +1005,28 @@ impl CompiledScope {
         deny_read.extend(secret_paths.iter().cloned());
         let mut deny_write = deny_read.clone();
         deny_write.extend(canon(&control_paths()));
+        // The node's own files, on the node (a container's root is its image's, not the node's).
+        let system = if scope.grants.contains(&Grant::System) || root.is_some() {
+            Vec::new()
+        } else {
+            let system = canon(&system_paths());
+            if let Some(w) = scope.write.iter().flatten().find(|w| {
+                let w = canonical_prefix(w);
+                system.iter().any(|s| w.starts_with(s))
+            }) {
+                return Err(scope.error(
+                    &w.display().to_string(),
+                    "files.write",
+                    format!(
+                        "{} is part of the node's programs, configuration or state (protected.system), which \
+                         a task writes only with `grant: [system]`; grant it, or write somewhere else",
+                        w.display()
+                    ),
+                ));
+            }
+            system
+        };
+        deny_write.extend(system.iter().cloned());
         let root = vec![PathBuf::from("/")];
         let read_roots = scope.read.as_ref().map(|v| canon(v)).unwrap_or_else(|| root.clone());
         let write_roots = scope.write.as_ref().map(|v| canon(v)).unwrap_or_else(|| root.clone());
@@ -996,7 +1065,7 @@ impl CompiledScope {
         let readable_exec: Vec<PathBuf> =
             exec_paths.iter().cloned().chain(exec_dirs.iter().map(|d| d.path.clone())).collect();
         let file_rules = if build.file_rules {
-            lsm_file_rules(scope, &deny_all, &secret_paths, &readable_exec, &canon(&control_paths()))
+            lsm_file_rules(scope, &deny_all, &secret_paths, &readable_exec, &canon(&control_paths()), &system)
         } else {
             FileRules::default()
         };
@@ -1021,6 +1090,7 @@ impl CompiledScope {
             deny: deny_all,
             secrets: secret_paths,
             control: canon(&control_paths()),
+            system,
             read_roots: scope.read.as_ref().map(|v| canon(v)),
             write_roots: scope.write.as_ref().map(|v| canon(v)),
         });
@@ -1475,6 +1545,42 @@ mod tests {
         assert!(!g.seccomp_deny.iter().any(|(m, _)| *m == "perf_event_open" || *m == "keyctl"));
         assert!(g.sockets.raw && !g.sockets.packet);
         assert!(covered(&g.landlock.read, "/dev/kmsg"), "granted devices");
+    }
+
+    /// The node's programs, configuration and state and its users' login files are not
+    /// writable unless granted, on both engines' tables; reads stay; an explicit write grant
+    /// there without `system` is a scope error naming the line and the fix.
+    #[test]
+    fn the_nodes_own_files_are_protected_from_writes() {
+        let c = compile_text("version: 1\ntask: t\n").unwrap();
+        let covered = |plan: &[PathBuf], p: &str| plan.iter().any(|g| canonical_prefix(Path::new(p)).starts_with(g));
+        for p in ["/etc/passwd", "/etc/ld.so.preload", "/usr/bin/env", "/bin/sh", "/var/lib/dpkg/status", "/var/spool/cron/x", "/var/log/syslog", "/root/.bashrc", "/boot/x"] {
+            assert!(!covered(&c.landlock.write, p), "{p} writable");
+        }
+        for p in ["/etc/passwd", "/usr/bin/env", "/root/.bashrc"] {
+            assert!(covered(&c.landlock.read, p), "{p} readable");
+        }
+        for p in ["/var/tmp/x", "/dev/null"] {
+            assert!(covered(&c.landlock.write, p), "{p} stays writable");
+        }
+        let bits = |c: &CompiledScope, p: &str| {
+            let id = FileId::of(Path::new(p)).ok()?;
+            c.file_rules.get(id.dev, id.ino)
+        };
+        for p in ["/etc", "/usr", "/var/lib"] {
+            assert_eq!(bits(&c, p).map(|b| b & file_rule::DENY_SYSTEM), Some(file_rule::DENY_SYSTEM), "{p}");
+        }
+        assert!(c.protected.system.iter().any(|p| p == Path::new("/etc")));
+        let g = compile_text("version: 1\ntask: t\ngrant: [system]\n").unwrap();
+        assert!(covered(&g.landlock.write, "/etc/passwd") && g.protected.system.is_empty());
+        assert_eq!(bits(&g, "/etc").unwrap_or(0) & file_rule::DENY_SYSTEM, 0);
+        let e = compile_text("version: 1\ntask: t\nfiles:\n  write: [/tmp, /etc/myagent]\n").unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("/etc/myagent") && msg.contains("grant: [system]"), "{msg}");
+        compile_text("version: 1\ntask: t\ngrant: [system]\nfiles:\n  write: [/etc/myagent]\n").unwrap();
+        // A root above them (`/`, `/var`) keeps them carved out.
+        let root = compile_text("version: 1\ntask: t\nfiles:\n  write: [/var]\n").unwrap();
+        assert!(covered(&root.landlock.write, "/var/tmp/x") && !covered(&root.landlock.write, "/var/lib/x"));
     }
 
     /// A compile that builds only some tables builds them exactly as the full compile does:

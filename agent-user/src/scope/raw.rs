@@ -323,6 +323,11 @@ pub enum Grant {
     /// Let the task open node devices (`/dev` beyond the pseudo-devices, terminals and shared
     /// memory every program uses): disks, input devices, `/dev/kmsg`, ...
     Devices,
+    /// Let the task write the node's programs, libraries, configuration and state (`/usr`,
+    /// `/etc`, `/boot`, `/var/lib`, `/var/spool`, `/var/log`, ...) and its users' login
+    /// files: installing packages on the node. What it writes there outlives the task and
+    /// runs outside its sandbox.
+    System,
 }
 
 macro_rules! string_newtype {

@@ -583,6 +583,11 @@ fn main() {
             Ok(()) => Ok(()),
         },
         "link" => std::fs::hard_link(a(1), a(2)).map_err(|e| e.raw_os_error().unwrap_or(0)),
+        "chmod" => {
+            let mode = u32::from_str_radix(a(2), 8).expect("octal mode");
+            // SAFETY: valid C string.
+            if unsafe { libc::chmod(cstr(a(1)).as_ptr(), mode) } < 0 { Err(errno()) } else { Ok(()) }
+        }
         "rename" => std::fs::rename(a(1), a(2)).map_err(|e| e.raw_os_error().unwrap_or(0)),
         "kill" => {
             // `kill PID [SIG]`: signal 0 (the default) only checks permission; a negative
