@@ -5,7 +5,7 @@
 use std::{
     ffi::CString,
     fs,
-    os::unix::fs::PermissionsExt,
+    os::unix::fs::{MetadataExt, PermissionsExt},
     path::{Path, PathBuf},
     process::Command,
 };
@@ -271,7 +271,14 @@ fn the_nodes_own_files_are_protected_without_a_write_section() {
     fs::write(work.join("mine"), "x").unwrap();
     let new_etc = RemoveOnDrop(PathBuf::from(format!("/etc/warden-test-{}", std::process::id())));
     let new_tmp = RemoveOnDrop(PathBuf::from(format!("/var/tmp/warden-test-{}", std::process::id())));
-    let _link = RemoveOnDrop(work.join("env-link"));
+    // The link is made on the node program's filesystem (else EXDEV for another reason):
+    // in the task's work directory, or the node's temporary one.
+    let env_dev = fs::metadata("/usr/bin/env").unwrap().dev();
+    let link_dir = [work.clone(), PathBuf::from("/var/tmp")]
+        .into_iter()
+        .find(|d| fs::metadata(d).is_ok_and(|m| m.dev() == env_dev))
+        .expect("a writable directory on /usr/bin/env's filesystem");
+    let link = RemoveOnDrop(link_dir.join(format!("warden-test-env-link-{}", std::process::id())));
     // A node program the scope does not allow (allowed ones are read-only binds on the
     // fallback engine, a different refusal), and its own mode: re-applying it changes nothing.
     let env = fs::canonicalize("/usr/bin/env").unwrap();
@@ -283,7 +290,7 @@ fn the_nodes_own_files_are_protected_without_a_write_section() {
         "{p} write /etc/passwd | sed s/^write/etc-passwd/
          {p} write {env} | sed s/^write/node-program/
          {p} write {etc} | sed s/^write/etc-new/
-         {p} link {env} {w}/env-link | sed s/^link/link-out/
+         {p} link {env} {link} | sed s/^link/link-out/
          {p} chmod {env} {mode:o} | sed s/^chmod/chmod-node/
          {p} chmod {w}/mine 4755 | sed s/^chmod/setuid-own/
          {p} write {w}/mine | sed s/^write/own-file/
@@ -292,14 +299,18 @@ fn the_nodes_own_files_are_protected_without_a_write_section() {
         env = env.display(),
         etc = new_etc.0.display(),
         tmp = new_tmp.0.display(),
+        link = link.0.display(),
         w = work.display(),
     );
     let out = run_warden(&example_scope("node-own-files"), &script, &[]);
     assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
-    for op in ["etc-passwd", "node-program", "etc-new", "link-out"] {
+    for op in ["etc-passwd", "node-program", "etc-new"] {
         assert_eq!(out.result(op), "err 13", "{op}\n{}", out.stdout);
     }
-    assert!(!new_etc.0.exists() && !work.join("env-link").exists());
+    // A new name for a node program (same filesystem: a hard link, then writes through it):
+    // Landlock refuses a link it may not make with EXDEV (its refer rule), BPF LSM with EACCES.
+    assert_eq!(out.result("link-out"), if lsm { "err 13" } else { "err 18" }, "link-out\n{}", out.stdout);
+    assert!(!new_etc.0.exists() && !link.0.exists());
     // Making a file setuid: refused by seccomp on both engines (EPERM).
     assert_eq!(out.result("setuid-own"), "err 1");
     // The permissions of a node file: refused at `path_chmod` under BPF LSM; the fallback
@@ -336,7 +347,7 @@ fn the_nodes_own_files_are_protected_without_a_write_section() {
     }
     assert!(
         !denies.iter().any(|r| r["path"].as_str().is_some_and(|p| p.starts_with(work.to_str().unwrap())
-            && !p.ends_with("env-link"))),
+            && !p.contains("warden-test-env-link"))),
         "the task's own files were refused: {denies:#?}"
     );
     coverage("node's own files", "syscall", outcome(denies.len()));

@@ -716,6 +716,8 @@ mod tests {
         let mut tr = Tracker::default();
         let mut t = task(4, 200);
         std::sync::Arc::make_mut(&mut t.protected).control.push("/proc".into());
+        // A scope granting `system`: /usr is written only outside files.write's roots.
+        std::sync::Arc::make_mut(&mut t.protected).system.clear();
         tr.register(t);
         let none = HashMap::new();
         feed(&mut tr, 1424, "audit(1.000:1): domain=b status=allocated mode=enforcing pid=200 uid=0", &none);

@@ -1441,7 +1441,7 @@ mod tests {
             }
             let (deny_all, secrets, exec, control) = args();
             let want = reference_file_rules(&scope, &deny_all, &secrets, &exec, &control);
-            let got = lsm_file_rules(&scope, &deny_all, &secrets, &exec, &control);
+            let got = lsm_file_rules(&scope, &deny_all, &secrets, &exec, &control, &[]);
             let got_v: Vec<(u64, u64, u32)> = got.iter().map(|f| (f.dev, f.ino, f.bits)).collect();
             assert_eq!(got_v, want, "task {task}");
             assert!(want.len() > 40, "a realistic table: {}", want.len());
