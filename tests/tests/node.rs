@@ -346,8 +346,9 @@ fn the_nodes_own_files_are_protected_without_a_write_section() {
         );
     }
     assert!(
-        !denies.iter().any(|r| r["path"].as_str().is_some_and(|p| p.starts_with(work.to_str().unwrap())
-            && !p.contains("warden-test-env-link"))),
+        !denies.iter().any(|r| r["path"]
+            .as_str()
+            .is_some_and(|p| p.starts_with(work.to_str().unwrap()) && !p.contains("warden-test-env-link"))),
         "the task's own files were refused: {denies:#?}"
     );
     coverage("node's own files", "syscall", outcome(denies.len()));

@@ -458,7 +458,9 @@ mod tests {
     fn setuid_and_setgid_modes_are_refused_unless_granted() {
         let p = build_with(&[], ProcessPolicy::default(), SocketPolicy::default());
         let call = |p: &[sock_filter], nr: i64, args: [u64; 6]| evaluate(p, X86, nr as u32, args);
-        for (nr, at) in [(libc::SYS_chmod, 1), (libc::SYS_fchmod, 1), (libc::SYS_fchmodat, 2), (SYS_FCHMODAT2, 2)] {
+        for (nr, at) in
+            [(libc::SYS_chmod, 1), (libc::SYS_fchmod, 1), (libc::SYS_fchmodat, 2), (SYS_FCHMODAT2, 2)]
+        {
             let with = |mode: u64| {
                 let mut a = [0u64; 6];
                 a[at] = mode;

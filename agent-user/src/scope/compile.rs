@@ -353,8 +353,20 @@ fn control_paths() -> Vec<PathBuf> {
 /// it and runs outside its sandbox: a program or library every process of the node loads
 /// (`/usr`, `/lib*`, `/etc/ld.so.preload`), a cron job, a systemd unit, an account
 /// (`/etc/passwd`), a package database, the boot loader, the node's logs.
-const SYSTEM_DIRS: &[&str] =
-    &["/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/usr", "/boot", "/etc", "/var/lib", "/var/spool", "/var/log"];
+const SYSTEM_DIRS: &[&str] = &[
+    "/bin",
+    "/sbin",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/usr",
+    "/boot",
+    "/etc",
+    "/var/lib",
+    "/var/spool",
+    "/var/log",
+];
 
 /// Files a login of a node user runs (relative to the home directory): a task that writes one
 /// runs code as that user, outside the sandbox, at the next login or session.
@@ -622,6 +634,12 @@ fn no_new_dir(p: &Path) -> Option<PathBuf> {
 /// Object rules for the BPF LSM engine: grants on the roots themselves (the kernel walks up
 /// from each opened file), denials on denied objects and on the regular files beneath them,
 /// and no new names next to what is denied (where the fallback's carve-out refuses them too).
+///
+/// Warden's own evidence directories (`evidence`: the state directory, the pins) are denied
+/// as directories only: the walk up from any file beneath reaches them (they are shallow), and
+/// nothing links Warden's files elsewhere (a new link of one is refused: its source walks up to
+/// the denial). Enumerating them made every task's table hold every running task's pins and
+/// state file, so the shared map filled at about 100 tasks.
 fn lsm_file_rules(
     scope: &Scope,
     deny_all: &[PathBuf],
@@ -629,6 +647,7 @@ fn lsm_file_rules(
     exec_paths: &[PathBuf],
     control: &[PathBuf],
     system: &[PathBuf],
+    evidence: &[PathBuf],
 ) -> FileRules {
     // Objects are resolved as `FileId::of` does; only (dev, inode) is kept.
     let mut by_id: BTreeMap<(u64, u64), u32> = BTreeMap::new();
@@ -660,6 +679,9 @@ fn lsm_file_rules(
             continue;
         }
         add(d, file_rule::DENY);
+        if evidence.contains(d) {
+            continue;
+        }
         let mut n = 0;
         let mut stack = vec![d.clone()];
         while let Some(dir) = stack.pop() {
@@ -1065,7 +1087,15 @@ impl CompiledScope {
         let readable_exec: Vec<PathBuf> =
             exec_paths.iter().cloned().chain(exec_dirs.iter().map(|d| d.path.clone())).collect();
         let file_rules = if build.file_rules {
-            lsm_file_rules(scope, &deny_all, &secret_paths, &readable_exec, &canon(&control_paths()), &system)
+            lsm_file_rules(
+                scope,
+                &deny_all,
+                &secret_paths,
+                &readable_exec,
+                &canon(&control_paths()),
+                &system,
+                &canon(&evidence_paths()),
+            )
         } else {
             FileRules::default()
         };
@@ -1332,6 +1362,7 @@ mod tests {
         secret_paths: &[PathBuf],
         exec_paths: &[PathBuf],
         control: &[PathBuf],
+        evidence: &[PathBuf],
     ) -> Vec<(u64, u64, u32)> {
         let mut by_id: BTreeMap<(u64, u64), (FileId, u32)> = BTreeMap::new();
         let mut add = |p: &Path, bits: u32| {
@@ -1359,6 +1390,9 @@ mod tests {
                 continue;
             }
             add(d, file_rule::DENY);
+            if evidence.contains(d) {
+                continue;
+            }
             let mut n = 0;
             let mut stack = vec![d.clone()];
             while let Some(dir) = stack.pop() {
@@ -1428,6 +1462,11 @@ mod tests {
             let exec = vec![fs::canonicalize("/usr/bin/cat").unwrap(), fs::canonicalize("/bin/sh").unwrap()];
             (deny_all, secrets, exec, canon(&control_paths()))
         };
+        let canon_evidence = || {
+            let mut v = vec![canonical_prefix(Path::new(NODE_STATE_DIR))];
+            v.extend(evidence.iter().map(|p| canonical_prefix(p)));
+            v
+        };
         let mut kept = Vec::new();
         for task in 0..40 {
             // What each task start adds below the daemon's protected directories.
@@ -1440,8 +1479,9 @@ mod tests {
                 fs::remove_file(r.join(format!("state/tasks/t{}.json", task - 5))).unwrap();
             }
             let (deny_all, secrets, exec, control) = args();
-            let want = reference_file_rules(&scope, &deny_all, &secrets, &exec, &control);
-            let got = lsm_file_rules(&scope, &deny_all, &secrets, &exec, &control, &[]);
+            let opaque = canon_evidence();
+            let want = reference_file_rules(&scope, &deny_all, &secrets, &exec, &control, &opaque);
+            let got = lsm_file_rules(&scope, &deny_all, &secrets, &exec, &control, &[], &opaque);
             let got_v: Vec<(u64, u64, u32)> = got.iter().map(|f| (f.dev, f.ino, f.bits)).collect();
             assert_eq!(got_v, want, "task {task}");
             assert!(want.len() > 40, "a realistic table: {}", want.len());
@@ -1458,6 +1498,13 @@ mod tests {
         // The hard link to a denied file is denied by identity.
         let link = FileId::of(&r.join("work/a-link")).unwrap();
         assert_eq!(kept[0].0.get(link.dev, link.ino).map(|b| b & file_rule::DENY), Some(file_rule::DENY));
+        // Warden's evidence directories are denied as directories: a task's table does not
+        // grow with the tasks started before it (the shared map filled at ~100 tasks).
+        assert_eq!(kept[0].0.len(), kept[39].0.len(), "tables grew with the running tasks");
+        let pins = FileId::of(&r.join("pins")).unwrap();
+        assert_eq!(kept[39].0.get(pins.dev, pins.ino).map(|b| b & file_rule::DENY), Some(file_rule::DENY));
+        let pin = FileId::of(&r.join("pins/v1/tasks/t3/connect4")).unwrap();
+        assert_eq!(kept[39].0.get(pin.dev, pin.ino), None);
     }
 
     /// What the kernel's unix programs find for a (judgeable) name: the longest entry that
@@ -1553,8 +1600,19 @@ mod tests {
     #[test]
     fn the_nodes_own_files_are_protected_from_writes() {
         let c = compile_text("version: 1\ntask: t\n").unwrap();
-        let covered = |plan: &[PathBuf], p: &str| plan.iter().any(|g| canonical_prefix(Path::new(p)).starts_with(g));
-        for p in ["/etc/passwd", "/etc/ld.so.preload", "/usr/bin/env", "/bin/sh", "/var/lib/dpkg/status", "/var/spool/cron/x", "/var/log/syslog", "/root/.bashrc", "/boot/x"] {
+        let covered =
+            |plan: &[PathBuf], p: &str| plan.iter().any(|g| canonical_prefix(Path::new(p)).starts_with(g));
+        for p in [
+            "/etc/passwd",
+            "/etc/ld.so.preload",
+            "/usr/bin/env",
+            "/bin/sh",
+            "/var/lib/dpkg/status",
+            "/var/spool/cron/x",
+            "/var/log/syslog",
+            "/root/.bashrc",
+            "/boot/x",
+        ] {
             assert!(!covered(&c.landlock.write, p), "{p} writable");
         }
         for p in ["/etc/passwd", "/usr/bin/env", "/root/.bashrc"] {
