@@ -167,12 +167,14 @@ fn task_end_revokes_processes_secrets_and_access_together() {
         d.stderr()
     );
     // Its pid on the node (`$$` is its pid in the task's own PID namespace), from its record.
-    let pid = d
-        .records_of(&id)
-        .into_iter()
-        .find(|r| r["kind"] == "exec" && r["path"].as_str().is_some_and(|p| p.ends_with("/sh")))
-        .and_then(|r| r["pid"].as_i64())
-        .expect("exec record of the task's shell");
+    // (The daemon writes records as it drains them: wait for it, the output may come first.)
+    let pid = warden_tests::wait_for(Duration::from_secs(10), || {
+        d.records_of(&id)
+            .into_iter()
+            .find(|r| r["kind"] == "exec" && r["path"].as_str().is_some_and(|p| p.ends_with("/sh")))
+            .and_then(|r| r["pid"].as_i64())
+    })
+    .expect("exec record of the task's shell");
     // The value never reaches the audit stream: only its digest.
     let start = d.records_of(&id).into_iter().find(|r| r["kind"] == "task_start").unwrap();
     assert_eq!(start["secrets"][0]["name"], "tok");
