@@ -96,14 +96,21 @@ pub struct KernelOffsets {
     pub sock_addr_uaddr: u32,
     /// `bpf_sock_addr_kern.uaddrlen` (6.7+, with the unix hooks; 0 where absent)
     pub sock_addr_uaddrlen: u32,
+    /// `unix_sock.addr` (a `struct unix_address *`; NULL while the socket has no name)
+    pub unix_sock_addr: u32,
+    /// `unix_address.name` (a `struct sockaddr_un`: an abstract name's `sun_path` starts
+    /// with a NUL)
+    pub unix_address_name: u32,
+    /// `sock.sk_cgrp_data` + `sock_cgroup_data.cgroup`: the (v2) cgroup the socket was
+    /// created in
+    pub sock_cgroup: u32,
     /// Non-zero once the loader filled the struct; programs emit nothing while zero.
     pub valid: u32,
-    pub _pad0: u32,
 }
-crate::assert_layout!(KernelOffsets, size = 176, task_pid @ 0, kn_parent @ 48, bprm_buf @ 52,
+crate::assert_layout!(KernelOffsets, size = 184, task_pid @ 0, kn_parent @ 48, bprm_buf @ 52,
     file_path @ 56, vma_file @ 112, dentry_name @ 116, qstr_len @ 120, qstr_name @ 124, sb_magic @ 128,
     task_pid_links @ 144, lsm_bpf_ret @ 148, unix_sock_path @ 152, socket_sk @ 156, sock_addr_uaddr @ 160, sock_addr_uaddrlen @ 164,
-    valid @ 168);
+    unix_sock_addr @ 168, unix_address_name @ 172, sock_cgroup @ 176, valid @ 180);
 
 #[cfg(feature = "user")]
 mod pod {

@@ -47,8 +47,10 @@ pub static OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
     socket_sk: 0,
     sock_addr_uaddr: 0,
     sock_addr_uaddrlen: 0,
+    unix_sock_addr: 0,
+    unix_address_name: 0,
+    sock_cgroup: 0,
     valid: 0,
-    _pad0: 0,
 });
 
 /// The offsets, to read field by field: each load is from the frozen, read-only map behind

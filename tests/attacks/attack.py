@@ -428,6 +428,22 @@ attempt("unix-denied-dotdot", lambda: unix(os.path.dirname(UNIX_DENIED) + "/../"
 attempt("unix-denied-proc-root", lambda: unix("/proc/self/root" + UNIX_DENIED))
 attempt("unix-denied-dgram", lambda: unix_dgram(UNIX_DENIED))
 attempt("unix-abstract-outside", lambda: unix("\0" + E.get("A_ABSTRACT", "none")))
+
+
+def abstract_own():
+    """Ordinary work: an abstract socket the task itself creates (stream and datagram)."""
+    name = "\0warden-attack-own-%d" % os.getpid()
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(name)
+    srv.listen(1)
+    unix(name)
+    d = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    d.bind(name + "-d")
+    socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b"x", name + "-d")
+    return "ok " + d.recv(1).decode()
+
+
+attempt("unix-abstract-own", abstract_own)
 def daemon_api(path):
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(5)

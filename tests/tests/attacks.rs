@@ -315,9 +315,10 @@ fn expected(lsm: bool) -> Vec<(&'static str, &'static str)> {
         // BPF LSM: a datagram to the (stream) socket fails the kernel's type check before
         // `unix_may_send` (nothing is delivered); the fallback's cgroup program refuses first.
         ("unix-denied-dgram", if lsm { "EPROTOTYPE" } else { "EACCES" }),
-        // BPF LSM: nothing refuses an abstract socket of a process outside (no Landlock
-        // scope, no hook that judges abstract names). A hole, reported; see containment.md.
-        ("unix-abstract-outside", if lsm { "HOLE:ok" } else { "EPERM" }),
+        // An abstract socket of a process outside: Landlock's scope (fallback), the unix
+        // hooks by the socket's cgroup (BPF LSM; before: a hole). The task's own works.
+        ("unix-abstract-outside", "EPERM"),
+        ("unix-abstract-own", "ok:x"),
         // Privilege.
         ("capeff", "ok:0000000000000000"),
         ("capbnd", "ok:0000000000000000"),
@@ -471,8 +472,12 @@ fn assert_recorded(records: &[serde_json::Value], targets: &Targets, lsm: bool) 
         has("protected.control", &|r| r["path"].as_str().is_some_and(|p| p.ends_with("/cgroup.procs"))),
     ));
     want.push(("/dev/kmsg".into(), has("files.deny", &path_is("/dev/kmsg".into()))));
+    // Landlock's record is `unix` (with the name), the hooks' `unix_connect` (no name).
+    want.push((
+        "abstract socket".into(),
+        has("protected.process", &|r| r["kind"] == if lsm { "unix_connect" } else { "unix" }),
+    ));
     if !lsm {
-        want.push(("abstract socket".into(), has("protected.process", &kind_is("unix"))));
         want.push((
             "mknod".into(),
             has("files.write", &|r| r["blockers"].as_str().is_some_and(|b| b.contains("fs.make_char"))),

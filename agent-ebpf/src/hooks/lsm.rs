@@ -525,7 +525,7 @@ fn judge_unix(other: *const u8, op: u32) -> i32 {
     let dentry = read::<*const u8>(other.wrapping_add(at), off.path_dentry).unwrap_or_default();
     let vfsmnt = read::<*const u8>(other.wrapping_add(at), off.path_mnt).unwrap_or_default();
     if dentry.is_null() || vfsmnt.is_null() {
-        return 0;
+        return judge_unix_abstract(other, op, cgroup_id, &sandbox, off);
     }
     let w = walk(sandbox.slot, dentry, vfsmnt, off);
     let bits = w.all();
@@ -543,6 +543,45 @@ fn judge_unix(other: *const u8, op: u32) -> i32 {
         .and_then(|i| inode_id(i, off));
     emit(kind::UNIX, cgroup_id, &sandbox, off, v, 0, op, id, RecordPath::Names { dentry, vfsmnt });
     ret(v, EACCES)
+}
+
+/// A socket with no file (`other`, a `struct sock *`): an abstract name is reachable only when
+/// the socket was created inside the task's own sandbox (its cgroup, or a child cgroup, is
+/// one of the task's), as Landlock's abstract-socket scope decides on the fallback engine;
+/// everything outside — a node service, another task — is refused (EPERM) and recorded as
+/// `protected.process`. An unnamed socket (a `socketpair` end) is only reachable through a
+/// descriptor the task already holds: not judged.
+#[inline(always)]
+fn judge_unix_abstract(
+    other: *const u8,
+    op: u32,
+    cgroup_id: u64,
+    sandbox: &Sandbox,
+    off: &KernelOffsets,
+) -> i32 {
+    let addr = read::<*const u8>(other, off.unix_sock_addr).unwrap_or_default();
+    if addr.is_null() {
+        return 0;
+    }
+    // `struct sockaddr_un`: `sun_family` (2 bytes), then `sun_path`.
+    match read::<u8>(addr, off.unix_address_name + 2) {
+        Ok(0) => {}
+        _ => return 0,
+    }
+    let peer = read::<*const u8>(other, off.sock_cgroup)
+        .ok()
+        .filter(|cg| !cg.is_null())
+        .and_then(|cg| read::<*const u8>(cg, off.cgroup_kn).ok())
+        .filter(|kn| !kn.is_null())
+        .and_then(|kn| read::<u64>(kn, off.kn_id).ok())
+        .unwrap_or(0);
+    // SAFETY: value is Copy and read immediately.
+    if peer != 0 && unsafe { WATCHED.get(peer) }.is_some_and(|p| p.slot == sandbox.slot) {
+        return 0;
+    }
+    let v = Verdict::deny(sandbox, hidden(rule::PROTECTED_PROCESS as u32) as u16, action::REFUSE);
+    emit(kind::UNIX, cgroup_id, sandbox, off, v, 0, op, None, RecordPath::None);
+    ret(v, EPERM)
 }
 
 lsm_program!(

@@ -326,8 +326,10 @@ fn kernel_offsets(src: &impl OffsetSource) -> Result<KernelOffsets, BtfError> {
         // socket there (the programs do not load) and need neither.
         sock_addr_uaddr: src.offset("bpf_sock_addr_kern", &["uaddr"]).unwrap_or(0),
         sock_addr_uaddrlen: src.offset("bpf_sock_addr_kern", &["uaddrlen"]).unwrap_or(0),
+        unix_sock_addr: src.offset("unix_sock", &["addr"])?,
+        unix_address_name: src.offset("unix_address", &["name"])?,
+        sock_cgroup: src.offset("sock", &["sk_cgrp_data"])? + src.offset("sock_cgroup_data", &["cgroup"])?,
         valid: 1,
-        _pad0: 0,
     })
 }
 
