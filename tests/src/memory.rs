@@ -8,12 +8,6 @@ use serde_json::{Value, json};
 
 use crate::daemon::TestDaemon;
 
-/// `maps` settings the caller's `config` does not give: every task's object rules must fit
-/// (the BPF LSM engine's `FILE_RULES`; the default holds 65,536 over all tasks).
-fn maps_extra(config: &str) -> &'static str {
-    if config.contains("engine: bpf-lsm") { "  max_file_rules: 524288\n" } else { "" }
-}
-
 /// Entries in the daemon's pinned `FILE_RULES` map (the BPF LSM engine's object rules of every
 /// task), if it is pinned below `pin_root`.
 pub fn file_rules_in_use(pin_root: &Path) -> Option<usize> {
@@ -85,7 +79,9 @@ pub fn memory_breakdown(pid: u32) -> Value {
 /// started one after another (each a scope granting one exec and one egress rule): its RSS
 /// idle, with the tasks, per task and its peak (`VmHWM`), printed and returned.
 pub fn daemon_rss(tasks: usize, config: &str) -> anyhow::Result<Value> {
-    let d = TestDaemon::start(&format!("{config}maps:\n  max_tasks: {}\n{}", tasks + 44, maps_extra(config)));
+    // The default `maps.max_file_rules` (65,536 over all tasks): the BPF LSM engine's object
+    // rules of 256 tasks fit in it (before session 8 they needed 332,928 entries).
+    let d = TestDaemon::start(&format!("{config}maps:\n  max_tasks: {}\n", tasks + 44));
     std::thread::sleep(std::time::Duration::from_millis(500));
     let (idle, _) = rss_of(d.pid());
     let idle_mem = memory_breakdown(d.pid());

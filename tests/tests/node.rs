@@ -500,6 +500,58 @@ fn unix_servers(dir: &Path) -> (PathBuf, PathBuf) {
     (stream, dgram)
 }
 
+/// A node service's control socket (here a real listener in `/run/k3s`, where a container
+/// runtime keeps one): a root client of it starts processes outside every sandbox. A task
+/// with no `files` section is refused a connect and a datagram (both engines: by the
+/// socket's file under BPF LSM, by its name on the fallback), on the record; with `grant:
+/// [node-services]` both work.
+#[test]
+fn node_service_sockets_are_out_of_reach_unless_granted() {
+    let test = "node_service_sockets_are_out_of_reach_unless_granted";
+    if !require(test, "landlock") {
+        return;
+    }
+    let dir = PathBuf::from("/run/k3s");
+    if dir.exists() {
+        println!("SKIP {test}: /run/k3s exists on this node (a real service's: not touched)");
+        return;
+    }
+    struct RemoveDir(PathBuf);
+    impl Drop for RemoveDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+    fs::create_dir_all(&dir).unwrap();
+    let _rm = RemoveDir(dir.clone());
+    let (stream, dgram) = unix_servers(&dir);
+    let n = NODE;
+    let script = format!(
+        "{n} unix-connect {s} | sed s/^unix-connect/service/
+         {n} unix-send {d} | sed s/^unix-send/service-dgram/",
+        s = stream.display(),
+        d = dgram.display()
+    );
+    let out = run_warden("version: 1\ntask: services\n", &script, &[]);
+    assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
+    for op in ["service", "service-dgram"] {
+        assert_eq!(out.result(op), "err 13", "{op}: {}", out.stdout);
+    }
+    let records = out.records_of("unix_connect", "deny");
+    assert!(
+        records.iter().any(|r| r["path"] == stream.to_str().unwrap() && r["rule"] == "files.deny"),
+        "{:#?}",
+        out.judged()
+    );
+    assert_eq!(records.len(), 2, "{:#?}", out.judged());
+    let out = run_warden("version: 1\ntask: services\ngrant: [node-services]\n", &script, &[]);
+    assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
+    for op in ["service", "service-dgram"] {
+        assert_eq!(out.result(op), "ok", "granted, {op}: {}", out.stdout);
+    }
+    coverage("node service sockets", "syscall", outcome(records.len()));
+}
+
 #[test]
 fn unix_socket_connects_are_judged_like_files() {
     if !require("unix_socket_connects_are_judged_like_files", "landlock") {

@@ -43,6 +43,7 @@ pub const CONTROLS: &[&str] = &[
     "exec identity swap",
     "capabilities",
     "unix socket connect",
+    "node service sockets",
     "terminal injection (relayed pty)",
     "inherited descriptors",
     "daemon files and other tasks' secrets",

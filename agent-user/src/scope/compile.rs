@@ -337,6 +337,44 @@ fn credential_paths() -> Vec<PathBuf> {
     v
 }
 
+/// Control sockets (and the runtime directories holding them) of the node's services: a root
+/// client of any of them starts processes outside every sandbox — a container runtime runs a
+/// privileged container, the init's private socket and the system bus start units, a user's
+/// bus reaches that user's service manager, the kubelet's sockets hand out devices. Denied
+/// like `files.deny` (connect and open, both engines) unless granted `node-services`.
+const SERVICE_SOCKETS: &[&str] = &[
+    "/run/docker.sock",
+    "/run/docker",
+    "/run/containerd",
+    "/run/crio",
+    "/run/podman",
+    "/run/k3s",
+    "/run/libvirt",
+    "/run/lxd",
+    "/run/snapd.socket",
+    "/run/snapd-snap.socket",
+    "/run/systemd/private",
+    "/run/systemd/transient",
+    "/run/dbus/system_bus_socket",
+    "/var/snap/lxd/common/lxd/unix.socket",
+    "/var/lib/kubelet/pod-resources",
+    "/var/lib/kubelet/device-plugins",
+];
+
+/// The node's service sockets that exist now ([`SERVICE_SOCKETS`], each user's bus and service
+/// manager under `/run/user/*`): absent ones are left out, so that no new name is refused next
+/// to where they would be (a service started after the task is not covered).
+fn service_sockets() -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = SERVICE_SOCKETS.iter().map(PathBuf::from).collect();
+    if let Ok(rd) = fs::read_dir("/run/user") {
+        for e in rd.flatten() {
+            v.extend(["bus", "systemd"].iter().map(|f| e.path().join(f)));
+        }
+    }
+    v.retain(|p| fs::symlink_metadata(p).is_ok());
+    v
+}
+
 /// Node files no task may write: sysfs and procfs as a whole (cgroups — an escape —, bpffs,
 /// `/sys/power`, `/sys/kernel`, `/proc/sys`, `/proc/sysrq-trigger`, ...), Warden's runtime
 /// directory (API socket, state).
@@ -635,11 +673,13 @@ fn no_new_dir(p: &Path) -> Option<PathBuf> {
 /// from each opened file), denials on denied objects and on the regular files beneath them,
 /// and no new names next to what is denied (where the fallback's carve-out refuses them too).
 ///
-/// Warden's own evidence directories (`evidence`: the state directory, the pins) are denied
-/// as directories only: the walk up from any file beneath reaches them (they are shallow), and
-/// nothing links Warden's files elsewhere (a new link of one is refused: its source walks up to
-/// the denial). Enumerating them made every task's table hold every running task's pins and
-/// state file, so the shared map filled at about 100 tasks.
+/// Warden's own evidence directories and the node's service sockets (`whole`: the state
+/// directory, the pins, `/run/containerd`, ...) are denied as directories only: the walk up
+/// from any file beneath reaches them (they are shallow), and nothing links those files
+/// elsewhere (a new link of one is refused: its source walks up to the denial). Enumerating
+/// the daemon's directories made every task's table hold every running task's pins and state
+/// file, so the shared map filled at about 100 tasks; a container runtime's directory holds
+/// its containers' mounted root filesystems.
 fn lsm_file_rules(
     scope: &Scope,
     deny_all: &[PathBuf],
@@ -647,7 +687,7 @@ fn lsm_file_rules(
     exec_paths: &[PathBuf],
     control: &[PathBuf],
     system: &[PathBuf],
-    evidence: &[PathBuf],
+    whole: &[PathBuf],
 ) -> FileRules {
     // Objects are resolved as `FileId::of` does; only (dev, inode) is kept.
     let mut by_id: BTreeMap<(u64, u64), u32> = BTreeMap::new();
@@ -679,7 +719,7 @@ fn lsm_file_rules(
             continue;
         }
         add(d, file_rule::DENY);
-        if evidence.contains(d) {
+        if whole.contains(d) {
             continue;
         }
         let mut n = 0;
@@ -1019,6 +1059,13 @@ impl CompiledScope {
         if !scope.grants.contains(&Grant::Devices) {
             deny_all.extend(node_devices());
         }
+        // The node's service sockets, denied as directories (see `lsm_file_rules`).
+        let services = if scope.grants.contains(&Grant::NodeServices) || root.is_some() {
+            Vec::new()
+        } else {
+            canon(&service_sockets())
+        };
+        deny_all.extend(services.iter().cloned());
         // Warden's evidence and keys: no grant lifts this.
         deny_all.extend(canon(&evidence_paths()));
         // Secrets are carved out of their parents like denied paths, then granted file by file.
@@ -1094,7 +1141,7 @@ impl CompiledScope {
                 &readable_exec,
                 &canon(&control_paths()),
                 &system,
-                &canon(&evidence_paths()),
+                &[canon(&evidence_paths()), services].concat(),
             )
         } else {
             FileRules::default()

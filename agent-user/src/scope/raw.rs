@@ -328,6 +328,10 @@ pub enum Grant {
     /// files: installing packages on the node. What it writes there outlives the task and
     /// runs outside its sandbox.
     System,
+    /// Let the task connect to the node's service control sockets (container runtimes, the
+    /// init's private socket, the system and user message buses, ...): through them a root
+    /// client starts processes outside every sandbox.
+    NodeServices,
 }
 
 macro_rules! string_newtype {
