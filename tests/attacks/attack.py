@@ -444,6 +444,8 @@ def abstract_own():
 
 
 attempt("unix-abstract-own", abstract_own)
+
+
 def daemon_api(path):
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(5)
