@@ -271,18 +271,24 @@ fn the_nodes_own_files_are_protected_without_a_write_section() {
     fs::write(work.join("mine"), "x").unwrap();
     let new_etc = RemoveOnDrop(PathBuf::from(format!("/etc/warden-test-{}", std::process::id())));
     let new_tmp = RemoveOnDrop(PathBuf::from(format!("/var/tmp/warden-test-{}", std::process::id())));
+    // A node program the scope does not allow (allowed ones are read-only binds on the
+    // fallback engine, a different refusal), made by the test where the node's administrator
+    // installs programs: not running (ETXTBSY would refuse a write first — in the VM guest
+    // every program is busybox), and its own mode, which re-applying changes nothing.
+    fs::create_dir_all("/usr/local/bin").unwrap();
+    let prog = RemoveOnDrop(PathBuf::from(format!("/usr/local/bin/warden-test-prog-{}", std::process::id())));
+    fs::write(&prog.0, "#!/bin/sh\necho node program\n").unwrap();
+    fs::set_permissions(&prog.0, fs::Permissions::from_mode(0o755)).unwrap();
+    let env = fs::canonicalize(&prog.0).unwrap();
+    let mode = fs::metadata(&env).unwrap().permissions().mode() & 0o7777;
     // The link is made on the node program's filesystem (else EXDEV for another reason):
     // in the task's work directory, or the node's temporary one.
-    let env_dev = fs::metadata("/usr/bin/env").unwrap().dev();
+    let env_dev = fs::metadata(&prog.0).unwrap().dev();
     let link_dir = [work.clone(), PathBuf::from("/var/tmp")]
         .into_iter()
         .find(|d| fs::metadata(d).is_ok_and(|m| m.dev() == env_dev))
-        .expect("a writable directory on /usr/bin/env's filesystem");
+        .expect("a writable directory on /usr/local/bin's filesystem");
     let link = RemoveOnDrop(link_dir.join(format!("warden-test-env-link-{}", std::process::id())));
-    // A node program the scope does not allow (allowed ones are read-only binds on the
-    // fallback engine, a different refusal), and its own mode: re-applying it changes nothing.
-    let env = fs::canonicalize("/usr/bin/env").unwrap();
-    let mode = fs::metadata(&env).unwrap().permissions().mode() & 0o7777;
     let p = PROBE;
     // Every attempt is harmless when let through: opening for writing writes nothing, the
     // new names are removed on drop, the mode is the one the file has.
