@@ -269,6 +269,7 @@ fn the_nodes_own_files_are_protected_without_a_write_section() {
     let t = tempfile::tempdir().unwrap();
     let work = fs::canonicalize(t.path()).unwrap();
     fs::write(work.join("mine"), "x").unwrap();
+    fs::create_dir(work.join("shared")).unwrap();
     let new_etc = RemoveOnDrop(PathBuf::from(format!("/etc/warden-test-{}", std::process::id())));
     let new_tmp = RemoveOnDrop(PathBuf::from(format!("/var/tmp/warden-test-{}", std::process::id())));
     // A node program the scope does not allow (allowed ones are read-only binds on the
@@ -299,6 +300,7 @@ fn the_nodes_own_files_are_protected_without_a_write_section() {
          {p} link {env} {link} | sed s/^link/link-out/
          {p} chmod {env} {mode:o} | sed s/^chmod/chmod-node/
          {p} chmod {w}/mine 4755 | sed s/^chmod/setuid-own/
+         {p} chmod {w}/shared 2775 | sed s/^chmod/setgid-dir-own/
          {p} write {w}/mine | sed s/^write/own-file/
          {p} write {tmp} | sed s/^write/var-tmp/
          {p} open /etc/passwd | sed s/^open/read-passwd/",
@@ -320,11 +322,12 @@ fn the_nodes_own_files_are_protected_without_a_write_section() {
     // Making a file setuid: refused by seccomp on both engines (EPERM).
     assert_eq!(out.result("setuid-own"), "err 1");
     // The permissions of a node file: refused at `path_chmod` under BPF LSM; the fallback
-    // engine has no hook for it (Landlock has no right for it), only the setuid/setgid bits
-    // are refused there (docs/containment.md).
+    // engine has no hook for it (Landlock has no right for it), only the setuid bit is
+    // refused there (docs/containment.md).
     assert_eq!(out.result("chmod-node"), if lsm { "err 13" } else { "ok" });
     // Ordinary work: the task's own files, the node's temporary directory, reading the node.
-    for op in ["own-file", "var-tmp", "read-passwd"] {
+    // A group's shared directory (setgid) is ordinary work too.
+    for op in ["own-file", "var-tmp", "read-passwd", "setgid-dir-own"] {
         assert_eq!(out.result(op), "ok", "{op}\n{}", out.stdout);
     }
     // Each refusal on the record, named by the rule a responder can look up.

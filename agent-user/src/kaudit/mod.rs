@@ -101,7 +101,7 @@ impl TaskInfo {
                     (libc::SYS_sched_setattr, "sched_setattr"),
                     (libc::SYS_unshare, "unshare"),
                     (libc::SYS_clone, "clone"),
-                    // Making a file setuid or setgid.
+                    // Making a file setuid.
                     (libc::SYS_chmod, "chmod"),
                     (libc::SYS_fchmod, "fchmod"),
                     (libc::SYS_fchmodat, "fchmodat"),

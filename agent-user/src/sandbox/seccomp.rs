@@ -135,15 +135,17 @@ pub struct ProcessPolicy {
     /// configuration (traffic control, interfaces), a mount namespace — kernel code a task
     /// without capabilities never reaches otherwise.
     pub userns: bool,
-    /// Files may be made setuid or setgid (`chmod` with `S_ISUID`/`S_ISGID`; the `system`
-    /// grant, for installing packages). Without it those calls are refused: a task's write
-    /// roots are mounted `nosuid`, so the only files where the bits would work are the
-    /// node's own, where they make a program run as its owner for every user of the node.
+    /// Files may be made setuid (`chmod` with `S_ISUID`; the `system` grant, for installing
+    /// packages). Without it those calls are refused: a task's write roots are mounted
+    /// `nosuid`, so the only files where the bit would work are the node's own, where it makes
+    /// a program run as root for every user of the node. `S_ISGID` is left alone: directories
+    /// shared by a group carry it, and `tar`, `cp -a` and `install` set it as ordinary work
+    /// (seccomp cannot tell a directory from a program).
     pub setid: bool,
 }
 
-/// `S_ISUID | S_ISGID`.
-const SETID_BITS: u32 = 0o6000;
+/// `S_ISUID`.
+const SETID_BITS: u32 = 0o4000;
 /// `fchmodat2` (Linux 6.6; not in every libc crate's table).
 const SYS_FCHMODAT2: i64 = 452;
 
@@ -455,7 +457,7 @@ mod tests {
     }
 
     #[test]
-    fn setuid_and_setgid_modes_are_refused_unless_granted() {
+    fn setuid_modes_are_refused_unless_granted() {
         let p = build_with(&[], ProcessPolicy::default(), SocketPolicy::default());
         let call = |p: &[sock_filter], nr: i64, args: [u64; 6]| evaluate(p, X86, nr as u32, args);
         for (nr, at) in
@@ -467,7 +469,8 @@ mod tests {
                 a
             };
             assert_eq!(call(&p, nr, with(0o4755)), EPERM, "{nr}: setuid");
-            assert_eq!(call(&p, nr, with(0o2775)), EPERM, "{nr}: setgid");
+            assert_eq!(call(&p, nr, with(0o6755)), EPERM, "{nr}: setuid and setgid");
+            assert_eq!(call(&p, nr, with(0o2775)), RET_ALLOW, "{nr}: a group's shared directory");
             assert_eq!(call(&p, nr, with(0o755)), RET_ALLOW, "{nr}: chmod +x");
             assert_eq!(call(&p, nr, with(0o1777)), RET_ALLOW, "{nr}: sticky");
             let granted = build_with(
