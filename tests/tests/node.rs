@@ -433,6 +433,55 @@ fn evidence_is_out_of_the_tasks_reach() {
     coverage("evidence files", "syscall", outcome(denied));
 }
 
+/// The supervisor's own executable (the real `warden` running the task): a task with no
+/// `files` section may neither move it away nor put a file of its own beside it (to rename
+/// over it), so the next `warden` the user starts is still Warden. Both engines, recorded.
+#[test]
+fn the_supervisors_executable_is_out_of_the_tasks_reach() {
+    if !require("the_supervisors_executable_is_out_of_the_tasks_reach", "landlock") {
+        return;
+    }
+    let exe = fs::canonicalize(warden_bin()).unwrap();
+    let moved = PathBuf::from(format!("{}.moved-{}", exe.display(), std::process::id()));
+    let beside = RemoveOnDrop(exe.with_file_name(format!("warden-test-beside-{}", std::process::id())));
+    /// Puts the executable back if the protection failed.
+    struct MoveBack(PathBuf, PathBuf);
+    impl Drop for MoveBack {
+        fn drop(&mut self) {
+            if self.1.exists() {
+                let _ = fs::rename(&self.1, &self.0);
+            }
+        }
+    }
+    let _back = MoveBack(exe.clone(), moved.clone());
+    let p = PROBE;
+    let script = format!(
+        "{p} rename {e} {m} | sed s/^rename/move-away/
+         {p} write {b} | sed s/^write/beside/",
+        e = exe.display(),
+        m = moved.display(),
+        b = beside.0.display()
+    );
+    let out = run_warden("version: 1\ntask: supervisor-exe\n", &script, &[]);
+    assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
+    for op in ["move-away", "beside"] {
+        assert_eq!(out.result(op), "err 13", "{op}\n{}", out.stdout);
+    }
+    assert!(exe.exists() && !moved.exists() && !beside.0.exists());
+    let dir = exe.parent().unwrap().display().to_string();
+    let denies: Vec<_> = out
+        .records
+        .iter()
+        .filter(|r| {
+            r["decision"] == "deny"
+                && ["protected.control", "protected.system"].contains(&r["rule"].as_str().unwrap_or(""))
+                && r["path"].as_str().is_some_and(|p| p.starts_with(&dir))
+        })
+        .collect();
+    assert!(!denies.is_empty(), "{:#?}", out.judged());
+    coverage("evidence files", "syscall", outcome(denies.len()));
+}
+
 #[test]
 fn a_log_inside_a_write_grant_is_refused_at_start() {
     if !require("a_log_inside_a_write_grant_is_refused_at_start", "root") {

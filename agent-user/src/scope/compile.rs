@@ -377,12 +377,17 @@ fn service_sockets() -> Vec<PathBuf> {
 
 /// Node files no task may write: sysfs and procfs as a whole (cgroups — an escape —, bpffs,
 /// `/sys/power`, `/sys/kernel`, `/proc/sys`, `/proc/sysrq-trigger`, ...), Warden's runtime
-/// directory (API socket, state).
+/// directory (API socket, state), and Warden's own executable wherever it is installed: a
+/// task that replaced it (rename it away, put its own beside) would run as the next `warden`
+/// the user starts at the terminal, or as the daemon after its restart.
 fn control_paths() -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> =
         ["/sys", "/sys/fs/cgroup", "/sys/fs/bpf", "/proc", "/run/warden"].iter().map(PathBuf::from).collect();
     if let Ok(m) = crate::sandbox::cgroup2_mount() {
         v.push(m);
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        v.push(exe);
     }
     v
 }
