@@ -271,6 +271,8 @@ fn the_nodes_own_files_are_protected_without_a_write_section() {
     fs::write(work.join("mine"), "x").unwrap();
     fs::create_dir(work.join("shared")).unwrap();
     let new_etc = RemoveOnDrop(PathBuf::from(format!("/etc/warden-test-{}", std::process::id())));
+    // (The VM guest's root has no /var/tmp.)
+    fs::create_dir_all("/var/tmp").unwrap();
     let new_tmp = RemoveOnDrop(PathBuf::from(format!("/var/tmp/warden-test-{}", std::process::id())));
     // A node program the scope does not allow (allowed ones are read-only binds on the
     // fallback engine, a different refusal), made by the test where the node's administrator
