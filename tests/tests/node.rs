@@ -484,6 +484,72 @@ fn the_supervisors_executable_is_out_of_the_tasks_reach() {
     coverage("evidence files", "syscall", outcome(denies.len()));
 }
 
+/// `--log` directly in `/tmp` with `files.write` omitted: protecting the log refuses every new
+/// name in `/tmp` (Landlock cannot grant a directory but one of its files), so the person at
+/// the terminal is told at start, and the refusal of `mktemp` there is on the record; the log
+/// itself stays out of reach and verifies.
+#[test]
+fn a_log_directly_in_a_shared_temp_dir_is_announced() {
+    if !require("a_log_directly_in_a_shared_temp_dir_is_announced", "landlock") {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let log = RemoveOnDrop(PathBuf::from(format!("/tmp/warden-test-log-{}.jsonl", std::process::id())));
+    let sp = t.path().join("scope.yaml");
+    fs::write(&sp, "version: 1\ntask: log-in-tmp\n").unwrap();
+    // A directory of the task's own (the key's, `t`, is protected like the log's).
+    let own = t.path().join("own");
+    fs::create_dir(&own).unwrap();
+    let script = format!(
+        "/usr/bin/mktemp /tmp/warden-test-mk.XXXXXX >/dev/null 2>&1; echo mktemp $?
+         {p} write {l} | sed s/^write/log-write/
+         {p} write {d}/mine | sed s/^write/own-dir/",
+        p = PROBE,
+        l = log.0.display(),
+        d = own.display()
+    );
+    let out = Command::new(warden_bin())
+        .arg("run")
+        .arg("--key")
+        .arg(t.path().join("node.key"))
+        .arg("--scope")
+        .arg(&sp)
+        .arg("--log")
+        .arg(&log.0)
+        .args(["--", "/bin/sh", "-c", &script])
+        .env("WARDEN_SOCKET", t.path().join("no-daemon.sock"))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains(&format!("--log {} is directly in /tmp", log.0.display()))
+            && stderr.contains("/var/log/warden"),
+        "the terminal is told:\n{stderr}"
+    );
+    let result = |name: &str| {
+        stdout.lines().find_map(|l| l.strip_prefix(&format!("{name} "))).unwrap_or("").to_string()
+    };
+    assert_eq!(result("mktemp"), "1", "{stdout}");
+    assert_eq!(result("log-write"), "err 13", "{stdout}");
+    assert_eq!(result("own-dir"), "ok", "{stdout}");
+    let verify = Command::new(warden_bin()).arg("verify").arg(&log.0).output().unwrap();
+    assert_eq!(verify.status.code(), Some(0), "{}", String::from_utf8_lossy(&verify.stdout));
+    let text = fs::read_to_string(&log.0).unwrap();
+    let denied_tmp =
+        text.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).any(|r| {
+            r["decision"] == "deny"
+                && r["path"].as_str().is_some_and(|p| p == "/tmp" || p.starts_with("/tmp/warden-test-mk."))
+        });
+    assert!(denied_tmp, "the refused mktemp is on the record:\n{text}");
+    for e in fs::read_dir("/tmp").unwrap().flatten() {
+        if e.file_name().to_string_lossy().starts_with("warden-test-mk.") {
+            let _ = fs::remove_file(e.path());
+        }
+    }
+}
+
 #[test]
 fn a_log_inside_a_write_grant_is_refused_at_start() {
     if !require("a_log_inside_a_write_grant_is_refused_at_start", "root") {

@@ -119,6 +119,17 @@ fn parse_ring_bytes(s: &str) -> Result<u32, String> {
     Ok(v)
 }
 
+/// The directory holding `p` when it is a shared temporary one: `/tmp`, `/var/tmp`,
+/// `/dev/shm`, or any world-writable sticky directory.
+fn shared_temp_parent(p: &std::path::Path) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let abs = std::path::absolute(p).ok()?;
+    let dir = std::fs::canonicalize(abs.parent()?).ok()?;
+    let mode = std::fs::metadata(&dir).ok()?.permissions().mode();
+    let known = ["/tmp", "/var/tmp", "/dev/shm"].iter().any(|t| dir == std::path::Path::new(t));
+    (known || mode & 0o1002 == 0o1002).then_some(dir)
+}
+
 pub fn run(args: RunArgs) -> Result<i32, Failure> {
     let mut scope = Scope::load(&args.scope).map_err(|e| Failure::Usage(e.into()))?;
     if let Some(m) = args.mode {
@@ -142,6 +153,22 @@ pub fn run(args: RunArgs) -> Result<i32, Failure> {
         // A writable directory whose programs may run is arbitrary code: say so where it runs.
         for w in compiled.exec_dir_warnings() {
             eprintln!("warden: warning: {w}");
+        }
+        // Evidence directly in a shared temporary directory, with files.write omitted: what
+        // protects it also refuses every new name there (`mktemp` in /tmp): say so at start.
+        if scope.write.is_none() {
+            for (what, p) in [("--log", &args.log), ("--key", &args.key)] {
+                if let Some(dir) = shared_temp_parent(p) {
+                    eprintln!(
+                        "warden: note: {what} {} is directly in {}, a directory every process writes: to keep it \
+                         out of the task's reach the task may not create new files directly in {} (refused and \
+                         recorded); put {what} in a directory of its own (e.g. /var/log/warden/)",
+                        p.display(),
+                        dir.display(),
+                        dir.display()
+                    );
+                }
+            }
         }
     }
     let rules = match &args.rules {
