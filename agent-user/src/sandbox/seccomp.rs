@@ -94,6 +94,21 @@ impl Asm {
     fn goto(&mut self, l: Label) {
         self.code.push((sock_filter { code: JA, jt: 0, jf: 0, k: 0 }, Some((l.0, l.0))));
     }
+    /// Call `nr`: answered `refuse` when its argument `arg` (low 32 bits) has any of `bits`,
+    /// allowed otherwise.
+    fn refuse_with_bits(&mut self, nr: i64, arg: u32, bits: u32, refuse: u32) {
+        let (hit, next, r, ok) = (self.label(), self.label(), self.label(), self.label());
+        self.jump(JEQ_K, nr as u32, hit, next);
+        self.bind(hit);
+        self.load(arg_lo(arg));
+        self.stmt(AND_K, bits);
+        self.jump(JEQ_K, 0, ok, r);
+        self.bind(r);
+        self.ret(refuse);
+        self.bind(ok);
+        self.ret(RET_ALLOW);
+        self.bind(next);
+    }
     fn finish(self) -> Vec<sock_filter> {
         let labels = self.labels;
         self.code
@@ -263,33 +278,13 @@ pub fn build_with(deny: &[i64], process: ProcessPolicy, sockets: SocketPolicy) -
         for (nr, mode_arg) in
             [(libc::SYS_chmod, 1), (libc::SYS_fchmod, 1), (libc::SYS_fchmodat, 2), (SYS_FCHMODAT2, 2)]
         {
-            let (hit, next, r, ok) = (a.label(), a.label(), a.label(), a.label());
-            a.jump(JEQ_K, nr as u32, hit, next);
-            a.bind(hit);
-            a.load(arg_lo(mode_arg));
-            a.stmt(AND_K, SETID_BITS);
-            a.jump(JEQ_K, 0, ok, r);
-            a.bind(r);
-            a.ret(eperm);
-            a.bind(ok);
-            a.ret(RET_ALLOW);
-            a.bind(next);
+            a.refuse_with_bits(nr, mode_arg, SETID_BITS, eperm);
         }
     }
     if !process.userns {
         // unshare(flags) and clone(flags, ...): CLONE_NEWUSER in the first argument.
         for nr in [libc::SYS_unshare, libc::SYS_clone] {
-            let (hit, next, r, ok) = (a.label(), a.label(), a.label(), a.label());
-            a.jump(JEQ_K, nr as u32, hit, next);
-            a.bind(hit);
-            a.load(arg_lo(0));
-            a.stmt(AND_K, libc::CLONE_NEWUSER as u32);
-            a.jump(JEQ_K, 0, ok, r);
-            a.bind(r);
-            a.ret(eperm);
-            a.bind(ok);
-            a.ret(RET_ALLOW);
-            a.bind(next);
+            a.refuse_with_bits(nr, 0, libc::CLONE_NEWUSER as u32, eperm);
         }
     }
     let restrict_sockets = !(sockets.raw && sockets.packet && sockets.netlink && sockets.other);
