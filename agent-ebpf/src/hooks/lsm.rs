@@ -729,11 +729,12 @@ fn guarded_object_rule(w: &Walk) -> u16 {
     }
 }
 
-/// `path_truncate(const struct path *path, int ret)`: `truncate(2)` by name (opening with
-/// `O_TRUNC` needs write access, judged at `file_open`).
-#[lsm(hook = "path_truncate")]
-pub fn lsm_path_truncate(ctx: LsmContext) -> i32 {
-    let prev: i32 = ctx.arg(1);
+/// A hook on one `struct path *` (its first argument; `ret` is argument `ret_arg`): the
+/// earlier verdict if there was one, else `judge`'s rule for the walked object, recorded and
+/// answered as `op` (0: nothing to judge — not a sandbox's task, or an unreadable path).
+#[inline(always)]
+fn on_path(ctx: &LsmContext, ret_arg: usize, op: u32, judge: impl Fn(&Sandbox, &Walk) -> u16) -> i32 {
+    let prev: i32 = ctx.arg(ret_arg);
     if prev != 0 {
         return prev;
     }
@@ -747,11 +748,21 @@ pub fn lsm_path_truncate(ctx: LsmContext) -> i32 {
         return 0;
     };
     let w = walk(sandbox.slot, dentry, vfsmnt, off);
-    let mut rule_id = guarded_object_rule(&w);
-    if rule_id == rule::NONE && !write_ok(&sandbox, w.all(), w.complete) {
-        rule_id = rule::FILES_WRITE;
-    }
-    tree_verdict(cgroup_id, &sandbox, off, rule_id, file_op::TRUNCATE, dentry, vfsmnt)
+    tree_verdict(cgroup_id, &sandbox, off, judge(&sandbox, &w), op, dentry, vfsmnt)
+}
+
+/// `path_truncate(const struct path *path, int ret)`: `truncate(2)` by name (opening with
+/// `O_TRUNC` needs write access, judged at `file_open`).
+#[lsm(hook = "path_truncate")]
+pub fn lsm_path_truncate(ctx: LsmContext) -> i32 {
+    on_path(&ctx, 1, file_op::TRUNCATE, |sandbox, w| {
+        let rule_id = guarded_object_rule(w);
+        if rule_id == rule::NONE && !write_ok(sandbox, w.all(), w.complete) {
+            rule::FILES_WRITE
+        } else {
+            rule_id
+        }
+    })
 }
 
 /// `path_chmod(const struct path *path, umode_t mode, int ret)`: changing the permissions of
@@ -759,21 +770,7 @@ pub fn lsm_path_truncate(ctx: LsmContext) -> i32 {
 /// node program setuid, or `/etc/passwd` writable by everyone — is refused like writing it.
 #[lsm(hook = "path_chmod")]
 pub fn lsm_path_chmod(ctx: LsmContext) -> i32 {
-    let prev: i32 = ctx.arg(2);
-    if prev != 0 {
-        return prev;
-    }
-    let Some((cgroup_id, sandbox, off)) = lsm_sandbox() else {
-        return 0;
-    };
-    let path: *const u8 = ctx.arg(0);
-    let (Ok(dentry), Ok(vfsmnt)) =
-        (read::<*const u8>(path, off.path_dentry), read::<*const u8>(path, off.path_mnt))
-    else {
-        return 0;
-    };
-    let w = walk(sandbox.slot, dentry, vfsmnt, off);
-    tree_verdict(cgroup_id, &sandbox, off, guarded_object_rule(&w), file_op::CHMOD, dentry, vfsmnt)
+    on_path(&ctx, 2, file_op::CHMOD, |_, w| guarded_object_rule(w))
 }
 
 /// The rule that refuses giving the object `src` walked the name `dst` walked (link, or one
