@@ -26,7 +26,7 @@ use std::{borrow::Cow, collections::BTreeMap, fmt};
 use serde::{
     Serialize, Serializer,
     de::{self, Deserializer, MapAccess, SeqAccess, Visitor, value::MapAccessDeserializer},
-    ser::{SerializeMap, SerializeSeq},
+    ser::{Error as _, SerializeMap, SerializeSeq},
 };
 use serde_json::{Value, json};
 
@@ -263,7 +263,8 @@ impl<'de> de::Deserialize<'de> for FieldValue<'de> {
     }
 }
 
-/// `a.cmp(b)` for the short strings keys are, without a call to `memcmp` per comparison.
+/// `a.cmp(b)` for the short strings keys are, without a call to `memcmp` per comparison
+/// (keys mostly differ in their first byte).
 #[inline]
 fn key_cmp(a: &str, b: &str) -> std::cmp::Ordering {
     let (a, b) = (a.as_bytes(), b.as_bytes());
@@ -444,11 +445,22 @@ enum J<'r> {
     O(Obj<'r>),
     A(Vec<J<'r>>),
     V(&'r Value),
+    /// An event's `unmapped` object: the record's own field names, which (unlike the mapping's
+    /// names) may need escaping.
+    Unmapped(Obj<'r>),
+    /// JSON written as is: a constant object of the mapping ([`product`]).
+    Raw(&'static str),
+    /// The string `"{0}: {1}"` of two of the mapping's constants (`type_name`).
+    Caption(&'static str, &'static str),
+    /// An integer as a JSON string (`user.uid`).
+    IntStr(i64),
+    /// The string `"{0}/{1}"`: an event uid ([`event_uid`]).
+    Uid(&'r str, u64),
 }
 
 /// A JSON object of an event. Inserting a key that is there replaces its value, as a map
-/// does: the last value inserted is the one read and written. Keys are sorted once the event
-/// is complete ([`Obj::sort`]), so it serializes as a `serde_json::Map` (sorted by key) would.
+/// does: the last value inserted is the one read and written. It is written in key order
+/// ([`Obj::for_each_sorted`]), as a `serde_json::Map` (sorted by key) would be.
 #[derive(Debug, Clone, Default)]
 struct Obj<'r>(Vec<(&'r str, J<'r>)>);
 
@@ -457,42 +469,66 @@ impl<'r> Obj<'r> {
         Obj(entries)
     }
     fn insert(&mut self, k: &'r str, v: impl Into<J<'r>>) {
-        // Replaced values are dropped when the object is sorted.
+        // Replaced values are skipped when the object is written.
         self.0.push((k, v.into()));
     }
     fn get(&self, k: &str) -> Option<&J<'r>> {
         self.0.iter().rev().find(|e| e.0 == k).map(|e| &e.1)
     }
-    fn sort(&mut self) {
-        // Objects are built in key order as far as they can be (every small one, and an
-        // event's common part, [`base`]): the strictly increasing prefix is kept, which also
-        // means no key in it was inserted twice, and the entries after it (an event's
-        // class-specific ones, a few) are put in place one by one, a key inserted again
-        // replacing its value: the order and values of a stable sort keeping the last value
-        // of each key.
-        let sorted =
-            self.0.windows(2).position(|w| !key_cmp(w[0].0, w[1].0).is_lt()).map_or(self.0.len(), |i| i + 1);
-        if sorted < self.0.len() {
-            let rest = self.0.split_off(sorted);
-            for (k, v) in rest {
-                match self.0.binary_search_by(|(n, _)| key_cmp(n, k)) {
-                    Ok(i) => self.0[i].1 = v,
-                    Err(i) => self.0.insert(i, (k, v)),
-                }
+    /// Visits the entries in key order, each key once with the value inserted last: the order
+    /// and values of a `serde_json::Map` built by inserting them one by one.
+    ///
+    /// Objects are built in key order as far as they can be (every small one, and an event's
+    /// common part, [`base`]): the strictly increasing prefix is taken as it is (no key in it
+    /// was inserted twice), and the entries after it (an event's class-specific ones, a few)
+    /// are merged into it by index, nothing moved.
+    fn for_each_sorted(&self, mut f: impl FnMut(&'r str, &J<'r>)) {
+        let e = &self.0;
+        let head = e.windows(2).position(|w| !key_cmp(w[0].0, w[1].0).is_lt()).map_or(e.len(), |i| i + 1);
+        if head == e.len() {
+            e.iter().for_each(|(k, v)| f(k, v));
+            return;
+        }
+        let mut small = [0u16; 32];
+        let mut large = Vec::new();
+        let rest: &mut [u16] = if e.len() - head <= small.len() {
+            &mut small[..e.len() - head]
+        } else {
+            large.resize(e.len() - head, 0);
+            &mut large
+        };
+        for (slot, i) in rest.iter_mut().zip(head..) {
+            *slot = i as u16;
+        }
+        // Stable: of equal keys, the one inserted last stays last.
+        rest.sort_by(|&a, &b| key_cmp(e[a as usize].0, e[b as usize].0));
+        let (mut i, mut j) = (0, 0);
+        while i < head || j < rest.len() {
+            // A key inserted again later in the rest: only its last value counts.
+            if j + 1 < rest.len() && e[rest[j] as usize].0 == e[rest[j + 1] as usize].0 {
+                j += 1;
+                continue;
             }
-        }
-        for (_, v) in &mut self.0 {
-            v.sort();
-        }
-    }
-}
-
-impl J<'_> {
-    fn sort(&mut self) {
-        match self {
-            J::O(o) => o.sort(),
-            J::A(a) => a.iter_mut().for_each(J::sort),
-            _ => {}
+            let take_head = match (i < head, j < rest.len()) {
+                (true, true) => match key_cmp(e[i].0, e[rest[j] as usize].0) {
+                    std::cmp::Ordering::Less => true,
+                    std::cmp::Ordering::Greater => false,
+                    // Inserted again after the prefix: the later value replaces this one.
+                    std::cmp::Ordering::Equal => {
+                        i += 1;
+                        continue;
+                    }
+                },
+                (head_left, _) => head_left,
+            };
+            let (k, v) = if take_head {
+                i += 1;
+                &e[i - 1]
+            } else {
+                j += 1;
+                &e[rest[j - 1] as usize]
+            };
+            f(k, v);
         }
     }
 }
@@ -574,16 +610,25 @@ impl Serialize for J<'_> {
                 seq.end()
             }
             J::V(v) => v.serialize(s),
+            J::Unmapped(o) => o.serialize(s),
+            J::Raw(json) => serde_json::from_str::<Value>(json).map_err(S::Error::custom)?.serialize(s),
+            J::Caption(a, b) => s.serialize_str(&format!("{a}: {b}")),
+            J::IntStr(n) => s.serialize_str(&n.to_string()),
+            J::Uid(task, seq) => s.serialize_str(&event_uid(task, *seq)),
         }
     }
 }
 
 impl Serialize for Obj<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut m = s.serialize_map(Some(self.0.len()))?;
-        for (k, v) in &self.0 {
-            m.serialize_entry(k, v)?;
-        }
+        let mut m = s.serialize_map(None)?;
+        let mut r = Ok(());
+        self.for_each_sorted(|k, v| {
+            if r.is_ok() {
+                r = m.serialize_entry(k, v);
+            }
+        });
+        r?;
         m.end()
     }
 }
@@ -607,25 +652,21 @@ fn write_str(out: &mut Vec<u8>, s: &str) {
     if has_escape(s.as_bytes()) {
         serde_json::to_writer(&mut *out, s).expect("writing to memory");
     } else {
-        out.reserve(s.len() + 2);
-        out.push(b'"');
-        out.extend_from_slice(s.as_bytes());
-        out.push(b'"');
+        write_plain(out, s);
     }
 }
 
-fn write_u64(out: &mut Vec<u8>, mut n: u64) {
-    let mut buf = [0u8; 20];
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&buf[i..]);
+/// A string known to need no escaping (the mapping's own names and constants) between quotes.
+#[inline]
+fn write_plain(out: &mut Vec<u8>, s: &str) {
+    debug_assert!(!has_escape(s.as_bytes()), "{s:?} needs escaping");
+    out.push(b'"');
+    out.extend_from_slice(s.as_bytes());
+    out.push(b'"');
+}
+
+fn write_u64(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 impl J<'_> {
@@ -656,21 +697,54 @@ impl J<'_> {
                 out.push(b']');
             }
             J::V(v) => serde_json::to_writer(&mut *out, v).expect("writing to memory"),
+            J::Unmapped(o) => o.write_with(out, write_str),
+            J::Raw(json) => out.extend_from_slice(json.as_bytes()),
+            J::Caption(a, b) => {
+                debug_assert!(!has_escape(a.as_bytes()) && !has_escape(b.as_bytes()));
+                out.push(b'"');
+                out.extend_from_slice(a.as_bytes());
+                out.extend_from_slice(b": ");
+                out.extend_from_slice(b.as_bytes());
+                out.push(b'"');
+            }
+            J::IntStr(n) => {
+                out.push(b'"');
+                J::I(*n).write(out);
+                out.push(b'"');
+            }
+            J::Uid(task, seq) => {
+                if has_escape(task.as_bytes()) {
+                    write_str(out, &event_uid(task, *seq));
+                } else {
+                    out.push(b'"');
+                    out.extend_from_slice(task.as_bytes());
+                    out.push(b'/');
+                    write_u64(out, *seq);
+                    out.push(b'"');
+                }
+            }
         }
     }
 }
 
 impl Obj<'_> {
+    /// Writes the object; its keys are the mapping's own names, which need no escaping.
     fn write(&self, out: &mut Vec<u8>) {
+        self.write_with(out, write_plain);
+    }
+
+    fn write_with(&self, out: &mut Vec<u8>, key: fn(&mut Vec<u8>, &str)) {
         out.push(b'{');
-        for (i, (k, v)) in self.0.iter().enumerate() {
-            if i > 0 {
+        let mut first = true;
+        self.for_each_sorted(|k, v| {
+            if !first {
                 out.push(b',');
             }
-            write_str(out, k);
+            first = false;
+            key(out, k);
             out.push(b':');
             v.write(out);
-        }
+        });
         out.push(b'}');
     }
 }
@@ -870,7 +944,7 @@ fn process_obj<'r>(r: &mut Rec<'r>) -> Obj<'r> {
         p.insert("sandbox", task);
     }
     if let Some(uid) = uid {
-        p.insert("user", one("uid", uid.to_string()));
+        p.insert("user", one("uid", J::IntStr(uid)));
     }
     p
 }
@@ -970,7 +1044,7 @@ fn base<'r>(
     class: Class,
     activity_id: i64,
     activity_name: &'r str,
-    type_caption: &str,
+    type_caption: &'static str,
     ctx: &'r Context,
 ) -> Obj<'r> {
     let time = r.str("time").unwrap_or("");
@@ -1016,7 +1090,7 @@ fn base<'r>(
     md.insert("profiles", profiles);
     if let Some(seq) = seq {
         md.insert("sequence", seq);
-        md.insert("uid", event_uid(task, seq as u64));
+        md.insert("uid", J::Uid(task, seq as u64));
     }
     md.insert("version", OCSF_VERSION);
     // Inserted in key order (see `Obj::sort`).
@@ -1071,7 +1145,7 @@ fn base<'r>(
     }
     e.insert("time", epoch_ms(time));
     e.insert("timezone_offset", 0i64);
-    e.insert("type_name", format!("{}: {type_caption}", class.name));
+    e.insert("type_name", J::Caption(class.name, type_caption));
     e.insert("type_uid", i64::from(class.uid) * 100 + activity_id);
     e
 }
@@ -1130,12 +1204,13 @@ pub fn event_uid(task: &str, seq: u64) -> String {
     format!("{task}/{seq}")
 }
 
-fn product<'r>() -> Obj<'r> {
-    Obj::with(vec![
-        ("name", "Warden".into()),
-        ("vendor_name", "Warden".into()),
-        ("version", env!("CARGO_PKG_VERSION").into()),
-    ])
+/// `metadata.product`, written as is.
+fn product<'r>() -> J<'r> {
+    J::Raw(concat!(
+        r#"{"name":"Warden","vendor_name":"Warden","version":""#,
+        env!("CARGO_PKG_VERSION"),
+        r#""}"#
+    ))
 }
 
 fn device(hostname: Option<&str>) -> Obj<'_> {
@@ -1153,9 +1228,8 @@ fn finish<'r>(mut e: Obj<'r>, r: &Rec<'r>, message: String) -> Event<'r> {
     e.insert("message", message);
     let rest = r.unmapped();
     if !rest.0.is_empty() {
-        e.insert("unmapped", rest);
+        e.insert("unmapped", J::Unmapped(rest));
     }
-    e.sort();
     Event(e)
 }
 
@@ -1683,6 +1757,35 @@ pub fn finding(f: &Finding, ctx: &Context) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// Keys compare as strings do, NUL bytes, shared prefixes and non-ASCII included.
+        #[test]
+        fn keys_compare_as_strings(a in "[a\\x00_é]{0,12}", b in "[a\\x00_é]{0,12}") {
+            proptest::prop_assert_eq!(key_cmp(&a, &b), a.cmp(&b));
+        }
+
+        /// An object written in key order: each key once, the value inserted last, as a
+        /// `serde_json::Map` built from the same insertions.
+        #[test]
+        fn objects_write_as_a_map_of_their_insertions(
+            keys in proptest::collection::vec("[ab_]{0,3}", 0..40),
+            presorted in 0usize..40,
+        ) {
+            let mut keys = keys;
+            let n = presorted.min(keys.len());
+            keys[..n].sort();
+            let mut o = Obj::default();
+            let mut m = serde_json::Map::new();
+            for (i, k) in keys.iter().enumerate() {
+                o.insert(k, i);
+                m.insert(k.clone(), Value::from(i));
+            }
+            let mut got = Vec::new();
+            o.write(&mut got);
+            proptest::prop_assert_eq!(String::from_utf8(got).unwrap(), Value::Object(m).to_string());
+        }
+    }
 
     fn ctx() -> Context {
         Context { hostname: Some("node-1".into()), ..Default::default() }

@@ -321,6 +321,9 @@ impl<'a> Engine<'a> {
     /// own evidence (`finding`, `checkpoint`) are not events and are skipped, so live and
     /// replayed evaluation see the same stream.
     pub fn observe_view(&mut self, rec: &dyn RecordView) -> Vec<Finding> {
+        if self.machines.set.rules.is_empty() {
+            return Vec::new();
+        }
         let kind = rec.str_field("kind").unwrap_or("");
         if matches!(kind, "finding" | "checkpoint") {
             return Vec::new();
@@ -347,6 +350,10 @@ impl<'a> Engine<'a> {
     /// by an evaluator of the same rule set); [`Outcome::Deferred`] steps are evaluated here if
     /// the rule state asks for them.
     pub fn observe_with(&mut self, rec: &dyn RecordView, outcomes: &[Outcome]) -> Vec<Finding> {
+        // No rules (replay for OCSF output or re-judging only): nothing to read.
+        if self.machines.set.rules.is_empty() {
+            return Vec::new();
+        }
         if matches!(rec.str_field("kind"), Some("finding" | "checkpoint")) {
             return Vec::new();
         }
