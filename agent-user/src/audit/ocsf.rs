@@ -489,28 +489,28 @@ impl<'r> Obj<'r> {
             e.iter().for_each(|(k, v)| f(k, v));
             return;
         }
-        let mut small = [0u16; 32];
+        let mut small = [0usize; 32];
         let mut large = Vec::new();
-        let rest: &mut [u16] = if e.len() - head <= small.len() {
+        let rest: &mut [usize] = if e.len() - head <= small.len() {
             &mut small[..e.len() - head]
         } else {
             large.resize(e.len() - head, 0);
             &mut large
         };
         for (slot, i) in rest.iter_mut().zip(head..) {
-            *slot = i as u16;
+            *slot = i;
         }
         // Stable: of equal keys, the one inserted last stays last.
-        rest.sort_by(|&a, &b| key_cmp(e[a as usize].0, e[b as usize].0));
+        rest.sort_by(|&a, &b| key_cmp(e[a].0, e[b].0));
         let (mut i, mut j) = (0, 0);
         while i < head || j < rest.len() {
             // A key inserted again later in the rest: only its last value counts.
-            if j + 1 < rest.len() && e[rest[j] as usize].0 == e[rest[j + 1] as usize].0 {
+            if j + 1 < rest.len() && e[rest[j]].0 == e[rest[j + 1]].0 {
                 j += 1;
                 continue;
             }
             let take_head = match (i < head, j < rest.len()) {
-                (true, true) => match key_cmp(e[i].0, e[rest[j] as usize].0) {
+                (true, true) => match key_cmp(e[i].0, e[rest[j]].0) {
                     std::cmp::Ordering::Less => true,
                     std::cmp::Ordering::Greater => false,
                     // Inserted again after the prefix: the later value replaces this one.
@@ -526,7 +526,7 @@ impl<'r> Obj<'r> {
                 &e[i - 1]
             } else {
                 j += 1;
-                &e[rest[j - 1] as usize]
+                &e[rest[j - 1]]
             };
             f(k, v);
         }
@@ -880,7 +880,7 @@ fn basename(path: &str) -> &str {
 
 /// An OCSF `file` object (`name` and `type_id` are required).
 fn file_obj<'r>(path: Option<&'r str>, type_id: i64, dev_ino: Option<(i64, i64)>) -> J<'r> {
-    // Inserted in key order (see `Obj::sort`).
+    // Inserted in key order (see `Obj::for_each_sorted`).
     let mut f = Obj(Vec::with_capacity(5));
     f.insert("name", path.map_or("unknown", basename));
     if let Some(p) = path {
@@ -921,7 +921,7 @@ fn process_obj<'r>(r: &mut Rec<'r>) -> Obj<'r> {
     let exe = r.str("exe");
     let ppid = r.int("ppid");
     let uid = r.int("uid");
-    // Inserted in key order (see `Obj::sort`).
+    // Inserted in key order (see `Obj::for_each_sorted`).
     let mut p = Obj(Vec::with_capacity(8));
     if let Some(a) = r.peek("ancestry").and_then(FieldValue::tree).and_then(Value::as_array) {
         r.mark("ancestry", true);
@@ -1079,7 +1079,7 @@ fn base<'r>(
     } else {
         None
     };
-    // Inserted in key order (see `Obj::sort`).
+    // Inserted in key order (see `Obj::for_each_sorted`).
     let mut md = Obj(Vec::with_capacity(11));
     md.insert("correlation_uid", task);
     md.insert("event_code", kind);
@@ -1093,7 +1093,7 @@ fn base<'r>(
         md.insert("uid", J::Uid(task, seq as u64));
     }
     md.insert("version", OCSF_VERSION);
-    // Inserted in key order (see `Obj::sort`).
+    // Inserted in key order (see `Obj::for_each_sorted`).
     let mut e = Obj(Vec::with_capacity(32));
     if let Some(c) = &c {
         e.insert("action", c.action);
@@ -1187,7 +1187,7 @@ fn container_obj<'r>(r: &mut Rec<'r>) -> Option<Obj<'r>> {
 /// call (`uid`, `name`) as a tool invocation (`ai_role_id` 3 Tool) of the agent that the task
 /// runs (`application.uid` = the task).
 fn message_context<'r>(call: &'r str, name: Option<&'r str>, task: &'r str) -> Obj<'r> {
-    // Inserted in key order (see `Obj::sort`).
+    // Inserted in key order (see `Obj::for_each_sorted`).
     let mut m = Obj(Vec::with_capacity(5));
     m.insert("ai_role", "Tool");
     m.insert("ai_role_id", 3i64);
@@ -1214,7 +1214,7 @@ fn product<'r>() -> J<'r> {
 }
 
 fn device(hostname: Option<&str>) -> Obj<'_> {
-    // Inserted in key order (see `Obj::sort`).
+    // Inserted in key order (see `Obj::for_each_sorted`).
     let mut d = Obj(Vec::with_capacity(3));
     if let Some(h) = hostname {
         d.insert("hostname", h);
@@ -1585,7 +1585,7 @@ fn network<'r>(r: &mut Rec<'r>, kind: &str, out: &str, ctx: &'r Context) -> Even
     if let Some(p) = port {
         dst.insert("port", p);
     }
-    // Inserted in key order (see `Obj::sort`).
+    // Inserted in key order (see `Obj::for_each_sorted`).
     let mut conn = Obj(Vec::with_capacity(6));
     conn.insert("direction", "Outbound");
     conn.insert("direction_id", 2i64);
