@@ -275,15 +275,10 @@ impl Drop for TestDaemon {
         }
         // The v1 twins hold the same processes as the v2 sandboxes, killed above: only the
         // directories are left, deepest first; then `warden-test` there too once empty.
+        // Also when this daemon's twin is already gone (its tasks ended): the daemon made
+        // `warden-test` at start either way.
         for v1 in [&self.pids_v1_parent, &self.memory_v1_parent].into_iter().flatten() {
-            if let Ok(cg) = Cgroup::open(v1) {
-                let _ = cg.remove();
-            }
-            // Also when this daemon's twin is already gone (its tasks ended): the daemon
-            // made `warden-test` at start either way.
-            if let Some(parent) = v1.parent() {
-                let _ = std::fs::remove_dir(parent);
-            }
+            crate::remove_v1_twin(v1);
         }
         // Issued secrets are tmpfs mounts under secrets_dir.
         if let Ok(rd) = std::fs::read_dir(&self.secrets_dir) {

@@ -116,6 +116,29 @@ pub fn command_in(cg: &Cgroup, program: &str, args: &[&str]) -> std::process::Co
     c
 }
 
+/// The v1 twins of the sandbox cgroup `rel` (its path below the cgroup2 mount): where the
+/// host's v1 hierarchies have `pids` or `memory`, `warden` puts the task's processes in a cgroup
+/// of the same path there too (`limits.processes`, `limits.memory`).
+pub fn v1_twins(rel: &Path) -> Vec<PathBuf> {
+    let Ok(mi) = std::fs::read_to_string("/proc/self/mountinfo") else { return Vec::new() };
+    ["pids", "memory"]
+        .into_iter()
+        .filter_map(|c| agent_user::util::mountinfo::v1_mount_in(&mi, c))
+        .map(|v1| v1.join(rel))
+        .collect()
+}
+
+/// Removes a v1 twin whose processes are gone, then its parent once empty, as `warden` does
+/// when a task ends; a supervisor that was killed leaves both.
+pub fn remove_v1_twin(twin: &Path) {
+    if let Ok(cg) = Cgroup::open(twin) {
+        let _ = cg.remove();
+    }
+    if let Some(parent) = twin.parent() {
+        let _ = std::fs::remove_dir(parent);
+    }
+}
+
 /// Every wait for something to happen lasts this many times its stated timeout: the VM tier
 /// runs beside the host tier and a loaded machine slows what the tests wait for. A wait ends
 /// as soon as what it waits for happens, and no test waits for something *not* to happen with

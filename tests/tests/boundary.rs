@@ -15,7 +15,10 @@ use std::{
     time::Duration,
 };
 
-use warden_tests::{TestCgroup, coverage, engine, require, run_warden, spawn_warden, wait_for, warden_bin};
+use warden_tests::{
+    TestCgroup, coverage, engine, remove_v1_twin, require, run_warden, spawn_warden, v1_twins, wait_for,
+    warden_bin,
+};
 
 const PROBE: &str = env!("CARGO_BIN_EXE_warden-probe");
 const SECRET: &str = "bystander-s3cr3t-value";
@@ -334,6 +337,14 @@ fn the_task_dies_with_its_supervisor() {
         unsafe { libc::kill(pid, libc::SIGKILL) };
     }
     let _ = wait_for(Duration::from_secs(5), || fs::remove_dir(&cg).ok());
+    // The killed supervisor could not remove its cgroup's parent, once empty, nor its v1 twins
+    // (a memory limit is on by default).
+    if let Some(parent) = cg.parent() {
+        let _ = fs::remove_dir(parent);
+    }
+    for twin in v1_twins(&Path::new("warden").join(&task)) {
+        remove_v1_twin(&twin);
+    }
     assert!(gone.is_some(), "the task's process outlived warden run (kill -9): it ran unenforced");
     coverage("supervisor death", "syscall", "enforced (no record)");
 }
