@@ -422,7 +422,7 @@ fn the_inside_endpoint_starts_calls_only_under_the_caller_never_wider() {
     .unwrap();
     let script = format!(
         "{w} call --name plain --intent 'say hi' -- /bin/sh -c 'echo inside-ok'; echo plain=$?
-         {w} call --name wide --scope {wider} -- /bin/sh -c 'echo WIDE-RAN' 2>/tmp/calls-wide.$$; echo wide=$?; cat /tmp/calls-wide.$$ 2>/dev/null || true
+         {w} call --name wide --scope {wider} -- /bin/sh -c 'echo WIDE-RAN' 2>&1; echo wide=$?
          {w} call --name outer -- /bin/sh -c '{w} call --name inner --scope {narrow} -- /bin/sh -c \"/usr/bin/id >/dev/null 2>&1 && echo inner-id-ok || echo inner-id-refused\"'; echo outer=$?
          WARDEN_SOCKET={api} {w} task end {a_id} >/dev/null 2>&1; echo endparent=$?
          WARDEN_SOCKET={api} {w} task end {b_id} >/dev/null 2>&1; echo endother=$?",

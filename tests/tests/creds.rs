@@ -566,11 +566,13 @@ fn git_gets_its_credential_through_the_helper_and_a_shell_does_not() {
     let w = warden_bin();
     // git runs the helper (through sh): the broker answers because git started it. Only the
     // password's digest leaves the task's shell.
+    // Kept in a variable, not a file: the task may not create names directly in /tmp when a
+    // protected path (the checkout's `warden`, in a clone there) lies below it.
     let script = format!(
-        "printf 'protocol=https\\nhost=example.com\\n\\n' | GIT_TERMINAL_PROMPT=0 /usr/bin/git -c \
-         credential.helper='!{w} secret get api --format git' credential fill > /tmp/.git-fill-$$ && \
-         grep -c '^username=x-access-token$' /tmp/.git-fill-$$ && sed -n 's/^password=//p' /tmp/.git-fill-$$ | \
-         tr -d '\\n' | sha256sum; rm -f /tmp/.git-fill-$$",
+        "fill=$(printf 'protocol=https\\nhost=example.com\\n\\n' | GIT_TERMINAL_PROMPT=0 /usr/bin/git -c \
+         credential.helper='!{w} secret get api --format git' credential fill) && \
+         printf '%s\\n' \"$fill\" | grep -c '^username=x-access-token$' && \
+         printf '%s\\n' \"$fill\" | sed -n 's/^password=//p' | tr -d '\\n' | sha256sum",
         w = w.display()
     );
     let o = d.exec(&id, &script);
